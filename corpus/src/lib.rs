@@ -1,0 +1,21 @@
+//! The gettext corpus: human translations of software messages taken from the GNU `.mo`
+//! catalogs every Debian machine carries, turned into a parallel, many-language corpus.
+//!
+//! The pipeline is split into small modules so each step can be tested alone:
+//! - [`mo`] parses one binary catalog into (context, msgid, msgstr) entries;
+//! - [`clean`] strips markup, mnemonics and placeholders and decides which pairs to keep;
+//! - [`build`] walks a locale tree and writes the reproducible `.tsv.gz` snapshot + MANIFEST;
+//! - [`cli`] is the `kdx corpus build` command line;
+//! - [`load`] reads a snapshot back (done at the start of every run, so it is fast);
+//! - [`split`] assigns train/dev/test by a stable hash of the msgid.
+
+pub mod build;
+pub mod clean;
+pub mod cli;
+pub mod load;
+mod manifest;
+pub mod mo;
+pub mod split;
+
+#[cfg(test)]
+mod mo_writer;

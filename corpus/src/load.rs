@@ -1,0 +1,218 @@
+//! Reading a snapshot back. Done at the start of every run, so it reads the whole file in one
+//! go and splits it in place rather than going through a general CSV reader.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use flate2::read::MultiGzDecoder;
+
+use crate::build::HEADER;
+use crate::manifest::LOCALE_TABLE_HEADING;
+
+/// One parallel pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Locale of the translation (directory name, e.g. `pt_BR`, `sr@latin`).
+    pub locale: String,
+    /// Catalog the message comes from (e.g. `coreutils`).
+    pub domain: String,
+    /// Cleaned English source.
+    pub msgid: String,
+    /// Cleaned translation.
+    pub text: String,
+}
+
+/// A loaded snapshot, rows in file order (sorted by locale, domain, msgid, text).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Corpus {
+    /// Every row of the file.
+    pub rows: Vec<Row>,
+}
+
+/// Loads a `.tsv.gz` snapshot. A malformed line is an error naming the file, the line
+/// number (1-based, the header is line 1) and what is wrong with it.
+pub fn load(path: &Path) -> Result<Corpus> {
+    let file = fs::File::open(path).with_context(|| format!("opening corpus {}", path.display()))?;
+    let mut bytes = Vec::new();
+    MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 16, file))
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("decompressing corpus {} (is it a .tsv.gz?)", path.display()))?;
+    parse(&bytes).with_context(|| format!("reading corpus {}", path.display()))
+}
+
+/// Parses the decompressed TSV.
+fn parse(bytes: &[u8]) -> Result<Corpus> {
+    // The final newline ends the last line; it does not start an empty one.
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let mut lines = body.split(|&b| b == b'\n');
+    let header = lines.next().unwrap_or_default();
+    if header != HEADER.as_bytes() {
+        bail!(
+            "line 1: expected the header {:?}, found {:?}",
+            HEADER,
+            String::from_utf8_lossy(&header[..header.len().min(80)])
+        );
+    }
+    // About 100 bytes a row: reserving up front avoids regrowing a large vector.
+    let mut rows = Vec::with_capacity(bytes.len() / 100);
+    for (i, line) in lines.enumerate() {
+        let lineno = i + 2;
+        if line.is_empty() {
+            bail!("line {lineno}: empty line");
+        }
+        let line = std::str::from_utf8(line)
+            .map_err(|e| anyhow::anyhow!("line {lineno}: not valid UTF-8 ({e})"))?;
+        let mut fields = line.split('\t');
+        let mut next = |name: &str| -> Result<String> {
+            match fields.next() {
+                Some("") => bail!("line {lineno}: empty {name} field"),
+                Some(f) => Ok(f.to_owned()),
+                None => bail!("line {lineno}: missing {name} field (expected 4 TAB-separated fields)"),
+            }
+        };
+        let row = Row {
+            locale: next("locale")?,
+            domain: next("domain")?,
+            msgid: next("msgid")?,
+            text: next("text")?,
+        };
+        if fields.next().is_some() {
+            bail!("line {lineno}: more than 4 TAB-separated fields");
+        }
+        if row.text.ends_with('\r') {
+            bail!("line {lineno}: carriage return at end of line (CRLF line endings?)");
+        }
+        rows.push(row);
+    }
+    Ok(Corpus { rows })
+}
+
+/// Rows per locale as stated in a snapshot's `MANIFEST.md` (its "Rows per locale" table), so
+/// a test can check that the snapshot and its manifest agree.
+pub fn read_manifest_counts(manifest: &Path) -> Result<BTreeMap<String, usize>> {
+    let text = fs::read_to_string(manifest)
+        .with_context(|| format!("reading manifest {}", manifest.display()))?;
+    parse_manifest_counts(&text).with_context(|| format!("reading manifest {}", manifest.display()))
+}
+
+fn parse_manifest_counts(text: &str) -> Result<BTreeMap<String, usize>> {
+    let mut lines = text.lines().enumerate();
+    if !lines.any(|(_, l)| l.trim() == LOCALE_TABLE_HEADING) {
+        bail!("no {LOCALE_TABLE_HEADING:?} section");
+    }
+    let mut counts = BTreeMap::new();
+    let mut in_table = false;
+    for (i, line) in lines {
+        let line = line.trim();
+        if line.starts_with("## ") {
+            break;
+        }
+        if !line.starts_with('|') {
+            if in_table {
+                break; // the table ended
+            }
+            continue;
+        }
+        in_table = true;
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let (Some(locale), Some(rows)) = (cells.first(), cells.get(1)) else {
+            bail!("line {}: expected `| locale | rows | ...`", i + 1);
+        };
+        if *locale == "locale" || locale.starts_with('-') || locale.starts_with(':') {
+            continue; // header and separator rows
+        }
+        let locale = locale.trim_matches('`');
+        let rows: usize = rows
+            .parse()
+            .with_context(|| format!("line {}: row count {rows:?} is not a number", i + 1))?;
+        if counts.insert(locale.to_owned(), rows).is_some() {
+            bail!("line {}: locale {locale} listed twice", i + 1);
+        }
+    }
+    if counts.is_empty() {
+        bail!("the {LOCALE_TABLE_HEADING:?} table is empty");
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gz(text: &str) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn load_text(text: &str) -> Result<Corpus> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.tsv.gz");
+        fs::write(&path, gz(text)).unwrap();
+        load(&path)
+    }
+
+    #[test]
+    fn loads_good_file() {
+        let c = load_text("locale\tdomain\tmsgid\ttext\nfr\tapp\tOpen the file\tOuvrir le fichier\n").unwrap();
+        assert_eq!(
+            c.rows,
+            vec![Row {
+                locale: "fr".into(),
+                domain: "app".into(),
+                msgid: "Open the file".into(),
+                text: "Ouvrir le fichier".into()
+            }]
+        );
+        // No final newline is fine too.
+        assert_eq!(load_text("locale\tdomain\tmsgid\ttext\nfr\ta\tb\tc").unwrap().rows.len(), 1);
+        assert_eq!(load_text("locale\tdomain\tmsgid\ttext\n").unwrap().rows.len(), 0);
+    }
+
+    #[test]
+    fn malformed_lines_are_named() {
+        let h = "locale\tdomain\tmsgid\ttext\n";
+        let cases = [
+            (format!("{h}fr\ta\tb\tc\nfr\ta\tb\n"), "line 3: missing text field"),
+            (format!("{h}fr\ta\tb\tc\td\n"), "line 2: more than 4"),
+            (format!("{h}fr\t\tb\tc\n"), "line 2: empty domain field"),
+            (format!("{h}\nfr\ta\tb\tc\n"), "line 2: empty line"),
+            ("lang\ttext\n".to_string(), "line 1: expected the header"),
+        ];
+        for (text, want) in cases {
+            let err = format!("{:#}", load_text(&text).unwrap_err());
+            assert!(err.contains(want) && err.contains("c.tsv.gz"), "{err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.tsv.gz");
+        // Invalid UTF-8 in a field.
+        let mut raw = b"locale\tdomain\tmsgid\ttext\nfr\ta\tb\t".to_vec();
+        raw.push(0xff);
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&raw).unwrap();
+        fs::write(&p, e.finish().unwrap()).unwrap();
+        let err = format!("{:#}", load(&p).unwrap_err());
+        assert!(err.contains("line 2: not valid UTF-8"), "{err}");
+        // Not gzip at all.
+        fs::write(&p, "plain text").unwrap();
+        assert!(format!("{:#}", load(&p).unwrap_err()).contains("decompressing"));
+        // Missing file.
+        assert!(format!("{:#}", load(&dir.path().join("none")).unwrap_err()).contains("opening"));
+    }
+
+    #[test]
+    fn manifest_counts() {
+        let text = "# x\n\n## Rows per locale\n\nLargest first.\n\n| locale | rows | before cap |\n\
+                    |---|---:|---:|\n| `fr` | 10 | 20 |\n| `sr@latin` | 3 | 3 |\n\n## Rows per domain\n\
+                    | `app` | 13 | x |\n";
+        let c = parse_manifest_counts(text).unwrap();
+        assert_eq!(c.into_iter().collect::<Vec<_>>(), vec![("fr".into(), 10), ("sr@latin".into(), 3)]);
+        assert!(parse_manifest_counts("# nothing\n").is_err());
+        let bad = "## Rows per locale\n| locale | rows |\n|---|---|\n| `fr` | many |\n";
+        assert!(format!("{:#}", parse_manifest_counts(bad).unwrap_err()).contains("line 4"));
+    }
+}

@@ -1,0 +1,339 @@
+//! The `kdx` command line.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::engine::{self, RunOptions};
+use crate::plan::load_plans;
+use crate::registry::{self, PluginKind};
+
+/// kdx — knowledge-distillation experiments on multilingual models.
+///
+/// A TOML recipe names a dataset, a teacher, a student, losses and a language sampler;
+/// `kdx run` pre-trains the teacher, distils it into the student, trains a no-teacher
+/// baseline and writes per-language CSV reports under results/.
+#[derive(Parser, Debug)]
+#[command(name = "kdx", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a recipe (every run of its [sweep]) and write reports.
+    Run {
+        /// The recipe file.
+        recipe: PathBuf,
+        /// Results root.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        /// Continue an interrupted run from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Stop after this many training steps, at the next checkpoint (for testing --resume).
+        #[arg(long, hide = true)]
+        interrupt_after: Option<u64>,
+    },
+    /// Check recipes (files or directories, recursively) without running anything.
+    Validate {
+        /// Recipe files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List plugins with their parameters, types, defaults and documentation.
+    Plugins {
+        /// Kind: dataset, model, loss or sampler.
+        kind: Option<String>,
+        /// A plugin name, for its full documentation.
+        name: Option<String>,
+    },
+    /// Print a JSON Schema of recipes, generated from the registered plugins.
+    Schema,
+    /// Print shell completions.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// The built-in gettext corpus.
+    Corpus {
+        #[command(subcommand)]
+        command: CorpusCommand,
+    },
+    /// Label texts (one per line, from FILE or stdin) with a trained model.
+    Predict {
+        /// A run directory (results/<experiment>/<run>).
+        run_dir: PathBuf,
+        /// Which model of the run.
+        #[arg(long, default_value = "student", value_parser = ["student", "teacher"])]
+        model: String,
+        /// Print the K most probable labels.
+        #[arg(long, default_value_t = 1)]
+        top: usize,
+        /// Input file (default: stdin).
+        file: Option<PathBuf>,
+    },
+    /// Score a trained model on a `lang<TAB>text` file, per language.
+    Eval {
+        /// A run directory.
+        run_dir: PathBuf,
+        /// The labelled file: `lang<TAB>text` per line (the label is the language).
+        #[arg(long)]
+        data: PathBuf,
+        /// Which model of the run.
+        #[arg(long, default_value = "student", value_parser = ["student", "teacher"])]
+        model: String,
+        /// Also write the per-language table as CSV here.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CorpusCommand {
+    /// Extract the corpus from gettext catalogs (.mo) into a gzip'd TSV and a MANIFEST.
+    Build(kdx_corpus::cli::BuildArgs),
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    if let Err(e) = registry::check_unique() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run { recipe, results, resume, quiet, threads, interrupt_after } => {
+            if let Some(n) = threads {
+                rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+            }
+            let plans = load_plans(&recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
+            let opts = RunOptions { results, resume, progress: !quiet, interrupt_after };
+            let mut failed = 0;
+            let n = plans.len();
+            for mut plan in plans {
+                if n > 1 && !quiet {
+                    eprintln!("kdx: run {}", plan.run_name);
+                }
+                match engine::run(&mut plan, &opts) {
+                    Ok(row) => println!(
+                        "{}/{}: teacher {:.4}  student {:.4}  baseline {}  ({} → {} params, {:.1}×) in {:.1}s",
+                        row.experiment,
+                        row.run,
+                        row.teacher_macro_acc,
+                        row.student_macro_acc,
+                        row.baseline_macro_acc.map_or("-".into(), |b| format!("{b:.4}")),
+                        row.teacher_params,
+                        row.student_params,
+                        row.compression,
+                        row.wall_s
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: {}/{}: {e:#}", plan.experiment.name, plan.run_name);
+                    }
+                }
+            }
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Validate { paths } => validate(&paths),
+        Command::Plugins { kind, name } => {
+            print!("{}", plugins_help(kind.as_deref(), name.as_deref())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&crate::schema::recipe_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kdx", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Corpus { command: CorpusCommand::Build(args) } => {
+            kdx_corpus::cli::run_build(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Predict { run_dir, model, top, file } => {
+            predict(&run_dir, &model, top, file.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { run_dir, data, model, csv } => {
+            eval(&run_dir, &model, &data, csv.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Recipe files under `paths` (directories recursively, `*.toml`, sorted).
+pub fn find_recipes(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut stack = vec![p.clone()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+                    let path = e?.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if path.extension().is_some_and(|x| x == "toml") {
+                        out.push(path);
+                    }
+                }
+            }
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            anyhow::bail!("{}: no such file or directory", p.display());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn validate(paths: &[PathBuf]) -> Result<ExitCode> {
+    let files = find_recipes(paths)?;
+    let mut bad = 0;
+    for f in &files {
+        match load_plans(f) {
+            Ok(plans) => println!("ok: {} ({} run{})", f.display(), plans.len(), if plans.len() == 1 { "" } else { "s" }),
+            Err(d) => {
+                bad += 1;
+                eprintln!("{d}");
+            }
+        }
+    }
+    println!("{} recipe(s) checked, {} with problems", files.len(), bad);
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The text `kdx plugins [KIND] [NAME]` prints.
+pub fn plugins_help(kind: Option<&str>, name: Option<&str>) -> Result<String> {
+    let kinds: Vec<PluginKind> = match kind {
+        None => PluginKind::ALL.to_vec(),
+        Some(k) => vec![PluginKind::parse(k).with_context(|| {
+            format!("unknown plugin kind `{k}`; kinds are: dataset, model, loss, sampler")
+        })?],
+    };
+    let mut s = String::new();
+    for k in kinds {
+        let regs = registry::list(k);
+        if let Some(n) = name {
+            let r = regs.iter().find(|r| r.name == n).with_context(|| {
+                format!("no {k} plugin `{n}`; registered: {}", registry::names(k).join(", "))
+            })?;
+            s.push_str(&crate::schema::describe(r, true));
+            continue;
+        }
+        s.push_str(&format!("{} plugins:\n", k));
+        for r in regs {
+            s.push_str(&crate::schema::describe(r, false));
+        }
+        s.push('\n');
+    }
+    Ok(s)
+}
+
+fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Result<()> {
+    let (model, card) = crate::export::load(&run_dir.join(which))?;
+    let input: Box<dyn BufRead> = match file {
+        Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?)),
+        None => Box::new(std::io::BufReader::new(std::io::stdin())),
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let lines: Vec<String> = input.lines().collect::<std::io::Result<_>>()?;
+    for chunk in lines.chunks(512) {
+        let bags = crate::features::Bags::build(model.featurizer(), chunk.iter().map(String::as_str).collect::<Vec<_>>());
+        let o = model.forward(&bags)?;
+        for (i, z) in o.logits.chunks(o.classes).enumerate() {
+            let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = z.iter().map(|x| (x - m).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            let mut idx: Vec<usize> = (0..z.len()).collect();
+            idx.sort_by(|a, b| e[*b].total_cmp(&e[*a]));
+            let parts: Vec<String> = idx.iter().take(top.max(1)).map(|&k| format!("{}\t{:.4}", card.labels[k], e[k] / sum)).collect();
+            let _ = i;
+            writeln!(out, "{}", parts.join("\t"))?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn eval(run_dir: &Path, which: &str, data: &Path, csv_out: Option<&Path>) -> Result<()> {
+    let (model, card) = crate::export::load(&run_dir.join(which))?;
+    let text = std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
+    let mut langs: Vec<String> = Vec::new();
+    let mut texts = Vec::new();
+    let mut gold = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (lang, t) = line
+            .split_once('\t')
+            .with_context(|| format!("{}:{}: expected `lang<TAB>text`", data.display(), n + 1))?;
+        let li = match langs.iter().position(|l| l == lang) {
+            Some(i) => i,
+            None => {
+                langs.push(lang.to_string());
+                langs.len() - 1
+            }
+        };
+        let label = card.labels.iter().position(|l| l == lang);
+        texts.push(t.to_string());
+        gold.push((li, label));
+    }
+    let bags = crate::features::Bags::build(model.featurizer(), texts.iter().map(String::as_str).collect::<Vec<_>>());
+    let logits = engine::predict(&*model, &bags)?.logits;
+    let pred = engine::train::argmax_rows(&logits, card.labels.len());
+    let mut rows = Vec::new();
+    for (li, lang) in langs.iter().enumerate() {
+        let idx: Vec<usize> = (0..gold.len()).filter(|&i| gold[i].0 == li).collect();
+        let correct = idx.iter().filter(|&&i| gold[i].1 == Some(pred[i])).count();
+        rows.push((lang.clone(), idx.len(), correct as f64 / idx.len().max(1) as f64, gold[idx[0]].1.is_some()));
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let known: Vec<&(String, usize, f64, bool)> = rows.iter().filter(|r| r.3).collect();
+    let macro_acc = known.iter().map(|r| r.2).sum::<f64>() / known.len().max(1) as f64;
+    let tty = std::io::stdout().is_terminal();
+    println!("{:<16} {:>8} {:>9}", "lang", "examples", "accuracy");
+    for r in &rows {
+        let note = if r.3 { "" } else { "  (not a label of this model)" };
+        println!("{:<16} {:>8} {:>9.4}{note}", r.0, r.1, r.2);
+    }
+    println!("{:<16} {:>8} {:>9.4}", "macro", known.iter().map(|r| r.1).sum::<usize>(), macro_acc);
+    let _ = tty;
+    if let Some(p) = csv_out {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            lang: &'a str,
+            examples: usize,
+            accuracy: f64,
+        }
+        let mut out: Vec<Row> = rows.iter().filter(|r| r.3).map(|r| Row { lang: &r.0, examples: r.1, accuracy: r.2 }).collect();
+        out.push(Row { lang: "macro", examples: known.iter().map(|r| r.1).sum(), accuracy: macro_acc });
+        crate::report::write_csv(p, &out)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! The dataset plugin kind and the task it produces.
+//!
+//! A dataset plugin turns its parameters into a [`Task`]: texts with a language and a label,
+//! split into train/dev/test, and for cross-lingual tasks the source text the teacher reads.
+
+/// One labelled example.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    /// The text the student reads.
+    pub text: String,
+    /// The parallel source text the teacher reads (cross-lingual distillation), if any.
+    pub source: Option<String>,
+    /// Index into [`Task::langs`].
+    pub lang: u32,
+    /// Index into [`Task::labels`].
+    pub label: u32,
+}
+
+/// A loaded task, ready for featurisation.
+#[derive(Clone, Debug, Default)]
+pub struct Task {
+    /// Class names, indexed by [`Example::label`].
+    pub labels: Vec<String>,
+    /// Language codes, indexed by [`Example::lang`].
+    pub langs: Vec<String>,
+    /// Training examples (what the sampler draws from).
+    pub train: Vec<Example>,
+    /// Development examples (periodic evaluation).
+    pub dev: Vec<Example>,
+    /// Test examples (final evaluation).
+    pub test: Vec<Example>,
+    /// Examples the teacher is pre-trained on, where they differ from `train`
+    /// (cross-lingual tasks: English sources only). `None` means `train`.
+    pub teacher_train: Option<Vec<Example>>,
+    /// The teacher reads [`Example::source`] rather than [`Example::text`]; the student
+    /// learns only from the teacher's outputs (no target-language labels reach it).
+    pub teacher_reads_source: bool,
+}
+
+impl Task {
+    /// Checks the invariants the engine relies on; returns a message naming what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.labels.len() < 2 {
+            return Err(format!(
+                "the task has {} class(es); at least 2 are needed",
+                self.labels.len()
+            ));
+        }
+        if self.train.is_empty() {
+            return Err("the training split is empty".into());
+        }
+        for (split, xs) in [("train", &self.train), ("dev", &self.dev), ("test", &self.test)] {
+            for (i, e) in xs.iter().enumerate() {
+                if e.lang as usize >= self.langs.len() || e.label as usize >= self.labels.len() {
+                    return Err(format!("{split} example {i} has an out-of-range language or label"));
+                }
+                if self.teacher_reads_source && e.source.is_none() {
+                    return Err(format!(
+                        "{split} example {i} has no source text, but the teacher reads sources"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of training examples per language.
+    pub fn train_sizes(&self) -> Vec<usize> {
+        let mut n = vec![0; self.langs.len()];
+        for e in &self.train {
+            n[e.lang as usize] += 1;
+        }
+        n
+    }
+}
+
+/// A dataset plugin instance (built from its parameters at plan time; loads at run time).
+pub trait Dataset: Send + Sync {
+    /// Loads the task. May be slow (reads files); called once per run.
+    fn load(&self) -> anyhow::Result<Task>;
+    /// A string that changes whenever the loaded task would change (parameters and the
+    /// content of the files read): part of the cache key of teacher artefacts.
+    fn fingerprint(&self) -> anyhow::Result<String>;
+}
+
+/// SHA-256 (hex) of a file's content: the data part of a dataset's fingerprint.
+pub fn file_fingerprint(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,320 @@
+//! Optimizers (SGD with momentum, Adam, AdamW), learning-rate schedules and gradient
+//! clipping, over [`Param`]s.
+//!
+//! Sparse semantics: a table parameter ([`Param::table`]) whose gradient arrives as
+//! [`Grad::Rows`] is updated only on the rows the batch touched, when `sparse = true`
+//! (the default). For Adam/AdamW this is "lazy Adam", exactly torch's `SparseAdam`: the
+//! moments of untouched rows are neither updated nor decayed, and the bias correction uses
+//! the global step count. AdamW's decoupled weight decay is applied to touched rows only.
+//! For SGD with momentum, untouched rows keep their velocity frozen (torch's sparse SGD has
+//! no momentum; ours matches plain SGD when momentum = 0). `sparse = false` scatters the rows
+//! into a dense gradient and updates every row, as a dense optimizer would.
+
+use rayon::prelude::*;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Grad, Param};
+
+/// Which update rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Stochastic gradient descent with (optional) momentum.
+    Sgd,
+    /// Adam (L2 weight decay added to the gradient).
+    Adam,
+    /// AdamW (decoupled weight decay).
+    Adamw,
+}
+
+/// The optimizer section of a recipe (`optimizer = { kind = "adamw", lr = 3e-3 }`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Update rule: "sgd", "adam" or "adamw".
+    #[serde(default = "default_kind")]
+    pub kind: OptimizerKind,
+    /// Peak learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f32,
+    /// Weight decay (L2 for sgd/adam, decoupled for adamw); not applied to biases and norms.
+    #[serde(default)]
+    pub weight_decay: f32,
+    /// Adam's β₁ and β₂.
+    #[serde(default = "default_betas")]
+    pub betas: [f32; 2],
+    /// Adam's ε.
+    #[serde(default = "default_eps")]
+    pub eps: f32,
+    /// SGD momentum.
+    #[serde(default)]
+    pub momentum: f32,
+    /// Update only the embedding rows a batch touches (lazy Adam); false = dense updates.
+    #[serde(default = "yes")]
+    pub sparse: bool,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: LrSchedule,
+    /// Warm-up steps (linear from 0 to `lr`), for any schedule.
+    #[serde(default)]
+    pub warmup: u64,
+    /// Clip gradients to this global L2 norm (0 = no clipping).
+    #[serde(default)]
+    pub clip_norm: f32,
+}
+
+fn default_kind() -> OptimizerKind {
+    OptimizerKind::Adamw
+}
+fn default_lr() -> f32 {
+    1e-3
+}
+fn default_betas() -> [f32; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f32 {
+    1e-8
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        OptimizerConfig {
+            kind: default_kind(),
+            lr: default_lr(),
+            weight_decay: 0.0,
+            betas: default_betas(),
+            eps: default_eps(),
+            momentum: 0.0,
+            sparse: true,
+            schedule: LrSchedule::Constant,
+            warmup: 0,
+            clip_norm: 0.0,
+        }
+    }
+}
+
+/// Learning-rate schedules after warm-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// Constant.
+    #[default]
+    Constant,
+    /// Linear decay to zero at the last step.
+    Linear,
+    /// Cosine decay to zero at the last step.
+    Cosine,
+}
+
+impl OptimizerConfig {
+    /// The learning rate at `step` (0-based) of `total` steps.
+    pub fn lr_at(&self, step: u64, total: u64) -> f32 {
+        if self.warmup > 0 && step < self.warmup {
+            return self.lr * (step + 1) as f32 / self.warmup as f32;
+        }
+        let span = total.saturating_sub(self.warmup).max(1) as f32;
+        let t = ((step - self.warmup.min(step)) as f32 / span).clamp(0.0, 1.0);
+        match self.schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Linear => self.lr * (1.0 - t),
+            LrSchedule::Cosine => self.lr * 0.5 * (1.0 + (std::f32::consts::PI * t).cos()),
+        }
+    }
+}
+
+/// Optimizer state of one parameter.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ParamState {
+    /// First moment (Adam) or velocity (SGD).
+    pub m: Vec<f32>,
+    /// Second moment (Adam).
+    pub v: Vec<f32>,
+}
+
+/// An optimizer: a configuration, per-parameter state (in parameter order) and a step count.
+#[derive(Clone, Debug)]
+pub struct Optimizer {
+    /// The configuration.
+    pub config: OptimizerConfig,
+    /// State per parameter, in the model's parameter order.
+    pub state: Vec<ParamState>,
+    /// Updates applied so far (Adam's bias correction uses it).
+    pub t: u64,
+}
+
+const CHUNK: usize = 4096;
+
+impl Optimizer {
+    /// A fresh optimizer.
+    pub fn new(config: OptimizerConfig) -> Optimizer {
+        Optimizer { config, state: Vec::new(), t: 0 }
+    }
+
+    /// Global L2 norm of all gradients.
+    pub fn grad_norm(params: &[&mut Param]) -> f32 {
+        let mut s = 0f64;
+        for p in params {
+            s += match &p.grad {
+                Grad::None => 0.0,
+                Grad::Dense(g) | Grad::Rows { values: g, .. } => {
+                    g.par_iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>()
+                }
+            };
+        }
+        s.sqrt() as f32
+    }
+
+    /// Applies one update with learning rate `lr`, then clears the gradients.
+    pub fn step(&mut self, params: &mut [&mut Param], lr: f32) {
+        let c = self.config.clone();
+        if self.state.len() != params.len() {
+            self.state = params
+                .iter()
+                .map(|p| {
+                    let n = p.numel();
+                    let adam = c.kind != OptimizerKind::Sgd;
+                    ParamState { m: vec![0.0; n], v: if adam { vec![0.0; n] } else { Vec::new() } }
+                })
+                .collect();
+        }
+        if !c.sparse {
+            // Dense mode: scatter touched rows into a full gradient, update every row.
+            for p in params.iter_mut() {
+                if let Grad::Rows { rows, values } = &p.grad {
+                    let width = p.shape.last().copied().unwrap_or(1);
+                    let mut dense = vec![0f32; p.data.len()];
+                    for (k, &r) in rows.iter().enumerate() {
+                        let off = r as usize * width;
+                        dense[off..off + width].copy_from_slice(&values[k * width..(k + 1) * width]);
+                    }
+                    p.grad = Grad::Dense(dense);
+                }
+            }
+        }
+        self.t += 1;
+        let scale = if c.clip_norm > 0.0 {
+            let n = Self::grad_norm(params);
+            if n > c.clip_norm { c.clip_norm / n } else { 1.0 }
+        } else {
+            1.0
+        };
+        let t = self.t as i32;
+        let bc1 = 1.0 - c.betas[0].powi(t);
+        let bc2 = 1.0 - c.betas[1].powi(t);
+        for (p, st) in params.iter_mut().zip(&mut self.state) {
+            let wd = if p.decay { c.weight_decay } else { 0.0 };
+            let grad = std::mem::take(&mut p.grad);
+            let width = p.shape.last().copied().unwrap_or(1);
+            match grad {
+                Grad::None => {}
+                Grad::Dense(g) => {
+                    let upd = Update { c: &c, lr, wd, scale, bc1, bc2 };
+                    let n = p.data.len();
+                    p.data
+                        .par_chunks_mut(CHUNK)
+                        .zip(g.par_chunks(CHUNK))
+                        .zip(st.m.par_chunks_mut(CHUNK))
+                        .zip(par_chunks_or_empty(&mut st.v, CHUNK, n))
+                        .for_each(|(((w, g), m), v)| upd.apply(w, g, m, v));
+                }
+                Grad::Rows { rows, values } if c.sparse => {
+                    let upd = Update { c: &c, lr, wd, scale, bc1, bc2 };
+                    let adam = c.kind != OptimizerKind::Sgd;
+                    // Rows are unique, so the row slices are disjoint: update them in parallel.
+                    let data = SharedMut(p.data.as_mut_ptr());
+                    let m = SharedMut(st.m.as_mut_ptr());
+                    let v = SharedMut(st.v.as_mut_ptr());
+                    rows.par_iter().enumerate().with_min_len(64).for_each(|(k, &r)| {
+                        let off = r as usize * width;
+                        // SAFETY: `rows` holds unique row indices within the table (the
+                        // embedding backward guarantees it), so each task touches a
+                        // disjoint `width`-long slice of each buffer.
+                        unsafe {
+                            let w = std::slice::from_raw_parts_mut(data.get().add(off), width);
+                            let mm = std::slice::from_raw_parts_mut(m.get().add(off), width);
+                            let vv: &mut [f32] = if adam {
+                                std::slice::from_raw_parts_mut(v.get().add(off), width)
+                            } else {
+                                &mut []
+                            };
+                            upd.apply(w, &values[k * width..(k + 1) * width], mm, vv);
+                        }
+                    });
+                }
+                Grad::Rows { .. } => unreachable!("converted to dense above"),
+            }
+        }
+    }
+}
+
+/// A raw pointer that may cross rayon tasks; callers guarantee disjoint access.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+impl SharedMut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn par_chunks_or_empty<'a>(v: &'a mut Vec<f32>, chunk: usize, n: usize) -> rayon::vec::IntoIter<&'a mut [f32]> {
+    if v.is_empty() {
+        let chunks = n.div_ceil(chunk);
+        (0..chunks).map(|_| &mut [][..]).collect::<Vec<_>>().into_par_iter()
+    } else {
+        v.chunks_mut(chunk).collect::<Vec<_>>().into_par_iter()
+    }
+}
+
+/// One update rule with its per-step constants.
+struct Update<'a> {
+    c: &'a OptimizerConfig,
+    lr: f32,
+    wd: f32,
+    scale: f32,
+    bc1: f32,
+    bc2: f32,
+}
+
+impl Update<'_> {
+    #[inline]
+    fn apply(&self, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let c = self.c;
+        let (b1, b2) = (c.betas[0], c.betas[1]);
+        match c.kind {
+            OptimizerKind::Sgd => {
+                for i in 0..w.len() {
+                    let gi = g[i] * self.scale + self.wd * w[i];
+                    let step = if c.momentum > 0.0 {
+                        m[i] = c.momentum * m[i] + gi;
+                        m[i]
+                    } else {
+                        gi
+                    };
+                    w[i] -= self.lr * step;
+                }
+            }
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                let decoupled = c.kind == OptimizerKind::Adamw;
+                let step_size = self.lr / self.bc1;
+                let inv_sqrt_bc2 = 1.0 / self.bc2.sqrt();
+                for i in 0..w.len() {
+                    let mut gi = g[i] * self.scale;
+                    if decoupled {
+                        w[i] *= 1.0 - self.lr * self.wd;
+                    } else {
+                        gi += self.wd * w[i];
+                    }
+                    m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                    v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                    w[i] -= step_size * m[i] / (v[i].sqrt() * inv_sqrt_bc2 + c.eps);
+                }
+            }
+        }
+    }
+}

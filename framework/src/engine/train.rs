@@ -1,0 +1,359 @@
+//! The training loop of one stage: sampling, forward/backward, losses, optimizer,
+//! periodic evaluation and checkpoints. Every random choice is derived from
+//! (seed, stage, step), so a resumed stage replays exactly what an uninterrupted one does.
+
+use anyhow::{Context, Result};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::optim::{Optimizer, ParamState};
+use crate::engine::{mix, Inputs, TeacherOut};
+use crate::loss::{Loss, LossInput};
+use crate::model::{Model, OutputGrads, StepCtx};
+use crate::plan::StageConfig;
+use crate::sampler::{normalise, LangStat, Sampler, SamplerCtx};
+use crate::schedule::Schedule;
+
+/// A loss with its weight, as a stage uses it.
+pub struct StageLoss<'a> {
+    /// Plugin name (for messages).
+    pub name: &'a str,
+    /// Weight schedule.
+    pub weight: &'a Schedule,
+    /// The loss.
+    pub loss: &'a mut dyn Loss,
+}
+
+/// Per-language example queues: each language's examples are drawn without replacement
+/// and reshuffled at every pass.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Queues {
+    /// Example indices per language (in original order; shuffled per pass on the fly).
+    #[serde(skip)]
+    members: Vec<Vec<usize>>,
+    /// Position in the current pass, per language.
+    pub cursor: Vec<usize>,
+    /// Passes completed, per language.
+    pub pass: Vec<u64>,
+    #[serde(skip)]
+    order: Vec<Vec<usize>>,
+    #[serde(skip)]
+    seed: u64,
+}
+
+impl Queues {
+    /// Queues over `langs` (the language of each example) for `n_langs` languages.
+    pub fn new(langs: &[u32], n_langs: usize, allowed: Option<&[bool]>, seed: u64) -> Queues {
+        let mut members = vec![Vec::new(); n_langs];
+        for (i, &l) in langs.iter().enumerate() {
+            if allowed.is_none_or(|a| a[l as usize]) {
+                members[l as usize].push(i);
+            }
+        }
+        let mut q = Queues { cursor: vec![0; n_langs], pass: vec![0; n_langs], order: vec![Vec::new(); n_langs], members, seed };
+        for l in 0..n_langs {
+            q.reshuffle(l);
+        }
+        q
+    }
+
+    fn reshuffle(&mut self, l: usize) {
+        let mut o = self.members[l].clone();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(mix(&[self.seed, l as u64, self.pass[l]]));
+        o.shuffle(&mut rng);
+        self.order[l] = o;
+    }
+
+    /// Restores cursors and passes (from a checkpoint).
+    pub fn restore(&mut self, cursor: Vec<usize>, pass: Vec<u64>) {
+        self.cursor = cursor;
+        self.pass = pass;
+        for l in 0..self.members.len() {
+            self.reshuffle(l);
+        }
+    }
+
+    /// Number of examples of each language.
+    pub fn sizes(&self) -> Vec<usize> {
+        self.members.iter().map(Vec::len).collect()
+    }
+
+    /// The next example of language `l`.
+    pub fn next(&mut self, l: usize) -> usize {
+        if self.cursor[l] >= self.order[l].len() {
+            self.pass[l] += 1;
+            self.cursor[l] = 0;
+            self.reshuffle(l);
+        }
+        let i = self.order[l][self.cursor[l]];
+        self.cursor[l] += 1;
+        i
+    }
+}
+
+/// Everything a stage needs besides the model.
+pub struct Stage<'a> {
+    /// Stage name: `teacher`, `distill`, `baseline`, `finetune`.
+    pub name: &'static str,
+    /// Settings.
+    pub cfg: &'a StageConfig,
+    /// The model's own featurisation of the training examples.
+    pub train: &'a Inputs,
+    /// Teacher outputs aligned with `train`, when a loss needs them.
+    pub teacher: Option<&'a TeacherOut>,
+    /// Whether gold labels may reach the losses (false in cross-lingual distillation).
+    pub labels_visible: bool,
+    /// Languages the stage trains on (all when `None`).
+    pub allowed: Option<Vec<bool>>,
+    /// The run seed.
+    pub seed: u64,
+    /// Number of languages.
+    pub n_langs: usize,
+}
+
+/// A row of `sampling.csv`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SamplingRow {
+    /// Stage.
+    pub stage: String,
+    /// Step at which the distribution was set.
+    pub step: u64,
+    /// Language.
+    pub lang: String,
+    /// Probability of drawing the language.
+    pub probability: f64,
+    /// Examples of the language drawn so far in the stage.
+    pub drawn: u64,
+}
+
+/// The loop state that a checkpoint must carry besides parameters and moments.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LoopState {
+    /// Next step to run.
+    pub step: u64,
+    /// Optimizer updates so far.
+    pub opt_t: u64,
+    /// Queue cursors and passes.
+    pub cursor: Vec<usize>,
+    /// Queue passes.
+    pub pass: Vec<u64>,
+    /// Per-language statistics.
+    pub stats: Vec<LangStat>,
+    /// The sampler's current distribution.
+    pub dist: Vec<f64>,
+    /// Sampler rows written so far.
+    pub sampling: Vec<SamplingRow>,
+    /// Examples per second so far (for `run.csv`).
+    pub train_seconds: f64,
+}
+
+/// Hooks the stage calls out to (evaluation, checkpoints, progress).
+pub trait StageHooks {
+    /// Called after step `step` (1-based count of steps done) when an evaluation is due;
+    /// returns per-language dev accuracies (student, teacher) for the statistics.
+    fn evaluate(&mut self, stage: &str, step: u64, model: &dyn Model, stats: &mut [LangStat]) -> Result<()>;
+    /// Persists a checkpoint of the stage.
+    fn checkpoint(&mut self, stage: &str, model: &dyn Model, opt: &Optimizer, state: &LoopState) -> Result<()>;
+    /// Progress report after each step.
+    fn progress(&mut self, stage: &str, step: u64, total: u64, loss: f32);
+}
+
+/// Runs a stage to its end, from `resume` if given. Returns the final loop state.
+#[allow(clippy::too_many_arguments)]
+pub fn run_stage(
+    stage: &Stage,
+    model: &mut dyn Model,
+    losses: &mut [StageLoss],
+    sampler: &mut dyn Sampler,
+    langs: &[String],
+    hooks: &mut dyn StageHooks,
+    resume: Option<(LoopState, Vec<ParamState>)>,
+) -> Result<LoopState> {
+    let cfg = stage.cfg;
+    let stage_id = mix(&[stage.name.len() as u64, stage.name.bytes().fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(b as u64))]);
+    let mut queues = Queues::new(&stage.train.langs, stage.n_langs, stage.allowed.as_deref(), mix(&[stage.seed, stage_id]));
+    let sizes = queues.sizes();
+    anyhow::ensure!(sizes.iter().any(|&n| n > 0), "stage `{}` has no training examples", stage.name);
+    let mut opt = Optimizer::new(cfg.optimizer());
+    let mut state = LoopState {
+        step: 0,
+        opt_t: 0,
+        cursor: queues.cursor.clone(),
+        pass: queues.pass.clone(),
+        stats: sizes.iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect(),
+        dist: Vec::new(),
+        sampling: Vec::new(),
+        train_seconds: 0.0,
+    };
+    if let Some((s, moments)) = resume {
+        queues.restore(s.cursor.clone(), s.pass.clone());
+        opt.t = s.opt_t;
+        opt.state = moments;
+        state = s;
+    }
+    let classes = model.classes();
+    let started = std::time::Instant::now();
+    let base_seconds = state.train_seconds;
+    while state.step < cfg.steps {
+        let step = state.step;
+        // Ask the sampler for a distribution at the start and every `update_every` steps.
+        let every = sampler.update_every().max(1);
+        if state.dist.is_empty() || step % every == 0 && step > 0 {
+            let ctx = SamplerCtx { step, total_steps: cfg.steps, batch: cfg.batch, stats: &state.stats };
+            let mut d = normalise(&sampler.distribution(&ctx).with_context(|| format!("sampler at step {step}"))?)
+                .with_context(|| format!("sampler at step {step}"))?;
+            anyhow::ensure!(d.len() == stage.n_langs, "the sampler returned {} weights for {} languages", d.len(), stage.n_langs);
+            // Languages without examples in this stage cannot be drawn.
+            for (p, &n) in d.iter_mut().zip(&sizes) {
+                if n == 0 {
+                    *p = 0.0;
+                }
+            }
+            d = normalise(&d).context("no language with examples has a positive sampling weight")?;
+            if d != state.dist {
+                for (l, &p) in d.iter().enumerate() {
+                    state.sampling.push(SamplingRow { stage: stage.name.into(), step, lang: langs[l].clone(), probability: p, drawn: state.stats[l].drawn });
+                }
+            }
+            state.dist = d;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(mix(&[stage.seed, stage_id, step, 1]));
+        let cdf: Vec<f64> = state.dist.iter().scan(0.0, |acc, p| { *acc += p; Some(*acc) }).collect();
+        let mut idx = Vec::with_capacity(cfg.batch);
+        for _ in 0..cfg.batch {
+            let u: f64 = rng.gen::<f64>() * cdf[cdf.len() - 1];
+            let l = cdf.partition_point(|&c| c <= u).min(cdf.len() - 1);
+            // partition_point may land on a zero-probability language at the end: walk back.
+            let l = (0..=l).rev().find(|&k| sizes[k] > 0 && state.dist[k] > 0.0).unwrap_or(l);
+            idx.push(queues.next(l));
+        }
+        let bags = stage.train.bags.gather(&idx);
+        let labels: Vec<u32> = idx.iter().map(|&i| stage.train.labels[i]).collect();
+        let blangs: Vec<u32> = idx.iter().map(|&i| stage.train.langs[i]).collect();
+        let t_logits: Option<Vec<f32>> = stage.teacher.map(|t| gather_rows(&t.logits, classes, &idx));
+        let t_hidden: Option<Vec<f32>> = stage.teacher.filter(|t| t.hidden_dim > 0).map(|t| gather_rows(&t.hidden, t.hidden_dim, &idx));
+        let weights = vec![1f32; idx.len()];
+        let ctx = StepCtx { step, seed: mix(&[stage.seed, stage_id, step, 2]) };
+        let mut total_loss = 0f32;
+        let stats_snapshot = state.stats.clone();
+        let outputs = model.forward_backward(&bags, ctx, &mut |out| {
+            let input = LossInput {
+                batch: out.batch,
+                classes: out.classes,
+                student_logits: &out.logits,
+                student_hidden: &out.hidden,
+                student_hidden_dim: out.hidden_dim,
+                teacher_logits: t_logits.as_deref(),
+                teacher_hidden: t_hidden.as_deref(),
+                teacher_hidden_dim: stage.teacher.map_or(0, |t| t.hidden_dim),
+                labels: stage.labels_visible.then_some(&labels[..]),
+                langs: &blangs,
+                weights: &weights,
+                step,
+                total_steps: cfg.steps,
+                stats: &stats_snapshot,
+            };
+            let mut g = OutputGrads { logits: vec![0.0; out.logits.len()], hidden: None };
+            let mut terms = Vec::new();
+            for l in losses.iter_mut() {
+                let w = l.weight.at(step, cfg.steps);
+                let r = l.loss.compute(&input).with_context(|| format!("loss `{}` at step {step}", l.name))?;
+                terms.push((l.name, w, r.value));
+                if w == 0.0 {
+                    continue;
+                }
+                total_loss += w * r.value;
+                anyhow::ensure!(r.grad_logits.len() == g.logits.len(), "loss `{}` returned a logit gradient of the wrong size", l.name);
+                g.logits.iter_mut().zip(&r.grad_logits).for_each(|(a, b)| *a += w * b);
+                if let Some(gh) = r.grad_hidden {
+                    let acc = g.hidden.get_or_insert_with(|| vec![0.0; out.hidden.len()]);
+                    acc.iter_mut().zip(&gh).for_each(|(a, b)| *a += w * b);
+                }
+            }
+            if !total_loss.is_finite() || terms.iter().any(|t| !t.2.is_finite()) {
+                let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+                for &l in &blangs {
+                    *counts.entry(&langs[l as usize]).or_default() += 1;
+                }
+                let terms: Vec<String> = terms.iter().map(|(n, w, v)| format!("{n} = {v} (weight {w})")).collect();
+                let batch: Vec<String> = counts.iter().map(|(l, n)| format!("{l}×{n}")).collect();
+                anyhow::bail!(
+                    "the loss diverged at step {step} of stage `{}`: {}; batch languages: {}",
+                    stage.name,
+                    terms.join(", "),
+                    batch.join(" ")
+                );
+            }
+            Ok(g)
+        })?;
+        let lr = opt.config.lr_at(step, cfg.steps);
+        opt.step(&mut model.params_mut(), lr);
+        update_stats(&mut state.stats, &outputs.logits, classes, &labels, t_logits.as_deref(), &blangs, stage.labels_visible);
+        state.step += 1;
+        state.opt_t = opt.t;
+        hooks.progress(stage.name, state.step, cfg.steps, total_loss);
+        let due = state.step == cfg.steps || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0);
+        if due {
+            state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
+            hooks.evaluate(stage.name, state.step, &*model, &mut state.stats)?;
+            let (c, p) = (queues.cursor.clone(), queues.pass.clone());
+            state.cursor = c;
+            state.pass = p;
+            hooks.checkpoint(stage.name, &*model, &opt, &state)?;
+        }
+    }
+    Ok(state)
+}
+
+fn gather_rows(m: &[f32], width: usize, idx: &[usize]) -> Vec<f32> {
+    let mut v = Vec::with_capacity(idx.len() * width);
+    for &i in idx {
+        v.extend_from_slice(&m[i * width..(i + 1) * width]);
+    }
+    v
+}
+
+/// Cross-entropy of each row of `logits` against `target`.
+pub fn row_ce(logits: &[f32], classes: usize, target: impl Fn(usize) -> usize) -> Vec<f64> {
+    logits
+        .chunks(classes)
+        .enumerate()
+        .map(|(i, z)| {
+            let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = m + z.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+            lse - z[target(i)] as f64
+        })
+        .collect()
+}
+
+/// Index of the largest entry of each row.
+pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
+    logits
+        .chunks(classes)
+        .map(|z| z.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0)
+        .collect()
+}
+
+const EMA: f64 = 0.02;
+
+/// Updates the running per-language losses with this batch's examples.
+fn update_stats(stats: &mut [LangStat], logits: &[f32], classes: usize, labels: &[u32], teacher: Option<&[f32]>, langs: &[u32], labels_visible: bool) {
+    let target: Vec<usize> = if labels_visible || teacher.is_none() {
+        labels.iter().map(|&l| l as usize).collect()
+    } else {
+        argmax_rows(teacher.unwrap_or_default(), classes)
+    };
+    let s_ce = row_ce(logits, classes, |i| target[i]);
+    let t_ce = teacher.map(|t| row_ce(t, classes, |i| target[i]));
+    for (i, &l) in langs.iter().enumerate() {
+        let st = &mut stats[l as usize];
+        let first = st.drawn == 0;
+        let a = if first { 1.0 } else { EMA };
+        st.student_loss += a * (s_ce[i] - st.student_loss);
+        if let Some(t) = &t_ce {
+            st.teacher_loss += a * (t[i] - st.teacher_loss);
+        }
+        st.drawn += 1;
+    }
+}

@@ -1,0 +1,78 @@
+//! A trained model as a stand-alone artefact: `<name>.safetensors` (its parameters) plus
+//! `<name>.json` (plugin, parameters, labels, languages, featurisation), enough to load it
+//! without the recipe (`kdx predict`, `kdx eval`).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::Task;
+use crate::engine::store::{params_from_map, params_to_map, read_safetensors, to_safetensors, write_atomic, TensorMap};
+use crate::model::Model;
+use crate::registry::{self, BuildCtx, Builder, PluginKind};
+
+/// The JSON side of an exported model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Format version of this file.
+    pub format: u32,
+    /// The kdx version that wrote it.
+    pub kdx_version: String,
+    /// Model plugin name.
+    pub plugin: String,
+    /// The model section's parameters (as in the recipe).
+    pub params: serde_json::Value,
+    /// Class names, indexed by output.
+    pub labels: Vec<String>,
+    /// Languages of the training task.
+    pub languages: Vec<String>,
+    /// The featuriser, described.
+    pub featurizer: String,
+    /// Number of parameters.
+    pub num_params: usize,
+}
+
+/// Writes `<stem>.safetensors` and `<stem>.json`.
+pub fn export(model: &dyn Model, plugin: &str, section: &toml::Value, task: &Task, stem: &Path) -> Result<()> {
+    let mut map = TensorMap::new();
+    params_to_map("", &model.params(), &mut map);
+    write_atomic(&stem.with_extension("safetensors"), &to_safetensors(&map)?)?;
+    let mut params = section.clone();
+    if let Some(t) = params.as_table_mut() {
+        t.remove("plugin");
+    }
+    let card = ModelCard {
+        format: 1,
+        kdx_version: env!("CARGO_PKG_VERSION").into(),
+        plugin: plugin.into(),
+        params: serde_json::to_value(&params)?,
+        labels: task.labels.clone(),
+        languages: task.langs.clone(),
+        featurizer: model.featurizer().describe(),
+        num_params: model.num_params(),
+    };
+    write_atomic(&stem.with_extension("json"), &serde_json::to_vec_pretty(&card)?)
+}
+
+/// Loads a model written by [`export`]; `stem` without extension.
+pub fn load(stem: &Path) -> Result<(Box<dyn Model>, ModelCard)> {
+    let json = stem.with_extension("json");
+    let card: ModelCard = serde_json::from_slice(&std::fs::read(&json).with_context(|| format!("reading {}", json.display()))?)
+        .with_context(|| format!("{} is not a kdx model card", json.display()))?;
+    let reg = registry::find(PluginKind::Model, &card.plugin)
+        .with_context(|| format!("{}: model plugin `{}` is not registered in this build", json.display(), card.plugin))?;
+    let Builder::Model(build) = reg.builder else { unreachable!("model registrations hold model builders") };
+    // Plugins take their parameters through a located recipe context; give them one made
+    // from the card, so errors still name the file.
+    let params: toml::Value = serde_json::from_value(card.params.clone())?;
+    let text = format!("[model]\n{}", toml::to_string(&params)?);
+    let doc = kdx_recipe::RecipeDoc::from_str(&text, &json).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let ctx = BuildCtx { doc: &doc, key: kdx_recipe::KeyPath::root().key("model"), params };
+    let builder = build(&ctx).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let mut model = builder.build(card.labels.len(), 0)?;
+    let weights = stem.with_extension("safetensors");
+    let map = read_safetensors(&weights)?;
+    params_from_map("", &mut model.params_mut(), &map, &weights)?;
+    Ok((model, card))
+}

@@ -1,0 +1,214 @@
+//! The loss plugin kind.
+//!
+//! A loss sees plain buffers — student logits and hidden representation, teacher outputs,
+//! labels, language ids, per-example weights, the step and per-language statistics — and
+//! returns its value and its gradient with respect to the student's outputs. The engine
+//! folds that gradient into the model's dfdx tape. Because the boundary is plain data, the
+//! same trait serves in-tree plugins and plugins loaded from dynamic libraries, and each
+//! loss may use dfdx autodiff internally on its own fresh tensors (see [`autodiff_logits`]).
+
+use crate::dfdx_prelude::*;
+use crate::sampler::LangStat;
+
+/// Everything a loss may read for one batch. Matrices are row-major.
+pub struct LossInput<'a> {
+    /// Batch size `B`.
+    pub batch: usize,
+    /// Number of classes `C`.
+    pub classes: usize,
+    /// `B × C` student logits.
+    pub student_logits: &'a [f32],
+    /// `B × H` student hidden representation.
+    pub student_hidden: &'a [f32],
+    /// `H`.
+    pub student_hidden_dim: usize,
+    /// `B × C` teacher logits (absent in a stage without a teacher, e.g. the baseline).
+    pub teacher_logits: Option<&'a [f32]>,
+    /// `B × H_t` teacher hidden representation, where the teacher provides one.
+    pub teacher_hidden: Option<&'a [f32]>,
+    /// `H_t`.
+    pub teacher_hidden_dim: usize,
+    /// Gold labels; `None` where the student must not see them (cross-lingual transfer).
+    pub labels: Option<&'a [u32]>,
+    /// Language of each example (index into the task's languages).
+    pub langs: &'a [u32],
+    /// Per-example weights (1.0 unless a gate or sampler correction says otherwise).
+    pub weights: &'a [f32],
+    /// Global step (0-based) and total steps of the stage.
+    pub step: u64,
+    /// Total steps of the current stage.
+    pub total_steps: u64,
+    /// Running per-language statistics (sizes, losses, dev accuracies).
+    pub stats: &'a [LangStat],
+}
+
+/// What a loss returns.
+#[derive(Clone, Debug, Default)]
+pub struct LossOutput {
+    /// The loss value (already reduced over the batch).
+    pub value: f32,
+    /// `B × C` gradient with respect to the student logits.
+    pub grad_logits: Vec<f32>,
+    /// `B × H` gradient with respect to the student hidden representation, if used.
+    pub grad_hidden: Option<Vec<f32>>,
+}
+
+/// A distillation or supervised objective.
+pub trait Loss: Send {
+    /// Whether the loss reads teacher outputs (then it is skipped in teacher-free stages
+    /// such as the baseline, and the engine computes teacher outputs for it).
+    fn needs_teacher(&self) -> bool;
+    /// Whether the loss reads gold labels.
+    fn needs_labels(&self) -> bool {
+        !self.needs_teacher()
+    }
+    /// Whether the loss reads the teacher's hidden representation (then the engine keeps
+    /// it for every training example, which costs memory).
+    fn needs_teacher_hidden(&self) -> bool {
+        false
+    }
+    /// Computes the loss and its gradients.
+    fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput>;
+    /// Per-language state to report in `metrics.csv` (e.g. a selective gate), if any.
+    fn language_state(&self) -> Option<Vec<f32>> {
+        None
+    }
+}
+
+/// Evaluates a scalar function of the student logits with dfdx autodiff: `f` receives the
+/// logits as a traced `B × C` tensor and returns a traced scalar. Returns value and gradient.
+pub fn autodiff_logits(
+    batch: usize,
+    classes: usize,
+    logits: &[f32],
+    f: impl FnOnce(Traced2) -> Traced0,
+) -> (f32, Vec<f32>) {
+    let dev = device();
+    let z: T2 = dev.tensor_from_vec(logits.to_vec(), (batch, classes));
+    let out = f(z.leaky_trace());
+    let value = out.array();
+    let grads = out.backward();
+    (value, grads.get(&z).as_vec())
+}
+
+/// A constant `B × C` tensor from a slice.
+pub fn tensor2(rows: usize, cols: usize, data: &[f32]) -> T2 {
+    device().tensor_from_vec(data.to_vec(), (rows, cols))
+}
+
+/// A `B × C` tensor holding each example's weight divided by `B`, in every column: multiply
+/// per-example-per-class terms by it and sum to get the weighted batch mean.
+pub fn row_weights(batch: usize, classes: usize, weights: &[f32]) -> T2 {
+    let mut v = Vec::with_capacity(batch * classes);
+    for &w in weights {
+        v.extend(std::iter::repeat(w / batch as f32).take(classes));
+    }
+    tensor2(batch, classes, &v)
+}
+
+/// Checks a loss's analytic gradient against central finite differences on the logits;
+/// returns the largest relative error (|a − n| / max(1, |a|, |n|)). Loss authors call this
+/// in their tests; see docs/writing-a-loss-plugin.md.
+pub fn gradient_check(loss: &mut dyn Loss, x: &LossInput, eps: f32) -> anyhow::Result<f32> {
+    let analytic = loss.compute(x)?.grad_logits;
+    let mut worst = 0f32;
+    let mut z = x.student_logits.to_vec();
+    for i in 0..z.len() {
+        let orig = z[i];
+        z[i] = orig + eps;
+        let up = loss.compute(&LossInput { student_logits: &z, ..*x })?.value;
+        z[i] = orig - eps;
+        let down = loss.compute(&LossInput { student_logits: &z, ..*x })?.value;
+        z[i] = orig;
+        let numeric = (up - down) / (2.0 * eps);
+        let err = (analytic[i] - numeric).abs() / 1f32.max(analytic[i].abs()).max(numeric.abs());
+        worst = worst.max(err);
+    }
+    Ok(worst)
+}
+
+/// Owned buffers for a [`LossInput`], for tests and gradient checks: random logits,
+/// teacher logits and hidden states, labels and languages from a seed.
+#[derive(Clone, Debug)]
+pub struct SampleBatch {
+    /// `B`.
+    pub batch: usize,
+    /// `C`.
+    pub classes: usize,
+    /// `H` (student and teacher).
+    pub hidden_dim: usize,
+    /// Student logits.
+    pub student_logits: Vec<f32>,
+    /// Student hidden.
+    pub student_hidden: Vec<f32>,
+    /// Teacher logits.
+    pub teacher_logits: Vec<f32>,
+    /// Teacher hidden.
+    pub teacher_hidden: Vec<f32>,
+    /// Labels.
+    pub labels: Vec<u32>,
+    /// Languages (two languages, alternating).
+    pub langs: Vec<u32>,
+    /// Per-example weights.
+    pub weights: Vec<f32>,
+    /// Statistics of the two languages.
+    pub stats: Vec<LangStat>,
+}
+
+impl SampleBatch {
+    /// A reproducible random batch; `scale` sets the logits' spread (large = peaked).
+    pub fn random(batch: usize, classes: usize, hidden_dim: usize, scale: f32, seed: u64) -> SampleBatch {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut v = |n: usize| (0..n).map(|_| rng.gen_range(-scale..scale)).collect::<Vec<f32>>();
+        let student_logits = v(batch * classes);
+        let student_hidden = v(batch * hidden_dim);
+        let teacher_logits = v(batch * classes);
+        let teacher_hidden = v(batch * hidden_dim);
+        let labels = (0..batch).map(|i| (i * 7 % classes) as u32).collect();
+        let langs = (0..batch).map(|i| (i % 2) as u32).collect();
+        let weights = (0..batch).map(|i| 0.5 + (i % 3) as f32 * 0.25).collect();
+        let stats = vec![
+            LangStat { train_size: 100, dev_acc: Some(0.5), teacher_dev_acc: Some(0.9), ..Default::default() },
+            LangStat { train_size: 10, dev_acc: Some(0.95), teacher_dev_acc: Some(0.9), ..Default::default() },
+        ];
+        SampleBatch { batch, classes, hidden_dim, student_logits, student_hidden, teacher_logits, teacher_hidden, labels, langs, weights, stats }
+    }
+
+    /// Borrows the batch as a loss input at `step` of `total_steps`.
+    pub fn input(&self, step: u64, total_steps: u64) -> LossInput<'_> {
+        LossInput {
+            batch: self.batch,
+            classes: self.classes,
+            student_logits: &self.student_logits,
+            student_hidden: &self.student_hidden,
+            student_hidden_dim: self.hidden_dim,
+            teacher_logits: Some(&self.teacher_logits),
+            teacher_hidden: Some(&self.teacher_hidden),
+            teacher_hidden_dim: self.hidden_dim,
+            labels: Some(&self.labels),
+            langs: &self.langs,
+            weights: &self.weights,
+            step,
+            total_steps,
+            stats: &self.stats,
+        }
+    }
+}
+
+/// Softmax of `z / t` per row, and its log, computed in f64 on the host: used for teacher
+/// targets (constants), where exact zeros must not produce NaN (0 · log 0 is taken as 0).
+pub fn softmax_rows(z: &[f32], classes: usize, t: f32) -> (Vec<f32>, Vec<f32>) {
+    let mut p = Vec::with_capacity(z.len());
+    let mut lp = Vec::with_capacity(z.len());
+    for row in z.chunks(classes) {
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64 / t as f64;
+        let lse = m + row.iter().map(|&x| (x as f64 / t as f64 - m).exp()).sum::<f64>().ln();
+        for &x in row {
+            let l = x as f64 / t as f64 - lse;
+            lp.push(l as f32);
+            p.push(l.exp() as f32);
+        }
+    }
+    (p, lp)
+}

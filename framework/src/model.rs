@@ -1,0 +1,199 @@
+//! The model plugin kind: runtime-sized networks used as teacher or student.
+//!
+//! Parameters are plain `f32` buffers ([`Param`]) owned by the model; each training step
+//! binds them to dfdx tensors, runs dfdx autodiff, and leaves the gradients in
+//! [`Param::grad`] for the framework's optimizers. Keeping parameters as plain data makes
+//! checkpoints, weight transfer (`init = "from-teacher"`) and export trivial.
+
+use crate::features::{Bags, Featurizer};
+
+/// The gradient of one parameter after a step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Grad {
+    /// No gradient this step.
+    #[default]
+    None,
+    /// A gradient for every element.
+    Dense(Vec<f32>),
+    /// Gradients for some rows of a 2-D table (an embedding): `values` is
+    /// `rows.len() × width`, row `k` of it belongs to table row `rows[k]`; rows are unique.
+    Rows {
+        /// The touched rows, unique.
+        rows: Vec<u32>,
+        /// Their gradients, row-major.
+        values: Vec<f32>,
+    },
+}
+
+/// One named, trainable tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    /// Stable name (`emb`, `hidden.0.w` …): checkpoint key and optimizer-state key.
+    pub name: String,
+    /// Shape; the data is row-major.
+    pub shape: Vec<usize>,
+    /// Values.
+    pub data: Vec<f32>,
+    /// Gradient of the last step.
+    pub grad: Grad,
+    /// Whether weight decay applies (not to biases and norms).
+    pub decay: bool,
+    /// Rows are looked up by id (an embedding table): only these get sparse updates, and
+    /// weight transfer requires the row count (the hash buckets) to match exactly.
+    pub table: bool,
+}
+
+impl Param {
+    /// A parameter filled with zeros.
+    pub fn zeros(name: impl Into<String>, shape: &[usize], decay: bool) -> Param {
+        Param {
+            name: name.into(),
+            shape: shape.to_vec(),
+            data: vec![0.0; shape.iter().product()],
+            grad: Grad::None,
+            decay,
+            table: false,
+        }
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Adds a dense gradient into [`Param::grad`].
+    pub fn add_dense_grad(&mut self, g: &[f32]) {
+        debug_assert_eq!(g.len(), self.data.len());
+        match &mut self.grad {
+            Grad::Dense(acc) => acc.iter_mut().zip(g).for_each(|(a, b)| *a += b),
+            other => *other = Grad::Dense(g.to_vec()),
+        }
+    }
+}
+
+/// What a forward pass produces, row-major.
+#[derive(Clone, Debug, Default)]
+pub struct Outputs {
+    /// Batch size.
+    pub batch: usize,
+    /// `batch × classes` logits.
+    pub logits: Vec<f32>,
+    /// Number of classes.
+    pub classes: usize,
+    /// `batch × hidden_dim`: the representation just before the output layer.
+    pub hidden: Vec<f32>,
+    /// Width of `hidden`.
+    pub hidden_dim: usize,
+}
+
+/// Gradients of the training objective with respect to a model's outputs.
+#[derive(Clone, Debug, Default)]
+pub struct OutputGrads {
+    /// `batch × classes`.
+    pub logits: Vec<f32>,
+    /// `batch × hidden_dim`, when some loss reads the hidden representation.
+    pub hidden: Option<Vec<f32>>,
+}
+
+/// Per-step context for stochastic layers.
+#[derive(Clone, Copy, Debug)]
+pub struct StepCtx {
+    /// Global step (0-based).
+    pub step: u64,
+    /// Seed for this step's randomness (dropout), derived from the run seed and the step,
+    /// so a resumed run draws the same masks as an uninterrupted one.
+    pub seed: u64,
+}
+
+/// A trained or trainable network.
+pub trait Model: Send + Sync {
+    /// One line describing the architecture (for logs and `run.csv`).
+    fn describe(&self) -> String;
+    /// Number of classes it predicts.
+    fn classes(&self) -> usize;
+    /// Width of the hidden representation handed to losses.
+    fn hidden_dim(&self) -> usize;
+    /// Its featuriser: the engine featurises each split once with it.
+    fn featurizer(&self) -> &dyn Featurizer;
+    /// Inference on a batch of featurised examples (no dropout, no gradients).
+    fn forward(&self, x: &Bags) -> anyhow::Result<Outputs>;
+    /// Training forward and backward: runs the forward pass, asks `objective` for the
+    /// gradient of the loss with respect to the outputs, and back-propagates it into
+    /// [`Param::grad`] of every parameter. Returns the forward outputs.
+    fn forward_backward(
+        &mut self,
+        x: &Bags,
+        ctx: StepCtx,
+        objective: &mut dyn FnMut(&Outputs) -> anyhow::Result<OutputGrads>,
+    ) -> anyhow::Result<Outputs>;
+    /// The parameters, in a fixed order.
+    fn params(&self) -> Vec<&Param>;
+    /// The parameters, mutably, in the same order.
+    fn params_mut(&mut self) -> Vec<&mut Param>;
+
+    /// Total number of trainable scalars.
+    fn num_params(&self) -> usize {
+        self.params().iter().map(|p| p.numel()).sum()
+    }
+}
+
+/// A model plugin instance: knows its architecture; sized once the task is known.
+pub trait ModelBuilder: Send + Sync {
+    /// Creates a freshly initialised model for `classes` classes.
+    fn build(&self, classes: usize, seed: u64) -> anyhow::Result<Box<dyn Model>>;
+}
+
+/// Copies a teacher's parameters into a student where names and shapes allow
+/// (`init = "from-teacher"`): equal shapes are copied whole; a student matrix whose
+/// shape is a prefix-slice of the teacher's (fewer rows and/or columns) takes the leading
+/// block (the first k hidden units). Anything else is an error naming each tensor and both shapes.
+pub fn init_from(student: &mut dyn Model, teacher: &dyn Model) -> anyhow::Result<Vec<String>> {
+    let tparams = teacher.params();
+    let mut copied = Vec::new();
+    let mut problems = Vec::new();
+    for sp in student.params_mut() {
+        let Some(tp) = tparams.iter().find(|t| t.name == sp.name) else {
+            problems.push(format!("`{}` {:?}: the teacher has no tensor of that name", sp.name, sp.shape));
+            continue;
+        };
+        if sp.table && tp.shape.first() != sp.shape.first() {
+            problems.push(format!(
+                "`{}`: student shape {:?} vs teacher shape {:?}: rows are hashed ids, so the bucket counts must match",
+                sp.name, sp.shape, tp.shape
+            ));
+        } else if tp.shape == sp.shape {
+            sp.data.copy_from_slice(&tp.data);
+            copied.push(sp.name.clone());
+        } else if tp.shape.len() == sp.shape.len()
+            && tp.shape.iter().zip(&sp.shape).all(|(t, s)| s <= t)
+        {
+            match sp.shape.len() {
+                1 => sp.data.copy_from_slice(&tp.data[..sp.shape[0]]),
+                2 => {
+                    let (r, c, tc) = (sp.shape[0], sp.shape[1], tp.shape[1]);
+                    for i in 0..r {
+                        sp.data[i * c..(i + 1) * c].copy_from_slice(&tp.data[i * tc..i * tc + c]);
+                    }
+                }
+                _ => {
+                    problems.push(format!("`{}`: student {:?} vs teacher {:?}", sp.name, sp.shape, tp.shape));
+                    continue;
+                }
+            }
+            copied.push(format!("{} (leading block)", sp.name));
+        } else {
+            problems.push(format!(
+                "`{}`: student shape {:?} does not fit in teacher shape {:?}",
+                sp.name, sp.shape, tp.shape
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(copied)
+    } else {
+        anyhow::bail!(
+            "init = \"from-teacher\" cannot copy these tensors:\n  {}",
+            problems.join("\n  ")
+        )
+    }
+}

@@ -1,0 +1,489 @@
+//! Recipe → plan: every plugin name resolved through the registry, every parameter typed,
+//! every problem located. Nothing downstream of the plan reads TOML.
+
+use std::path::PathBuf;
+
+use kdx_recipe::{did_you_mean, unknown_key_help, Diagnostic, Diagnostics, KeyPath, RecipeDoc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::Dataset;
+use crate::engine::optim::OptimizerConfig;
+use crate::loss::Loss;
+use crate::model::ModelBuilder;
+use crate::registry::{self, BuildCtx, Builder, PluginKind};
+use crate::sampler::Sampler;
+use crate::schedule::Schedule;
+
+/// `[experiment]`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSection {
+    /// Experiment name: results go to `results/<name>/<run>/`.
+    pub name: String,
+    /// Seed of every random choice (initialisation, sampling, dropout).
+    #[serde(default)]
+    pub seed: u64,
+    /// Free text, copied into the reports.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Training settings of one stage (`[train]`, `[teacher].train`, `[finetune]`).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// Optimisation steps.
+    pub steps: u64,
+    /// Examples per step.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Shorthand for `optimizer.lr`.
+    #[serde(default)]
+    pub lr: Option<f32>,
+    /// The optimizer.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Evaluate on the dev split (and checkpoint) every this many steps; 0 = only at the end.
+    #[serde(default)]
+    pub eval_every: u64,
+}
+
+fn default_batch() -> usize {
+    256
+}
+
+impl StageConfig {
+    /// The optimizer with the `lr` shorthand applied.
+    pub fn optimizer(&self) -> OptimizerConfig {
+        let mut o = self.optimizer.clone();
+        if let Some(lr) = self.lr {
+            o.lr = lr;
+        }
+        o
+    }
+}
+
+/// `[train]`: the distillation stage.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Stage settings.
+    #[serde(flatten)]
+    pub stage: StageConfig,
+    /// Also train the same student without a teacher (hard labels only), for the KD-gain column.
+    #[serde(default = "yes")]
+    pub baseline: bool,
+    /// Fraction of each split used for dev/test-time evaluation batches (1 = all).
+    #[serde(default = "one")]
+    pub eval_fraction: f64,
+}
+
+/// `[finetune]`: an optional last stage on a subset of languages.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneSection {
+    /// Stage settings.
+    #[serde(flatten)]
+    pub stage: StageConfig,
+    /// Languages to fine-tune on (all when empty).
+    #[serde(default)]
+    pub languages: Vec<String>,
+    /// Keep the distillation losses (true) or fine-tune on hard labels only (false).
+    #[serde(default)]
+    pub distill: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> f64 {
+    1.0
+}
+
+/// How the student starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// Fresh random initialisation.
+    #[default]
+    None,
+    /// Copy the teacher's tensors where names and shapes allow.
+    FromTeacher,
+}
+
+/// A model section resolved: the plugin and its framework-owned settings.
+pub struct ModelPlan {
+    /// Plugin name.
+    pub plugin: String,
+    /// The plugin instance.
+    pub builder: Box<dyn ModelBuilder>,
+    /// The section as written (resolved), for cache keys.
+    pub section: toml::Value,
+}
+
+/// One `[[loss]]` resolved.
+pub struct LossPlan {
+    /// Plugin name.
+    pub plugin: String,
+    /// Weight (a number or a schedule).
+    pub weight: Schedule,
+    /// The plugin instance.
+    pub loss: Box<dyn Loss>,
+}
+
+/// A fully resolved experiment, ready to run.
+pub struct Plan {
+    /// The resolved recipe.
+    pub doc: RecipeDoc,
+    /// Run name within the experiment (the sweep settings, or `run`).
+    pub run_name: String,
+    /// `[experiment]`.
+    pub experiment: ExperimentSection,
+    /// `[data]` plugin name.
+    pub data_plugin: String,
+    /// `[data]`.
+    pub dataset: Box<dyn Dataset>,
+    /// `[data]` section as written, for cache keys.
+    pub data_section: toml::Value,
+    /// `[teacher]`.
+    pub teacher: ModelPlan,
+    /// `[teacher].train`.
+    pub teacher_train: StageConfig,
+    /// `[student]`.
+    pub student: ModelPlan,
+    /// `[student].init`.
+    pub init: Init,
+    /// `[[loss]]`.
+    pub losses: Vec<LossPlan>,
+    /// `[sampler]` plugin name.
+    pub sampler_plugin: String,
+    /// `[sampler]`.
+    pub sampler: Box<dyn Sampler>,
+    /// `[sampler]` parameters, to build fresh instances (the baseline gets its own).
+    pub sampler_params: toml::Table,
+    /// `[train]`.
+    pub train: TrainSection,
+    /// `[finetune]`.
+    pub finetune: Option<FinetuneSection>,
+    /// Dynamic plugin libraries named by `[plugins] libraries`, resolved.
+    pub libraries: Vec<PathBuf>,
+}
+
+const TOP_KEYS: &[&str] = &[
+    "experiment", "data", "teacher", "student", "loss", "sampler", "train", "finetune", "plugins",
+];
+
+impl Plan {
+    /// Resolves a loaded recipe (one run: sweeps are expanded before). All problems found
+    /// are returned together.
+    pub fn from_doc(doc: RecipeDoc, run_name: &str) -> Result<Plan, Diagnostics> {
+        let mut diags = Diagnostics(Vec::new());
+        let root = doc.root().clone();
+        for key in root.keys() {
+            if !TOP_KEYS.contains(&key.as_str()) {
+                diags.push(
+                    doc.diag(&KeyPath::root().key(key), format!("unknown section `{key}`"), Some(unknown_key_help(key, TOP_KEYS))),
+                );
+            }
+        }
+        let section = |name: &str, diags: &mut Diagnostics| -> Option<toml::Table> {
+            match root.get(name) {
+                Some(toml::Value::Table(t)) => Some(t.clone()),
+                Some(other) => {
+                    diags.push(doc.diag(
+                        &KeyPath::root().key(name),
+                        format!("`{name}` must be a table, found {}", other.type_str()),
+                        None,
+                    ));
+                    None
+                }
+                None => None,
+            }
+        };
+        let required = |name: &str, diags: &mut Diagnostics| -> Option<toml::Table> {
+            let t = section(name, diags);
+            if t.is_none() && !matches!(root.get(name), Some(_)) {
+                diags.push(doc.diag(&KeyPath::root(), format!("missing section `[{name}]`"), None));
+            }
+            t
+        };
+
+        let experiment = required("experiment", &mut diags)
+            .and_then(|t| ok(&mut diags, doc.deserialize_at(&KeyPath::root().key("experiment"), toml::Value::Table(t))));
+
+        let data = required("data", &mut diags).and_then(|t| {
+            let key = KeyPath::root().key("data");
+            let (name, params) = split_plugin(&doc, &key, t, &[], &mut diags)?;
+            let b = build(&doc, &key, PluginKind::Dataset, &name, params.clone(), &mut diags)?;
+            match b {
+                Built::Dataset(d) => Some((name, d, toml::Value::Table(params))),
+                _ => None,
+            }
+        });
+
+        let teacher = required("teacher", &mut diags).and_then(|mut t| {
+            let key = KeyPath::root().key("teacher");
+            let train = match t.remove("train") {
+                Some(v) => ok(&mut diags, doc.deserialize_at::<StageConfig>(&key.key("train"), v)),
+                None => {
+                    diags.push(doc.diag(&key, "missing key `train` (the teacher's pre-training stage, e.g. `train = { steps = 2000 }`)", None));
+                    None
+                }
+            };
+            let section = toml::Value::Table(t.clone());
+            let (name, params) = split_plugin(&doc, &key, t, &[], &mut diags)?;
+            let b = build(&doc, &key, PluginKind::Model, &name, params, &mut diags)?;
+            match (b, train) {
+                (Built::Model(m), Some(train)) => Some((ModelPlan { plugin: name, builder: m, section }, train)),
+                _ => None,
+            }
+        });
+
+        let student = required("student", &mut diags).and_then(|mut t| {
+            let key = KeyPath::root().key("student");
+            let init = match t.remove("init") {
+                Some(v) => ok(&mut diags, doc.deserialize_at::<Init>(&key.key("init"), v))?,
+                None => Init::None,
+            };
+            let section = toml::Value::Table(t.clone());
+            let (name, params) = split_plugin(&doc, &key, t, &[], &mut diags)?;
+            match build(&doc, &key, PluginKind::Model, &name, params, &mut diags)? {
+                Built::Model(m) => Some((ModelPlan { plugin: name, builder: m, section }, init)),
+                _ => None,
+            }
+        });
+
+        let mut losses = Vec::new();
+        match root.get("loss") {
+            Some(toml::Value::Array(items)) if !items.is_empty() => {
+                for (i, item) in items.iter().enumerate() {
+                    let key = KeyPath::root().key("loss").index(i);
+                    let Some(mut t) = item.as_table().cloned() else {
+                        diags.push(doc.diag(&key, "each `[[loss]]` must be a table", None));
+                        continue;
+                    };
+                    let weight = match t.remove("weight") {
+                        Some(v) => ok(&mut diags, doc.deserialize_at::<Schedule>(&key.key("weight"), v)),
+                        None => Some(Schedule::Constant(1.0)),
+                    };
+                    let Some((name, params)) = split_plugin(&doc, &key, t, &[], &mut diags) else { continue };
+                    if let (Some(Built::Loss(l)), Some(weight)) =
+                        (build(&doc, &key, PluginKind::Loss, &name, params, &mut diags), weight)
+                    {
+                        losses.push(LossPlan { plugin: name, weight, loss: l });
+                    }
+                }
+            }
+            Some(toml::Value::Array(_)) | None => diags.push(doc.diag(
+                &KeyPath::root(),
+                "no `[[loss]]`: name at least one loss (e.g. `[[loss]]\\nplugin = \"soft-kl\"`)",
+                Some(format!("registered losses: {}", registry::names(PluginKind::Loss).join(", "))),
+            )),
+            Some(other) => diags.push(doc.diag(
+                &KeyPath::root().key("loss"),
+                format!("`loss` must be an array of tables (`[[loss]]`), found {}", other.type_str()),
+                None,
+            )),
+        }
+
+        let sampler = match section("sampler", &mut diags) {
+            Some(t) => {
+                let key = KeyPath::root().key("sampler");
+                split_plugin(&doc, &key, t, &[], &mut diags).and_then(|(name, params)| {
+                    match build(&doc, &key, PluginKind::Sampler, &name, params.clone(), &mut diags)? {
+                        Built::Sampler(s) => Some((name, s, params)),
+                        _ => None,
+                    }
+                })
+            }
+            None => {
+                let key = KeyPath::root().key("sampler");
+                match build(&doc, &key, PluginKind::Sampler, "proportional", toml::Table::new(), &mut diags) {
+                    Some(Built::Sampler(s)) => Some(("proportional".to_string(), s, toml::Table::new())),
+                    _ => None,
+                }
+            }
+        };
+
+        let train = required("train", &mut diags)
+            .and_then(|t| ok(&mut diags, doc.deserialize_at::<TrainSection>(&KeyPath::root().key("train"), toml::Value::Table(t))));
+        let finetune = section("finetune", &mut diags).and_then(|t| {
+            ok(&mut diags, doc.deserialize_at::<FinetuneSection>(&KeyPath::root().key("finetune"), toml::Value::Table(t)))
+        });
+
+        let mut libraries = Vec::new();
+        if let Some(t) = section("plugins", &mut diags) {
+            let key = KeyPath::root().key("plugins");
+            for (k, v) in &t {
+                if k != "libraries" {
+                    diags.push(doc.diag(&key.key(k), format!("unknown key `{k}`"), Some(unknown_key_help(k, &["libraries"]))));
+                    continue;
+                }
+                match v.as_array() {
+                    Some(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            match item.as_str() {
+                                Some(s) => libraries.push(doc.resolve_path(&key.key("libraries").index(i), s)),
+                                None => diags.push(doc.diag(&key.key("libraries").index(i), "expected a path string", None)),
+                            }
+                        }
+                    }
+                    None => diags.push(doc.diag(&key.key("libraries"), "expected an array of paths", None)),
+                }
+            }
+        }
+
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+        // Every `None` above pushed a diagnostic, so these are all present here.
+        let (Some(experiment), Some((data_plugin, dataset, data_section)), Some((teacher, teacher_train)), Some((student, init)), Some((sampler_plugin, sampler, sampler_params)), Some(train)) =
+            (experiment, data, teacher, student, sampler, train)
+        else {
+            return Err(Diagnostics(vec![Diagnostic::new("internal error: incomplete plan without a diagnostic")]));
+        };
+        let plan = Plan {
+            doc,
+            run_name: if run_name.is_empty() { "run".into() } else { run_name.into() },
+            experiment,
+            data_plugin,
+            dataset,
+            data_section,
+            teacher,
+            teacher_train,
+            student,
+            init,
+            losses,
+            sampler_plugin,
+            sampler,
+            sampler_params,
+            train,
+            finetune,
+            libraries,
+        };
+        plan.check()?;
+        Ok(plan)
+    }
+
+    /// Builds a fresh loss instance of a registered plugin with the given parameters
+    /// (the engine uses `hard-ce` for teacher pre-training and the baseline).
+    pub fn loss(&self, name: &str, params: toml::Table) -> anyhow::Result<Box<dyn Loss>> {
+        match self.instantiate(PluginKind::Loss, name, params)? {
+            Built::Loss(l) => Ok(l),
+            _ => unreachable!("a loss builder builds losses"),
+        }
+    }
+
+    /// Builds a fresh sampler instance (`name` with `params`).
+    pub fn sampler(&self, name: &str, params: toml::Table) -> anyhow::Result<Box<dyn Sampler>> {
+        match self.instantiate(PluginKind::Sampler, name, params)? {
+            Built::Sampler(s) => Ok(s),
+            _ => unreachable!("a sampler builder builds samplers"),
+        }
+    }
+
+    fn instantiate(&self, kind: PluginKind, name: &str, params: toml::Table) -> anyhow::Result<Built> {
+        let mut d = Diagnostics(Vec::new());
+        let key = KeyPath::root().key(kind.as_str());
+        build(&self.doc, &key, kind, name, params, &mut d)
+            .ok_or_else(|| anyhow::anyhow!("building the built-in {kind} `{name}`: {d}"))
+    }
+
+    /// Cross-section checks that need more than one section.
+    fn check(&self) -> Result<(), Diagnostics> {
+        let mut d = Diagnostics(Vec::new());
+        let t = &self.train.stage;
+        if t.steps == 0 {
+            d.push(self.doc.diag(&KeyPath::root().key("train").key("steps"), "must be at least 1", None));
+        }
+        if t.batch == 0 {
+            d.push(self.doc.diag(&KeyPath::root().key("train").key("batch"), "must be at least 1", None));
+        }
+        if !(self.train.eval_fraction > 0.0 && self.train.eval_fraction <= 1.0) {
+            d.push(self.doc.diag(&KeyPath::root().key("train").key("eval_fraction"), "must be in (0, 1]", None));
+        }
+        d.into_result(())
+    }
+}
+
+fn ok<T>(diags: &mut Diagnostics, r: Result<T, Diagnostic>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            diags.push(e);
+            None
+        }
+    }
+}
+
+/// Splits the `plugin` key off a section; the rest are the plugin's parameters.
+fn split_plugin(
+    doc: &RecipeDoc,
+    key: &KeyPath,
+    mut t: toml::Table,
+    _reserved: &[&str],
+    diags: &mut Diagnostics,
+) -> Option<(String, toml::Table)> {
+    match t.remove("plugin") {
+        Some(toml::Value::String(s)) => Some((s, t)),
+        Some(other) => {
+            diags.push(doc.diag(&key.key("plugin"), format!("expected a plugin name (a string), found {}", other.type_str()), None));
+            None
+        }
+        None => {
+            diags.push(doc.diag(key, "missing key `plugin`", None));
+            None
+        }
+    }
+}
+
+enum Built {
+    Dataset(Box<dyn Dataset>),
+    Model(Box<dyn ModelBuilder>),
+    Loss(Box<dyn Loss>),
+    Sampler(Box<dyn Sampler>),
+}
+
+fn build(
+    doc: &RecipeDoc,
+    key: &KeyPath,
+    kind: PluginKind,
+    name: &str,
+    params: toml::Table,
+    diags: &mut Diagnostics,
+) -> Option<Built> {
+    let Some(reg) = registry::find(kind, name) else {
+        let names = registry::names(kind);
+        let mut help = String::new();
+        if let Some(s) = did_you_mean(name, &names) {
+            help.push_str(&format!("did you mean `{s}`? "));
+        }
+        help.push_str(&format!("registered {kind} plugins: {}", names.join(", ")));
+        diags.push(doc.diag(&key.key("plugin"), format!("unknown {kind} plugin `{name}`"), Some(help)));
+        return None;
+    };
+    let ctx = BuildCtx { doc, key: key.clone(), params: toml::Value::Table(params) };
+    let r = match reg.builder {
+        Builder::Dataset(f) => f(&ctx).map(Built::Dataset),
+        Builder::Model(f) => f(&ctx).map(Built::Model),
+        Builder::Loss(f) => f(&ctx).map(Built::Loss),
+        Builder::Sampler(f) => f(&ctx).map(Built::Sampler),
+    };
+    ok(diags, r)
+}
+
+/// Loads a recipe file and expands its sweep: one plan per run.
+pub fn load_plans(path: &std::path::Path) -> Result<Vec<Plan>, Diagnostics> {
+    let doc = RecipeDoc::load(path)?;
+    let runs = doc.expand_sweep()?;
+    let mut plans = Vec::new();
+    let mut diags = Diagnostics(Vec::new());
+    for run in runs {
+        match Plan::from_doc(run.doc, &run.name) {
+            Ok(p) => plans.push(p),
+            Err(d) => diags.0.extend(d.0),
+        }
+    }
+    diags.into_result(plans)
+}

@@ -1,0 +1,133 @@
+//! The CSV reports of a run (schemas in ARCHITECTURE.md), written atomically.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::store::write_atomic;
+
+/// A row of `metrics.csv`: one language (or `macro`) on one split at one step of one stage.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MetricRow {
+    /// Steps done in the stage.
+    pub step: u64,
+    /// `teacher`, `distill`, `baseline` or `finetune`.
+    pub stage: String,
+    /// `dev` or `test`.
+    pub split: String,
+    /// Language code, or `macro` for the unweighted mean over languages.
+    pub lang: String,
+    /// Examples evaluated.
+    pub examples: usize,
+    /// Mean cross-entropy against the gold labels.
+    pub loss: f64,
+    /// Accuracy of the stage's model.
+    pub acc: f64,
+    /// Accuracy of the teacher on the same examples (empty in the teacher stage).
+    pub teacher_acc: Option<f64>,
+    /// Fraction of examples where the model's argmax equals the teacher's.
+    pub agreement: Option<f64>,
+    /// Mean KL(teacher ‖ model) at temperature 1.
+    pub kl: Option<f64>,
+}
+
+/// A row of `languages.csv`: the final per-language table on the test split.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LanguageRow {
+    /// Language code.
+    pub lang: String,
+    /// Training examples of the language.
+    pub train_size: usize,
+    /// Test examples.
+    pub test_size: usize,
+    /// Examples the sampler drew during distillation.
+    pub sampled: u64,
+    /// Teacher accuracy.
+    pub teacher_acc: f64,
+    /// Distilled student accuracy (after fine-tuning, when there is a fine-tuning stage).
+    pub student_acc: f64,
+    /// Accuracy of the same student trained without a teacher (empty without a baseline).
+    pub baseline_acc: Option<f64>,
+    /// student_acc − baseline_acc.
+    pub kd_gain: Option<f64>,
+    /// Agreement of the student with the teacher.
+    pub agreement: f64,
+}
+
+/// The single row of `run.csv`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunRow {
+    /// Experiment name.
+    pub experiment: String,
+    /// Run name.
+    pub run: String,
+    /// Recipe path.
+    pub recipe: String,
+    /// Hash of the resolved recipe.
+    pub hash: String,
+    /// `ok` or `failed`.
+    pub status: String,
+    /// The error, when failed.
+    pub error: String,
+    /// Teacher parameters.
+    pub teacher_params: usize,
+    /// Student parameters.
+    pub student_params: usize,
+    /// teacher_params / student_params.
+    pub compression: f64,
+    /// Teacher inference speed, texts/s on one thread (featurisation included).
+    pub teacher_texts_per_s: f64,
+    /// Student inference speed, texts/s on one thread (featurisation included).
+    pub student_texts_per_s: f64,
+    /// Teacher macro accuracy (test).
+    pub teacher_macro_acc: f64,
+    /// Student macro accuracy (test).
+    pub student_macro_acc: f64,
+    /// Baseline macro accuracy (test).
+    pub baseline_macro_acc: Option<f64>,
+    /// Student minus baseline macro accuracy.
+    pub kd_gain: Option<f64>,
+    /// Student macro accuracy / teacher macro accuracy.
+    pub retention: f64,
+    /// Language where the student is worst.
+    pub worst_lang: String,
+    /// The student's accuracy there.
+    pub worst_acc: f64,
+    /// Whether the teacher came from the cache.
+    pub teacher_cached: bool,
+    /// Wall time of the run, seconds.
+    pub wall_s: f64,
+    /// Training examples per second over the distillation stage.
+    pub train_examples_per_s: f64,
+    /// Peak resident memory, MiB.
+    pub peak_rss_mb: f64,
+}
+
+/// Serialises rows as CSV (with a header) and writes them atomically.
+pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads rows written by [`write_csv`].
+pub fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
+    let mut r = csv::Reader::from_path(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    r.deserialize().map(|x| x.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))).collect()
+}
+
+/// Peak resident set size of this process in MiB (Linux; 0 elsewhere).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -1,0 +1,165 @@
+//! `gettext-lid`: language identification over the gettext corpus snapshot.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use kdx_corpus::split::{split_of, stable_hash64, Split};
+use kdx_framework::dataset::{file_fingerprint, Dataset, Example, Task};
+use kdx_framework::kdx_recipe::Diagnostic;
+use kdx_framework::registry::BuildCtx;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Language identification: each translated message is an example whose label is its
+/// locale. Splits come from a hash of the English msgid, so all translations of one
+/// message share a split (no leakage across languages). Confusable locales (pt/pt_BR/gl,
+/// sr/sr@latin/hr/bs, nb/nn/da, zh_CN/zh_TW/zh_HK) make the task hard in the right way.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GettextLidParams {
+    /// The corpus snapshot (`kdx corpus build` output), relative to the recipe.
+    pub corpus: PathBuf,
+    /// Which locales: "top-N" (the N largest), "min-K" (every locale with ≥ K messages),
+    /// "all", or an explicit list of locale codes.
+    #[serde(default = "default_languages")]
+    pub languages: Languages,
+    /// Merge locales before selecting: e.g. { "pt_BR" = "pt", "sr@latin" = "sr" }.
+    #[serde(default)]
+    pub merge: BTreeMap<String, String>,
+    /// Keep at most this many training examples per language (a low-data setting);
+    /// dev and test are not capped.
+    #[serde(default)]
+    pub max_train_per_language: Option<usize>,
+    /// Fraction of messages in the dev split.
+    #[serde(default = "default_frac")]
+    pub dev_fraction: f64,
+    /// Fraction of messages in the test split.
+    #[serde(default = "default_frac")]
+    pub test_fraction: f64,
+}
+
+/// A locale selection.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Languages {
+    /// "top-N", "min-K" or "all".
+    Rule(String),
+    /// Explicit locale codes.
+    List(Vec<String>),
+}
+
+fn default_languages() -> Languages {
+    Languages::Rule("top-40".into())
+}
+fn default_frac() -> f64 {
+    0.1
+}
+
+/// A parsed selection rule.
+enum Rule {
+    Top(usize),
+    Min(usize),
+    All,
+    List(Vec<String>),
+}
+
+fn parse_rule(l: &Languages) -> Result<Rule, String> {
+    match l {
+        Languages::List(v) if v.is_empty() => Err("the language list is empty".into()),
+        Languages::List(v) => Ok(Rule::List(v.clone())),
+        Languages::Rule(s) if s == "all" => Ok(Rule::All),
+        Languages::Rule(s) => {
+            let num = |p: &str| s.strip_prefix(p).and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
+            if let Some(n) = num("top-") {
+                Ok(Rule::Top(n))
+            } else if let Some(n) = num("min-") {
+                Ok(Rule::Min(n))
+            } else {
+                Err(format!("expected \"top-N\", \"min-K\", \"all\" or a list of locales, found \"{s}\""))
+            }
+        }
+    }
+}
+
+fn build(mut p: GettextLidParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, Diagnostic> {
+    if let Err(e) = parse_rule(&p.languages) {
+        return Err(ctx.error("languages", e));
+    }
+    for (name, f) in [("dev_fraction", p.dev_fraction), ("test_fraction", p.test_fraction)] {
+        if !(0.0..0.5).contains(&f) {
+            return Err(ctx.error(name, format!("must be in [0, 0.5), found {f}")));
+        }
+    }
+    p.corpus = ctx.resolve_path("corpus", &p.corpus);
+    if !p.corpus.exists() {
+        return Err(ctx.error("corpus", format!("corpus file {} does not exist (build one with `kdx corpus build`)", p.corpus.display())));
+    }
+    Ok(Box::new(p))
+}
+
+kdx_framework::register_dataset!("gettext-lid", "language identification over the gettext corpus (label = locale)", GettextLidParams, build);
+
+impl Dataset for GettextLidParams {
+    fn fingerprint(&self) -> anyhow::Result<String> {
+        Ok(format!("gettext-lid {} {}", serde_json_like(self), file_fingerprint(&self.corpus)?))
+    }
+
+    fn load(&self) -> anyhow::Result<Task> {
+        let corpus = kdx_corpus::load::load(&self.corpus).with_context(|| format!("loading {}", self.corpus.display()))?;
+        let locale = |l: &str| self.merge.get(l).cloned().unwrap_or_else(|| l.to_string());
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &corpus.rows {
+            *counts.entry(locale(&r.locale)).or_default() += 1;
+        }
+        let rule = parse_rule(&self.languages).map_err(anyhow::Error::msg)?;
+        let mut by_size: Vec<(&String, &usize)> = counts.iter().collect();
+        by_size.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let mut langs: Vec<String> = match rule {
+            Rule::All => counts.keys().cloned().collect(),
+            Rule::Top(n) => by_size.iter().take(n).map(|(l, _)| (*l).clone()).collect(),
+            Rule::Min(k) => by_size.iter().filter(|(_, &c)| c >= k).map(|(l, _)| (*l).clone()).collect(),
+            Rule::List(v) => {
+                for l in &v {
+                    anyhow::ensure!(
+                        counts.contains_key(l),
+                        "locale `{l}` is not in {} (after merging); it has: {}",
+                        self.corpus.display(),
+                        counts.keys().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                }
+                v
+            }
+        };
+        langs.sort();
+        langs.dedup();
+        let index: BTreeMap<&str, u32> = langs.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
+        let mut task = Task { labels: langs.clone(), langs: langs.clone(), ..Default::default() };
+        let mut train_by_lang: Vec<Vec<(u64, Example)>> = vec![Vec::new(); langs.len()];
+        for r in &corpus.rows {
+            let l = locale(&r.locale);
+            let Some(&li) = index.get(l.as_str()) else { continue };
+            let e = Example { text: r.text.clone(), source: Some(r.msgid.clone()), lang: li, label: li };
+            match split_of(&r.msgid, self.dev_fraction, self.test_fraction) {
+                Split::Train => train_by_lang[li as usize].push((stable_hash64(r.msgid.as_bytes()), e)),
+                Split::Dev => task.dev.push(e),
+                Split::Test => task.test.push(e),
+            }
+        }
+        for mut v in train_by_lang {
+            if let Some(cap) = self.max_train_per_language {
+                // Keep the messages with the smallest msgid hash: the same messages in every
+                // language, so a capped corpus stays parallel.
+                v.sort_by_key(|(h, _)| *h);
+                v.truncate(cap);
+            }
+            task.train.extend(v.into_iter().map(|(_, e)| e));
+        }
+        Ok(task)
+    }
+}
+
+/// A stable rendering of the parameters for the fingerprint.
+fn serde_json_like(p: &GettextLidParams) -> String {
+    format!("{:?} {:?} {:?} {} {}", p.languages, p.merge, p.max_train_per_language, p.dev_fraction, p.test_fraction)
+}
