@@ -33,7 +33,7 @@ use anyhow::{bail, ensure, Context, Result};
 use flate2::{Compression, GzBuilder};
 use sha2::{Digest, Sha256};
 
-use crate::clean::{clean, keep};
+use crate::clean::{clean_pair, keep};
 use crate::manifest::{self, CatalogSource, ManifestInput};
 use crate::mo::parse_mo;
 use crate::split::{mix64, stable_hash64};
@@ -70,7 +70,7 @@ pub struct BuildReport {
     pub sha256: String,
     /// Catalogs or names that were skipped or only partly read, each with path and reason.
     pub warnings: Vec<String>,
-    /// Rows per locale, largest first (ties by name).
+    /// Rows per locale, largest first (ties by size before the cap, then by name).
     pub per_locale: Vec<(String, usize)>,
 }
 
@@ -107,11 +107,17 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let gz = gzip(tsv.as_bytes()).context("compressing the snapshot")?;
     let sha256 = hex(&Sha256::digest(&gz));
 
-    let mut per_locale: Vec<(String, usize)> = locales
+    // Largest first; capped locales tie on rows, so their size before the cap orders them.
+    let mut order: Vec<&LocaleRows> = locales.iter().collect();
+    order.sort_by(|a, b| {
+        (b.rows.len(), b.available)
+            .cmp(&(a.rows.len(), a.available))
+            .then_with(|| a.locale.cmp(&b.locale))
+    });
+    let per_locale: Vec<(String, usize)> = order
         .iter()
         .map(|l| (l.locale.clone(), l.rows.len()))
         .collect();
-    per_locale.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let domains: BTreeSet<&str> = locales
         .iter()
         .flat_map(|l| l.rows.iter().map(|r| l.domains[r.0].as_str()))
@@ -258,8 +264,7 @@ fn read_locale(
             ));
         }
         for entry in catalog.entries {
-            let msgid = clean(&entry.msgid);
-            let text = clean(&entry.msgstr);
+            let (msgid, text) = clean_pair(&entry.msgid, &entry.msgstr);
             if keep(&msgid, &text) {
                 rows.push((idx, msgid, text));
             }
@@ -393,7 +398,7 @@ mod tests {
             &write_mo(
                 &fr(&[
                     ("_Open the file", "_Ouvrir le fichier"),
-                    ("Cancel", "Annuler"),                  // too short
+                    ("Cancel", "Annuler"),                      // too short
                     ("Untouched message", "Untouched message"), // identical
                     ("Cannot open %s", "Impossible d'ouvrir %s"),
                 ]),
@@ -405,13 +410,37 @@ mod tests {
             "fr",
             "alpha",
             &write_mo(
-                &fr(&[("Open the file", "Ouvrir le fichier"), ("Delete everything", "Tout supprimer définitivement")]),
+                &fr(&[
+                    ("Open the file", "Ouvrir le fichier"),
+                    ("Delete everything", "Tout supprimer définitivement"),
+                ]),
                 Endian::Big,
             ),
         );
-        put(&root, "fr", "iso_639", &write_mo(&fr(&[("French language", "langue française")]), Endian::Little));
-        put(&root, "fr", "broken", b"this is not a catalog at all, sorry");
-        put(&root, "en_GB", "alpha", &write_mo(&fr(&[("Color settings", "Colour settings")]), Endian::Little));
+        put(
+            &root,
+            "fr",
+            "iso_639",
+            &write_mo(
+                &fr(&[("French language", "langue française")]),
+                Endian::Little,
+            ),
+        );
+        put(
+            &root,
+            "fr",
+            "broken",
+            b"this is not a catalog at all, sorry",
+        );
+        put(
+            &root,
+            "en_GB",
+            "alpha",
+            &write_mo(
+                &fr(&[("Color settings", "Colour settings")]),
+                Endian::Little,
+            ),
+        );
         put(
             &root,
             "de",
@@ -420,7 +449,10 @@ mod tests {
                 &[
                     RawEntry::header("ISO-8859-1"),
                     RawEntry::raw(b"Open the file".to_vec(), b"Die Datei \xf6ffnen".to_vec()),
-                    RawEntry::raw(b"Delete everything".to_vec(), b"Alles endg\xfcltig l\xf6schen".to_vec()),
+                    RawEntry::raw(
+                        b"Delete everything".to_vec(),
+                        b"Alles endg\xfcltig l\xf6schen".to_vec(),
+                    ),
                 ],
                 Endian::Little,
             ),
@@ -464,17 +496,33 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                ["de", "alpha", "Delete everything", "Alles endgültig löschen"],
+                [
+                    "de",
+                    "alpha",
+                    "Delete everything",
+                    "Alles endgültig löschen"
+                ],
                 ["de", "alpha", "Open the file", "Die Datei öffnen"],
-                ["fr", "alpha", "Delete everything", "Tout supprimer définitivement"],
+                [
+                    "fr",
+                    "alpha",
+                    "Delete everything",
+                    "Tout supprimer définitivement"
+                ],
                 ["fr", "alpha", "Open the file", "Ouvrir le fichier"],
                 ["fr", "beta", "Cannot open", "Impossible d'ouvrir"],
             ]
         );
-        assert_eq!(a.per_locale, vec![("fr".to_string(), 3), ("de".to_string(), 2)]);
+        assert_eq!(
+            a.per_locale,
+            vec![("fr".to_string(), 3), ("de".to_string(), 2)]
+        );
         assert_eq!((a.locales, a.rows, a.domains), (2, 5, 2));
         let counts = read_manifest_counts(&tmp.path().join("a/MANIFEST.md")).unwrap();
-        assert_eq!(counts.into_iter().collect::<Vec<_>>(), vec![("de".into(), 2), ("fr".into(), 3)]);
+        assert_eq!(
+            counts.into_iter().collect::<Vec<_>>(),
+            vec![("de".into(), 2), ("fr".into(), 3)]
+        );
         assert!(ma.contains(&a.sha256));
     }
 
@@ -482,10 +530,16 @@ mod tests {
     fn cap_keeps_the_same_messages_across_locales() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("locale");
-        let msgids: Vec<String> = (0..40).map(|i| format!("Message number {i} here")).collect();
+        let msgids: Vec<String> = (0..40)
+            .map(|i| format!("Message number {i} here"))
+            .collect();
         for (locale, n) in [("de", 40), ("fr", 30), ("ga", 5)] {
             let mut e = vec![RawEntry::header("UTF-8")];
-            e.extend(msgids[..n].iter().map(|m| RawEntry::simple(m, &format!("{locale} translation of {m}"))));
+            e.extend(
+                msgids[..n]
+                    .iter()
+                    .map(|m| RawEntry::simple(m, &format!("{locale} translation of {m}"))),
+            );
             put(&root, locale, "app", &write_mo(&e, Endian::Little));
         }
         let out = tmp.path().join("out/c.tsv.gz");
@@ -497,18 +551,33 @@ mod tests {
         .unwrap();
         assert_eq!(
             report.per_locale,
-            vec![("de".to_string(), 10), ("fr".to_string(), 10), ("ga".to_string(), 5)]
+            vec![
+                ("de".to_string(), 10),
+                ("fr".to_string(), 10),
+                ("ga".to_string(), 5)
+            ]
         );
         let corpus = load(&out).unwrap();
         let ids = |loc: &str| -> BTreeSet<String> {
-            corpus.rows.iter().filter(|r| r.locale == loc).map(|r| r.msgid.clone()).collect()
+            corpus
+                .rows
+                .iter()
+                .filter(|r| r.locale == loc)
+                .map(|r| r.msgid.clone())
+                .collect()
         };
         // fr's 30 are a subset of de's 40, so fr keeps whatever de keeps among them.
         let de = ids("de");
         let fr = ids("fr");
-        let de_in_fr_range: BTreeSet<String> =
-            de.iter().filter(|m| msgids[..30].contains(m)).cloned().collect();
-        assert!(de_in_fr_range.is_subset(&fr), "{de_in_fr_range:?} vs {fr:?}");
+        let de_in_fr_range: BTreeSet<String> = de
+            .iter()
+            .filter(|m| msgids[..30].contains(m))
+            .cloned()
+            .collect();
+        assert!(
+            de_in_fr_range.is_subset(&fr),
+            "{de_in_fr_range:?} vs {fr:?}"
+        );
         let manifest = fs::read_to_string(tmp.path().join("out/MANIFEST.md")).unwrap();
         assert!(manifest.contains("--max-per-locale 10"));
     }
@@ -527,7 +596,16 @@ mod tests {
 
     #[test]
     fn english_variants() {
-        for l in ["en", "en_US", "en_GB", "en_AU", "en_CA", "en_NZ", "en@quot", "en@boldquot"] {
+        for l in [
+            "en",
+            "en_US",
+            "en_GB",
+            "en_AU",
+            "en_CA",
+            "en_NZ",
+            "en@quot",
+            "en@boldquot",
+        ] {
             assert!(is_english_variant(l), "{l}");
         }
         for l in ["en@shaw", "eo", "fr", "de_CH"] {

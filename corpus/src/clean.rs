@@ -7,8 +7,10 @@
 //! 2. decode the common entities (`&amp; &lt; &gt; &quot; &apos; &#NN; &#xHH;`);
 //! 3. remove accelerator mnemonics (`_File`, `&File`, and the CJK `(_F)` / `(&F)` suffix);
 //! 4. remove placeholders: printf (`%s`, `%1$d`, `%-10s`, `%.2f`, `%lu`, `%'d`, `%<PRIu64>`,
-//!    Python `%(name)s`, Qt `%1`; `%%` becomes `%`), braces (`{name}`, `{0}`, `{}`) and shell
-//!    (`${x}`, `$x` when an identifier follows);
+//!    Python `%(name)s`, Qt `%1`, strftime `%H`, binutils `%P`; `%%` becomes `%`), braces
+//!    (`{name}`, `{0}`, `{}`) and shell (`${x}`, `$(x)`, `$x` when an identifier follows);
+//!    then the quotes or brackets that held only placeholders (`'%s'`, `« %s »`), and the
+//!    punctuation a leading placeholder leaves (`%s: not found`);
 //! 5. turn `\n`/`\t` escapes and every control character (real newlines and tabs included)
 //!    into spaces;
 //! 6. Unicode NFC;
@@ -24,11 +26,26 @@ pub const MIN_CHARS: usize = 10;
 
 /// Cleans one msgid or msgstr (see the module documentation for the steps).
 pub fn clean(s: &str) -> String {
+    clean_inner(s, false).0
+}
+
+/// Cleans a msgid and its translation together. The same as [`clean`] on each, except that
+/// when the msgid carries an `_` mnemonic (it is a GUI label), the translation's single
+/// mid-word `_` is taken as its mnemonic even in an all-lower-case word ("ca_rpeta",
+/// "ut_logging"), where [`clean`] alone could not tell it from an identifier.
+pub fn clean_pair(msgid: &str, msgstr: &str) -> (String, String) {
+    let (msgid, label) = clean_inner(msgid, false);
+    let (text, _) = clean_inner(msgstr, label);
+    (msgid, text)
+}
+
+/// The pipeline; `label` as in [`clean_pair`]. Also says whether an `_` mnemonic was removed.
+fn clean_inner(s: &str, label: bool) -> (String, bool) {
     let s = strip_tags(s);
     let s = decode_entities(&s);
-    let s = strip_mnemonics(&s);
+    let (s, had_mnemonic) = strip_mnemonics(&s, label);
     let s = strip_placeholders(&s);
-    normalise_space(&s)
+    (normalise_space(&s), had_mnemonic)
 }
 
 /// Whether a cleaned (msgid, translation) pair belongs in the corpus.
@@ -165,12 +182,18 @@ fn entity(s: &str) -> Option<(usize, char)> {
 ///   letter is a Latin key, not part of the translated text.
 /// - `&&` is a literal `&`; `&` before a letter or digit is a mnemonic, except between two
 ///   capitals (`AT&T`, `R&D`).
-/// - `_` before a letter or digit is a mnemonic when it is the only `_` of its word and the
-///   word does not look like an identifier (`LC_ALL`, `file_name`, `__init__` keep theirs).
-fn strip_mnemonics(s: &str) -> String {
+/// - `_` before a letter or digit is a mnemonic when it is the only `_` of its word and
+///   either starts the word (`_File`) or sits in a mixed-case word (`E_xit`, `Ö_ffnen`):
+///   identifiers and metavariables (`LC_ALL`, `file_name`, `ИМЯ_ФАЙЛА`, `__init__`) keep theirs.
+///   With `label` (the text is a GUI label, see [`clean_pair`]) a lone `_` inside a word is a
+///   mnemonic whatever the case of the word.
+///
+/// Returns the text and whether an `_` mnemonic was removed.
+fn strip_mnemonics(s: &str, label: bool) -> (String, bool) {
     if !s.contains(['_', '&']) {
-        return s.to_owned();
+        return (s.to_owned(), false);
     }
+    let mut had_underscore = false;
     let chars: Vec<char> = s.chars().collect();
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
@@ -191,23 +214,22 @@ fn strip_mnemonics(s: &str) -> String {
                 continue;
             }
             '&' if chars.get(i + 1).is_some_and(|n| n.is_alphanumeric()) => {
-                let between_caps = i > 0
-                    && chars[i - 1].is_ascii_uppercase()
-                    && chars[i + 1].is_ascii_uppercase();
+                let between_caps =
+                    i > 0 && chars[i - 1].is_ascii_uppercase() && chars[i + 1].is_ascii_uppercase();
                 if between_caps {
                     out.push('&');
                 }
             }
-            '_' if is_underscore_mnemonic(&chars, i) => {}
+            '_' if is_underscore_mnemonic(&chars, i, label) => had_underscore = true,
             _ => out.push(c),
         }
         i += 1;
     }
-    out
+    (out, had_underscore)
 }
 
 /// Whether the `_` at `chars[i]` is a mnemonic (see [`strip_mnemonics`]).
-fn is_underscore_mnemonic(chars: &[char], i: usize) -> bool {
+fn is_underscore_mnemonic(chars: &[char], i: usize, label: bool) -> bool {
     let word_char = |c: &char| c.is_alphanumeric() || *c == '_';
     if !chars.get(i + 1).is_some_and(|c| c.is_alphanumeric()) {
         return false;
@@ -224,20 +246,26 @@ fn is_underscore_mnemonic(chars: &[char], i: usize) -> bool {
     if word.iter().filter(|&&c| c == '_').count() != 1 {
         return false; // identifiers like _NET_WM_NAME or __init__
     }
-    if i == start {
-        return true; // "_File", "Save _As"
+    if i == start || label {
+        return true; // "_File", "Save _As", or any lone `_` of a label
     }
-    if word.iter().all(char::is_ascii) {
-        let all_caps = word
-            .iter()
-            .all(|c| !c.is_ascii_alphabetic() || c.is_ascii_uppercase());
-        let snake = chars[i - 1].is_ascii_lowercase() && chars[i + 1].is_ascii_lowercase();
-        return !(all_caps || snake); // LC_ALL, file_name stay; E_xit loses its mnemonic
-    }
-    true // a mid-word mnemonic in a non-ASCII word: "Ö_ffnen"
+    // Mid-word: a label's mnemonic sits in a capitalised word ("E_xit", "Kleur_naam",
+    // "Ö_ffnen"); identifiers and metavariables are all lower case ("wal_level") or all
+    // upper case ("LC_ALL", "ИМЯ_ФАЙЛА").
+    let letters = || word.iter().filter(|c| c.is_alphabetic());
+    let all_lower = letters().all(|c| c.is_lowercase());
+    let all_upper = letters().all(|c| c.is_uppercase());
+    !(all_lower || all_upper)
 }
 
-/// Step 4: removes printf, brace and shell placeholders; `%%` becomes `%`.
+/// Marks where a placeholder was removed, so that step 4 can then drop the quotes or
+/// brackets left empty around it (`'%s'`, `« %s »`, `(%d)`). A control character: step 4
+/// removes every one it adds, and any already in the input becomes a space in step 5.
+const MARK: char = '\u{1}';
+
+/// Step 4: removes printf, brace and shell placeholders (`%%` becomes `%`), then the quotes
+/// and brackets that enclosed only placeholders, then punctuation a leading placeholder
+/// leaves at the start (`%s: not found` gives `not found`).
 fn strip_placeholders(s: &str) -> String {
     if !s.contains(['%', '{', '$']) {
         return s.to_owned();
@@ -246,14 +274,19 @@ fn strip_placeholders(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
     let mut copied = 0; // start of the not yet copied stretch of `s`
+    let mut removed = false;
     while i < b.len() {
         let skip = match b[i] {
-            b'%' if b.get(i + 1) == Some(&b'%') => {
-                out.push_str(&s[copied..i + 1]);
-                copied = i + 2;
-                i += 2;
-                continue;
-            }
+            // `%%s` in a format built in two stages is a placeholder of the second stage.
+            b'%' if b.get(i + 1) == Some(&b'%') => match printf_len(&b[i + 1..]) {
+                Some(len) => Some(len + 1),
+                None => {
+                    out.push_str(&s[copied..i + 1]);
+                    copied = i + 2;
+                    i += 2;
+                    continue;
+                }
+            },
             b'%' => printf_len(&b[i..]),
             b'{' => brace_len(&b[i..]),
             b'$' => shell_len(&b[i..]),
@@ -262,6 +295,8 @@ fn strip_placeholders(s: &str) -> String {
         match skip {
             Some(len) => {
                 out.push_str(&s[copied..i]);
+                out.push(MARK);
+                removed = true;
                 i += len;
                 copied = i;
             }
@@ -269,6 +304,78 @@ fn strip_placeholders(s: &str) -> String {
         }
     }
     out.push_str(&s[copied..]);
+    if !removed {
+        return out;
+    }
+    let out = drop_empty_wrappers(&out);
+    // Leading placeholders with their separators: "%s: %s: not found" gives "not found".
+    let mut rest = out.as_str();
+    loop {
+        let trimmed = rest.trim_start_matches(|c: char| c == MARK || c.is_whitespace());
+        let had_mark = rest[..rest.len() - trimmed.len()].contains(MARK);
+        match trimmed.strip_prefix([':', ',', ';']) {
+            Some(after) if had_mark => rest = after,
+            _ => break,
+        }
+    }
+    let out = rest;
+    out.replace(MARK, "")
+}
+
+/// Opening and closing characters that can enclose a placeholder, as catalogs use them.
+const WRAPPERS: &[(char, char)] = &[
+    ('\'', '\''),
+    ('"', '"'),
+    ('`', '\''),
+    ('`', '`'),
+    ('«', '»'),
+    ('»', '«'),
+    ('»', '»'),
+    ('„', '“'),
+    ('„', '”'),
+    ('“', '”'),
+    ('“', '“'),
+    ('”', '”'),
+    ('‘', '’'),
+    ('‚', '‘'),
+    ('‚', '’'),
+    ('’', '’'),
+    ('‹', '›'),
+    ('›', '‹'),
+    ('「', '」'),
+    ('『', '』'),
+    ('《', '》'),
+    ('〈', '〉'),
+    ('(', ')'),
+    ('（', '）'),
+    ('[', ']'),
+    ('<', '>'),
+];
+
+/// Removes every wrapper pair whose content is only removed placeholders and spaces.
+fn drop_empty_wrappers(s: &str) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if WRAPPERS.iter().any(|&(o, _)| o == c) {
+            let mut j = i + 1;
+            let mut marks = 0;
+            while j < chars.len() && (chars[j] == MARK || chars[j].is_whitespace()) {
+                marks += usize::from(chars[j] == MARK);
+                j += 1;
+            }
+            let closes = j < chars.len() && WRAPPERS.contains(&(c, chars[j]));
+            if marks > 0 && closes {
+                out.push(MARK); // still a removed placeholder, for the leading-punctuation rule
+                i = j + 1;
+                continue;
+            }
+        }
+        out.push(c);
+        i += 1;
+    }
     out
 }
 
@@ -323,13 +430,31 @@ fn printf_len(b: &[u8]) -> Option<usize> {
         }
     }
     let before_length = i;
-    for m in [&b"hh"[..], b"ll", b"h", b"l", b"L", b"q", b"j", b"z", b"Z", b"t"] {
+    for m in [
+        &b"hh"[..],
+        b"ll",
+        b"h",
+        b"l",
+        b"L",
+        b"q",
+        b"j",
+        b"z",
+        b"Z",
+        b"t",
+    ] {
         if b[i.min(b.len())..].starts_with(m) {
             i += m.len();
             break;
         }
     }
     match b.get(i) {
+        // Pointer extensions of the kernel and binutils: %pA, %pB.
+        Some(b'p')
+            if b.get(i + 1).is_some_and(u8::is_ascii_uppercase)
+                && !b.get(i + 2).is_some_and(u8::is_ascii_alphabetic) =>
+        {
+            Some(i + 2)
+        }
         Some(c) if b"diouxXeEfFgGaAcspnCSm".contains(c) => Some(i + 1),
         // System-dependent conversion: %<PRIu64>, the macro name includes the conversion.
         Some(b'<') => {
@@ -344,7 +469,16 @@ fn printf_len(b: &[u8]) -> Option<usize> {
         }
         // Qt-style numbered placeholder %1, %2 (digits only, nothing after them).
         _ if had_width && i == before_length && b[1].is_ascii_digit() => Some(before_length),
-        _ => None,
+        // Anything else that is `%` and one letter alone: strftime (`%H:%M`, `%Y`) and
+        // binutils' own directives (`%P:`, `%B`).
+        _ => match (b.get(1), b.get(2)) {
+            (Some(l), next)
+                if l.is_ascii_alphabetic() && !next.is_some_and(u8::is_ascii_alphabetic) =>
+            {
+                Some(2)
+            }
+            _ => None,
+        },
     }
 }
 
@@ -357,13 +491,14 @@ fn brace_len(b: &[u8]) -> Option<usize> {
         .then_some(close + 1)
 }
 
-/// Length of the shell variable at the start of `b` (`${x}`, or `$x` when an identifier
-/// follows; `US$ 5` and `$5` are prose).
+/// Length of the shell variable at the start of `b` (`${x}`, `$(x)` as systemd's messages
+/// use it, or `$x` when an identifier follows; `US$ 5` and `$5` are prose).
 fn shell_len(b: &[u8]) -> Option<usize> {
     let ident = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_';
     match b.get(1)? {
-        b'{' => {
-            let close = b.iter().take(64).position(|&c| c == b'}')?;
+        open @ (b'{' | b'(') => {
+            let closer = if *open == b'{' { b'}' } else { b')' };
+            let close = b.iter().take(64).position(|&c| c == closer)?;
             (close > 2 && b[2..close].iter().all(ident)).then_some(close + 1)
         }
         c if c.is_ascii_alphabetic() || *c == b'_' => {
@@ -429,7 +564,10 @@ mod tests {
             ("Usage: %s <file>", "Usage:"),
             // entities
             ("Fish &amp; Chips", "Fish & Chips"),
-            ("&lt;none&gt; &quot;q&quot; &apos;a&apos;", "<none> \"q\" 'a'"),
+            (
+                "&lt;none&gt; &quot;q&quot; &apos;a&apos;",
+                "<none> \"q\" 'a'",
+            ),
             ("caf&#233; &#xE9;t&#233;", "café été"),
             // An unknown entity is not decoded; its `&` then reads as a mnemonic, which is harmless.
             ("&unknown; stays", "unknown; stays"),
@@ -444,11 +582,30 @@ mod tests {
             ("文件（_F）", "文件"),
             ("AT&T and R&D", "AT&T and R&D"),
             ("Rock && Roll", "Rock & Roll"),
-            ("LC_ALL and file_name and __init__", "LC_ALL and file_name and __init__"),
+            (
+                "LC_ALL and file_name and __init__",
+                "LC_ALL and file_name and __init__",
+            ),
+            ("Print Pre_view", "Print Preview"),
+            ("Kleur_naam and ИМЯ_ФАЙЛА", "Kleurnaam and ИМЯ_ФАЙЛА"),
             // printf
-            ("%s: cannot open %s", ": cannot open"),
+            ("%s: cannot open %s", "cannot open"),
+            ("user '%s' already exists", "user already exists"),
+            ("« %s » introuvable", "introuvable"),
+            ("cannot stat `%s': %s", "cannot stat :"),
+            ("„%s“ und „%s“ (%d)", "und"),
+            ("「%s」を開けません", "を開けません"),
+            ("say '' or \"\"", "say '' or \"\""),
             ("%1$d of %2$d", "of"),
-            ("[%-10s] %.2f%% done", "[] % done"),
+            ("[%-10s] %.2f%% done", "% done"),
+            (
+                "overwritten by %s:%%sPlease move",
+                "overwritten by :Please move",
+            ),
+            (
+                "%P: %B: section %pA not found at %H:%M",
+                "section not found at :",
+            ),
             ("%lu bytes, %'d items, %5.1Lf", "bytes, items,"),
             ("size %<PRIu64> bytes", "size bytes"),
             ("%(name)s is %(count)d years", "is years"),
@@ -459,6 +616,10 @@ mod tests {
             ("Hello {name}, item {0} {}", "Hello , item"),
             ("{ not a placeholder }", "{ not a placeholder }"),
             ("Path ${HOME}/bin and $USER_NAME!", "Path /bin and !"),
+            (
+                "freeze the processes of '$(unit)' unit",
+                "freeze the processes of unit",
+            ),
             ("costs US$ 5 or $5", "costs US$ 5 or $5"),
             // escapes, whitespace, NFC
             ("one\\ntwo\\tthree", "one two three"),
@@ -480,6 +641,23 @@ mod tests {
     }
 
     #[test]
+    fn labels_lend_their_mnemonic_to_the_translation() {
+        assert_eq!(
+            clean_pair("Create _Folder", "Crea una ca_rpeta"),
+            ("Create Folder".to_string(), "Crea una carpeta".to_string())
+        );
+        // No mnemonic in the msgid: a lower-case word keeps its `_` (a metavariable).
+        assert_eq!(
+            clean_pair("source filename", "source nume_fișier"),
+            (
+                "source filename".to_string(),
+                "source nume_fișier".to_string()
+            )
+        );
+        assert_eq!(clean_pair("E_xit", "Be_enden").1, "Beenden");
+    }
+
+    #[test]
     fn no_tab_or_newline_survives() {
         for s in ["a\tb", "a\nb", "a\r\nb", "&#9;x&#10;y&#13;", "\t\n"] {
             let c = clean(s);
@@ -489,7 +667,21 @@ mod tests {
 
     #[test]
     fn odd_input_never_panics() {
-        for s in ["%", "%1$", "%.*", "%<PRI", "${", "{", "<", "</", "&#", "&#x110000;", "_", "(_", "é%é{é$é<é&é_é"] {
+        for s in [
+            "%",
+            "%1$",
+            "%.*",
+            "%<PRI",
+            "${",
+            "{",
+            "<",
+            "</",
+            "&#",
+            "&#x110000;",
+            "_",
+            "(_",
+            "é%é{é$é<é&é_é",
+        ] {
             let _ = clean(s);
         }
     }
@@ -497,10 +689,19 @@ mod tests {
     #[test]
     fn keep_rules() {
         assert!(keep("Open the file", "Ouvrir le fichier"));
-        assert!(!keep("Open the file", "Open the file"), "identical to msgid");
+        assert!(
+            !keep("Open the file", "Open the file"),
+            "identical to msgid"
+        );
         assert!(!keep("Cancel", "Annuler"), "too short");
-        assert!(keep("Ten chars!", "十个字符的翻译文本啊"), "10 chars, more bytes");
-        assert!(!keep("Nine char", "九个字符的翻译文本"), "9 chars, 27 bytes");
+        assert!(
+            keep("Ten chars!", "十个字符的翻译文本啊"),
+            "10 chars, more bytes"
+        );
+        assert!(
+            !keep("Nine char", "九个字符的翻译文本"),
+            "9 chars, 27 bytes"
+        );
         assert!(!keep("", "a translation of nothing"), "empty msgid");
     }
 }

@@ -55,7 +55,10 @@ pub fn run_build(args: &BuildArgs) -> Result<()> {
     };
     let n = report.per_locale.len();
     println!("largest: {}", show(&report.per_locale[..n.min(5)]));
-    println!("smallest: {}", show(&report.per_locale[n.saturating_sub(5)..]));
+    println!(
+        "smallest: {}",
+        show(&report.per_locale[n.saturating_sub(5)..])
+    );
     println!(
         "manifest: {}{}",
         manifest_path(&args.out).display(),

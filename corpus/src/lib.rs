@@ -3,7 +3,8 @@
 //!
 //! The pipeline is split into small modules so each step can be tested alone:
 //! - [`mo`] parses one binary catalog into (context, msgid, msgstr) entries;
-//! - [`clean`] strips markup, mnemonics and placeholders and decides which pairs to keep;
+//! - [`clean`] strips markup, mnemonics and placeholders and decides which pairs to keep
+//!   ([`clean::clean_pair`] cleans a msgid and its translation together, as the build does);
 //! - [`build`] walks a locale tree and writes the reproducible `.tsv.gz` snapshot + MANIFEST;
 //! - [`cli`] is the `kdx corpus build` command line;
 //! - [`load`] reads a snapshot back (done at the start of every run, so it is fast);

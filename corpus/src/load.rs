@@ -35,8 +35,11 @@ pub struct Corpus {
 /// Loads a `.tsv.gz` snapshot. A malformed line is an error naming the file, the line
 /// number (1-based, the header is line 1) and what is wrong with it.
 pub fn load(path: &Path) -> Result<Corpus> {
-    let file = fs::File::open(path).with_context(|| format!("opening corpus {}", path.display()))?;
-    let mut bytes = Vec::new();
+    let file =
+        fs::File::open(path).with_context(|| format!("opening corpus {}", path.display()))?;
+    // The text compresses about 3.5:1; sizing the buffer up front avoids regrowing it.
+    let compressed = file.metadata().map_or(0, |m| m.len() as usize);
+    let mut bytes = Vec::with_capacity(compressed.saturating_mul(4));
     MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 16, file))
         .read_to_end(&mut bytes)
         .with_context(|| format!("decompressing corpus {} (is it a .tsv.gz?)", path.display()))?;
@@ -70,7 +73,9 @@ fn parse(bytes: &[u8]) -> Result<Corpus> {
             match fields.next() {
                 Some("") => bail!("line {lineno}: empty {name} field"),
                 Some(f) => Ok(f.to_owned()),
-                None => bail!("line {lineno}: missing {name} field (expected 4 TAB-separated fields)"),
+                None => {
+                    bail!("line {lineno}: missing {name} field (expected 4 TAB-separated fields)")
+                }
             }
         };
         let row = Row {
@@ -158,7 +163,9 @@ mod tests {
 
     #[test]
     fn loads_good_file() {
-        let c = load_text("locale\tdomain\tmsgid\ttext\nfr\tapp\tOpen the file\tOuvrir le fichier\n").unwrap();
+        let c =
+            load_text("locale\tdomain\tmsgid\ttext\nfr\tapp\tOpen the file\tOuvrir le fichier\n")
+                .unwrap();
         assert_eq!(
             c.rows,
             vec![Row {
@@ -169,15 +176,30 @@ mod tests {
             }]
         );
         // No final newline is fine too.
-        assert_eq!(load_text("locale\tdomain\tmsgid\ttext\nfr\ta\tb\tc").unwrap().rows.len(), 1);
-        assert_eq!(load_text("locale\tdomain\tmsgid\ttext\n").unwrap().rows.len(), 0);
+        assert_eq!(
+            load_text("locale\tdomain\tmsgid\ttext\nfr\ta\tb\tc")
+                .unwrap()
+                .rows
+                .len(),
+            1
+        );
+        assert_eq!(
+            load_text("locale\tdomain\tmsgid\ttext\n")
+                .unwrap()
+                .rows
+                .len(),
+            0
+        );
     }
 
     #[test]
     fn malformed_lines_are_named() {
         let h = "locale\tdomain\tmsgid\ttext\n";
         let cases = [
-            (format!("{h}fr\ta\tb\tc\nfr\ta\tb\n"), "line 3: missing text field"),
+            (
+                format!("{h}fr\ta\tb\tc\nfr\ta\tb\n"),
+                "line 3: missing text field",
+            ),
             (format!("{h}fr\ta\tb\tc\td\n"), "line 2: more than 4"),
             (format!("{h}fr\t\tb\tc\n"), "line 2: empty domain field"),
             (format!("{h}\nfr\ta\tb\tc\n"), "line 2: empty line"),
@@ -210,7 +232,10 @@ mod tests {
                     |---|---:|---:|\n| `fr` | 10 | 20 |\n| `sr@latin` | 3 | 3 |\n\n## Rows per domain\n\
                     | `app` | 13 | x |\n";
         let c = parse_manifest_counts(text).unwrap();
-        assert_eq!(c.into_iter().collect::<Vec<_>>(), vec![("fr".into(), 10), ("sr@latin".into(), 3)]);
+        assert_eq!(
+            c.into_iter().collect::<Vec<_>>(),
+            vec![("fr".into(), 10), ("sr@latin".into(), 3)]
+        );
         assert!(parse_manifest_counts("# nothing\n").is_err());
         let bad = "## Rows per locale\n| locale | rows |\n|---|---|\n| `fr` | many |\n";
         assert!(format!("{:#}", parse_manifest_counts(bad).unwrap_err()).contains("line 4"));

@@ -42,10 +42,10 @@ pub(crate) fn render(input: &ManifestInput) -> String {
         sources,
     } = input;
     let mut m = String::new();
-    let file = opts
-        .out
-        .file_name()
-        .map_or_else(|| opts.out.display().to_string(), |f| f.to_string_lossy().into_owned());
+    let file = opts.out.file_name().map_or_else(
+        || opts.out.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
 
     // `writeln!` into a String cannot fail; the results are ignored for that reason.
     let _ = writeln!(m, "# gettext corpus snapshot\n");
@@ -103,6 +103,10 @@ pub(crate) fn render(input: &ManifestInput) -> String {
         Some(cap) => {
             let capped = locales.iter().filter(|l| l.available > cap).count();
             let smallest = report.per_locale.last().map_or(0, |p| p.1);
+            let median = report
+                .per_locale
+                .get(report.per_locale.len() / 2)
+                .map_or(0, |p| p.1);
             let largest_whole = locales
                 .iter()
                 .filter(|l| l.available <= cap)
@@ -115,12 +119,12 @@ pub(crate) fn render(input: &ManifestInput) -> String {
                  rows whose hashed msgid is smallest (a salted FNV-1a of the msgid, so the same \
                  messages survive in every capped locale and the head stays parallel); the other \
                  {} locales, the tail (largest {largest_whole} rows, smallest {smallest}), are \
-                 whole. The cap keeps {} of {available} rows ({:.1}%).\n\n\
+                 whole. The cap keeps {} of {available} rows ({:.1}%); the median locale has \
+                 {median} rows.\n\n\
                  Why a cap: the snapshot ships inside the repository, so it is kept small (the \
                  built-in one aims at about 12 MB), and flattening only the head keeps the \
                  natural imbalance that multilingual distillation is about: the tail is left \
-                 exactly as the catalogs have it, and the ratio between the largest and the \
-                 smallest locale is still {cap}:{smallest}.\n",
+                 exactly as the catalogs have it, from {largest_whole} rows down to {smallest}.\n",
                 report.locales,
                 report.locales - capped,
                 report.rows,
@@ -133,7 +137,10 @@ pub(crate) fn render(input: &ManifestInput) -> String {
     }
 
     let _ = writeln!(m, "{LOCALE_TABLE_HEADING}\n");
-    let _ = writeln!(m, "Largest first. `before cap` counts the rows after cleaning and dedupe.\n");
+    let _ = writeln!(
+        m,
+        "Largest first. `before cap` counts the rows after cleaning and dedupe.\n"
+    );
     let _ = writeln!(m, "| locale | rows | before cap |");
     let _ = writeln!(m, "|---|---:|---:|");
     let available_of: BTreeMap<&str, usize> = locales
@@ -177,10 +184,10 @@ pub(crate) fn render(input: &ManifestInput) -> String {
         m,
         "The translations are the work of the translation teams of each program and carry the \
          licences of their source packages (listed above): see \
-         `/usr/share/doc/<package>/copyright` on a Debian system with the package installed. \
-         Most are under the GPL, LGPL or similar free licences. This snapshot is a mechanical \
-         extraction (cleaned, deduplicated, capped) for research use; redistribute it under the \
-         same terms.\n"
+         `/usr/share/doc/<package>/copyright` on a Debian system with the package installed \
+         (mostly GPL or LGPL; check each package's file). This snapshot is a mechanical \
+         extraction (cleaned, deduplicated, capped) and is redistributed under those same \
+         terms.\n"
     );
 
     let _ = writeln!(m, "## Warnings\n");
@@ -211,8 +218,7 @@ fn command_line(opts: &BuildOptions) -> String {
 /// Quotes `s` for a POSIX shell only when it needs it, so ordinary paths stay readable.
 fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "_-./@%+=:,".contains(c));
     if plain {
         s.to_owned()

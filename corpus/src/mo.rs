@@ -270,7 +270,8 @@ struct Decoder {
 
 impl Decoder {
     fn new(charset: &str) -> Self {
-        let encoding = Encoding::for_label(charset.trim().as_bytes()).filter(|e| *e != encoding_rs::UTF_8);
+        let encoding =
+            Encoding::for_label(charset.trim().as_bytes()).filter(|e| *e != encoding_rs::UTF_8);
         Decoder { encoding }
     }
 
@@ -415,17 +416,24 @@ mod tests {
 
     #[test]
     fn charset_is_read_from_content_type() {
-        let h = b"Project-Id-Version: x\nContent-Type: text/plain; charset=KOI8-R\nPlural-Forms: n\n";
+        let h =
+            b"Project-Id-Version: x\nContent-Type: text/plain; charset=KOI8-R\nPlural-Forms: n\n";
         assert_eq!(charset_of_header(h).as_deref(), Some("KOI8-R"));
         assert_eq!(charset_of_header(b"MIME-Version: 1.0\n"), None);
-        assert_eq!(charset_of_header(b"content-type: text/plain; CHARSET=utf-8"), Some("utf-8".into()));
+        assert_eq!(
+            charset_of_header(b"content-type: text/plain; CHARSET=utf-8"),
+            Some("utf-8".into())
+        );
     }
 
     #[test]
     fn corrupt_files_are_errors_not_panics() {
         let good = write_mo(&sample(), Endian::Little);
         assert!(matches!(parse_mo(&[]), Err(MoError::TooShort { len: 0 })));
-        assert!(matches!(parse_mo(b"garbage that is long enough to have a header"), Err(MoError::BadMagic(_))));
+        assert!(matches!(
+            parse_mo(b"garbage that is long enough to have a header"),
+            Err(MoError::BadMagic(_))
+        ));
         // Every truncation of a valid file must fail cleanly (or, past the string data, parse).
         for cut in 0..good.len() {
             let _ = parse_mo(&good[..cut]);
@@ -434,12 +442,18 @@ mod tests {
         // A huge count must not allocate or overflow.
         let mut bad = good.clone();
         bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(parse_mo(&bad), Err(MoError::TableOutOfBounds { .. })));
+        assert!(matches!(
+            parse_mo(&bad),
+            Err(MoError::TableOutOfBounds { .. })
+        ));
         // A string offset past the end.
         let mut bad = good.clone();
         let orig = u32::from_le_bytes(good[12..16].try_into().unwrap()) as usize;
         bad[orig + 4..orig + 8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(parse_mo(&bad), Err(MoError::StringOutOfBounds { .. })));
+        assert!(matches!(
+            parse_mo(&bad),
+            Err(MoError::StringOutOfBounds { .. })
+        ));
         // Unknown revision.
         let mut bad = good.clone();
         bad[4..8].copy_from_slice(&0x0005_0000u32.to_le_bytes());

@@ -30,7 +30,10 @@ impl RawEntry {
     }
 
     pub fn with_context(ctx: &str, id: &str, s: &str) -> Self {
-        Self::raw(format!("{ctx}\u{4}{id}").into_bytes(), s.as_bytes().to_vec())
+        Self::raw(
+            format!("{ctx}\u{4}{id}").into_bytes(),
+            s.as_bytes().to_vec(),
+        )
     }
 
     pub fn plural(id: &str, id_plural: &str, forms: &[&str]) -> Self {

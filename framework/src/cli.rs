@@ -184,7 +184,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Recipe files under `paths` (directories recursively, `*.toml`, sorted).
+/// Recipe files under `paths` (directories recursively, `*.toml`, hidden files skipped, sorted).
 pub fn find_recipes(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
@@ -193,6 +193,10 @@ pub fn find_recipes(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             while let Some(d) = stack.pop() {
                 for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
                     let path = e?.path();
+                    // Hidden files and directories (editor swap files, `.cache`) are not recipes.
+                    if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                        continue;
+                    }
                     if path.is_dir() {
                         stack.push(path);
                     } else if path.extension().is_some_and(|x| x == "toml") {

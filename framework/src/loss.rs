@@ -8,6 +8,7 @@
 //! loss may use dfdx autodiff internally on its own fresh tensors (see [`autodiff_logits`]).
 
 use crate::dfdx_prelude::*;
+use crate::model::Param;
 use crate::sampler::LangStat;
 
 /// Everything a loss may read for one batch. Matrices are row-major.
@@ -69,6 +70,16 @@ pub trait Loss: Send {
     }
     /// Computes the loss and its gradients.
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput>;
+    /// Trainable parameters the loss owns (e.g. a projection from student to teacher
+    /// width). `compute` leaves their gradients in [`Param::grad`]; they train with the
+    /// student, are checkpointed with it and count in its size.
+    fn params(&self) -> Vec<&Param> {
+        Vec::new()
+    }
+    /// The same parameters, mutably, in the same order.
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        Vec::new()
+    }
     /// Per-language state to report in `metrics.csv` (e.g. a selective gate), if any.
     fn language_state(&self) -> Option<Vec<f32>> {
         None

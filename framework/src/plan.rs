@@ -64,34 +64,70 @@ impl StageConfig {
     }
 }
 
-/// `[train]`: the distillation stage.
+/// `[train]`: the distillation stage (and the baseline, which mirrors it).
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
-    /// Stage settings.
-    #[serde(flatten)]
-    pub stage: StageConfig,
+    /// Optimisation steps.
+    pub steps: u64,
+    /// Examples per step.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Shorthand for `optimizer.lr`.
+    #[serde(default)]
+    pub lr: Option<f32>,
+    /// The optimizer.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Evaluate on the dev split (and checkpoint) every this many steps; 0 = only at the end.
+    #[serde(default)]
+    pub eval_every: u64,
     /// Also train the same student without a teacher (hard labels only), for the KD-gain column.
     #[serde(default = "yes")]
     pub baseline: bool,
-    /// Fraction of each split used for dev/test-time evaluation batches (1 = all).
+    /// Fraction of the dev split used for periodic evaluation (1 = all).
     #[serde(default = "one")]
     pub eval_fraction: f64,
+}
+
+impl TrainSection {
+    /// The stage settings.
+    pub fn stage(&self) -> StageConfig {
+        StageConfig { steps: self.steps, batch: self.batch, lr: self.lr, optimizer: self.optimizer.clone(), eval_every: self.eval_every }
+    }
 }
 
 /// `[finetune]`: an optional last stage on a subset of languages.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneSection {
-    /// Stage settings.
-    #[serde(flatten)]
-    pub stage: StageConfig,
+    /// Optimisation steps.
+    pub steps: u64,
+    /// Examples per step.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Shorthand for `optimizer.lr`.
+    #[serde(default)]
+    pub lr: Option<f32>,
+    /// The optimizer.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Evaluate on the dev split (and checkpoint) every this many steps; 0 = only at the end.
+    #[serde(default)]
+    pub eval_every: u64,
     /// Languages to fine-tune on (all when empty).
     #[serde(default)]
     pub languages: Vec<String>,
     /// Keep the distillation losses (true) or fine-tune on hard labels only (false).
     #[serde(default)]
     pub distill: bool,
+}
+
+impl FinetuneSection {
+    /// The stage settings.
+    pub fn stage(&self) -> StageConfig {
+        StageConfig { steps: self.steps, batch: self.batch, lr: self.lr, optimizer: self.optimizer.clone(), eval_every: self.eval_every }
+    }
 }
 
 fn yes() -> bool {
@@ -204,7 +240,7 @@ impl Plan {
         let required = |name: &str, diags: &mut Diagnostics| -> Option<toml::Table> {
             let t = section(name, diags);
             if t.is_none() && !matches!(root.get(name), Some(_)) {
-                diags.push(doc.diag(&KeyPath::root(), format!("missing section `[{name}]`"), None));
+                diags.push(root_diag(&doc, format!("missing section `[{name}]`"), None));
             }
             t
         };
@@ -214,8 +250,8 @@ impl Plan {
 
         let data = required("data", &mut diags).and_then(|t| {
             let key = KeyPath::root().key("data");
-            let (name, params) = split_plugin(&doc, &key, t, &[], &mut diags)?;
-            let b = build(&doc, &key, PluginKind::Dataset, &name, params.clone(), &mut diags)?;
+            let (name, params) = split_plugin(&doc, &key, t, &mut diags)?;
+            let b = build(&doc, &key, PluginKind::Dataset, &name, params.clone(), &["plugin"], &mut diags)?;
             match b {
                 Built::Dataset(d) => Some((name, d, toml::Value::Table(params))),
                 _ => None,
@@ -232,8 +268,8 @@ impl Plan {
                 }
             };
             let section = toml::Value::Table(t.clone());
-            let (name, params) = split_plugin(&doc, &key, t, &[], &mut diags)?;
-            let b = build(&doc, &key, PluginKind::Model, &name, params, &mut diags)?;
+            let (name, params) = split_plugin(&doc, &key, t, &mut diags)?;
+            let b = build(&doc, &key, PluginKind::Model, &name, params, &["plugin", "train"], &mut diags)?;
             match (b, train) {
                 (Built::Model(m), Some(train)) => Some((ModelPlan { plugin: name, builder: m, section }, train)),
                 _ => None,
@@ -247,8 +283,8 @@ impl Plan {
                 None => Init::None,
             };
             let section = toml::Value::Table(t.clone());
-            let (name, params) = split_plugin(&doc, &key, t, &[], &mut diags)?;
-            match build(&doc, &key, PluginKind::Model, &name, params, &mut diags)? {
+            let (name, params) = split_plugin(&doc, &key, t, &mut diags)?;
+            match build(&doc, &key, PluginKind::Model, &name, params, &["plugin", "init"], &mut diags)? {
                 Built::Model(m) => Some((ModelPlan { plugin: name, builder: m, section }, init)),
                 _ => None,
             }
@@ -267,17 +303,17 @@ impl Plan {
                         Some(v) => ok(&mut diags, doc.deserialize_at::<Schedule>(&key.key("weight"), v)),
                         None => Some(Schedule::Constant(1.0)),
                     };
-                    let Some((name, params)) = split_plugin(&doc, &key, t, &[], &mut diags) else { continue };
+                    let Some((name, params)) = split_plugin(&doc, &key, t, &mut diags) else { continue };
                     if let (Some(Built::Loss(l)), Some(weight)) =
-                        (build(&doc, &key, PluginKind::Loss, &name, params, &mut diags), weight)
+                        (build(&doc, &key, PluginKind::Loss, &name, params, &["plugin", "weight"], &mut diags), weight)
                     {
                         losses.push(LossPlan { plugin: name, weight, loss: l });
                     }
                 }
             }
-            Some(toml::Value::Array(_)) | None => diags.push(doc.diag(
-                &KeyPath::root(),
-                "no `[[loss]]`: name at least one loss (e.g. `[[loss]]\\nplugin = \"soft-kl\"`)",
+            Some(toml::Value::Array(_)) | None => diags.push(root_diag(
+                &doc,
+                "no `[[loss]]`: name at least one loss (e.g. `[[loss]]` with `plugin = \"soft-kl\"`)",
                 Some(format!("registered losses: {}", registry::names(PluginKind::Loss).join(", "))),
             )),
             Some(other) => diags.push(doc.diag(
@@ -290,8 +326,8 @@ impl Plan {
         let sampler = match section("sampler", &mut diags) {
             Some(t) => {
                 let key = KeyPath::root().key("sampler");
-                split_plugin(&doc, &key, t, &[], &mut diags).and_then(|(name, params)| {
-                    match build(&doc, &key, PluginKind::Sampler, &name, params.clone(), &mut diags)? {
+                split_plugin(&doc, &key, t, &mut diags).and_then(|(name, params)| {
+                    match build(&doc, &key, PluginKind::Sampler, &name, params.clone(), &["plugin"], &mut diags)? {
                         Built::Sampler(s) => Some((name, s, params)),
                         _ => None,
                     }
@@ -299,7 +335,7 @@ impl Plan {
             }
             None => {
                 let key = KeyPath::root().key("sampler");
-                match build(&doc, &key, PluginKind::Sampler, "proportional", toml::Table::new(), &mut diags) {
+                match build(&doc, &key, PluginKind::Sampler, "proportional", toml::Table::new(), &["plugin"], &mut diags) {
                     Some(Built::Sampler(s)) => Some(("proportional".to_string(), s, toml::Table::new())),
                     _ => None,
                 }
@@ -386,14 +422,14 @@ impl Plan {
     fn instantiate(&self, kind: PluginKind, name: &str, params: toml::Table) -> anyhow::Result<Built> {
         let mut d = Diagnostics(Vec::new());
         let key = KeyPath::root().key(kind.as_str());
-        build(&self.doc, &key, kind, name, params, &mut d)
+        build(&self.doc, &key, kind, name, params, &[], &mut d)
             .ok_or_else(|| anyhow::anyhow!("building the built-in {kind} `{name}`: {d}"))
     }
 
     /// Cross-section checks that need more than one section.
     fn check(&self) -> Result<(), Diagnostics> {
         let mut d = Diagnostics(Vec::new());
-        let t = &self.train.stage;
+        let t = &self.train;
         if t.steps == 0 {
             d.push(self.doc.diag(&KeyPath::root().key("train").key("steps"), "must be at least 1", None));
         }
@@ -405,6 +441,15 @@ impl Plan {
         }
         d.into_result(())
     }
+}
+
+/// A diagnostic about the recipe as a whole, located at the top of its file.
+fn root_diag(doc: &RecipeDoc, message: impl Into<String>, help: Option<String>) -> Diagnostic {
+    let mut d = doc.diag(&KeyPath::root(), message, help);
+    if d.loc.is_none() {
+        d.loc = Some(kdx_recipe::Loc { file: doc.path().to_path_buf(), line: 1, col: 1 });
+    }
+    d
 }
 
 fn ok<T>(diags: &mut Diagnostics, r: Result<T, Diagnostic>) -> Option<T> {
@@ -422,7 +467,6 @@ fn split_plugin(
     doc: &RecipeDoc,
     key: &KeyPath,
     mut t: toml::Table,
-    _reserved: &[&str],
     diags: &mut Diagnostics,
 ) -> Option<(String, toml::Table)> {
     match t.remove("plugin") {
@@ -432,7 +476,16 @@ fn split_plugin(
             None
         }
         None => {
-            diags.push(doc.diag(key, "missing key `plugin`", None));
+            // A misspelt `plugin` is the likeliest cause: point at it.
+            let near = t.keys().find(|k| did_you_mean(k, &["plugin"]).is_some());
+            match near {
+                Some(k) => diags.push(doc.diag(
+                    &key.key(k.as_str()),
+                    format!("unknown key `{k}`"),
+                    Some("did you mean `plugin`? every section names its plugin with `plugin = \"…\"`".into()),
+                )),
+                None => diags.push(doc.diag(key, "missing key `plugin`", None)),
+            }
             None
         }
     }
@@ -451,6 +504,7 @@ fn build(
     kind: PluginKind,
     name: &str,
     params: toml::Table,
+    reserved: &[&str],
     diags: &mut Diagnostics,
 ) -> Option<Built> {
     let Some(reg) = registry::find(kind, name) else {
@@ -470,6 +524,21 @@ fn build(
         Builder::Loss(f) => f(&ctx).map(Built::Loss),
         Builder::Sampler(f) => f(&ctx).map(Built::Sampler),
     };
+    // The plugin only knows its own parameters; a misspelt framework key of the section
+    // (`train`, `init`, `weight`) must be suggested too.
+    let r = r.map_err(|mut d| {
+        let word = d.message.strip_prefix("unknown key `").and_then(|m| m.strip_suffix('`')).map(str::to_string);
+        if let Some(word) = word {
+            let schema = serde_json::to_value((reg.schema)()).unwrap_or_default();
+            let mut valid: Vec<String> = reserved.iter().map(|s| s.to_string()).collect();
+            if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+                valid.extend(props.keys().cloned());
+            }
+            let valid: Vec<&str> = valid.iter().map(String::as_str).collect();
+            d.help = Some(unknown_key_help(&word, &valid));
+        }
+        d
+    });
     ok(diags, r)
 }
 

@@ -30,6 +30,8 @@ pub struct MetricRow {
     pub agreement: Option<f64>,
     /// Mean KL(teacher ‖ model) at temperature 1.
     pub kl: Option<f64>,
+    /// Per-language loss gate (1 = distilling, 0 = not), for losses that gate languages.
+    pub gate: Option<f64>,
 }
 
 /// A row of `languages.csv`: the final per-language table on the test split.

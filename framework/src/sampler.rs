@@ -33,6 +33,8 @@ pub struct SamplerCtx<'a> {
     pub batch: usize,
     /// Per-language statistics.
     pub stats: &'a [LangStat],
+    /// Language codes, in the order of `stats`.
+    pub langs: &'a [String],
 }
 
 /// A language sampler.
@@ -43,6 +45,15 @@ pub trait Sampler: Send {
     /// How often, in steps, [`Sampler::distribution`] is asked again (static samplers: once).
     fn update_every(&self) -> u64 {
         u64::MAX
+    }
+    /// Internal state (e.g. dynamic weights) for checkpoints; empty for stateless samplers.
+    fn state(&self) -> Vec<f64> {
+        Vec::new()
+    }
+    /// Restores what [`Sampler::state`] returned, when a run resumes.
+    fn restore(&mut self, state: &[f64]) -> anyhow::Result<()> {
+        anyhow::ensure!(state.is_empty(), "this sampler keeps no state, but the checkpoint has some");
+        Ok(())
     }
 }
 

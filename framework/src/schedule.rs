@@ -10,13 +10,40 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A scalar that may change with the step.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Schedule {
     /// The same value at every step.
     Constant(f32),
     /// A value that follows a curve over the stage.
     Curve(Curve),
+}
+
+// Hand-written so errors say what is accepted (serde's untagged enums only say "data did
+// not match any variant") and errors inside a curve table keep their key path.
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Schedule;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a schedule table such as { kind = \"linear\", start = 0.0, end = 1.0 }")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Schedule, E> {
+                Ok(Schedule::Constant(v as f32))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Schedule, E> {
+                Ok(Schedule::Constant(v as f32))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Schedule, E> {
+                Ok(Schedule::Constant(v as f32))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Schedule, A::Error> {
+                Curve::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Schedule::Curve)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The curve of a non-constant schedule.

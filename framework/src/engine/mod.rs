@@ -19,7 +19,8 @@ use crate::model::{init_from, Model};
 use crate::plan::{Init, Plan};
 use crate::report::{peak_rss_mb, write_csv, LanguageRow, MetricRow, RunRow};
 use crate::sampler::LangStat;
-use optim::{Optimizer, ParamState};
+use crate::model::Param;
+use optim::Optimizer;
 use store::{params_from_map, params_to_map, read_safetensors, to_safetensors, write_atomic, TensorMap};
 use train::{argmax_rows, row_ce, run_stage, LoopState, Stage, StageHooks, StageLoss};
 
@@ -197,7 +198,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
             n_langs,
         };
         let mut losses = [StageLoss { name: "hard-ce", weight: &w, loss: &mut *ce }];
-        run_stage(&stage, &mut *teacher, &mut losses, &mut *sampler, &task.langs, &mut hooks, None)?;
+        run_stage(&stage, &mut *teacher, &mut losses, &mut *sampler, &task.langs, &mut hooks)?;
         let mut map = TensorMap::new();
         params_to_map("", &teacher.params(), &mut map);
         write_atomic(&weights, &to_safetensors(&map)?)?;
@@ -240,6 +241,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     let s_train = Inputs::new(&*student, &task.train, false);
     hooks.student_dev = Inputs::new(&*student, &task.dev, false);
     let s_test = Inputs::new(&*student, &task.test, false);
+    let train_cfg = plan.train.stage();
     let any_teacher_loss = plan.losses.iter().any(|l| l.loss.needs_teacher());
     let labels_visible = !reads_source;
     if !labels_visible {
@@ -255,7 +257,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     let distill_state = {
         let stage = Stage {
             name: "distill",
-            cfg: &plan.train.stage,
+            cfg: &train_cfg,
             train: &s_train,
             teacher: any_teacher_loss.then_some(&t_out),
             labels_visible,
@@ -263,12 +265,11 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
             seed: mix(&[seed, 12]),
             n_langs,
         };
-        let resume = hooks.resume_state("distill", &mut *student)?;
         let mut losses: Vec<StageLoss> =
             plan.losses.iter_mut().map(|l| StageLoss { name: &l.plugin, weight: &l.weight, loss: &mut *l.loss }).collect();
-        run_stage(&stage, &mut *student, &mut losses, &mut *plan.sampler, &task.langs, &mut hooks, resume)?
+        run_stage(&stage, &mut *student, &mut losses, &mut *plan.sampler, &task.langs, &mut hooks)?
     };
-    row.train_examples_per_s = (plan.train.stage.steps as f64 * plan.train.stage.batch as f64) / distill_state.train_seconds.max(1e-9);
+    row.train_examples_per_s = (plan.train.steps as f64 * plan.train.batch as f64) / distill_state.train_seconds.max(1e-9);
 
     // ---- Optional fine-tuning of the distilled student. ----
     let mut finetune_sampling = Vec::new();
@@ -290,7 +291,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         let w = crate::schedule::Schedule::Constant(1.0);
         let stage = Stage {
             name: "finetune",
-            cfg: &ft.stage,
+            cfg: &ft.stage(),
             train: &s_train,
             teacher: (ft.distill && any_teacher_loss).then_some(&t_out),
             labels_visible,
@@ -298,13 +299,12 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
             seed: mix(&[seed, 14]),
             n_langs,
         };
-        let resume = hooks.resume_state("finetune", &mut *student)?;
         let mut losses: Vec<StageLoss> = if ft.distill {
             plan.losses.iter_mut().map(|l| StageLoss { name: &l.plugin, weight: &l.weight, loss: &mut *l.loss }).collect()
         } else {
             vec![StageLoss { name: "hard-ce", weight: &w, loss: &mut *ce }]
         };
-        finetune_sampling = run_stage(&stage, &mut *student, &mut losses, &mut *sampler, &task.langs, &mut hooks, resume)?.sampling;
+        finetune_sampling = run_stage(&stage, &mut *student, &mut losses, &mut *sampler, &task.langs, &mut hooks)?.sampling;
     }
 
     // ---- Baseline: the same student, no teacher. ----
@@ -315,7 +315,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         let w = crate::schedule::Schedule::Constant(1.0);
         let stage = Stage {
             name: "baseline",
-            cfg: &plan.train.stage,
+            cfg: &train_cfg,
             train: &s_train,
             teacher: None,
             labels_visible: true,
@@ -323,9 +323,8 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
             seed: mix(&[seed, 12]),
             n_langs,
         };
-        let resume = hooks.resume_state("baseline", &mut *b)?;
         let mut losses = [StageLoss { name: "hard-ce", weight: &w, loss: &mut *ce }];
-        run_stage(&stage, &mut *b, &mut losses, &mut *sampler, &task.langs, &mut hooks, resume)?;
+        run_stage(&stage, &mut *b, &mut losses, &mut *sampler, &task.langs, &mut hooks)?;
         Some(b)
     } else {
         None
@@ -337,7 +336,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         Some(b) => Some(predict(&**b, &s_test.bags)?.logits),
         None => None,
     };
-    let final_step = plan.train.stage.steps;
+    let final_step = plan.train.steps;
     let teacher_rows = metric_rows("teacher", "test", final_step, &t_test, classes, &teacher_test_inputs, None, &task.langs);
     let student_rows = metric_rows("distill", "test", final_step, &s_logits, classes, &s_test, Some(&t_test), &task.langs);
     hooks.metrics.extend(teacher_rows.iter().cloned());
@@ -498,6 +497,7 @@ pub fn metric_rows(
                 teacher_acc: has_t.then(|| nan_if_empty(a.t_correct as f64 / d)),
                 agreement: has_t.then(|| nan_if_empty(a.agree as f64 / d)),
                 kl: has_t.then(|| nan_if_empty(a.kl / d)),
+                gate: None,
             }
         })
         .collect();
@@ -516,6 +516,7 @@ pub fn metric_rows(
         teacher_acc: has_t.then(|| mean(&|r| r.teacher_acc.unwrap_or(0.0))),
         agreement: has_t.then(|| mean(&|r| r.agreement.unwrap_or(0.0))),
         kl: has_t.then(|| mean(&|r| r.kl.unwrap_or(0.0))),
+        gate: None,
     };
     rows.push(macro_row);
     rows
@@ -577,26 +578,6 @@ impl Hooks {
         })
     }
 
-    /// Loads a stage checkpoint into `model` and returns the loop state, when resuming.
-    fn resume_state(&mut self, stage: &str, model: &mut dyn Model) -> Result<Option<(LoopState, Vec<ParamState>)>> {
-        let meta_path = self.dir.join("checkpoints").join(format!("{stage}.json"));
-        if !self.resume || !meta_path.exists() {
-            return Ok(None);
-        }
-        let meta: CheckpointMeta = serde_json::from_slice(&std::fs::read(&meta_path)?)
-            .with_context(|| format!("reading checkpoint {}", meta_path.display()))?;
-        let st_path = self.dir.join("checkpoints").join(format!("{stage}.safetensors"));
-        let map = read_safetensors(&st_path)?;
-        params_from_map("param/", &mut model.params_mut(), &map, &st_path)?;
-        let mut moments = Vec::new();
-        for p in model.params() {
-            let get = |k: &str| map.get(&format!("{k}/{}", p.name)).map(|x| x.1.clone()).unwrap_or_default();
-            moments.push(ParamState { m: get("m"), v: get("v") });
-        }
-        self.metrics = meta.metrics;
-        Ok(Some((meta.state, moments)))
-    }
-
     fn dev_subset(&self, inputs: &Inputs) -> Vec<usize> {
         let stride = (1.0 / self.eval_fraction).round().max(1.0) as usize;
         (0..inputs.labels.len()).step_by(stride).collect()
@@ -604,7 +585,7 @@ impl Hooks {
 }
 
 impl StageHooks for Hooks {
-    fn evaluate(&mut self, stage: &str, step: u64, model: &dyn Model, stats: &mut [LangStat]) -> Result<()> {
+    fn evaluate(&mut self, stage: &str, step: u64, model: &dyn Model, stats: &mut [LangStat], gates: Option<Vec<f32>>) -> Result<()> {
         let inputs = if stage == "teacher" { &self.teacher_dev } else { &self.student_dev };
         if inputs.labels.is_empty() {
             return Ok(());
@@ -621,7 +602,12 @@ impl StageHooks for Hooks {
         } else {
             self.teacher_dev_logits.as_ref().map(|t| train_rows(t, self.classes, &idx))
         };
-        let rows = metric_rows(stage, "dev", step, &logits, self.classes, &sub, t.as_deref(), &self.langs);
+        let mut rows = metric_rows(stage, "dev", step, &logits, self.classes, &sub, t.as_deref(), &self.langs);
+        if let Some(g) = gates {
+            for (r, g) in rows.iter_mut().zip(g) {
+                r.gate = Some(g as f64);
+            }
+        }
         for (s, r) in stats.iter_mut().zip(&rows) {
             if r.examples > 0 {
                 s.dev_acc = Some(r.acc);
@@ -640,36 +626,44 @@ impl StageHooks for Hooks {
         Ok(())
     }
 
-    fn checkpoint(&mut self, stage: &str, model: &dyn Model, opt: &Optimizer, state: &LoopState) -> Result<()> {
+    fn checkpoint(&mut self, stage: &str, params: &[(String, &Param)], opt: &Optimizer, state: &LoopState) -> Result<()> {
         if stage == "teacher" {
             // The teacher is cached as a whole once trained; an interrupted pre-training restarts.
             return Ok(());
         }
         let dir = self.dir.join("checkpoints");
         let mut map = TensorMap::new();
-        let params = model.params();
-        params_to_map("param/", &params, &mut map);
-        for (p, s) in params.iter().zip(&opt.state) {
+        for ((name, p), s) in params.iter().zip(&opt.state) {
+            map.insert(format!("param/{name}"), (p.shape.clone(), p.data.clone()));
             if !s.m.is_empty() {
-                map.insert(format!("m/{}", p.name), (vec![s.m.len()], s.m.clone()));
+                map.insert(format!("m/{name}"), (vec![s.m.len()], s.m.clone()));
             }
             if !s.v.is_empty() {
-                map.insert(format!("v/{}", p.name), (vec![s.v.len()], s.v.clone()));
+                map.insert(format!("v/{name}"), (vec![s.v.len()], s.v.clone()));
             }
         }
         write_atomic(&dir.join(format!("{stage}.safetensors")), &to_safetensors(&map)?)?;
         let meta = CheckpointMeta { state: state.clone(), metrics: self.metrics.clone() };
         write_atomic(&dir.join(format!("{stage}.json")), &serde_json::to_vec(&meta)?)?;
         write_csv(&self.dir.join("metrics.csv"), &self.metrics)?;
-        if state.step == 0 {
-            return Ok(());
-        }
         if let Some(limit) = self.interrupt_after {
             if self.steps_run >= limit {
                 return Err(Interrupted(self.steps_run).into());
             }
         }
         Ok(())
+    }
+
+    fn load_checkpoint(&mut self, stage: &str) -> Result<Option<(TensorMap, LoopState)>> {
+        let meta_path = self.dir.join("checkpoints").join(format!("{stage}.json"));
+        if !self.resume || !meta_path.exists() {
+            return Ok(None);
+        }
+        let meta: CheckpointMeta = serde_json::from_slice(&std::fs::read(&meta_path)?)
+            .with_context(|| format!("reading checkpoint {}", meta_path.display()))?;
+        let map = read_safetensors(&self.dir.join("checkpoints").join(format!("{stage}.safetensors")))?;
+        self.metrics = meta.metrics;
+        Ok(Some((map, meta.state)))
     }
 
     fn progress(&mut self, stage: &str, step: u64, total: u64, loss: f32) {

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::optim::{Optimizer, ParamState};
 use crate::engine::{mix, Inputs, TeacherOut};
 use crate::loss::{Loss, LossInput};
-use crate::model::{Model, OutputGrads, StepCtx};
+use crate::engine::store::TensorMap;
+use crate::model::{Model, OutputGrads, Param, StepCtx};
 use crate::plan::StageConfig;
 use crate::sampler::{normalise, LangStat, Sampler, SamplerCtx};
 use crate::schedule::Schedule;
@@ -144,17 +145,23 @@ pub struct LoopState {
     pub dist: Vec<f64>,
     /// Sampler rows written so far.
     pub sampling: Vec<SamplingRow>,
-    /// Examples per second so far (for `run.csv`).
+    /// Seconds spent training so far (for `run.csv`).
     pub train_seconds: f64,
+    /// The sampler's own state ([`Sampler::state`]).
+    pub sampler_state: Vec<f64>,
 }
 
 /// Hooks the stage calls out to (evaluation, checkpoints, progress).
 pub trait StageHooks {
     /// Called after step `step` (1-based count of steps done) when an evaluation is due;
     /// returns per-language dev accuracies (student, teacher) for the statistics.
-    fn evaluate(&mut self, stage: &str, step: u64, model: &dyn Model, stats: &mut [LangStat]) -> Result<()>;
-    /// Persists a checkpoint of the stage.
-    fn checkpoint(&mut self, stage: &str, model: &dyn Model, opt: &Optimizer, state: &LoopState) -> Result<()>;
+    /// `gates` is the per-language state a loss reports (e.g. the selective gate).
+    fn evaluate(&mut self, stage: &str, step: u64, model: &dyn Model, stats: &mut [LangStat], gates: Option<Vec<f32>>) -> Result<()>;
+    /// Persists a checkpoint of the stage: every trained parameter (model and losses) by
+    /// name, the optimizer and the loop state.
+    fn checkpoint(&mut self, stage: &str, params: &[(String, &Param)], opt: &Optimizer, state: &LoopState) -> Result<()>;
+    /// The stage's last checkpoint, when resuming: tensors by name and the loop state.
+    fn load_checkpoint(&mut self, stage: &str) -> Result<Option<(TensorMap, LoopState)>>;
     /// Progress report after each step.
     fn progress(&mut self, stage: &str, step: u64, total: u64, loss: f32);
 }
@@ -168,7 +175,6 @@ pub fn run_stage(
     sampler: &mut dyn Sampler,
     langs: &[String],
     hooks: &mut dyn StageHooks,
-    resume: Option<(LoopState, Vec<ParamState>)>,
 ) -> Result<LoopState> {
     let cfg = stage.cfg;
     let stage_id = mix(&[stage.name.len() as u64, stage.name.bytes().fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(b as u64))]);
@@ -185,9 +191,20 @@ pub fn run_stage(
         dist: Vec::new(),
         sampling: Vec::new(),
         train_seconds: 0.0,
+        sampler_state: Vec::new(),
     };
-    if let Some((s, moments)) = resume {
+    if let Some((map, s)) = hooks.load_checkpoint(stage.name)? {
+        let mut params = named_params_mut(model, losses);
+        let mut moments = Vec::new();
+        for (name, p) in params.iter_mut() {
+            let (shape, data) = map.get(&format!("param/{name}")).with_context(|| format!("checkpoint of stage `{}` lacks `{name}`", stage.name))?;
+            anyhow::ensure!(*shape == p.shape, "checkpoint tensor `{name}` has shape {shape:?}, the model expects {:?}", p.shape);
+            p.data.copy_from_slice(data);
+            let get = |k: &str| map.get(&format!("{k}/{name}")).map(|x| x.1.clone()).unwrap_or_default();
+            moments.push(ParamState { m: get("m"), v: get("v") });
+        }
         queues.restore(s.cursor.clone(), s.pass.clone());
+        sampler.restore(&s.sampler_state).context("restoring the sampler from the checkpoint")?;
         opt.t = s.opt_t;
         opt.state = moments;
         state = s;
@@ -200,7 +217,7 @@ pub fn run_stage(
         // Ask the sampler for a distribution at the start and every `update_every` steps.
         let every = sampler.update_every().max(1);
         if state.dist.is_empty() || step % every == 0 && step > 0 {
-            let ctx = SamplerCtx { step, total_steps: cfg.steps, batch: cfg.batch, stats: &state.stats };
+            let ctx = SamplerCtx { step, total_steps: cfg.steps, batch: cfg.batch, stats: &state.stats, langs };
             let mut d = normalise(&sampler.distribution(&ctx).with_context(|| format!("sampler at step {step}"))?)
                 .with_context(|| format!("sampler at step {step}"))?;
             anyhow::ensure!(d.len() == stage.n_langs, "the sampler returned {} weights for {} languages", d.len(), stage.n_langs);
@@ -288,7 +305,8 @@ pub fn run_stage(
             Ok(g)
         })?;
         let lr = opt.config.lr_at(step, cfg.steps);
-        opt.step(&mut model.params_mut(), lr);
+        let mut params: Vec<&mut Param> = named_params_mut(model, losses).into_iter().map(|(_, p)| p).collect();
+        opt.step(&mut params, lr);
         update_stats(&mut state.stats, &outputs.logits, classes, &labels, t_logits.as_deref(), &blangs, stage.labels_visible);
         state.step += 1;
         state.opt_t = opt.t;
@@ -296,14 +314,34 @@ pub fn run_stage(
         let due = state.step == cfg.steps || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0);
         if due {
             state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
-            hooks.evaluate(stage.name, state.step, &*model, &mut state.stats)?;
-            let (c, p) = (queues.cursor.clone(), queues.pass.clone());
-            state.cursor = c;
-            state.pass = p;
-            hooks.checkpoint(stage.name, &*model, &opt, &state)?;
+            let gates = losses.iter().find_map(|l| l.loss.language_state());
+            hooks.evaluate(stage.name, state.step, &*model, &mut state.stats, gates)?;
+            state.cursor = queues.cursor.clone();
+            state.pass = queues.pass.clone();
+            state.sampler_state = sampler.state();
+            let named: Vec<(String, &Param)> = named_params(&*model, losses);
+            hooks.checkpoint(stage.name, &named, &opt, &state)?;
         }
     }
     Ok(state)
+}
+
+/// The parameters a stage trains, by checkpoint name: the model's, then each loss's
+/// (prefixed `loss<i>.`).
+fn named_params<'a>(model: &'a dyn Model, losses: &'a [StageLoss]) -> Vec<(String, &'a Param)> {
+    let mut v: Vec<(String, &Param)> = model.params().into_iter().map(|p| (p.name.clone(), p)).collect();
+    for (i, l) in losses.iter().enumerate() {
+        v.extend(l.loss.params().into_iter().map(|p| (format!("loss{i}.{}", p.name), p)));
+    }
+    v
+}
+
+fn named_params_mut<'a>(model: &'a mut dyn Model, losses: &'a mut [StageLoss]) -> Vec<(String, &'a mut Param)> {
+    let mut v: Vec<(String, &mut Param)> = model.params_mut().into_iter().map(|p| (p.name.clone(), p)).collect();
+    for (i, l) in losses.iter_mut().enumerate() {
+        v.extend(l.loss.params_mut().into_iter().map(|p| (format!("loss{i}.{}", p.name), p)));
+    }
+    v
 }
 
 fn gather_rows(m: &[f32], width: usize, idx: &[usize]) -> Vec<f32> {

@@ -32,7 +32,8 @@ mod tests {
     #[test]
     fn proportional_to_sizes() {
         let stats: Vec<LangStat> = [30, 10, 0, 60].iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
-        let ctx = SamplerCtx { step: 0, total_steps: 1, batch: 1, stats: &stats };
+        let langs: Vec<String> = (0..4).map(|i| format!("l{i}")).collect();
+        let ctx = SamplerCtx { step: 0, total_steps: 1, batch: 1, stats: &stats, langs: &langs };
         let q = normalise(&ProportionalParams {}.distribution(&ctx).unwrap()).unwrap();
         assert_eq!(q, vec![0.3, 0.1, 0.0, 0.6]);
     }

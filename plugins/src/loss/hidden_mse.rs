@@ -1,0 +1,222 @@
+//! `hidden-mse`: match the teacher's hidden representation through a learned projection.
+
+use kdx_framework::engine::nn::Linear;
+use kdx_framework::kdx_recipe::Diagnostic;
+use kdx_framework::loss::{Loss, LossInput, LossOutput};
+use kdx_framework::model::{Grad, Param};
+use kdx_framework::registry::BuildCtx;
+use rand::SeedableRng;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Squared error between hidden representations (FitNets-style hint loss):
+/// L = (1/B) Σᵢ wᵢ · (1/Hₜ) Σⱼ ((W hₛ,ᵢ + b)ⱼ − hₜ,ᵢⱼ)²,
+/// hₛ: student hidden (width Hₛ), hₜ: teacher hidden (width Hₜ), W (Hₛ → Hₜ, stored as
+/// `proj.w` of shape [Hₛ, Hₜ]) and b (`proj.b`) a linear projection trained with the
+/// student. Without a projection W h + b is hₛ itself (the widths must then match).
+/// The projection is created on the first batch, when both widths are known, initialised
+/// uniformly in ±1/√Hₛ from `seed`; until then the loss reports no parameters. The
+/// gradient reaches the student through its hidden representation only (none through
+/// the logits). Reads the teacher's hidden representation.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HiddenMseParams {
+    /// "auto": project only when the widths differ; "always"; "never" (widths must match).
+    #[serde(default)]
+    pub projection: Projection,
+    /// Seed of the projection's initialisation.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// When to put a learned linear projection between student and teacher hidden states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Projection {
+    /// Only when the student's and the teacher's widths differ.
+    #[default]
+    Auto,
+    /// Always, even for equal widths.
+    Always,
+    /// Never; the widths must match.
+    Never,
+}
+
+/// The loss with its (lazily created) projection.
+pub struct HiddenMse {
+    /// Parameters from the recipe.
+    pub params: HiddenMseParams,
+    /// The projection, once the widths are known.
+    pub proj: Option<Linear>,
+}
+
+fn build(p: HiddenMseParams, _: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
+    Ok(Box::new(HiddenMse { params: p, proj: None }))
+}
+
+kdx_framework::register_loss!("hidden-mse", "MSE between projected student and teacher hidden representations", HiddenMseParams, build);
+
+impl Loss for HiddenMse {
+    fn needs_teacher(&self) -> bool {
+        true
+    }
+    fn needs_labels(&self) -> bool {
+        false
+    }
+    fn needs_teacher_hidden(&self) -> bool {
+        true
+    }
+    fn params(&self) -> Vec<&Param> {
+        self.proj.iter().flat_map(|l| [&l.w, &l.b]).collect()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.proj.iter_mut().flat_map(|l| [&mut l.w, &mut l.b]).collect()
+    }
+    fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
+        let th = x.teacher_hidden.ok_or_else(|| anyhow::anyhow!("hidden-mse needs the teacher's hidden representation"))?;
+        let (b, hs, ht) = (x.batch, x.student_hidden_dim, x.teacher_hidden_dim);
+        anyhow::ensure!(hs > 0 && ht > 0, "hidden-mse: a hidden width is 0 (student {hs}, teacher {ht})");
+        let project = match self.params.projection {
+            Projection::Auto => hs != ht,
+            Projection::Always => true,
+            Projection::Never => {
+                anyhow::ensure!(hs == ht, "hidden-mse with projection = \"never\" needs equal widths, student {hs} ≠ teacher {ht}");
+                false
+            }
+        };
+        if project && self.proj.is_none() {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(self.params.seed);
+            self.proj = Some(Linear::new("proj", hs, ht, &mut rng));
+        }
+        let proj = if project { self.proj.as_mut() } else { None };
+        if let Some(l) = &proj {
+            anyhow::ensure!(l.w.shape == [hs, ht], "hidden-mse: the projection is {:?}, the widths are now {hs} → {ht}", l.w.shape);
+        }
+        // P = hₛ W + b (or hₛ), dP = ∂L/∂P.
+        let mut dp = vec![0f64; b * ht];
+        let mut value = 0f64;
+        for i in 0..b {
+            let h = &x.student_hidden[i * hs..(i + 1) * hs];
+            let w = x.weights[i] as f64 / b as f64;
+            for j in 0..ht {
+                let p = match &proj {
+                    Some(l) => l.b.data[j] as f64 + (0..hs).map(|a| h[a] as f64 * l.w.data[a * ht + j] as f64).sum::<f64>(),
+                    None => h[j] as f64,
+                };
+                let d = p - th[i * ht + j] as f64;
+                value += w * d * d / ht as f64;
+                dp[i * ht + j] = 2.0 * w * d / ht as f64;
+            }
+        }
+        let grad_hidden = match proj {
+            None => dp.iter().map(|&v| v as f32).collect(),
+            Some(l) => {
+                let (mut gw, mut gb, mut gh) = (vec![0f64; hs * ht], vec![0f64; ht], vec![0f32; b * hs]);
+                for i in 0..b {
+                    let h = &x.student_hidden[i * hs..(i + 1) * hs];
+                    let dpi = &dp[i * ht..(i + 1) * ht];
+                    for j in 0..ht {
+                        gb[j] += dpi[j];
+                    }
+                    for a in 0..hs {
+                        let row = &l.w.data[a * ht..(a + 1) * ht];
+                        gh[i * hs + a] = (0..ht).map(|j| row[j] as f64 * dpi[j]).sum::<f64>() as f32;
+                        for j in 0..ht {
+                            gw[a * ht + j] += h[a] as f64 * dpi[j];
+                        }
+                    }
+                }
+                // Set, not add: `compute` runs once per step and the optimizer clears gradients.
+                l.w.grad = Grad::Dense(gw.into_iter().map(|v| v as f32).collect());
+                l.b.grad = Grad::Dense(gb.into_iter().map(|v| v as f32).collect());
+                gh
+            }
+        };
+        Ok(LossOutput { value: value as f32, grad_logits: vec![0.0; b * x.classes], grad_hidden: Some(grad_hidden) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kdx_framework::loss::{gradient_check, SampleBatch};
+
+    fn loss(projection: Projection) -> HiddenMse {
+        HiddenMse { params: HiddenMseParams { projection, seed: 3 }, proj: None }
+    }
+
+    fn rel(a: f32, n: f32) -> f32 {
+        (a - n).abs() / 1f32.max(a.abs()).max(n.abs())
+    }
+
+    /// Largest relative error of the hidden and projection gradients against central differences.
+    fn check(l: &mut HiddenMse, x: &LossInput) -> f32 {
+        let eps = 1e-2;
+        let out = l.compute(x).unwrap();
+        let mut worst = gradient_check(l, x, eps).unwrap();
+        let gh = out.grad_hidden.unwrap();
+        let mut h = x.student_hidden.to_vec();
+        for k in 0..h.len() {
+            let orig = h[k];
+            h[k] = orig + eps;
+            let up = l.compute(&LossInput { student_hidden: &h, ..*x }).unwrap().value;
+            h[k] = orig - eps;
+            let down = l.compute(&LossInput { student_hidden: &h, ..*x }).unwrap().value;
+            h[k] = orig;
+            worst = worst.max(rel(gh[k], (up - down) / (2.0 * eps)));
+        }
+        l.compute(x).unwrap();
+        let grads: Vec<Vec<f32>> = l.params().iter().map(|p| match &p.grad {
+            Grad::Dense(g) => g.clone(),
+            other => panic!("expected a dense gradient, found {other:?}"),
+        }).collect();
+        for (pi, g) in grads.iter().enumerate() {
+            for k in 0..g.len() {
+                let orig = l.params()[pi].data[k];
+                l.params_mut()[pi].data[k] = orig + eps;
+                let up = l.compute(x).unwrap().value;
+                l.params_mut()[pi].data[k] = orig - eps;
+                let down = l.compute(x).unwrap().value;
+                l.params_mut()[pi].data[k] = orig;
+                worst = worst.max(rel(g[k], (up - down) / (2.0 * eps)));
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let s = SampleBatch::random(4, 3, 5, 2.0, 6);
+        // Different widths: the teacher is 3 wide, the student 5.
+        let th: Vec<f32> = s.teacher_hidden[..4 * 3].to_vec();
+        let x = LossInput { teacher_hidden: Some(&th), teacher_hidden_dim: 3, ..s.input(0, 1) };
+        let mut l = loss(Projection::Auto);
+        assert!(l.params().is_empty(), "no projection before the first batch");
+        let err = check(&mut l, &x);
+        assert!(err < 1e-2, "relative error {err}");
+        let names: Vec<_> = l.params().iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
+        assert_eq!(names, vec![("proj.w".to_string(), vec![5, 3]), ("proj.b".to_string(), vec![3])]);
+        for p in [Projection::Never, Projection::Always] {
+            let mut l = loss(p);
+            let err = check(&mut l, &s.input(0, 1));
+            assert!(err < 1e-2, "{p:?}: relative error {err}");
+            assert_eq!(l.params().len(), if p == Projection::Always { 2 } else { 0 });
+        }
+        assert!(loss(Projection::Never).compute(&x).is_err(), "unequal widths without projection");
+    }
+
+    #[test]
+    fn value_matches_hand_computation_and_init_is_seeded() {
+        let mut s = SampleBatch::random(2, 2, 2, 1.0, 2);
+        s.student_hidden = vec![1.0, 2.0, 0.0, 0.0];
+        s.teacher_hidden = vec![0.0, 0.0, 1.0, 3.0];
+        s.weights = vec![1.0, 0.5];
+        // Row 0: (1 + 4)/2 = 2.5; row 1: (1 + 9)/2 = 5 with weight ½ → (2.5 + 2.5)/2.
+        let v = loss(Projection::Auto).compute(&s.input(0, 1)).unwrap().value;
+        assert!((v - 2.5).abs() < 1e-6, "{v}");
+        let (mut a, mut b) = (loss(Projection::Always), loss(Projection::Always));
+        a.compute(&s.input(0, 1)).unwrap();
+        b.compute(&s.input(0, 1)).unwrap();
+        assert_eq!(a.params()[0].data, b.params()[0].data);
+    }
+}
