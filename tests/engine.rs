@@ -31,7 +31,7 @@ plugin = "ngram-mlp"
 ngrams = [1, 3]
 buckets = 16384
 dim = 16
-train = {{ steps = 150, batch = 64, optimizer = {{ kind = "adam", lr = 2e-2 }} }}
+train = {{ steps = 300, batch = 64, optimizer = {{ kind = "adam", lr = 2e-2 }} }}
 
 [student]
 plugin = "ngram-mlp"
@@ -146,9 +146,9 @@ fn same_seed_same_csvs_and_resume_equals_uninterrupted() {
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
     run_ok(&r, &a, &[]);
-    // Interrupt after 200 training steps: the teacher's 150 and 50 of distillation, so the
+    // Interrupt after 350 training steps: the teacher's 300 and 50 of distillation, so the
     // stop lands at the distillation checkpoint at step 80.
-    let out = kdx(&["run", r.to_str().unwrap(), "--results", b.to_str().unwrap(), "--quiet", "--interrupt-after", "200"]);
+    let out = kdx(&["run", r.to_str().unwrap(), "--results", b.to_str().unwrap(), "--quiet", "--interrupt-after", "350"]);
     assert!(!out.status.success());
     let row: RunRow = read::<RunRow>(&b.join("resume/run/run.csv")).remove(0);
     assert_eq!(row.status, "interrupted", "{}", row.error);

@@ -106,9 +106,12 @@ impl Loss for JsdParams {
                 let lm = log_add(lb + lt[k], lb1 + ls[k]);
                 let (pt, ps) = (lt[k].exp(), ls[k].exp());
                 jsd += (1.0 - beta) * pt * (lt[k] - lm) + beta * ps * (ls[k] - lm);
-                // h_k = Pₛ_k · ∂JSD/∂Pₛ_k, each ratio taken in log space.
-                h[k] = -(1.0 - beta).powi(2) * (lt[k] + ls[k] - lm).exp() + beta * ps * (ls[k] - lm)
-                    - beta * (1.0 - beta) * (2.0 * ls[k] - lm).exp();
+                // h_k = Pₛ_k · ∂JSD/∂Pₛ_k, each ratio taken in log space. A ratio is bounded
+                // wherever its coefficient is non-zero (M ≥ β·Pₜ and M ≥ (1−β)·Pₛ), and is
+                // skipped where the coefficient is zero (it may overflow there).
+                let term = |coef: f64, log: f64| if coef == 0.0 { 0.0 } else { coef * log.exp() };
+                h[k] = term(-(1.0 - beta).powi(2), lt[k] + ls[k] - lm) + beta * ps * (ls[k] - lm)
+                    + term(-beta * (1.0 - beta), 2.0 * ls[k] - lm);
             }
             let w = x.weights[i] as f64 / b as f64 * scale;
             value += w * jsd;
