@@ -118,7 +118,8 @@ fn a_small_run_trains_and_its_reports_agree() {
         assert!((m - macro_row.acc).abs() < 1e-9);
     }
     // Periodic dev evaluations at 40, 80, 120 for the student stages.
-    let dev_steps: Vec<u64> = metrics.iter().filter(|m| m.stage == "distill" && m.split == "dev" && m.lang == "macro").map(|m| m.step).collect();
+    let dev_steps: Vec<u64> =
+        metrics.iter().filter(|m| m.stage == "distill" && m.split == "dev" && m.lang == "macro").map(|m| m.step).collect();
     assert_eq!(dev_steps, vec![40, 80, 120]);
     assert!(dir.join("sampling.csv").exists());
     assert!(dir.join("student.safetensors").exists() && dir.join("student.json").exists());

@@ -65,7 +65,8 @@ fn misspelling_any_key_of_a_shipped_recipe_is_located_with_a_suggestion() {
         for (i, line) in text.lines().enumerate() {
             let Some((key, _)) = line.split_once('=') else { continue };
             let key = key.trim();
-            if key.is_empty() || key.starts_with('#') || key.starts_with('"') || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            if key.is_empty() || key.starts_with('#') || key.starts_with('"') || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
                 continue;
             }
             if key == "extends" || key.len() < 4 {

@@ -55,16 +55,12 @@ fn clean_inner(s: &str, label: bool) -> (String, bool) {
 /// English), or when the msgid cleaned to nothing (no parallel English side left, e.g. a
 /// msgid that was only placeholders).
 pub fn keep(msgid_clean: &str, text_clean: &str) -> bool {
-    !msgid_clean.is_empty()
-        && text_clean != msgid_clean
-        && text_clean.chars().nth(MIN_CHARS - 1).is_some()
+    !msgid_clean.is_empty() && text_clean != msgid_clean && text_clean.chars().nth(MIN_CHARS - 1).is_some()
 }
 
 /// Tags whose removal must leave a space, because they separate words visually.
-const BREAK_TAGS: &[&str] = &[
-    "br", "p", "div", "li", "ul", "ol", "tr", "td", "th", "table", "h1", "h2", "h3", "h4", "h5",
-    "h6", "hr", "para", "title",
-];
+const BREAK_TAGS: &[&str] =
+    &["br", "p", "div", "li", "ul", "ol", "tr", "td", "th", "table", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "para", "title"];
 
 /// Step 1: removes `<tag ...>`, `</tag>` and `<tag/>`. A `<` must be followed by a letter (or
 /// `/` and a letter) to start a tag, so `a < b` survives; `%<PRIu64>` is a printf conversion,
@@ -107,10 +103,7 @@ fn tag_len(s: &str) -> Option<(usize, &str)> {
     if !b.get(i)?.is_ascii_alphabetic() {
         return None;
     }
-    while b
-        .get(i)
-        .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b':' | b'_' | b'-' | b'.'))
-    {
+    while b.get(i).is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b':' | b'_' | b'-' | b'.')) {
         i += 1;
     }
     let name = &s[name_start..i];
@@ -214,8 +207,7 @@ fn strip_mnemonics(s: &str, label: bool) -> (String, bool) {
                 continue;
             }
             '&' if chars.get(i + 1).is_some_and(|n| n.is_alphanumeric()) => {
-                let between_caps =
-                    i > 0 && chars[i - 1].is_ascii_uppercase() && chars[i + 1].is_ascii_uppercase();
+                let between_caps = i > 0 && chars[i - 1].is_ascii_uppercase() && chars[i + 1].is_ascii_uppercase();
                 if between_caps {
                     out.push('&');
                 }
@@ -234,14 +226,8 @@ fn is_underscore_mnemonic(chars: &[char], i: usize, label: bool) -> bool {
     if !chars.get(i + 1).is_some_and(|c| c.is_alphanumeric()) {
         return false;
     }
-    let start = chars[..i]
-        .iter()
-        .rposition(|c| !word_char(c))
-        .map_or(0, |p| p + 1);
-    let end = chars[i..]
-        .iter()
-        .position(|c| !word_char(c))
-        .map_or(chars.len(), |p| i + p);
+    let start = chars[..i].iter().rposition(|c| !word_char(c)).map_or(0, |p| p + 1);
+    let end = chars[i..].iter().position(|c| !word_char(c)).map_or(chars.len(), |p| i + p);
     let word = &chars[start..end];
     if word.iter().filter(|&&c| c == '_').count() != 1 {
         return false; // identifiers like _NET_WM_NAME or __init__
@@ -401,10 +387,7 @@ fn printf_len(b: &[u8]) -> Option<usize> {
         }
     }
     // Flags. No space flag: "50% done" is prose, not "% d".
-    while b
-        .get(i)
-        .is_some_and(|c| matches!(c, b'-' | b'+' | b'#' | b'0' | b'\'' | b'I'))
-    {
+    while b.get(i).is_some_and(|c| matches!(c, b'-' | b'+' | b'#' | b'0' | b'\'' | b'I')) {
         i += 1;
     }
     let width_start = i;
@@ -430,18 +413,7 @@ fn printf_len(b: &[u8]) -> Option<usize> {
         }
     }
     let before_length = i;
-    for m in [
-        &b"hh"[..],
-        b"ll",
-        b"h",
-        b"l",
-        b"L",
-        b"q",
-        b"j",
-        b"z",
-        b"Z",
-        b"t",
-    ] {
+    for m in [&b"hh"[..], b"ll", b"h", b"l", b"L", b"q", b"j", b"z", b"Z", b"t"] {
         if b[i.min(b.len())..].starts_with(m) {
             i += m.len();
             break;
@@ -449,34 +421,20 @@ fn printf_len(b: &[u8]) -> Option<usize> {
     }
     match b.get(i) {
         // Pointer extensions of the kernel and binutils: %pA, %pB.
-        Some(b'p')
-            if b.get(i + 1).is_some_and(u8::is_ascii_uppercase)
-                && !b.get(i + 2).is_some_and(u8::is_ascii_alphabetic) =>
-        {
-            Some(i + 2)
-        }
+        Some(b'p') if b.get(i + 1).is_some_and(u8::is_ascii_uppercase) && !b.get(i + 2).is_some_and(u8::is_ascii_alphabetic) => Some(i + 2),
         Some(c) if b"diouxXeEfFgGaAcspnCSm".contains(c) => Some(i + 1),
         // System-dependent conversion: %<PRIu64>, the macro name includes the conversion.
         Some(b'<') => {
-            let close = b[i..]
-                .iter()
-                .take(32)
-                .position(|&c| c == b'>')
-                .map(|p| p + i)?;
+            let close = b[i..].iter().take(32).position(|&c| c == b'>').map(|p| p + i)?;
             let name = &b[i + 1..close];
-            (name.starts_with(b"PRI") && name.iter().all(u8::is_ascii_alphanumeric))
-                .then_some(close + 1)
+            (name.starts_with(b"PRI") && name.iter().all(u8::is_ascii_alphanumeric)).then_some(close + 1)
         }
         // Qt-style numbered placeholder %1, %2 (digits only, nothing after them).
         _ if had_width && i == before_length && b[1].is_ascii_digit() => Some(before_length),
         // Anything else that is `%` and one letter alone: strftime (`%H:%M`, `%Y`) and
         // binutils' own directives (`%P:`, `%B`).
         _ => match (b.get(1), b.get(2)) {
-            (Some(l), next)
-                if l.is_ascii_alphabetic() && !next.is_some_and(u8::is_ascii_alphabetic) =>
-            {
-                Some(2)
-            }
+            (Some(l), next) if l.is_ascii_alphabetic() && !next.is_some_and(u8::is_ascii_alphabetic) => Some(2),
             _ => None,
         },
     }
@@ -485,10 +443,7 @@ fn printf_len(b: &[u8]) -> Option<usize> {
 /// Length of the brace placeholder at the start of `b` (`{name}`, `{0}`, `{}`, `{0:>3}`).
 fn brace_len(b: &[u8]) -> Option<usize> {
     let close = b.iter().take(48).position(|&c| c == b'}')?;
-    b[1..close]
-        .iter()
-        .all(|c| c.is_ascii_alphanumeric() || b"_.:!-<>[]".contains(c))
-        .then_some(close + 1)
+    b[1..close].iter().all(|c| c.is_ascii_alphanumeric() || b"_.:!-<>[]".contains(c)).then_some(close + 1)
 }
 
 /// Length of the shell variable at the start of `b` (`${x}`, `$(x)` as systemd's messages
@@ -501,9 +456,7 @@ fn shell_len(b: &[u8]) -> Option<usize> {
             let close = b.iter().take(64).position(|&c| c == closer)?;
             (close > 2 && b[2..close].iter().all(ident)).then_some(close + 1)
         }
-        c if c.is_ascii_alphabetic() || *c == b'_' => {
-            Some(1 + b[1..].iter().take_while(|c| ident(c)).count())
-        }
+        c if c.is_ascii_alphabetic() || *c == b'_' => Some(1 + b[1..].iter().take_while(|c| ident(c)).count()),
         _ => None,
     }
 }
@@ -564,10 +517,7 @@ mod tests {
             ("Usage: %s <file>", "Usage:"),
             // entities
             ("Fish &amp; Chips", "Fish & Chips"),
-            (
-                "&lt;none&gt; &quot;q&quot; &apos;a&apos;",
-                "<none> \"q\" 'a'",
-            ),
+            ("&lt;none&gt; &quot;q&quot; &apos;a&apos;", "<none> \"q\" 'a'"),
             ("caf&#233; &#xE9;t&#233;", "café été"),
             // An unknown entity is not decoded; its `&` then reads as a mnemonic, which is harmless.
             ("&unknown; stays", "unknown; stays"),
@@ -582,10 +532,7 @@ mod tests {
             ("文件（_F）", "文件"),
             ("AT&T and R&D", "AT&T and R&D"),
             ("Rock && Roll", "Rock & Roll"),
-            (
-                "LC_ALL and file_name and __init__",
-                "LC_ALL and file_name and __init__",
-            ),
+            ("LC_ALL and file_name and __init__", "LC_ALL and file_name and __init__"),
             ("Print Pre_view", "Print Preview"),
             ("Kleur_naam and ИМЯ_ФАЙЛА", "Kleurnaam and ИМЯ_ФАЙЛА"),
             // printf
@@ -598,14 +545,8 @@ mod tests {
             ("say '' or \"\"", "say '' or \"\""),
             ("%1$d of %2$d", "of"),
             ("[%-10s] %.2f%% done", "% done"),
-            (
-                "overwritten by %s:%%sPlease move",
-                "overwritten by :Please move",
-            ),
-            (
-                "%P: %B: section %pA not found at %H:%M",
-                "section not found at :",
-            ),
+            ("overwritten by %s:%%sPlease move", "overwritten by :Please move"),
+            ("%P: %B: section %pA not found at %H:%M", "section not found at :"),
             ("%lu bytes, %'d items, %5.1Lf", "bytes, items,"),
             ("size %<PRIu64> bytes", "size bytes"),
             ("%(name)s is %(count)d years", "is years"),
@@ -616,10 +557,7 @@ mod tests {
             ("Hello {name}, item {0} {}", "Hello , item"),
             ("{ not a placeholder }", "{ not a placeholder }"),
             ("Path ${HOME}/bin and $USER_NAME!", "Path /bin and !"),
-            (
-                "freeze the processes of '$(unit)' unit",
-                "freeze the processes of unit",
-            ),
+            ("freeze the processes of '$(unit)' unit", "freeze the processes of unit"),
             ("costs US$ 5 or $5", "costs US$ 5 or $5"),
             // escapes, whitespace, NFC
             ("one\\ntwo\\tthree", "one two three"),
@@ -642,18 +580,9 @@ mod tests {
 
     #[test]
     fn labels_lend_their_mnemonic_to_the_translation() {
-        assert_eq!(
-            clean_pair("Create _Folder", "Crea una ca_rpeta"),
-            ("Create Folder".to_string(), "Crea una carpeta".to_string())
-        );
+        assert_eq!(clean_pair("Create _Folder", "Crea una ca_rpeta"), ("Create Folder".to_string(), "Crea una carpeta".to_string()));
         // No mnemonic in the msgid: a lower-case word keeps its `_` (a metavariable).
-        assert_eq!(
-            clean_pair("source filename", "source nume_fișier"),
-            (
-                "source filename".to_string(),
-                "source nume_fișier".to_string()
-            )
-        );
+        assert_eq!(clean_pair("source filename", "source nume_fișier"), ("source filename".to_string(), "source nume_fișier".to_string()));
         assert_eq!(clean_pair("E_xit", "Be_enden").1, "Beenden");
     }
 
@@ -667,21 +596,7 @@ mod tests {
 
     #[test]
     fn odd_input_never_panics() {
-        for s in [
-            "%",
-            "%1$",
-            "%.*",
-            "%<PRI",
-            "${",
-            "{",
-            "<",
-            "</",
-            "&#",
-            "&#x110000;",
-            "_",
-            "(_",
-            "é%é{é$é<é&é_é",
-        ] {
+        for s in ["%", "%1$", "%.*", "%<PRI", "${", "{", "<", "</", "&#", "&#x110000;", "_", "(_", "é%é{é$é<é&é_é"] {
             let _ = clean(s);
         }
     }
@@ -689,19 +604,10 @@ mod tests {
     #[test]
     fn keep_rules() {
         assert!(keep("Open the file", "Ouvrir le fichier"));
-        assert!(
-            !keep("Open the file", "Open the file"),
-            "identical to msgid"
-        );
+        assert!(!keep("Open the file", "Open the file"), "identical to msgid");
         assert!(!keep("Cancel", "Annuler"), "too short");
-        assert!(
-            keep("Ten chars!", "十个字符的翻译文本啊"),
-            "10 chars, more bytes"
-        );
-        assert!(
-            !keep("Nine char", "九个字符的翻译文本"),
-            "9 chars, 27 bytes"
-        );
+        assert!(keep("Ten chars!", "十个字符的翻译文本啊"), "10 chars, more bytes");
+        assert!(!keep("Nine char", "九个字符的翻译文本"), "9 chars, 27 bytes");
         assert!(!keep("", "a translation of nothing"), "empty msgid");
     }
 }

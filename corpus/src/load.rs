@@ -35,8 +35,7 @@ pub struct Corpus {
 /// Loads a `.tsv.gz` snapshot. A malformed line is an error naming the file, the line
 /// number (1-based, the header is line 1) and what is wrong with it.
 pub fn load(path: &Path) -> Result<Corpus> {
-    let file =
-        fs::File::open(path).with_context(|| format!("opening corpus {}", path.display()))?;
+    let file = fs::File::open(path).with_context(|| format!("opening corpus {}", path.display()))?;
     // The text compresses about 3.5:1; sizing the buffer up front avoids regrowing it.
     let compressed = file.metadata().map_or(0, |m| m.len() as usize);
     let mut bytes = Vec::with_capacity(compressed.saturating_mul(4));
@@ -53,11 +52,7 @@ fn parse(bytes: &[u8]) -> Result<Corpus> {
     let mut lines = body.split(|&b| b == b'\n');
     let header = lines.next().unwrap_or_default();
     if header != HEADER.as_bytes() {
-        bail!(
-            "line 1: expected the header {:?}, found {:?}",
-            HEADER,
-            String::from_utf8_lossy(&header[..header.len().min(80)])
-        );
+        bail!("line 1: expected the header {:?}, found {:?}", HEADER, String::from_utf8_lossy(&header[..header.len().min(80)]));
     }
     // About 100 bytes a row: reserving up front avoids regrowing a large vector.
     let mut rows = Vec::with_capacity(bytes.len() / 100);
@@ -66,8 +61,7 @@ fn parse(bytes: &[u8]) -> Result<Corpus> {
         if line.is_empty() {
             bail!("line {lineno}: empty line");
         }
-        let line = std::str::from_utf8(line)
-            .map_err(|e| anyhow::anyhow!("line {lineno}: not valid UTF-8 ({e})"))?;
+        let line = std::str::from_utf8(line).map_err(|e| anyhow::anyhow!("line {lineno}: not valid UTF-8 ({e})"))?;
         let mut fields = line.split('\t');
         let mut next = |name: &str| -> Result<String> {
             match fields.next() {
@@ -78,12 +72,7 @@ fn parse(bytes: &[u8]) -> Result<Corpus> {
                 }
             }
         };
-        let row = Row {
-            locale: next("locale")?,
-            domain: next("domain")?,
-            msgid: next("msgid")?,
-            text: next("text")?,
-        };
+        let row = Row { locale: next("locale")?, domain: next("domain")?, msgid: next("msgid")?, text: next("text")? };
         if fields.next().is_some() {
             bail!("line {lineno}: more than 4 TAB-separated fields");
         }
@@ -98,8 +87,7 @@ fn parse(bytes: &[u8]) -> Result<Corpus> {
 /// Rows per locale as stated in a snapshot's `MANIFEST.md` (its "Rows per locale" table), so
 /// a test can check that the snapshot and its manifest agree.
 pub fn read_manifest_counts(manifest: &Path) -> Result<BTreeMap<String, usize>> {
-    let text = fs::read_to_string(manifest)
-        .with_context(|| format!("reading manifest {}", manifest.display()))?;
+    let text = fs::read_to_string(manifest).with_context(|| format!("reading manifest {}", manifest.display()))?;
     parse_manifest_counts(&text).with_context(|| format!("reading manifest {}", manifest.display()))
 }
 
@@ -130,9 +118,7 @@ fn parse_manifest_counts(text: &str) -> Result<BTreeMap<String, usize>> {
             continue; // header and separator rows
         }
         let locale = locale.trim_matches('`');
-        let rows: usize = rows
-            .parse()
-            .with_context(|| format!("line {}: row count {rows:?} is not a number", i + 1))?;
+        let rows: usize = rows.parse().with_context(|| format!("line {}: row count {rows:?} is not a number", i + 1))?;
         if counts.insert(locale.to_owned(), rows).is_some() {
             bail!("line {}: locale {locale} listed twice", i + 1);
         }
@@ -163,43 +149,21 @@ mod tests {
 
     #[test]
     fn loads_good_file() {
-        let c =
-            load_text("locale\tdomain\tmsgid\ttext\nfr\tapp\tOpen the file\tOuvrir le fichier\n")
-                .unwrap();
+        let c = load_text("locale\tdomain\tmsgid\ttext\nfr\tapp\tOpen the file\tOuvrir le fichier\n").unwrap();
         assert_eq!(
             c.rows,
-            vec![Row {
-                locale: "fr".into(),
-                domain: "app".into(),
-                msgid: "Open the file".into(),
-                text: "Ouvrir le fichier".into()
-            }]
+            vec![Row { locale: "fr".into(), domain: "app".into(), msgid: "Open the file".into(), text: "Ouvrir le fichier".into() }]
         );
         // No final newline is fine too.
-        assert_eq!(
-            load_text("locale\tdomain\tmsgid\ttext\nfr\ta\tb\tc")
-                .unwrap()
-                .rows
-                .len(),
-            1
-        );
-        assert_eq!(
-            load_text("locale\tdomain\tmsgid\ttext\n")
-                .unwrap()
-                .rows
-                .len(),
-            0
-        );
+        assert_eq!(load_text("locale\tdomain\tmsgid\ttext\nfr\ta\tb\tc").unwrap().rows.len(), 1);
+        assert_eq!(load_text("locale\tdomain\tmsgid\ttext\n").unwrap().rows.len(), 0);
     }
 
     #[test]
     fn malformed_lines_are_named() {
         let h = "locale\tdomain\tmsgid\ttext\n";
         let cases = [
-            (
-                format!("{h}fr\ta\tb\tc\nfr\ta\tb\n"),
-                "line 3: missing text field",
-            ),
+            (format!("{h}fr\ta\tb\tc\nfr\ta\tb\n"), "line 3: missing text field"),
             (format!("{h}fr\ta\tb\tc\td\n"), "line 2: more than 4"),
             (format!("{h}fr\t\tb\tc\n"), "line 2: empty domain field"),
             (format!("{h}\nfr\ta\tb\tc\n"), "line 2: empty line"),
@@ -232,10 +196,7 @@ mod tests {
                     |---|---:|---:|\n| `fr` | 10 | 20 |\n| `sr@latin` | 3 | 3 |\n\n## Rows per domain\n\
                     | `app` | 13 | x |\n";
         let c = parse_manifest_counts(text).unwrap();
-        assert_eq!(
-            c.into_iter().collect::<Vec<_>>(),
-            vec![("fr".into(), 10), ("sr@latin".into(), 3)]
-        );
+        assert_eq!(c.into_iter().collect::<Vec<_>>(), vec![("fr".into(), 10), ("sr@latin".into(), 3)]);
         assert!(parse_manifest_counts("# nothing\n").is_err());
         let bad = "## Rows per locale\n| locale | rows |\n|---|---|\n| `fr` | many |\n";
         assert!(format!("{:#}", parse_manifest_counts(bad).unwrap_err()).contains("line 4"));

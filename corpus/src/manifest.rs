@@ -35,17 +35,9 @@ pub(crate) struct ManifestInput<'a> {
 
 /// The manifest text.
 pub(crate) fn render(input: &ManifestInput) -> String {
-    let ManifestInput {
-        opts,
-        report,
-        locales,
-        sources,
-    } = input;
+    let ManifestInput { opts, report, locales, sources } = input;
     let mut m = String::new();
-    let file = opts.out.file_name().map_or_else(
-        || opts.out.display().to_string(),
-        |f| f.to_string_lossy().into_owned(),
-    );
+    let file = opts.out.file_name().map_or_else(|| opts.out.display().to_string(), |f| f.to_string_lossy().into_owned());
 
     // `writeln!` into a String cannot fail; the results are ignored for that reason.
     let _ = writeln!(m, "# gettext corpus snapshot\n");
@@ -55,10 +47,7 @@ pub(crate) fn render(input: &ManifestInput) -> String {
          (`<locale>/LC_MESSAGES/*.mo`) installed on a Debian system. Built by:\n"
     );
     let _ = writeln!(m, "    {}\n", command_line(opts));
-    let _ = writeln!(
-        m,
-        "Rebuilding from the same catalogs gives byte-identical files (no timestamps anywhere).\n"
-    );
+    let _ = writeln!(m, "Rebuilding from the same catalogs gives byte-identical files (no timestamps anywhere).\n");
 
     let _ = writeln!(m, "## File\n");
     let _ = writeln!(
@@ -73,11 +62,7 @@ pub(crate) fn render(input: &ManifestInput) -> String {
     let _ = writeln!(m, "## Totals\n");
     let _ = writeln!(m, "| locales | rows | domains | bytes | rows before cap |");
     let _ = writeln!(m, "|---:|---:|---:|---:|---:|");
-    let _ = writeln!(
-        m,
-        "| {} | {} | {} | {} | {} |\n",
-        report.locales, report.rows, report.domains, report.bytes, available
-    );
+    let _ = writeln!(m, "| {} | {} | {} | {} | {} |\n", report.locales, report.rows, report.domains, report.bytes, available);
 
     let _ = writeln!(m, "## What is in it\n");
     let _ = writeln!(
@@ -103,16 +88,8 @@ pub(crate) fn render(input: &ManifestInput) -> String {
         Some(cap) => {
             let capped = locales.iter().filter(|l| l.available > cap).count();
             let smallest = report.per_locale.last().map_or(0, |p| p.1);
-            let median = report
-                .per_locale
-                .get(report.per_locale.len() / 2)
-                .map_or(0, |p| p.1);
-            let largest_whole = locales
-                .iter()
-                .filter(|l| l.available <= cap)
-                .map(|l| l.available)
-                .max()
-                .unwrap_or(0);
+            let median = report.per_locale.get(report.per_locale.len() / 2).map_or(0, |p| p.1);
+            let largest_whole = locales.iter().filter(|l| l.available <= cap).map(|l| l.available).max().unwrap_or(0);
             let _ = writeln!(
                 m,
                 "At most {cap} rows per locale. {capped} of {} locales had more and keep the {cap} \
@@ -137,16 +114,10 @@ pub(crate) fn render(input: &ManifestInput) -> String {
     }
 
     let _ = writeln!(m, "{LOCALE_TABLE_HEADING}\n");
-    let _ = writeln!(
-        m,
-        "Largest first. `before cap` counts the rows after cleaning and dedupe.\n"
-    );
+    let _ = writeln!(m, "Largest first. `before cap` counts the rows after cleaning and dedupe.\n");
     let _ = writeln!(m, "| locale | rows | before cap |");
     let _ = writeln!(m, "|---|---:|---:|");
-    let available_of: BTreeMap<&str, usize> = locales
-        .iter()
-        .map(|l| (l.locale.as_str(), l.available))
-        .collect();
+    let available_of: BTreeMap<&str, usize> = locales.iter().map(|l| (l.locale.as_str(), l.available)).collect();
     for (locale, rows) in &report.per_locale {
         let before = available_of.get(locale.as_str()).copied().unwrap_or(*rows);
         let _ = writeln!(m, "| `{locale}` | {rows} | {before} |");
@@ -171,10 +142,7 @@ pub(crate) fn render(input: &ManifestInput) -> String {
     let _ = writeln!(m, "| domain | rows | source package |");
     let _ = writeln!(m, "|---|---:|---|");
     for (domain, rows) in &domains {
-        let pkgs = packages
-            .get(*domain)
-            .map(|s| s.iter().cloned().collect::<Vec<_>>().join(", "))
-            .unwrap_or_else(|| "unknown".into());
+        let pkgs = packages.get(*domain).map(|s| s.iter().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_else(|| "unknown".into());
         let _ = writeln!(m, "| `{domain}` | {rows} | {pkgs} |");
     }
     let _ = writeln!(m);
@@ -217,9 +185,7 @@ fn command_line(opts: &BuildOptions) -> String {
 
 /// Quotes `s` for a POSIX shell only when it needs it, so ordinary paths stay readable.
 fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./@%+=:,".contains(c));
+    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-./@%+=:,".contains(c));
     if plain {
         s.to_owned()
     } else {
@@ -230,10 +196,7 @@ fn shell_quote(s: &str) -> String {
 /// Domain → `"package version"` of the packages owning its catalogs, plus `unknown` when
 /// some catalog has no owner. Reading the dpkg database is best effort: on a system without
 /// one every domain is `unknown`.
-fn source_packages(
-    sources: &[CatalogSource],
-    locale_dir: &Path,
-) -> BTreeMap<String, BTreeSet<String>> {
+fn source_packages(sources: &[CatalogSource], locale_dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
     // dpkg records absolute paths; the locale tree may have been given relative or through
     // a symlink, so resolve the directory (not the files: a catalog may itself be a link).
     let root = fs::canonicalize(locale_dir).unwrap_or_else(|_| locale_dir.to_path_buf());
@@ -271,10 +234,8 @@ fn dpkg_owners(wanted: &BTreeMap<PathBuf, &str>) -> BTreeMap<PathBuf, BTreeSet<S
     let Ok(entries) = fs::read_dir(DPKG_INFO) else {
         return owners;
     };
-    let mut lists: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "list"))
-        .collect();
+    let mut lists: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "list")).collect();
     lists.sort();
     for list in lists {
         let Some(pkg) = list.file_stem().and_then(|s| s.to_str()) else {
@@ -287,10 +248,7 @@ fn dpkg_owners(wanted: &BTreeMap<PathBuf, &str>) -> BTreeMap<PathBuf, BTreeSet<S
         for line in text.lines().filter(|l| l.ends_with(".mo")) {
             let path = Path::new(line);
             if wanted.contains_key(path) {
-                owners
-                    .entry(path.to_path_buf())
-                    .or_default()
-                    .insert(pkg.clone());
+                owners.entry(path.to_path_buf()).or_default().insert(pkg.clone());
             }
         }
     }
@@ -304,21 +262,12 @@ fn dpkg_versions() -> BTreeMap<String, String> {
         return BTreeMap::new();
     };
     for para in status.split("\n\n") {
-        let field = |name: &str| {
-            para.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
-        };
+        let field = |name: &str| para.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim));
         if let (Some(p), Some(v)) = (field("Package"), field("Version")) {
-            versions
-                .entry(p.to_owned())
-                .or_default()
-                .insert(v.to_owned());
+            versions.entry(p.to_owned()).or_default().insert(v.to_owned());
         }
     }
-    versions
-        .into_iter()
-        .map(|(p, v)| (p, v.into_iter().collect::<Vec<_>>().join("/")))
-        .collect()
+    versions.into_iter().map(|(p, v)| (p, v.into_iter().collect::<Vec<_>>().join("/"))).collect()
 }
 
 #[cfg(test)]
@@ -334,11 +283,8 @@ mod tests {
 
     #[test]
     fn command_is_as_given() {
-        let opts = BuildOptions {
-            locale_dir: "/usr/share/locale".into(),
-            out: "data/gettext-corpus.tsv.gz".into(),
-            max_per_locale: Some(5000),
-        };
+        let opts =
+            BuildOptions { locale_dir: "/usr/share/locale".into(), out: "data/gettext-corpus.tsv.gz".into(), max_per_locale: Some(5000) };
         assert_eq!(
             command_line(&opts),
             "kdx corpus build --locale-dir /usr/share/locale --out data/gettext-corpus.tsv.gz --max-per-locale 5000"

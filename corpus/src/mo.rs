@@ -40,9 +40,7 @@ pub enum MoError {
     #[error("unsupported .mo major revision {0}")]
     UnsupportedRevision(u32),
     /// A string table does not fit inside the file.
-    #[error(
-        "{table} table ({count} entries at offset {offset}) runs past the end of the file ({len} bytes)"
-    )]
+    #[error("{table} table ({count} entries at offset {offset}) runs past the end of the file ({len} bytes)")]
     TableOutOfBounds {
         /// "original" or "translation".
         table: &'static str,
@@ -54,9 +52,7 @@ pub enum MoError {
         len: usize,
     },
     /// One string points outside the file.
-    #[error(
-        "{table} string {index} (offset {offset}, length {length}) runs past the end of the file ({len} bytes)"
-    )]
+    #[error("{table} string {index} (offset {offset}, length {length}) runs past the end of the file ({len} bytes)")]
     StringOutOfBounds {
         /// "original" or "translation".
         table: &'static str,
@@ -120,54 +116,31 @@ impl<'a> Reader<'a> {
 
     /// Checks that a table of `count` (length, offset) pairs at `offset` fits in the file.
     fn check_table(&self, table: &'static str, count: u32, offset: u32) -> Result<(), MoError> {
-        let fits = (count as usize)
-            .checked_mul(8)
-            .and_then(|n| n.checked_add(offset as usize))
-            .is_some_and(|end| end <= self.bytes.len());
+        let fits = (count as usize).checked_mul(8).and_then(|n| n.checked_add(offset as usize)).is_some_and(|end| end <= self.bytes.len());
         if fits {
             Ok(())
         } else {
-            Err(MoError::TableOutOfBounds {
-                table,
-                count,
-                offset,
-                len: self.bytes.len(),
-            })
+            Err(MoError::TableOutOfBounds { table, count, offset, len: self.bytes.len() })
         }
     }
 
     /// String `index` of the table at `table_offset` (already checked by `check_table`).
-    fn string(
-        &self,
-        table: &'static str,
-        table_offset: u32,
-        index: u32,
-    ) -> Result<&'a [u8], MoError> {
+    fn string(&self, table: &'static str, table_offset: u32, index: u32) -> Result<&'a [u8], MoError> {
         let slot = table_offset as usize + 8 * index as usize;
         let len = self.bytes.len();
         // `check_table` guarantees the slot is inside the file; stay defensive anyway.
         let (length, offset) = match (self.u32_at(slot), self.u32_at(slot + 4)) {
             (Some(l), Some(o)) => (l, o),
-            _ => {
-                return Err(MoError::TableOutOfBounds {
-                    table,
-                    count: index + 1,
-                    offset: table_offset,
-                    len,
-                })
-            }
+            _ => return Err(MoError::TableOutOfBounds { table, count: index + 1, offset: table_offset, len }),
         };
         let start = offset as usize;
-        start
-            .checked_add(length as usize)
-            .and_then(|end| self.bytes.get(start..end))
-            .ok_or(MoError::StringOutOfBounds {
-                table,
-                index,
-                offset,
-                length,
-                len,
-            })
+        start.checked_add(length as usize).and_then(|end| self.bytes.get(start..end)).ok_or(MoError::StringOutOfBounds {
+            table,
+            index,
+            offset,
+            length,
+            len,
+        })
     }
 }
 
@@ -186,10 +159,7 @@ pub fn parse_mo(bytes: &[u8]) -> Result<Catalog, MoError> {
     if bytes.len() < HEADER_LEN {
         return Err(MoError::TooShort { len: bytes.len() });
     }
-    let mut r = Reader {
-        bytes,
-        order: Order::Little,
-    };
+    let mut r = Reader { bytes, order: Order::Little };
     let order = match r.u32_at(0) {
         Some(MAGIC) => Order::Little,
         Some(m) if m.swap_bytes() == MAGIC => Order::Big,
@@ -213,23 +183,13 @@ pub fn parse_mo(bytes: &[u8]) -> Result<Catalog, MoError> {
     // header wherever it is, since decoding every other entry depends on its charset.
     let mut raw = Vec::with_capacity(count as usize);
     for i in 0..count {
-        raw.push((
-            r.string("original", orig_off, i)?,
-            r.string("translation", trans_off, i)?,
-        ));
+        raw.push((r.string("original", orig_off, i)?, r.string("translation", trans_off, i)?));
     }
-    let charset = raw
-        .iter()
-        .find(|(id, _)| id.is_empty())
-        .and_then(|(_, header)| charset_of_header(header))
-        .unwrap_or_else(|| "UTF-8".to_string());
+    let charset =
+        raw.iter().find(|(id, _)| id.is_empty()).and_then(|(_, header)| charset_of_header(header)).unwrap_or_else(|| "UTF-8".to_string());
     let decoder = Decoder::new(&charset);
 
-    let mut catalog = Catalog {
-        charset,
-        entries: Vec::new(),
-        skipped: 0,
-    };
+    let mut catalog = Catalog { charset, entries: Vec::new(), skipped: 0 };
     for (id, tr) in raw {
         if id.is_empty() {
             continue; // the header entry is metadata, not a message
@@ -246,20 +206,12 @@ pub fn parse_mo(bytes: &[u8]) -> Result<Catalog, MoError> {
 fn charset_of_header(header: &[u8]) -> Option<String> {
     // Header fields are ASCII; a lossy view is enough to find the line.
     let text = String::from_utf8_lossy(header);
-    text.lines()
-        .find(|l| {
-            l.get(..13)
-                .is_some_and(|k| k.eq_ignore_ascii_case("content-type:"))
-        })
-        .and_then(|l| {
-            let lower = l.to_ascii_lowercase();
-            let at = lower.find("charset=")? + "charset=".len();
-            let value: String = l[at..]
-                .chars()
-                .take_while(|c| !c.is_whitespace() && *c != ';')
-                .collect();
-            (!value.is_empty()).then_some(value)
-        })
+    text.lines().find(|l| l.get(..13).is_some_and(|k| k.eq_ignore_ascii_case("content-type:"))).and_then(|l| {
+        let lower = l.to_ascii_lowercase();
+        let at = lower.find("charset=")? + "charset=".len();
+        let value: String = l[at..].chars().take_while(|c| !c.is_whitespace() && *c != ';').collect();
+        (!value.is_empty()).then_some(value)
+    })
 }
 
 /// Strict decoding in one charset.
@@ -270,8 +222,7 @@ struct Decoder {
 
 impl Decoder {
     fn new(charset: &str) -> Self {
-        let encoding =
-            Encoding::for_label(charset.trim().as_bytes()).filter(|e| *e != encoding_rs::UTF_8);
+        let encoding = Encoding::for_label(charset.trim().as_bytes()).filter(|e| *e != encoding_rs::UTF_8);
         Decoder { encoding }
     }
 
@@ -279,9 +230,7 @@ impl Decoder {
     fn decode(&self, bytes: &[u8]) -> Option<String> {
         match self.encoding {
             None => std::str::from_utf8(bytes).ok().map(str::to_owned),
-            Some(enc) => enc
-                .decode_without_bom_handling_and_without_replacement(bytes)
-                .map(|c| c.into_owned()),
+            Some(enc) => enc.decode_without_bom_handling_and_without_replacement(bytes).map(|c| c.into_owned()),
         }
     }
 }
@@ -304,20 +253,12 @@ fn decode_entry(dec: &Decoder, id: &[u8], tr: &[u8]) -> Option<Vec<Entry>> {
 
     let mut out = Vec::with_capacity(2);
     if !singular.is_empty() {
-        out.push(Entry {
-            context: context.clone(),
-            msgid,
-            msgstr: singular,
-        });
+        out.push(Entry { context: context.clone(), msgid, msgstr: singular });
     }
     if let (Some(plural_id), Some(form1)) = (msgid_plural, forms.next()) {
         let plural = dec.decode(form1)?;
         if !plural.is_empty() {
-            out.push(Entry {
-                context,
-                msgid: plural_id,
-                msgstr: plural,
-            });
+            out.push(Entry { context, msgid: plural_id, msgstr: plural });
         }
     }
     Some(out)
@@ -329,11 +270,7 @@ mod tests {
     use crate::mo_writer::{write_mo, Endian, RawEntry};
 
     fn entry(ctx: Option<&str>, id: &str, s: &str) -> Entry {
-        Entry {
-            context: ctx.map(str::to_owned),
-            msgid: id.to_owned(),
-            msgstr: s.to_owned(),
-        }
+        Entry { context: ctx.map(str::to_owned), msgid: id.to_owned(), msgstr: s.to_owned() }
     }
 
     fn sample() -> Vec<RawEntry> {
@@ -373,13 +310,7 @@ mod tests {
             RawEntry::plural("%d dir", "%d dirs", &["", "%d Verzeichnisse"]),
         ];
         let cat = parse_mo(&write_mo(&entries, Endian::Little)).expect("valid");
-        assert_eq!(
-            cat.entries,
-            vec![
-                entry(None, "%d dirs", "%d Verzeichnisse"),
-                entry(None, "%d file", "%d 个文件"),
-            ]
-        );
+        assert_eq!(cat.entries, vec![entry(None, "%d dirs", "%d Verzeichnisse"), entry(None, "%d file", "%d 个文件"),]);
     }
 
     #[test]
@@ -404,10 +335,7 @@ mod tests {
 
     #[test]
     fn no_header_means_utf8_and_invalid_utf8_is_skipped() {
-        let entries = vec![
-            RawEntry::simple("Hello", "Bonjour"),
-            RawEntry::raw(b"Bad".to_vec(), b"\xff\xfe".to_vec()),
-        ];
+        let entries = vec![RawEntry::simple("Hello", "Bonjour"), RawEntry::raw(b"Bad".to_vec(), b"\xff\xfe".to_vec())];
         let cat = parse_mo(&write_mo(&entries, Endian::Little)).expect("valid");
         assert_eq!(cat.charset, "UTF-8");
         assert_eq!(cat.skipped, 1);
@@ -416,24 +344,17 @@ mod tests {
 
     #[test]
     fn charset_is_read_from_content_type() {
-        let h =
-            b"Project-Id-Version: x\nContent-Type: text/plain; charset=KOI8-R\nPlural-Forms: n\n";
+        let h = b"Project-Id-Version: x\nContent-Type: text/plain; charset=KOI8-R\nPlural-Forms: n\n";
         assert_eq!(charset_of_header(h).as_deref(), Some("KOI8-R"));
         assert_eq!(charset_of_header(b"MIME-Version: 1.0\n"), None);
-        assert_eq!(
-            charset_of_header(b"content-type: text/plain; CHARSET=utf-8"),
-            Some("utf-8".into())
-        );
+        assert_eq!(charset_of_header(b"content-type: text/plain; CHARSET=utf-8"), Some("utf-8".into()));
     }
 
     #[test]
     fn corrupt_files_are_errors_not_panics() {
         let good = write_mo(&sample(), Endian::Little);
         assert!(matches!(parse_mo(&[]), Err(MoError::TooShort { len: 0 })));
-        assert!(matches!(
-            parse_mo(b"garbage that is long enough to have a header"),
-            Err(MoError::BadMagic(_))
-        ));
+        assert!(matches!(parse_mo(b"garbage that is long enough to have a header"), Err(MoError::BadMagic(_))));
         // Every truncation of a valid file must fail cleanly (or, past the string data, parse).
         for cut in 0..good.len() {
             let _ = parse_mo(&good[..cut]);
@@ -442,18 +363,12 @@ mod tests {
         // A huge count must not allocate or overflow.
         let mut bad = good.clone();
         bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            parse_mo(&bad),
-            Err(MoError::TableOutOfBounds { .. })
-        ));
+        assert!(matches!(parse_mo(&bad), Err(MoError::TableOutOfBounds { .. })));
         // A string offset past the end.
         let mut bad = good.clone();
         let orig = u32::from_le_bytes(good[12..16].try_into().unwrap()) as usize;
         bad[orig + 4..orig + 8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            parse_mo(&bad),
-            Err(MoError::StringOutOfBounds { .. })
-        ));
+        assert!(matches!(parse_mo(&bad), Err(MoError::StringOutOfBounds { .. })));
         // Unknown revision.
         let mut bad = good.clone();
         bad[4..8].copy_from_slice(&0x0005_0000u32.to_le_bytes());

@@ -30,24 +30,15 @@ impl RawEntry {
     }
 
     pub fn with_context(ctx: &str, id: &str, s: &str) -> Self {
-        Self::raw(
-            format!("{ctx}\u{4}{id}").into_bytes(),
-            s.as_bytes().to_vec(),
-        )
+        Self::raw(format!("{ctx}\u{4}{id}").into_bytes(), s.as_bytes().to_vec())
     }
 
     pub fn plural(id: &str, id_plural: &str, forms: &[&str]) -> Self {
-        Self::raw(
-            format!("{id}\0{id_plural}").into_bytes(),
-            forms.join("\0").into_bytes(),
-        )
+        Self::raw(format!("{id}\0{id_plural}").into_bytes(), forms.join("\0").into_bytes())
     }
 
     pub fn raw(original: Vec<u8>, translation: Vec<u8>) -> Self {
-        RawEntry {
-            original,
-            translation,
-        }
+        RawEntry { original, translation }
     }
 }
 

@@ -18,9 +18,7 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// `stable_hash64(b"")` is `0xcbf29ce484222325` and `stable_hash64(b"a")` is
 /// `0xaf63dc4c8601ec8c` (the published FNV-1a test vectors).
 pub fn stable_hash64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(FNV_OFFSET, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
-    })
+    bytes.iter().fold(FNV_OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
 }
 
 /// MurmurHash3's 64-bit finaliser. FNV-1a's top bits barely depend on the last bytes, so two
@@ -116,10 +114,7 @@ mod tests {
             ("de", "Open the file", "Die Datei öffnen"),
             ("ja", "Open the file", "ファイルを開きます"),
         ];
-        let splits: Vec<Split> = rows
-            .iter()
-            .map(|(_, msgid, _)| split_of(msgid, 0.3, 0.3))
-            .collect();
+        let splits: Vec<Split> = rows.iter().map(|(_, msgid, _)| split_of(msgid, 0.3, 0.3)).collect();
         assert!(splits.windows(2).all(|w| w[0] == w[1]));
     }
 }

@@ -33,13 +33,7 @@ fn snapshot_matches_its_manifest() {
     );
 
     let bytes = std::fs::read(&snapshot).expect("read snapshot");
-    let sha: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     let text = std::fs::read_to_string(&manifest).expect("read manifest");
-    assert!(
-        text.contains(&format!("sha256: `{sha}`")),
-        "MANIFEST.md does not state sha256 {sha}"
-    );
+    assert!(text.contains(&format!("sha256: `{sha}`")), "MANIFEST.md does not state sha256 {sha}");
 }

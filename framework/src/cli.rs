@@ -60,6 +60,8 @@ enum Command {
     },
     /// Print a JSON Schema of recipes, generated from the registered plugins.
     Schema,
+    /// Time the reference distillation step (optionally against PyTorch, as a ratio).
+    Bench(crate::bench::BenchArgs),
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -165,6 +167,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&crate::schema::recipe_schema())?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(args) => {
+            crate::bench::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kdx", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -234,17 +240,18 @@ fn validate(paths: &[PathBuf]) -> Result<ExitCode> {
 pub fn plugins_help(kind: Option<&str>, name: Option<&str>) -> Result<String> {
     let kinds: Vec<PluginKind> = match kind {
         None => PluginKind::ALL.to_vec(),
-        Some(k) => vec![PluginKind::parse(k).with_context(|| {
-            format!("unknown plugin kind `{k}`; kinds are: dataset, model, loss, sampler")
-        })?],
+        Some(k) => {
+            vec![PluginKind::parse(k).with_context(|| format!("unknown plugin kind `{k}`; kinds are: dataset, model, loss, sampler"))?]
+        }
     };
     let mut s = String::new();
     for k in kinds {
         let regs = registry::list(k);
         if let Some(n) = name {
-            let r = regs.iter().find(|r| r.name == n).with_context(|| {
-                format!("no {k} plugin `{n}`; registered: {}", registry::names(k).join(", "))
-            })?;
+            let r = regs
+                .iter()
+                .find(|r| r.name == n)
+                .with_context(|| format!("no {k} plugin `{n}`; registered: {}", registry::names(k).join(", ")))?;
             s.push_str(&crate::schema::describe(r, true));
             continue;
         }
@@ -294,9 +301,7 @@ fn eval(run_dir: &Path, which: &str, data: &Path, csv_out: Option<&Path>) -> Res
         if line.trim().is_empty() {
             continue;
         }
-        let (lang, t) = line
-            .split_once('\t')
-            .with_context(|| format!("{}:{}: expected `lang<TAB>text`", data.display(), n + 1))?;
+        let (lang, t) = line.split_once('\t').with_context(|| format!("{}:{}: expected `lang<TAB>text`", data.display(), n + 1))?;
         let li = match langs.iter().position(|l| l == lang) {
             Some(i) => i,
             None => {

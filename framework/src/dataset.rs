@@ -41,10 +41,7 @@ impl Task {
     /// Checks the invariants the engine relies on; returns a message naming what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if self.labels.len() < 2 {
-            return Err(format!(
-                "the task has {} class(es); at least 2 are needed",
-                self.labels.len()
-            ));
+            return Err(format!("the task has {} class(es); at least 2 are needed", self.labels.len()));
         }
         if self.train.is_empty() {
             return Err("the training split is empty".into());
@@ -55,9 +52,7 @@ impl Task {
                     return Err(format!("{split} example {i} has an out-of-range language or label"));
                 }
                 if self.teacher_reads_source && e.source.is_none() {
-                    return Err(format!(
-                        "{split} example {i} has no source text, but the teacher reads sources"
-                    ));
+                    return Err(format!("{split} example {i} has no source text, but the teacher reads sources"));
                 }
             }
         }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::Task;
 use crate::engine::store::{params_from_map, params_to_map, read_safetensors, to_safetensors, write_atomic, TensorMap};
 use crate::model::Model;
-use crate::registry::{self, BuildCtx, Builder, PluginKind};
+use crate::registry::{self, Instance, PluginKind};
 
 /// The JSON side of an exported model.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,16 +60,12 @@ pub fn load(stem: &Path) -> Result<(Box<dyn Model>, ModelCard)> {
     let json = stem.with_extension("json");
     let card: ModelCard = serde_json::from_slice(&std::fs::read(&json).with_context(|| format!("reading {}", json.display()))?)
         .with_context(|| format!("{} is not a kdx model card", json.display()))?;
-    let reg = registry::find(PluginKind::Model, &card.plugin)
-        .with_context(|| format!("{}: model plugin `{}` is not registered in this build", json.display(), card.plugin))?;
-    let Builder::Model(build) = reg.builder else { unreachable!("model registrations hold model builders") };
-    // Plugins take their parameters through a located recipe context; give them one made
-    // from the card, so errors still name the file.
     let params: toml::Value = serde_json::from_value(card.params.clone())?;
-    let text = format!("[model]\n{}", toml::to_string(&params)?);
-    let doc = kdx_recipe::RecipeDoc::from_str(&text, &json).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let ctx = BuildCtx { doc: &doc, key: kdx_recipe::KeyPath::root().key("model"), params };
-    let builder = build(&ctx).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let params = params.as_table().cloned().unwrap_or_default();
+    let what = json.display().to_string();
+    let Instance::Model(builder) = registry::build_standalone(PluginKind::Model, &card.plugin, params, &what)? else {
+        unreachable!("a model registration builds a model")
+    };
     let mut model = builder.build(card.labels.len(), 0)?;
     let weights = stem.with_extension("safetensors");
     let map = read_safetensors(&weights)?;

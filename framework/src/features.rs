@@ -129,10 +129,7 @@ impl Featurizer for NgramHasher {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "char-ngrams n={}..={} buckets={} fnv1a64 lowercase word-markers",
-            self.n_min, self.n_max, self.buckets
-        )
+        format!("char-ngrams n={}..={} buckets={} fnv1a64 lowercase word-markers", self.n_min, self.n_max, self.buckets)
     }
 }
 

@@ -5,6 +5,7 @@
 //! [`engine::run`] (stages on dfdx) → [`report`]s. Plugins implement the traits in
 //! [`dataset`], [`model`], [`loss`] and [`sampler`] and register with the `register_*!` macros.
 
+pub mod bench;
 pub mod cli;
 pub mod dataset;
 pub mod dfdx_prelude;
@@ -23,7 +24,7 @@ pub mod schema;
 // Re-exported for the registration macros and for plugin crates.
 #[doc(hidden)]
 pub use inventory;
+pub use kdx_corpus;
+pub use kdx_recipe;
 #[doc(hidden)]
 pub use schemars;
-pub use kdx_recipe;
-pub use kdx_corpus;

@@ -70,6 +70,13 @@ pub trait Loss: Send {
     }
     /// Computes the loss and its gradients.
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput>;
+    /// Called once at the start of every stage the loss takes part in, before a checkpoint
+    /// is restored: create parameters whose shapes depend on the models here (a projection
+    /// from `student_hidden_dim` to `teacher_hidden_dim`), so a resumed run finds them.
+    fn prepare(&mut self, student_hidden_dim: usize, teacher_hidden_dim: usize) -> anyhow::Result<()> {
+        let _ = (student_hidden_dim, teacher_hidden_dim);
+        Ok(())
+    }
     /// Trainable parameters the loss owns (e.g. a projection from student to teacher
     /// width). `compute` leaves their gradients in [`Param::grad`]; they train with the
     /// student, are checkpointed with it and count in its size.
@@ -88,12 +95,7 @@ pub trait Loss: Send {
 
 /// Evaluates a scalar function of the student logits with dfdx autodiff: `f` receives the
 /// logits as a traced `B × C` tensor and returns a traced scalar. Returns value and gradient.
-pub fn autodiff_logits(
-    batch: usize,
-    classes: usize,
-    logits: &[f32],
-    f: impl FnOnce(Traced2) -> Traced0,
-) -> (f32, Vec<f32>) {
+pub fn autodiff_logits(batch: usize, classes: usize, logits: &[f32], f: impl FnOnce(Traced2) -> Traced0) -> (f32, Vec<f32>) {
     let dev = device();
     let z: T2 = dev.tensor_from_vec(logits.to_vec(), (batch, classes));
     let out = f(z.leaky_trace());
@@ -183,7 +185,19 @@ impl SampleBatch {
             LangStat { train_size: 100, dev_acc: Some(0.5), teacher_dev_acc: Some(0.9), ..Default::default() },
             LangStat { train_size: 10, dev_acc: Some(0.95), teacher_dev_acc: Some(0.9), ..Default::default() },
         ];
-        SampleBatch { batch, classes, hidden_dim, student_logits, student_hidden, teacher_logits, teacher_hidden, labels, langs, weights, stats }
+        SampleBatch {
+            batch,
+            classes,
+            hidden_dim,
+            student_logits,
+            student_hidden,
+            teacher_logits,
+            teacher_hidden,
+            labels,
+            langs,
+            weights,
+            stats,
+        }
     }
 
     /// Borrows the batch as a loss input at `step` of `total_steps`.

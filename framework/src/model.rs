@@ -46,14 +46,7 @@ pub struct Param {
 impl Param {
     /// A parameter filled with zeros.
     pub fn zeros(name: impl Into<String>, shape: &[usize], decay: bool) -> Param {
-        Param {
-            name: name.into(),
-            shape: shape.to_vec(),
-            data: vec![0.0; shape.iter().product()],
-            grad: Grad::None,
-            decay,
-            table: false,
-        }
+        Param { name: name.into(), shape: shape.to_vec(), data: vec![0.0; shape.iter().product()], grad: Grad::None, decay, table: false }
     }
 
     /// Number of elements.
@@ -164,9 +157,7 @@ pub fn init_from(student: &mut dyn Model, teacher: &dyn Model) -> anyhow::Result
         } else if tp.shape == sp.shape {
             sp.data.copy_from_slice(&tp.data);
             copied.push(sp.name.clone());
-        } else if tp.shape.len() == sp.shape.len()
-            && tp.shape.iter().zip(&sp.shape).all(|(t, s)| s <= t)
-        {
+        } else if tp.shape.len() == sp.shape.len() && tp.shape.iter().zip(&sp.shape).all(|(t, s)| s <= t) {
             match sp.shape.len() {
                 1 => sp.data.copy_from_slice(&tp.data[..sp.shape[0]]),
                 2 => {
@@ -182,18 +173,12 @@ pub fn init_from(student: &mut dyn Model, teacher: &dyn Model) -> anyhow::Result
             }
             copied.push(format!("{} (leading block)", sp.name));
         } else {
-            problems.push(format!(
-                "`{}`: student shape {:?} does not fit in teacher shape {:?}",
-                sp.name, sp.shape, tp.shape
-            ));
+            problems.push(format!("`{}`: student shape {:?} does not fit in teacher shape {:?}", sp.name, sp.shape, tp.shape));
         }
     }
     if problems.is_empty() {
         Ok(copied)
     } else {
-        anyhow::bail!(
-            "init = \"from-teacher\" cannot copy these tensors:\n  {}",
-            problems.join("\n  ")
-        )
+        anyhow::bail!("init = \"from-teacher\" cannot copy these tensors:\n  {}", problems.join("\n  "))
     }
 }

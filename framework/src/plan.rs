@@ -11,7 +11,7 @@ use crate::dataset::Dataset;
 use crate::engine::optim::OptimizerConfig;
 use crate::loss::Loss;
 use crate::model::ModelBuilder;
-use crate::registry::{self, BuildCtx, Builder, PluginKind};
+use crate::registry::{self, BuildCtx, Builder, Instance as Built, PluginKind};
 use crate::sampler::Sampler;
 use crate::schedule::Schedule;
 
@@ -206,9 +206,7 @@ pub struct Plan {
     pub libraries: Vec<PathBuf>,
 }
 
-const TOP_KEYS: &[&str] = &[
-    "experiment", "data", "teacher", "student", "loss", "sampler", "train", "finetune", "plugins",
-];
+const TOP_KEYS: &[&str] = &["experiment", "data", "teacher", "student", "loss", "sampler", "train", "finetune", "plugins"];
 
 impl Plan {
     /// Resolves a loaded recipe (one run: sweeps are expanded before). All problems found
@@ -218,20 +216,14 @@ impl Plan {
         let root = doc.root().clone();
         for key in root.keys() {
             if !TOP_KEYS.contains(&key.as_str()) {
-                diags.push(
-                    doc.diag(&KeyPath::root().key(key), format!("unknown section `{key}`"), Some(unknown_key_help(key, TOP_KEYS))),
-                );
+                diags.push(doc.diag(&KeyPath::root().key(key), format!("unknown section `{key}`"), Some(unknown_key_help(key, TOP_KEYS))));
             }
         }
         let section = |name: &str, diags: &mut Diagnostics| -> Option<toml::Table> {
             match root.get(name) {
                 Some(toml::Value::Table(t)) => Some(t.clone()),
                 Some(other) => {
-                    diags.push(doc.diag(
-                        &KeyPath::root().key(name),
-                        format!("`{name}` must be a table, found {}", other.type_str()),
-                        None,
-                    ));
+                    diags.push(doc.diag(&KeyPath::root().key(name), format!("`{name}` must be a table, found {}", other.type_str()), None));
                     None
                 }
                 None => None,
@@ -263,7 +255,11 @@ impl Plan {
             let train = match t.remove("train") {
                 Some(v) => ok(&mut diags, doc.deserialize_at::<StageConfig>(&key.key("train"), v)),
                 None => {
-                    diags.push(doc.diag(&key, "missing key `train` (the teacher's pre-training stage, e.g. `train = { steps = 2000 }`)", None));
+                    diags.push(doc.diag(
+                        &key,
+                        "missing key `train` (the teacher's pre-training stage, e.g. `train = { steps = 2000 }`)",
+                        None,
+                    ));
                     None
                 }
             };
@@ -344,9 +340,8 @@ impl Plan {
 
         let train = required("train", &mut diags)
             .and_then(|t| ok(&mut diags, doc.deserialize_at::<TrainSection>(&KeyPath::root().key("train"), toml::Value::Table(t))));
-        let finetune = section("finetune", &mut diags).and_then(|t| {
-            ok(&mut diags, doc.deserialize_at::<FinetuneSection>(&KeyPath::root().key("finetune"), toml::Value::Table(t)))
-        });
+        let finetune = section("finetune", &mut diags)
+            .and_then(|t| ok(&mut diags, doc.deserialize_at::<FinetuneSection>(&KeyPath::root().key("finetune"), toml::Value::Table(t))));
 
         let mut libraries = Vec::new();
         if let Some(t) = section("plugins", &mut diags) {
@@ -374,8 +369,14 @@ impl Plan {
             return Err(diags);
         }
         // Every `None` above pushed a diagnostic, so these are all present here.
-        let (Some(experiment), Some((data_plugin, dataset, data_section)), Some((teacher, teacher_train)), Some((student, init)), Some((sampler_plugin, sampler, sampler_params)), Some(train)) =
-            (experiment, data, teacher, student, sampler, train)
+        let (
+            Some(experiment),
+            Some((data_plugin, dataset, data_section)),
+            Some((teacher, teacher_train)),
+            Some((student, init)),
+            Some((sampler_plugin, sampler, sampler_params)),
+            Some(train),
+        ) = (experiment, data, teacher, student, sampler, train)
         else {
             return Err(Diagnostics(vec![Diagnostic::new("internal error: incomplete plan without a diagnostic")]));
         };
@@ -422,8 +423,7 @@ impl Plan {
     fn instantiate(&self, kind: PluginKind, name: &str, params: toml::Table) -> anyhow::Result<Built> {
         let mut d = Diagnostics(Vec::new());
         let key = KeyPath::root().key(kind.as_str());
-        build(&self.doc, &key, kind, name, params, &[], &mut d)
-            .ok_or_else(|| anyhow::anyhow!("building the built-in {kind} `{name}`: {d}"))
+        build(&self.doc, &key, kind, name, params, &[], &mut d).ok_or_else(|| anyhow::anyhow!("building the built-in {kind} `{name}`: {d}"))
     }
 
     /// Cross-section checks that need more than one section.
@@ -463,12 +463,7 @@ fn ok<T>(diags: &mut Diagnostics, r: Result<T, Diagnostic>) -> Option<T> {
 }
 
 /// Splits the `plugin` key off a section; the rest are the plugin's parameters.
-fn split_plugin(
-    doc: &RecipeDoc,
-    key: &KeyPath,
-    mut t: toml::Table,
-    diags: &mut Diagnostics,
-) -> Option<(String, toml::Table)> {
+fn split_plugin(doc: &RecipeDoc, key: &KeyPath, mut t: toml::Table, diags: &mut Diagnostics) -> Option<(String, toml::Table)> {
     match t.remove("plugin") {
         Some(toml::Value::String(s)) => Some((s, t)),
         Some(other) => {
@@ -489,13 +484,6 @@ fn split_plugin(
             None
         }
     }
-}
-
-enum Built {
-    Dataset(Box<dyn Dataset>),
-    Model(Box<dyn ModelBuilder>),
-    Loss(Box<dyn Loss>),
-    Sampler(Box<dyn Sampler>),
 }
 
 fn build(

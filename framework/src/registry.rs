@@ -31,12 +31,7 @@ pub enum PluginKind {
 
 impl PluginKind {
     /// All kinds, in display order.
-    pub const ALL: [PluginKind; 4] = [
-        PluginKind::Dataset,
-        PluginKind::Model,
-        PluginKind::Loss,
-        PluginKind::Sampler,
-    ];
+    pub const ALL: [PluginKind; 4] = [PluginKind::Dataset, PluginKind::Model, PluginKind::Loss, PluginKind::Sampler];
 
     /// The lowercase name used on the command line (`kdx plugins loss`).
     pub fn as_str(self) -> &'static str {
@@ -86,11 +81,7 @@ impl BuildCtx<'_> {
 
     /// A located error about one of this plugin's parameters.
     pub fn error(&self, param: &str, message: impl Into<String>) -> Diagnostic {
-        let key = if param.is_empty() {
-            self.key.clone()
-        } else {
-            self.key.key(param)
-        };
+        let key = if param.is_empty() { self.key.clone() } else { self.key.key(param) };
         self.doc.diag(&key, message, None)
     }
 }
@@ -146,24 +137,47 @@ inventory::collect!(Registration);
 
 /// Every registered plugin of `kind`, sorted by name.
 pub fn list(kind: PluginKind) -> Vec<&'static Registration> {
-    let mut v: Vec<_> = inventory::iter::<Registration>
-        .into_iter()
-        .filter(|r| r.kind() == kind)
-        .collect();
+    let mut v: Vec<_> = inventory::iter::<Registration>.into_iter().filter(|r| r.kind() == kind).collect();
     v.sort_by_key(|r| r.name);
     v
 }
 
 /// Looks a plugin up by kind and name.
 pub fn find(kind: PluginKind, name: &str) -> Option<&'static Registration> {
-    inventory::iter::<Registration>
-        .into_iter()
-        .find(|r| r.kind() == kind && r.name == name)
+    inventory::iter::<Registration>.into_iter().find(|r| r.kind() == kind && r.name == name)
 }
 
 /// Names of the registered plugins of `kind`.
 pub fn names(kind: PluginKind) -> Vec<&'static str> {
     list(kind).into_iter().map(|r| r.name).collect()
+}
+
+/// Builds a registered plugin from parameters given in code (benchmarks, tools), outside any
+/// recipe: `what` names the caller in error messages.
+pub fn build_standalone(kind: PluginKind, name: &str, params: toml::Table, what: &str) -> anyhow::Result<Instance> {
+    let reg = find(kind, name).ok_or_else(|| anyhow::anyhow!("{what}: no {kind} plugin `{name}` is registered"))?;
+    let text = format!("[{}]\n{}", kind.as_str(), toml::to_string(&params)?);
+    let doc = RecipeDoc::from_str(&text, std::path::Path::new(what)).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let ctx = BuildCtx { doc: &doc, key: KeyPath::root().key(kind.as_str()), params: toml::Value::Table(params) };
+    let e = |d: Diagnostic| anyhow::anyhow!("{d}");
+    Ok(match reg.builder {
+        Builder::Dataset(f) => Instance::Dataset(f(&ctx).map_err(e)?),
+        Builder::Model(f) => Instance::Model(f(&ctx).map_err(e)?),
+        Builder::Loss(f) => Instance::Loss(f(&ctx).map_err(e)?),
+        Builder::Sampler(f) => Instance::Sampler(f(&ctx).map_err(e)?),
+    })
+}
+
+/// A built plugin instance of any kind.
+pub enum Instance {
+    /// A dataset.
+    Dataset(Box<dyn Dataset>),
+    /// A model builder.
+    Model(Box<dyn ModelBuilder>),
+    /// A loss.
+    Loss(Box<dyn Loss>),
+    /// A sampler.
+    Sampler(Box<dyn Sampler>),
 }
 
 /// Checks the registry for two plugins of one kind with one name; called at start-up.
@@ -172,13 +186,7 @@ pub fn check_unique() -> Result<(), String> {
     let mut errors = Vec::new();
     for r in inventory::iter::<Registration> {
         if let Some(prev) = seen.insert((r.kind(), r.name), r) {
-            errors.push(format!(
-                "two {} plugins are named `{}`: one registered in {}, one in {}",
-                r.kind(),
-                r.name,
-                prev.file,
-                r.file
-            ));
+            errors.push(format!("two {} plugins are named `{}`: one registered in {}, one in {}", r.kind(), r.name, prev.file, r.file));
         }
     }
     if errors.is_empty() {

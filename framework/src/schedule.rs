@@ -148,10 +148,8 @@ mod tests {
     fn parses_number_or_table() {
         let s: Schedule = toml::from_str::<toml::Table>("w = 0.5").unwrap()["w"].clone().try_into().unwrap();
         assert_eq!(s, Schedule::Constant(0.5));
-        let s: Schedule = toml::from_str::<toml::Table>("w = { kind = \"linear\", start = 0.0, end = 1.0 }").unwrap()["w"]
-            .clone()
-            .try_into()
-            .unwrap();
+        let s: Schedule =
+            toml::from_str::<toml::Table>("w = { kind = \"linear\", start = 0.0, end = 1.0 }").unwrap()["w"].clone().try_into().unwrap();
         assert!(matches!(s, Schedule::Curve(Curve { kind: CurveKind::Linear, .. })));
     }
 }

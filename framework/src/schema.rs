@@ -43,11 +43,8 @@ pub fn describe(r: &Registration, full: bool) -> String {
     let schema = serde_json::to_value((r.schema)()).unwrap_or(Value::Null);
     let mut s = format!("  {:<18} {}\n", r.name, r.summary);
     let props = schema.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
-    let required: Vec<&str> = schema
-        .get("required")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let required: Vec<&str> =
+        schema.get("required").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     if full {
         s = format!("{} ({} plugin)\n  {}\n", r.name, r.kind(), r.summary);
         if let Some(d) = schema.get("description").and_then(Value::as_str) {

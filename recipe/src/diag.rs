@@ -44,12 +44,7 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A diagnostic with only a message; add the rest with the `with_*` methods.
     pub fn new(message: impl Into<String>) -> Self {
-        Diagnostic {
-            loc: None,
-            key_path: None,
-            message: message.into(),
-            help: None,
-        }
+        Diagnostic { loc: None, key_path: None, message: message.into(), help: None }
     }
 
     /// Sets the location.
@@ -178,11 +173,7 @@ pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
             continue;
         }
         let cand_lower = cand.to_lowercase();
-        let dist = if cand_lower == lower {
-            0
-        } else {
-            strsim::damerau_levenshtein(&lower, &cand_lower)
-        };
+        let dist = if cand_lower == lower { 0 } else { strsim::damerau_levenshtein(&lower, &cand_lower) };
         let close = dist <= max_dist || strsim::jaro_winkler(&lower, &cand_lower) >= 0.9;
         if close && best.map_or(true, |(d, _)| dist < d) {
             best = Some((dist, cand));
@@ -199,11 +190,7 @@ pub fn unknown_key_help(word: &str, valid: &[&str]) -> String {
 
 /// Shared by unknown keys and unknown enum values.
 fn choice_help(word: &str, valid: &[&str], what: &str) -> String {
-    let list = if valid.is_empty() {
-        format!("no {what} are accepted here")
-    } else {
-        format!("valid {what}: {}", valid.join(", "))
-    };
+    let list = if valid.is_empty() { format!("no {what} are accepted here") } else { format!("valid {what}: {}", valid.join(", ")) };
     match did_you_mean(word, valid) {
         Some(s) => format!("did you mean `{s}`? {list}"),
         None => list,
@@ -218,17 +205,11 @@ fn choice_help(word: &str, valid: &[&str], what: &str) -> String {
 pub(crate) fn humanize_serde_message(msg: &str) -> (String, Option<String>) {
     if let Some(rest) = msg.strip_prefix("unknown field ") {
         let (word, expected) = split_unknown(rest);
-        return (
-            format!("unknown key `{word}`"),
-            Some(choice_help(&word, &refs(&expected), "keys")),
-        );
+        return (format!("unknown key `{word}`"), Some(choice_help(&word, &refs(&expected), "keys")));
     }
     if let Some(rest) = msg.strip_prefix("unknown variant ") {
         let (word, expected) = split_unknown(rest);
-        return (
-            format!("unknown value `{word}`"),
-            Some(choice_help(&word, &refs(&expected), "values")),
-        );
+        return (format!("unknown value `{word}`"), Some(choice_help(&word, &refs(&expected), "values")));
     }
     if let Some(rest) = msg.strip_prefix("missing field ") {
         return (format!("missing key {rest}"), None);
@@ -254,10 +235,7 @@ pub(crate) fn humanize_serde_message(msg: &str) -> (String, Option<String>) {
         if let Some(at) = rest.find(", expected ") {
             let n = &rest[..at];
             let expected = humanize_expected(&rest[at + ", expected ".len()..]);
-            return (
-                format!("expected {expected}, found an array of {n} elements"),
-                None,
-            );
+            return (format!("expected {expected}, found an array of {n} elements"), None);
         }
     }
     (msg.to_owned(), None)
@@ -278,11 +256,7 @@ fn split_unknown(rest: &str) -> (String, Vec<String>) {
 
 /// All `backticked` substrings, in order.
 fn backticked(s: &str) -> Vec<String> {
-    s.split('`')
-        .enumerate()
-        .filter(|(i, _)| i % 2 == 1)
-        .map(|(_, part)| part.to_owned())
-        .collect()
+    s.split('`').enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, part)| part.to_owned()).collect()
 }
 
 /// Serde's `Unexpected` display (`string "x"`, `integer `5``, `sequence`) in TOML terms.
@@ -336,40 +310,26 @@ mod tests {
         assert_eq!(did_you_mean("weight", &keys), None);
         assert_eq!(did_you_mean("anything", &[]), None);
         assert_eq!(did_you_mean("lrr", &["lr", "steps"]), Some("lr"));
-        assert_eq!(
-            unknown_key_help("temprature", &keys),
-            "did you mean `temperature`? valid keys: weight, temperature, plugin"
-        );
+        assert_eq!(unknown_key_help("temprature", &keys), "did you mean `temperature`? valid keys: weight, temperature, plugin");
         assert_eq!(unknown_key_help("zzz", &["a", "b"]), "valid keys: a, b");
     }
 
     #[test]
     fn serde_messages() {
-        let (m, h) = humanize_serde_message(
-            "unknown field `temprature`, expected one of `weight`, `temperature`",
-        );
+        let (m, h) = humanize_serde_message("unknown field `temprature`, expected one of `weight`, `temperature`");
         assert_eq!(m, "unknown key `temprature`");
-        assert_eq!(
-            h.as_deref(),
-            Some("did you mean `temperature`? valid keys: weight, temperature")
-        );
+        assert_eq!(h.as_deref(), Some("did you mean `temperature`? valid keys: weight, temperature"));
         let (m, _) = humanize_serde_message("invalid type: string \"x\", expected f32");
         assert_eq!(m, "expected a number, found string \"x\"");
         let (m, _) = humanize_serde_message("invalid type: sequence, expected a string");
         assert_eq!(m, "expected a string, found an array");
         let (m, _) = humanize_serde_message("invalid value: integer `-1`, expected u32");
-        assert_eq!(
-            m,
-            "invalid value integer -1, expected a non-negative integer"
-        );
+        assert_eq!(m, "invalid value integer -1, expected a non-negative integer");
         let (m, h) = humanize_serde_message("missing field `weight`");
         assert_eq!((m.as_str(), h), ("missing key `weight`", None));
         let (m, h) = humanize_serde_message("unknown variant `adamx`, expected `adamw` or `sgd`");
         assert_eq!(m, "unknown value `adamx`");
-        assert_eq!(
-            h.as_deref(),
-            Some("did you mean `adamw`? valid values: adamw, sgd")
-        );
+        assert_eq!(h.as_deref(), Some("did you mean `adamw`? valid values: adamw, sgd"));
         let (m, h) = humanize_serde_message("unknown field `x`, there are no fields");
         assert_eq!(m, "unknown key `x`");
         assert_eq!(h.as_deref(), Some("no keys are accepted here"));
@@ -380,11 +340,7 @@ mod tests {
     #[test]
     fn display() {
         let d = Diagnostic {
-            loc: Some(Loc {
-                file: "r.toml".into(),
-                line: 12,
-                col: 1,
-            }),
+            loc: Some(Loc { file: "r.toml".into(), line: 12, col: 1 }),
             key_path: Some(KeyPath::parse_dotted("loss.1.temperature").unwrap()),
             message: "expected a number, found string \"hot\"".into(),
             help: Some("did you mean `temperature`?".into()),

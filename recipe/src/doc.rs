@@ -60,9 +60,7 @@ impl RecipeDoc {
     /// Syntax errors are located at the line and column the parser reports; a
     /// base that cannot be read is reported at the `extends` entry naming it.
     pub fn load(path: &Path) -> Result<RecipeDoc, Diagnostics> {
-        let text = fs::read_to_string(path).map_err(|e| {
-            Diagnostic::new(format!("cannot read recipe `{}`: {e}", path.display()))
-        })?;
+        let text = fs::read_to_string(path).map_err(|e| Diagnostic::new(format!("cannot read recipe `{}`: {e}", path.display())))?;
         Self::from_str(&text, path)
     }
 
@@ -71,18 +69,10 @@ impl RecipeDoc {
     /// locations name `path`. The file itself need not exist.
     pub fn from_str(text: &str, path: &Path) -> Result<RecipeDoc, Diagnostics> {
         let path = clean(path);
-        let mut loader = Loader {
-            stack: vec![(identity(&path), path.clone())],
-        };
+        let mut loader = Loader { stack: vec![(identity(&path), path.clone())] };
         let mut layer = loader.load_text(text, &path)?;
         let sweep = layer.root.remove(SWEEP);
-        Ok(RecipeDoc {
-            path,
-            root: layer.root,
-            locs: layer.locs,
-            sweep,
-            sweep_order: layer.sweep_order,
-        })
+        Ok(RecipeDoc { path, root: layer.root, locs: layer.locs, sweep, sweep_order: layer.sweep_order })
     }
 
     /// The top recipe file, as given to [`RecipeDoc::load`] / [`RecipeDoc::from_str`].
@@ -148,18 +138,8 @@ impl RecipeDoc {
     }
 
     /// A diagnostic about `key`, located with [`RecipeDoc::locate`].
-    pub fn diag(
-        &self,
-        key: &KeyPath,
-        message: impl Into<String>,
-        help: Option<String>,
-    ) -> Diagnostic {
-        Diagnostic {
-            loc: self.locate(key),
-            key_path: Some(key.clone()),
-            message: message.into(),
-            help,
-        }
+    pub fn diag(&self, key: &KeyPath, message: impl Into<String>, help: Option<String>) -> Diagnostic {
+        Diagnostic { loc: self.locate(key), key_path: Some(key.clone()), message: message.into(), help }
     }
 
     /// Deserialises `value` (normally `self.get(key).cloned()`) into `T`, turning
@@ -168,31 +148,19 @@ impl RecipeDoc {
     /// (`unknown field` → "unknown key `x`" with a did-you-mean over the
     /// accepted keys; `invalid type` → "expected a number, found string \"x\"";
     /// `missing field` → "missing key `x`", located at the enclosing table).
-    pub fn deserialize_at<T: DeserializeOwned>(
-        &self,
-        key: &KeyPath,
-        value: Value,
-    ) -> Result<T, Diagnostic> {
+    pub fn deserialize_at<T: DeserializeOwned>(&self, key: &KeyPath, value: Value) -> Result<T, Diagnostic> {
         serde_path_to_error::deserialize(value).map_err(|e| {
             let mut full = key.join(&KeyPath::from_serde(e.path()));
             let raw = e.inner().message();
             // Point at the offending key itself, whether or not serde's path
             // already ends with it.
-            if let Some(word) = raw
-                .strip_prefix("unknown field `")
-                .and_then(|r| r.split('`').next())
-            {
+            if let Some(word) = raw.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
                 if full.last() != Some(&Seg::Key(word.to_owned())) {
                     full = full.key(word);
                 }
             }
             let (message, help) = humanize_serde_message(raw);
-            Diagnostic {
-                loc: self.locate(&full),
-                key_path: Some(full),
-                message,
-                help,
-            }
+            Diagnostic { loc: self.locate(&full), key_path: Some(full), message, help }
         })
     }
 
@@ -223,11 +191,7 @@ impl RecipeDoc {
     }
 
     fn render(&self, canonical: bool) -> String {
-        let root = if canonical {
-            sorted_table(&self.root)
-        } else {
-            self.root.clone()
-        };
+        let root = if canonical { sorted_table(&self.root) } else { self.root.clone() };
         let main = match toml::to_string(&root) {
             Ok(s) => s,
             // Cannot happen for values that came out of the TOML parser; keep
@@ -260,11 +224,7 @@ impl RecipeDoc {
 
 /// Keys of `t` in `order`, then any others (in the table's order).
 pub(crate) fn ordered_keys<'a>(t: &'a Table, order: &'a [String]) -> Vec<&'a str> {
-    let mut keys: Vec<&str> = order
-        .iter()
-        .map(String::as_str)
-        .filter(|k| t.contains_key(*k))
-        .collect();
+    let mut keys: Vec<&str> = order.iter().map(String::as_str).filter(|k| t.contains_key(*k)).collect();
     for k in t.keys() {
         if !keys.contains(&k.as_str()) {
             keys.push(k);
@@ -287,10 +247,7 @@ fn sorted_table(t: &Table) -> Table {
     // sorting explicitly keeps the hash stable either way.
     let mut entries: Vec<(&String, &Value)> = t.iter().collect();
     entries.sort_by(|a, b| a.0.cmp(b.0));
-    entries
-        .into_iter()
-        .map(|(k, v)| (k.clone(), sorted_value(v)))
-        .collect()
+    entries.into_iter().map(|(k, v)| (k.clone(), sorted_value(v))).collect()
 }
 
 fn sorted_value(v: &Value) -> Value {
@@ -337,11 +294,7 @@ impl Loader {
                 .with_loc(Some(lines.loc(path, e.span().map_or(0, |s| s.start))))
         })?;
         let mut locs = BTreeMap::new();
-        let mut walker = Walker {
-            lines: &lines,
-            path,
-            locs: &mut locs,
-        };
+        let mut walker = Walker { lines: &lines, path, locs: &mut locs };
         walker.table(edit.as_table(), &KeyPath::root());
         let sweep_order = match edit.get(SWEEP).and_then(|i| i.as_table_like()) {
             Some(t) => t.iter().map(|(k, _)| k.to_owned()).collect(),
@@ -360,26 +313,18 @@ impl Loader {
                     match item {
                         Value::String(s) => bases.push((s, extends_key.index(i))),
                         other => diags.push(
-                            Diagnostic::new(format!(
-                                "`extends` entries must be file names, found {}",
-                                type_name(&other)
-                            ))
-                            .with_key(extends_key.index(i))
-                            .with_loc(locate_in(&locs, &extends_key.index(i))),
+                            Diagnostic::new(format!("`extends` entries must be file names, found {}", type_name(&other)))
+                                .with_key(extends_key.index(i))
+                                .with_loc(locate_in(&locs, &extends_key.index(i))),
                         ),
                     }
                 }
             }
             Some(other) => diags.push(
-                Diagnostic::new(format!(
-                    "`extends` must be a file name or an array of file names, found {}",
-                    type_name(&other)
-                ))
-                .with_key(extends_key.clone())
-                .with_loc(locate_in(&locs, &extends_key))
-                .with_help(
-                    "e.g. `extends = \"base.toml\"` or `extends = [\"a.toml\", \"b.toml\"]`",
-                ),
+                Diagnostic::new(format!("`extends` must be a file name or an array of file names, found {}", type_name(&other)))
+                    .with_key(extends_key.clone())
+                    .with_loc(locate_in(&locs, &extends_key))
+                    .with_help("e.g. `extends = \"base.toml\"` or `extends = [\"a.toml\", \"b.toml\"]`"),
             ),
         }
 
@@ -398,11 +343,7 @@ impl Loader {
 
         // `extends` is consumed here; its locations would only confuse `locate`.
         locs.retain(|k, _| !k.starts_with(&extends_key));
-        let own = Layer {
-            root,
-            locs,
-            sweep_order,
-        };
+        let own = Layer { root, locs, sweep_order };
         Ok(match acc {
             None => own,
             Some(mut base) => {
@@ -414,12 +355,7 @@ impl Loader {
 
     /// Loads the base `rel` named in `from`, reporting problems at `loc` (the
     /// `extends` entry).
-    fn load_base(
-        &mut self,
-        from: &Path,
-        rel: &str,
-        loc: Option<Loc>,
-    ) -> Result<Layer, Diagnostics> {
+    fn load_base(&mut self, from: &Path, rel: &str, loc: Option<Loc>) -> Result<Layer, Diagnostics> {
         let dir = from.parent().unwrap_or(Path::new(""));
         let path = clean(&dir.join(rel));
         let id = identity(&path);
@@ -429,25 +365,18 @@ impl Loader {
                 .map(|(_, shown)| shown.display().to_string())
                 .chain(std::iter::once(path.display().to_string()))
                 .collect();
-            return Err(
-                Diagnostic::new(format!("`extends` cycle: {}", chain.join(" → ")))
-                    .with_key(KeyPath::root().key(EXTENDS))
-                    .with_loc(loc)
-                    .with_help("a recipe cannot extend itself, directly or through its bases")
-                    .into(),
-            );
+            return Err(Diagnostic::new(format!("`extends` cycle: {}", chain.join(" → ")))
+                .with_key(KeyPath::root().key(EXTENDS))
+                .with_loc(loc)
+                .with_help("a recipe cannot extend itself, directly or through its bases")
+                .into());
         }
         let text = fs::read_to_string(&path).map_err(|e| {
-            let d = Diagnostic::new(format!(
-                "cannot read base recipe `{rel}` (looked for `{}`): {e}",
-                path.display()
-            ))
-            .with_key(KeyPath::root().key(EXTENDS))
-            .with_loc(loc.clone());
+            let d = Diagnostic::new(format!("cannot read base recipe `{rel}` (looked for `{}`): {e}", path.display()))
+                .with_key(KeyPath::root().key(EXTENDS))
+                .with_loc(loc.clone());
             if e.kind() == std::io::ErrorKind::NotFound {
-                d.with_help(
-                    "`extends` paths are relative to the directory of the recipe that names them",
-                )
+                d.with_help("`extends` paths are relative to the directory of the recipe that names them")
             } else {
                 d
             }
@@ -465,8 +394,7 @@ impl Loader {
 fn merge_layer(base: &mut Layer, over: Layer) {
     let mut replaced = Vec::new();
     merge_tables(&mut base.root, over.root, &KeyPath::root(), &mut replaced);
-    base.locs
-        .retain(|k, _| !replaced.iter().any(|r| k.starts_with(r)));
+    base.locs.retain(|k, _| !replaced.iter().any(|r| k.starts_with(r)));
     base.locs.extend(over.locs);
     for k in over.sweep_order {
         if !base.sweep_order.contains(&k) {
@@ -491,20 +419,13 @@ fn merge_tables(base: &mut Table, over: Table, prefix: &KeyPath, replaced: &mut 
 /// Exact location of `key` in one file's map, else its nearest ancestor's.
 fn locate_in(locs: &BTreeMap<KeyPath, Loc>, key: &KeyPath) -> Option<Loc> {
     let segs = key.segments();
-    (1..=segs.len())
-        .rev()
-        .find_map(|n| locs.get(&KeyPath(segs[..n].to_vec())))
-        .cloned()
+    (1..=segs.len()).rev().find_map(|n| locs.get(&KeyPath(segs[..n].to_vec()))).cloned()
 }
 
 /// The parser's messages span lines ("invalid string\nexpected `\"`"); a
 /// diagnostic's message is one line, followed by its help.
 fn one_line(msg: &str) -> String {
-    msg.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(", ")
+    msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(", ")
 }
 
 /// A noun phrase for a value's type, for messages.
@@ -534,9 +455,7 @@ fn clean(p: &Path) -> PathBuf {
 /// What identifies a file for cycle detection: its canonical path, or (for a
 /// file that does not exist, e.g. `from_str` text) its absolute path.
 fn identity(p: &Path) -> PathBuf {
-    fs::canonicalize(p)
-        .or_else(|_| std::path::absolute(p))
-        .unwrap_or_else(|_| p.to_path_buf())
+    fs::canonicalize(p).or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Byte offset → 1-based line and character column.
@@ -547,9 +466,7 @@ pub(crate) struct LineIndex<'a> {
 
 impl<'a> LineIndex<'a> {
     pub(crate) fn new(text: &'a str) -> Self {
-        let starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
+        let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
         LineIndex { text, starts }
     }
 
@@ -562,11 +479,7 @@ impl<'a> LineIndex<'a> {
             // Not a char boundary (should not happen with parser spans): bytes.
             None => offset.saturating_sub(start) + 1,
         };
-        Loc {
-            file: file.to_path_buf(),
-            line,
-            col,
-        }
+        Loc { file: file.to_path_buf(), line, col }
     }
 }
 
@@ -593,12 +506,7 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn item(
-        &mut self,
-        item: &toml_edit::Item,
-        key_span: Option<std::ops::Range<usize>>,
-        path: KeyPath,
-    ) {
+    fn item(&mut self, item: &toml_edit::Item, key_span: Option<std::ops::Range<usize>>, path: KeyPath) {
         match item {
             toml_edit::Item::None => {}
             toml_edit::Item::Value(v) => {

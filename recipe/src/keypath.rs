@@ -70,10 +70,7 @@ impl KeyPath {
     /// what they meant.
     pub fn parse_dotted(s: &str) -> Result<KeyPath, ParseKeyPathError> {
         if s.trim().is_empty() {
-            return Err(ParseKeyPathError {
-                input: s.to_owned(),
-                reason: "it is empty".into(),
-            });
+            return Err(ParseKeyPathError { input: s.to_owned(), reason: "it is empty".into() });
         }
         parse(s, true)
     }
@@ -88,14 +85,7 @@ impl KeyPath {
         if s.is_empty() || s == "." {
             return KeyPath::root();
         }
-        parse(s, false).unwrap_or_else(|_| {
-            KeyPath(
-                s.split('.')
-                    .filter(|p| !p.is_empty())
-                    .map(|p| Seg::Key(p.to_owned()))
-                    .collect(),
-            )
-        })
+        parse(s, false).unwrap_or_else(|_| KeyPath(s.split('.').filter(|p| !p.is_empty()).map(|p| Seg::Key(p.to_owned())).collect()))
     }
 
     /// Converts the structured path of a `serde_path_to_error` error. Preferred
@@ -224,10 +214,7 @@ fn write_key(f: &mut fmt::Formatter<'_>, k: &str) -> fmt::Result {
 /// segment is bare or double-quoted; with `digits_as_index`, an all-digit bare
 /// segment is an index (the sweep syntax).
 fn parse(s: &str, digits_as_index: bool) -> Result<KeyPath, ParseKeyPathError> {
-    let err = |reason: &str| ParseKeyPathError {
-        input: s.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let err = |reason: &str| ParseKeyPathError { input: s.to_owned(), reason: reason.to_owned() };
     let chars: Vec<char> = s.chars().collect();
     let mut i = 0;
     let mut segs = Vec::new();
@@ -236,10 +223,7 @@ fn parse(s: &str, digits_as_index: bool) -> Result<KeyPath, ParseKeyPathError> {
     while i < chars.len() {
         let c = chars[i];
         if c == '[' {
-            let close = chars[i..]
-                .iter()
-                .position(|&c| c == ']')
-                .ok_or_else(|| err("unclosed `[`"))?;
+            let close = chars[i..].iter().position(|&c| c == ']').ok_or_else(|| err("unclosed `[`"))?;
             let digits: String = chars[i + 1..i + close].iter().collect();
             let n = parse_index(&digits).ok_or_else(|| err("`[...]` must hold an array index"))?;
             segs.push(Seg::Index(n));
@@ -335,14 +319,8 @@ mod tests {
             assert_eq!(shown.parse::<KeyPath>().unwrap(), p, "{shown}");
             assert_eq!(KeyPath::from_serde_path(&shown), p, "{shown}");
         }
-        assert_eq!(
-            kp(&["loss".into(), 1.into(), "temperature".into()]).to_string(),
-            "loss[1].temperature"
-        );
-        assert_eq!(
-            kp(&["sweep".into(), "loss.0.t".into()]).to_string(),
-            "sweep.\"loss.0.t\""
-        );
+        assert_eq!(kp(&["loss".into(), 1.into(), "temperature".into()]).to_string(), "loss[1].temperature");
+        assert_eq!(kp(&["sweep".into(), "loss.0.t".into()]).to_string(), "sweep.\"loss.0.t\"");
     }
 
     #[test]
@@ -361,24 +339,12 @@ mod tests {
     #[test]
     fn serde_paths() {
         assert_eq!(KeyPath::from_serde_path("."), KeyPath::root());
-        assert_eq!(
-            KeyPath::from_serde_path("optimizer.lr"),
-            kp(&["optimizer".into(), "lr".into()])
-        );
-        assert_eq!(
-            KeyPath::from_serde_path("loss[1].?"),
-            kp(&["loss".into(), 1.into(), "?".into()])
-        );
+        assert_eq!(KeyPath::from_serde_path("optimizer.lr"), kp(&["optimizer".into(), "lr".into()]));
+        assert_eq!(KeyPath::from_serde_path("loss[1].?"), kp(&["loss".into(), 1.into(), "?".into()]));
         // Numbers after a dot are map keys in serde's syntax.
-        assert_eq!(
-            KeyPath::from_serde_path("langs.12"),
-            kp(&["langs".into(), "12".into()])
-        );
+        assert_eq!(KeyPath::from_serde_path("langs.12"), kp(&["langs".into(), "12".into()]));
         // Unparsable text still yields something usable.
-        assert_eq!(
-            KeyPath::from_serde_path("a.\"b"),
-            kp(&["a".into(), "\"b".into()])
-        );
+        assert_eq!(KeyPath::from_serde_path("a.\"b"), kp(&["a".into(), "\"b".into()]));
     }
 
     #[test]

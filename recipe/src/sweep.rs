@@ -86,10 +86,7 @@ impl RecipeDoc {
             if let Some(prev) = entries.iter().find(|e| e.key == key) {
                 diags.push(self.diag(
                     &at,
-                    format!(
-                        "`{key}` is swept twice (also as `{}`)",
-                        prev.at.last().map_or(String::new(), seg_text)
-                    ),
+                    format!("`{key}` is swept twice (also as `{}`)", prev.at.last().map_or(String::new(), seg_text)),
                     None,
                 ));
                 continue;
@@ -126,11 +123,7 @@ impl RecipeDoc {
                 &sweep_path,
                 format!(
                     "the sweep expands to {} runs; the limit is {MAX_SWEEP_RUNS}",
-                    if total == usize::MAX {
-                        "too many".to_string()
-                    } else {
-                        total.to_string()
-                    }
+                    if total == usize::MAX { "too many".to_string() } else { total.to_string() }
                 ),
                 Some("split it into several recipes or sweep fewer values".into()),
             ));
@@ -168,29 +161,17 @@ impl RecipeDoc {
                     }
                     Err((message, help)) => {
                         if reported.insert(e.key.clone()) {
-                            let mut d = self.diag(
-                                &e.at,
-                                format!("cannot sweep `{}`: {message}", e.key),
-                                help,
-                            );
+                            let mut d = self.diag(&e.at, format!("cannot sweep `{}`: {message}", e.key), help);
                             d.key_path = Some(e.key.clone());
                             errors.push(d);
                         }
                     }
                 }
-                parts.push(format!(
-                    "{}={}",
-                    sanitize(label),
-                    sanitize(&render_value(value))
-                ));
+                parts.push(format!("{}={}", sanitize(label), sanitize(&render_value(value))));
                 settings.push((e.key.clone(), value.clone()));
             }
             let name = unique_name(parts.join(","), &mut names);
-            runs.push(SweepRun {
-                name,
-                settings,
-                doc,
-            });
+            runs.push(SweepRun { name, settings, doc });
             // Odometer step, last entry fastest.
             for (pos, e) in entries.iter().enumerate().rev() {
                 idx[pos] += 1;
@@ -207,11 +188,7 @@ impl RecipeDoc {
         let mut doc = self.clone();
         doc.sweep = None;
         doc.sweep_order.clear();
-        SweepRun {
-            name: String::new(),
-            settings: Vec::new(),
-            doc,
-        }
+        SweepRun { name: String::new(), settings: Vec::new(), doc }
     }
 }
 
@@ -224,11 +201,7 @@ fn seg_text(s: &Seg) -> String {
 
 /// Sets `key` (non-empty) to `value`; every parent must exist, the leaf may be
 /// new in a table but must exist in an array. Errors are (message, help).
-fn set_value(
-    root: &mut toml::Table,
-    key: &KeyPath,
-    value: Value,
-) -> Result<(), (String, Option<String>)> {
+fn set_value(root: &mut toml::Table, key: &KeyPath, value: Value) -> Result<(), (String, Option<String>)> {
     let mut whole = Value::Table(std::mem::take(root));
     let r = set_in(&mut whole, key.segments(), &KeyPath::root(), value);
     if let Value::Table(t) = whole {
@@ -237,12 +210,7 @@ fn set_value(
     r
 }
 
-fn set_in(
-    cur: &mut Value,
-    segs: &[Seg],
-    here: &KeyPath,
-    value: Value,
-) -> Result<(), (String, Option<String>)> {
+fn set_in(cur: &mut Value, segs: &[Seg], here: &KeyPath, value: Value) -> Result<(), (String, Option<String>)> {
     let Some((seg, rest)) = segs.split_first() else {
         *cur = value;
         return Ok(());
@@ -251,7 +219,10 @@ fn set_in(
     let missing = || {
         (
             format!("`{next}` does not exist in the recipe"),
-            Some("a swept key must lie inside a table or array element the recipe already has (its own value may be left at the default)".to_string()),
+            Some(
+                "a swept key must lie inside a table or array element the recipe already has (its own value may be left at the default)"
+                    .to_string(),
+            ),
         )
     };
     let child = match (cur, seg) {
@@ -265,12 +236,7 @@ fn set_in(
         }
         (Value::Array(a), Seg::Index(i)) => {
             let len = a.len();
-            a.get_mut(*i).ok_or_else(|| {
-                (
-                    format!("`{here}` has {len} element(s), so there is no `{next}`"),
-                    None,
-                )
-            })?
+            a.get_mut(*i).ok_or_else(|| (format!("`{here}` has {len} element(s), so there is no `{next}`"), None))?
         }
         (Value::Array(_), Seg::Key(k)) => {
             return Err((
@@ -278,12 +244,7 @@ fn set_in(
                 Some(format!("e.g. `{here}.0.{k}` for the first element")),
             ))
         }
-        (other, _) => {
-            return Err((
-                format!("`{here}` is {}, not a table or array", type_name(other)),
-                None,
-            ))
-        }
+        (other, _) => return Err((format!("`{here}` is {}, not a table or array", type_name(other)), None)),
     };
     set_in(child, rest, &next, value)
 }
@@ -301,11 +262,7 @@ fn labels(keys: &[KeyPath]) -> Vec<String> {
             let unique = (1..=n).find(|&len| {
                 let suffix = &segs[n - len..];
                 let starts_at_index = matches!(suffix.first(), Some(Seg::Index(_)));
-                (!starts_at_index || len == n)
-                    && keys
-                        .iter()
-                        .enumerate()
-                        .all(|(j, other)| j == i || !other.segments().ends_with(suffix))
+                (!starts_at_index || len == n) && keys.iter().enumerate().all(|(j, other)| j == i || !other.segments().ends_with(suffix))
             });
             render_segs(&segs[n - unique.unwrap_or(n)..])
         })
@@ -346,11 +303,7 @@ fn render_value(v: &Value) -> String {
         Value::Boolean(b) => b.to_string(),
         Value::Datetime(d) => d.to_string(),
         Value::Array(a) => a.iter().map(render_value).collect::<Vec<_>>().join("x"),
-        Value::Table(t) => t
-            .iter()
-            .map(|(k, v)| format!("{k}-{}", render_value(v)))
-            .collect::<Vec<_>>()
-            .join("+"),
+        Value::Table(t) => t.iter().map(|(k, v)| format!("{k}-{}", render_value(v))).collect::<Vec<_>>().join("+"),
     }
 }
 
@@ -375,15 +328,7 @@ fn render_float(f: f64) -> String {
 /// Keeps ASCII letters, digits, `.`, `_`, `-`, `+`; anything else (path
 /// separators, spaces, the `=` and `,` of the name syntax) becomes `_`.
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+') { c } else { '_' }).collect()
 }
 
 /// Makes `name` safe as a directory name and unique among `taken`.

@@ -15,11 +15,11 @@ use sha2::{Digest, Sha256};
 
 use crate::dataset::{Example, Task};
 use crate::features::Bags;
+use crate::model::Param;
 use crate::model::{init_from, Model};
 use crate::plan::{Init, Plan};
 use crate::report::{peak_rss_mb, write_csv, LanguageRow, MetricRow, RunRow};
 use crate::sampler::LangStat;
-use crate::model::Param;
 use optim::Optimizer;
 use store::{params_from_map, params_to_map, read_safetensors, to_safetensors, write_atomic, TensorMap};
 use train::{argmax_rows, row_ce, run_stage, LoopState, Stage, StageHooks, StageLoss};
@@ -51,10 +51,8 @@ pub struct Inputs {
 impl Inputs {
     /// Featurises `examples` (their `source` when `source` is true).
     pub fn new(model: &dyn Model, examples: &[Example], source: bool) -> Inputs {
-        let texts: Vec<&str> = examples
-            .iter()
-            .map(|e| if source { e.source.as_deref().unwrap_or(&e.text) } else { e.text.as_str() })
-            .collect();
+        let texts: Vec<&str> =
+            examples.iter().map(|e| if source { e.source.as_deref().unwrap_or(&e.text) } else { e.text.as_str() }).collect();
         Inputs {
             bags: Bags::build(model.featurizer(), texts),
             labels: examples.iter().map(|e| e.label).collect(),
@@ -151,14 +149,17 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     task.validate().map_err(|e| anyhow::anyhow!("the dataset plugin `{}` produced an invalid task: {e}", plan.data_plugin))?;
     let classes = task.labels.len();
     let n_langs = task.langs.len();
-    log(opts, &format!(
-        "task: {} languages, {} classes, {} train / {} dev / {} test examples",
-        n_langs,
-        classes,
-        task.train.len(),
-        task.dev.len(),
-        task.test.len()
-    ));
+    log(
+        opts,
+        &format!(
+            "task: {} languages, {} classes, {} train / {} dev / {} test examples",
+            n_langs,
+            classes,
+            task.train.len(),
+            task.dev.len(),
+            task.test.len()
+        ),
+    );
     let mut hooks = Hooks::new(opts, dir, &task, plan.train.eval_fraction)?;
 
     // ---- Teacher: load from the cache or pre-train on hard labels. ----
@@ -279,9 +280,10 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         } else {
             let mut a = vec![false; n_langs];
             for l in &ft.languages {
-                let i = task.langs.iter().position(|x| x == l).with_context(|| {
-                    format!("[finetune] languages: `{l}` is not a language of this task ({})", task.langs.join(", "))
-                })?;
+                let i =
+                    task.langs.iter().position(|x| x == l).with_context(|| {
+                        format!("[finetune] languages: `{l}` is not a language of this task ({})", task.langs.join(", "))
+                    })?;
                 a[i] = true;
             }
             Some(a)
@@ -341,7 +343,8 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     let student_rows = metric_rows("distill", "test", final_step, &s_logits, classes, &s_test, Some(&t_test), &task.langs);
     hooks.metrics.extend(teacher_rows.iter().cloned());
     hooks.metrics.extend(student_rows.iter().cloned());
-    let baseline_rows = b_logits.as_ref().map(|b| metric_rows("baseline", "test", final_step, b, classes, &s_test, Some(&t_test), &task.langs));
+    let baseline_rows =
+        b_logits.as_ref().map(|b| metric_rows("baseline", "test", final_step, b, classes, &s_test, Some(&t_test), &task.langs));
     if let Some(r) = &baseline_rows {
         hooks.metrics.extend(r.iter().cloned());
     }
@@ -386,15 +389,18 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
 
     crate::export::export(&*student, &plan.student.plugin, &plan.student.section, &task, &dir.join("student"))?;
     crate::export::export(&*teacher, &plan.teacher.plugin, &plan.teacher.section, &task, &dir.join("teacher"))?;
-    log(opts, &format!(
-        "done: teacher {:.4}, student {:.4}{} macro accuracy on test; {} → {} parameters ({:.1}×)",
-        row.teacher_macro_acc,
-        row.student_macro_acc,
-        row.baseline_macro_acc.map_or(String::new(), |b| format!(", baseline {b:.4}")),
-        row.teacher_params,
-        row.student_params,
-        row.compression
-    ));
+    log(
+        opts,
+        &format!(
+            "done: teacher {:.4}, student {:.4}{} macro accuracy on test; {} → {} parameters ({:.1}×)",
+            row.teacher_macro_acc,
+            row.student_macro_acc,
+            row.baseline_macro_acc.map_or(String::new(), |b| format!(", baseline {b:.4}")),
+            row.teacher_params,
+            row.student_params,
+            row.compression
+        ),
+    );
     Ok(())
 }
 
@@ -597,11 +603,8 @@ impl StageHooks for Hooks {
             langs: idx.iter().map(|&i| inputs.langs[i]).collect(),
         };
         let logits = predict(model, &sub.bags)?.logits;
-        let t: Option<Vec<f32>> = if stage == "teacher" {
-            None
-        } else {
-            self.teacher_dev_logits.as_ref().map(|t| train_rows(t, self.classes, &idx))
-        };
+        let t: Option<Vec<f32>> =
+            if stage == "teacher" { None } else { self.teacher_dev_logits.as_ref().map(|t| train_rows(t, self.classes, &idx)) };
         let mut rows = metric_rows(stage, "dev", step, &logits, self.classes, &sub, t.as_deref(), &self.langs);
         if let Some(g) = gates {
             for (r, g) in rows.iter_mut().zip(g) {
@@ -659,8 +662,8 @@ impl StageHooks for Hooks {
         if !self.resume || !meta_path.exists() {
             return Ok(None);
         }
-        let meta: CheckpointMeta = serde_json::from_slice(&std::fs::read(&meta_path)?)
-            .with_context(|| format!("reading checkpoint {}", meta_path.display()))?;
+        let meta: CheckpointMeta =
+            serde_json::from_slice(&std::fs::read(&meta_path)?).with_context(|| format!("reading checkpoint {}", meta_path.display()))?;
         let map = read_safetensors(&self.dir.join("checkpoints").join(format!("{stage}.safetensors")))?;
         self.metrics = meta.metrics;
         Ok(Some((map, meta.state)))

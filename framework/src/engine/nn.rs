@@ -91,10 +91,7 @@ impl EmbeddingBag {
                     values.extend(std::iter::repeat(0.0).take(d));
                 }
                 let k = *s as usize;
-                values[k * d..(k + 1) * d]
-                    .iter_mut()
-                    .zip(g)
-                    .for_each(|(a, b)| *a += b * inv);
+                values[k * d..(k + 1) * d].iter_mut().zip(g).for_each(|(a, b)| *a += b * inv);
             }
         }
         for &r in &rows {
@@ -277,8 +274,7 @@ impl Mlp {
             if !self.norms.is_empty() && i < self.norms.len() {
                 let (g, bb) = (&bound.0[k], &bound.0[k + 1]);
                 k += 2;
-                h = h.normalize::<Axis<1>>(1e-5)
-                    * g.clone().reshape_like(&(width,)).broadcast_like::<_, Axis<0>>(&(batch, width))
+                h = h.normalize::<Axis<1>>(1e-5) * g.clone().reshape_like(&(width,)).broadcast_like::<_, Axis<0>>(&(batch, width))
                     + bb.clone().reshape_like(&(width,)).broadcast_like::<_, Axis<0>>(&(batch, width));
             }
             h = match self.activation {
@@ -289,9 +285,7 @@ impl Mlp {
             if let (Some(rng), true) = (rng.as_mut(), self.dropout > 0.0) {
                 // Our own seeded mask (not the device RNG): resumed runs draw identical masks.
                 let keep = 1.0 - self.dropout;
-                let mask: Vec<f32> = (0..batch * width)
-                    .map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 })
-                    .collect();
+                let mask: Vec<f32> = (0..batch * width).map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
                 h = h * dev.tensor_from_vec(mask, (batch, width));
             }
         }
@@ -340,13 +334,7 @@ impl Mlp {
         let h_branch = h.with_empty_tape();
         let hidden = h.as_vec();
         let logits = self.output(&bound, h);
-        let outputs = Outputs {
-            batch,
-            logits: logits.as_vec(),
-            classes: self.classes(),
-            hidden,
-            hidden_dim: self.hidden_dim(),
-        };
+        let outputs = Outputs { batch, logits: logits.as_vec(), classes: self.classes(), hidden, hidden_dim: self.hidden_dim() };
         let g = objective(&outputs)?;
         anyhow::ensure!(g.logits.len() == outputs.logits.len(), "logit gradient has the wrong size");
         // Surrogate objective: sum(z ⊙ g) has gradient g with respect to z.
@@ -373,8 +361,7 @@ mod tests {
 
     fn objective_value(out: &Outputs, wl: &[f32], wh: &[f32]) -> f32 {
         // A fixed smooth scalar of the outputs: Σ wl·logits² + Σ wh·hidden.
-        out.logits.iter().zip(wl).map(|(z, w)| w * z * z).sum::<f32>()
-            + out.hidden.iter().zip(wh).map(|(h, w)| w * h).sum::<f32>()
+        out.logits.iter().zip(wl).map(|(z, w)| w * z * z).sum::<f32>() + out.hidden.iter().zip(wh).map(|(h, w)| w * h).sum::<f32>()
     }
 
     /// Finite-difference check of every layer's gradient (embedding bag, linear, layer
@@ -394,10 +381,7 @@ mod tests {
             let ctx = StepCtx { step: 0, seed: 1 };
             let (_, dx) = mlp
                 .forward_backward(x0, b, ctx, &mut |o| {
-                    Ok(OutputGrads {
-                        logits: o.logits.iter().zip(&wl).map(|(z, w)| 2.0 * w * z).collect(),
-                        hidden: Some(wh.clone()),
-                    })
+                    Ok(OutputGrads { logits: o.logits.iter().zip(&wl).map(|(z, w)| 2.0 * w * z).collect(), hidden: Some(wh.clone()) })
                 })
                 .unwrap();
             bag.backward(&x, &dx);

@@ -160,9 +160,7 @@ impl Optimizer {
         for p in params {
             s += match &p.grad {
                 Grad::None => 0.0,
-                Grad::Dense(g) | Grad::Rows { values: g, .. } => {
-                    g.par_iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>()
-                }
+                Grad::Dense(g) | Grad::Rows { values: g, .. } => g.par_iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>(),
             };
         }
         s.sqrt() as f32
@@ -198,7 +196,11 @@ impl Optimizer {
         self.t += 1;
         let scale = if c.clip_norm > 0.0 {
             let n = Self::grad_norm(params);
-            if n > c.clip_norm { c.clip_norm / n } else { 1.0 }
+            if n > c.clip_norm {
+                c.clip_norm / n
+            } else {
+                1.0
+            }
         } else {
             1.0
         };
@@ -236,11 +238,7 @@ impl Optimizer {
                         unsafe {
                             let w = std::slice::from_raw_parts_mut(data.get().add(off), width);
                             let mm = std::slice::from_raw_parts_mut(m.get().add(off), width);
-                            let vv: &mut [f32] = if adam {
-                                std::slice::from_raw_parts_mut(v.get().add(off), width)
-                            } else {
-                                &mut []
-                            };
+                            let vv: &mut [f32] = if adam { std::slice::from_raw_parts_mut(v.get().add(off), width) } else { &mut [] };
                             upd.apply(w, &values[k * width..(k + 1) * width], mm, vv);
                         }
                     });

@@ -25,16 +25,12 @@ pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// Serialises tensors to safetensors bytes (little-endian f32).
 pub fn to_safetensors(tensors: &TensorMap) -> Result<Vec<u8>> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(k, (shape, data))| (k.clone(), shape.clone(), data.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(k, (shape, data))| (k.clone(), shape.clone(), data.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
     let views: Vec<(String, TensorView)> = bytes
         .iter()
         .map(|(k, shape, b)| {
-            TensorView::new(Dtype::F32, shape.clone(), b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| anyhow::anyhow!("tensor `{k}`: {e:?}"))
+            TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (k.clone(), v)).map_err(|e| anyhow::anyhow!("tensor `{k}`: {e:?}"))
         })
         .collect::<Result<_>>()?;
     safetensors::serialize(views, &None).map_err(|e| anyhow::anyhow!("serialising safetensors: {e:?}"))
@@ -65,16 +61,8 @@ pub fn params_to_map(prefix: &str, params: &[&Param], out: &mut TensorMap) {
 pub fn params_from_map(prefix: &str, params: &mut [&mut Param], map: &TensorMap, what: &Path) -> Result<()> {
     for p in params.iter_mut() {
         let key = format!("{prefix}{}", p.name);
-        let (shape, data) = map
-            .get(&key)
-            .with_context(|| format!("{}: tensor `{key}` is missing", what.display()))?;
-        anyhow::ensure!(
-            *shape == p.shape,
-            "{}: tensor `{key}` has shape {:?}, the model expects {:?}",
-            what.display(),
-            shape,
-            p.shape
-        );
+        let (shape, data) = map.get(&key).with_context(|| format!("{}: tensor `{key}` is missing", what.display()))?;
+        anyhow::ensure!(*shape == p.shape, "{}: tensor `{key}` has shape {:?}, the model expects {:?}", what.display(), shape, p.shape);
         p.data.copy_from_slice(data);
     }
     Ok(())

@@ -8,10 +8,10 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::optim::{Optimizer, ParamState};
+use crate::engine::store::TensorMap;
 use crate::engine::{mix, Inputs, TeacherOut};
 use crate::loss::{Loss, LossInput};
-use crate::engine::store::TensorMap;
-use crate::model::{Model, OutputGrads, Param, StepCtx};
+use crate::model::{Grad, Model, OutputGrads, Param, StepCtx};
 use crate::plan::StageConfig;
 use crate::sampler::{normalise, LangStat, Sampler, SamplerCtx};
 use crate::schedule::Schedule;
@@ -193,11 +193,16 @@ pub fn run_stage(
         train_seconds: 0.0,
         sampler_state: Vec::new(),
     };
+    let teacher_hidden_dim = stage.teacher.map_or(0, |t| t.hidden_dim);
+    for l in losses.iter_mut() {
+        l.loss.prepare(model.hidden_dim(), teacher_hidden_dim).with_context(|| format!("preparing loss `{}`", l.name))?;
+    }
     if let Some((map, s)) = hooks.load_checkpoint(stage.name)? {
         let mut params = named_params_mut(model, losses);
         let mut moments = Vec::new();
         for (name, p) in params.iter_mut() {
-            let (shape, data) = map.get(&format!("param/{name}")).with_context(|| format!("checkpoint of stage `{}` lacks `{name}`", stage.name))?;
+            let (shape, data) =
+                map.get(&format!("param/{name}")).with_context(|| format!("checkpoint of stage `{}` lacks `{name}`", stage.name))?;
             anyhow::ensure!(*shape == p.shape, "checkpoint tensor `{name}` has shape {shape:?}, the model expects {:?}", p.shape);
             p.data.copy_from_slice(data);
             let get = |k: &str| map.get(&format!("{k}/{name}")).map(|x| x.1.clone()).unwrap_or_default();
@@ -230,13 +235,26 @@ pub fn run_stage(
             d = normalise(&d).context("no language with examples has a positive sampling weight")?;
             if d != state.dist {
                 for (l, &p) in d.iter().enumerate() {
-                    state.sampling.push(SamplingRow { stage: stage.name.into(), step, lang: langs[l].clone(), probability: p, drawn: state.stats[l].drawn });
+                    state.sampling.push(SamplingRow {
+                        stage: stage.name.into(),
+                        step,
+                        lang: langs[l].clone(),
+                        probability: p,
+                        drawn: state.stats[l].drawn,
+                    });
                 }
             }
             state.dist = d;
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(mix(&[stage.seed, stage_id, step, 1]));
-        let cdf: Vec<f64> = state.dist.iter().scan(0.0, |acc, p| { *acc += p; Some(*acc) }).collect();
+        let cdf: Vec<f64> = state
+            .dist
+            .iter()
+            .scan(0.0, |acc, p| {
+                *acc += p;
+                Some(*acc)
+            })
+            .collect();
         let mut idx = Vec::with_capacity(cfg.batch);
         for _ in 0..cfg.batch {
             let u: f64 = rng.gen::<f64>() * cdf[cdf.len() - 1];
@@ -271,23 +289,8 @@ pub fn run_stage(
                 total_steps: cfg.steps,
                 stats: &stats_snapshot,
             };
-            let mut g = OutputGrads { logits: vec![0.0; out.logits.len()], hidden: None };
-            let mut terms = Vec::new();
-            for l in losses.iter_mut() {
-                let w = l.weight.at(step, cfg.steps);
-                let r = l.loss.compute(&input).with_context(|| format!("loss `{}` at step {step}", l.name))?;
-                terms.push((l.name, w, r.value));
-                if w == 0.0 {
-                    continue;
-                }
-                total_loss += w * r.value;
-                anyhow::ensure!(r.grad_logits.len() == g.logits.len(), "loss `{}` returned a logit gradient of the wrong size", l.name);
-                g.logits.iter_mut().zip(&r.grad_logits).for_each(|(a, b)| *a += w * b);
-                if let Some(gh) = r.grad_hidden {
-                    let acc = g.hidden.get_or_insert_with(|| vec![0.0; out.hidden.len()]);
-                    acc.iter_mut().zip(&gh).for_each(|(a, b)| *a += w * b);
-                }
-            }
+            let (g, total, terms) = combine_losses(losses, &input, out.hidden.len())?;
+            total_loss = total;
             if !total_loss.is_finite() || terms.iter().any(|t| !t.2.is_finite()) {
                 let mut counts = std::collections::BTreeMap::<&str, usize>::new();
                 for &l in &blangs {
@@ -324,6 +327,44 @@ pub fn run_stage(
         }
     }
     Ok(state)
+}
+
+/// Evaluates every loss on one batch and sums their weighted gradients. Returns the
+/// gradients, the weighted total and each term as (name, weight, value).
+pub fn combine_losses<'a>(
+    losses: &mut [StageLoss<'a>],
+    input: &LossInput,
+    hidden_len: usize,
+) -> Result<(OutputGrads, f32, Vec<(&'a str, f32, f32)>)> {
+    let (step, total_steps) = (input.step, input.total_steps);
+    let mut g = OutputGrads { logits: vec![0.0; input.student_logits.len()], hidden: None };
+    let mut total = 0f32;
+    let mut terms = Vec::new();
+    for l in losses.iter_mut() {
+        let w = l.weight.at(step, total_steps);
+        let r = l.loss.compute(input).with_context(|| format!("loss `{}` at step {step}", l.name))?;
+        terms.push((l.name, w, r.value));
+        // The loss's own parameters (a projection) are part of the weighted objective too.
+        for p in l.loss.params_mut() {
+            match &mut p.grad {
+                Grad::Dense(g) if w != 0.0 => g.iter_mut().for_each(|x| *x *= w),
+                _ if w == 0.0 => p.grad = Grad::None,
+                _ => {}
+            }
+        }
+        if w == 0.0 {
+            continue;
+        }
+        total += w * r.value;
+        anyhow::ensure!(r.grad_logits.len() == g.logits.len(), "loss `{}` returned a logit gradient of the wrong size", l.name);
+        g.logits.iter_mut().zip(&r.grad_logits).for_each(|(a, b)| *a += w * b);
+        if let Some(gh) = r.grad_hidden {
+            anyhow::ensure!(gh.len() == hidden_len, "loss `{}` returned a hidden gradient of the wrong size", l.name);
+            let acc = g.hidden.get_or_insert_with(|| vec![0.0; hidden_len]);
+            acc.iter_mut().zip(&gh).for_each(|(a, b)| *a += w * b);
+        }
+    }
+    Ok((g, total, terms))
 }
 
 /// The parameters a stage trains, by checkpoint name: the model's, then each loss's
@@ -376,7 +417,15 @@ pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
 const EMA: f64 = 0.02;
 
 /// Updates the running per-language losses with this batch's examples.
-fn update_stats(stats: &mut [LangStat], logits: &[f32], classes: usize, labels: &[u32], teacher: Option<&[f32]>, langs: &[u32], labels_visible: bool) {
+fn update_stats(
+    stats: &mut [LangStat],
+    logits: &[f32],
+    classes: usize,
+    labels: &[u32],
+    teacher: Option<&[f32]>,
+    langs: &[u32],
+    labels_visible: bool,
+) {
     let target: Vec<usize> = if labels_visible || teacher.is_none() {
         labels.iter().map(|&l| l as usize).collect()
     } else {

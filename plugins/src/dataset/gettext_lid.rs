@@ -98,7 +98,12 @@ fn build(mut p: GettextLidParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, Di
     Ok(Box::new(p))
 }
 
-kdx_framework::register_dataset!("gettext-lid", "language identification over the gettext corpus (label = locale)", GettextLidParams, build);
+kdx_framework::register_dataset!(
+    "gettext-lid",
+    "language identification over the gettext corpus (label = locale)",
+    GettextLidParams,
+    build
+);
 
 impl Dataset for GettextLidParams {
     fn fingerprint(&self) -> anyhow::Result<String> {

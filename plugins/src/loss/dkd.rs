@@ -68,7 +68,12 @@ fn build(p: DkdParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
     Ok(Box::new(p))
 }
 
-kdx_framework::register_loss!("dkd", "decoupled KD: α·target-class KL + β·non-target KL at temperature T (Zhao et al. 2022)", DkdParams, build);
+kdx_framework::register_loss!(
+    "dkd",
+    "decoupled KD: α·target-class KL + β·non-target KL at temperature T (Zhao et al. 2022)",
+    DkdParams,
+    build
+);
 
 /// One row's log-probabilities at temperature `t`: (log p over all classes, log of the
 /// non-target mass log(1 − p_g), log p̂ over the non-target classes with −∞ at `g`).

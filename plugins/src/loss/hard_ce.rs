@@ -40,9 +40,7 @@ impl Loss for HardCeParams {
             q[i * c + y as usize] += 1.0 - eps;
         }
         let target = tensor2(b, c, &q) * row_weights(b, c, x.weights);
-        let (value, grad) = autodiff_logits(b, c, x.student_logits, |z| {
-            (z.log_softmax::<Axis<1>>() * target).sum::<(), _>().negate()
-        });
+        let (value, grad) = autodiff_logits(b, c, x.student_logits, |z| (z.log_softmax::<Axis<1>>() * target).sum::<(), _>().negate());
         Ok(LossOutput { value, grad_logits: grad, grad_hidden: None })
     }
 }

@@ -56,26 +56,9 @@ fn build(p: HiddenMseParams, _: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> 
 
 kdx_framework::register_loss!("hidden-mse", "MSE between projected student and teacher hidden representations", HiddenMseParams, build);
 
-impl Loss for HiddenMse {
-    fn needs_teacher(&self) -> bool {
-        true
-    }
-    fn needs_labels(&self) -> bool {
-        false
-    }
-    fn needs_teacher_hidden(&self) -> bool {
-        true
-    }
-    fn params(&self) -> Vec<&Param> {
-        self.proj.iter().flat_map(|l| [&l.w, &l.b]).collect()
-    }
-    fn params_mut(&mut self) -> Vec<&mut Param> {
-        self.proj.iter_mut().flat_map(|l| [&mut l.w, &mut l.b]).collect()
-    }
-    fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
-        let th = x.teacher_hidden.ok_or_else(|| anyhow::anyhow!("hidden-mse needs the teacher's hidden representation"))?;
-        let (b, hs, ht) = (x.batch, x.student_hidden_dim, x.teacher_hidden_dim);
-        anyhow::ensure!(hs > 0 && ht > 0, "hidden-mse: a hidden width is 0 (student {hs}, teacher {ht})");
+impl HiddenMse {
+    /// Whether a projection is used for these widths; creates it (seeded) on first need.
+    fn ensure_projection(&mut self, hs: usize, ht: usize) -> anyhow::Result<bool> {
         let project = match self.params.projection {
             Projection::Auto => hs != ht,
             Projection::Always => true,
@@ -88,6 +71,37 @@ impl Loss for HiddenMse {
             let mut rng = rand::rngs::StdRng::seed_from_u64(self.params.seed);
             self.proj = Some(Linear::new("proj", hs, ht, &mut rng));
         }
+        Ok(project)
+    }
+}
+
+impl Loss for HiddenMse {
+    fn needs_teacher(&self) -> bool {
+        true
+    }
+    fn needs_labels(&self) -> bool {
+        false
+    }
+    fn needs_teacher_hidden(&self) -> bool {
+        true
+    }
+    fn prepare(&mut self, student_hidden_dim: usize, teacher_hidden_dim: usize) -> anyhow::Result<()> {
+        if student_hidden_dim > 0 && teacher_hidden_dim > 0 {
+            self.ensure_projection(student_hidden_dim, teacher_hidden_dim)?;
+        }
+        Ok(())
+    }
+    fn params(&self) -> Vec<&Param> {
+        self.proj.iter().flat_map(|l| [&l.w, &l.b]).collect()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.proj.iter_mut().flat_map(|l| [&mut l.w, &mut l.b]).collect()
+    }
+    fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
+        let th = x.teacher_hidden.ok_or_else(|| anyhow::anyhow!("hidden-mse needs the teacher's hidden representation"))?;
+        let (b, hs, ht) = (x.batch, x.student_hidden_dim, x.teacher_hidden_dim);
+        anyhow::ensure!(hs > 0 && ht > 0, "hidden-mse: a hidden width is 0 (student {hs}, teacher {ht})");
+        let project = self.ensure_projection(hs, ht)?;
         let proj = if project { self.proj.as_mut() } else { None };
         if let Some(l) = &proj {
             anyhow::ensure!(l.w.shape == [hs, ht], "hidden-mse: the projection is {:?}, the widths are now {hs} → {ht}", l.w.shape);
@@ -166,10 +180,14 @@ mod tests {
             worst = worst.max(rel(gh[k], (up - down) / (2.0 * eps)));
         }
         l.compute(x).unwrap();
-        let grads: Vec<Vec<f32>> = l.params().iter().map(|p| match &p.grad {
-            Grad::Dense(g) => g.clone(),
-            other => panic!("expected a dense gradient, found {other:?}"),
-        }).collect();
+        let grads: Vec<Vec<f32>> = l
+            .params()
+            .iter()
+            .map(|p| match &p.grad {
+                Grad::Dense(g) => g.clone(),
+                other => panic!("expected a dense gradient, found {other:?}"),
+            })
+            .collect();
         for (pi, g) in grads.iter().enumerate() {
             for k in 0..g.len() {
                 let orig = l.params()[pi].data[k];

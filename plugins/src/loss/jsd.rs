@@ -59,7 +59,12 @@ fn build(p: JsdParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
     Ok(Box::new(p))
 }
 
-kdx_framework::register_loss!("jsd", "skewed Jensen–Shannon divergence: β = 0 forward KL, β = 1 reverse KL, scaled by T²", JsdParams, build);
+kdx_framework::register_loss!(
+    "jsd",
+    "skewed Jensen–Shannon divergence: β = 0 forward KL, β = 1 reverse KL, scaled by T²",
+    JsdParams,
+    build
+);
 
 /// Log-softmax of `row / t` in f64.
 fn log_softmax(row: &[f32], t: f64) -> Vec<f64> {
@@ -110,7 +115,8 @@ impl Loss for JsdParams {
                 // wherever its coefficient is non-zero (M ≥ β·Pₜ and M ≥ (1−β)·Pₛ), and is
                 // skipped where the coefficient is zero (it may overflow there).
                 let term = |coef: f64, log: f64| if coef == 0.0 { 0.0 } else { coef * log.exp() };
-                h[k] = term(-(1.0 - beta).powi(2), lt[k] + ls[k] - lm) + beta * ps * (ls[k] - lm)
+                h[k] = term(-(1.0 - beta).powi(2), lt[k] + ls[k] - lm)
+                    + beta * ps * (ls[k] - lm)
                     + term(-beta * (1.0 - beta), 2.0 * ls[k] - lm);
             }
             let w = x.weights[i] as f64 / b as f64 * scale;

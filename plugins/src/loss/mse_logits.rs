@@ -23,7 +23,12 @@ fn build(p: MseLogitsParams, _: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> 
     Ok(Box::new(p))
 }
 
-kdx_framework::register_loss!("mse-logits", "mean squared error between student and teacher logits (Ba & Caruana 2014)", MseLogitsParams, build);
+kdx_framework::register_loss!(
+    "mse-logits",
+    "mean squared error between student and teacher logits (Ba & Caruana 2014)",
+    MseLogitsParams,
+    build
+);
 
 impl Loss for MseLogitsParams {
     fn needs_teacher(&self) -> bool {

@@ -58,7 +58,12 @@ fn build(p: TopKParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
     Ok(Box::new(p))
 }
 
-kdx_framework::register_loss!("top-k", "KL to the teacher's distribution cut to its K most probable classes (Tan et al. 2019)", TopKParams, build);
+kdx_framework::register_loss!(
+    "top-k",
+    "KL to the teacher's distribution cut to its K most probable classes (Tan et al. 2019)",
+    TopKParams,
+    build
+);
 
 /// Log-softmax of `row / t` over the classes where `keep` is true (−∞ elsewhere), in f64.
 fn log_softmax(row: &[f32], t: f64, keep: impl Fn(usize) -> bool) -> Vec<f64> {

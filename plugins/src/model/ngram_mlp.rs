@@ -70,12 +70,7 @@ fn build(p: NgramMlpParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Dia
     Ok(Box::new(p))
 }
 
-kdx_framework::register_model!(
-    "ngram-mlp",
-    "hashed character n-grams → embedding bag → MLP (fastText/CLD3-like)",
-    NgramMlpParams,
-    build
-);
+kdx_framework::register_model!("ngram-mlp", "hashed character n-grams → embedding bag → MLP (fastText/CLD3-like)", NgramMlpParams, build);
 
 impl ModelBuilder for NgramMlpParams {
     fn build(&self, classes: usize, seed: u64) -> anyhow::Result<Box<dyn Model>> {
