@@ -45,6 +45,12 @@ enum Command {
         #[arg(long, hide = true)]
         interrupt_after: Option<u64>,
     },
+    /// Show what the recipe's sampler will do on its data, before any training: per
+    /// language its size, probability and expected passes over its data.
+    Sample {
+        /// The recipe file.
+        recipe: PathBuf,
+    },
     /// Check recipes (files or directories, recursively) without running anything.
     Validate {
         /// Recipe files or directories.
@@ -159,6 +165,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Validate { paths } => validate(&paths),
+        Command::Sample { recipe } => {
+            for mut plan in load_plans(&recipe).map_err(|d| anyhow::anyhow!("{d}"))? {
+                let rows = crate::engine::sampling_preview(&mut plan)?;
+                println!("{} / {} — sampler `{}`, {} steps × {} examples", plan.experiment.name, plan.run_name, plan.sampler_plugin, plan.train.steps, plan.train.batch);
+                println!("{:<14} {:>8} {:>11} {:>14} {:>9}", "lang", "train", "probability", "expected draws", "passes");
+                for r in rows {
+                    println!("{:<14} {:>8} {:>11.4} {:>14.0} {:>9.2}", r.lang, r.train_size, r.probability, r.expected_draws, r.expected_passes);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugins { kind, name } => {
             print!("{}", plugins_help(kind.as_deref(), name.as_deref())?);
             Ok(ExitCode::SUCCESS)

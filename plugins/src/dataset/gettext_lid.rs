@@ -27,10 +27,15 @@ pub struct GettextLidParams {
     /// Merge locales before selecting: e.g. { "pt_BR" = "pt", "sr@latin" = "sr" }.
     #[serde(default)]
     pub merge: BTreeMap<String, String>,
-    /// Keep at most this many training examples per language (a low-data setting);
-    /// dev and test are not capped.
+    /// Keep at most this many training examples per language for the student (a
+    /// low-data setting); dev and test are not capped.
     #[serde(default)]
     pub max_train_per_language: Option<usize>,
+    /// Apply `max_train_per_language` to the teacher's pre-training too. By default the
+    /// teacher sees the whole training split: the cap models a student short of data
+    /// learning from a teacher that was not.
+    #[serde(default)]
+    pub cap_teacher: bool,
     /// Fraction of messages in the dev split.
     #[serde(default = "default_frac")]
     pub dev_fraction: f64,
@@ -151,8 +156,12 @@ impl Dataset for GettextLidParams {
                 Split::Test => task.test.push(e),
             }
         }
+        let mut full = Vec::new();
         for mut v in train_by_lang {
             if let Some(cap) = self.max_train_per_language {
+                if !self.cap_teacher {
+                    full.extend(v.iter().map(|(_, e)| e.clone()));
+                }
                 // Keep the messages with the smallest msgid hash: the same messages in every
                 // language, so a capped corpus stays parallel.
                 v.sort_by_key(|(h, _)| *h);
@@ -160,11 +169,14 @@ impl Dataset for GettextLidParams {
             }
             task.train.extend(v.into_iter().map(|(_, e)| e));
         }
+        if self.max_train_per_language.is_some() && !self.cap_teacher {
+            task.teacher_train = Some(full);
+        }
         Ok(task)
     }
 }
 
 /// A stable rendering of the parameters for the fingerprint.
 fn serde_json_like(p: &GettextLidParams) -> String {
-    format!("{:?} {:?} {:?} {} {}", p.languages, p.merge, p.max_train_per_language, p.dev_fraction, p.test_fraction)
+    format!("{:?} {:?} {:?} {} {} {}", p.languages, p.merge, p.max_train_per_language, p.cap_teacher, p.dev_fraction, p.test_fraction)
 }
