@@ -179,3 +179,55 @@ fn divergence_stops_the_run_and_names_the_step() {
     assert_eq!(row.status, "failed");
     assert!(row.error.contains("diverged"));
 }
+
+#[test]
+fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = recipe(
+        tmp.path(),
+        "finetune",
+        "\n[finetune]\nsteps = 30\nbatch = 32\nlanguages = [\"de\", \"fr\"]\noptimizer = { kind = \"adam\", lr = 1e-3 }\n",
+    );
+    let results = tmp.path().join("results");
+    let row = run_ok(&r, &results, &[]);
+    assert!(row.student_macro_acc > 0.7);
+    let dir = results.join("finetune/run");
+    let metrics: Vec<MetricRow> = read(&dir.join("metrics.csv"));
+    assert!(metrics.iter().any(|m| m.stage == "finetune" && m.split == "dev" && m.step == 30));
+    #[derive(serde::Deserialize)]
+    struct S {
+        stage: String,
+        lang: String,
+        probability: f64,
+    }
+    let sampling: Vec<S> = read(&dir.join("sampling.csv"));
+    let ft: Vec<&S> = sampling.iter().filter(|s| s.stage == "finetune").collect();
+    assert_eq!(ft.len(), 6);
+    for s in ft {
+        assert_eq!(s.probability > 0.0, s.lang == "de" || s.lang == "fr", "{} {}", s.lang, s.probability);
+    }
+
+    // `kdx eval` on a labelled file of the test split's kind.
+    let data = tmp.path().join("eval.tsv");
+    std::fs::write(
+        &data,
+        "de\tDie Datei konnte nicht gelesen werden\nde\tUngültige Option für den Befehl\nfr\tImpossible de lire le fichier\nfr\tOption non valide pour la commande\nja\tファイルを読み込めません\nxx\tunknown language line\n",
+    )
+    .unwrap();
+    let csv_out = tmp.path().join("eval.csv");
+    let out = kdx(&["eval", dir.to_str().unwrap(), "--data", data.to_str().unwrap(), "--csv", csv_out.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not a label of this model"), "{text}");
+    #[derive(serde::Deserialize)]
+    struct E {
+        lang: String,
+        examples: usize,
+        accuracy: f64,
+    }
+    let rows: Vec<E> = read(&csv_out);
+    let get = |l: &str| rows.iter().find(|r| r.lang == l).unwrap();
+    assert_eq!(get("de").examples, 2);
+    assert_eq!(get("macro").examples, 5, "the unknown language is reported but not scored");
+    assert!(get("macro").accuracy >= 0.6, "macro {}", get("macro").accuracy);
+}

@@ -153,3 +153,36 @@ impl Drop for CwdGuard {
         let _ = std::env::set_current_dir(&self.prev);
     }
 }
+
+#[test]
+fn no_mangled_recipe_makes_kdx_panic() {
+    // Every prefix of every shipped recipe (cut at each line and mid-line), and every recipe
+    // with one line deleted: each must load or fail with diagnostics, never panic.
+    let mut variants = 0;
+    for f in shipped() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut mangled: Vec<String> = Vec::new();
+        for i in 0..lines.len() {
+            mangled.push(lines[..i].join("\n"));
+            let half: String = lines[i].chars().take(lines[i].chars().count() / 2).collect();
+            mangled.push(format!("{}\n{half}", lines[..i].join("\n")));
+            let mut without = lines.clone();
+            without.remove(i);
+            mangled.push(without.join("\n"));
+        }
+        for (k, m) in mangled.iter().enumerate() {
+            let copy = f.with_file_name(format!(".mangled-{k}-{}", f.file_name().unwrap().to_string_lossy()));
+            std::fs::write(&copy, m).unwrap();
+            let r = std::panic::catch_unwind(|| load_plans(&copy).map(|_| ()).map_err(|d| d.to_string()));
+            std::fs::remove_file(&copy).unwrap();
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(msg)) => assert!(!msg.trim().is_empty(), "{}: empty diagnostics for variant {k}", f.display()),
+                Err(_) => panic!("{}: variant {k} panicked:\n{m}", f.display()),
+            }
+            variants += 1;
+        }
+    }
+    assert!(variants > 100);
+}

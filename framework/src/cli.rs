@@ -168,10 +168,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Sample { recipe } => {
             for mut plan in load_plans(&recipe).map_err(|d| anyhow::anyhow!("{d}"))? {
                 let rows = crate::engine::sampling_preview(&mut plan)?;
-                println!("{} / {} — sampler `{}`, {} steps × {} examples", plan.experiment.name, plan.run_name, plan.sampler_plugin, plan.train.steps, plan.train.batch);
+                println!(
+                    "{} / {} — sampler `{}`, {} steps × {} examples",
+                    plan.experiment.name, plan.run_name, plan.sampler_plugin, plan.train.steps, plan.train.batch
+                );
                 println!("{:<14} {:>8} {:>11} {:>14} {:>9}", "lang", "train", "probability", "expected draws", "passes");
                 for r in rows {
-                    println!("{:<14} {:>8} {:>11.4} {:>14.0} {:>9.2}", r.lang, r.train_size, r.probability, r.expected_draws, r.expected_passes);
+                    println!(
+                        "{:<14} {:>8} {:>11.4} {:>14.0} {:>9.2}",
+                        r.lang, r.train_size, r.probability, r.expected_draws, r.expected_passes
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

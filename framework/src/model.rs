@@ -182,3 +182,79 @@ pub fn init_from(student: &mut dyn Model, teacher: &dyn Model) -> anyhow::Result
         anyhow::bail!("init = \"from-teacher\" cannot copy these tensors:\n  {}", problems.join("\n  "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::NgramHasher;
+
+    struct Toy {
+        params: Vec<Param>,
+        f: NgramHasher,
+    }
+
+    impl Model for Toy {
+        fn describe(&self) -> String {
+            "toy".into()
+        }
+        fn classes(&self) -> usize {
+            2
+        }
+        fn hidden_dim(&self) -> usize {
+            1
+        }
+        fn featurizer(&self) -> &dyn Featurizer {
+            &self.f
+        }
+        fn forward(&self, _: &Bags) -> anyhow::Result<Outputs> {
+            Ok(Outputs::default())
+        }
+        fn forward_backward(
+            &mut self,
+            _: &Bags,
+            _: StepCtx,
+            _: &mut dyn FnMut(&Outputs) -> anyhow::Result<OutputGrads>,
+        ) -> anyhow::Result<Outputs> {
+            Ok(Outputs::default())
+        }
+        fn params(&self) -> Vec<&Param> {
+            self.params.iter().collect()
+        }
+        fn params_mut(&mut self) -> Vec<&mut Param> {
+            self.params.iter_mut().collect()
+        }
+    }
+
+    fn toy(shapes: &[(&str, &[usize], bool)], fill: f32) -> Toy {
+        let params = shapes
+            .iter()
+            .map(|(n, s, table)| {
+                let mut p = Param::zeros(*n, s, true);
+                p.table = *table;
+                p.data.iter_mut().enumerate().for_each(|(i, x)| *x = fill + i as f32);
+                p
+            })
+            .collect();
+        Toy { params, f: NgramHasher { n_min: 1, n_max: 1, buckets: 4 } }
+    }
+
+    #[test]
+    fn init_from_copies_equal_shapes_and_leading_blocks() {
+        let teacher = toy(&[("emb", &[4, 3], true), ("hidden.0.w", &[3, 4], false), ("hidden.0.b", &[4], false)], 100.0);
+        let mut student = toy(&[("emb", &[4, 2], true), ("hidden.0.w", &[2, 2], false), ("hidden.0.b", &[2], false)], 0.0);
+        init_from(&mut student, &teacher).unwrap();
+        assert_eq!(student.params[0].data, vec![100.0, 101.0, 103.0, 104.0, 106.0, 107.0, 109.0, 110.0]);
+        assert_eq!(student.params[1].data, vec![100.0, 101.0, 104.0, 105.0]);
+        assert_eq!(student.params[2].data, vec![100.0, 101.0]);
+    }
+
+    #[test]
+    fn init_from_names_each_tensor_that_does_not_fit() {
+        let teacher = toy(&[("emb", &[8, 3], true), ("out.w", &[3, 2], false)], 1.0);
+        let mut student = toy(&[("emb", &[4, 3], true), ("out.w", &[5, 2], false), ("extra", &[2], false)], 0.0);
+        let err = init_from(&mut student, &teacher).unwrap_err().to_string();
+        assert!(err.contains("`emb`") && err.contains("[4, 3]") && err.contains("[8, 3]") && err.contains("bucket"), "{err}");
+        assert!(err.contains("`out.w`") && err.contains("[5, 2]") && err.contains("[3, 2]"), "{err}");
+        assert!(err.contains("`extra`") && err.contains("no tensor of that name"), "{err}");
+    }
+}

@@ -249,3 +249,27 @@ macro_rules! register_sampler {
         $crate::__register!(Sampler, $name, $summary, $params, $build);
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parameters of the two clashing test plugins.
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    struct NoParams {}
+
+    fn refuse(_: NoParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
+        Err(ctx.error("", "test plugin"))
+    }
+
+    // Two registrations with one name; they exist only in this crate's unit-test binary.
+    crate::register_loss!("dup-test", "first", NoParams, refuse);
+    crate::register_loss!("dup-test", "second", NoParams, refuse);
+
+    #[test]
+    fn two_plugins_with_one_name_are_refused_naming_both() {
+        let err = check_unique().unwrap_err();
+        assert!(err.contains("two loss plugins are named `dup-test`"), "{err}");
+        assert_eq!(err.matches("registry.rs").count(), 2, "both registrations are named: {err}");
+    }
+}

@@ -425,7 +425,8 @@ pub fn sampling_preview(plan: &mut Plan) -> Result<Vec<SamplingPreview>> {
     let task = plan.dataset.load().context("loading the dataset")?;
     let sizes = task.train_sizes();
     let stats: Vec<LangStat> = sizes.iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
-    let ctx = crate::sampler::SamplerCtx { step: 0, total_steps: plan.train.steps, batch: plan.train.batch, stats: &stats, langs: &task.langs };
+    let ctx =
+        crate::sampler::SamplerCtx { step: 0, total_steps: plan.train.steps, batch: plan.train.batch, stats: &stats, langs: &task.langs };
     let mut d = crate::sampler::normalise(&plan.sampler.distribution(&ctx)?)?;
     for (p, &n) in d.iter_mut().zip(&sizes) {
         if n == 0 {

@@ -316,3 +316,103 @@ impl Update<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(data: &[f32], grad: Grad, table: bool) -> Param {
+        let rows = if table { data.len() / 2 } else { 1 };
+        let shape = if table { vec![rows, 2] } else { vec![data.len()] };
+        Param { name: "p".into(), shape, data: data.to_vec(), grad, decay: true, table }
+    }
+
+    fn cfg(kind: OptimizerKind) -> OptimizerConfig {
+        OptimizerConfig { kind, lr: 0.1, ..Default::default() }
+    }
+
+    #[test]
+    fn adam_first_steps_follow_the_formula() {
+        // After bias correction Adam's first step is lr · g/|g| per coordinate.
+        let mut p = param(&[1.0, -2.0], Grad::Dense(vec![0.5, -4.0]), false);
+        let mut opt = Optimizer::new(cfg(OptimizerKind::Adam));
+        opt.step(&mut [&mut p], 0.1);
+        assert!((p.data[0] - 0.9).abs() < 1e-6 && (p.data[1] + 1.9).abs() < 1e-6, "{:?}", p.data);
+        assert_eq!(p.grad, Grad::None, "gradients are cleared after a step");
+        // Second step by hand.
+        p.grad = Grad::Dense(vec![1.0, 1.0]);
+        opt.step(&mut [&mut p], 0.1);
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        let m = b1 * (0.1 * 0.5) + 0.1 * 1.0;
+        let v = b2 * (0.001 * 0.25) + 0.001 * 1.0;
+        let step = 0.1 * (m / (1.0 - b1 * b1)) / ((v / (1.0 - b2 * b2)).sqrt() + eps);
+        assert!((p.data[0] as f64 - (0.9 - step)).abs() < 1e-5, "{} vs {}", p.data[0], 0.9 - step);
+    }
+
+    #[test]
+    fn sgd_momentum_and_adamw_decay() {
+        let mut p = param(&[1.0], Grad::Dense(vec![1.0]), false);
+        let mut opt = Optimizer::new(OptimizerConfig { momentum: 0.9, ..cfg(OptimizerKind::Sgd) });
+        opt.step(&mut [&mut p], 0.1);
+        p.grad = Grad::Dense(vec![1.0]);
+        opt.step(&mut [&mut p], 0.1);
+        // v1 = 1, v2 = 0.9 + 1 = 1.9: w = 1 − 0.1 − 0.19.
+        assert!((p.data[0] - 0.71).abs() < 1e-6);
+        // AdamW with a zero gradient only decays: w ← w·(1 − lr·wd).
+        let mut q = param(&[2.0], Grad::Dense(vec![0.0]), false);
+        let mut opt = Optimizer::new(OptimizerConfig { weight_decay: 0.5, ..cfg(OptimizerKind::Adamw) });
+        opt.step(&mut [&mut q], 0.1);
+        assert!((q.data[0] - 1.9).abs() < 1e-6);
+    }
+
+    #[test]
+    fn lazy_rows_equal_dense_when_every_row_is_touched_and_skip_untouched_rows() {
+        let data = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let rows_all = Grad::Rows { rows: vec![2, 0, 1], values: vec![0.5, 0.6, 0.1, 0.2, 0.3, 0.4] };
+        let dense = Grad::Dense(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6]);
+        let mut a = param(&data, rows_all, true);
+        let mut b = param(&data, dense, true);
+        let mut oa = Optimizer::new(cfg(OptimizerKind::Adam));
+        let mut ob = Optimizer::new(cfg(OptimizerKind::Adam));
+        oa.step(&mut [&mut a], 0.1);
+        ob.step(&mut [&mut b], 0.1);
+        assert_eq!(a.data, b.data);
+        // Only row 1 touched: rows 0 and 2 keep their values and their moments.
+        a.grad = Grad::Rows { rows: vec![1], values: vec![1.0, 1.0] };
+        let before = (a.data.clone(), oa.state[0].m.clone());
+        oa.step(&mut [&mut a], 0.1);
+        assert_eq!(&a.data[0..2], &before.0[0..2]);
+        assert_eq!(&a.data[4..6], &before.0[4..6]);
+        assert_eq!(&oa.state[0].m[4..6], &before.1[4..6]);
+        assert_ne!(&a.data[2..4], &before.0[2..4]);
+        // Dense mode updates untouched rows too (their moments carry momentum).
+        let mut c = param(&data, Grad::Rows { rows: vec![0], values: vec![1.0, 1.0] }, true);
+        let mut oc = Optimizer::new(OptimizerConfig { sparse: false, ..cfg(OptimizerKind::Adam) });
+        oc.step(&mut [&mut c], 0.1);
+        c.grad = Grad::Rows { rows: vec![1], values: vec![1.0, 1.0] };
+        let row0 = c.data[0];
+        oc.step(&mut [&mut c], 0.1);
+        assert_ne!(c.data[0], row0, "dense Adam keeps moving row 0 on its momentum");
+    }
+
+    #[test]
+    fn clipping_scales_to_the_global_norm() {
+        let mut p = param(&[0.0, 0.0], Grad::Dense(vec![3.0, 4.0]), false);
+        let mut opt = Optimizer::new(OptimizerConfig { clip_norm: 1.0, ..cfg(OptimizerKind::Sgd) });
+        opt.step(&mut [&mut p], 1.0);
+        assert!((p.data[0] + 0.6).abs() < 1e-6 && (p.data[1] + 0.8).abs() < 1e-6, "{:?}", p.data);
+    }
+
+    #[test]
+    fn learning_rate_schedules() {
+        let mut c = OptimizerConfig { lr: 1.0, warmup: 10, ..Default::default() };
+        assert!((c.lr_at(0, 110) - 0.1).abs() < 1e-6);
+        assert_eq!(c.lr_at(9, 110), 1.0);
+        assert_eq!(c.lr_at(50, 110), 1.0);
+        c.schedule = LrSchedule::Linear;
+        assert!((c.lr_at(60, 110) - 0.5).abs() < 1e-6);
+        c.schedule = LrSchedule::Cosine;
+        assert!((c.lr_at(60, 110) - 0.5).abs() < 1e-6);
+        assert!(c.lr_at(110, 110).abs() < 1e-6);
+    }
+}
