@@ -78,6 +78,114 @@ impl Bags {
     }
 }
 
+/// Featurised splits cached on disk across runs, keyed by the dataset's fingerprint, the
+/// featuriser's description and the split: a sweep of students over one dataset, or a
+/// re-run, featurises each split once. Files are written atomically; a damaged file is
+/// rebuilt, never trusted.
+pub struct FeatureCache {
+    /// Directory of the cache files (`results/.cache/features`); `None` disables caching.
+    pub dir: Option<std::path::PathBuf>,
+    /// The dataset fingerprint.
+    pub data_key: String,
+}
+
+const BAGS_MAGIC: &[u8; 8] = b"KDXBAGS1";
+
+impl FeatureCache {
+    /// The bags of `texts` under `tag` (e.g. `train/source`), from the cache or built.
+    pub fn bags(&self, f: &dyn Featurizer, texts: Vec<&str>, tag: &str) -> anyhow::Result<Bags> {
+        let Some(dir) = &self.dir else { return Ok(Bags::build(f, texts)) };
+        use sha2::{Digest, Sha256};
+        let key: String = Sha256::digest(format!("{}\0{}\0{tag}\0{}", self.data_key, f.describe(), texts.len()).as_bytes())
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let path = dir.join(format!("{key}.bags"));
+        if let Ok(bytes) = std::fs::read(&path) {
+            if let Some(b) = Bags::from_bytes(&bytes).filter(|b| b.len() == texts.len()) {
+                return Ok(b);
+            }
+        }
+        let b = Bags::build(f, texts);
+        crate::engine::store::write_atomic(&path, &b.to_bytes())?;
+        Ok(b)
+    }
+}
+
+impl Bags {
+    /// Serialises as `KDXBAGS1`, two little-endian u64 lengths, then offsets and ids (u32 LE).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(24 + 4 * (self.offsets.len() + self.ids.len()));
+        v.extend_from_slice(BAGS_MAGIC);
+        v.extend_from_slice(&(self.offsets.len() as u64).to_le_bytes());
+        v.extend_from_slice(&(self.ids.len() as u64).to_le_bytes());
+        for x in self.offsets.iter().chain(&self.ids) {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v
+    }
+
+    /// Parses [`Bags::to_bytes`]; `None` for anything malformed or inconsistent.
+    pub fn from_bytes(b: &[u8]) -> Option<Bags> {
+        if b.len() < 24 || &b[..8] != BAGS_MAGIC {
+            return None;
+        }
+        let n_off = u64::from_le_bytes(b[8..16].try_into().ok()?) as usize;
+        let n_ids = u64::from_le_bytes(b[16..24].try_into().ok()?) as usize;
+        if b.len() != 24 + 4 * n_off.checked_add(n_ids)? {
+            return None;
+        }
+        let words: Vec<u32> = b[24..].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let (offsets, ids) = words.split_at(n_off);
+        let ok =
+            offsets.first() == Some(&0) && offsets.windows(2).all(|w| w[0] <= w[1]) && offsets.last().map(|&l| l as usize) == Some(n_ids);
+        ok.then(|| Bags { offsets: offsets.to_vec(), ids: ids.to_vec() })
+    }
+}
+
+/// Bytes of the UTF-8 text as ids 0..=255, for byte-level sequence models (the order is
+/// kept: bag `i` is the byte sequence of text `i`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ByteIds;
+
+impl Featurizer for ByteIds {
+    fn featurize(&self, text: &str, out: &mut Vec<u32>) {
+        out.extend(text.bytes().map(u32::from));
+    }
+    fn describe(&self) -> String {
+        "utf8-bytes".into()
+    }
+}
+
+/// Characters as ids, for character-level sequence models: each character (after
+/// lowercasing when `lowercase`) hashed with FNV-1a 64 into `vocab` ids, order kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CharIds {
+    /// Number of ids.
+    pub vocab: usize,
+    /// Unicode-aware lowercasing first.
+    pub lowercase: bool,
+}
+
+impl Featurizer for CharIds {
+    fn featurize(&self, text: &str, out: &mut Vec<u32>) {
+        let mut buf = [0u8; 4];
+        let mut push = |c: char| {
+            let h = kdx_corpus::split::stable_hash64(c.encode_utf8(&mut buf).as_bytes());
+            out.push((h % self.vocab as u64) as u32);
+        };
+        if self.lowercase {
+            text.chars().flat_map(char::to_lowercase).for_each(&mut push);
+        } else {
+            text.chars().for_each(push);
+        }
+    }
+    fn describe(&self) -> String {
+        format!("chars fnv1a64 vocab={} lowercase={}", self.vocab, self.lowercase)
+    }
+}
+
 /// Hashed character n-grams, fastText/CLD3 style.
 ///
 /// The text is lowercased (Unicode-aware), each whitespace-separated word is wrapped in
@@ -148,6 +256,40 @@ mod tests {
         let mut b = Vec::new();
         h.featurize("HÉ   ho", &mut b);
         assert_eq!(a, b, "lowercasing and whitespace must not change the features");
+    }
+
+    #[test]
+    fn byte_and_char_ids_keep_order() {
+        let mut v = Vec::new();
+        ByteIds.featurize("aé", &mut v);
+        assert_eq!(v, vec![97, 0xc3, 0xa9]);
+        let c = CharIds { vocab: 1 << 20, lowercase: true };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        c.featurize("Ab", &mut a);
+        c.featurize("ab", &mut b);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 2);
+        assert_ne!(a[0], a[1]);
+    }
+
+    #[test]
+    fn bags_round_trip_and_reject_damage() {
+        let h = NgramHasher { n_min: 1, n_max: 2, buckets: 97 };
+        let bags = Bags::build(&h, vec!["one two", "", "drei"]);
+        let bytes = bags.to_bytes();
+        assert_eq!(Bags::from_bytes(&bytes), Some(bags.clone()));
+        assert_eq!(Bags::from_bytes(&bytes[..bytes.len() - 1]), None);
+        let mut bad = bytes.clone();
+        bad[24..28].copy_from_slice(&5u32.to_le_bytes()); // first offset must be 0
+        assert_eq!(Bags::from_bytes(&bad), None);
+        // The cache returns what it built, from disk the second time.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache { dir: Some(dir.path().to_path_buf()), data_key: "k".into() };
+        let a = cache.bags(&h, vec!["one two", "", "drei"], "train").unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let b = cache.bags(&h, vec!["one two", "", "drei"], "train").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, bags);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::dataset::{Example, Task};
-use crate::features::Bags;
+use crate::features::{Bags, FeatureCache};
 use crate::model::Param;
 use crate::model::{init_from, Model};
 use crate::plan::{Init, Plan};
@@ -49,15 +49,17 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// Featurises `examples` (their `source` when `source` is true).
-    pub fn new(model: &dyn Model, examples: &[Example], source: bool) -> Inputs {
+    /// Featurises `examples` (their `source` when `source` is true) through `cache`;
+    /// `split` names the examples in the cache key.
+    pub fn new(model: &dyn Model, examples: &[Example], source: bool, cache: &FeatureCache, split: &str) -> Result<Inputs> {
         let texts: Vec<&str> =
             examples.iter().map(|e| if source { e.source.as_deref().unwrap_or(&e.text) } else { e.text.as_str() }).collect();
-        Inputs {
-            bags: Bags::build(model.featurizer(), texts),
+        let tag = format!("{split}/{}", if source { "source" } else { "text" });
+        Ok(Inputs {
+            bags: cache.bags(model.featurizer(), texts, &tag)?,
             labels: examples.iter().map(|e| e.label).collect(),
             langs: examples.iter().map(|e| e.lang).collect(),
-        }
+        })
     }
 }
 
@@ -175,8 +177,9 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         &seed.to_string(),
     ]);
     let cache = opts.results.join(".cache").join(format!("teacher-{key}"));
+    let fcache = FeatureCache { dir: Some(opts.results.join(".cache").join("features")), data_key: fingerprint.clone() };
     let weights = cache.join("teacher.safetensors");
-    hooks.teacher_dev = Inputs::new(&*teacher, &task.dev, reads_source);
+    hooks.teacher_dev = Inputs::new(&*teacher, &task.dev, reads_source, &fcache, "dev")?;
     if weights.exists() {
         let map = read_safetensors(&weights)?;
         params_from_map("", &mut teacher.params_mut(), &map, &weights)?;
@@ -184,7 +187,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         log(opts, &format!("teacher: loaded from cache {}", cache.display()));
     } else {
         let t_examples = task.teacher_train.as_deref().unwrap_or(&task.train);
-        let inputs = Inputs::new(&*teacher, t_examples, false);
+        let inputs = Inputs::new(&*teacher, t_examples, false, &fcache, "teacher-train")?;
         let mut ce = plan.loss("hard-ce", toml::Table::new())?;
         let mut sampler = plan.sampler("proportional", toml::Table::new())?;
         let w = crate::schedule::Schedule::Constant(1.0);
@@ -215,7 +218,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         let (hs, hidden) = map.get("hidden").cloned().unwrap_or_default();
         TeacherOut { logits, hidden, hidden_dim: hs.get(1).copied().unwrap_or(0) }
     } else {
-        let inputs = Inputs::new(&*teacher, &task.train, reads_source);
+        let inputs = Inputs::new(&*teacher, &task.train, reads_source, &fcache, "train")?;
         let o = predict(&*teacher, &inputs.bags)?;
         let mut map = TensorMap::new();
         map.insert("logits".into(), (vec![inputs.bags.len(), classes], o.logits.clone()));
@@ -227,7 +230,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         TeacherOut { logits: o.logits, hidden, hidden_dim }
     };
     let t_dev = predict(&*teacher, &hooks.teacher_dev.bags)?.logits;
-    let teacher_test_inputs = Inputs::new(&*teacher, &task.test, reads_source);
+    let teacher_test_inputs = Inputs::new(&*teacher, &task.test, reads_source, &fcache, "test")?;
     let t_test = predict(&*teacher, &teacher_test_inputs.bags)?.logits;
     hooks.teacher_dev_logits = Some(t_dev);
 
@@ -239,9 +242,9 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     }
     row.student_params = student.num_params();
     row.compression = row.teacher_params as f64 / row.student_params.max(1) as f64;
-    let s_train = Inputs::new(&*student, &task.train, false);
-    hooks.student_dev = Inputs::new(&*student, &task.dev, false);
-    let s_test = Inputs::new(&*student, &task.test, false);
+    let s_train = Inputs::new(&*student, &task.train, false, &fcache, "train")?;
+    hooks.student_dev = Inputs::new(&*student, &task.dev, false, &fcache, "dev")?;
+    let s_test = Inputs::new(&*student, &task.test, false, &fcache, "test")?;
     let train_cfg = plan.train.stage();
     let any_teacher_loss = plan.losses.iter().any(|l| l.loss.needs_teacher());
     let labels_visible = !reads_source;
