@@ -1,6 +1,6 @@
 //! The `kdx` command line.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -299,14 +299,13 @@ fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Resu
     for chunk in lines.chunks(512) {
         let bags = crate::features::Bags::build(model.featurizer(), chunk.iter().map(String::as_str).collect::<Vec<_>>());
         let o = model.forward(&bags)?;
-        for (i, z) in o.logits.chunks(o.classes).enumerate() {
+        for z in o.logits.chunks(o.classes) {
             let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let e: Vec<f32> = z.iter().map(|x| (x - m).exp()).collect();
             let sum: f32 = e.iter().sum();
             let mut idx: Vec<usize> = (0..z.len()).collect();
             idx.sort_by(|a, b| e[*b].total_cmp(&e[*a]));
             let parts: Vec<String> = idx.iter().take(top.max(1)).map(|&k| format!("{}\t{:.4}", card.labels[k], e[k] / sum)).collect();
-            let _ = i;
             writeln!(out, "{}", parts.join("\t"))?;
         }
     }
@@ -348,14 +347,12 @@ fn eval(run_dir: &Path, which: &str, data: &Path, csv_out: Option<&Path>) -> Res
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let known: Vec<&(String, usize, f64, bool)> = rows.iter().filter(|r| r.3).collect();
     let macro_acc = known.iter().map(|r| r.2).sum::<f64>() / known.len().max(1) as f64;
-    let tty = std::io::stdout().is_terminal();
     println!("{:<16} {:>8} {:>9}", "lang", "examples", "accuracy");
     for r in &rows {
         let note = if r.3 { "" } else { "  (not a label of this model)" };
         println!("{:<16} {:>8} {:>9.4}{note}", r.0, r.1, r.2);
     }
     println!("{:<16} {:>8} {:>9.4}", "macro", known.iter().map(|r| r.1).sum::<usize>(), macro_acc);
-    let _ = tty;
     if let Some(p) = csv_out {
         #[derive(serde::Serialize)]
         struct Row<'a> {

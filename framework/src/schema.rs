@@ -60,6 +60,7 @@ pub fn describe(r: &Registration, full: bool) -> String {
     }
     for (k, p) in &props {
         let default = match p.get("default") {
+            Some(Value::Null) => " (optional)".into(),
             Some(d) => format!(" = {d}"),
             None if required.contains(&k.as_str()) => " (required)".into(),
             None => String::new(),
