@@ -47,7 +47,7 @@ pub fn kdx_steps_per_s(variant_name: &str, sparse: bool, steps: usize, warmup: u
     let Instance::Model(builder) = build_standalone(PluginKind::Model, "ngram-mlp", params, "kdx bench")? else {
         unreachable!("a model registration builds a model")
     };
-    let mut model = builder.build(C, 0)?;
+    let mut model = builder.build(&crate::model::ModelSpec::new(C, 0))?;
     let mut kl_params = toml::Table::new();
     kl_params.insert("temperature".into(), (T as f64).into());
     let Instance::Loss(mut kl) = build_standalone(PluginKind::Loss, "soft-kl", kl_params, "kdx bench")? else { unreachable!() };
@@ -56,7 +56,7 @@ pub fn kdx_steps_per_s(variant_name: &str, sparse: bool, steps: usize, warmup: u
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let ids: Vec<u32> = (0..B * L).map(|_| rng.gen_range(0..v as u32)).collect();
-    let bags = Bags { offsets: (0..=B).map(|i| (i * L) as u32).collect(), ids };
+    let bags = Bags { offsets: (0..=B).map(|i| (i * L) as u32).collect(), ids, langs: Vec::new() };
     let labels: Vec<u32> = (0..B).map(|_| rng.gen_range(0..C as u32)).collect();
     let teacher: Vec<f32> = (0..B * C).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
     let langs = vec![0u32; B];

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::engine::{self, RunOptions};
-use crate::plan::load_plans;
+use crate::plan::{load_plans, load_plans_with_libraries};
 use crate::registry::{self, PluginKind};
 
 /// kdx — knowledge-distillation experiments on multilingual models.
@@ -44,7 +44,24 @@ enum Command {
         /// Stop after this many training steps, at the next checkpoint (for testing --resume).
         #[arg(long, hide = true)]
         interrupt_after: Option<u64>,
+        /// Run only this member of the sweep (`run` for a recipe without one); `kdx batch` uses it.
+        #[arg(long, hide = true)]
+        only: Option<String>,
+        /// Load a loss-plugin dynamic library (besides the recipe's `[plugins] libraries`); repeatable.
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
     },
+    /// Create a plugin crate that builds and loads as it is: `kdx new loss NAME`.
+    New {
+        #[command(subcommand)]
+        what: NewCommand,
+    },
+    /// Run every run of every recipe under some directories, each in its own process:
+    /// failures are isolated, finished runs skipped, interrupted ones resumed, and one row
+    /// per run goes to results/summary.csv.
+    Batch(crate::batch::BatchArgs),
+    /// Compare finished runs: a table per run and language, and SVG plots.
+    Report(crate::compare::ReportArgs),
     /// Show what the recipe's sampler will do on its data, before any training: per
     /// language its size, probability and expected passes over its data.
     Sample {
@@ -108,6 +125,19 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum NewCommand {
+    /// A loss plugin built as a dynamic library (Cargo.toml, a documented example loss, a
+    /// gradient test).
+    Loss {
+        /// The plugin's name, as recipes will write it (`[[loss]] plugin = "NAME"`).
+        name: String,
+        /// Directory to create the crate in (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum CorpusCommand {
     /// Extract the corpus from gettext catalogs (.mo) into a gzip'd TSV and a MANIFEST.
     Build(kdx_corpus::cli::BuildArgs),
@@ -131,11 +161,14 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { recipe, results, resume, quiet, threads, interrupt_after } => {
+        Command::Run { recipe, results, resume, quiet, threads, interrupt_after, only, plugins } => {
             if let Some(n) = threads {
                 rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
             }
-            let plans = load_plans(&recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
+            let plans = match &only {
+                Some(name) => vec![crate::batch::load_run(&recipe, name)?],
+                None => load_plans_with_libraries(&recipe, &plugins).map_err(|d| anyhow::anyhow!("{d}"))?,
+            };
             let opts = RunOptions { results, resume, progress: !quiet, interrupt_after };
             let mut failed = 0;
             let n = plans.len();
@@ -165,6 +198,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Validate { paths } => validate(&paths),
+        Command::Batch(args) => crate::batch::run(&args),
+        Command::Report(args) => crate::compare::run(&args),
         Command::Sample { recipe } => {
             for mut plan in load_plans(&recipe).map_err(|d| anyhow::anyhow!("{d}"))? {
                 let rows = crate::engine::sampling_preview(&mut plan)?;
@@ -192,6 +227,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(args) => {
             crate::bench::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::New { what: NewCommand::Loss { name, dir } } => {
+            let created = crate::dylib::scaffold::new_loss(&name, dir.as_deref())?;
+            print!("{}", created.next_steps());
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {

@@ -19,10 +19,13 @@ pub type Traced2 = Tensor<(usize, usize), f32, Dev, OwnedTape<f32, Dev>>;
 /// A scalar recording onto a tape.
 pub type Traced0 = Tensor<(), f32, Dev, OwnedTape<f32, Dev>>;
 
-/// The process-wide device. Creating a dfdx device allocates a cache and an RNG, so it is
-/// created once; the framework never uses the device's RNG (determinism comes from seeds
-/// the engine derives per step).
+/// The device of the calling thread. Creating a dfdx device allocates a cache and an RNG,
+/// so each thread creates one once; per thread because dfdx's CUDA device is neither `Send`
+/// nor `Sync`. The framework never uses the device's RNG (determinism comes from seeds the
+/// engine derives per step).
 pub fn device() -> Dev {
-    static DEV: std::sync::OnceLock<Dev> = std::sync::OnceLock::new();
-    DEV.get_or_init(Dev::default).clone()
+    thread_local! {
+        static DEV: Dev = Dev::default();
+    }
+    DEV.with(Dev::clone)
 }

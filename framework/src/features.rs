@@ -20,6 +20,9 @@ pub struct Bags {
     pub offsets: Vec<u32>,
     /// The ids of all bags, concatenated.
     pub ids: Vec<u32>,
+    /// The language of each bag, where known (routing teachers read it); empty otherwise.
+    /// Not part of the cached form: languages come from the dataset.
+    pub langs: Vec<u32>,
 }
 
 impl Bags {
@@ -41,7 +44,7 @@ impl Bags {
             ids.extend_from_slice(&v);
             offsets.push(ids.len() as u32);
         }
-        Bags { offsets, ids }
+        Bags { offsets, ids, langs: Vec::new() }
     }
 
     /// Number of bags.
@@ -68,7 +71,8 @@ impl Bags {
             ids.extend_from_slice(self.bag(i));
             offsets.push(ids.len() as u32);
         }
-        Bags { offsets, ids }
+        let langs = if self.langs.is_empty() { Vec::new() } else { idx.iter().map(|&i| self.langs[i]).collect() };
+        Bags { offsets, ids, langs }
     }
 
     /// A contiguous range of bags as a new batch.
@@ -140,7 +144,7 @@ impl Bags {
         let (offsets, ids) = words.split_at(n_off);
         let ok =
             offsets.first() == Some(&0) && offsets.windows(2).all(|w| w[0] <= w[1]) && offsets.last().map(|&l| l as usize) == Some(n_ids);
-        ok.then(|| Bags { offsets: offsets.to_vec(), ids: ids.to_vec() })
+        ok.then(|| Bags { offsets: offsets.to_vec(), ids: ids.to_vec(), langs: Vec::new() })
     }
 }
 

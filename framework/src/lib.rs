@@ -5,16 +5,20 @@
 //! [`engine::run`] (stages on dfdx) → [`report`]s. Plugins implement the traits in
 //! [`dataset`], [`model`], [`loss`] and [`sampler`] and register with the `register_*!` macros.
 
+pub mod batch;
 pub mod bench;
 pub mod cli;
+pub mod compare;
 pub mod dataset;
 pub mod dfdx_prelude;
+pub mod dylib;
 pub mod engine;
 pub mod export;
 pub mod features;
 pub mod loss;
 pub mod model;
 pub mod plan;
+pub mod plot;
 pub mod registry;
 pub mod report;
 pub mod sampler;

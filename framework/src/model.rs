@@ -130,10 +130,28 @@ pub trait Model: Send + Sync {
     }
 }
 
+/// What a model is sized and seeded for.
+#[derive(Clone, Debug, Default)]
+pub struct ModelSpec {
+    /// Number of classes.
+    pub classes: usize,
+    /// The task's languages (routing teachers use them; empty when unknown).
+    pub langs: Vec<String>,
+    /// Initialisation seed.
+    pub seed: u64,
+}
+
+impl ModelSpec {
+    /// A spec without language names (benchmarks, tests).
+    pub fn new(classes: usize, seed: u64) -> ModelSpec {
+        ModelSpec { classes, langs: Vec::new(), seed }
+    }
+}
+
 /// A model plugin instance: knows its architecture; sized once the task is known.
 pub trait ModelBuilder: Send + Sync {
-    /// Creates a freshly initialised model for `classes` classes.
-    fn build(&self, classes: usize, seed: u64) -> anyhow::Result<Box<dyn Model>>;
+    /// Creates a freshly initialised model for the spec.
+    fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>>;
 }
 
 /// Copies a teacher's parameters into a student where names and shapes allow

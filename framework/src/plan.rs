@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::Dataset;
+use crate::dylib::{Origin, PluginSet};
 use crate::engine::optim::OptimizerConfig;
 use crate::loss::Loss;
 use crate::model::ModelBuilder;
@@ -202,8 +203,10 @@ pub struct Plan {
     pub train: TrainSection,
     /// `[finetune]`.
     pub finetune: Option<FinetuneSection>,
-    /// Dynamic plugin libraries named by `[plugins] libraries`, resolved.
+    /// Dynamic plugin libraries named by `[plugins] libraries` (resolved) and `--plugin`.
     pub libraries: Vec<PathBuf>,
+    /// Those libraries, loaded: the losses they provide.
+    pub plugins: PluginSet,
 }
 
 const TOP_KEYS: &[&str] = &["experiment", "data", "teacher", "student", "loss", "sampler", "train", "finetune", "plugins"];
@@ -212,6 +215,12 @@ impl Plan {
     /// Resolves a loaded recipe (one run: sweeps are expanded before). All problems found
     /// are returned together.
     pub fn from_doc(doc: RecipeDoc, run_name: &str) -> Result<Plan, Diagnostics> {
+        Plan::from_doc_with_libraries(doc, run_name, &[])
+    }
+
+    /// [`Plan::from_doc`], also loading the plugin libraries `extra_libraries` (named on the
+    /// command line: `kdx run --plugin PATH`) besides the recipe's `[plugins] libraries`.
+    pub fn from_doc_with_libraries(doc: RecipeDoc, run_name: &str, extra_libraries: &[PathBuf]) -> Result<Plan, Diagnostics> {
         let mut diags = Diagnostics(Vec::new());
         let root = doc.root().clone();
         for key in root.keys() {
@@ -236,6 +245,33 @@ impl Plan {
             }
             t
         };
+
+        // `[plugins]` first: the libraries it names provide loss plugins `[[loss]]` may use.
+        let mut named_libraries = Vec::new();
+        if let Some(t) = section("plugins", &mut diags) {
+            let key = KeyPath::root().key("plugins");
+            for (k, v) in &t {
+                if k != "libraries" {
+                    diags.push(doc.diag(&key.key(k), format!("unknown key `{k}`"), Some(unknown_key_help(k, &["libraries"]))));
+                    continue;
+                }
+                match v.as_array() {
+                    Some(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            let at = key.key("libraries").index(i);
+                            match item.as_str() {
+                                Some(s) => named_libraries.push((Origin::Recipe(at.clone()), doc.resolve_path(&at, s))),
+                                None => diags.push(doc.diag(&at, "expected a path string", None)),
+                            }
+                        }
+                    }
+                    None => diags.push(doc.diag(&key.key("libraries"), "expected an array of paths", None)),
+                }
+            }
+        }
+        named_libraries.extend(extra_libraries.iter().map(|p| (Origin::CommandLine, p.clone())));
+        let plugins = PluginSet::load(&doc, &named_libraries, &mut diags);
+        let libraries: Vec<PathBuf> = named_libraries.into_iter().map(|(_, p)| p).collect();
 
         let experiment = required("experiment", &mut diags)
             .and_then(|t| ok(&mut diags, doc.deserialize_at(&KeyPath::root().key("experiment"), toml::Value::Table(t))));
@@ -300,9 +336,11 @@ impl Plan {
                         None => Some(Schedule::Constant(1.0)),
                     };
                     let Some((name, params)) = split_plugin(&doc, &key, t, &mut diags) else { continue };
-                    if let (Some(Built::Loss(l)), Some(weight)) =
-                        (build(&doc, &key, PluginKind::Loss, &name, params, &["plugin", "weight"], &mut diags), weight)
-                    {
+                    let built = match plugins.loss(&name) {
+                        Some(lib) => ok(&mut diags, lib.build_loss(&doc, &key, &params)).map(Built::Loss),
+                        None => build(&doc, &key, PluginKind::Loss, &name, params, &["plugin", "weight"], &mut diags),
+                    };
+                    if let (Some(Built::Loss(l)), Some(weight)) = (built, weight) {
                         losses.push(LossPlan { plugin: name, weight, loss: l });
                     }
                 }
@@ -343,28 +381,6 @@ impl Plan {
         let finetune = section("finetune", &mut diags)
             .and_then(|t| ok(&mut diags, doc.deserialize_at::<FinetuneSection>(&KeyPath::root().key("finetune"), toml::Value::Table(t))));
 
-        let mut libraries = Vec::new();
-        if let Some(t) = section("plugins", &mut diags) {
-            let key = KeyPath::root().key("plugins");
-            for (k, v) in &t {
-                if k != "libraries" {
-                    diags.push(doc.diag(&key.key(k), format!("unknown key `{k}`"), Some(unknown_key_help(k, &["libraries"]))));
-                    continue;
-                }
-                match v.as_array() {
-                    Some(items) => {
-                        for (i, item) in items.iter().enumerate() {
-                            match item.as_str() {
-                                Some(s) => libraries.push(doc.resolve_path(&key.key("libraries").index(i), s)),
-                                None => diags.push(doc.diag(&key.key("libraries").index(i), "expected a path string", None)),
-                            }
-                        }
-                    }
-                    None => diags.push(doc.diag(&key.key("libraries"), "expected an array of paths", None)),
-                }
-            }
-        }
-
         if !diags.is_empty() {
             return Err(diags);
         }
@@ -398,6 +414,7 @@ impl Plan {
             train,
             finetune,
             libraries,
+            plugins,
         };
         plan.check()?;
         Ok(plan)
@@ -532,12 +549,17 @@ fn build(
 
 /// Loads a recipe file and expands its sweep: one plan per run.
 pub fn load_plans(path: &std::path::Path) -> Result<Vec<Plan>, Diagnostics> {
+    load_plans_with_libraries(path, &[])
+}
+
+/// [`load_plans`], also loading the plugin libraries `extra_libraries` (`kdx run --plugin`).
+pub fn load_plans_with_libraries(path: &std::path::Path, extra_libraries: &[PathBuf]) -> Result<Vec<Plan>, Diagnostics> {
     let doc = RecipeDoc::load(path)?;
     let runs = doc.expand_sweep()?;
     let mut plans = Vec::new();
     let mut diags = Diagnostics(Vec::new());
     for run in runs {
-        match Plan::from_doc(run.doc, &run.name) {
+        match Plan::from_doc_with_libraries(run.doc, &run.name, extra_libraries) {
             Ok(p) => plans.push(p),
             Err(d) => diags.0.extend(d.0),
         }

@@ -152,6 +152,32 @@ pub fn names(kind: PluginKind) -> Vec<&'static str> {
     list(kind).into_iter().map(|r| r.name).collect()
 }
 
+impl BuildCtx<'_> {
+    /// Builds a model nested in this plugin's parameters (`member = { plugin = "…", … }`),
+    /// errors located under `param` (e.g. `teacher.members[1].dim`).
+    pub fn nested_model(&self, param: KeyPath, table: &toml::Value) -> Result<Box<dyn ModelBuilder>, Diagnostic> {
+        let key = self.key.join(&param);
+        let Some(t) = table.as_table() else {
+            return Err(self.doc.diag(&key, "expected a model table such as { plugin = \"ngram-mlp\", dim = 16 }", None));
+        };
+        let mut t = t.clone();
+        let name = match t.remove("plugin") {
+            Some(toml::Value::String(s)) => s,
+            _ => return Err(self.doc.diag(&key, "missing key `plugin` (the member's model plugin)", None)),
+        };
+        let Some(reg) = find(PluginKind::Model, &name) else {
+            let names = names(PluginKind::Model);
+            return Err(self.doc.diag(
+                &key.key("plugin"),
+                format!("unknown model plugin `{name}`"),
+                Some(format!("registered model plugins: {}", names.join(", "))),
+            ));
+        };
+        let Builder::Model(build) = reg.builder else { unreachable!("model registrations build models") };
+        build(&BuildCtx { doc: self.doc, key, params: toml::Value::Table(t) })
+    }
+}
+
 /// Builds a registered plugin from parameters given in code (benchmarks, tools), outside any
 /// recipe: `what` names the caller in error messages.
 pub fn build_standalone(kind: PluginKind, name: &str, params: toml::Table, what: &str) -> anyhow::Result<Instance> {

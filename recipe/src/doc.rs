@@ -23,7 +23,9 @@ pub(crate) const SWEEP: &str = "sweep";
 /// value is replaced wholesale by the later file. Arrays are values, so a child
 /// that declares `[[loss]]` (or `hidden = [..]`) replaces the whole list from
 /// its base rather than appending to it: keeping or editing single elements
-/// would need an identity for each element, which TOML does not have.
+/// would need an identity for each element, which TOML does not have. A table
+/// that names a different `plugin` than its base's replaces it too: the base's
+/// parameters belong to the base's plugin.
 #[derive(Debug, Clone)]
 pub struct RecipeDoc {
     /// The top file, as given.
@@ -407,13 +409,20 @@ fn merge_tables(base: &mut Table, over: Table, prefix: &KeyPath, replaced: &mut 
     for (k, v) in over {
         let path = prefix.key(k.as_str());
         match (base.get_mut(&k), v) {
-            (Some(Value::Table(b)), Value::Table(o)) => merge_tables(b, o, &path, replaced),
+            // A table that names a different `plugin` is a different thing: the base's
+            // parameters belong to the base's plugin, so the table is replaced, not merged.
+            (Some(Value::Table(b)), Value::Table(o)) if !switches_plugin(b, &o) => merge_tables(b, o, &path, replaced),
             (_, v) => {
                 replaced.push(path);
                 base.insert(k, v);
             }
         }
     }
+}
+
+/// Whether `over` names a `plugin` other than the one `base` names.
+fn switches_plugin(base: &Table, over: &Table) -> bool {
+    matches!((base.get("plugin"), over.get("plugin")), (Some(a), Some(b)) if a != b)
 }
 
 /// Exact location of `key` in one file's map, else its nearest ancestor's.

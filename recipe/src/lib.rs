@@ -22,7 +22,8 @@
 //! Merge rule for `extends`: tables merge key by key, recursively; any other
 //! value, arrays and arrays of tables included, is replaced wholesale by the
 //! later file. A child recipe that declares `[[loss]]` therefore replaces the
-//! whole `loss` list of its base.
+//! whole `loss` list of its base, and a table naming a different `plugin` than
+//! its base's replaces the base's table.
 
 mod diag;
 mod doc;

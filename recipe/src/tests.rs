@@ -551,3 +551,20 @@ fn no_panic_on_odd_input() {
     let err = RecipeDoc::load(Path::new("/definitely/not/here.toml")).expect_err("missing");
     assert!(err.to_string().starts_with("cannot read recipe `/definitely/not/here.toml`"));
 }
+
+#[test]
+fn a_table_naming_another_plugin_replaces_its_base() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "base.toml", "[teacher]\nplugin = \"ngram-mlp\"\nbuckets = 1024\n\n[student]\nplugin = \"ngram-mlp\"\ndim = 8\n");
+    let child = write(
+        dir.path(),
+        "child.toml",
+        "extends = \"base.toml\"\n[teacher]\nplugin = \"ensemble\"\n\n[student]\nplugin = \"ngram-mlp\"\ndim = 4\n",
+    );
+    let doc = RecipeDoc::load(&child).expect("loads");
+    let teacher = doc.root()["teacher"].as_table().expect("table");
+    assert_eq!(teacher.get("plugin").and_then(|v| v.as_str()), Some("ensemble"));
+    assert!(teacher.get("buckets").is_none(), "the base plugin's parameters are dropped");
+    let student = doc.root()["student"].as_table().expect("table");
+    assert_eq!(student.get("dim").and_then(|v| v.as_integer()), Some(4), "same plugin: merged as usual");
+}

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::dataset::{Example, Task};
 use crate::features::{Bags, FeatureCache};
 use crate::model::Param;
-use crate::model::{init_from, Model};
+use crate::model::{init_from, Model, ModelSpec};
 use crate::plan::{Init, Plan};
 use crate::report::{peak_rss_mb, write_csv, LanguageRow, MetricRow, RunRow};
 use crate::sampler::LangStat;
@@ -55,8 +55,10 @@ impl Inputs {
         let texts: Vec<&str> =
             examples.iter().map(|e| if source { e.source.as_deref().unwrap_or(&e.text) } else { e.text.as_str() }).collect();
         let tag = format!("{split}/{}", if source { "source" } else { "text" });
+        let mut bags = cache.bags(model.featurizer(), texts, &tag)?;
+        bags.langs = examples.iter().map(|e| e.lang).collect();
         Ok(Inputs {
-            bags: cache.bags(model.featurizer(), texts, &tag)?,
+            bags,
             labels: examples.iter().map(|e| e.label).collect(),
             langs: examples.iter().map(|e| e.lang).collect(),
         })
@@ -165,7 +167,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     let mut hooks = Hooks::new(opts, dir, &task, plan.train.eval_fraction)?;
 
     // ---- Teacher: load from the cache or pre-train on hard labels. ----
-    let mut teacher = plan.teacher.builder.build(classes, mix(&[seed, 1]))?;
+    let mut teacher = plan.teacher.builder.build(&ModelSpec { classes, langs: task.langs.clone(), seed: mix(&[seed, 1]) })?;
     let reads_source = task.teacher_reads_source;
     let fingerprint = plan.dataset.fingerprint()?;
     let key = sha(&[
@@ -235,7 +237,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     hooks.teacher_dev_logits = Some(t_dev);
 
     // ---- Student: distil. ----
-    let mut student = plan.student.builder.build(classes, mix(&[seed, 2]))?;
+    let mut student = plan.student.builder.build(&ModelSpec { classes, langs: task.langs.clone(), seed: mix(&[seed, 2]) })?;
     if plan.init == Init::FromTeacher {
         let copied = init_from(&mut *student, &*teacher)?;
         log(opts, &format!("student: initialised from the teacher ({})", copied.join(", ")));
@@ -314,7 +316,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
 
     // ---- Baseline: the same student, no teacher. ----
     let baseline = if plan.train.baseline && labels_visible {
-        let mut b = plan.student.builder.build(classes, mix(&[seed, 2]))?;
+        let mut b = plan.student.builder.build(&ModelSpec { classes, langs: task.langs.clone(), seed: mix(&[seed, 2]) })?;
         let mut ce = plan.loss("hard-ce", toml::Table::new())?;
         let mut sampler = plan.sampler(&plan.sampler_plugin.clone(), plan.sampler_params.clone())?;
         let w = crate::schedule::Schedule::Constant(1.0);
@@ -392,6 +394,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
 
     crate::export::export(&*student, &plan.student.plugin, &plan.student.section, &task, &dir.join("student"))?;
     crate::export::export(&*teacher, &plan.teacher.plugin, &plan.teacher.section, &task, &dir.join("teacher"))?;
+    crate::plot::write_run_plot(dir).map(drop).unwrap_or_else(|e| eprintln!("kdx: warning: run.svg not written: {e:#}"));
     log(
         opts,
         &format!(

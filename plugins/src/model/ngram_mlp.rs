@@ -4,7 +4,7 @@
 use kdx_framework::engine::nn::{Activation, EmbeddingBag, Mlp};
 use kdx_framework::features::{Bags, Featurizer, NgramHasher};
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::model::{Model, ModelBuilder, OutputGrads, Outputs, Param, StepCtx};
+use kdx_framework::model::{Model, ModelBuilder, ModelSpec, OutputGrads, Outputs, Param, StepCtx};
 use kdx_framework::registry::BuildCtx;
 use rand::SeedableRng;
 use schemars::JsonSchema;
@@ -73,7 +73,8 @@ fn build(p: NgramMlpParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Dia
 kdx_framework::register_model!("ngram-mlp", "hashed character n-grams → embedding bag → MLP (fastText/CLD3-like)", NgramMlpParams, build);
 
 impl ModelBuilder for NgramMlpParams {
-    fn build(&self, classes: usize, seed: u64) -> anyhow::Result<Box<dyn Model>> {
+    fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
+        let (classes, seed) = (spec.classes, spec.seed);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let bag = EmbeddingBag::new("emb", self.buckets, self.dim, &mut rng);
         let mlp = Mlp::new(self.dim, &self.hidden, classes, self.activation, self.layer_norm, self.dropout, &mut rng);
@@ -151,7 +152,7 @@ mod tests {
             layer_norm: true,
             dropout: 0.0,
         };
-        let m = p.build(5, 0).unwrap();
+        let m = p.build(&ModelSpec::new(5, 0)).unwrap();
         // table + (16·32+32) + norm(2·32) + (32·8+8) + norm(2·8) + (8·5+5)
         assert_eq!(m.num_params(), 1000 * 16 + 16 * 32 + 32 + 64 + 32 * 8 + 8 + 16 + 8 * 5 + 5);
         assert_eq!(m.hidden_dim(), 8);

@@ -1,0 +1,276 @@
+//! `kdx report`: compares finished runs — a table per run and per language (teacher, student,
+//! baseline, KD gain) in the terminal or as CSV, and SVG plots of each run and of each sweep.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use crate::plot::{self, RunCsvs, SweepPoint};
+use crate::report::{read_csv, RunRow};
+
+/// Arguments of `kdx report`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Run directories, or results roots to search for runs.
+    #[arg(default_value = "results")]
+    pub paths: Vec<PathBuf>,
+    /// Print one CSV row per run and language (and `macro`) instead of the table.
+    #[arg(long)]
+    pub csv: bool,
+    /// Write the SVG plots here (default: `report/` in the results root).
+    #[arg(long, conflicts_with = "no_plots")]
+    pub plots: Option<PathBuf>,
+    /// Write no plots.
+    #[arg(long)]
+    pub no_plots: bool,
+}
+
+/// A run found on disk.
+pub struct FoundRun {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its `run.csv` row.
+    pub row: RunRow,
+    /// Its other reports.
+    pub csv: RunCsvs,
+}
+
+/// Run directories (those holding a `run.csv`) at or under `paths`, sorted.
+pub fn find_runs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        anyhow::ensure!(p.exists(), "{}: no such file or directory", p.display());
+        let mut stack = vec![p.clone()];
+        while let Some(d) = stack.pop() {
+            if d.join("run.csv").is_file() {
+                out.push(d);
+                continue;
+            }
+            if !d.is_dir() {
+                continue;
+            }
+            for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+                let path = e?.path();
+                // `.cache` holds teachers and features, not runs.
+                if path.is_dir() && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                    stack.push(path);
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn load(dir: &Path) -> Result<FoundRun> {
+    let row = read_csv::<RunRow>(&dir.join("run.csv"))?.pop().with_context(|| format!("{}: empty run.csv", dir.display()))?;
+    let csv = RunCsvs::load(dir)?;
+    Ok(FoundRun { dir: dir.to_path_buf(), row, csv })
+}
+
+fn f4(x: Option<f64>) -> String {
+    x.filter(|v| v.is_finite()).map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+fn gain(x: Option<f64>) -> String {
+    x.filter(|v| v.is_finite()).map_or("-".into(), |v| format!("{v:+.4}"))
+}
+
+fn params(n: usize) -> String {
+    match n {
+        0 => "-".into(),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.0}k", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+/// The comparison as text: one line per run, then a table per run and language.
+pub fn table(runs: &[FoundRun]) -> String {
+    let mut s = String::new();
+    let name = |r: &FoundRun| format!("{}/{}", r.row.experiment, r.row.run);
+    let w = runs.iter().map(|r| name(r).chars().count()).max().unwrap_or(3).max(3);
+    s.push_str(&format!(
+        "{:<w$}  {:<11} {:>8} {:>8} {:>8} {:>8}  {:<20} {:>8} {:>8}\n",
+        "run", "status", "teacher", "student", "baseline", "KD gain", "worst language", "compr.", "wall"
+    ));
+    for r in runs {
+        let x = &r.row;
+        if x.status != "ok" {
+            let err: String = x.error.lines().next().unwrap_or_default().chars().take(110).collect();
+            s.push_str(&format!("{:<w$}  {:<11} {err}\n", name(r), x.status));
+            continue;
+        }
+        s.push_str(&format!(
+            "{:<w$}  {:<11} {:>8} {:>8} {:>8} {:>8}  {:<20} {:>7.1}× {:>7.1}s\n",
+            name(r),
+            x.status,
+            f4(Some(x.teacher_macro_acc)),
+            f4(Some(x.student_macro_acc)),
+            f4(x.baseline_macro_acc),
+            gain(x.kd_gain),
+            format!("{} {:.4}", x.worst_lang, x.worst_acc),
+            x.compression,
+            x.wall_s
+        ));
+    }
+    for r in runs.iter().filter(|r| !r.csv.languages.is_empty()) {
+        let x = &r.row;
+        s.push_str(&format!(
+            "\n{} — teacher {} → student {} parameters ({:.1}×); test accuracy per language, most training data first\n",
+            name(r),
+            params(x.teacher_params),
+            params(x.student_params),
+            x.compression
+        ));
+        let lw = r.csv.languages.iter().map(|l| l.lang.chars().count()).max().unwrap_or(4).max(5);
+        s.push_str(&format!("  {:<lw$} {:>8} {:>8} {:>8} {:>8} {:>8}\n", "lang", "train", "teacher", "student", "baseline", "KD gain"));
+        let mut langs: Vec<_> = r.csv.languages.iter().collect();
+        langs.sort_by(|a, b| b.train_size.cmp(&a.train_size).then(a.lang.cmp(&b.lang)));
+        for l in langs {
+            s.push_str(&format!(
+                "  {:<lw$} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+                l.lang,
+                l.train_size,
+                f4(Some(l.teacher_acc)),
+                f4(Some(l.student_acc)),
+                f4(l.baseline_acc),
+                gain(l.kd_gain)
+            ));
+        }
+        s.push_str(&format!(
+            "  {:<lw$} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+            "macro",
+            "",
+            f4(Some(x.teacher_macro_acc)),
+            f4(Some(x.student_macro_acc)),
+            f4(x.baseline_macro_acc),
+            gain(x.kd_gain)
+        ));
+    }
+    s
+}
+
+/// One row of `kdx report --csv`.
+#[derive(serde::Serialize)]
+struct CsvRow<'a> {
+    experiment: &'a str,
+    run: &'a str,
+    status: &'a str,
+    lang: &'a str,
+    train_size: Option<usize>,
+    teacher_acc: Option<f64>,
+    student_acc: Option<f64>,
+    baseline_acc: Option<f64>,
+    kd_gain: Option<f64>,
+}
+
+/// The comparison as CSV: a row per run and language, and a `macro` row per run.
+pub fn csv(runs: &[FoundRun]) -> Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in runs {
+        let x = &r.row;
+        for l in &r.csv.languages {
+            w.serialize(CsvRow {
+                experiment: &x.experiment,
+                run: &x.run,
+                status: &x.status,
+                lang: &l.lang,
+                train_size: Some(l.train_size),
+                teacher_acc: Some(l.teacher_acc),
+                student_acc: Some(l.student_acc),
+                baseline_acc: l.baseline_acc,
+                kd_gain: l.kd_gain,
+            })?;
+        }
+        let ok = x.status == "ok";
+        w.serialize(CsvRow {
+            experiment: &x.experiment,
+            run: &x.run,
+            status: &x.status,
+            lang: "macro",
+            train_size: None,
+            teacher_acc: ok.then_some(x.teacher_macro_acc),
+            student_acc: ok.then_some(x.student_macro_acc),
+            baseline_acc: x.baseline_macro_acc.filter(|_| ok),
+            kd_gain: x.kd_gain.filter(|_| ok),
+        })?;
+    }
+    Ok(String::from_utf8(w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?)?)
+}
+
+/// Writes the plots of `runs` under `out`: `<experiment>/<run>/{curves,languages,sampling}.svg`
+/// per finished run and `<experiment>/sweep.svg` per experiment with several swept runs.
+/// Returns the files written.
+pub fn write_plots(runs: &[FoundRun], out: &Path) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    let mut sweeps: BTreeMap<&str, Vec<SweepPoint>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.row.status == "ok") {
+        let x = &r.row;
+        let dir = out.join(&x.experiment).join(&x.run);
+        let title = format!("{}/{}", x.experiment, x.run);
+        let files = [
+            (dir.join("curves.svg"), plot::write_curves as fn(&Path, &str, &RunCsvs) -> Result<()>, "learning curves"),
+            (dir.join("languages.svg"), plot::write_language_bars, "test accuracy per language"),
+            (dir.join("sampling.svg"), plot::write_sampling, "language sampling during distillation"),
+        ];
+        for (path, f, what) in files {
+            f(&path, &format!("{title}: {what}"), &r.csv).with_context(|| format!("plotting {}", path.display()))?;
+            written.push(path);
+        }
+        let settings = plot::settings_of(&x.run);
+        if !settings.is_empty() {
+            sweeps.entry(x.experiment.as_str()).or_default().push(SweepPoint {
+                run: x.run.clone(),
+                settings,
+                macro_acc: x.student_macro_acc,
+                worst_acc: x.worst_acc,
+                worst_lang: x.worst_lang.clone(),
+            });
+        }
+    }
+    for (exp, points) in sweeps.iter().filter(|(_, p)| p.len() > 1) {
+        let path = out.join(exp).join("sweep.svg");
+        plot::write_sweep(&path, &format!("{exp}: swept parameters against student accuracy"), points)
+            .with_context(|| format!("plotting {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// `kdx report`.
+pub fn run(args: &ReportArgs) -> Result<ExitCode> {
+    let dirs = find_runs(&args.paths)?;
+    anyhow::ensure!(
+        !dirs.is_empty(),
+        "no runs under {} (a run directory holds a run.csv)",
+        args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+    let runs: Vec<FoundRun> = dirs.iter().map(|d| load(d)).collect::<Result<_>>()?;
+    if args.csv {
+        print!("{}", csv(&runs)?);
+    } else {
+        print!("{}", table(&runs));
+    }
+    if !args.no_plots {
+        let out = match &args.plots {
+            Some(p) => p.clone(),
+            None => {
+                // The results root: the path given, or above the run directory given.
+                let first = &args.paths[0];
+                let root = if first.join("run.csv").is_file() {
+                    first.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+                } else {
+                    first.clone()
+                };
+                root.join("report")
+            }
+        };
+        let written = write_plots(&runs, &out)?;
+        eprintln!("kdx report: {} plot(s) written under {}", written.len(), out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,507 @@
+//! `gettext-xling`: cross-lingual transfer over the gettext corpus snapshot (Xu & Yang 2017).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use kdx_corpus::split::{split_of, stable_hash64, Split};
+use kdx_framework::dataset::{file_fingerprint, Dataset, Example, Task};
+use kdx_framework::kdx_recipe::Diagnostic;
+use kdx_framework::registry::BuildCtx;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The language code of the English side (the msgids).
+const ENGLISH: &str = "en";
+
+/// Cross-lingual transfer: the label of a message is the domain (catalog) it comes from.
+/// The teacher is pre-trained on the English msgids only; the student reads translations
+/// and learns from the teacher's outputs on their English source (no gold label reaches
+/// it), then is evaluated per language. The languages of the task are the selected
+/// locales plus `en`: dev and test also hold each English message once (text = source =
+/// msgid), so the reports have an `en` row. Splits come from a hash of the msgid, so a
+/// message and all its translations share a split.
+///
+/// What is kept:
+/// 1. the selected locales (`languages`);
+/// 2. a msgid found under two or more domains anywhere in the corpus (any locale) is
+///    dropped, never labelled with one of them;
+/// 3. a msgid is *covered* when it is translated into at least ⌈`min_coverage` × L⌉ (and
+///    at least one) of the L selected locales; domains are ranked by their number of
+///    covered msgids (ties by name) and the first `domains` of them with at least one
+///    covered msgid are the classes;
+/// 4. every remaining msgid of those domains that is translated into at least one selected
+///    locale is a message of the task, covered or not: each of its translations is a
+///    student example, and the msgid itself is one English example.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GettextXlingParams {
+    /// The corpus snapshot (`kdx corpus build` output), relative to the recipe.
+    pub corpus: PathBuf,
+    /// Which locales the student reads: "top-N" (the N largest), "min-K" (every locale
+    /// with ≥ K messages), "all", or an explicit list of locale codes. `en` is always
+    /// added (the teacher's language).
+    #[serde(default = "default_languages")]
+    pub languages: Languages,
+    /// How many domains (classes) to keep, at most: those with the most msgids that are
+    /// translated into at least `min_coverage` of the selected locales.
+    #[serde(default = "default_domains")]
+    pub domains: usize,
+    /// The fraction of the selected locales a msgid must be translated into to count
+    /// towards its domain's rank, in [0, 1].
+    #[serde(default = "default_coverage")]
+    pub min_coverage: f64,
+    /// Keep at most this many training examples per translated language for the student
+    /// (the same messages in every language: those with the smallest msgid hash). The
+    /// teacher always pre-trains on every English message of the training split; dev and
+    /// test are not capped.
+    #[serde(default)]
+    pub max_train_per_language: Option<usize>,
+    /// Fraction of messages in the dev split.
+    #[serde(default = "default_frac")]
+    pub dev_fraction: f64,
+    /// Fraction of messages in the test split.
+    #[serde(default = "default_frac")]
+    pub test_fraction: f64,
+}
+
+/// A locale selection.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Languages {
+    /// "top-N", "min-K" or "all".
+    Rule(String),
+    /// Explicit locale codes.
+    List(Vec<String>),
+}
+
+fn default_languages() -> Languages {
+    Languages::Rule("top-10".into())
+}
+fn default_domains() -> usize {
+    10
+}
+fn default_coverage() -> f64 {
+    0.5
+}
+fn default_frac() -> f64 {
+    0.1
+}
+
+/// A parsed selection rule.
+enum Rule {
+    Top(usize),
+    Min(usize),
+    All,
+    List(Vec<String>),
+}
+
+fn parse_rule(l: &Languages) -> Result<Rule, String> {
+    match l {
+        Languages::List(v) if v.is_empty() => Err("the language list is empty".into()),
+        Languages::List(v) if v.iter().any(|l| l == ENGLISH) => {
+            Err("`en` is the teacher's language and is always part of the task; list only the locales the student reads".into())
+        }
+        Languages::List(v) => Ok(Rule::List(v.clone())),
+        Languages::Rule(s) if s == "all" => Ok(Rule::All),
+        Languages::Rule(s) => {
+            let num = |p: &str| s.strip_prefix(p).and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
+            if let Some(n) = num("top-") {
+                Ok(Rule::Top(n))
+            } else if let Some(n) = num("min-") {
+                Ok(Rule::Min(n))
+            } else {
+                Err(format!("expected \"top-N\", \"min-K\", \"all\" or a list of locales, found \"{s}\""))
+            }
+        }
+    }
+}
+
+fn build(mut p: GettextXlingParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, Diagnostic> {
+    if let Err(e) = parse_rule(&p.languages) {
+        return Err(ctx.error("languages", e));
+    }
+    if p.domains < 2 {
+        return Err(ctx.error("domains", format!("at least 2 domains are needed (they are the classes), found {}", p.domains)));
+    }
+    if !(0.0..=1.0).contains(&p.min_coverage) {
+        return Err(ctx.error("min_coverage", format!("must be in [0, 1], found {}", p.min_coverage)));
+    }
+    if p.max_train_per_language == Some(0) {
+        return Err(ctx.error("max_train_per_language", "must be at least 1 (leave it out for no cap)"));
+    }
+    for (name, f) in [("dev_fraction", p.dev_fraction), ("test_fraction", p.test_fraction)] {
+        if !(0.0..0.5).contains(&f) {
+            return Err(ctx.error(name, format!("must be in [0, 0.5), found {f}")));
+        }
+    }
+    p.corpus = ctx.resolve_path("corpus", &p.corpus);
+    if !p.corpus.exists() {
+        return Err(ctx.error("corpus", format!("corpus file {} does not exist (build one with `kdx corpus build`)", p.corpus.display())));
+    }
+    Ok(Box::new(p))
+}
+
+kdx_framework::register_dataset!(
+    "gettext-xling",
+    "cross-lingual transfer over the gettext corpus (label = domain; teacher reads English, student the translation)",
+    GettextXlingParams,
+    build
+);
+
+impl Dataset for GettextXlingParams {
+    fn fingerprint(&self) -> anyhow::Result<String> {
+        Ok(format!("gettext-xling {} {}", params_rendering(self), file_fingerprint(&self.corpus)?))
+    }
+
+    fn load(&self) -> anyhow::Result<Task> {
+        let corpus = kdx_corpus::load::load(&self.corpus).with_context(|| format!("loading {}", self.corpus.display()))?;
+
+        // 1. Locales.
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &corpus.rows {
+            *counts.entry(r.locale.as_str()).or_default() += 1;
+        }
+        let rule = parse_rule(&self.languages).map_err(anyhow::Error::msg)?;
+        let mut by_size: Vec<(&str, usize)> = counts.iter().map(|(l, c)| (*l, *c)).collect();
+        by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let mut selected: Vec<String> = match rule {
+            Rule::All => counts.keys().map(|l| l.to_string()).collect(),
+            Rule::Top(n) => by_size.iter().take(n).map(|(l, _)| l.to_string()).collect(),
+            Rule::Min(k) => by_size.iter().filter(|(_, c)| *c >= k).map(|(l, _)| l.to_string()).collect(),
+            Rule::List(v) => {
+                for l in &v {
+                    anyhow::ensure!(
+                        counts.contains_key(l.as_str()),
+                        "locale `{l}` is not in {}; it has: {}",
+                        self.corpus.display(),
+                        counts.keys().copied().collect::<Vec<_>>().join(", ")
+                    );
+                }
+                v
+            }
+        };
+        selected.sort();
+        selected.dedup();
+        // A snapshot never holds `en` itself (English variants are skipped when it is
+        // built), but a hand-made one might: English is the teacher's side here.
+        selected.retain(|l| l != ENGLISH);
+        anyhow::ensure!(!selected.is_empty(), "no locale of {} matches `languages`", self.corpus.display());
+        let is_selected: BTreeSet<&str> = selected.iter().map(String::as_str).collect();
+
+        // 2. Msgids under more than one domain, anywhere in the corpus.
+        let mut domain_of: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut ambiguous: BTreeSet<&str> = BTreeSet::new();
+        for r in &corpus.rows {
+            let d = domain_of.entry(r.msgid.as_str()).or_insert(r.domain.as_str());
+            if *d != r.domain {
+                ambiguous.insert(r.msgid.as_str());
+            }
+        }
+
+        // 3. Coverage of each remaining msgid over the selected locales; rank the domains.
+        let mut coverage: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for r in &corpus.rows {
+            if is_selected.contains(r.locale.as_str()) && !ambiguous.contains(r.msgid.as_str()) {
+                coverage.entry(r.msgid.as_str()).or_default().insert(r.locale.as_str());
+            }
+        }
+        let need = ((self.min_coverage * selected.len() as f64).ceil() as usize).max(1);
+        let mut covered: BTreeMap<&str, usize> = BTreeMap::new();
+        for (msgid, locales) in &coverage {
+            if locales.len() >= need {
+                *covered.entry(domain_of[msgid]).or_default() += 1;
+            }
+        }
+        let mut ranked: Vec<(&str, usize)> = covered.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let mut labels: Vec<String> = ranked.iter().take(self.domains).map(|(d, _)| d.to_string()).collect();
+        labels.sort();
+        anyhow::ensure!(
+            labels.len() >= 2,
+            "only {} domain(s) of {} have msgids translated into at least {need} of the {} selected locales; \
+             lower `min_coverage` or select other `languages`",
+            labels.len(),
+            self.corpus.display(),
+            selected.len()
+        );
+        let label_index: BTreeMap<&str, u32> = labels.iter().enumerate().map(|(i, d)| (d.as_str(), i as u32)).collect();
+
+        // 4. Examples.
+        let mut langs = selected.clone();
+        langs.push(ENGLISH.to_string());
+        langs.sort();
+        let lang_index: BTreeMap<&str, u32> = langs.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
+        let en = lang_index[ENGLISH];
+        let mut task = Task { labels: labels.clone(), langs: langs.clone(), teacher_reads_source: true, ..Default::default() };
+        let mut train_by_lang: Vec<Vec<(u64, Example)>> = vec![Vec::new(); langs.len()];
+        // English messages, once each, in msgid order (the map sorts them).
+        let mut english: BTreeMap<&str, u32> = BTreeMap::new();
+        for r in &corpus.rows {
+            if !is_selected.contains(r.locale.as_str()) || ambiguous.contains(r.msgid.as_str()) {
+                continue;
+            }
+            let Some(&label) = label_index.get(r.domain.as_str()) else { continue };
+            let lang = lang_index[r.locale.as_str()];
+            english.insert(r.msgid.as_str(), label);
+            let e = Example { text: r.text.clone(), source: Some(r.msgid.clone()), lang, label };
+            match split_of(&r.msgid, self.dev_fraction, self.test_fraction) {
+                Split::Train => train_by_lang[lang as usize].push((stable_hash64(r.msgid.as_bytes()), e)),
+                Split::Dev => task.dev.push(e),
+                Split::Test => task.test.push(e),
+            }
+        }
+        let mut teacher_train = Vec::new();
+        for (msgid, label) in english {
+            let e = Example { text: msgid.to_string(), source: Some(msgid.to_string()), lang: en, label };
+            match split_of(msgid, self.dev_fraction, self.test_fraction) {
+                Split::Train => teacher_train.push(e),
+                Split::Dev => task.dev.push(e),
+                Split::Test => task.test.push(e),
+            }
+        }
+        for mut v in train_by_lang {
+            if let Some(cap) = self.max_train_per_language {
+                // The smallest msgid hashes: the same messages in every language, so a
+                // capped task stays parallel.
+                v.sort_by_key(|(h, _)| *h);
+                v.truncate(cap);
+            }
+            task.train.extend(v.into_iter().map(|(_, e)| e));
+        }
+        anyhow::ensure!(!teacher_train.is_empty(), "no English message of the selected domains falls in the training split");
+        task.teacher_train = Some(teacher_train);
+        Ok(task)
+    }
+}
+
+/// A stable rendering of the parameters for the fingerprint (the corpus enters by content).
+fn params_rendering(p: &GettextXlingParams) -> String {
+    format!("{:?} {} {} {:?} {} {}", p.languages, p.domains, p.min_coverage, p.max_train_per_language, p.dev_fraction, p.test_fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    /// A gzip member holding `data` in stored (uncompressed) deflate blocks: what the
+    /// corpus loader reads, written without a compression library.
+    pub(crate) fn gzip_stored(data: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        let mut chunks: Vec<&[u8]> = data.chunks(65535).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let last = chunks.len() - 1;
+        for (i, c) in chunks.iter().enumerate() {
+            out.push(u8::from(i == last));
+            let n = c.len() as u16;
+            out.extend_from_slice(&n.to_le_bytes());
+            out.extend_from_slice(&(!n).to_le_bytes());
+            out.extend_from_slice(c);
+        }
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        out.extend_from_slice(&(!crc).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out
+    }
+
+    /// Writes a snapshot with the header and row order of `kdx corpus build`.
+    fn write_corpus(dir: &Path, rows: &[(&str, &str, &str, &str)]) -> PathBuf {
+        let mut rows = rows.to_vec();
+        rows.sort();
+        let mut text = String::from("locale\tdomain\tmsgid\ttext\n");
+        for (l, d, m, t) in rows {
+            text.push_str(&format!("{l}\t{d}\t{m}\t{t}\n"));
+        }
+        let path = dir.join("corpus.tsv.gz");
+        std::fs::write(&path, gzip_stored(text.as_bytes())).unwrap();
+        path
+    }
+
+    const LOCALES: [&str; 3] = ["de", "fr", "ja"];
+
+    /// Three domains of 40 messages each, translated into every locale; `tail` has 40
+    /// messages in `fr` only; "Shared message N" is in both `app` and `net`.
+    fn tiny_corpus(dir: &Path) -> PathBuf {
+        let mut owned: Vec<(String, String, String, String)> = Vec::new();
+        for d in ["app", "net", "disk"] {
+            for i in 0..40 {
+                for l in LOCALES {
+                    owned.push((l.into(), d.into(), format!("{d} message number {i}"), format!("{l} {d} traduction {i}")));
+                }
+            }
+        }
+        for i in 0..40 {
+            owned.push(("fr".into(), "tail".into(), format!("tail message {i}"), format!("fr queue {i}")));
+        }
+        for i in 0..10 {
+            owned.push(("fr".into(), "app".into(), format!("Shared message {i}"), format!("fr partagé app {i}")));
+            owned.push(("de".into(), "net".into(), format!("Shared message {i}"), format!("de geteilt net {i}")));
+        }
+        let rows: Vec<(&str, &str, &str, &str)> =
+            owned.iter().map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), d.as_str())).collect();
+        write_corpus(dir, &rows)
+    }
+
+    fn params(corpus: &Path) -> GettextXlingParams {
+        GettextXlingParams {
+            corpus: corpus.to_path_buf(),
+            languages: Languages::Rule("all".into()),
+            domains: 10,
+            min_coverage: 0.5,
+            max_train_per_language: None,
+            dev_fraction: 0.2,
+            test_fraction: 0.2,
+        }
+    }
+
+    fn build_from(text: &str) -> Result<Box<dyn Dataset>, Diagnostic> {
+        use kdx_framework::kdx_recipe::{KeyPath, RecipeDoc};
+        let doc = RecipeDoc::from_str(text, Path::new("r.toml")).unwrap();
+        let key = KeyPath::root().key("data");
+        let ctx = BuildCtx { doc: &doc, key: key.clone(), params: doc.get(&key).unwrap().clone() };
+        build(ctx.params()?, &ctx)
+    }
+
+    #[test]
+    fn labels_are_the_covered_domains() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = params(&tiny_corpus(dir.path())).load().unwrap();
+        // `tail` is translated into one locale of three (< 50%): not a class.
+        assert_eq!(task.labels, ["app", "disk", "net"]);
+        assert_eq!(task.langs, ["de", "en", "fr", "ja"]);
+        task.validate().unwrap();
+        for e in task.train.iter().chain(&task.dev).chain(&task.test) {
+            let src = e.source.as_deref().expect("every example has a source");
+            assert!(src.starts_with(&task.labels[e.label as usize]), "{e:?}");
+        }
+        // With a lower coverage bar `tail` qualifies; `domains` caps the count, keeping the
+        // best covered.
+        let mut p = params(&tiny_corpus(dir.path()));
+        p.min_coverage = 0.0;
+        assert_eq!(p.load().unwrap().labels, ["app", "disk", "net", "tail"]);
+        p.domains = 2;
+        assert_eq!(p.load().unwrap().labels, ["app", "disk"]);
+    }
+
+    #[test]
+    fn a_msgid_in_two_domains_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = params(&tiny_corpus(dir.path())).load().unwrap();
+        let all = task.train.iter().chain(&task.dev).chain(&task.test).chain(task.teacher_train.as_deref().unwrap());
+        for e in all {
+            assert!(!e.source.as_deref().unwrap().starts_with("Shared"), "{e:?}");
+            assert!(!e.text.starts_with("Shared"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn the_teacher_trains_on_english_once_per_msgid() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = params(&tiny_corpus(dir.path())).load().unwrap();
+        assert!(task.teacher_reads_source);
+        let en = task.langs.iter().position(|l| l == "en").unwrap() as u32;
+        let tt = task.teacher_train.as_deref().unwrap();
+        let mut seen = BTreeSet::new();
+        for e in tt {
+            assert_eq!(e.lang, en);
+            assert_eq!(e.source.as_deref(), Some(e.text.as_str()));
+            assert!(seen.insert(e.text.clone()), "{} twice", e.text);
+        }
+        // Exactly the msgids of the student's training split.
+        let train_msgids: BTreeSet<String> = task.train.iter().map(|e| e.source.clone().unwrap()).collect();
+        assert_eq!(seen, train_msgids);
+        // The student never trains on English; dev/test hold each English message once.
+        assert!(task.train.iter().all(|e| e.lang != en));
+        for split in [&task.dev, &task.test] {
+            let en_rows: Vec<&Example> = split.iter().filter(|e| e.lang == en).collect();
+            let msgids: BTreeSet<&str> = split.iter().filter(|e| e.lang != en).map(|e| e.source.as_deref().unwrap()).collect();
+            assert_eq!(en_rows.len(), msgids.len());
+            assert!(en_rows.iter().all(|e| msgids.contains(e.text.as_str()) && e.source.as_deref() == Some(e.text.as_str())));
+        }
+    }
+
+    #[test]
+    fn a_message_and_its_translations_share_a_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = params(&tiny_corpus(dir.path())).load().unwrap();
+        let mut split_of_msgid: BTreeMap<String, &str> = BTreeMap::new();
+        for (name, xs) in [("train", &task.train), ("dev", &task.dev), ("test", &task.test)] {
+            assert!(!xs.is_empty(), "{name} is empty");
+            for e in xs.iter() {
+                let prev = split_of_msgid.insert(e.source.clone().unwrap(), name);
+                assert!(prev.is_none() || prev == Some(name), "{e:?} in {name} and {prev:?}");
+            }
+        }
+        // Each of the 3 × 40 messages is translated into 3 locales: none is lost.
+        let en = task.langs.iter().position(|l| l == "en").unwrap() as u32;
+        assert_eq!(task.train.iter().chain(&task.dev).chain(&task.test).filter(|e| e.lang != en).count(), 3 * 40 * 3);
+    }
+
+    #[test]
+    fn the_cap_keeps_the_same_messages_in_every_language() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = params(&tiny_corpus(dir.path()));
+        p.max_train_per_language = Some(5);
+        let task = p.load().unwrap();
+        assert_eq!(task.train_sizes().iter().filter(|&&n| n > 0).collect::<Vec<_>>(), [&5, &5, &5]);
+        let per_lang = |l: u32| task.train.iter().filter(|e| e.lang == l).map(|e| e.source.clone().unwrap()).collect::<BTreeSet<_>>();
+        assert_eq!(per_lang(0), per_lang(2));
+        // The teacher is not capped.
+        assert!(task.teacher_train.as_deref().unwrap().len() > 5);
+    }
+
+    #[test]
+    fn language_rules_and_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = tiny_corpus(dir.path());
+        let mut p = params(&corpus);
+        p.languages = Languages::List(vec!["fr".into(), "ja".into()]);
+        let task = p.load().unwrap();
+        assert_eq!(task.langs, ["en", "fr", "ja"]);
+        p.languages = Languages::List(vec!["xx".into()]);
+        assert!(format!("{:#}", p.load().unwrap_err()).contains("locale `xx` is not in"));
+        // `fr` is largest (170 rows): top-1 leaves only it, whose `tail` and shared rows
+        // count too.
+        p.languages = Languages::Rule("top-1".into());
+        assert_eq!(p.load().unwrap().langs, ["en", "fr"]);
+        let a = params(&corpus).fingerprint().unwrap();
+        let mut q = params(&corpus);
+        q.domains = 3;
+        assert_ne!(a, q.fingerprint().unwrap());
+        assert_eq!(a, params(&corpus).fingerprint().unwrap());
+    }
+
+    #[test]
+    fn bad_params_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = tiny_corpus(dir.path()).display().to_string();
+        assert!(build_from(&format!("[data]\ncorpus = {c:?}\n")).is_ok());
+        for (extra, key, want) in [
+            ("languages = \"top-x\"", "data.languages", "expected \"top-N\""),
+            ("languages = [\"fr\", \"en\"]", "data.languages", "always part of the task"),
+            ("domains = 1", "data.domains", "at least 2"),
+            ("min_coverage = 1.5", "data.min_coverage", "[0, 1]"),
+            ("dev_fraction = 0.6", "data.dev_fraction", "[0, 0.5)"),
+            ("max_train_per_language = 0", "data.max_train_per_language", "at least 1"),
+            ("corpus2 = 1", "data", "corpus2"),
+        ] {
+            let err = build_from(&format!("[data]\ncorpus = {c:?}\n{extra}\n")).err().expect(extra);
+            assert!(err.key_path.as_ref().is_some_and(|k| k.to_string().starts_with(key)), "{extra}: {err}");
+            assert_eq!(err.loc.as_ref().map(|l| l.line), Some(3), "{extra}: {err}");
+            assert!(err.to_string().contains(want), "{extra}: {err}");
+        }
+        let missing = build_from("[data]\ncorpus = \"nowhere.tsv.gz\"\n").err().unwrap();
+        assert_eq!(missing.key_path.map(|k| k.to_string()).as_deref(), Some("data.corpus"));
+        assert!(missing.message.contains("does not exist"), "{}", missing.message);
+    }
+}
