@@ -231,3 +231,33 @@ fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
     assert_eq!(get("macro").examples, 5, "the unknown language is reported but not scored");
     assert!(get("macro").accuracy >= 0.6, "macro {}", get("macro").accuracy);
 }
+
+#[test]
+fn kdx_sample_predicts_what_training_draws() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = recipe(tmp.path(), "sampling", "\n[sampler]\nplugin = \"temperature\"\ntau = 3.0\n");
+    // Make the languages unequal so the sampler has something to flatten.
+    let text = std::fs::read_to_string(&r).unwrap().replace("max_train_per_language = 1500", "max_train_per_language = 1500\ncap_teacher = true");
+    let text = text.replace("languages = [\"de\", \"fr\", \"ru\", \"ja\", \"pt\", \"pt_BR\"]", "languages = [\"de\", \"fr\", \"br\", \"fo\", \"tl\"]");
+    std::fs::write(&r, text).unwrap();
+    let out = kdx(&["sample", r.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let results = tmp.path().join("results");
+    run_ok(&r, &results, &[]);
+    let langs: Vec<LanguageRow> = read(&results.join("sampling/run/languages.csv"));
+    let n = 120.0 * 64.0;
+    for l in &langs {
+        let line = table.lines().find(|x| x.split_whitespace().next() == Some(l.lang.as_str())).unwrap();
+        let cols: Vec<f64> = line.split_whitespace().skip(1).map(|c| c.parse().unwrap()).collect();
+        let (size, p, expected) = (cols[0], cols[1], cols[2]);
+        assert_eq!(size as usize, l.train_size);
+        assert!((expected - p * n).abs() < 1.0);
+        let sd = (n * p * (1.0 - p)).sqrt();
+        assert!((l.sampled as f64 - expected).abs() < 4.0 * sd + 1.0, "{}: drew {}, expected {expected:.0} ± {sd:.0}", l.lang, l.sampled);
+    }
+    // The temperature sampler flattens: the smallest language is drawn beyond its share.
+    let small = langs.iter().min_by_key(|l| l.train_size).unwrap();
+    let total: usize = langs.iter().map(|l| l.train_size).sum();
+    assert!(small.sampled as f64 / n > small.train_size as f64 / total as f64);
+}

@@ -388,9 +388,9 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         row.worst_lang = w.lang.clone();
         row.worst_acc = w.student_acc;
     }
-    let sample: Vec<&str> = task.test.iter().take(2000).map(|e| e.text.as_str()).collect();
-    row.teacher_texts_per_s = texts_per_second(&*teacher, &sample)?;
-    row.student_texts_per_s = texts_per_second(&*student, &sample)?;
+    let sample = &task.test[..task.test.len().min(2000)];
+    row.teacher_texts_per_s = texts_per_second(&*teacher, sample, reads_source)?;
+    row.student_texts_per_s = texts_per_second(&*student, sample, false)?;
 
     crate::export::export(&*student, &plan.student.plugin, &plan.student.section, &task, &dir.join("student"))?;
     crate::export::export(&*teacher, &plan.teacher.plugin, &plan.teacher.section, &task, &dir.join("teacher"))?;
@@ -473,18 +473,22 @@ pub fn predict(model: &dyn Model, x: &Bags) -> Result<crate::model::Outputs> {
 }
 
 /// Single-threaded inference speed, featurisation included (what a user of the model sees).
-fn texts_per_second(model: &dyn Model, texts: &[&str]) -> Result<f64> {
-    if texts.is_empty() {
+/// Languages ride along for models that route by language.
+fn texts_per_second(model: &dyn Model, examples: &[Example], source: bool) -> Result<f64> {
+    if examples.is_empty() {
         return Ok(0.0);
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     pool.install(|| {
         let t0 = Instant::now();
-        for chunk in texts.chunks(256) {
-            let bags = Bags::build(model.featurizer(), chunk.to_vec());
+        for chunk in examples.chunks(256) {
+            let texts: Vec<&str> =
+                chunk.iter().map(|e| if source { e.source.as_deref().unwrap_or(&e.text) } else { e.text.as_str() }).collect();
+            let mut bags = Bags::build(model.featurizer(), texts);
+            bags.langs = chunk.iter().map(|e| e.lang).collect();
             model.forward(&bags)?;
         }
-        Ok(texts.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9))
+        Ok(examples.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9))
     })
 }
 
