@@ -237,8 +237,10 @@ fn kdx_sample_predicts_what_training_draws() {
     let tmp = tempfile::tempdir().unwrap();
     let r = recipe(tmp.path(), "sampling", "\n[sampler]\nplugin = \"temperature\"\ntau = 3.0\n");
     // Make the languages unequal so the sampler has something to flatten.
-    let text = std::fs::read_to_string(&r).unwrap().replace("max_train_per_language = 1500", "max_train_per_language = 1500\ncap_teacher = true");
-    let text = text.replace("languages = [\"de\", \"fr\", \"ru\", \"ja\", \"pt\", \"pt_BR\"]", "languages = [\"de\", \"fr\", \"br\", \"fo\", \"tl\"]");
+    let text =
+        std::fs::read_to_string(&r).unwrap().replace("max_train_per_language = 1500", "max_train_per_language = 1500\ncap_teacher = true");
+    let text = text
+        .replace("languages = [\"de\", \"fr\", \"ru\", \"ja\", \"pt\", \"pt_BR\"]", "languages = [\"de\", \"fr\", \"br\", \"fo\", \"tl\"]");
     std::fs::write(&r, text).unwrap();
     let out = kdx(&["sample", r.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -186,14 +186,8 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<BatchRun>> {
             let name = if r.name.is_empty() { "run".to_string() } else { r.name.clone() };
             let hash = r.doc.content_hash();
             let params = r.settings.iter().map(|(k, v)| format!("{k}={}", render_value(v))).collect::<Vec<_>>().join(";");
-            let experiment = r
-                .doc
-                .root()
-                .get("experiment")
-                .and_then(|e| e.get("name"))
-                .and_then(|n| n.as_str())
-                .unwrap_or_default()
-                .to_string();
+            let experiment =
+                r.doc.root().get("experiment").and_then(|e| e.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_string();
             match Plan::from_doc(r.doc, &name) {
                 Ok(plan) => {
                     let teacher_key = sha_hex(&format!(
@@ -441,7 +435,13 @@ pub fn update_summary(results: &Path, rows: &[SummaryRow]) -> Result<()> {
 fn try_lock_run(dir: &Path) -> Result<Option<File>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let p = dir.join(".lock");
-    let mut f = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&p).with_context(|| format!("opening {}", p.display()))?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
     match FileExt::try_lock_exclusive(&f) {
         Ok(()) => {
             // For people looking at a stuck run: who holds it.
@@ -487,11 +487,19 @@ struct Job {
     stages: Vec<(String, u64)>,
     /// Steps already counted on the overall bar.
     counted: u64,
+    /// Until the teacher is trained (and cached) or loaded from the cache.
     in_teacher: bool,
+    /// When the teacher's last step was logged (its weights are written just after).
+    teacher_end: Option<Instant>,
     tail: VecDeque<String>,
 }
 
 impl Job {
+    /// Whether a run with the same teacher should wait for this one to cache it.
+    fn training_teacher(&self) -> bool {
+        self.in_teacher && !self.teacher_end.is_some_and(|t| t.elapsed() > Duration::from_secs(1))
+    }
+
     fn total(&self) -> u64 {
         self.stages.iter().map(|s| s.1).sum()
     }
@@ -558,8 +566,11 @@ impl Console {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        let short: String =
-            if label.chars().count() > 24 { format!("…{}", label.chars().rev().take(23).collect::<Vec<_>>().into_iter().rev().collect::<String>()) } else { label.into() };
+        let short: String = if label.chars().count() > 24 {
+            format!("…{}", label.chars().rev().take(23).collect::<Vec<_>>().into_iter().rev().collect::<String>())
+        } else {
+            label.into()
+        };
         b.set_prefix(short);
         b.set_message("starting");
         Some(b)
@@ -589,7 +600,12 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
                 Action::Skip(why) => ("skip", why.clone()),
                 Action::Invalid => ("invalid", r.problem.as_deref().unwrap_or_default().lines().next().unwrap_or_default().to_string()),
             };
-            println!("{what:<8} {}  {}  {short}{}", r.label(), r.recipe_key, if why.is_empty() { String::new() } else { format!("  ({why})") });
+            println!(
+                "{what:<8} {}  {}  {short}{}",
+                r.label(),
+                r.recipe_key,
+                if why.is_empty() { String::new() } else { format!("  ({why})") }
+            );
         }
         let count = |f: &dyn Fn(&Action) -> bool| actions.iter().filter(|a| f(a)).count();
         println!(
@@ -647,10 +663,8 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
         });
     }
     let exe = std::env::current_exe().context("locating the kdx executable")?;
-    let console = Console::new(
-        std::io::stderr().is_terminal() && !pending.is_empty(),
-        pending.iter().map(|&i| runs[i].total_steps()).sum(),
-    );
+    let console =
+        Console::new(std::io::stderr().is_terminal() && !pending.is_empty(), pending.iter().map(|&i| runs[i].total_steps()).sum());
     let (tx, rx) = mpsc::channel::<(usize, String)>();
     let mut running: Vec<Job> = Vec::new();
     let mut done_runs = 0usize;
@@ -667,9 +681,10 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
         // Start what may start: a run waits while another run training its teacher is in
         // that stage, so the teacher is trained once and then loaded from the cache.
         while !stopping && running.len() < jobs {
-            let Some(pos) = pending.iter().position(|&i| {
-                !running.iter().any(|j| j.in_teacher && runs[j.idx].teacher_key == runs[i].teacher_key)
-            }) else {
+            let Some(pos) = pending
+                .iter()
+                .position(|&i| !running.iter().any(|j| j.training_teacher() && runs[j.idx].teacher_key == runs[i].teacher_key))
+            else {
                 break;
             };
             let idx = pending.remove(pos).unwrap_or_default();
@@ -715,6 +730,7 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
                         stages: r.stages.clone(),
                         counted: 0,
                         in_teacher: true,
+                        teacher_end: None,
                         tail: VecDeque::new(),
                     });
                 }
@@ -842,16 +858,10 @@ fn spawn(
     // A stale report must not be mistaken for this run's if the child dies without one.
     let _ = std::fs::remove_file(dir.join("run.csv"));
     let log_path = dir.join("batch.log");
-    let mut log = OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
+    let mut log =
+        OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("run")
-        .arg(&r.recipe)
-        .arg("--only")
-        .arg(&r.run)
-        .arg("--results")
-        .arg(results)
-        .arg("--threads")
-        .arg(threads.to_string());
+    cmd.arg("run").arg(&r.recipe).arg("--only").arg(&r.run).arg("--results").arg(results).arg("--threads").arg(threads.to_string());
     if resume {
         cmd.arg("--resume");
     }
@@ -900,8 +910,10 @@ fn observe(job: &mut Job, line: &str, console: &Console) {
         return;
     }
     let Some((stage, n, m, loss)) = parse_progress(line) else { return };
-    if stage != "teacher" || n >= m {
+    if stage != "teacher" {
         job.in_teacher = false;
+    } else if n >= m && job.teacher_end.is_none() {
+        job.teacher_end = Some(Instant::now());
     }
     if let Some(s) = job.stages.iter_mut().find(|s| s.0 == stage) {
         s.1 = m;
@@ -939,7 +951,9 @@ fn outcome(r: &BatchRun, results: &Path, job: &Job, status: ExitStatus, stopping
     let wall = job.started.elapsed().as_secs_f64();
     let report = run_report(&r.dir(results)).filter(|x| x.hash == r.hash);
     let mut row = match &report {
-        Some(rep) if !(stopping && rep.status != "ok") => SummaryRow::new(r, static_status(&rep.status), rep.error.clone()).with_report(rep),
+        Some(rep) if !(stopping && rep.status != "ok") => {
+            SummaryRow::new(r, static_status(&rep.status), rep.error.clone()).with_report(rep)
+        }
         _ if stopping => SummaryRow::new(r, "interrupted", "stopped by the batch; the next batch resumes it".into()),
         _ => {
             let tail: Vec<&str> = job.tail.iter().map(String::as_str).collect();

@@ -232,6 +232,20 @@ pub fn write_plots(runs: &[FoundRun], out: &Path) -> Result<Vec<PathBuf>> {
             });
         }
     }
+    // Categorical values (a swept sampler) read best in sweep order, which the batch summary
+    // keeps; runs not in it come after, by name.
+    let mut order: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let roots: std::collections::BTreeSet<PathBuf> =
+        runs.iter().filter_map(|r| r.dir.parent().and_then(Path::parent).map(Path::to_path_buf)).collect();
+    for root in roots {
+        for row in crate::batch::read_summary(&root).unwrap_or_default() {
+            let n = order.len();
+            order.entry((row.experiment, row.run)).or_insert(n);
+        }
+    }
+    for (exp, points) in sweeps.iter_mut() {
+        points.sort_by_key(|p| (order.get(&(exp.to_string(), p.run.clone())).copied().unwrap_or(usize::MAX), p.run.clone()));
+    }
     for (exp, points) in sweeps.iter().filter(|(_, p)| p.len() > 1) {
         let path = out.join(exp).join("sweep.svg");
         plot::write_sweep(&path, &format!("{exp}: swept parameters against student accuracy"), points)

@@ -30,7 +30,8 @@ pub struct Task {
     /// Test examples (final evaluation).
     pub test: Vec<Example>,
     /// Examples the teacher is pre-trained on, where they differ from `train`
-    /// (cross-lingual tasks: English sources only). `None` means `train`.
+    /// (cross-lingual tasks: English sources only). `None` means `train`. The teacher reads
+    /// their `text` (not `source`) in pre-training.
     pub teacher_train: Option<Vec<Example>>,
     /// The teacher reads [`Example::source`] rather than [`Example::text`]; the student
     /// learns only from the teacher's outputs (no target-language labels reach it).
@@ -46,12 +47,17 @@ impl Task {
         if self.train.is_empty() {
             return Err("the training split is empty".into());
         }
-        for (split, xs) in [("train", &self.train), ("dev", &self.dev), ("test", &self.test)] {
+        if self.teacher_train.as_ref().is_some_and(Vec::is_empty) {
+            return Err("the teacher's training set is empty".into());
+        }
+        let teacher_train = self.teacher_train.as_deref().unwrap_or(&[]);
+        for (split, xs) in [("train", &self.train[..]), ("dev", &self.dev[..]), ("test", &self.test[..]), ("teacher-train", teacher_train)]
+        {
             for (i, e) in xs.iter().enumerate() {
                 if e.lang as usize >= self.langs.len() || e.label as usize >= self.labels.len() {
                     return Err(format!("{split} example {i} has an out-of-range language or label"));
                 }
-                if self.teacher_reads_source && e.source.is_none() {
+                if self.teacher_reads_source && split != "teacher-train" && e.source.is_none() {
                     return Err(format!("{split} example {i} has no source text, but the teacher reads sources"));
                 }
             }

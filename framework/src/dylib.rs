@@ -21,14 +21,14 @@
 
 pub mod scaffold;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use kdx_sdk;
 use kdx_recipe::{Diagnostic, Diagnostics, KeyPath, RecipeDoc};
+pub use kdx_sdk;
 use kdx_sdk::abi::{self, PluginDescriptor, RawLossInput, RawLossOutput};
 
 use crate::loss::{Loss, LossInput, LossOutput};
@@ -89,8 +89,12 @@ impl PluginError {
     /// How to fix it, when there is something to say.
     pub fn help(&self) -> Option<String> {
         match self {
-            PluginError::Missing(_) => Some("paths in `[plugins] libraries` are relative to the recipe file; build the plugin first (cargo build --release)".into()),
-            PluginError::NotAPlugin(_) => Some("a plugin crate has `crate-type = [\"cdylib\"]` and ends with `kdx_sdk::export_loss!(YourLoss);`".into()),
+            PluginError::Missing(_) => Some(
+                "paths in `[plugins] libraries` are relative to the recipe file; build the plugin first (cargo build --release)".into(),
+            ),
+            PluginError::NotAPlugin(_) => {
+                Some("a plugin crate has `crate-type = [\"cdylib\"]` and ends with `kdx_sdk::export_loss!(YourLoss);`".into())
+            }
             PluginError::WrongAbi { .. } | PluginError::WrongVersion { .. } => {
                 Some(format!("rebuild the plugin against kdx-sdk = \"={FRAMEWORK_VERSION}\" (the kdx-sdk of this kdx)"))
             }
@@ -168,10 +172,11 @@ fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
 impl PluginLibrary {
     /// Loads and checks a plugin library (see the module documentation for the checks).
     pub fn open(path: &Path) -> Result<Arc<PluginLibrary>, PluginError> {
-        if !path.is_file() {
+        // An absolute path: the system loader searches its own directories for a bare name.
+        let Ok(absolute) = std::fs::canonicalize(path) else {
             return Err(PluginError::Missing(path.to_path_buf()));
-        }
-        let lib = open_library(path).map_err(|e| PluginError::NotALibrary { path: path.to_path_buf(), reason: e.to_string() })?;
+        };
+        let lib = open_library(&absolute).map_err(|e| PluginError::NotALibrary { path: path.to_path_buf(), reason: e.to_string() })?;
         // SAFETY: the symbol, if present, is an `EntryFn` (the ABI's contract for this name).
         let entry: abi::EntryFn = unsafe {
             match lib.get::<abi::EntryFn>(abi::ENTRY_SYMBOL.as_bytes()) {
@@ -266,7 +271,8 @@ impl PluginLibrary {
     /// Builds a loss for the `[[loss]]` table at `key`: `params` is the table without
     /// `plugin` and `weight`. The plugin's refusal is located at `key`.
     pub fn build_loss(self: &Arc<Self>, doc: &RecipeDoc, key: &KeyPath, params: &toml::Table) -> Result<Box<dyn Loss>, Diagnostic> {
-        let json = serde_json::to_string(params).map_err(|e| doc.diag(key, format!("cannot pass the parameters to the plugin: {e}"), None))?;
+        let json =
+            serde_json::to_string(params).map_err(|e| doc.diag(key, format!("cannot pass the parameters to the plugin: {e}"), None))?;
         match self.create_loss(&json) {
             Ok(l) => Ok(Box::new(l)),
             Err(msg) => Err(doc.diag(key, format!("loss plugin `{}` ({}): {msg}", self.name, self.path.display()), None)),
@@ -400,7 +406,9 @@ impl Loss for DylibLoss {
         // SAFETY: every buffer is sized as `raw` says (checked above) and outlives the call.
         let status = unsafe { (self.plugin.api.compute)(self.handle, &raw, &mut out, &mut err) };
         match status {
-            abi::STATUS_OK => Ok(LossOutput { value: out.value, grad_logits, grad_hidden: (out.has_grad_hidden != 0).then_some(grad_hidden) }),
+            abi::STATUS_OK => {
+                Ok(LossOutput { value: out.value, grad_logits, grad_hidden: (out.has_grad_hidden != 0).then_some(grad_hidden) })
+            }
             abi::STATUS_PANIC => {
                 let msg = self.plugin.take_message(err);
                 self.failed = Some(msg.clone());
@@ -557,19 +565,19 @@ impl PluginSet {
     /// that named the library, where there is one). A file named twice is loaded once.
     pub fn load(doc: &RecipeDoc, libraries: &[(Origin, PathBuf)], diags: &mut Diagnostics) -> PluginSet {
         let mut set = PluginSet::default();
-        let mut seen: BTreeMap<PathBuf, ()> = BTreeMap::new();
+        let mut seen: BTreeSet<PathBuf> = BTreeSet::new();
         let mut origin_of: BTreeMap<String, Origin> = BTreeMap::new();
         for (origin, path) in libraries {
             let report = |diags: &mut Diagnostics, message: String, help: Option<String>| match origin {
                 Origin::Recipe(key) => diags.push(doc.diag(key, message, help)),
                 Origin::CommandLine => {
-                    let mut d = Diagnostic::new(format!("--plugin {}: {message}", path.display()));
+                    let mut d = Diagnostic::new(format!("--plugin: {message}"));
                     d.help = help;
                     diags.push(d)
                 }
             };
             let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-            if seen.insert(canonical, ()).is_some() {
+            if !seen.insert(canonical) {
                 continue;
             }
             let lib = match PluginLibrary::open(path) {
@@ -582,7 +590,12 @@ impl PluginSet {
             if let Some(builtin) = registry::find(PluginKind::Loss, lib.name()) {
                 report(
                     diags,
-                    format!("{} defines the loss `{}`, but a built-in loss has that name (registered in {})", path.display(), lib.name(), builtin.file),
+                    format!(
+                        "{} defines the loss `{}`, but a built-in loss has that name (registered in {})",
+                        path.display(),
+                        lib.name(),
+                        builtin.file
+                    ),
                     Some("rename the plugin (its `NAME`): plugin names must be unique".into()),
                 );
                 continue;
@@ -594,7 +607,12 @@ impl PluginSet {
                 };
                 report(
                     diags,
-                    format!("two loss plugins are named `{}`: one in {}{named}, one in {}", lib.name(), prev.path().display(), path.display()),
+                    format!(
+                        "two loss plugins are named `{}`: one in {}{named}, one in {}",
+                        lib.name(),
+                        prev.path().display(),
+                        path.display()
+                    ),
                     Some("load only one of them, or rename one (its `NAME`)".into()),
                 );
                 continue;

@@ -522,6 +522,24 @@ fn build(
         diags.push(doc.diag(&key.key("plugin"), format!("unknown {kind} plugin `{name}`"), Some(help)));
         return None;
     };
+    // Every unknown key of the section, each located with a suggestion, before the plugin
+    // sees its parameters (serde would stop at the first, in alphabetical order — not
+    // necessarily the one the user misspelt). Framework keys of the section count as known.
+    let schema = serde_json::to_value((reg.schema)()).unwrap_or_default();
+    if schema.get("additionalProperties") == Some(&serde_json::Value::Bool(false)) {
+        let mut valid: Vec<String> = reserved.iter().map(|s| s.to_string()).collect();
+        if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+            valid.extend(props.keys().cloned());
+        }
+        let valid: Vec<&str> = valid.iter().map(String::as_str).collect();
+        let unknown: Vec<&String> = params.keys().filter(|k| !valid.contains(&k.as_str())).collect();
+        for k in &unknown {
+            diags.push(doc.diag(&key.key(k.as_str()), format!("unknown key `{k}`"), Some(unknown_key_help(k, &valid))));
+        }
+        if !unknown.is_empty() {
+            return None;
+        }
+    }
     let ctx = BuildCtx { doc, key: key.clone(), params: toml::Value::Table(params) };
     let r = match reg.builder {
         Builder::Dataset(f) => f(&ctx).map(Built::Dataset),
@@ -529,21 +547,6 @@ fn build(
         Builder::Loss(f) => f(&ctx).map(Built::Loss),
         Builder::Sampler(f) => f(&ctx).map(Built::Sampler),
     };
-    // The plugin only knows its own parameters; a misspelt framework key of the section
-    // (`train`, `init`, `weight`) must be suggested too.
-    let r = r.map_err(|mut d| {
-        let word = d.message.strip_prefix("unknown key `").and_then(|m| m.strip_suffix('`')).map(str::to_string);
-        if let Some(word) = word {
-            let schema = serde_json::to_value((reg.schema)()).unwrap_or_default();
-            let mut valid: Vec<String> = reserved.iter().map(|s| s.to_string()).collect();
-            if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
-                valid.extend(props.keys().cloned());
-            }
-            let valid: Vec<&str> = valid.iter().map(String::as_str).collect();
-            d.help = Some(unknown_key_help(&word, &valid));
-        }
-        d
-    });
     ok(diags, r)
 }
 

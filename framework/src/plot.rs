@@ -81,10 +81,10 @@ impl RunCsvs {
     }
 }
 
-/// Colour of the language at `rank` of `n` (by training-set size): dark blue for the most
-/// data, through magenta, to orange for the least.
+/// Colour of the language at `rank` of `n` (by training-set size), viridis-like: dark purple
+/// for the most data, through teal, to yellow-green for the least.
 fn ramp(rank: usize, n: usize) -> RGBColor {
-    const STOPS: [(f64, (f64, f64, f64)); 3] = [(0.0, (35.0, 40.0, 130.0)), (0.5, (185.0, 50.0, 125.0)), (1.0, (240.0, 150.0, 30.0))];
+    const STOPS: [(f64, (f64, f64, f64)); 3] = [(0.0, (68.0, 1.0, 84.0)), (0.5, (33.0, 145.0, 140.0)), (1.0, (180.0, 222.0, 44.0))];
     let t = if n <= 1 { 0.0 } else { rank as f64 / (n - 1) as f64 };
     let (a, b) = if t <= 0.5 { (STOPS[0], STOPS[1]) } else { (STOPS[1], STOPS[2]) };
     let u = ((t - a.0) / (b.0 - a.0)).clamp(0.0, 1.0);
@@ -209,7 +209,7 @@ fn curve_items(csv: &RunCsvs) -> Vec<(String, Mark)> {
         }
     } else {
         items.push((
-            format!("one thin line per language ({}): dark = most training data, orange = least", order.len()),
+            format!("one thin line per language ({}): dark purple = most training data, yellow-green = least", order.len()),
             Mark::Line(ramp(order.len() / 2, order.len()), 1),
         ));
     }
@@ -366,20 +366,12 @@ fn draw_sampling(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
     let mut steps: Vec<u64> = rows.iter().map(|r| r.step).collect();
     steps.sort_unstable();
     steps.dedup();
-    let end = csv
-        .metrics
-        .iter()
-        .filter(|m| m.stage == "distill")
-        .map(|m| m.step)
-        .max()
-        .unwrap_or(0)
-        .max(steps.last().copied().unwrap_or(0) + 1);
+    let end =
+        csv.metrics.iter().filter(|m| m.stage == "distill").map(|m| m.step).max().unwrap_or(0).max(steps.last().copied().unwrap_or(0) + 1);
     // dist[t][l]: probability of language l from steps[t] to the next change.
     let dist: Vec<Vec<f64>> = steps
         .iter()
-        .map(|&s| {
-            order.iter().map(|l| rows.iter().find(|r| r.step == s && &r.lang == l).map_or(0.0, |r| r.probability)).collect()
-        })
+        .map(|&s| order.iter().map(|l| rows.iter().find(|r| r.step == s && &r.lang == l).map_or(0.0, |r| r.probability)).collect())
         .collect();
     let label_w = order.iter().map(|l| text_width(l, 11.0)).max().unwrap_or(0) as u32 + 16;
     let mut chart = ChartBuilder::on(&area)
@@ -416,7 +408,11 @@ fn draw_sampling(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
         }
         lower.reverse();
         upper.extend(lower);
-        chart.draw_series(std::iter::once(Polygon::new(upper, lang_color(l, order.len()).mix(0.85).filled())))?;
+        let c = lang_color(l, order.len()).mix(0.85);
+        chart.draw_series(std::iter::once(Polygon::new(upper.clone(), c.filled())))?;
+        // A white edge keeps neighbouring bands apart.
+        upper.push(upper[0]);
+        chart.draw_series(std::iter::once(PathElement::new(upper, WHITE.stroke_width(1))))?;
     }
     // Names beside the bands at the end of training, where there is room for them.
     let base = area.get_base_pixel();
@@ -429,11 +425,7 @@ fn draw_sampling(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
         let (_, py_hi) = chart.backend_coord(&(end as f64, hi));
         let tall_enough = py_lo - py_hi >= 4;
         if tall_enough && (prev_y == i32::MIN || prev_y - py >= 12) {
-            area.draw(&Text::new(
-                order[l].clone(),
-                (px - base.0 + 6, py - base.1),
-                font(11.0).pos(Pos::new(HPos::Left, VPos::Center)),
-            ))?;
+            area.draw(&Text::new(order[l].clone(), (px - base.0 + 6, py - base.1), font(11.0).pos(Pos::new(HPos::Left, VPos::Center))))?;
             prev_y = py;
         }
     }
@@ -582,7 +574,13 @@ pub fn write_sweep(path: &Path, title: &str, points: &[SweepPoint]) -> Result<()
             v
         })
         .collect();
-    let w = values.iter().map(|v| 160 + 110 * v.len() as u32).max().unwrap_or(760).clamp(760, 2000);
+    // Wide enough for the values to sit side by side, up to a limit (then they are turned).
+    let w = values
+        .iter()
+        .map(|v| 120 + v.len() as u32 * (v.iter().map(|s| text_width(s, 12.0)).max().unwrap_or(0) as u32 + 24).max(90))
+        .max()
+        .unwrap_or(760)
+        .clamp(760, 2000);
     let rotate = |vals: &[String]| {
         let slot = (w as i32 - 120) / vals.len().max(1) as i32;
         vals.iter().any(|s| text_width(s, 12.0) > slot - 8)
@@ -643,16 +641,21 @@ pub fn write_sweep(path: &Path, title: &str, points: &[SweepPoint]) -> Result<()
             }
             chart.draw_series(LineSeries::new(mean_macro, STUDENT.stroke_width(2)))?;
             chart.draw_series(LineSeries::new(mean_worst, WORST.stroke_width(2)))?;
-            let mut named: Vec<(usize, &str)> = Vec::new();
+            // The worst language beside its triangle, never on top of another label.
+            let mut named: Vec<(usize, i32)> = Vec::new();
             for p in points {
                 let Some(xi) = at(p) else { continue };
-                if p.worst_acc.is_finite() && !p.worst_lang.is_empty() && !named.contains(&(xi, p.worst_lang.as_str())) {
-                    named.push((xi, p.worst_lang.as_str()));
-                    chart.draw_series(std::iter::once(Text::new(
-                        p.worst_lang.clone(),
-                        (xi as f64 + 0.11, p.worst_acc),
-                        font(11.0).color(&WORST).pos(Pos::new(HPos::Left, VPos::Center)),
-                    )))?;
+                if p.worst_acc.is_finite() && !p.worst_lang.is_empty() {
+                    let py = chart.backend_coord(&(xi as f64, p.worst_acc)).1;
+                    let clash = named.iter().any(|&(x, y)| x == xi && (y - py).abs() < 12);
+                    if !clash {
+                        named.push((xi, py));
+                        chart.draw_series(std::iter::once(Text::new(
+                            p.worst_lang.clone(),
+                            (xi as f64 + 0.11, p.worst_acc),
+                            font(11.0).color(&WORST).pos(Pos::new(HPos::Left, VPos::Center)),
+                        )))?;
+                    }
                 }
                 if p.macro_acc.is_finite() {
                     chart.draw_series(std::iter::once(Circle::new((xi as f64 - 0.06, p.macro_acc), 5, STUDENT.filled())))?;

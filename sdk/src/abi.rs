@@ -197,3 +197,14 @@ pub struct RawLossOutput {
     /// `B × H` gradient with respect to the student hidden representation.
     pub grad_hidden: *mut f32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_abi_version_is_the_first_field() {
+        assert_eq!(std::mem::offset_of!(PluginDescriptor, abi_version), 0);
+        assert_eq!(std::mem::size_of_val(&ABI_VERSION), 4);
+    }
+}

@@ -57,11 +57,7 @@ impl Inputs {
         let tag = format!("{split}/{}", if source { "source" } else { "text" });
         let mut bags = cache.bags(model.featurizer(), texts, &tag)?;
         bags.langs = examples.iter().map(|e| e.lang).collect();
-        Ok(Inputs {
-            bags,
-            labels: examples.iter().map(|e| e.label).collect(),
-            langs: examples.iter().map(|e| e.lang).collect(),
-        })
+        Ok(Inputs { bags, labels: examples.iter().map(|e| e.label).collect(), langs: examples.iter().map(|e| e.lang).collect() })
     }
 }
 
@@ -315,6 +311,9 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     }
 
     // ---- Baseline: the same student, no teacher. ----
+    if plan.train.baseline && !labels_visible {
+        log(opts, "baseline skipped: the student may not see gold labels in this task (the teacher reads the sources)");
+    }
     let baseline = if plan.train.baseline && labels_visible {
         let mut b = plan.student.builder.build(&ModelSpec { classes, langs: task.langs.clone(), seed: mix(&[seed, 2]) })?;
         let mut ce = plan.loss("hard-ce", toml::Table::new())?;
@@ -344,12 +343,13 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         None => None,
     };
     let final_step = plan.train.steps;
-    let teacher_rows = metric_rows("teacher", "test", final_step, &t_test, classes, &teacher_test_inputs, None, &task.langs);
-    let student_rows = metric_rows("distill", "test", final_step, &s_logits, classes, &s_test, Some(&t_test), &task.langs);
+    let in_macro = hooks.in_macro.clone();
+    let teacher_rows = metric_rows("teacher", "test", final_step, &t_test, classes, &teacher_test_inputs, None, &task.langs, &in_macro);
+    let student_rows = metric_rows("distill", "test", final_step, &s_logits, classes, &s_test, Some(&t_test), &task.langs, &in_macro);
     hooks.metrics.extend(teacher_rows.iter().cloned());
     hooks.metrics.extend(student_rows.iter().cloned());
     let baseline_rows =
-        b_logits.as_ref().map(|b| metric_rows("baseline", "test", final_step, b, classes, &s_test, Some(&t_test), &task.langs));
+        b_logits.as_ref().map(|b| metric_rows("baseline", "test", final_step, b, classes, &s_test, Some(&t_test), &task.langs, &in_macro));
     if let Some(r) = &baseline_rows {
         hooks.metrics.extend(r.iter().cloned());
     }
@@ -384,7 +384,13 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     row.baseline_macro_acc = baseline_rows.as_deref().map(macro_of);
     row.kd_gain = row.baseline_macro_acc.map(|b| row.student_macro_acc - b);
     row.retention = row.student_macro_acc / row.teacher_macro_acc;
-    if let Some(w) = lang_rows.iter().filter(|r| r.test_size > 0).min_by(|a, b| a.student_acc.total_cmp(&b.student_acc)) {
+    if let Some(w) = lang_rows
+        .iter()
+        .zip(&in_macro)
+        .filter(|(r, &m)| m && r.test_size > 0)
+        .map(|(r, _)| r)
+        .min_by(|a, b| a.student_acc.total_cmp(&b.student_acc))
+    {
         row.worst_lang = w.lang.clone();
         row.worst_acc = w.student_acc;
     }
@@ -492,7 +498,10 @@ fn texts_per_second(model: &dyn Model, examples: &[Example], source: bool) -> Re
     })
 }
 
-/// Per-language metric rows (one per language of the task, then a `macro` row).
+/// Per-language metric rows (one per language of the task, then a `macro` row over the
+/// languages that have examples in the split and are marked in `in_macro`: the languages
+/// the student trains on; in cross-lingual tasks the teacher's own language is reported
+/// but not averaged in).
 #[allow(clippy::too_many_arguments)]
 pub fn metric_rows(
     stage: &str,
@@ -503,6 +512,7 @@ pub fn metric_rows(
     inputs: &Inputs,
     teacher: Option<&[f32]>,
     langs: &[String],
+    in_macro: &[bool],
 ) -> Vec<MetricRow> {
     let pred = argmax_rows(logits, classes);
     let ce = row_ce(logits, classes, |i| inputs.labels[i] as usize);
@@ -564,7 +574,7 @@ pub fn metric_rows(
         })
         .collect();
     // Macro row: unweighted mean over languages that have examples in this split.
-    let present: Vec<&MetricRow> = rows.iter().filter(|r| r.examples > 0).collect();
+    let present: Vec<&MetricRow> = rows.iter().zip(in_macro).filter(|(r, &m)| m && r.examples > 0).map(|(r, _)| r).collect();
     let m = present.len().max(1) as f64;
     let mean = |f: &dyn Fn(&MetricRow) -> f64| present.iter().map(|r| f(r)).sum::<f64>() / m;
     let macro_row = MetricRow {
@@ -605,6 +615,7 @@ struct Hooks {
     langs: Vec<String>,
     classes: usize,
     eval_fraction: f64,
+    in_macro: Vec<bool>,
     teacher_dev: Inputs,
     teacher_dev_logits: Option<Vec<f32>>,
     student_dev: Inputs,
@@ -630,6 +641,7 @@ impl Hooks {
             langs: task.langs.clone(),
             classes: task.labels.len(),
             eval_fraction,
+            in_macro: task.train_sizes().iter().map(|&n| n > 0).collect(),
             teacher_dev: Inputs::default(),
             teacher_dev_logits: None,
             student_dev: Inputs::default(),
@@ -661,7 +673,7 @@ impl StageHooks for Hooks {
         let logits = predict(model, &sub.bags)?.logits;
         let t: Option<Vec<f32>> =
             if stage == "teacher" { None } else { self.teacher_dev_logits.as_ref().map(|t| train_rows(t, self.classes, &idx)) };
-        let mut rows = metric_rows(stage, "dev", step, &logits, self.classes, &sub, t.as_deref(), &self.langs);
+        let mut rows = metric_rows(stage, "dev", step, &logits, self.classes, &sub, t.as_deref(), &self.langs, &self.in_macro);
         if let Some(g) = gates {
             for (r, g) in rows.iter_mut().zip(g) {
                 r.gate = Some(g as f64);

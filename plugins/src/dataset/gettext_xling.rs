@@ -57,6 +57,14 @@ pub struct GettextXlingParams {
     /// test are not capped.
     #[serde(default)]
     pub max_train_per_language: Option<usize>,
+    /// Split the training messages in two halves by a hash of the msgid: the teacher
+    /// pre-trains on the English of one half, the student distils on the translations of
+    /// the other. By default both use every training message, so the teacher's outputs on
+    /// the student's training data are outputs on its own training set (near the gold
+    /// labels); disjoint halves make them genuine predictions, as when the parallel data
+    /// is unlabelled and separate from the teacher's labelled data.
+    #[serde(default)]
+    pub disjoint_teacher: bool,
     /// Fraction of messages in the dev split.
     #[serde(default = "default_frac")]
     pub dev_fraction: f64,
@@ -246,6 +254,7 @@ impl Dataset for GettextXlingParams {
             english.insert(r.msgid.as_str(), label);
             let e = Example { text: r.text.clone(), source: Some(r.msgid.clone()), lang, label };
             match split_of(&r.msgid, self.dev_fraction, self.test_fraction) {
+                Split::Train if self.disjoint_teacher && teacher_half(&r.msgid) => {}
                 Split::Train => train_by_lang[lang as usize].push((stable_hash64(r.msgid.as_bytes()), e)),
                 Split::Dev => task.dev.push(e),
                 Split::Test => task.test.push(e),
@@ -255,6 +264,7 @@ impl Dataset for GettextXlingParams {
         for (msgid, label) in english {
             let e = Example { text: msgid.to_string(), source: Some(msgid.to_string()), lang: en, label };
             match split_of(msgid, self.dev_fraction, self.test_fraction) {
+                Split::Train if self.disjoint_teacher && !teacher_half(msgid) => {}
                 Split::Train => teacher_train.push(e),
                 Split::Dev => task.dev.push(e),
                 Split::Test => task.test.push(e),
@@ -275,9 +285,25 @@ impl Dataset for GettextXlingParams {
     }
 }
 
+/// With `disjoint_teacher`, whether a training message belongs to the teacher's half: one
+/// bit of the msgid's hash after a full avalanche (MurmurHash3's finaliser), independent of
+/// the bits `split_of` and the cap use.
+fn teacher_half(msgid: &str) -> bool {
+    let mut h = stable_hash64(msgid.as_bytes()) ^ 0x7465_6163_6865_7221; // "teacher!"
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h & 1 == 1
+}
+
 /// A stable rendering of the parameters for the fingerprint (the corpus enters by content).
 fn params_rendering(p: &GettextXlingParams) -> String {
-    format!("{:?} {} {} {:?} {} {}", p.languages, p.domains, p.min_coverage, p.max_train_per_language, p.dev_fraction, p.test_fraction)
+    format!(
+        "{:?} {} {} {:?} {} {} {}",
+        p.languages, p.domains, p.min_coverage, p.max_train_per_language, p.disjoint_teacher, p.dev_fraction, p.test_fraction
+    )
 }
 
 #[cfg(test)]
@@ -359,6 +385,7 @@ mod tests {
             domains: 10,
             min_coverage: 0.5,
             max_train_per_language: None,
+            disjoint_teacher: false,
             dev_fraction: 0.2,
             test_fraction: 0.2,
         }
@@ -428,6 +455,25 @@ mod tests {
             assert_eq!(en_rows.len(), msgids.len());
             assert!(en_rows.iter().all(|e| msgids.contains(e.text.as_str()) && e.source.as_deref() == Some(e.text.as_str())));
         }
+    }
+
+    #[test]
+    fn a_disjoint_teacher_trains_on_other_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = params(&tiny_corpus(dir.path())).load().unwrap();
+        let mut p = params(&tiny_corpus(dir.path()));
+        p.disjoint_teacher = true;
+        let task = p.load().unwrap();
+        task.validate().unwrap();
+        let teacher: BTreeSet<String> = task.teacher_train.as_deref().unwrap().iter().map(|e| e.text.clone()).collect();
+        let student: BTreeSet<String> = task.train.iter().map(|e| e.source.clone().unwrap()).collect();
+        assert!(teacher.is_disjoint(&student));
+        let all: BTreeSet<String> = shared.teacher_train.as_deref().unwrap().iter().map(|e| e.text.clone()).collect();
+        assert_eq!(teacher.union(&student).cloned().collect::<BTreeSet<_>>(), all);
+        // Roughly halves, and dev/test are untouched.
+        assert!(teacher.len() > all.len() / 4 && student.len() > all.len() / 4, "{} {} {}", teacher.len(), student.len(), all.len());
+        assert_eq!((task.dev.clone(), task.test.clone()), (shared.dev, shared.test));
+        assert_ne!(p.fingerprint().unwrap(), params(&p.corpus).fingerprint().unwrap());
     }
 
     #[test]
