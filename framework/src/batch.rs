@@ -497,7 +497,7 @@ struct Job {
 impl Job {
     /// Whether a run with the same teacher should wait for this one to cache it.
     fn training_teacher(&self) -> bool {
-        self.in_teacher && !self.teacher_end.is_some_and(|t| t.elapsed() > Duration::from_secs(1))
+        self.in_teacher && self.teacher_end.is_none_or(|t| t.elapsed() <= Duration::from_secs(1))
     }
 
     fn total(&self) -> u64 {

@@ -418,14 +418,14 @@ fn draw_sampling(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
     let base = area.get_base_pixel();
     let last = steps.len() - 1;
     let mut prev_y = i32::MIN;
-    for l in 0..order.len() {
+    for (l, name) in order.iter().enumerate() {
         let (lo, hi) = bounds(last, l);
         let (px, py) = chart.backend_coord(&(end as f64, (lo + hi) / 2.0));
         let (_, py_lo) = chart.backend_coord(&(end as f64, lo));
         let (_, py_hi) = chart.backend_coord(&(end as f64, hi));
         let tall_enough = py_lo - py_hi >= 4;
         if tall_enough && (prev_y == i32::MIN || prev_y - py >= 12) {
-            area.draw(&Text::new(order[l].clone(), (px - base.0 + 6, py - base.1), font(11.0).pos(Pos::new(HPos::Left, VPos::Center))))?;
+            area.draw(&Text::new(name.clone(), (px - base.0 + 6, py - base.1), font(11.0).pos(Pos::new(HPos::Left, VPos::Center))))?;
             prev_y = py;
         }
     }
