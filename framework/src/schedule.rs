@@ -91,6 +91,18 @@ pub enum CurveKind {
 }
 
 impl Schedule {
+    /// Whether the value stays finite and positive at every step of any stage (what a
+    /// temperature needs): a constant > 0, a curve whose ends are > 0, a step schedule
+    /// whose start and factor are > 0.
+    pub fn stays_positive(&self) -> bool {
+        let ok = |v: f32| v.is_finite() && v > 0.0;
+        match self {
+            Schedule::Constant(v) => ok(*v),
+            Schedule::Curve(c) if c.kind == CurveKind::Step => ok(c.start) && ok(c.factor),
+            Schedule::Curve(c) => ok(c.start) && ok(c.end),
+        }
+    }
+
     /// The value at `step` (0-based) of a stage of `total` steps.
     pub fn at(&self, step: u64, total: u64) -> f32 {
         match self {

@@ -3,7 +3,7 @@
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput};
 use kdx_framework::registry::BuildCtx;
-use kdx_framework::schedule::{CurveKind, Schedule};
+use kdx_framework::schedule::Schedule;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -46,23 +46,13 @@ fn yes() -> bool {
     true
 }
 
-/// Whether a schedule stays positive over any stage.
-fn positive(s: &Schedule) -> bool {
-    let ok = |v: f32| v.is_finite() && v > 0.0;
-    match s {
-        Schedule::Constant(v) => ok(*v),
-        Schedule::Curve(c) if c.kind == CurveKind::Step => ok(c.start) && ok(c.factor),
-        Schedule::Curve(c) => ok(c.start) && ok(c.end),
-    }
-}
-
 fn build(p: DkdParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
     for (name, v) in [("alpha", p.alpha), ("beta", p.beta)] {
         if !(v.is_finite() && v >= 0.0) {
             return Err(ctx.error(name, format!("must be a non-negative number, found {v}")));
         }
     }
-    if !positive(&p.temperature) {
+    if !p.temperature.stays_positive() {
         return Err(ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature)));
     }
     Ok(Box::new(p))

@@ -3,7 +3,7 @@
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput};
 use kdx_framework::registry::BuildCtx;
-use kdx_framework::schedule::{CurveKind, Schedule};
+use kdx_framework::schedule::Schedule;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -39,21 +39,11 @@ fn yes() -> bool {
     true
 }
 
-/// Whether a schedule stays positive over any stage.
-fn positive(s: &Schedule) -> bool {
-    let ok = |v: f32| v.is_finite() && v > 0.0;
-    match s {
-        Schedule::Constant(v) => ok(*v),
-        Schedule::Curve(c) if c.kind == CurveKind::Step => ok(c.start) && ok(c.factor),
-        Schedule::Curve(c) => ok(c.start) && ok(c.end),
-    }
-}
-
 fn build(p: JsdParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
     if !(0.0..=1.0).contains(&p.beta) {
         return Err(ctx.error("beta", format!("must be in [0, 1], found {}", p.beta)));
     }
-    if !positive(&p.temperature) {
+    if !p.temperature.stays_positive() {
         return Err(ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature)));
     }
     Ok(Box::new(p))
@@ -157,7 +147,7 @@ mod tests {
     fn limits_are_forward_and_reverse_kl() {
         let s = SampleBatch::random(6, 5, 2, 3.0, 8);
         let x = s.input(0, 1);
-        let fwd = SoftKlParams { temperature: 2.0, scale_t2: true }.compute(&x).unwrap();
+        let fwd = SoftKlParams { temperature: Schedule::Constant(2.0), scale_t2: true }.compute(&x).unwrap();
         let rev = ReverseKlParams { temperature: Schedule::Constant(2.0), scale_t2: true }.compute(&x).unwrap();
         let j0 = jsd(0.0, 2.0).compute(&x).unwrap();
         let j1 = jsd(1.0, 2.0).compute(&x).unwrap();

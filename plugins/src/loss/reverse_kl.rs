@@ -3,7 +3,7 @@
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput};
 use kdx_framework::registry::BuildCtx;
-use kdx_framework::schedule::{CurveKind, Schedule};
+use kdx_framework::schedule::Schedule;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -31,18 +31,8 @@ fn yes() -> bool {
     true
 }
 
-/// Whether a schedule stays positive over any stage.
-fn positive(s: &Schedule) -> bool {
-    let ok = |v: f32| v.is_finite() && v > 0.0;
-    match s {
-        Schedule::Constant(v) => ok(*v),
-        Schedule::Curve(c) if c.kind == CurveKind::Step => ok(c.start) && ok(c.factor),
-        Schedule::Curve(c) => ok(c.start) && ok(c.end),
-    }
-}
-
 fn build(p: ReverseKlParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
-    if !positive(&p.temperature) {
+    if !p.temperature.stays_positive() {
         return Err(ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature)));
     }
     Ok(Box::new(p))

@@ -4,7 +4,7 @@ use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput};
 use kdx_framework::registry::BuildCtx;
 use kdx_framework::sampler::LangStat;
-use kdx_framework::schedule::{CurveKind, Schedule};
+use kdx_framework::schedule::Schedule;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -56,16 +56,6 @@ fn default_margin() -> f64 {
     0.01
 }
 
-/// Whether a schedule stays positive over any stage.
-fn positive(s: &Schedule) -> bool {
-    let ok = |v: f32| v.is_finite() && v > 0.0;
-    match s {
-        Schedule::Constant(v) => ok(*v),
-        Schedule::Curve(c) if c.kind == CurveKind::Step => ok(c.start) && ok(c.factor),
-        Schedule::Curve(c) => ok(c.start) && ok(c.end),
-    }
-}
-
 /// The loss with the gates of its last batch.
 pub struct Selective {
     /// Parameters from the recipe.
@@ -75,7 +65,7 @@ pub struct Selective {
 }
 
 fn build(p: SelectiveParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
-    if !positive(&p.temperature) {
+    if !p.temperature.stays_positive() {
         return Err(ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature)));
     }
     if !p.margin.is_finite() {
@@ -195,7 +185,7 @@ mod tests {
         assert_eq!(sel(2.0, Fallback::None).compute(&s.input(0, 1)).unwrap().value, 0.0);
         s.langs = vec![0; 6];
         let v = l.compute(&s.input(0, 1)).unwrap().value;
-        let kd = SoftKlParams { temperature: 2.0, scale_t2: true }.compute(&s.input(0, 1)).unwrap().value;
+        let kd = SoftKlParams { temperature: Schedule::Constant(2.0), scale_t2: true }.compute(&s.input(0, 1)).unwrap().value;
         assert!((v - kd).abs() < 1e-5, "{v} vs {kd}");
         // Before the first evaluation every gate is open.
         s.stats.iter_mut().for_each(|st| st.dev_acc = None);

@@ -4,6 +4,7 @@ use kdx_framework::dfdx_prelude::*;
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{autodiff_logits, row_weights, softmax_rows, tensor2, Loss, LossInput, LossOutput};
 use kdx_framework::registry::BuildCtx;
+use kdx_framework::schedule::Schedule;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -16,24 +17,24 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SoftKlParams {
-    /// Temperature T > 0.
+    /// Temperature T > 0: a number or a schedule (`{ kind = "cosine", start = 4.0, end = 1.0 }`).
     #[serde(default = "default_t")]
-    pub temperature: f32,
+    pub temperature: Schedule,
     /// Multiply by T².
     #[serde(default = "yes")]
     pub scale_t2: bool,
 }
 
-fn default_t() -> f32 {
-    2.0
+fn default_t() -> Schedule {
+    Schedule::Constant(2.0)
 }
 fn yes() -> bool {
     true
 }
 
 fn build(p: SoftKlParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
-    if !(p.temperature > 0.0 && p.temperature.is_finite()) {
-        return Err(ctx.error("temperature", format!("must be a positive number, found {}", p.temperature)));
+    if !p.temperature.stays_positive() {
+        return Err(ctx.error("temperature", format!("must be a positive number, found {:?}", p.temperature)));
     }
     Ok(Box::new(p))
 }
@@ -46,7 +47,7 @@ impl Loss for SoftKlParams {
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let t_logits = x.teacher_logits.ok_or_else(|| anyhow::anyhow!("soft-kl needs teacher logits"))?;
-        let (b, c, t) = (x.batch, x.classes, self.temperature);
+        let (b, c, t) = (x.batch, x.classes, self.temperature.at(x.step, x.total_steps));
         let scale = if self.scale_t2 { t * t } else { 1.0 };
         let (p, lp) = softmax_rows(t_logits, c, t);
         // Constant part Σ p·log p (the teacher's negative entropy), weighted like the rest.
@@ -72,7 +73,7 @@ mod tests {
     #[test]
     fn gradient_matches_finite_differences() {
         for (t, scale) in [(1.0, true), (4.0, true), (4.0, false)] {
-            let mut l = SoftKlParams { temperature: t, scale_t2: scale };
+            let mut l = SoftKlParams { temperature: Schedule::Constant(t), scale_t2: scale };
             let s = SampleBatch::random(5, 6, 2, 3.0, 4);
             let err = gradient_check(&mut l, &s.input(0, 10), 1e-2).unwrap();
             assert!(err < 1e-2, "T={t}: relative error {err}");
@@ -81,7 +82,7 @@ mod tests {
 
     #[test]
     fn zero_when_student_equals_teacher_and_safe_on_one_hot_teachers() {
-        let mut l = SoftKlParams { temperature: 1.0, scale_t2: true };
+        let mut l = SoftKlParams { temperature: Schedule::Constant(1.0), scale_t2: true };
         let mut s = SampleBatch::random(3, 4, 1, 2.0, 5);
         s.student_logits = s.teacher_logits.clone();
         let out = l.compute(&s.input(0, 1)).unwrap();

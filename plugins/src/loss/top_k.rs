@@ -3,7 +3,7 @@
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput};
 use kdx_framework::registry::BuildCtx;
-use kdx_framework::schedule::{CurveKind, Schedule};
+use kdx_framework::schedule::Schedule;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -38,21 +38,11 @@ fn yes() -> bool {
     true
 }
 
-/// Whether a schedule stays positive over any stage.
-fn positive(s: &Schedule) -> bool {
-    let ok = |v: f32| v.is_finite() && v > 0.0;
-    match s {
-        Schedule::Constant(v) => ok(*v),
-        Schedule::Curve(c) if c.kind == CurveKind::Step => ok(c.start) && ok(c.factor),
-        Schedule::Curve(c) => ok(c.start) && ok(c.end),
-    }
-}
-
 fn build(p: TopKParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
     if p.k == 0 {
         return Err(ctx.error("k", "must be at least 1"));
     }
-    if !positive(&p.temperature) {
+    if !p.temperature.stays_positive() {
         return Err(ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature)));
     }
     Ok(Box::new(p))
@@ -139,7 +129,7 @@ mod tests {
         assert!((v - expect).abs() < 1e-6, "{v} vs {expect}");
         let s = SampleBatch::random(4, 5, 1, 3.0, 9);
         let a = top(8, 2.0).compute(&s.input(0, 1)).unwrap().value;
-        let b = SoftKlParams { temperature: 2.0, scale_t2: true }.compute(&s.input(0, 1)).unwrap().value;
+        let b = SoftKlParams { temperature: Schedule::Constant(2.0), scale_t2: true }.compute(&s.input(0, 1)).unwrap().value;
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
 }
