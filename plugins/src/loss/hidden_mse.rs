@@ -1,13 +1,12 @@
 //! `hidden-mse`: match the teacher's hidden representation through a learned projection.
 
-use kdx_framework::engine::nn::Linear;
+use kdx_framework::engine::nn::HiddenProjection;
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput};
-use kdx_framework::model::{Grad, Param};
+use kdx_framework::model::Param;
 use kdx_framework::registry::BuildCtx;
-use rand::SeedableRng;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// Squared error between hidden representations (FitNets-style hint loss):
 /// L = (1/B) Σᵢ wᵢ · (1/Hₜ) Σⱼ ((W hₛ,ᵢ + b)ⱼ − hₜ,ᵢⱼ)²,
@@ -30,28 +29,18 @@ pub struct HiddenMseParams {
 }
 
 /// When to put a learned linear projection between student and teacher hidden states.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Projection {
-    /// Only when the student's and the teacher's widths differ.
-    #[default]
-    Auto,
-    /// Always, even for equal widths.
-    Always,
-    /// Never; the widths must match.
-    Never,
-}
+pub use kdx_framework::engine::nn::ProjectionMode as Projection;
 
 /// The loss with its (lazily created) projection.
 pub struct HiddenMse {
     /// Parameters from the recipe.
     pub params: HiddenMseParams,
     /// The projection, once the widths are known.
-    pub proj: Option<Linear>,
+    pub proj: HiddenProjection,
 }
 
 fn build(p: HiddenMseParams, _: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
-    Ok(Box::new(HiddenMse { params: p, proj: None }))
+    Ok(Box::new(HiddenMse { params: p, proj: HiddenProjection::default() }))
 }
 
 kdx_framework::register_loss!("hidden-mse", "MSE between projected student and teacher hidden representations", HiddenMseParams, build);
@@ -59,19 +48,7 @@ kdx_framework::register_loss!("hidden-mse", "MSE between projected student and t
 impl HiddenMse {
     /// Whether a projection is used for these widths; creates it (seeded) on first need.
     fn ensure_projection(&mut self, hs: usize, ht: usize) -> anyhow::Result<bool> {
-        let project = match self.params.projection {
-            Projection::Auto => hs != ht,
-            Projection::Always => true,
-            Projection::Never => {
-                anyhow::ensure!(hs == ht, "hidden-mse with projection = \"never\" needs equal widths, student {hs} ≠ teacher {ht}");
-                false
-            }
-        };
-        if project && self.proj.is_none() {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(self.params.seed);
-            self.proj = Some(Linear::new("proj", hs, ht, &mut rng));
-        }
-        Ok(project)
+        self.proj.ensure(self.params.projection, self.params.seed, hs, ht, "hidden-mse")
     }
 }
 
@@ -92,60 +69,28 @@ impl Loss for HiddenMse {
         Ok(())
     }
     fn params(&self) -> Vec<&Param> {
-        self.proj.iter().flat_map(|l| [&l.w, &l.b]).collect()
+        self.proj.params()
     }
     fn params_mut(&mut self) -> Vec<&mut Param> {
-        self.proj.iter_mut().flat_map(|l| [&mut l.w, &mut l.b]).collect()
+        self.proj.params_mut()
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let th = x.teacher_hidden.ok_or_else(|| anyhow::anyhow!("hidden-mse needs the teacher's hidden representation"))?;
         let (b, hs, ht) = (x.batch, x.student_hidden_dim, x.teacher_hidden_dim);
-        anyhow::ensure!(hs > 0 && ht > 0, "hidden-mse: a hidden width is 0 (student {hs}, teacher {ht})");
         let project = self.ensure_projection(hs, ht)?;
-        let proj = if project { self.proj.as_mut() } else { None };
-        if let Some(l) = &proj {
-            anyhow::ensure!(l.w.shape == [hs, ht], "hidden-mse: the projection is {:?}, the widths are now {hs} → {ht}", l.w.shape);
-        }
         // P = hₛ W + b (or hₛ), dP = ∂L/∂P.
+        let p = self.proj.forward(project, x.student_hidden, b, hs, ht);
         let mut dp = vec![0f64; b * ht];
         let mut value = 0f64;
         for i in 0..b {
-            let h = &x.student_hidden[i * hs..(i + 1) * hs];
             let w = x.weights[i] as f64 / b as f64;
             for j in 0..ht {
-                let p = match &proj {
-                    Some(l) => l.b.data[j] as f64 + (0..hs).map(|a| h[a] as f64 * l.w.data[a * ht + j] as f64).sum::<f64>(),
-                    None => h[j] as f64,
-                };
-                let d = p - th[i * ht + j] as f64;
+                let d = p[i * ht + j] - th[i * ht + j] as f64;
                 value += w * d * d / ht as f64;
                 dp[i * ht + j] = 2.0 * w * d / ht as f64;
             }
         }
-        let grad_hidden = match proj {
-            None => dp.iter().map(|&v| v as f32).collect(),
-            Some(l) => {
-                let (mut gw, mut gb, mut gh) = (vec![0f64; hs * ht], vec![0f64; ht], vec![0f32; b * hs]);
-                for i in 0..b {
-                    let h = &x.student_hidden[i * hs..(i + 1) * hs];
-                    let dpi = &dp[i * ht..(i + 1) * ht];
-                    for j in 0..ht {
-                        gb[j] += dpi[j];
-                    }
-                    for a in 0..hs {
-                        let row = &l.w.data[a * ht..(a + 1) * ht];
-                        gh[i * hs + a] = (0..ht).map(|j| row[j] as f64 * dpi[j]).sum::<f64>() as f32;
-                        for j in 0..ht {
-                            gw[a * ht + j] += h[a] as f64 * dpi[j];
-                        }
-                    }
-                }
-                // Set, not add: `compute` runs once per step and the optimizer clears gradients.
-                l.w.grad = Grad::Dense(gw.into_iter().map(|v| v as f32).collect());
-                l.b.grad = Grad::Dense(gb.into_iter().map(|v| v as f32).collect());
-                gh
-            }
-        };
+        let grad_hidden = self.proj.backward(project, x.student_hidden, &dp, b, hs, ht);
         Ok(LossOutput { value: value as f32, grad_logits: vec![0.0; b * x.classes], grad_hidden: Some(grad_hidden) })
     }
 }
@@ -154,9 +99,10 @@ impl Loss for HiddenMse {
 mod tests {
     use super::*;
     use kdx_framework::loss::{gradient_check, SampleBatch};
+    use kdx_framework::model::Grad;
 
     fn loss(projection: Projection) -> HiddenMse {
-        HiddenMse { params: HiddenMseParams { projection, seed: 3 }, proj: None }
+        HiddenMse { params: HiddenMseParams { projection, seed: 3 }, proj: HiddenProjection::default() }
     }
 
     fn rel(a: f32, n: f32) -> f32 {
