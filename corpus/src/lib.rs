@@ -16,6 +16,7 @@ pub mod cli;
 pub mod load;
 mod manifest;
 pub mod mo;
+pub mod select;
 pub mod split;
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
+pub use kdx_corpus::select::Languages;
 use kdx_corpus::split::{split_of, stable_hash64, Split};
 use kdx_framework::dataset::{file_fingerprint, Dataset, Example, Task};
 use kdx_framework::kdx_recipe::Diagnostic;
@@ -44,16 +45,6 @@ pub struct GettextLidParams {
     pub test_fraction: f64,
 }
 
-/// A locale selection.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(untagged)]
-pub enum Languages {
-    /// "top-N", "min-K" or "all".
-    Rule(String),
-    /// Explicit locale codes.
-    List(Vec<String>),
-}
-
 fn default_languages() -> Languages {
     Languages::Rule("top-40".into())
 }
@@ -61,34 +52,8 @@ fn default_frac() -> f64 {
     0.1
 }
 
-/// A parsed selection rule.
-enum Rule {
-    Top(usize),
-    Min(usize),
-    All,
-    List(Vec<String>),
-}
-
-fn parse_rule(l: &Languages) -> Result<Rule, String> {
-    match l {
-        Languages::List(v) if v.is_empty() => Err("the language list is empty".into()),
-        Languages::List(v) => Ok(Rule::List(v.clone())),
-        Languages::Rule(s) if s == "all" => Ok(Rule::All),
-        Languages::Rule(s) => {
-            let num = |p: &str| s.strip_prefix(p).and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
-            if let Some(n) = num("top-") {
-                Ok(Rule::Top(n))
-            } else if let Some(n) = num("min-") {
-                Ok(Rule::Min(n))
-            } else {
-                Err(format!("expected \"top-N\", \"min-K\", \"all\" or a list of locales, found \"{s}\""))
-            }
-        }
-    }
-}
-
 fn build(mut p: GettextLidParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, Diagnostic> {
-    if let Err(e) = parse_rule(&p.languages) {
+    if let Err(e) = p.languages.check() {
         return Err(ctx.error("languages", e));
     }
     for (name, f) in [("dev_fraction", p.dev_fraction), ("test_fraction", p.test_fraction)] {
@@ -122,27 +87,7 @@ impl Dataset for GettextLidParams {
         for r in &corpus.rows {
             *counts.entry(locale(&r.locale)).or_default() += 1;
         }
-        let rule = parse_rule(&self.languages).map_err(anyhow::Error::msg)?;
-        let mut by_size: Vec<(&String, &usize)> = counts.iter().collect();
-        by_size.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let mut langs: Vec<String> = match rule {
-            Rule::All => counts.keys().cloned().collect(),
-            Rule::Top(n) => by_size.iter().take(n).map(|(l, _)| (*l).clone()).collect(),
-            Rule::Min(k) => by_size.iter().filter(|(_, &c)| c >= k).map(|(l, _)| (*l).clone()).collect(),
-            Rule::List(v) => {
-                for l in &v {
-                    anyhow::ensure!(
-                        counts.contains_key(l),
-                        "locale `{l}` is not in {} (after merging); it has: {}",
-                        self.corpus.display(),
-                        counts.keys().cloned().collect::<Vec<_>>().join(", ")
-                    );
-                }
-                v
-            }
-        };
-        langs.sort();
-        langs.dedup();
+        let langs = self.languages.select(&counts, &self.corpus.display().to_string())?;
         let index: BTreeMap<&str, u32> = langs.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
         let mut task = Task { labels: langs.clone(), langs: langs.clone(), ..Default::default() };
         let mut train_by_lang: Vec<Vec<(u64, Example)>> = vec![Vec::new(); langs.len()];

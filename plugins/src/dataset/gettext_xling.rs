@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use anyhow::Context;
+pub use kdx_corpus::select::Languages;
 use kdx_corpus::split::{split_of, stable_hash64, Split};
 use kdx_framework::dataset::{file_fingerprint, Dataset, Example, Task};
 use kdx_framework::kdx_recipe::Diagnostic;
@@ -73,16 +74,6 @@ pub struct GettextXlingParams {
     pub test_fraction: f64,
 }
 
-/// A locale selection.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(untagged)]
-pub enum Languages {
-    /// "top-N", "min-K" or "all".
-    Rule(String),
-    /// Explicit locale codes.
-    List(Vec<String>),
-}
-
 fn default_languages() -> Languages {
     Languages::Rule("top-10".into())
 }
@@ -96,37 +87,12 @@ fn default_frac() -> f64 {
     0.1
 }
 
-/// A parsed selection rule.
-enum Rule {
-    Top(usize),
-    Min(usize),
-    All,
-    List(Vec<String>),
-}
-
-fn parse_rule(l: &Languages) -> Result<Rule, String> {
-    match l {
-        Languages::List(v) if v.is_empty() => Err("the language list is empty".into()),
-        Languages::List(v) if v.iter().any(|l| l == ENGLISH) => {
-            Err("`en` is the teacher's language and is always part of the task; list only the locales the student reads".into())
-        }
-        Languages::List(v) => Ok(Rule::List(v.clone())),
-        Languages::Rule(s) if s == "all" => Ok(Rule::All),
-        Languages::Rule(s) => {
-            let num = |p: &str| s.strip_prefix(p).and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
-            if let Some(n) = num("top-") {
-                Ok(Rule::Top(n))
-            } else if let Some(n) = num("min-") {
-                Ok(Rule::Min(n))
-            } else {
-                Err(format!("expected \"top-N\", \"min-K\", \"all\" or a list of locales, found \"{s}\""))
-            }
-        }
-    }
-}
-
 fn build(mut p: GettextXlingParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, Diagnostic> {
-    if let Err(e) = parse_rule(&p.languages) {
+    if matches!(&p.languages, Languages::List(v) if v.iter().any(|l| l == ENGLISH)) {
+        return Err(ctx
+            .error("languages", "`en` is the teacher's language and is always part of the task; list only the locales the student reads"));
+    }
+    if let Err(e) = p.languages.check() {
         return Err(ctx.error("languages", e));
     }
     if p.domains < 2 {
@@ -166,31 +132,11 @@ impl Dataset for GettextXlingParams {
         let corpus = kdx_corpus::load::load(&self.corpus).with_context(|| format!("loading {}", self.corpus.display()))?;
 
         // 1. Locales.
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for r in &corpus.rows {
-            *counts.entry(r.locale.as_str()).or_default() += 1;
+            *counts.entry(r.locale.clone()).or_default() += 1;
         }
-        let rule = parse_rule(&self.languages).map_err(anyhow::Error::msg)?;
-        let mut by_size: Vec<(&str, usize)> = counts.iter().map(|(l, c)| (*l, *c)).collect();
-        by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let mut selected: Vec<String> = match rule {
-            Rule::All => counts.keys().map(|l| l.to_string()).collect(),
-            Rule::Top(n) => by_size.iter().take(n).map(|(l, _)| l.to_string()).collect(),
-            Rule::Min(k) => by_size.iter().filter(|(_, c)| *c >= k).map(|(l, _)| l.to_string()).collect(),
-            Rule::List(v) => {
-                for l in &v {
-                    anyhow::ensure!(
-                        counts.contains_key(l.as_str()),
-                        "locale `{l}` is not in {}; it has: {}",
-                        self.corpus.display(),
-                        counts.keys().copied().collect::<Vec<_>>().join(", ")
-                    );
-                }
-                v
-            }
-        };
-        selected.sort();
-        selected.dedup();
+        let mut selected = self.languages.select(&counts, &self.corpus.display().to_string())?;
         // A snapshot never holds `en` itself (English variants are skipped when it is
         // built), but a hand-made one might: English is the teacher's side here.
         selected.retain(|l| l != ENGLISH);

@@ -1,0 +1,92 @@
+//! Choosing locales of the corpus: the `languages` parameter of the dataset plugins.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A locale selection: "top-N" (the N largest), "min-K" (every locale with ≥ K rows),
+/// "all", or an explicit list of locale codes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Languages {
+    /// "top-N", "min-K" or "all".
+    Rule(String),
+    /// Explicit locale codes.
+    List(Vec<String>),
+}
+
+enum Rule<'a> {
+    Top(usize),
+    Min(usize),
+    All,
+    List(&'a [String]),
+}
+
+impl Languages {
+    fn rule(&self) -> Result<Rule<'_>, String> {
+        match self {
+            Languages::List(v) if v.is_empty() => Err("the language list is empty".into()),
+            Languages::List(v) => Ok(Rule::List(v)),
+            Languages::Rule(s) if s == "all" => Ok(Rule::All),
+            Languages::Rule(s) => {
+                let num = |p: &str| s.strip_prefix(p).and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
+                match (num("top-"), num("min-")) {
+                    (Some(n), _) => Ok(Rule::Top(n)),
+                    (_, Some(k)) => Ok(Rule::Min(k)),
+                    _ => Err(format!("expected \"top-N\", \"min-K\", \"all\" or a list of locales, found \"{s}\"")),
+                }
+            }
+        }
+    }
+
+    /// Checks the selection's syntax (plan time; the message is for the recipe's location).
+    pub fn check(&self) -> Result<(), String> {
+        self.rule().map(drop)
+    }
+
+    /// The selected locales, sorted and unique, given the rows per locale; `source` names
+    /// the corpus in errors. Ties in size are broken by name, so "top-N" is deterministic.
+    pub fn select(&self, counts: &BTreeMap<String, usize>, source: &str) -> anyhow::Result<Vec<String>> {
+        let rule = self.rule().map_err(anyhow::Error::msg)?;
+        let mut by_size: Vec<(&String, &usize)> = counts.iter().collect();
+        by_size.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let mut out: Vec<String> = match rule {
+            Rule::All => counts.keys().cloned().collect(),
+            Rule::Top(n) => by_size.iter().take(n).map(|(l, _)| (*l).clone()).collect(),
+            Rule::Min(k) => by_size.iter().filter(|(_, &c)| c >= k).map(|(l, _)| (*l).clone()).collect(),
+            Rule::List(v) => {
+                for l in v {
+                    anyhow::ensure!(
+                        counts.contains_key(l),
+                        "locale `{l}` is not in {source}; it has: {}",
+                        counts.keys().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                }
+                v.to_vec()
+            }
+        };
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_select_by_size_and_name() {
+        let counts: BTreeMap<String, usize> =
+            [("de", 5), ("fr", 9), ("ja", 5), ("xx", 1)].iter().map(|(l, n)| (l.to_string(), *n)).collect();
+        let sel = |l: Languages| l.select(&counts, "c").map_err(|e| e.to_string());
+        assert_eq!(sel(Languages::Rule("top-2".into())).unwrap(), vec!["de", "fr"]);
+        assert_eq!(sel(Languages::Rule("min-5".into())).unwrap(), vec!["de", "fr", "ja"]);
+        assert_eq!(sel(Languages::Rule("all".into())).unwrap().len(), 4);
+        assert_eq!(sel(Languages::List(vec!["ja".into(), "de".into(), "ja".into()])).unwrap(), vec!["de", "ja"]);
+        assert!(sel(Languages::List(vec!["zz".into()])).unwrap_err().contains("`zz` is not in c"));
+        assert!(Languages::Rule("top40".into()).check().unwrap_err().contains("\"top-N\""));
+        assert!(Languages::List(vec![]).check().is_err());
+    }
+}
