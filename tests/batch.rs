@@ -192,7 +192,9 @@ fn two_batches_on_one_results_directory_never_run_a_run_twice() {
     }
     let rows = summary(&results);
     assert_eq!(rows.len(), 5);
-    assert_eq!(rows.values().filter(|r| r.status == "ok").count(), 3, "{rows:#?}");
+    // A run finished by one batch may be found up to date by the other, which then records
+    // it as skipped: either way it was run once (checked above).
+    assert_eq!(rows.values().filter(|r| r.status == "ok" || r.status == "skipped").count(), 3, "{rows:#?}");
 }
 
 #[test]
