@@ -119,11 +119,14 @@ pub fn row_weights(batch: usize, classes: usize, weights: &[f32]) -> T2 {
     tensor2(batch, classes, &v)
 }
 
-/// Checks a loss's analytic gradient against central finite differences on the logits;
-/// returns the largest relative error (|a − n| / max(1, |a|, |n|)). Loss authors call this
-/// in their tests; see docs/writing-a-loss-plugin.md.
+/// Checks a loss's analytic gradients against central finite differences: with respect to
+/// the student logits, the student hidden representation (when the loss returns a hidden
+/// gradient) and the loss's own parameters (e.g. a projection). Returns the largest relative
+/// error (|a − n| / max(1, |a|, |n|)). Loss authors call this in their tests; see
+/// docs/writing-a-loss-plugin.md.
 pub fn gradient_check(loss: &mut dyn Loss, x: &LossInput, eps: f32) -> anyhow::Result<f32> {
-    let analytic = loss.compute(x)?.grad_logits;
+    let rel = |a: f32, n: f32| (a - n).abs() / 1f32.max(a.abs()).max(n.abs());
+    let out = loss.compute(x)?;
     let mut worst = 0f32;
     let mut z = x.student_logits.to_vec();
     for i in 0..z.len() {
@@ -133,9 +136,40 @@ pub fn gradient_check(loss: &mut dyn Loss, x: &LossInput, eps: f32) -> anyhow::R
         z[i] = orig - eps;
         let down = loss.compute(&LossInput { student_logits: &z, ..*x })?.value;
         z[i] = orig;
-        let numeric = (up - down) / (2.0 * eps);
-        let err = (analytic[i] - numeric).abs() / 1f32.max(analytic[i].abs()).max(numeric.abs());
-        worst = worst.max(err);
+        worst = worst.max(rel(out.grad_logits[i], (up - down) / (2.0 * eps)));
+    }
+    if let Some(gh) = &out.grad_hidden {
+        let mut h = x.student_hidden.to_vec();
+        for i in 0..h.len() {
+            let orig = h[i];
+            h[i] = orig + eps;
+            let up = loss.compute(&LossInput { student_hidden: &h, ..*x })?.value;
+            h[i] = orig - eps;
+            let down = loss.compute(&LossInput { student_hidden: &h, ..*x })?.value;
+            h[i] = orig;
+            worst = worst.max(rel(gh[i], (up - down) / (2.0 * eps)));
+        }
+    }
+    // The loss's own parameters: their gradients are those of the unperturbed batch.
+    loss.compute(x)?;
+    let grads: Vec<Vec<f32>> = loss
+        .params()
+        .iter()
+        .map(|p| match &p.grad {
+            crate::model::Grad::Dense(g) => Ok(g.clone()),
+            other => Err(anyhow::anyhow!("parameter `{}` has no dense gradient after compute: {other:?}", p.name)),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for (pi, g) in grads.iter().enumerate() {
+        for k in 0..g.len() {
+            let orig = loss.params()[pi].data[k];
+            loss.params_mut()[pi].data[k] = orig + eps;
+            let up = loss.compute(x)?.value;
+            loss.params_mut()[pi].data[k] = orig - eps;
+            let down = loss.compute(x)?.value;
+            loss.params_mut()[pi].data[k] = orig;
+            worst = worst.max(rel(g[k], (up - down) / (2.0 * eps)));
+        }
     }
     Ok(worst)
 }
