@@ -194,6 +194,10 @@ fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
     let dir = results.join("finetune/run");
     let metrics: Vec<MetricRow> = read(&dir.join("metrics.csv"));
     assert!(metrics.iter().any(|m| m.stage == "finetune" && m.split == "dev" && m.step == 30));
+    // Test scores before and after fine-tuning; languages.csv holds the final ones.
+    let test_macro = |stage: &str| metrics.iter().find(|m| m.stage == stage && m.split == "test" && m.lang == "macro").map(|m| m.acc);
+    assert!(test_macro("distill").is_some());
+    assert_eq!(test_macro("finetune"), Some(row.student_macro_acc));
     #[derive(serde::Deserialize)]
     struct S {
         stage: String,
@@ -262,4 +266,186 @@ fn kdx_sample_predicts_what_training_draws() {
     let small = langs.iter().min_by_key(|l| l.train_size).unwrap();
     let total: usize = langs.iter().map(|l| l.train_size).sum();
     assert!(small.sampled as f64 / n > small.train_size as f64 / total as f64);
+}
+
+/// Writes `rows × cols` little-endian f32 values as a version-1 `.npy` file.
+fn write_npy(path: &Path, rows: usize, cols: usize, data: &[f32]) {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    while (11 + header.len()) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(data.iter().flat_map(|x| x.to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// `recipe()` with its teacher replaced by a `logits-file` teacher reading `teacher.npy`,
+/// and soft-KL as the only loss: the student learns from the file alone.
+fn logits_file_recipe(dir: &Path, name: &str) -> PathBuf {
+    let p = recipe(dir, name, "");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let (head, rest) = text.split_once("[teacher]").unwrap();
+    let (_, tail) = rest.split_once("[student]").unwrap();
+    let (student, _) = tail.split_once("[[loss]]").unwrap();
+    let (_, train) = tail.split_once("[train]").unwrap();
+    let losses = "[[loss]]\nplugin = \"soft-kl\"\ntemperature = 1.0\n\n";
+    std::fs::write(
+        &p,
+        format!("{head}[teacher]\nplugin = \"logits-file\"\npath = \"teacher.npy\"\n\n[student]{student}{losses}[train]{train}"),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn a_logits_file_teacher_is_matched_by_id_and_teaches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = logits_file_recipe(tmp.path(), "fromfile");
+    // Before the file exists `kdx examples` already works: it needs only [data].
+    let examples = tmp.path().join("examples.tsv");
+    let out = kdx(&["examples", r.to_str().unwrap(), "-o", examples.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("(6): de fr ja pt pt_BR ru"), "{stderr}");
+    #[derive(serde::Deserialize)]
+    struct Ex {
+        id: String,
+        split: String,
+        label: String,
+    }
+    let rows: Vec<Ex> =
+        csv::ReaderBuilder::new().delimiter(b'\t').from_path(&examples).unwrap().deserialize().collect::<Result<_, _>>().unwrap();
+    let classes = ["de", "fr", "ja", "pt", "pt_BR", "ru"];
+    let mut scored: Vec<&Ex> = rows.iter().filter(|e| e.split != "teacher-train").collect();
+    assert!(scored.len() > 6 * 1500, "{}", scored.len());
+    // Rows in reverse order: the lookup goes by id, not by position.
+    scored.reverse();
+    let write = |shift: usize, skip: usize| {
+        let kept = &scored[skip..];
+        let mut data = vec![0f32; kept.len() * 6];
+        for (i, e) in kept.iter().enumerate() {
+            let gold = classes.iter().position(|c| *c == e.label).unwrap();
+            data[i * 6 + (gold + shift) % 6] = 6.0;
+        }
+        write_npy(&tmp.path().join("teacher.npy"), kept.len(), 6, &data);
+        let ids: String = kept.iter().map(|e| format!("{}\n", e.id)).collect();
+        std::fs::write(tmp.path().join("teacher.ids.txt"), ids).unwrap();
+    };
+    let results = tmp.path().join("results");
+
+    // An oracle teacher: the gold label, confidently. Its reported accuracy is exactly 1,
+    // which only holds if every row reached its own example.
+    write(0, 0);
+    let row = run_ok(&r, &results, &[]);
+    assert_eq!(row.teacher_macro_acc, 1.0);
+    assert_eq!(row.teacher_params, 0);
+    assert!(row.student_macro_acc > 0.8, "student {}", row.student_macro_acc);
+    assert!(!results.join("fromfile/run/teacher.safetensors").exists(), "nothing to export");
+
+    // A teacher that always names the next class: the student follows the file, not the data.
+    write(1, 0);
+    let row = run_ok(&r, &results, &[]);
+    assert_eq!(row.teacher_macro_acc, 0.0);
+    assert!(row.student_macro_acc < 0.15, "student {}", row.student_macro_acc);
+
+    // Rows missing: the run stops and says which ids and where they come from.
+    write(0, 3);
+    let out = kdx(&["run", r.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let missing = &scored[0].id;
+    assert!(err.contains("teacher.ids.txt: 3 of the") && err.contains(&format!("`{missing}`")) && err.contains("kdx examples"), "{err}");
+
+    // A `train` stage for it is a located recipe error.
+    let text = std::fs::read_to_string(&r).unwrap().replace("path = \"teacher.npy\"", "path = \"teacher.npy\"\ntrain = { steps = 10 }");
+    std::fs::write(&r, text).unwrap();
+    let out = kdx(&["validate", r.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("teacher.train: the `logits-file` teacher is not trained by kdx"), "{err}");
+}
+
+/// A small cross-lingual task: an English teacher, a student on 4 languages, soft labels
+/// and hidden-state regression; `losses` replaces the loss list.
+fn xling_recipe(dir: &Path, name: &str, losses: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[experiment]
+name = "{name}"
+seed = 3
+
+[data]
+plugin = "gettext-xling"
+corpus = "{corpus}"
+languages = ["fr", "de", "es", "ja"]
+domains = 5
+
+[teacher]
+plugin = "ngram-mlp"
+ngrams = [1, 4]
+buckets = 16384
+dim = 32
+train = {{ steps = 400, batch = 128, optimizer = {{ kind = "adam", lr = 1e-2 }} }}
+
+[student]
+plugin = "ngram-mlp"
+ngrams = [1, 3]
+buckets = 8192
+dim = 16
+hidden = [32]
+
+{losses}
+
+[train]
+steps = 400
+batch = 128
+optimizer = {{ kind = "adam", lr = 5e-3 }}
+"#,
+        corpus = corpus().display()
+    );
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn cross_lingual_student_learns_without_labels_and_retrieves_translations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    // Soft labels alone: five catalogs, chance is 0.2.
+    let r = xling_recipe(tmp.path(), "xling-kd", "[[loss]]\nplugin = \"soft-kl\"\ntemperature = 2.0\n");
+    let row = run_ok(&r, &results, &[]);
+    assert!(row.student_macro_acc > 0.45, "student {}", row.student_macro_acc);
+    assert!(row.baseline_macro_acc.is_none(), "no baseline: it would need the gold labels");
+    assert!(!results.join("xling-kd/run/retrieval.csv").exists(), "no loss relates the hidden spaces");
+
+    // Embedding-level transfer (hidden-state regression alone): translation retrieval.
+    let r = xling_recipe(tmp.path(), "xling", "[[loss]]\nplugin = \"hidden-mse\"\nprojection = \"always\"\n");
+    run_ok(&r, &results, &[]);
+    let dir = results.join("xling/run");
+    #[derive(serde::Deserialize)]
+    struct R {
+        lang: String,
+        candidates: usize,
+        student_acc: f64,
+        teacher_acc: f64,
+        chance: f64,
+    }
+    let rows: Vec<R> = read(&dir.join("retrieval.csv"));
+    let langs: Vec<&str> = rows.iter().map(|r| r.lang.as_str()).collect();
+    assert_eq!(langs, ["de", "es", "fr", "ja", "macro"], "the teacher's own language is not a query language");
+    let m = rows.last().unwrap();
+    assert!(m.candidates > 100 && (m.chance - 1.0 / m.candidates as f64).abs() < 1e-12);
+    // The regression puts translations near their own English source: far above chance,
+    // and above the English teacher reading the translation itself.
+    assert!(m.student_acc > 20.0 * m.chance, "retrieval {} vs chance {}", m.student_acc, m.chance);
+    assert!(m.student_acc > m.teacher_acc, "student {} vs teacher on the translation {}", m.student_acc, m.teacher_acc);
+
+    // A loss that reads gold labels is refused: no target-language label reaches the student.
+    let r = xling_recipe(tmp.path(), "xling-ce", "[[loss]]\nplugin = \"hard-ce\"\n");
+    let out = kdx(&["run", r.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("loss `hard-ce` reads gold labels"), "{err}");
 }

@@ -28,6 +28,39 @@ fn every_shipped_recipe_validates() {
     }
 }
 
+/// Every built-in plugin trains in at least one shipped recipe: each is named (as a
+/// section's or a nested member's `plugin`) by some run of some recipe.
+#[test]
+fn every_plugin_is_used_by_a_shipped_recipe() {
+    fn collect(v: &toml::Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    match (k.as_str(), v) {
+                        ("plugin", toml::Value::String(s)) => {
+                            out.insert(s.clone());
+                        }
+                        _ => collect(v, out),
+                    }
+                }
+            }
+            toml::Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for f in shipped() {
+        for plan in load_plans(&f).unwrap() {
+            collect(&toml::Value::Table(plan.doc.root().clone()), &mut used);
+            used.insert(plan.sampler_plugin.clone());
+        }
+    }
+    use kdx_framework::registry::{list, PluginKind};
+    let unused: Vec<String> =
+        PluginKind::ALL.iter().flat_map(|&k| list(k)).map(|r| r.name.to_string()).filter(|n| !used.contains(n)).collect();
+    assert!(unused.is_empty(), "no shipped recipe uses: {}", unused.join(", "));
+}
+
 #[test]
 fn malformed_recipes_give_their_expected_errors() {
     let dir = root().join("tests/malformed");

@@ -84,6 +84,14 @@ fn parse(bytes: &[u8]) -> Result<Corpus> {
     Ok(Corpus { rows })
 }
 
+/// The example id of the row at `index` (0-based, in file order): `LOCALE:LINE`, LINE being
+/// its 1-based line in the decompressed file (the header is line 1), so
+/// `zcat SNAPSHOT | sed -n LINEp` shows it. Unique within a snapshot, stable for as long as
+/// the snapshot is (its checksum is in the MANIFEST).
+pub fn row_id(row: &Row, index: usize) -> String {
+    format!("{}:{}", row.locale, index + 2)
+}
+
 /// Rows per locale as stated in a snapshot's `MANIFEST.md` (its "Rows per locale" table), so
 /// a test can check that the snapshot and its manifest agree.
 pub fn read_manifest_counts(manifest: &Path) -> Result<BTreeMap<String, usize>> {

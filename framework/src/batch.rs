@@ -197,7 +197,8 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<BatchRun>> {
                         toml::to_string(&plan.teacher_train).unwrap_or_default(),
                         plan.experiment.seed
                     ));
-                    let mut stages = vec![("teacher".to_string(), plan.teacher_train.steps), ("distill".to_string(), plan.train.steps)];
+                    let mut stages: Vec<(String, u64)> = plan.teacher_train.iter().map(|t| ("teacher".to_string(), t.steps)).collect();
+                    stages.push(("distill".to_string(), plan.train.steps));
                     if let Some(ft) = &plan.finetune {
                         stages.push(("finetune".to_string(), ft.steps));
                     }

@@ -68,6 +68,18 @@ enum Command {
         /// The recipe file.
         recipe: PathBuf,
     },
+    /// Write the examples of a recipe's data as TSV (id, split, lang, label, text, source):
+    /// what a program outside kdx needs to compute teacher outputs for the `logits-file`
+    /// teacher. Split `teacher-train` (when the task has one) is the teacher's own training
+    /// set; the `logits-file` teacher needs rows for train, dev and test. The classes, in the
+    /// order of the logit columns, go to stderr.
+    Examples {
+        /// The recipe file (its first run's data, for a sweep).
+        recipe: PathBuf,
+        /// Output file (default: stdout).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Check recipes (files or directories, recursively) without running anything.
     Validate {
         /// Recipe files or directories.
@@ -178,15 +190,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
                 match engine::run(&mut plan, &opts) {
                     Ok(row) => println!(
-                        "{}/{}: teacher {:.4}  student {:.4}  baseline {}  ({} → {} params, {:.1}×) in {:.1}s",
+                        "{}/{}: teacher {:.4}  student {:.4}  baseline {}  ({}) in {:.1}s",
                         row.experiment,
                         row.run,
                         row.teacher_macro_acc,
                         row.student_macro_acc,
                         row.baseline_macro_acc.map_or("-".into(), |b| format!("{b:.4}")),
-                        row.teacher_params,
-                        row.student_params,
-                        row.compression,
+                        row.sizes(),
                         row.wall_s
                     ),
                     Err(e) => {
@@ -198,6 +208,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Validate { paths } => validate(&paths),
+        Command::Examples { recipe, out } => {
+            examples(&recipe, out.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Batch(args) => crate::batch::run(&args),
         Command::Report(args) => crate::compare::run(&args),
         Command::Sample { recipe } => {
@@ -281,6 +295,34 @@ pub fn find_recipes(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// `kdx examples`: the recipe's train, dev and test examples as TSV (CSV quoting where a
+/// field needs it), written atomically to `out` or to stdout.
+fn examples(recipe: &Path, out: Option<&Path>) -> Result<()> {
+    let dataset = crate::plan::load_dataset(recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let task = dataset.load().context("loading the dataset")?;
+    let mut w = csv::WriterBuilder::new().delimiter(b'\t').from_writer(Vec::new());
+    w.write_record(["id", "split", "lang", "label", "text", "source"])?;
+    // The teacher's own training set, where the task has one, comes first: a program that
+    // trains the teacher elsewhere needs it; its rows repeat ids of `train`.
+    let teacher_train = task.teacher_train.as_deref().unwrap_or(&[]);
+    for (split, xs) in [("teacher-train", teacher_train), ("train", &task.train), ("dev", &task.dev), ("test", &task.test)] {
+        for e in xs.iter() {
+            let (lang, label) = (&task.langs[e.lang as usize], &task.labels[e.label as usize]);
+            w.write_record([e.id.as_str(), split, lang, label, &e.text, e.source.as_deref().unwrap_or("")])?;
+        }
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("writing the table: {e}"))?;
+    match out {
+        Some(path) => crate::engine::store::write_atomic(path, &bytes)?,
+        None => std::io::stdout().lock().write_all(&bytes)?,
+    }
+    eprintln!("classes, in the order of the logit columns ({}): {}", task.labels.len(), task.labels.join(" "));
+    if task.teacher_reads_source {
+        eprintln!("the teacher of this task reads the `source` column");
+    }
+    Ok(())
 }
 
 fn validate(paths: &[PathBuf]) -> Result<ExitCode> {

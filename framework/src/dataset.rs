@@ -6,6 +6,11 @@
 /// One labelled example.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Example {
+    /// A stable identifier, unique within the task's train, dev and test splits: outputs
+    /// computed outside kdx (the `logits-file` teacher) are matched to examples by it.
+    /// `kdx examples RECIPE` lists the ids of a recipe's data. Each dataset documents its
+    /// scheme.
+    pub id: String,
     /// The text the student reads.
     pub text: String,
     /// The parallel source text the teacher reads (cross-lingual distillation), if any.
@@ -51,6 +56,14 @@ impl Task {
             return Err("the teacher's training set is empty".into());
         }
         let teacher_train = self.teacher_train.as_deref().unwrap_or(&[]);
+        let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+        for (split, xs) in [("train", &self.train[..]), ("dev", &self.dev[..]), ("test", &self.test[..])] {
+            for e in xs {
+                if let Some(first) = seen.insert(&e.id, split) {
+                    return Err(format!("example id `{}` appears twice (in {first} and in {split}); ids must be unique", e.id));
+                }
+            }
+        }
         for (split, xs) in [("train", &self.train[..]), ("dev", &self.dev[..]), ("test", &self.test[..]), ("teacher-train", teacher_train)]
         {
             for (i, e) in xs.iter().enumerate() {

@@ -66,7 +66,12 @@ pub fn load(stem: &Path) -> Result<(Box<dyn Model>, ModelCard)> {
     let Instance::Model(builder) = registry::build_standalone(PluginKind::Model, &card.plugin, params, &what)? else {
         unreachable!("a model registration builds a model")
     };
-    let mut model = builder.build(&crate::model::ModelSpec { classes: card.labels.len(), langs: card.languages.clone(), seed: 0 })?;
+    let mut model = builder.build(&crate::model::ModelSpec {
+        classes: card.labels.len(),
+        labels: card.labels.clone(),
+        langs: card.languages.clone(),
+        seed: 0,
+    })?;
     let weights = stem.with_extension("safetensors");
     let map = read_safetensors(&weights)?;
     params_from_map("", &mut model.params_mut(), &map, &weights)?;

@@ -21,6 +21,7 @@ pub mod plan;
 pub mod plot;
 pub mod registry;
 pub mod report;
+pub mod retrieval;
 pub mod sampler;
 pub mod schedule;
 pub mod schema;

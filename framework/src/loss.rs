@@ -91,6 +91,14 @@ pub trait Loss: Send {
     fn language_state(&self) -> Option<Vec<f32>> {
         None
     }
+    /// Maps student hidden representations (`batch × student_hidden_dim`) into the
+    /// teacher's hidden space, as the loss relates the two (its learned projection): the
+    /// engine uses it for translation retrieval in cross-lingual tasks. `None` for losses
+    /// that do not relate the two spaces.
+    fn embed(&self, student_hidden: &[f32], batch: usize, student_hidden_dim: usize) -> Option<Vec<f32>> {
+        let _ = (student_hidden, batch, student_hidden_dim);
+        None
+    }
 }
 
 /// Evaluates a scalar function of the student logits with dfdx autodiff: `f` receives the

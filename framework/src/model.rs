@@ -128,6 +128,22 @@ pub trait Model: Send + Sync {
     fn num_params(&self) -> usize {
         self.params().iter().map(|p| p.numel()).sum()
     }
+
+    /// `Some` for a teacher whose outputs were computed elsewhere (the `logits-file`
+    /// plugin): the engine then skips pre-training and looks its outputs up by example id
+    /// instead of calling [`Model::forward`]. `None` for every network.
+    fn precomputed(&self) -> Option<&dyn OutputTable> {
+        None
+    }
+}
+
+/// Model outputs computed outside kdx, keyed by example id ([`crate::dataset::Example::id`]).
+pub trait OutputTable: Send + Sync {
+    /// The outputs of these examples, in this order. An id without a row is an error that
+    /// names the file, how many ids are missing and a few of them.
+    fn lookup(&self, ids: &[&str], what: &str) -> anyhow::Result<Outputs>;
+    /// Where the outputs come from (a file name), for logs.
+    fn origin(&self) -> String;
 }
 
 /// What a model is sized and seeded for.
@@ -135,6 +151,8 @@ pub trait Model: Send + Sync {
 pub struct ModelSpec {
     /// Number of classes.
     pub classes: usize,
+    /// Class names, indexed by output (empty when unknown).
+    pub labels: Vec<String>,
     /// The task's languages (routing teachers use them; empty when unknown).
     pub langs: Vec<String>,
     /// Initialisation seed.
@@ -144,7 +162,7 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// A spec without language names (benchmarks, tests).
     pub fn new(classes: usize, seed: u64) -> ModelSpec {
-        ModelSpec { classes, langs: Vec::new(), seed }
+        ModelSpec { classes, labels: Vec::new(), langs: Vec::new(), seed }
     }
 }
 
@@ -152,6 +170,13 @@ impl ModelSpec {
 pub trait ModelBuilder: Send + Sync {
     /// Creates a freshly initialised model for the spec.
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>>;
+
+    /// Whether, as the teacher, the engine pre-trains it (`[teacher] train` is then
+    /// required). `false` for teachers whose outputs come from elsewhere (`logits-file`),
+    /// which must [`Model::precomputed`] them.
+    fn pretrains(&self) -> bool {
+        true
+    }
 }
 
 /// Copies a teacher's parameters into a student where names and shapes allow

@@ -185,8 +185,9 @@ pub struct Plan {
     pub data_section: toml::Value,
     /// `[teacher]`.
     pub teacher: ModelPlan,
-    /// `[teacher].train`.
-    pub teacher_train: StageConfig,
+    /// `[teacher].train`; `None` for a teacher the engine does not pre-train
+    /// ([`ModelBuilder::pretrains`]).
+    pub teacher_train: Option<StageConfig>,
     /// `[student]`.
     pub student: ModelPlan,
     /// `[student].init`.
@@ -276,36 +277,37 @@ impl Plan {
         let experiment = required("experiment", &mut diags)
             .and_then(|t| ok(&mut diags, doc.deserialize_at(&KeyPath::root().key("experiment"), toml::Value::Table(t))));
 
-        let data = required("data", &mut diags).and_then(|t| {
-            let key = KeyPath::root().key("data");
-            let (name, params) = split_plugin(&doc, &key, t, &mut diags)?;
-            let b = build(&doc, &key, PluginKind::Dataset, &name, params.clone(), &["plugin"], &mut diags)?;
-            match b {
-                Built::Dataset(d) => Some((name, d, toml::Value::Table(params))),
-                _ => None,
-            }
-        });
+        let data = required("data", &mut diags).and_then(|t| data_section(&doc, t, &mut diags));
 
         let teacher = required("teacher", &mut diags).and_then(|mut t| {
             let key = KeyPath::root().key("teacher");
-            let train = match t.remove("train") {
-                Some(v) => ok(&mut diags, doc.deserialize_at::<StageConfig>(&key.key("train"), v)),
-                None => {
+            let train = t.remove("train");
+            let section = toml::Value::Table(t.clone());
+            let (name, params) = split_plugin(&doc, &key, t, &mut diags)?;
+            let Built::Model(m) = build(&doc, &key, PluginKind::Model, &name, params, &["plugin", "train"], &mut diags)? else {
+                return None;
+            };
+            let train = match (train, m.pretrains()) {
+                (Some(v), true) => Some(ok(&mut diags, doc.deserialize_at::<StageConfig>(&key.key("train"), v))?),
+                (None, true) => {
                     diags.push(doc.diag(
                         &key,
                         "missing key `train` (the teacher's pre-training stage, e.g. `train = { steps = 2000 }`)",
                         None,
                     ));
-                    None
+                    return None;
                 }
+                (Some(_), false) => {
+                    diags.push(doc.diag(
+                        &key.key("train"),
+                        format!("the `{name}` teacher is not trained by kdx (its outputs come from elsewhere); remove `train`"),
+                        None,
+                    ));
+                    return None;
+                }
+                (None, false) => None,
             };
-            let section = toml::Value::Table(t.clone());
-            let (name, params) = split_plugin(&doc, &key, t, &mut diags)?;
-            let b = build(&doc, &key, PluginKind::Model, &name, params, &["plugin", "train"], &mut diags)?;
-            match (b, train) {
-                (Built::Model(m), Some(train)) => Some((ModelPlan { plugin: name, builder: m, section }, train)),
-                _ => None,
-            }
+            Some((ModelPlan { plugin: name, builder: m, section }, train))
         });
 
         let student = required("student", &mut diags).and_then(|mut t| {
@@ -500,6 +502,39 @@ fn split_plugin(doc: &RecipeDoc, key: &KeyPath, mut t: toml::Table, diags: &mut 
             }
             None
         }
+    }
+}
+
+/// Builds the `[data]` section: its plugin name, dataset and parameters.
+fn data_section(doc: &RecipeDoc, t: toml::Table, diags: &mut Diagnostics) -> Option<(String, Box<dyn Dataset>, toml::Value)> {
+    let key = KeyPath::root().key("data");
+    let (name, params) = split_plugin(doc, &key, t, diags)?;
+    match build(doc, &key, PluginKind::Dataset, &name, params.clone(), &["plugin"], diags)? {
+        Built::Dataset(d) => Some((name, d, toml::Value::Table(params))),
+        _ => None,
+    }
+}
+
+/// Builds only the `[data]` section of a recipe (its first run, for a sweep): what
+/// `kdx examples` needs, before the rest of the recipe (say a `logits-file` teacher whose
+/// file is computed from those examples) can be complete.
+pub fn load_dataset(path: &std::path::Path) -> Result<Box<dyn Dataset>, Diagnostics> {
+    let doc = RecipeDoc::load(path)?;
+    let Some(run) = doc.expand_sweep()?.into_iter().next() else {
+        return Err(Diagnostics(vec![Diagnostic::new(format!("{}: the recipe has no run", path.display()))]));
+    };
+    let mut diags = Diagnostics(Vec::new());
+    let data = match run.doc.root().get("data") {
+        Some(toml::Value::Table(t)) => data_section(&run.doc, t.clone(), &mut diags),
+        _ => {
+            diags.push(root_diag(&run.doc, "missing section `[data]`", None));
+            None
+        }
+    };
+    match data {
+        Some((_, d, _)) if diags.is_empty() => Ok(d),
+        // Every `None` pushed a diagnostic.
+        _ => Err(diags),
     }
 }
 

@@ -106,6 +106,18 @@ pub struct RunRow {
     pub peak_rss_mb: f64,
 }
 
+impl RunRow {
+    /// "T → S params, R×", or "teacher outputs from a file → S params" for a teacher
+    /// without weights (`logits-file`).
+    pub fn sizes(&self) -> String {
+        if self.teacher_params == 0 {
+            format!("teacher outputs from a file → {} params", self.student_params)
+        } else {
+            format!("{} → {} params, {:.1}×", self.teacher_params, self.student_params, self.compression)
+        }
+    }
+}
+
 /// Serialises rows as CSV (with a header) and writes them atomically.
 pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());

@@ -163,7 +163,12 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     let mut hooks = Hooks::new(opts, dir, &task, plan.train.eval_fraction)?;
 
     // ---- Teacher: load from the cache or pre-train on hard labels. ----
-    let mut teacher = plan.teacher.builder.build(&ModelSpec { classes, langs: task.langs.clone(), seed: mix(&[seed, 1]) })?;
+    let mut teacher = plan.teacher.builder.build(&ModelSpec {
+        classes,
+        labels: task.labels.clone(),
+        langs: task.langs.clone(),
+        seed: mix(&[seed, 1]),
+    })?;
     let reads_source = task.teacher_reads_source;
     let fingerprint = plan.dataset.fingerprint()?;
     let key = sha(&[
@@ -178,12 +183,17 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     let fcache = FeatureCache { dir: Some(opts.results.join(".cache").join("features")), data_key: fingerprint.clone() };
     let weights = cache.join("teacher.safetensors");
     hooks.teacher_dev = Inputs::new(&*teacher, &task.dev, reads_source, &fcache, "dev")?;
-    if weights.exists() {
+    if let Some(table) = teacher.precomputed() {
+        log(opts, &format!("teacher: outputs read from {} (nothing to pre-train)", table.origin()));
+    } else if weights.exists() {
         let map = read_safetensors(&weights)?;
         params_from_map("", &mut teacher.params_mut(), &map, &weights)?;
         row.teacher_cached = true;
         log(opts, &format!("teacher: loaded from cache {}", cache.display()));
     } else {
+        let cfg = plan.teacher_train.as_ref().with_context(|| {
+            format!("the teacher `{}` has no outputs of its own and no `train` stage to pre-train it", plan.teacher.plugin)
+        })?;
         let t_examples = task.teacher_train.as_deref().unwrap_or(&task.train);
         let inputs = Inputs::new(&*teacher, t_examples, false, &fcache, "teacher-train")?;
         let mut ce = plan.loss("hard-ce", toml::Table::new())?;
@@ -191,7 +201,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         let w = crate::schedule::Schedule::Constant(1.0);
         let stage = Stage {
             name: "teacher",
-            cfg: &plan.teacher_train,
+            cfg,
             train: &inputs,
             teacher: None,
             labels_visible: true,
@@ -210,7 +220,17 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     // ---- Teacher outputs, once per training set (cached with the teacher). ----
     let needs_hidden = plan.losses.iter().any(|l| l.loss.needs_teacher_hidden());
     let out_path = cache.join(if needs_hidden { "train-outputs-hidden.safetensors" } else { "train-outputs.safetensors" });
-    let t_out = if out_path.exists() {
+    let t_out = if let Some(table) = teacher.precomputed() {
+        let o = table.lookup(&ids(&task.train), "training")?;
+        if let Some(l) = plan.losses.iter().find(|l| l.loss.needs_teacher_hidden()).filter(|_| o.hidden_dim == 0) {
+            anyhow::bail!(
+                "loss `{}` reads the teacher's hidden representation, but {} has none (a .safetensors file with a `hidden` tensor can hold it)",
+                l.plugin,
+                table.origin()
+            );
+        }
+        TeacherOut { logits: o.logits, hidden: o.hidden, hidden_dim: o.hidden_dim }
+    } else if out_path.exists() {
         let map = read_safetensors(&out_path)?;
         let (_, logits) = map.get("logits").cloned().context("cached teacher outputs lack `logits`")?;
         let (hs, hidden) = map.get("hidden").cloned().unwrap_or_default();
@@ -227,14 +247,25 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         write_atomic(&out_path, &to_safetensors(&map)?)?;
         TeacherOut { logits: o.logits, hidden, hidden_dim }
     };
-    let t_dev = predict(&*teacher, &hooks.teacher_dev.bags)?.logits;
+    let t_dev = teacher_outputs(&*teacher, &hooks.teacher_dev, &task.dev, "dev")?.logits;
     let teacher_test_inputs = Inputs::new(&*teacher, &task.test, reads_source, &fcache, "test")?;
-    let t_test = predict(&*teacher, &teacher_test_inputs.bags)?.logits;
+    let t_test = teacher_outputs(&*teacher, &teacher_test_inputs, &task.test, "test")?.logits;
     hooks.teacher_dev_logits = Some(t_dev);
 
     // ---- Student: distil. ----
-    let mut student = plan.student.builder.build(&ModelSpec { classes, langs: task.langs.clone(), seed: mix(&[seed, 2]) })?;
+    let mut student = plan.student.builder.build(&ModelSpec {
+        classes,
+        labels: task.labels.clone(),
+        langs: task.langs.clone(),
+        seed: mix(&[seed, 2]),
+    })?;
+    anyhow::ensure!(student.precomputed().is_none(), "[student] plugin `{}`: a student must be a network that trains", plan.student.plugin);
     if plan.init == Init::FromTeacher {
+        anyhow::ensure!(
+            teacher.precomputed().is_none(),
+            "init = \"from-teacher\" copies the teacher's weights, but the teacher `{}` has only outputs",
+            plan.teacher.plugin
+        );
         let copied = init_from(&mut *student, &*teacher)?;
         log(opts, &format!("student: initialised from the teacher ({})", copied.join(", ")));
     }
@@ -275,7 +306,14 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
 
     // ---- Optional fine-tuning of the distilled student. ----
     let mut finetune_sampling = Vec::new();
+    // With a fine-tuning stage the student is scored on test before it too (stage `distill`
+    // in metrics.csv; the final rows are then stage `finetune`), so one run shows both.
+    let mut distilled_test_rows = Vec::new();
     if let Some(ft) = plan.finetune.clone() {
+        let logits = predict(&*student, &s_test.bags)?.logits;
+        let in_macro = hooks.in_macro.clone();
+        distilled_test_rows =
+            metric_rows("distill", "test", plan.train.steps, &logits, classes, &s_test, Some(&t_test), &task.langs, &in_macro);
         let allowed = if ft.languages.is_empty() {
             None
         } else {
@@ -315,7 +353,12 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         log(opts, "baseline skipped: the student may not see gold labels in this task (the teacher reads the sources)");
     }
     let baseline = if plan.train.baseline && labels_visible {
-        let mut b = plan.student.builder.build(&ModelSpec { classes, langs: task.langs.clone(), seed: mix(&[seed, 2]) })?;
+        let mut b = plan.student.builder.build(&ModelSpec {
+            classes,
+            labels: task.labels.clone(),
+            langs: task.langs.clone(),
+            seed: mix(&[seed, 2]),
+        })?;
         let mut ce = plan.loss("hard-ce", toml::Table::new())?;
         let mut sampler = plan.sampler(&plan.sampler_plugin.clone(), plan.sampler_params.clone())?;
         let w = crate::schedule::Schedule::Constant(1.0);
@@ -345,8 +388,11 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     let final_step = plan.train.steps;
     let in_macro = hooks.in_macro.clone();
     let teacher_rows = metric_rows("teacher", "test", final_step, &t_test, classes, &teacher_test_inputs, None, &task.langs, &in_macro);
-    let student_rows = metric_rows("distill", "test", final_step, &s_logits, classes, &s_test, Some(&t_test), &task.langs, &in_macro);
+    let final_stage = if plan.finetune.is_some() { "finetune" } else { "distill" };
+    let student_step = plan.finetune.as_ref().map_or(final_step, |f| f.steps);
+    let student_rows = metric_rows(final_stage, "test", student_step, &s_logits, classes, &s_test, Some(&t_test), &task.langs, &in_macro);
     hooks.metrics.extend(teacher_rows.iter().cloned());
+    hooks.metrics.append(&mut distilled_test_rows);
     hooks.metrics.extend(student_rows.iter().cloned());
     let baseline_rows =
         b_logits.as_ref().map(|b| metric_rows("baseline", "test", final_step, b, classes, &s_test, Some(&t_test), &task.langs, &in_macro));
@@ -377,6 +423,18 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         });
     }
     write_csv(&dir.join("languages.csv"), &lang_rows)?;
+    if let Some(rows) = translation_retrieval(plan, &*teacher, &*student, &task, &s_test, &in_macro)? {
+        if let Some(m) = rows.last() {
+            log(
+                opts,
+                &format!(
+                    "translation retrieval among {} English sources: student {:.4}, teacher reading the translation {:.4} (chance {:.4})",
+                    m.candidates, m.student_acc, m.teacher_acc, m.chance
+                ),
+            );
+        }
+        write_csv(&dir.join("retrieval.csv"), &rows)?;
+    }
 
     let macro_of = |rows: &[MetricRow]| rows.last().map_or(f64::NAN, |r| r.acc);
     row.teacher_macro_acc = macro_of(&teacher_rows);
@@ -395,22 +453,22 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         row.worst_acc = w.student_acc;
     }
     let sample = &task.test[..task.test.len().min(2000)];
-    row.teacher_texts_per_s = texts_per_second(&*teacher, sample, reads_source)?;
+    row.teacher_texts_per_s = if teacher.precomputed().is_some() { f64::NAN } else { texts_per_second(&*teacher, sample, reads_source)? };
     row.student_texts_per_s = texts_per_second(&*student, sample, false)?;
 
     crate::export::export(&*student, &plan.student.plugin, &plan.student.section, &task, &dir.join("student"))?;
-    crate::export::export(&*teacher, &plan.teacher.plugin, &plan.teacher.section, &task, &dir.join("teacher"))?;
+    if teacher.precomputed().is_none() {
+        crate::export::export(&*teacher, &plan.teacher.plugin, &plan.teacher.section, &task, &dir.join("teacher"))?;
+    }
     crate::plot::write_run_plot(dir).map(drop).unwrap_or_else(|e| eprintln!("kdx: warning: run.svg not written: {e:#}"));
     log(
         opts,
         &format!(
-            "done: teacher {:.4}, student {:.4}{} macro accuracy on test; {} → {} parameters ({:.1}×)",
+            "done: teacher {:.4}, student {:.4}{} macro accuracy on test; {}",
             row.teacher_macro_acc,
             row.student_macro_acc,
             row.baseline_macro_acc.map_or(String::new(), |b| format!(", baseline {b:.4}")),
-            row.teacher_params,
-            row.student_params,
-            row.compression
+            row.sizes()
         ),
     );
     Ok(())
@@ -460,6 +518,71 @@ pub fn sampling_preview(plan: &mut Plan) -> Result<Vec<SamplingPreview>> {
             expected_passes: if n == 0 { 0.0 } else { p * total / n as f64 },
         })
         .collect())
+}
+
+/// Translation retrieval on the test split (`retrieval.csv`), for cross-lingual tasks (the
+/// teacher reads sources) where a loss maps the student's hidden space into the teacher's
+/// (`hidden-mse`, `cosine-embedding`): each translation's nearest neighbour among all
+/// distinct English sources of the split, per language the student trains on.
+fn translation_retrieval(
+    plan: &Plan,
+    teacher: &dyn Model,
+    student: &dyn Model,
+    task: &Task,
+    s_test: &Inputs,
+    in_macro: &[bool],
+) -> Result<Option<Vec<crate::retrieval::RetrievalRow>>> {
+    if !task.teacher_reads_source || task.test.is_empty() || teacher.precomputed().is_some() || teacher.hidden_dim() == 0 {
+        return Ok(None);
+    }
+    let s = predict(student, &s_test.bags)?;
+    let Some(queries) = plan.losses.iter().find_map(|l| l.loss.embed(&s.hidden, s.batch, s.hidden_dim)) else {
+        return Ok(None);
+    };
+    let d = teacher.hidden_dim();
+    anyhow::ensure!(
+        queries.len() == s.batch * d,
+        "the loss's projection maps to width {}, the teacher's is {d}",
+        queries.len() / s.batch.max(1)
+    );
+    // Distinct sources, in first-seen order; each query's gold is its own source's row.
+    let mut row_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut sources: Vec<&str> = Vec::new();
+    let gold: Vec<usize> = task
+        .test
+        .iter()
+        .map(|e| {
+            let src = e.source.as_deref().unwrap_or(&e.text);
+            *row_of.entry(src).or_insert_with(|| {
+                sources.push(src);
+                sources.len() - 1
+            })
+        })
+        .collect();
+    let featurise = |texts: Vec<&str>, langs: Vec<u32>| {
+        let mut b = Bags::build(teacher.featurizer(), texts);
+        b.langs = langs;
+        b
+    };
+    let en = task.test.iter().find(|e| e.source.as_deref() == Some(e.text.as_str())).map_or(0, |e| e.lang);
+    let keys = predict(teacher, &featurise(sources.clone(), vec![en; sources.len()]))?.hidden;
+    let texts: Vec<&str> = task.test.iter().map(|e| e.text.as_str()).collect();
+    let direct = predict(teacher, &featurise(texts, s_test.langs.clone()))?.hidden;
+    Ok(Some(crate::retrieval::retrieval_rows(&queries, &direct, &keys, d, &gold, &s_test.langs, &task.langs, in_macro)))
+}
+
+/// The ids of some examples, in order.
+fn ids(examples: &[Example]) -> Vec<&str> {
+    examples.iter().map(|e| e.id.as_str()).collect()
+}
+
+/// The teacher's outputs on some examples: looked up by id for a teacher whose outputs were
+/// computed elsewhere, a forward pass over their features otherwise.
+fn teacher_outputs(teacher: &dyn Model, inputs: &Inputs, examples: &[Example], what: &str) -> Result<crate::model::Outputs> {
+    match teacher.precomputed() {
+        Some(table) => table.lookup(&ids(examples), what),
+        None => predict(teacher, &inputs.bags),
+    }
 }
 
 /// Inference over many examples, in chunks.

@@ -415,6 +415,15 @@ impl HiddenProjection {
         }
     }
 
+    /// P (`b × ht`) for inference: through the projection once it exists, else h itself
+    /// (the widths were equal, or the loss never ran).
+    pub fn apply(&self, h: &[f32], b: usize, hs: usize) -> Vec<f32> {
+        match &self.linear {
+            Some(l) => self.forward(true, h, b, hs, l.w.shape[1]).into_iter().map(|v| v as f32).collect(),
+            None => h.to_vec(),
+        }
+    }
+
     /// Given ∂L/∂P, sets the projection's gradients and returns ∂L/∂h (`b × hs`).
     pub fn backward(&mut self, project: bool, h: &[f32], dp: &[f64], b: usize, hs: usize, ht: usize) -> Vec<f32> {
         let l = match (&mut self.linear, project) {

@@ -91,10 +91,11 @@ impl Dataset for GettextLidParams {
         let index: BTreeMap<&str, u32> = langs.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
         let mut task = Task { labels: langs.clone(), langs: langs.clone(), ..Default::default() };
         let mut train_by_lang: Vec<Vec<(u64, Example)>> = vec![Vec::new(); langs.len()];
-        for r in &corpus.rows {
+        for (row, r) in corpus.rows.iter().enumerate() {
             let l = locale(&r.locale);
             let Some(&li) = index.get(l.as_str()) else { continue };
-            let e = Example { text: r.text.clone(), source: Some(r.msgid.clone()), lang: li, label: li };
+            let e =
+                Example { id: kdx_corpus::load::row_id(r, row), text: r.text.clone(), source: Some(r.msgid.clone()), lang: li, label: li };
             match split_of(&r.msgid, self.dev_fraction, self.test_fraction) {
                 Split::Train => train_by_lang[li as usize].push((stable_hash64(r.msgid.as_bytes()), e)),
                 Split::Dev => task.dev.push(e),

@@ -16,9 +16,13 @@ use serde::{Deserialize, Serialize};
 const ENGLISH: &str = "en";
 
 /// Cross-lingual transfer: the label of a message is the domain (catalog) it comes from.
-/// The teacher is pre-trained on the English msgids only; the student reads translations
-/// and learns from the teacher's outputs on their English source (no gold label reaches
-/// it), then is evaluated per language. The languages of the task are the selected
+/// By default (`teacher = "english"`) the teacher is pre-trained on the English msgids only;
+/// the student reads translations and learns from the teacher's outputs on their English
+/// source (no gold label reaches it), then is evaluated per language. With
+/// `teacher = "multilingual"` the teacher is pre-trained on the translations into every
+/// selected locale as well as on the English msgids, reads each example in its own
+/// language, and the student may see gold labels: the setting of a multilingual teacher
+/// distilled into students for fewer languages (`student_languages`). The languages of the task are the selected
 /// locales plus `en`: dev and test also hold each English message once (text = source =
 /// msgid), so the reports have an `en` row. Splits come from a hash of the msgid, so a
 /// message and all its translations share a split.
@@ -34,6 +38,9 @@ const ENGLISH: &str = "en";
 /// 4. every remaining msgid of those domains that is translated into at least one selected
 ///    locale is a message of the task, covered or not: each of its translations is a
 ///    student example, and the msgid itself is one English example.
+///
+/// Example ids: `LOCALE:LINE` for a translation (its line in the decompressed snapshot),
+/// `en:HASH` for an English message (16 hex digits of the msgid's stable hash).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GettextXlingParams {
@@ -66,12 +73,35 @@ pub struct GettextXlingParams {
     /// is unlabelled and separate from the teacher's labelled data.
     #[serde(default)]
     pub disjoint_teacher: bool,
+    /// "english": the teacher pre-trains on the English msgids and reads the English source
+    /// of each pair; "multilingual": it pre-trains on the English msgids and the
+    /// translations into every selected locale, reading each example's own text, and gold
+    /// labels may reach the student.
+    #[serde(default)]
+    pub teacher: TeacherSide,
+    /// Train the student on these locales only (a subset of the selected ones), e.g. one
+    /// language for a single-language student of a multilingual teacher. Dev and test keep
+    /// every language, so the reports show the student on languages it never trained on;
+    /// macro averages cover the student's languages.
+    #[serde(default)]
+    pub student_languages: Option<Vec<String>>,
     /// Fraction of messages in the dev split.
     #[serde(default = "default_frac")]
     pub dev_fraction: f64,
     /// Fraction of messages in the test split.
     #[serde(default = "default_frac")]
     pub test_fraction: f64,
+}
+
+/// Which texts the teacher of a `gettext-xling` task learns from and reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherSide {
+    /// English msgids only; the teacher reads the source of each pair.
+    #[default]
+    English,
+    /// English msgids and the translations into every selected locale.
+    Multilingual,
 }
 
 fn default_languages() -> Languages {
@@ -100,6 +130,16 @@ fn build(mut p: GettextXlingParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, 
     }
     if !(0.0..=1.0).contains(&p.min_coverage) {
         return Err(ctx.error("min_coverage", format!("must be in [0, 1], found {}", p.min_coverage)));
+    }
+    if let Some(student) = &p.student_languages {
+        if student.is_empty() {
+            return Err(ctx.error("student_languages", "name at least one locale (leave the key out for all)"));
+        }
+        if let Languages::List(selected) = &p.languages {
+            if let Some(l) = student.iter().find(|l| !selected.contains(l)) {
+                return Err(ctx.error("student_languages", format!("`{l}` is not one of `languages` ({})", selected.join(", "))));
+            }
+        }
     }
     if p.max_train_per_language == Some(0) {
         return Err(ctx.error("max_train_per_language", "must be at least 1 (leave it out for no cap)"));
@@ -187,28 +227,49 @@ impl Dataset for GettextXlingParams {
         langs.sort();
         let lang_index: BTreeMap<&str, u32> = langs.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
         let en = lang_index[ENGLISH];
-        let mut task = Task { labels: labels.clone(), langs: langs.clone(), teacher_reads_source: true, ..Default::default() };
+        let multilingual = self.teacher == TeacherSide::Multilingual;
+        let mut task = Task { labels: labels.clone(), langs: langs.clone(), teacher_reads_source: !multilingual, ..Default::default() };
+        let mut teacher_train = Vec::new();
+        let student_lang: Vec<bool> = match &self.student_languages {
+            None => vec![true; langs.len()],
+            Some(list) => {
+                if let Some(l) = list.iter().find(|l| !is_selected.contains(l.as_str())) {
+                    anyhow::bail!("student_languages: `{l}` is not one of the selected locales ({})", selected.join(", "));
+                }
+                langs.iter().map(|l| list.contains(l)).collect()
+            }
+        };
         let mut train_by_lang: Vec<Vec<(u64, Example)>> = vec![Vec::new(); langs.len()];
         // English messages, once each, in msgid order (the map sorts them).
         let mut english: BTreeMap<&str, u32> = BTreeMap::new();
-        for r in &corpus.rows {
+        for (row, r) in corpus.rows.iter().enumerate() {
             if !is_selected.contains(r.locale.as_str()) || ambiguous.contains(r.msgid.as_str()) {
                 continue;
             }
             let Some(&label) = label_index.get(r.domain.as_str()) else { continue };
             let lang = lang_index[r.locale.as_str()];
             english.insert(r.msgid.as_str(), label);
-            let e = Example { text: r.text.clone(), source: Some(r.msgid.clone()), lang, label };
+            let e = Example { id: kdx_corpus::load::row_id(r, row), text: r.text.clone(), source: Some(r.msgid.clone()), lang, label };
             match split_of(&r.msgid, self.dev_fraction, self.test_fraction) {
-                Split::Train if self.disjoint_teacher && teacher_half(&r.msgid) => {}
-                Split::Train => train_by_lang[lang as usize].push((stable_hash64(r.msgid.as_bytes()), e)),
+                Split::Train if self.disjoint_teacher && teacher_half(&r.msgid) => {
+                    if multilingual {
+                        teacher_train.push(e);
+                    }
+                }
+                Split::Train => {
+                    if multilingual && !self.disjoint_teacher {
+                        teacher_train.push(e.clone());
+                    }
+                    if student_lang[lang as usize] {
+                        train_by_lang[lang as usize].push((stable_hash64(r.msgid.as_bytes()), e));
+                    }
+                }
                 Split::Dev => task.dev.push(e),
                 Split::Test => task.test.push(e),
             }
         }
-        let mut teacher_train = Vec::new();
         for (msgid, label) in english {
-            let e = Example { text: msgid.to_string(), source: Some(msgid.to_string()), lang: en, label };
+            let e = Example { id: english_id(msgid), text: msgid.to_string(), source: Some(msgid.to_string()), lang: en, label };
             match split_of(msgid, self.dev_fraction, self.test_fraction) {
                 Split::Train if self.disjoint_teacher && !teacher_half(msgid) => {}
                 Split::Train => teacher_train.push(e),
@@ -231,6 +292,12 @@ impl Dataset for GettextXlingParams {
     }
 }
 
+/// The id of an English message: `en:` and the msgid's stable hash in hex (a msgid has no
+/// row of its own in the snapshot; it is the source of several).
+pub fn english_id(msgid: &str) -> String {
+    format!("{ENGLISH}:{:016x}", stable_hash64(msgid.as_bytes()))
+}
+
 /// With `disjoint_teacher`, whether a training message belongs to the teacher's half: one
 /// bit of the msgid's hash after a full avalanche (MurmurHash3's finaliser), independent of
 /// the bits `split_of` and the cap use.
@@ -247,8 +314,16 @@ fn teacher_half(msgid: &str) -> bool {
 /// A stable rendering of the parameters for the fingerprint (the corpus enters by content).
 fn params_rendering(p: &GettextXlingParams) -> String {
     format!(
-        "{:?} {} {} {:?} {} {} {}",
-        p.languages, p.domains, p.min_coverage, p.max_train_per_language, p.disjoint_teacher, p.dev_fraction, p.test_fraction
+        "{:?} {} {} {:?} {} {:?} {:?} {} {}",
+        p.languages,
+        p.domains,
+        p.min_coverage,
+        p.max_train_per_language,
+        p.disjoint_teacher,
+        p.teacher,
+        p.student_languages,
+        p.dev_fraction,
+        p.test_fraction
     )
 }
 
@@ -332,6 +407,8 @@ mod tests {
             min_coverage: 0.5,
             max_train_per_language: None,
             disjoint_teacher: false,
+            teacher: TeacherSide::English,
+            student_languages: None,
             dev_fraction: 0.2,
             test_fraction: 0.2,
         }
@@ -401,6 +478,33 @@ mod tests {
             assert_eq!(en_rows.len(), msgids.len());
             assert!(en_rows.iter().all(|e| msgids.contains(e.text.as_str()) && e.source.as_deref() == Some(e.text.as_str())));
         }
+    }
+
+    #[test]
+    fn a_multilingual_teacher_and_a_single_language_student() {
+        let dir = tempfile::tempdir().unwrap();
+        let english = params(&tiny_corpus(dir.path())).load().unwrap();
+        let mut p = params(&tiny_corpus(dir.path()));
+        p.teacher = TeacherSide::Multilingual;
+        p.student_languages = Some(vec!["fr".into()]);
+        let task = p.load().unwrap();
+        task.validate().unwrap();
+        // The teacher reads each example's own text; it trains on every language's
+        // translations of the training messages and on their English.
+        assert!(!task.teacher_reads_source);
+        let tt = task.teacher_train.as_deref().unwrap();
+        let count = |xs: &[Example], l: &str| xs.iter().filter(|e| task.langs[e.lang as usize] == l).count();
+        for l in ["de", "en", "fr", "ja"] {
+            assert!(count(tt, l) > 0, "{l}");
+        }
+        assert_eq!(tt.len(), english.train.len() + english.teacher_train.as_deref().unwrap().len());
+        // The student trains on `fr` only, on the same examples as before; dev and test keep
+        // every language.
+        assert_eq!(task.train, english.train.iter().filter(|e| task.langs[e.lang as usize] == "fr").cloned().collect::<Vec<_>>());
+        assert_eq!((task.dev.clone(), task.test.clone()), (english.dev, english.test));
+        assert_ne!(p.fingerprint().unwrap(), params(&p.corpus).fingerprint().unwrap());
+        p.student_languages = Some(vec!["xx".into()]);
+        assert!(format!("{:#}", p.load().unwrap_err()).contains("student_languages: `xx` is not one of the selected locales"));
     }
 
     #[test]
@@ -485,6 +589,9 @@ mod tests {
             ("min_coverage = 1.5", "data.min_coverage", "[0, 1]"),
             ("dev_fraction = 0.6", "data.dev_fraction", "[0, 0.5)"),
             ("max_train_per_language = 0", "data.max_train_per_language", "at least 1"),
+            ("student_languages = [\"de\"]\nlanguages = [\"fr\"]", "data.student_languages", "not one of `languages` (fr)"),
+            ("student_languages = []", "data.student_languages", "at least one"),
+            ("teacher = \"bilingual\"", "data.teacher", "english"),
             ("corpus2 = 1", "data", "corpus2"),
         ] {
             let err = build_from(&format!("[data]\ncorpus = {c:?}\n{extra}\n")).err().expect(extra);

@@ -12,14 +12,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The columns a file may have, required ones first.
-const COLUMNS: [&str; 4] = ["text", "lang", "label", "source_text"];
+const COLUMNS: [&str; 5] = ["text", "lang", "label", "source_text", "id"];
 /// How many of [`COLUMNS`] are required.
 const REQUIRED: usize = 3;
 
 /// Your own data: UTF-8 files with TAB-separated columns and a header row naming them, in
 /// any order: `text` (what the models read), `lang` (a language code), `label` (the class)
 /// and, optionally, `source_text` (a parallel source, e.g. the English original of a
-/// translation). Any other column is an error. Quotes are ordinary characters (no CSV
+/// translation) and `id` (the example's id; without the column an example's id is
+/// `FILE-NAME:LINE`). Ids must be unique across the files. Any other column is an error. Quotes are ordinary characters (no CSV
 /// quoting); a field cannot hold a TAB or a newline. Blank lines are skipped, a final
 /// `\r` (CRLF files) is dropped, and `lang`/`label` are trimmed of surrounding spaces;
 /// empty `text`, `lang` or `label` is an error, an empty `source_text` means "none".
@@ -82,7 +83,7 @@ fn build(mut p: TsvParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, Diagnosti
 
 kdx_framework::register_dataset!(
     "tsv",
-    "your own data: TAB-separated files with a header (text, lang, label, optional source_text)",
+    "your own data: TAB-separated files with a header (text, lang, label, optional source_text and id)",
     TsvParams,
     build
 );
@@ -94,28 +95,38 @@ struct Row {
     lang: String,
     label: String,
     source: Option<String>,
+    /// The `id` column, or `FILE-NAME:LINE`.
+    id: String,
+    /// Where the row is, for errors: `FILE:LINE`.
+    at: String,
 }
 
 /// Reads one file. Errors name the file and the 1-based line (the header is line 1) and,
 /// for a bad field, its column.
 fn read_file(path: &Path) -> anyhow::Result<Vec<Row>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    parse(&bytes).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let mut rows = parse(&bytes, &name).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
+    for r in &mut rows {
+        r.at = format!("{}:{}", path.display(), r.at);
+    }
+    Ok(rows)
 }
 
 /// Parses a file's content; errors start with `LINE: ` (the caller adds the file name).
-fn parse(bytes: &[u8]) -> anyhow::Result<Vec<Row>> {
+/// `name` makes the default ids; each row's `at` is its line number.
+fn parse(bytes: &[u8], name: &str) -> anyhow::Result<Vec<Row>> {
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let mut lines = bytes.split(|&b| b == b'\n').enumerate().map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)));
     let Some((hl, header)) = lines.find(|(_, l)| !l.is_empty()) else {
-        bail!("1: the file is empty; expected a header row naming the columns `text`, `lang`, `label` and, optionally, `source_text`");
+        bail!("1: the file is empty; expected a header row naming the columns `text`, `lang`, `label` and, optionally, `source_text` and `id`");
     };
     let header = std::str::from_utf8(header).map_err(|e| anyhow::anyhow!("{hl}: the header is not valid UTF-8 ({e})"))?;
     // For each column of the file, its index in COLUMNS.
     let mut cols: Vec<usize> = Vec::new();
     for name in header.split('\t') {
         let Some(c) = COLUMNS.iter().position(|&k| k == name.trim()) else {
-            bail!("{hl}: unknown column `{name}` in the header; the columns are `text`, `lang`, `label` and, optionally, `source_text`");
+            bail!("{hl}: unknown column `{name}` in the header; the columns are `text`, `lang`, `label` and, optionally, `source_text` and `id`");
         };
         if cols.contains(&c) {
             bail!("{hl}: column `{name}` appears twice in the header");
@@ -138,7 +149,7 @@ fn parse(bytes: &[u8]) -> anyhow::Result<Vec<Row>> {
         if fields.len() != cols.len() {
             bail!("{lineno}: expected {} columns ({}, as in the header), found {}", cols.len(), names.join(", "), fields.len());
         }
-        let mut values: [Option<&str>; 4] = [None; 4];
+        let mut values: [Option<&str>; 5] = [None; 5];
         for (&c, f) in cols.iter().zip(&fields) {
             values[c] = Some(f);
         }
@@ -154,6 +165,11 @@ fn parse(bytes: &[u8]) -> anyhow::Result<Vec<Row>> {
             lang: required(1, true)?,
             label: required(2, true)?,
             source: values[3].filter(|s| !s.trim().is_empty()).map(str::to_string),
+            id: match values[4] {
+                Some(_) => required(4, true)?,
+                None => format!("{name}:{lineno}"),
+            },
+            at: lineno.to_string(),
         });
     }
     if rows.is_empty() {
@@ -182,7 +198,14 @@ impl Dataset for TsvParams {
         let all = || train.iter().chain(dev.iter().flatten()).chain(test.iter().flatten());
         let labels: Vec<String> = all().map(|r| r.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
         let langs: Vec<String> = all().map(|r| r.lang.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let mut first: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+        for r in all() {
+            if let Some(at) = first.insert(&r.id, &r.at) {
+                bail!("{}: id `{}` is already the id of the row at {at}; ids must be unique across the files", r.at, r.id);
+            }
+        }
         let example = |r: &Row| Example {
+            id: r.id.clone(),
             text: r.text.clone(),
             source: r.source.clone(),
             lang: langs.binary_search(&r.lang).unwrap_or_default() as u32,
@@ -271,11 +294,26 @@ mod tests {
         assert_eq!(
             task.train,
             [
-                Example { text: "Bonjour à tous".into(), source: Some("Hello there".into()), lang: 1, label: 1 },
-                Example { text: "Hallo zusammen".into(), source: None, lang: 0, label: 0 },
+                Example { id: "train.tsv:2".into(), text: "Bonjour à tous".into(), source: Some("Hello there".into()), lang: 1, label: 1 },
+                Example { id: "train.tsv:4".into(), text: "Hallo zusammen".into(), source: None, lang: 0, label: 0 },
             ]
         );
         assert!(!task.teacher_reads_source);
+    }
+
+    #[test]
+    fn ids_come_from_the_id_column_or_the_line_and_must_be_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "train.tsv", "id\ttext\tlang\tlabel\n q1 \thello\ten\tx\nq2\tbonjour\tfr\ty\n");
+        let mut q = params(p);
+        (q.dev_fraction, q.test_fraction) = (0.0, 0.0);
+        let ids: Vec<String> = q.load().unwrap().train.into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["q1", "q2"]);
+        // The same id in the test file is refused, naming both rows.
+        q.test = Some(write(dir.path(), "test.tsv", "text\tlang\tlabel\tid\nhallo\tde\tx\tq2\n"));
+        let e = format!("{:#}", q.load().unwrap_err());
+        assert!(e.contains("test.tsv:2: id `q2` is already the id of the row at") && e.contains("train.tsv:3"), "{e}");
+        assert!(err_of("id\ttext\tlang\tlabel\n\thello\ten\tx\n").contains("data.tsv:2: column `id`: empty"));
     }
 
     #[test]
@@ -301,7 +339,7 @@ mod tests {
             assert!(e.contains(want), "expected `{want}` in `{e}`");
         }
         // The unknown-column error lists the valid ones.
-        assert!(err_of("text\tlang\tlabel\tscore\n").contains("`text`, `lang`, `label` and, optionally, `source_text`"));
+        assert!(err_of("text\tlang\tlabel\tscore\n").contains("`text`, `lang`, `label` and, optionally, `source_text` and `id`"));
         // Invalid UTF-8.
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("data.tsv");

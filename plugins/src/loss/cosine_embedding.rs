@@ -82,6 +82,9 @@ impl Loss for CosineEmbedding {
     fn params_mut(&mut self) -> Vec<&mut Param> {
         self.proj.params_mut()
     }
+    fn embed(&self, student_hidden: &[f32], batch: usize, student_hidden_dim: usize) -> Option<Vec<f32>> {
+        Some(self.proj.apply(student_hidden, batch, student_hidden_dim))
+    }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let th = x.teacher_hidden.ok_or_else(|| anyhow::anyhow!("cosine-embedding needs the teacher's hidden representation"))?;
         let (b, hs, ht) = (x.batch, x.student_hidden_dim, x.teacher_hidden_dim);

@@ -208,7 +208,9 @@ mod tests {
     fn routed(groups: Vec<Vec<String>>, rest: Rest) -> Box<dyn Model> {
         let member: NgramMlpParams = toml::from_str("buckets = 64\ndim = 4\nngrams = [1, 2]").unwrap();
         let langs: Vec<String> = ["de", "fr", "pt", "pt_BR"].iter().map(|s| s.to_string()).collect();
-        PerLanguageBuilder { member: Box::new(member), groups, rest }.build(&ModelSpec { classes: 4, langs, seed: 3 }).unwrap()
+        PerLanguageBuilder { member: Box::new(member), groups, rest }
+            .build(&ModelSpec { classes: 4, labels: Vec::new(), langs, seed: 3 })
+            .unwrap()
     }
 
     fn batch(langs: Vec<u32>) -> Bags {
@@ -250,7 +252,7 @@ mod tests {
         assert!(m.forward(&x).unwrap_err().to_string().contains("no language ids"));
         let member: NgramMlpParams = toml::from_str("buckets = 64").unwrap();
         let err = PerLanguageBuilder { member: Box::new(member), groups: vec![vec!["xx".into()]], rest: Rest::Shared }
-            .build(&ModelSpec { classes: 2, langs: vec!["de".into()], seed: 0 })
+            .build(&ModelSpec { classes: 2, labels: Vec::new(), langs: vec!["de".into()], seed: 0 })
             .err()
             .unwrap()
             .to_string();
