@@ -222,7 +222,7 @@ fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
     let out = kdx(&["eval", dir.to_str().unwrap(), "--data", data.to_str().unwrap(), "--csv", csv_out.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("not a label of this model"), "{text}");
+    assert!(text.contains("no row with a label of this model"), "{text}");
     #[derive(serde::Deserialize)]
     struct E {
         lang: String,
@@ -230,10 +230,30 @@ fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
         accuracy: f64,
     }
     let rows: Vec<E> = read(&csv_out);
-    let get = |l: &str| rows.iter().find(|r| r.lang == l).unwrap();
+    fn get_row<'a>(rows: &'a [E], l: &str) -> &'a E {
+        rows.iter().find(|r| r.lang == l).unwrap()
+    }
+    let get = |l: &str| get_row(&rows, l);
     assert_eq!(get("de").examples, 2);
     assert_eq!(get("macro").examples, 5, "the unknown language is reported but not scored");
     assert!(get("macro").accuracy >= 0.6, "macro {}", get("macro").accuracy);
+
+    // `kdx eval` on the recipe's own test split, from `kdx examples`: the same figures as
+    // the run's languages.csv.
+    let examples = tmp.path().join("examples.tsv");
+    assert!(kdx(&["examples", r.to_str().unwrap(), "-o", examples.to_str().unwrap()]).status.success());
+    let csv_out = tmp.path().join("eval-test.csv");
+    let out =
+        kdx(&["eval", dir.to_str().unwrap(), "--data", examples.to_str().unwrap(), "--split", "test", "--csv", csv_out.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<E> = read(&csv_out);
+    let langs: Vec<LanguageRow> = read(&dir.join("languages.csv"));
+    for l in &langs {
+        let e = get_row(&rows, &l.lang);
+        assert_eq!(e.examples, l.test_size, "{}", l.lang);
+        assert!((e.accuracy - l.student_acc).abs() < 1e-9, "{}: eval {} vs run {}", l.lang, e.accuracy, l.student_acc);
+    }
+    assert!((get_row(&rows, "macro").accuracy - row.student_macro_acc).abs() < 1e-9);
 }
 
 #[test]
@@ -316,8 +336,14 @@ fn a_logits_file_teacher_is_matched_by_id_and_teaches() {
         split: String,
         label: String,
     }
-    let rows: Vec<Ex> =
-        csv::ReaderBuilder::new().delimiter(b'\t').from_path(&examples).unwrap().deserialize().collect::<Result<_, _>>().unwrap();
+    let rows: Vec<Ex> = csv::ReaderBuilder::new()
+        .delimiter(b'\t')
+        .quoting(false)
+        .from_path(&examples)
+        .unwrap()
+        .deserialize()
+        .collect::<Result<_, _>>()
+        .unwrap();
     let classes = ["de", "fr", "ja", "pt", "pt_BR", "ru"];
     let mut scored: Vec<&Ex> = rows.iter().filter(|e| e.split != "teacher-train").collect();
     assert!(scored.len() > 6 * 1500, "{}", scored.len());
@@ -448,4 +474,23 @@ fn cross_lingual_student_learns_without_labels_and_retrieves_translations() {
     let out = kdx(&["run", r.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("loss `hard-ce` reads gold labels"), "{err}");
+}
+
+#[test]
+fn concurrent_runs_train_a_shared_teacher_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    // Two experiments with the same data, teacher and seed: one teacher in the cache.
+    let (a, b) = (recipe(tmp.path(), "first", ""), recipe(tmp.path(), "second", ""));
+    let spawn = |r: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_kdx"))
+            .args(["run", r.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"])
+            .spawn()
+            .unwrap()
+    };
+    let (mut pa, mut pb) = (spawn(&a), spawn(&b));
+    assert!(pa.wait().unwrap().success() && pb.wait().unwrap().success());
+    let cached: Vec<bool> =
+        ["first", "second"].iter().map(|n| read::<RunRow>(&results.join(n).join("run/run.csv")).remove(0).teacher_cached).collect();
+    assert_eq!(cached.iter().filter(|c| !**c).count(), 1, "exactly one run trains the teacher: {cached:?}");
 }

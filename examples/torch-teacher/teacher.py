@@ -73,7 +73,8 @@ def main():
     torch.set_num_threads(2)
 
     with open(args.examples, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+        # Quotes are ordinary characters in kdx's TSV files.
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     labels = sorted({r["label"] for r in rows})
     col = "source" if args.source else "text"
     has_teacher_set = any(r["split"] == "teacher-train" for r in rows)

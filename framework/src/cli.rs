@@ -120,13 +120,18 @@ enum Command {
         /// Input file (default: stdin).
         file: Option<PathBuf>,
     },
-    /// Score a trained model on a `lang<TAB>text` file, per language.
+    /// Score a trained model on a labelled file, per language.
     Eval {
         /// A run directory.
         run_dir: PathBuf,
-        /// The labelled file: `lang<TAB>text` per line (the label is the language).
+        /// The labelled file: TAB-separated with a header naming columns `text`, `lang` and
+        /// `label` (others, such as `kdx examples` output's `id` and `split`, are ignored),
+        /// or, without a header, `lang<TAB>text` lines whose label is the language.
         #[arg(long)]
         data: PathBuf,
+        /// Score only the rows whose `split` column has this value (e.g. `test`).
+        #[arg(long)]
+        split: Option<String>,
         /// Which model of the run.
         #[arg(long, default_value = "student", value_parser = ["student", "teacher"])]
         model: String,
@@ -260,8 +265,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             predict(&run_dir, &model, top, file.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { run_dir, data, model, csv } => {
-            eval(&run_dir, &model, &data, csv.as_deref())?;
+        Command::Eval { run_dir, data, split, model, csv } => {
+            eval(&run_dir, &model, &data, split.as_deref(), csv.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -297,12 +302,13 @@ pub fn find_recipes(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// `kdx examples`: the recipe's train, dev and test examples as TSV (CSV quoting where a
-/// field needs it), written atomically to `out` or to stdout.
+/// `kdx examples`: the recipe's train, dev and test examples as TSV, written atomically to
+/// `out` or to stdout. No quoting (quotes are ordinary characters, as in the `tsv` dataset);
+/// a field holding a TAB or a line break is an error naming the example.
 fn examples(recipe: &Path, out: Option<&Path>) -> Result<()> {
     let dataset = crate::plan::load_dataset(recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
     let task = dataset.load().context("loading the dataset")?;
-    let mut w = csv::WriterBuilder::new().delimiter(b'\t').from_writer(Vec::new());
+    let mut w = csv::WriterBuilder::new().delimiter(b'\t').quote_style(csv::QuoteStyle::Never).from_writer(Vec::new());
     w.write_record(["id", "split", "lang", "label", "text", "source"])?;
     // The teacher's own training set, where the task has one, comes first: a program that
     // trains the teacher elsewhere needs it; its rows repeat ids of `train`.
@@ -310,7 +316,11 @@ fn examples(recipe: &Path, out: Option<&Path>) -> Result<()> {
     for (split, xs) in [("teacher-train", teacher_train), ("train", &task.train), ("dev", &task.dev), ("test", &task.test)] {
         for e in xs.iter() {
             let (lang, label) = (&task.langs[e.lang as usize], &task.labels[e.label as usize]);
-            w.write_record([e.id.as_str(), split, lang, label, &e.text, e.source.as_deref().unwrap_or("")])?;
+            let fields = [e.id.as_str(), split, lang, label, &e.text, e.source.as_deref().unwrap_or("")];
+            if let Some(f) = fields.iter().find(|f| f.contains(['\t', '\n', '\r'])) {
+                anyhow::bail!("example `{}`: a field holds a TAB or a line break, which this TSV cannot carry: {f:?}", e.id);
+            }
+            w.write_record(fields)?;
         }
     }
     let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("writing the table: {e}"))?;
@@ -395,43 +405,103 @@ fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Resu
     Ok(())
 }
 
-fn eval(run_dir: &Path, which: &str, data: &Path, csv_out: Option<&Path>) -> Result<()> {
-    let (model, card) = crate::export::load(&run_dir.join(which))?;
+/// One labelled row of an evaluation file.
+struct EvalRow {
+    lang: String,
+    label: String,
+    text: String,
+}
+
+/// Reads an evaluation file: a header naming `text`, `lang` and `label` (any order, other
+/// columns ignored; `split` filters when `split` is given), or headerless `lang<TAB>text`
+/// lines labelled with their language. Fields are split on TABs; quotes are ordinary
+/// characters, as in the `tsv` dataset and `kdx examples` output.
+fn read_eval_rows(data: &Path, split: Option<&str>) -> Result<Vec<EvalRow>> {
     let text = std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
+    let mut lines = text.lines().enumerate().map(|(n, l)| (n + 1, l.strip_suffix('\r').unwrap_or(l))).filter(|(_, l)| !l.trim().is_empty());
+    let Some((_, first)) = lines.next() else { anyhow::bail!("{}: the file is empty", data.display()) };
+    let header: Vec<&str> = first.split('\t').map(str::trim).collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let mut rows = Vec::new();
+    if let (Some(t), Some(l), Some(y)) = (col("text"), col("lang"), col("label")) {
+        let s = match (split, col("split")) {
+            (Some(_), None) => {
+                anyhow::bail!("{}:1: --split needs a `split` column (the header has: {})", data.display(), header.join(", "))
+            }
+            (_, c) => c,
+        };
+        for (n, line) in lines {
+            let f: Vec<&str> = line.split('\t').collect();
+            anyhow::ensure!(
+                f.len() == header.len(),
+                "{}:{n}: expected {} columns, as in the header, found {}",
+                data.display(),
+                header.len(),
+                f.len()
+            );
+            if split.is_some_and(|want| s.is_some_and(|c| f[c] != want)) {
+                continue;
+            }
+            rows.push(EvalRow { lang: f[l].trim().to_string(), label: f[y].trim().to_string(), text: f[t].to_string() });
+        }
+        anyhow::ensure!(!rows.is_empty(), "{}: no rows{}", data.display(), split.map_or(String::new(), |s| format!(" with split `{s}`")));
+    } else {
+        anyhow::ensure!(split.is_none(), "{}: --split needs a header with `text`, `lang`, `label` and `split` columns", data.display());
+        for (n, line) in std::iter::once((1, first)).chain(lines) {
+            let (lang, t) = line.split_once('\t').with_context(|| {
+                format!("{}:{n}: expected `lang<TAB>text`, or a header row naming `text`, `lang` and `label`", data.display())
+            })?;
+            rows.push(EvalRow { lang: lang.trim().to_string(), label: lang.trim().to_string(), text: t.to_string() });
+        }
+    }
+    Ok(rows)
+}
+
+fn eval(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_out: Option<&Path>) -> Result<()> {
+    let (model, card) = crate::export::load(&run_dir.join(which))?;
+    let data_rows = read_eval_rows(data, split)?;
     let mut langs: Vec<String> = Vec::new();
     let mut texts = Vec::new();
     let mut gold = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let (lang, t) = line.split_once('\t').with_context(|| format!("{}:{}: expected `lang<TAB>text`", data.display(), n + 1))?;
-        let li = match langs.iter().position(|l| l == lang) {
+    let mut unknown_labels = std::collections::BTreeSet::new();
+    for r in &data_rows {
+        let li = match langs.iter().position(|l| *l == r.lang) {
             Some(i) => i,
             None => {
-                langs.push(lang.to_string());
+                langs.push(r.lang.clone());
                 langs.len() - 1
             }
         };
-        let label = card.labels.iter().position(|l| l == lang);
-        texts.push(t.to_string());
+        let label = card.labels.iter().position(|l| *l == r.label);
+        if label.is_none() {
+            unknown_labels.insert(r.label.as_str());
+        }
+        texts.push(r.text.as_str());
         gold.push((li, label));
     }
-    let bags = crate::features::Bags::build(model.featurizer(), texts.iter().map(String::as_str).collect::<Vec<_>>());
+    if !unknown_labels.is_empty() {
+        let shown: Vec<&str> = unknown_labels.iter().take(8).copied().collect();
+        eprintln!("note: labels this model does not predict are not scored: {}", shown.join(", "));
+    }
+    let mut bags = crate::features::Bags::build(model.featurizer(), texts);
+    // Models that route by language read it; a language the model was not trained on gets
+    // index 0 (its rows are scored all the same).
+    bags.langs = data_rows.iter().map(|r| card.languages.iter().position(|l| *l == r.lang).unwrap_or(0) as u32).collect();
     let logits = engine::predict(&*model, &bags)?.logits;
     let pred = engine::train::argmax_rows(&logits, card.labels.len());
     let mut rows = Vec::new();
     for (li, lang) in langs.iter().enumerate() {
-        let idx: Vec<usize> = (0..gold.len()).filter(|&i| gold[i].0 == li).collect();
+        // Only rows whose label the model knows are scored.
+        let idx: Vec<usize> = (0..gold.len()).filter(|&i| gold[i].0 == li && gold[i].1.is_some()).collect();
         let correct = idx.iter().filter(|&&i| gold[i].1 == Some(pred[i])).count();
-        rows.push((lang.clone(), idx.len(), correct as f64 / idx.len().max(1) as f64, gold[idx[0]].1.is_some()));
+        rows.push((lang.clone(), idx.len(), correct as f64 / idx.len().max(1) as f64, !idx.is_empty()));
     }
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let known: Vec<&(String, usize, f64, bool)> = rows.iter().filter(|r| r.3).collect();
     let macro_acc = known.iter().map(|r| r.2).sum::<f64>() / known.len().max(1) as f64;
     println!("{:<16} {:>8} {:>9}", "lang", "examples", "accuracy");
     for r in &rows {
-        let note = if r.3 { "" } else { "  (not a label of this model)" };
+        let note = if r.3 { "" } else { "  (no row with a label of this model)" };
         println!("{:<16} {:>8} {:>9.4}{note}", r.0, r.1, r.2);
     }
     println!("{:<16} {:>8} {:>9.4}", "macro", known.iter().map(|r| r.1).sum::<usize>(), macro_acc);

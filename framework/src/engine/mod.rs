@@ -183,6 +183,9 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     let fcache = FeatureCache { dir: Some(opts.results.join(".cache").join("features")), data_key: fingerprint.clone() };
     let weights = cache.join("teacher.safetensors");
     hooks.teacher_dev = Inputs::new(&*teacher, &task.dev, reads_source, &fcache, "dev")?;
+    // Held until the teacher is in the cache: another process (a batch with --jobs, or a
+    // second batch) that needs the same teacher waits for it instead of training it again.
+    let teacher_lock = if teacher.precomputed().is_none() { Some(lock_teacher_cache(&cache, opts)?) } else { None };
     if let Some(table) = teacher.precomputed() {
         log(opts, &format!("teacher: outputs read from {} (nothing to pre-train)", table.origin()));
     } else if weights.exists() {
@@ -215,6 +218,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         params_to_map("", &teacher.params(), &mut map);
         write_atomic(&weights, &to_safetensors(&map)?)?;
     }
+    drop(teacher_lock);
     row.teacher_params = teacher.num_params();
 
     // ---- Teacher outputs, once per training set (cached with the teacher). ----
@@ -569,6 +573,25 @@ fn translation_retrieval(
     let texts: Vec<&str> = task.test.iter().map(|e| e.text.as_str()).collect();
     let direct = predict(teacher, &featurise(texts, s_test.langs.clone()))?.hidden;
     Ok(Some(crate::retrieval::retrieval_rows(&queries, &direct, &keys, d, &gold, &s_test.langs, &task.langs, in_macro)))
+}
+
+/// Locks a teacher's cache directory (`teacher.lock` in it, an OS lock released when the
+/// file is closed, also when the process dies), waiting while another process holds it.
+fn lock_teacher_cache(cache: &Path, opts: &RunOptions) -> Result<std::fs::File> {
+    use fs2::FileExt;
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let path = cache.join("teacher.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if f.try_lock_exclusive().is_err() {
+        log(opts, &format!("teacher: another process is training it; waiting for {}", cache.display()));
+        f.lock_exclusive().with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(f)
 }
 
 /// The ids of some examples, in order.
