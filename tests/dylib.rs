@@ -531,3 +531,33 @@ fn kdx_new_loss_makes_a_crate_that_builds_passes_its_test_and_trains() {
     assert_eq!(row.status, "ok");
     assert!(row.student_macro_acc > 0.4, "student {} (chance 0.33)", row.student_macro_acc);
 }
+
+#[test]
+fn kdx_plugins_and_kdx_schema_include_a_librarys_loss() {
+    let lib = focal_kd().to_str().unwrap();
+    let out = kdx(&["plugins", "loss", "--plugin", lib], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("soft-kl") && text.contains("focal-kd") && text.contains("from the dynamic library"), "{text}");
+    let out = kdx(&["plugins", "loss", "focal-kd", "--plugin", lib], &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("checked by the plugin"), "{}", stderr(&out));
+    // Without the library the name is unknown.
+    assert!(!kdx(&["plugins", "loss", "focal-kd"], &[]).status.success());
+
+    // The schema with the library accepts a recipe that uses its loss; without it, not.
+    let tmp = tempfile::tempdir().unwrap();
+    let r = recipe(tmp.path(), "schema", "plugin = \"focal-kd\"\ngamma = 2.0\nweight = 0.5", "", 10);
+    let json = serde_json::to_value(kdx_framework::kdx_recipe::RecipeDoc::load(&r).unwrap().root()).unwrap();
+    let schema_of = |args: &[&str]| -> serde_json::Value {
+        let out = kdx(args, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let with = schema_of(&["schema", "--plugin", lib]);
+    let errors: Vec<String> = jsonschema::validator_for(&with).unwrap().iter_errors(&json).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let without = schema_of(&["schema"]);
+    assert!(jsonschema::validator_for(&without).unwrap().iter_errors(&json).next().is_some());
+    let out = kdx(&["plugins", "--plugin", "/no/such/lib.so"], &[]);
+    assert!(!out.status.success() && stderr(&out).contains("--plugin /no/such/lib.so"), "{}", stderr(&out));
+}

@@ -92,9 +92,16 @@ enum Command {
         kind: Option<String>,
         /// A plugin name, for its full documentation.
         name: Option<String>,
+        /// Also list the loss plugin of this dynamic library; repeatable.
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
     },
     /// Print a JSON Schema of recipes, generated from the registered plugins.
-    Schema,
+    Schema {
+        /// Also accept the loss plugin of this dynamic library in `[[loss]]`; repeatable.
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
+    },
     /// Time the reference distillation step (optionally against PyTorch, as a ratio).
     Bench(crate::bench::BenchArgs),
     /// Print shell completions.
@@ -236,12 +243,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugins { kind, name } => {
-            print!("{}", plugins_help(kind.as_deref(), name.as_deref())?);
+        Command::Plugins { kind, name, plugins } => {
+            print!("{}", plugins_help_with(kind.as_deref(), name.as_deref(), &open_libraries(&plugins)?)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&crate::schema::recipe_schema())?);
+        Command::Schema { plugins } => {
+            println!("{}", serde_json::to_string_pretty(&crate::schema::recipe_schema_with(&open_libraries(&plugins)?))?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
@@ -352,7 +359,33 @@ fn validate(paths: &[PathBuf]) -> Result<ExitCode> {
 }
 
 /// The text `kdx plugins [KIND] [NAME]` prints.
+/// Opens loss-plugin libraries named on the command line; an error names the file and says
+/// how to fix it.
+fn open_libraries(paths: &[PathBuf]) -> Result<Vec<std::sync::Arc<crate::dylib::PluginLibrary>>> {
+    paths
+        .iter()
+        .map(|p| {
+            crate::dylib::PluginLibrary::open(p).map_err(|e| {
+                match e.help().filter(|_| !matches!(e, crate::dylib::PluginError::Missing(_))) {
+                    Some(h) => anyhow::anyhow!("--plugin {}: {e}\nhelp: {h}", p.display()),
+                    None => anyhow::anyhow!("--plugin {}: {e}", p.display()),
+                }
+            })
+        })
+        .collect()
+}
+
+/// `kdx plugins` for the built-in plugins only.
 pub fn plugins_help(kind: Option<&str>, name: Option<&str>) -> Result<String> {
+    plugins_help_with(kind, name, &[])
+}
+
+/// `kdx plugins`: the built-in plugins, then the loss plugins of `libraries`.
+pub fn plugins_help_with(
+    kind: Option<&str>,
+    name: Option<&str>,
+    libraries: &[std::sync::Arc<crate::dylib::PluginLibrary>],
+) -> Result<String> {
     let kinds: Vec<PluginKind> = match kind {
         None => PluginKind::ALL.to_vec(),
         Some(k) => {
@@ -362,17 +395,24 @@ pub fn plugins_help(kind: Option<&str>, name: Option<&str>) -> Result<String> {
     let mut s = String::new();
     for k in kinds {
         let regs = registry::list(k);
+        let libs: &[_] = if k == PluginKind::Loss { libraries } else { &[] };
         if let Some(n) = name {
-            let r = regs
-                .iter()
-                .find(|r| r.name == n)
-                .with_context(|| format!("no {k} plugin `{n}`; registered: {}", registry::names(k).join(", ")))?;
+            if let Some(lib) = libs.iter().find(|l| l.name() == n) {
+                s.push_str(&crate::schema::describe_library(lib, true));
+                continue;
+            }
+            let mut names: Vec<&str> = registry::names(k);
+            names.extend(libs.iter().map(|l| l.name()));
+            let r = regs.iter().find(|r| r.name == n).with_context(|| format!("no {k} plugin `{n}`; registered: {}", names.join(", ")))?;
             s.push_str(&crate::schema::describe(r, true));
             continue;
         }
         s.push_str(&format!("{} plugins:\n", k));
         for r in regs {
             s.push_str(&crate::schema::describe(r, false));
+        }
+        for lib in libs {
+            s.push_str(&crate::schema::describe_library(lib, false));
         }
         s.push('\n');
     }

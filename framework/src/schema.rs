@@ -79,6 +79,21 @@ pub fn describe(r: &Registration, full: bool) -> String {
     s
 }
 
+/// The text `kdx plugins` prints for a loss plugin from a dynamic library. Such a plugin
+/// publishes a name and a summary; its parameters are checked by the plugin itself.
+pub fn describe_library(lib: &crate::dylib::PluginLibrary, full: bool) -> String {
+    let origin = format!("dynamic library {} (built for kdx {})", lib.path().display(), lib.framework_version());
+    if full {
+        format!(
+            "{} (loss plugin)\n  {}\n\n  from the {origin}\n\nparameters:\n  checked by the plugin: the `[[loss]]` table without `plugin` and `weight`, passed as JSON\n",
+            lib.name(),
+            lib.summary()
+        )
+    } else {
+        format!("  {:<18} {}\n      from the {origin}\n", lib.name(), lib.summary())
+    }
+}
+
 /// Moves a schema's `definitions` into `defs` and returns the schema without them.
 fn hoist(mut v: Value, defs: &mut Map<String, Value>) -> Value {
     if let Some(Value::Object(d)) = v.as_object_mut().and_then(|o| o.remove("definitions")) {
@@ -95,8 +110,8 @@ fn hoist(mut v: Value, defs: &mut Map<String, Value>) -> Value {
 
 /// A plugin section: `plugin = "<name>"` plus the plugin's parameters plus `extra` keys the
 /// framework owns there (e.g. `weight` in `[[loss]]`).
-fn plugin_section(kind: PluginKind, extra: &Map<String, Value>, defs: &mut Map<String, Value>) -> Value {
-    let variants: Vec<Value> = registry::list(kind)
+fn plugin_section(kind: PluginKind, extra: &Map<String, Value>, defs: &mut Map<String, Value>, libraries: &[(&str, &str)]) -> Value {
+    let mut variants: Vec<Value> = registry::list(kind)
         .into_iter()
         .map(|r| {
             let mut s = hoist(serde_json::to_value((r.schema)()).unwrap_or(Value::Null), defs);
@@ -117,11 +132,34 @@ fn plugin_section(kind: PluginKind, extra: &Map<String, Value>, defs: &mut Map<S
             s
         })
         .collect();
+    if kind == PluginKind::Loss {
+        variants.extend(library_losses(libraries, extra));
+    }
     json!({ "oneOf": variants })
+}
+
+/// Schema variants for dynamic-library losses (name, summary): their name, the framework
+/// keys, and any other key (the plugin checks its own parameters).
+fn library_losses(libraries: &[(&str, &str)], extra: &Map<String, Value>) -> Vec<Value> {
+    libraries
+        .iter()
+        .map(|(name, summary)| {
+            let mut props = Map::new();
+            props.insert("plugin".into(), json!({ "const": name, "description": summary }));
+            props.extend(extra.clone());
+            json!({ "type": "object", "required": ["plugin"], "properties": props, "additionalProperties": true })
+        })
+        .collect()
 }
 
 /// The JSON Schema (draft 7) of a recipe, built from the registered plugins.
 pub fn recipe_schema() -> Value {
+    recipe_schema_with(&[])
+}
+
+/// [`recipe_schema`], also accepting the losses of some dynamic libraries in `[[loss]]`.
+pub fn recipe_schema_with(libraries: &[std::sync::Arc<crate::dylib::PluginLibrary>]) -> Value {
+    let libs: Vec<(&str, &str)> = libraries.iter().map(|l| (l.name(), l.summary())).collect();
     let mut defs = Map::new();
     let stage = hoist(schema_json::<StageConfig>(), &mut defs);
     let schedule = hoist(schema_json::<Schedule>(), &mut defs);
@@ -135,11 +173,11 @@ pub fn recipe_schema() -> Value {
     let experiment = hoist(schema_json::<ExperimentSection>(), &mut defs);
     let train = hoist(schema_json::<TrainSection>(), &mut defs);
     let finetune = hoist(schema_json::<FinetuneSection>(), &mut defs);
-    let data = plugin_section(PluginKind::Dataset, &Map::new(), &mut defs);
-    let teacher = plugin_section(PluginKind::Model, &teacher_extra, &mut defs);
-    let student = plugin_section(PluginKind::Model, &student_extra, &mut defs);
-    let loss = plugin_section(PluginKind::Loss, &loss_extra, &mut defs);
-    let sampler = plugin_section(PluginKind::Sampler, &Map::new(), &mut defs);
+    let data = plugin_section(PluginKind::Dataset, &Map::new(), &mut defs, &[]);
+    let teacher = plugin_section(PluginKind::Model, &teacher_extra, &mut defs, &[]);
+    let student = plugin_section(PluginKind::Model, &student_extra, &mut defs, &[]);
+    let loss = plugin_section(PluginKind::Loss, &loss_extra, &mut defs, &libs);
+    let sampler = plugin_section(PluginKind::Sampler, &Map::new(), &mut defs, &[]);
     json!({
         "$schema": "http://json-schema.org/draft-07/schema#",
         "title": "kdx recipe",
