@@ -161,14 +161,10 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         ),
     );
     let mut hooks = Hooks::new(opts, dir, &task, plan.train.eval_fraction)?;
+    let spec = |seed: u64| ModelSpec { classes, labels: task.labels.clone(), langs: task.langs.clone(), seed };
 
     // ---- Teacher: load from the cache or pre-train on hard labels. ----
-    let mut teacher = plan.teacher.builder.build(&ModelSpec {
-        classes,
-        labels: task.labels.clone(),
-        langs: task.langs.clone(),
-        seed: mix(&[seed, 1]),
-    })?;
+    let mut teacher = plan.teacher.builder.build(&spec(mix(&[seed, 1])))?;
     let reads_source = task.teacher_reads_source;
     let fingerprint = plan.dataset.fingerprint()?;
     let key = sha(&[
@@ -257,12 +253,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     hooks.teacher_dev_logits = Some(t_dev);
 
     // ---- Student: distil. ----
-    let mut student = plan.student.builder.build(&ModelSpec {
-        classes,
-        labels: task.labels.clone(),
-        langs: task.langs.clone(),
-        seed: mix(&[seed, 2]),
-    })?;
+    let mut student = plan.student.builder.build(&spec(mix(&[seed, 2])))?;
     anyhow::ensure!(student.precomputed().is_none(), "[student] plugin `{}`: a student must be a network that trains", plan.student.plugin);
     if plan.init == Init::FromTeacher {
         anyhow::ensure!(
@@ -357,12 +348,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         log(opts, "baseline skipped: the student may not see gold labels in this task (the teacher reads the sources)");
     }
     let baseline = if plan.train.baseline && labels_visible {
-        let mut b = plan.student.builder.build(&ModelSpec {
-            classes,
-            labels: task.labels.clone(),
-            langs: task.langs.clone(),
-            seed: mix(&[seed, 2]),
-        })?;
+        let mut b = plan.student.builder.build(&spec(mix(&[seed, 2])))?;
         let mut ce = plan.loss("hard-ce", toml::Table::new())?;
         let mut sampler = plan.sampler(&plan.sampler_plugin.clone(), plan.sampler_params.clone())?;
         let w = crate::schedule::Schedule::Constant(1.0);

@@ -179,20 +179,6 @@ impl Optimizer {
                 })
                 .collect();
         }
-        if !c.sparse {
-            // Dense mode: scatter touched rows into a full gradient, update every row.
-            for p in params.iter_mut() {
-                if let Grad::Rows { rows, values } = &p.grad {
-                    let width = p.shape.last().copied().unwrap_or(1);
-                    let mut dense = vec![0f32; p.data.len()];
-                    for (k, &r) in rows.iter().enumerate() {
-                        let off = r as usize * width;
-                        dense[off..off + width].copy_from_slice(&values[k * width..(k + 1) * width]);
-                    }
-                    p.grad = Grad::Dense(dense);
-                }
-            }
-        }
         self.t += 1;
         let scale = if c.clip_norm > 0.0 {
             let n = Self::grad_norm(params);
@@ -243,7 +229,37 @@ impl Optimizer {
                         }
                     });
                 }
-                Grad::Rows { .. } => unreachable!("converted to dense above"),
+                Grad::Rows { rows, values } => {
+                    // Dense mode: every row is updated, untouched ones with a zero gradient
+                    // (their moments decay and still move them), without materialising the
+                    // full-table gradient: a row → slot map finds each touched row's values.
+                    let upd = Update { c: &c, lr, wd, scale, bc1, bc2 };
+                    let n_rows = p.data.len() / width.max(1);
+                    let mut slot = vec![u32::MAX; n_rows];
+                    for (k, &r) in rows.iter().enumerate() {
+                        slot[r as usize] = k as u32;
+                    }
+                    let zeros = vec![0f32; width];
+                    let rows_per_chunk = (CHUNK / width.max(1)).max(1);
+                    let chunk = rows_per_chunk * width;
+                    let n = p.data.len();
+                    p.data
+                        .par_chunks_mut(chunk)
+                        .zip(st.m.par_chunks_mut(chunk))
+                        .zip(par_chunks_or_empty(&mut st.v, chunk, n))
+                        .enumerate()
+                        .for_each(|(ci, ((w, m), v))| {
+                            for j in 0..w.len() / width {
+                                let r = ci * rows_per_chunk + j;
+                                let g = match slot[r] {
+                                    u32::MAX => &zeros[..],
+                                    k => &values[k as usize * width..(k as usize + 1) * width],
+                                };
+                                let vv: &mut [f32] = if v.is_empty() { &mut [] } else { &mut v[j * width..(j + 1) * width] };
+                                upd.apply(&mut w[j * width..(j + 1) * width], g, &mut m[j * width..(j + 1) * width], vv);
+                            }
+                        });
+                }
             }
         }
     }
@@ -280,37 +296,39 @@ struct Update<'a> {
 }
 
 impl Update<'_> {
+    /// Updates `w` (and its moments `m`, `v`) from gradient `g`; all the same length
+    /// (`v` empty for SGD). Written as zipped iterators so the loops vectorise.
     #[inline]
     fn apply(&self, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         let c = self.c;
         let (b1, b2) = (c.betas[0], c.betas[1]);
+        let (scale, lr, wd) = (self.scale, self.lr, self.wd);
+        let g = &g[..w.len()];
+        let m = &mut m[..w.len()];
         match c.kind {
+            OptimizerKind::Sgd if c.momentum > 0.0 => {
+                for ((w, &g), m) in w.iter_mut().zip(g).zip(m.iter_mut()) {
+                    *m = c.momentum * *m + g * scale + wd * *w;
+                    *w -= lr * *m;
+                }
+            }
             OptimizerKind::Sgd => {
-                for i in 0..w.len() {
-                    let gi = g[i] * self.scale + self.wd * w[i];
-                    let step = if c.momentum > 0.0 {
-                        m[i] = c.momentum * m[i] + gi;
-                        m[i]
-                    } else {
-                        gi
-                    };
-                    w[i] -= self.lr * step;
+                for (w, &g) in w.iter_mut().zip(g) {
+                    *w -= lr * (g * scale + wd * *w);
                 }
             }
             OptimizerKind::Adam | OptimizerKind::Adamw => {
-                let decoupled = c.kind == OptimizerKind::Adamw;
-                let step_size = self.lr / self.bc1;
+                let v = &mut v[..w.len()];
+                let step_size = lr / self.bc1;
                 let inv_sqrt_bc2 = 1.0 / self.bc2.sqrt();
-                for i in 0..w.len() {
-                    let mut gi = g[i] * self.scale;
-                    if decoupled {
-                        w[i] *= 1.0 - self.lr * self.wd;
-                    } else {
-                        gi += self.wd * w[i];
-                    }
-                    m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                    v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                    w[i] -= step_size * m[i] / (v[i].sqrt() * inv_sqrt_bc2 + c.eps);
+                // AdamW decays the weight itself; Adam adds the decay to the gradient.
+                let (shrink, l2) = if c.kind == OptimizerKind::Adamw { (1.0 - lr * wd, 0.0) } else { (1.0, wd) };
+                for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    let gi = g * scale + l2 * *w;
+                    *w *= shrink;
+                    *m = b1 * *m + (1.0 - b1) * gi;
+                    *v = b2 * *v + (1.0 - b2) * gi * gi;
+                    *w -= step_size * *m / (v.sqrt() * inv_sqrt_bc2 + c.eps);
                 }
             }
         }
