@@ -101,6 +101,80 @@ pub trait Loss: Send {
     }
 }
 
+/// The per-example part of a hidden-state loss: from the projected student row `p` and
+/// the teacher row `t` (both of the teacher's width) and the example's weight `w` (its
+/// weight / B), writes w·∂ℓ/∂p into `dp` and returns w·ℓ.
+pub type HiddenCriterion = fn(p: &[f64], t: &[f32], w: f64, dp: &mut [f64]) -> f64;
+
+/// A loss between the student's hidden representation, through a learned projection
+/// ([`crate::engine::nn::HiddenProjection`]), and the teacher's: what `hidden-mse` and
+/// `cosine-embedding` share. Each supplies its [`HiddenCriterion`]; the projection is
+/// created on first need (or in [`Loss::prepare`]), trains with the student, and maps
+/// student states into the teacher's space for translation retrieval ([`Loss::embed`]).
+/// The gradient reaches the student through its hidden representation only.
+pub struct ProjectedHiddenLoss {
+    /// The plugin's name, for errors.
+    pub name: &'static str,
+    /// When to project.
+    pub mode: crate::engine::nn::ProjectionMode,
+    /// Seed of the projection's initialisation.
+    pub seed: u64,
+    /// The projection, once the widths are known.
+    pub proj: crate::engine::nn::HiddenProjection,
+    /// The per-example loss.
+    pub criterion: HiddenCriterion,
+}
+
+impl ProjectedHiddenLoss {
+    /// A loss without a projection yet.
+    pub fn new(name: &'static str, mode: crate::engine::nn::ProjectionMode, seed: u64, criterion: HiddenCriterion) -> Self {
+        ProjectedHiddenLoss { name, mode, seed, proj: Default::default(), criterion }
+    }
+}
+
+impl Loss for ProjectedHiddenLoss {
+    fn needs_teacher(&self) -> bool {
+        true
+    }
+    fn needs_labels(&self) -> bool {
+        false
+    }
+    fn needs_teacher_hidden(&self) -> bool {
+        true
+    }
+    fn prepare(&mut self, student_hidden_dim: usize, teacher_hidden_dim: usize) -> anyhow::Result<()> {
+        if student_hidden_dim > 0 && teacher_hidden_dim > 0 {
+            self.proj.ensure(self.mode, self.seed, student_hidden_dim, teacher_hidden_dim, self.name)?;
+        }
+        Ok(())
+    }
+    fn params(&self) -> Vec<&Param> {
+        self.proj.params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.proj.params_mut()
+    }
+    fn embed(&self, student_hidden: &[f32], batch: usize, student_hidden_dim: usize) -> Option<Vec<f32>> {
+        Some(self.proj.apply(student_hidden, batch, student_hidden_dim))
+    }
+    fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
+        let th = x.teacher_hidden.ok_or_else(|| anyhow::anyhow!("{} needs the teacher's hidden representation", self.name))?;
+        let (b, hs, ht) = (x.batch, x.student_hidden_dim, x.teacher_hidden_dim);
+        let project = self.proj.ensure(self.mode, self.seed, hs, ht, self.name)?;
+        // P = hₛ W + b (or hₛ), dP = ∂L/∂P.
+        let p = self.proj.forward(project, x.student_hidden, b, hs, ht);
+        let mut dp = vec![0f64; b * ht];
+        let mut value = 0f64;
+        for i in 0..b {
+            let w = x.weights[i] as f64 / b as f64;
+            let rows = i * ht..(i + 1) * ht;
+            value += (self.criterion)(&p[rows.clone()], &th[rows.clone()], w, &mut dp[rows]);
+        }
+        let grad_hidden = self.proj.backward(project, x.student_hidden, &dp, b, hs, ht);
+        Ok(LossOutput { value: value as f32, grad_logits: vec![0.0; b * x.classes], grad_hidden: Some(grad_hidden) })
+    }
+}
+
 /// Evaluates a scalar function of the student logits with dfdx autodiff: `f` receives the
 /// logits as a traced `B × C` tensor and returns a traced scalar. Returns value and gradient.
 pub fn autodiff_logits(batch: usize, classes: usize, logits: &[f32], f: impl FnOnce(Traced2) -> Traced0) -> (f32, Vec<f32>) {
@@ -278,4 +352,46 @@ pub fn softmax_rows(z: &[f32], classes: usize, t: f32) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (p, lp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::nn::ProjectionMode;
+
+    /// w · Σ (p − t): the simplest criterion, to exercise the shared plumbing.
+    fn difference(p: &[f64], t: &[f32], w: f64, dp: &mut [f64]) -> f64 {
+        dp.iter_mut().for_each(|d| *d = w);
+        w * p.iter().zip(t).map(|(a, &b)| a - b as f64).sum::<f64>()
+    }
+
+    #[test]
+    fn projected_hidden_loss_creates_its_projection_on_first_need() {
+        let s = SampleBatch::random(4, 3, 5, 2.0, 6);
+        // Different widths: the teacher is 3 wide, the student 5.
+        let th: Vec<f32> = s.teacher_hidden[..4 * 3].to_vec();
+        let x = LossInput { teacher_hidden: Some(&th), teacher_hidden_dim: 3, ..s.input(0, 1) };
+        let mut l = ProjectedHiddenLoss::new("test", ProjectionMode::Auto, 3, difference);
+        assert!(l.params().is_empty(), "no projection before the first batch");
+        let err = gradient_check(&mut l, &x, 1e-2).unwrap();
+        assert!(err < 1e-2, "relative error {err}");
+        let names: Vec<_> = l.params().iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
+        assert_eq!(names, vec![("proj.w".to_string(), vec![5, 3]), ("proj.b".to_string(), vec![3])]);
+        assert_eq!(l.embed(&s.student_hidden[..5], 1, 5).map(|e| e.len()), Some(3), "embeds into the teacher's width");
+        for (mode, n) in [(ProjectionMode::Never, 0), (ProjectionMode::Always, 2)] {
+            let mut l = ProjectedHiddenLoss::new("test", mode, 3, difference);
+            l.compute(&s.input(0, 1)).unwrap();
+            assert_eq!(l.params().len(), n, "{mode:?}");
+        }
+        let err = ProjectedHiddenLoss::new("test", ProjectionMode::Never, 3, difference).compute(&x).unwrap_err();
+        assert!(err.to_string().contains("test with projection = \"never\" needs equal widths"), "{err}");
+        // The same seed, the same projection.
+        let (mut a, mut b) = (
+            ProjectedHiddenLoss::new("test", ProjectionMode::Always, 3, difference),
+            ProjectedHiddenLoss::new("test", ProjectionMode::Always, 3, difference),
+        );
+        a.compute(&s.input(0, 1)).unwrap();
+        b.compute(&s.input(0, 1)).unwrap();
+        assert_eq!(a.params()[0].data, b.params()[0].data);
+    }
 }

@@ -143,17 +143,29 @@ enum Mark {
     Note,
 }
 
+/// Where each legend item goes when the legend wraps into rows at this width: the items'
+/// (x, y) and the height of the whole header.
+fn legend_layout(width: u32, items: &[(String, Mark)]) -> (Vec<(i32, i32)>, u32) {
+    let (mut x, mut y) = (14, 42);
+    let mut at = Vec::with_capacity(items.len());
+    for (label, _) in items {
+        let wd = 30 + text_width(label, 12.0) + 18;
+        if x > 14 && x + wd > width as i32 - 10 {
+            x = 14;
+            y += 20;
+        }
+        at.push((x, y));
+        x += wd;
+    }
+    (at, (y + 16) as u32)
+}
+
 /// Draws a title and a legend (wrapped into rows) at the top of `area`; returns the area below.
 fn header<'a>(area: &Area<'a>, title: &str, items: &[(String, Mark)]) -> Result<Area<'a>> {
     let (w, _) = area.dim_in_pixel();
     area.draw(&Text::new(title.to_string(), (14, 10), bold(15.0).pos(Pos::new(HPos::Left, VPos::Top))))?;
-    let (mut x, mut y) = (14, 42);
-    for (label, mark) in items {
-        let wd = 30 + text_width(label, 12.0) + 18;
-        if x > 14 && x + wd > w as i32 - 10 {
-            x = 14;
-            y += 20;
-        }
+    let (at, height) = legend_layout(w, items);
+    for ((label, mark), &(x, y)) in items.iter().zip(&at) {
         match *mark {
             Mark::Line(c, sw) => area.draw(&PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(sw)))?,
             Mark::Dashed(c) => {
@@ -168,24 +180,14 @@ fn header<'a>(area: &Area<'a>, title: &str, items: &[(String, Mark)]) -> Result<
         }
         let tx = if matches!(mark, Mark::Note) { x } else { x + 30 };
         area.draw(&Text::new(label.clone(), (tx, y), font(12.0).pos(Pos::new(HPos::Left, VPos::Center))))?;
-        x += wd;
     }
-    let (_, rest) = area.split_vertically(y + 16);
+    let (_, rest) = area.split_vertically(height as i32);
     Ok(rest)
 }
 
 /// How tall [`header`] will be for these items at this width.
 fn header_height(width: u32, items: &[(String, Mark)]) -> u32 {
-    let (mut x, mut y) = (14, 42);
-    for (label, _) in items {
-        let wd = 30 + text_width(label, 12.0) + 18;
-        if x > 14 && x + wd > width as i32 - 10 {
-            x = 14;
-            y += 20;
-        }
-        x += wd;
-    }
-    (y + 16) as u32
+    legend_layout(width, items).1
 }
 
 fn message(area: &Area, text: &str) -> Result<()> {

@@ -84,6 +84,28 @@ impl BuildCtx<'_> {
         let key = if param.is_empty() { self.key.clone() } else { self.key.key(param) };
         self.doc.diag(&key, message, None)
     }
+
+    /// Resolves a file parameter against the recipe's directory and checks the file is
+    /// there: otherwise "`what` PATH does not exist`hint`", located at the parameter.
+    pub fn existing_file(&self, param: &str, value: &std::path::Path, what: &str, hint: &str) -> Result<PathBuf, Diagnostic> {
+        let path = self.resolve_path(param, value);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(self.error(param, format!("{what} {} does not exist{hint}", path.display())))
+        }
+    }
+
+    /// Checks the held-out fractions of a dataset (`dev_fraction`, `test_fraction`): each
+    /// in [0, 0.5).
+    pub fn held_out_fractions(&self, dev: f64, test: f64) -> Result<(), Diagnostic> {
+        for (name, f) in [("dev_fraction", dev), ("test_fraction", test)] {
+            if !(0.0..0.5).contains(&f) {
+                return Err(self.error(name, format!("must be in [0, 0.5), found {f}")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Builders, one signature per kind. Builders run at plan time (also by `kdx validate`),

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::dataset::{Example, Task};
+use crate::dylib::kdx_sdk::math::log_softmax;
 use crate::features::{Bags, FeatureCache};
 use crate::model::Param;
 use crate::model::{init_from, Model, ModelSpec};
@@ -370,7 +371,8 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     };
 
     // ---- Test evaluation and reports. ----
-    let s_logits = predict(&*student, &s_test.bags)?.logits;
+    // The student's test outputs: logits for the metrics, hidden states for retrieval.
+    let s_out = predict(&*student, &s_test.bags)?;
     let b_logits = match &baseline {
         Some(b) => Some(predict(&**b, &s_test.bags)?.logits),
         None => None,
@@ -380,7 +382,8 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
     let teacher_rows = metric_rows("teacher", "test", final_step, &t_test, classes, &teacher_test_inputs, None, &task.langs, &in_macro);
     let final_stage = if plan.finetune.is_some() { "finetune" } else { "distill" };
     let student_step = plan.finetune.as_ref().map_or(final_step, |f| f.steps);
-    let student_rows = metric_rows(final_stage, "test", student_step, &s_logits, classes, &s_test, Some(&t_test), &task.langs, &in_macro);
+    let student_rows =
+        metric_rows(final_stage, "test", student_step, &s_out.logits, classes, &s_test, Some(&t_test), &task.langs, &in_macro);
     hooks.metrics.extend(teacher_rows.iter().cloned());
     hooks.metrics.append(&mut distilled_test_rows);
     hooks.metrics.extend(student_rows.iter().cloned());
@@ -413,7 +416,7 @@ fn run_inner(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow) -
         });
     }
     write_csv(&dir.join("languages.csv"), &lang_rows)?;
-    if let Some(rows) = translation_retrieval(plan, &*teacher, &*student, &task, &s_test, &in_macro)? {
+    if let Some(rows) = translation_retrieval(plan, &*teacher, &s_out, &task, &s_test, &in_macro)? {
         if let Some(m) = rows.last() {
             log(
                 opts,
@@ -514,10 +517,11 @@ pub fn sampling_preview(plan: &mut Plan) -> Result<Vec<SamplingPreview>> {
 /// teacher reads sources) where a loss maps the student's hidden space into the teacher's
 /// (`hidden-mse`, `cosine-embedding`): each translation's nearest neighbour among all
 /// distinct English sources of the split, per language the student trains on.
+/// `student_out` is the student's output on the test split (`s_test`).
 fn translation_retrieval(
     plan: &Plan,
     teacher: &dyn Model,
-    student: &dyn Model,
+    student_out: &crate::model::Outputs,
     task: &Task,
     s_test: &Inputs,
     in_macro: &[bool],
@@ -525,15 +529,15 @@ fn translation_retrieval(
     if !task.teacher_reads_source || task.test.is_empty() || teacher.precomputed().is_some() || teacher.hidden_dim() == 0 {
         return Ok(None);
     }
-    let s = predict(student, &s_test.bags)?;
-    let Some(queries) = plan.losses.iter().find_map(|l| l.loss.embed(&s.hidden, s.batch, s.hidden_dim)) else {
+    let Some(queries) = plan.losses.iter().find_map(|l| l.loss.embed(&student_out.hidden, student_out.batch, student_out.hidden_dim))
+    else {
         return Ok(None);
     };
     let d = teacher.hidden_dim();
     anyhow::ensure!(
-        queries.len() == s.batch * d,
+        queries.len() == student_out.batch * d,
         "the loss's projection maps to width {}, the teacher's is {d}",
-        queries.len() / s.batch.max(1)
+        queries.len() / student_out.batch.max(1)
     );
     // Distinct sources, in first-seen order; each query's gold is its own source's row.
     let mut row_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
@@ -653,8 +657,8 @@ pub fn metric_rows(
         t.chunks(classes)
             .zip(logits.chunks(classes))
             .map(|(tz, sz)| {
-                let lp = log_softmax(tz);
-                let lq = log_softmax(sz);
+                let lp = log_softmax(tz, 1.0);
+                let lq = log_softmax(sz, 1.0);
                 lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
             })
             .collect()
@@ -724,12 +728,6 @@ pub fn metric_rows(
     };
     rows.push(macro_row);
     rows
-}
-
-fn log_softmax(z: &[f32]) -> Vec<f64> {
-    let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = m + z.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-    z.iter().map(|&x| x as f64 - lse).collect()
 }
 
 fn log(opts: &RunOptions, msg: &str) {

@@ -56,15 +56,8 @@ fn build(mut p: GettextLidParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, Di
     if let Err(e) = p.languages.check() {
         return Err(ctx.error("languages", e));
     }
-    for (name, f) in [("dev_fraction", p.dev_fraction), ("test_fraction", p.test_fraction)] {
-        if !(0.0..0.5).contains(&f) {
-            return Err(ctx.error(name, format!("must be in [0, 0.5), found {f}")));
-        }
-    }
-    p.corpus = ctx.resolve_path("corpus", &p.corpus);
-    if !p.corpus.exists() {
-        return Err(ctx.error("corpus", format!("corpus file {} does not exist (build one with `kdx corpus build`)", p.corpus.display())));
-    }
+    ctx.held_out_fractions(p.dev_fraction, p.test_fraction)?;
+    p.corpus = ctx.existing_file("corpus", &p.corpus, "corpus file", " (build one with `kdx corpus build`)")?;
     Ok(Box::new(p))
 }
 

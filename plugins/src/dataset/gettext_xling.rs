@@ -144,15 +144,8 @@ fn build(mut p: GettextXlingParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, 
     if p.max_train_per_language == Some(0) {
         return Err(ctx.error("max_train_per_language", "must be at least 1 (leave it out for no cap)"));
     }
-    for (name, f) in [("dev_fraction", p.dev_fraction), ("test_fraction", p.test_fraction)] {
-        if !(0.0..0.5).contains(&f) {
-            return Err(ctx.error(name, format!("must be in [0, 0.5), found {f}")));
-        }
-    }
-    p.corpus = ctx.resolve_path("corpus", &p.corpus);
-    if !p.corpus.exists() {
-        return Err(ctx.error("corpus", format!("corpus file {} does not exist (build one with `kdx corpus build`)", p.corpus.display())));
-    }
+    ctx.held_out_fractions(p.dev_fraction, p.test_fraction)?;
+    p.corpus = ctx.existing_file("corpus", &p.corpus, "corpus file", " (build one with `kdx corpus build`)")?;
     Ok(Box::new(p))
 }
 
@@ -294,7 +287,7 @@ impl Dataset for GettextXlingParams {
 
 /// The id of an English message: `en:` and the msgid's stable hash in hex (a msgid has no
 /// row of its own in the snapshot; it is the source of several).
-pub fn english_id(msgid: &str) -> String {
+fn english_id(msgid: &str) -> String {
     format!("{ENGLISH}:{:016x}", stable_hash64(msgid.as_bytes()))
 }
 

@@ -58,19 +58,8 @@ fn default_frac() -> f64 {
 }
 
 fn build(mut p: TsvParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, Diagnostic> {
-    for (name, f) in [("dev_fraction", p.dev_fraction), ("test_fraction", p.test_fraction)] {
-        if !(0.0..0.5).contains(&f) {
-            return Err(ctx.error(name, format!("must be in [0, 0.5), found {f}")));
-        }
-    }
-    let check = |name: &str, path: &Path| -> Result<PathBuf, Diagnostic> {
-        let resolved = ctx.resolve_path(name, path);
-        if resolved.is_file() {
-            Ok(resolved)
-        } else {
-            Err(ctx.error(name, format!("file {} does not exist", resolved.display())))
-        }
-    };
+    ctx.held_out_fractions(p.dev_fraction, p.test_fraction)?;
+    let check = |name: &str, path: &Path| ctx.existing_file(name, path, "file", "");
     p.train = check("train", &p.train)?;
     if let Some(d) = &p.dev {
         p.dev = Some(check("dev", d)?);

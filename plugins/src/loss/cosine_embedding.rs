@@ -1,9 +1,7 @@
 //! `cosine-embedding`: align the direction of student and teacher hidden representations.
 
-use kdx_framework::engine::nn::HiddenProjection;
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, LossInput, LossOutput};
-use kdx_framework::model::Param;
+use kdx_framework::loss::{Loss, ProjectedHiddenLoss};
 use kdx_framework::registry::BuildCtx;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -31,19 +29,11 @@ pub struct CosineEmbeddingParams {
 /// When to put a learned linear projection between student and teacher hidden states.
 pub use kdx_framework::engine::nn::ProjectionMode as Projection;
 
-/// The loss with its (lazily created) projection.
-pub struct CosineEmbedding {
-    /// Parameters from the recipe.
-    pub params: CosineEmbeddingParams,
-    /// The projection, once the widths are known.
-    pub proj: HiddenProjection,
-}
-
 /// Floor of ‖u‖·‖v‖ in the cosine, as PyTorch's `cosine_similarity`.
 const EPS: f64 = 1e-8;
 
 fn build(p: CosineEmbeddingParams, _: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
-    Ok(Box::new(CosineEmbedding { params: p, proj: HiddenProjection::default() }))
+    Ok(Box::new(ProjectedHiddenLoss::new("cosine-embedding", p.projection, p.seed, one_minus_cosine)))
 }
 
 kdx_framework::register_loss!(
@@ -53,94 +43,41 @@ kdx_framework::register_loss!(
     build
 );
 
-impl CosineEmbedding {
-    /// Whether a projection is used for these widths; creates it (seeded) on first need.
-    fn ensure_projection(&mut self, hs: usize, ht: usize) -> anyhow::Result<bool> {
-        self.proj.ensure(self.params.projection, self.params.seed, hs, ht, "cosine-embedding")
+/// w · (1 − cos(p, t)), and its gradient.
+fn one_minus_cosine(p: &[f64], t: &[f32], w: f64, dp: &mut [f64]) -> f64 {
+    let t: Vec<f64> = t.iter().map(|&v| v as f64).collect();
+    let (np, nt) = (p.iter().map(|v| v * v).sum::<f64>().sqrt(), t.iter().map(|v| v * v).sum::<f64>().sqrt());
+    let dot: f64 = p.iter().zip(&t).map(|(a, b)| a * b).sum();
+    let (den, clamped) = if np * nt > EPS { (np * nt, false) } else { (EPS, true) };
+    let cos = dot / den;
+    // ∂cos/∂P = t/(‖P‖‖t‖) − cos·P/‖P‖² (or t/ε where the denominator is clamped).
+    for j in 0..p.len() {
+        let dcos = if clamped { t[j] / EPS } else { t[j] / den - cos * p[j] / (np * np) };
+        dp[j] = -w * dcos;
     }
-}
-
-impl Loss for CosineEmbedding {
-    fn needs_teacher(&self) -> bool {
-        true
-    }
-    fn needs_labels(&self) -> bool {
-        false
-    }
-    fn needs_teacher_hidden(&self) -> bool {
-        true
-    }
-    fn prepare(&mut self, student_hidden_dim: usize, teacher_hidden_dim: usize) -> anyhow::Result<()> {
-        if student_hidden_dim > 0 && teacher_hidden_dim > 0 {
-            self.ensure_projection(student_hidden_dim, teacher_hidden_dim)?;
-        }
-        Ok(())
-    }
-    fn params(&self) -> Vec<&Param> {
-        self.proj.params()
-    }
-    fn params_mut(&mut self) -> Vec<&mut Param> {
-        self.proj.params_mut()
-    }
-    fn embed(&self, student_hidden: &[f32], batch: usize, student_hidden_dim: usize) -> Option<Vec<f32>> {
-        Some(self.proj.apply(student_hidden, batch, student_hidden_dim))
-    }
-    fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
-        let th = x.teacher_hidden.ok_or_else(|| anyhow::anyhow!("cosine-embedding needs the teacher's hidden representation"))?;
-        let (b, hs, ht) = (x.batch, x.student_hidden_dim, x.teacher_hidden_dim);
-        let project = self.ensure_projection(hs, ht)?;
-        // P = hₛ W + b (or hₛ), dP = ∂L/∂P.
-        let proj_out = self.proj.forward(project, x.student_hidden, b, hs, ht);
-        let mut dp = vec![0f64; b * ht];
-        let mut value = 0f64;
-        for i in 0..b {
-            let p = &proj_out[i * ht..(i + 1) * ht];
-            let t: Vec<f64> = th[i * ht..(i + 1) * ht].iter().map(|&v| v as f64).collect();
-            let (np, nt) = (p.iter().map(|v| v * v).sum::<f64>().sqrt(), t.iter().map(|v| v * v).sum::<f64>().sqrt());
-            let dot: f64 = p.iter().zip(&t).map(|(a, b)| a * b).sum();
-            let w = x.weights[i] as f64 / b as f64;
-            let (den, clamped) = if np * nt > EPS { (np * nt, false) } else { (EPS, true) };
-            let cos = dot / den;
-            value += w * (1.0 - cos);
-            // ∂cos/∂P = t/(‖P‖‖t‖) − cos·P/‖P‖² (or t/ε where the denominator is clamped).
-            for j in 0..ht {
-                let dcos = if clamped { t[j] / EPS } else { t[j] / den - cos * p[j] / (np * np) };
-                dp[i * ht + j] = -w * dcos;
-            }
-        }
-        let grad_hidden = self.proj.backward(project, x.student_hidden, &dp, b, hs, ht);
-        Ok(LossOutput { value: value as f32, grad_logits: vec![0.0; b * x.classes], grad_hidden: Some(grad_hidden) })
-    }
+    w * (1.0 - cos)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kdx_framework::loss::{gradient_check, SampleBatch};
+    use kdx_framework::loss::{gradient_check, LossInput, SampleBatch};
 
-    fn loss(projection: Projection) -> CosineEmbedding {
-        CosineEmbedding { params: CosineEmbeddingParams { projection, seed: 3 }, proj: HiddenProjection::default() }
+    fn loss(projection: Projection) -> ProjectedHiddenLoss {
+        ProjectedHiddenLoss::new("cosine-embedding", projection, 3, one_minus_cosine)
     }
 
     #[test]
     fn gradients_match_finite_differences() {
+        // Projection mechanics are tested once, with ProjectedHiddenLoss; here the criterion,
+        // through a projection (unequal widths), always, and never.
         let s = SampleBatch::random(4, 3, 5, 2.0, 6);
-        // Different widths: the teacher is 3 wide, the student 5.
         let th: Vec<f32> = s.teacher_hidden[..4 * 3].to_vec();
-        let x = LossInput { teacher_hidden: Some(&th), teacher_hidden_dim: 3, ..s.input(0, 1) };
-        let mut l = loss(Projection::Auto);
-        assert!(l.params().is_empty(), "no projection before the first batch");
-        let err = gradient_check(&mut l, &x, 1e-2).unwrap();
-        assert!(err < 1e-2, "relative error {err}");
-        let names: Vec<_> = l.params().iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
-        assert_eq!(names, vec![("proj.w".to_string(), vec![5, 3]), ("proj.b".to_string(), vec![3])]);
-        for p in [Projection::Never, Projection::Always] {
-            let mut l = loss(p);
-            let err = gradient_check(&mut l, &s.input(0, 1), 1e-2).unwrap();
+        let narrow = LossInput { teacher_hidden: Some(&th), teacher_hidden_dim: 3, ..s.input(0, 1) };
+        for (p, x) in [(Projection::Auto, &narrow), (Projection::Always, &s.input(0, 1)), (Projection::Never, &s.input(0, 1))] {
+            let err = gradient_check(&mut loss(p), x, 1e-2).unwrap();
             assert!(err < 1e-2, "{p:?}: relative error {err}");
-            assert_eq!(l.params().len(), if p == Projection::Always { 2 } else { 0 });
         }
-        assert!(loss(Projection::Never).compute(&x).is_err(), "unequal widths without projection");
     }
 
     #[test]

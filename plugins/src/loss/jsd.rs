@@ -1,5 +1,6 @@
 //! `jsd`: a skewed Jensen–Shannon divergence between teacher and student.
 
+use kdx_framework::dylib::kdx_sdk::math::log_softmax;
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput};
 use kdx_framework::registry::BuildCtx;
@@ -55,14 +56,6 @@ kdx_framework::register_loss!(
     JsdParams,
     build
 );
-
-/// Log-softmax of `row / t` in f64.
-fn log_softmax(row: &[f32], t: f64) -> Vec<f64> {
-    let u: Vec<f64> = row.iter().map(|&x| x as f64 / t).collect();
-    let m = u.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let lse = m + u.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-    u.iter().map(|v| v - lse).collect()
-}
 
 /// log(e^a + e^b), with −∞ allowed in either.
 fn log_add(a: f64, b: f64) -> f64 {

@@ -1,5 +1,6 @@
 //! `reverse-kl`: the mode-seeking KL(student ‖ teacher).
 
+use kdx_framework::dylib::kdx_sdk::math::log_softmax;
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput};
 use kdx_framework::registry::BuildCtx;
@@ -39,14 +40,6 @@ fn build(p: ReverseKlParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic
 }
 
 kdx_framework::register_loss!("reverse-kl", "KL(student ‖ teacher) at temperature T, scaled by T² (mode-seeking)", ReverseKlParams, build);
-
-/// Log-softmax of `row / t` in f64.
-fn log_softmax(row: &[f32], t: f64) -> Vec<f64> {
-    let u: Vec<f64> = row.iter().map(|&x| x as f64 / t).collect();
-    let m = u.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let lse = m + u.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-    u.iter().map(|v| v - lse).collect()
-}
 
 impl Loss for ReverseKlParams {
     fn needs_teacher(&self) -> bool {

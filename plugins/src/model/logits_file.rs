@@ -44,20 +44,15 @@ pub struct LogitsFileParams {
 }
 
 fn build(mut p: LogitsFileParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Diagnostic> {
-    p.path = ctx.resolve_path("path", &p.path);
     let ext = p.path.extension().and_then(|e| e.to_str()).unwrap_or_default();
     if !matches!(ext, "safetensors" | "npy") {
         return Err(ctx.error("path", format!("{}: expected a .safetensors or .npy file", p.path.display())));
     }
-    if !p.path.is_file() {
-        return Err(ctx.error("path", format!("file {} does not exist", p.path.display())));
-    }
-    match &p.ids {
-        Some(ids) => p.ids = Some(ctx.resolve_path("ids", ids)),
-        None => p.ids = Some(p.path.with_extension("ids.txt")),
-    }
-    if let Some(ids) = p.ids.as_deref().filter(|f| !f.is_file()) {
-        let key = if ctx.doc.get(&ctx.key.key("ids")).is_some() { "ids" } else { "path" };
+    p.path = ctx.existing_file("path", &p.path, "file", "")?;
+    p.ids = p.ids.as_deref().map(|ids| ctx.resolve_path("ids", ids));
+    let ids = p.ids_path();
+    if !ids.is_file() {
+        let key = if p.ids.is_some() { "ids" } else { "path" };
         return Err(ctx.error(key, format!("the ids file {} does not exist (one example id per line, row by row)", ids.display())));
     }
     if let Some(cols) = &p.columns {
@@ -76,13 +71,20 @@ kdx_framework::register_model!(
     build
 );
 
+impl LogitsFileParams {
+    /// The ids file: `ids`, or `path` with its extension replaced by `ids.txt`.
+    fn ids_path(&self) -> PathBuf {
+        self.ids.clone().unwrap_or_else(|| self.path.with_extension("ids.txt"))
+    }
+}
+
 impl ModelBuilder for LogitsFileParams {
     fn pretrains(&self) -> bool {
         false
     }
 
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
-        let ids_path = self.ids.clone().unwrap_or_else(|| self.path.with_extension("ids.txt"));
+        let ids_path = self.ids_path();
         let (mut logits, hidden) = read_outputs(&self.path)?;
         let ids = read_ids(&ids_path)?;
         ensure!(
@@ -203,13 +205,14 @@ fn parse_npy(bytes: &[u8]) -> anyhow::Result<Matrix> {
 fn read_ids(path: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading ids file {}", path.display()))?;
     let body = text.strip_suffix('\n').unwrap_or(&text);
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut ids = Vec::new();
     for (i, line) in body.split('\n').enumerate() {
         let id = line.strip_suffix('\r').unwrap_or(line);
-        ensure!(!id.is_empty() || body.is_empty(), "{}:{}: empty line; each line names one row's example id", path.display(), i + 1);
-        if !id.is_empty() {
-            ids.push(id.to_string());
-        }
+        ensure!(!id.is_empty(), "{}:{}: empty line; each line names one row's example id", path.display(), i + 1);
+        ids.push(id.to_string());
     }
     Ok(ids)
 }
