@@ -1,4 +1,4 @@
-//! The `kdx` binary: link the built-in plugins and hand over to the framework's CLI.
+//! The `kdx` binary: link the built-in plugins and hand over to the CLI.
 
 // `inventory` only sees registrations of crates the linker keeps: name the plugins crate.
 use kdx_plugins as _;
@@ -10,5 +10,13 @@ use kdx_plugins as _;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    kdx_framework::cli::main()
+    // Like other Unix tools, end quietly when a reader closes the pipe (`kdx … | head`):
+    // Rust ignores SIGPIPE, so a write would fail and `println!` would panic instead.
+    #[cfg(unix)]
+    // SAFETY: the first thing `main` does, before any other thread exists; restoring the
+    // default disposition of a signal has no other effect on this process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    kdx::cli::main()
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kdx_framework::batch::SummaryRow;
+use kdx::batch::SummaryRow;
 use kdx_framework::report::{read_csv, RunRow};
 
 fn root() -> PathBuf {
@@ -85,7 +85,7 @@ fn a_batch_isolates_failures_skips_finished_runs_and_is_reported() {
     assert_eq!(rows.len(), 5, "{rows:#?}");
     for (recipe, run) in [("good.toml", "run"), ("sweep.toml", "tau=1"), ("sweep.toml", "tau=5")] {
         let row = &rows[&key(recipe, run)];
-        assert_eq!(row.status, "ok", "{row:?}");
+        assert_eq!(row.status.as_str(), "ok", "{row:?}");
         assert!(row.student_acc.unwrap() > 0.3 && row.teacher_acc.unwrap() > 0.5, "{row:?}");
         assert!(row.baseline_acc.is_some() && row.kd_gain.is_some() && !row.worst_lang.is_empty() && row.compression.unwrap() > 5.0);
         let dir = results.join(&row.experiment).join(&row.run);
@@ -97,16 +97,26 @@ fn a_batch_isolates_failures_skips_finished_runs_and_is_reported() {
     assert_eq!(rows[&key("sweep.toml", "tau=5")].params, "sampler.tau=5.0");
     assert_eq!(rows[&key("good.toml", "run")].params, "");
     let missing = &rows[&key("missing-corpus.toml", "run")];
-    assert_eq!(missing.status, "failed");
+    assert_eq!(missing.status.as_str(), "failed");
     assert!(missing.error.contains("missing-corpus.toml:") && missing.error.contains("does not exist"), "{}", missing.error);
     let diverged = &rows[&key("diverge.toml", "run")];
-    assert_eq!(diverged.status, "failed");
+    assert_eq!(diverged.status.as_str(), "failed");
     assert!(diverged.error.contains("diverged at step"), "{}", diverged.error);
 
     // The four runs share one teacher: one run trains it, the others wait and load it.
     let logs: Vec<String> = VALID_RUNS.iter().map(|r| std::fs::read_to_string(results.join(r).join("batch.log")).unwrap()).collect();
     let loaded = logs.iter().filter(|l| l.contains("teacher: loaded from cache")).count();
     assert_eq!(loaded, 3, "the teacher is trained once:\n{}", logs.join("\n----\n"));
+    // The same, from the children's typed events as the summary records them.
+    let teachers: Vec<&str> = [("good.toml", "run"), ("sweep.toml", "tau=1"), ("sweep.toml", "tau=5"), ("diverge.toml", "run")]
+        .iter()
+        .map(|(recipe, run)| rows[&key(recipe, run)].teacher.as_str())
+        .collect();
+    let mut sorted = teachers.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["cache", "cache", "cache", "trained"], "teacher column of summary.csv: {teachers:?}");
+    assert_eq!(missing.teacher, "", "a run that never got a teacher");
+    assert!(logs.iter().all(|l| l.contains(r#"event: {"type":"run_finished""#)), "batch.log keeps the child's events");
 
     // A second batch skips what is done (failed runs are tried again).
     let again = kdx(&["batch", "tests/batch", "--jobs", "2", "--results", r]);
@@ -115,7 +125,7 @@ fn a_batch_isolates_failures_skips_finished_runs_and_is_reported() {
     let rows2 = summary(&results);
     assert_eq!(rows2.len(), 5);
     let good = &rows2[&key("good.toml", "run")];
-    assert_eq!(good.status, "skipped");
+    assert_eq!(good.status.as_str(), "skipped");
     assert_eq!(good.student_acc, rows[&key("good.toml", "run")].student_acc, "a skipped row keeps the results");
     let dry = dry_run(&results, &[]);
     assert_eq!(dry.iter().filter(|(a, _)| a == "skip").count(), 3, "{dry:?}");
@@ -194,7 +204,7 @@ fn two_batches_on_one_results_directory_never_run_a_run_twice() {
     assert_eq!(rows.len(), 5);
     // A run finished by one batch may be found up to date by the other, which then records
     // it as skipped: either way it was run once (checked above).
-    assert_eq!(rows.values().filter(|r| r.status == "ok" || r.status == "skipped").count(), 3, "{rows:#?}");
+    assert_eq!(rows.values().filter(|r| r.status.as_str() == "ok" || r.status.as_str() == "skipped").count(), 3, "{rows:#?}");
 }
 
 #[test]
@@ -232,7 +242,7 @@ fn ctrl_c_stops_the_runs_and_the_next_batch_resumes_them() {
     assert!(stdout.contains("interrupted batch-long/run"), "{stdout}");
     let rows: Vec<SummaryRow> = read_csv(&results.join("summary.csv")).unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].status, "interrupted");
+    assert_eq!(rows[0].status.as_str(), "interrupted");
     // The child is gone: its run is not locked any more, and the next batch resumes it.
     let dry = kdx(&["batch", dir.to_str().unwrap(), "--results", results.to_str().unwrap(), "--dry-run"]);
     let dry = text(&dry.stdout);

@@ -210,7 +210,7 @@ fn focal_kd_trains_a_student_far_above_chance() {
     assert!(out.status.success(), "{}", stderr(&out));
     let row = run_row(&results, "focal-kd-example", "run");
     // Six languages, two of them confusable (pt, pt_BR): chance is 1/6.
-    assert_eq!(row.status, "ok");
+    assert_eq!(row.status.as_str(), "ok");
     assert!(row.teacher_macro_acc > 0.8, "teacher {}", row.teacher_macro_acc);
     assert!(row.student_macro_acc > 0.6, "student {} (chance 0.167)", row.student_macro_acc);
 }
@@ -414,7 +414,7 @@ fn a_panic_in_compute_fails_that_run_and_the_next_run_still_runs() {
         .filter(|n| !n.starts_with('.'))
         .map(|n| {
             let row = run_row(&results, "panics", &n);
-            (n, row.status, row.error)
+            (n, row.status.to_string(), row.error)
         })
         .collect();
     rows.sort();
@@ -528,7 +528,7 @@ fn kdx_new_loss_makes_a_crate_that_builds_passes_its_test_and_trains() {
     let out = kdx(&["run", r.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let row = run_row(&results, "scaffold", "run");
-    assert_eq!(row.status, "ok");
+    assert_eq!(row.status.as_str(), "ok");
     assert!(row.student_macro_acc > 0.4, "student {} (chance 0.33)", row.student_macro_acc);
 }
 

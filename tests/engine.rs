@@ -93,7 +93,7 @@ fn a_small_run_trains_and_its_reports_agree() {
     assert!(row.teacher_macro_acc > 0.85, "teacher {}", row.teacher_macro_acc);
     assert!(row.student_macro_acc > 0.7, "student {}", row.student_macro_acc);
     assert!(row.baseline_macro_acc.unwrap() > 0.5);
-    assert_eq!(row.status, "ok");
+    assert_eq!(row.status.as_str(), "ok");
     assert!(row.compression > 10.0, "compression {}", row.compression);
     assert_eq!(row.teacher_params, 16384 * 16 + 16 * 6 + 6);
     assert_eq!(row.student_params, 1024 * 8 + 8 * 16 + 16 + 16 * 6 + 6);
@@ -152,7 +152,7 @@ fn same_seed_same_csvs_and_resume_equals_uninterrupted() {
     let out = kdx(&["run", r.to_str().unwrap(), "--results", b.to_str().unwrap(), "--quiet", "--interrupt-after", "350"]);
     assert!(!out.status.success());
     let row: RunRow = read::<RunRow>(&b.join("resume/run/run.csv")).remove(0);
-    assert_eq!(row.status, "interrupted", "{}", row.error);
+    assert_eq!(row.status.as_str(), "interrupted", "{}", row.error);
     assert!(!b.join("resume/run/languages.csv").exists());
     run_ok(&r, &b, &["--resume"]);
     for f in ["languages.csv", "metrics.csv", "sampling.csv"] {
@@ -176,7 +176,7 @@ fn divergence_stops_the_run_and_names_the_step() {
     assert!(err.contains("soft-kl = ") && err.contains("hard-ce = "), "each loss term is named: {err}");
     assert!(err.contains("batch languages:"), "{err}");
     let row: RunRow = read::<RunRow>(&results.join("diverge/run/run.csv")).remove(0);
-    assert_eq!(row.status, "failed");
+    assert_eq!(row.status.as_str(), "failed");
     assert!(row.error.contains("diverged"));
 }
 

@@ -29,9 +29,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use flate2::{Compression, GzBuilder};
-use sha2::{Digest, Sha256};
 
 use crate::clean::{clean_pair, keep};
 use crate::manifest::{self, CatalogSource, ManifestInput};
@@ -105,7 +104,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 
     let tsv = render_tsv(&locales)?;
     let gz = gzip(tsv.as_bytes()).context("compressing the snapshot")?;
-    let sha256 = hex(&Sha256::digest(&gz));
+    let sha256 = kdx_fsio::sha256_hex(&gz);
 
     // Largest first; capped locales tie on rows, so their size before the cap orders them.
     let mut order: Vec<&LocaleRows> = locales.iter().collect();
@@ -127,8 +126,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).with_context(|| format!("creating output directory {}", dir.display()))?;
     }
-    write_atomic(&opts.out, &gz)?;
-    write_atomic(&manifest_path, text.as_bytes())?;
+    kdx_fsio::write_atomic(&opts.out, &gz)?;
+    kdx_fsio::write_atomic(&manifest_path, text.as_bytes())?;
     Ok(report)
 }
 
@@ -284,32 +283,6 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut enc = GzBuilder::new().mtime(0).operating_system(255).write(Vec::with_capacity(data.len() / 3), Compression::best());
     enc.write_all(data)?;
     enc.finish()
-}
-
-/// Lower-case hex of a digest.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes `path` through a temporary file in the same directory and a rename, so a reader
-/// never sees a half-written file and a failed build leaves the old one in place.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let Some(name) = path.file_name() else {
-        bail!("output path {} has no file name", path.display());
-    };
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,13 +6,11 @@
 //! - [`clean`] strips markup, mnemonics and placeholders and decides which pairs to keep
 //!   ([`clean::clean_pair`] cleans a msgid and its translation together, as the build does);
 //! - [`build`] walks a locale tree and writes the reproducible `.tsv.gz` snapshot + MANIFEST;
-//! - [`cli`] is the `kdx corpus build` command line;
 //! - [`load`] reads a snapshot back (done at the start of every run, so it is fast);
 //! - [`split`] assigns train/dev/test by a stable hash of the msgid.
 
 pub mod build;
 pub mod clean;
-pub mod cli;
 pub mod load;
 mod manifest;
 pub mod mo;

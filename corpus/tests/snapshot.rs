@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kdx_corpus::load::{load, read_manifest_counts};
-use sha2::{Digest, Sha256};
 
 fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data")
@@ -33,7 +32,7 @@ fn snapshot_matches_its_manifest() {
     );
 
     let bytes = std::fs::read(&snapshot).expect("read snapshot");
-    let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let sha = kdx_fsio::sha256_hex(&bytes);
     let text = std::fs::read_to_string(&manifest).expect("read manifest");
     assert!(text.contains(&format!("sha256: `{sha}`")), "MANIFEST.md does not state sha256 {sha}");
 }

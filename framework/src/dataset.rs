@@ -98,9 +98,24 @@ pub trait Dataset: Send + Sync {
 }
 
 /// SHA-256 (hex) of a file's content: the data part of a dataset's fingerprint.
+///
+/// Remembered per process by (path, length, modification time): `kdx batch` asks for the
+/// fingerprint of every run of a sweep, and they share one corpus file.
 pub fn file_fingerprint(path: &std::path::Path) -> anyhow::Result<String> {
     use anyhow::Context;
-    use sha2::{Digest, Sha256};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Key = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
+    static SEEN: Mutex<Option<HashMap<Key, String>>> = Mutex::new(None);
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    if let Some(h) = SEEN.lock().ok().and_then(|m| m.as_ref().and_then(|m| m.get(&key).cloned())) {
+        return Ok(h);
+    }
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    let h = kdx_fsio::sha256_hex(&bytes);
+    if let Ok(mut m) = SEEN.lock() {
+        m.get_or_insert_with(HashMap::new).insert(key, h.clone());
+    }
+    Ok(h)
 }

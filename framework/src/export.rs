@@ -8,9 +8,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::Task;
-use crate::engine::store::{params_from_map, params_to_map, read_safetensors, to_safetensors, write_atomic, TensorMap};
 use crate::model::Model;
 use crate::registry::{self, Instance, PluginKind};
+use crate::store::{params_from_map, params_to_map, read_safetensors, to_safetensors, TensorMap};
+use kdx_fsio::write_atomic;
 
 /// The JSON side of an exported model.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! CSR [`Bags`] the models index into, so featurisation never runs inside the training step.
 
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 
 /// A text-to-ids function. Implementations must be deterministic and thread-safe.
 pub trait Featurizer: Send + Sync {
@@ -93,18 +94,13 @@ pub struct FeatureCache {
     pub data_key: String,
 }
 
-const BAGS_MAGIC: &[u8; 8] = b"KDXBAGS1";
+const BAGS_MAGIC: &[u8; 8] = b"KDXBAGS2";
 
 impl FeatureCache {
     /// The bags of `texts` under `tag` (e.g. `train/source`), from the cache or built.
     pub fn bags(&self, f: &dyn Featurizer, texts: Vec<&str>, tag: &str) -> anyhow::Result<Bags> {
         let Some(dir) = &self.dir else { return Ok(Bags::build(f, texts)) };
-        use sha2::{Digest, Sha256};
-        let key: String = Sha256::digest(format!("{}\0{}\0{tag}\0{}", self.data_key, f.describe(), texts.len()).as_bytes())
-            .iter()
-            .take(12)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let key = kdx_fsio::sha256_hex(format!("{}\0{}\0{tag}\0{}", self.data_key, f.describe(), texts.len()).as_bytes())[..24].to_string();
         let path = dir.join(format!("{key}.bags"));
         if let Ok(bytes) = std::fs::read(&path) {
             if let Some(b) = Bags::from_bytes(&bytes).filter(|b| b.len() == texts.len()) {
@@ -112,13 +108,14 @@ impl FeatureCache {
             }
         }
         let b = Bags::build(f, texts);
-        crate::engine::store::write_atomic(&path, &b.to_bytes())?;
+        kdx_fsio::write_atomic(&path, &b.to_bytes())?;
         Ok(b)
     }
 }
 
 impl Bags {
-    /// Serialises as `KDXBAGS1`, two little-endian u64 lengths, then offsets and ids (u32 LE).
+    /// Serialises as `KDXBAGS2`, two little-endian u64 lengths, offsets and ids (u32 LE),
+    /// then the SHA-256 of everything before it (a damaged cache file is rebuilt, not used).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(24 + 4 * (self.offsets.len() + self.ids.len()));
         v.extend_from_slice(BAGS_MAGIC);
@@ -127,12 +124,17 @@ impl Bags {
         for x in self.offsets.iter().chain(&self.ids) {
             v.extend_from_slice(&x.to_le_bytes());
         }
+        v.extend_from_slice(&Sha256::digest(&v));
         v
     }
 
     /// Parses [`Bags::to_bytes`]; `None` for anything malformed or inconsistent.
     pub fn from_bytes(b: &[u8]) -> Option<Bags> {
-        if b.len() < 24 || &b[..8] != BAGS_MAGIC {
+        if b.len() < 24 + 32 || &b[..8] != BAGS_MAGIC {
+            return None;
+        }
+        let (b, seal) = b.split_at(b.len() - 32);
+        if Sha256::digest(b).as_slice() != seal {
             return None;
         }
         let n_off = u64::from_le_bytes(b[8..16].try_into().ok()?) as usize;
@@ -283,6 +285,12 @@ mod tests {
         let bytes = bags.to_bytes();
         assert_eq!(Bags::from_bytes(&bytes), Some(bags.clone()));
         assert_eq!(Bags::from_bytes(&bytes[..bytes.len() - 1]), None);
+        // Any flipped byte is caught by the checksum.
+        for i in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 0x10;
+            assert_eq!(Bags::from_bytes(&flipped), None, "byte {i}");
+        }
         let mut bad = bytes.clone();
         bad[24..28].copy_from_slice(&5u32.to_le_bytes()); // first offset must be 0
         assert_eq!(Bags::from_bytes(&bad), None);

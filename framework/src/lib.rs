@@ -1,30 +1,35 @@
-//! kdx-framework: the core of kdx.
+//! kdx-framework: the core of kdx, a library with no command line, terminal or plotting code.
 //!
 //! Data flows one way: `recipe.toml` → [`kdx_recipe::RecipeDoc`] (parsed, merged, located)
-//! → [`plan::Plan`] (plugins resolved through the [`registry`], parameters typed) →
-//! [`engine::run`] (stages on dfdx) → [`report`]s. Plugins implement the traits in
-//! [`dataset`], [`model`], [`loss`] and [`sampler`] and register with the `register_*!` macros.
+//! → [`plan::Plan`] (plugins resolved through the [`registry`], parameters typed, plugin
+//! instances built) → [`engine::run`] (stages on dfdx, [`event::Event`]s to an
+//! [`event::Observer`]) → [`report`]s. Plugins implement the traits in [`dataset`],
+//! [`model`], [`loss`] and [`sampler`] and register with the `register_*!` macros; plugin
+//! authors start from [`prelude`].
 
-pub mod batch;
-pub mod bench;
-pub mod cli;
-pub mod compare;
+#![warn(missing_docs)]
+
 pub mod dataset;
 pub mod dfdx_prelude;
 pub mod dylib;
 pub mod engine;
+pub mod event;
 pub mod export;
 pub mod features;
 pub mod loss;
 pub mod model;
+pub mod nn;
+pub mod optim;
 pub mod plan;
-pub mod plot;
+pub mod prelude;
 pub mod registry;
 pub mod report;
 pub mod retrieval;
 pub mod sampler;
 pub mod schedule;
 pub mod schema;
+pub mod stage;
+pub mod store;
 
 // Re-exported for the registration macros and for plugin crates.
 #[doc(hidden)]

@@ -11,48 +11,9 @@ use crate::dfdx_prelude::*;
 use crate::model::Param;
 use crate::sampler::LangStat;
 
-/// Everything a loss may read for one batch. Matrices are row-major.
-pub struct LossInput<'a> {
-    /// Batch size `B`.
-    pub batch: usize,
-    /// Number of classes `C`.
-    pub classes: usize,
-    /// `B × C` student logits.
-    pub student_logits: &'a [f32],
-    /// `B × H` student hidden representation.
-    pub student_hidden: &'a [f32],
-    /// `H`.
-    pub student_hidden_dim: usize,
-    /// `B × C` teacher logits (absent in a stage without a teacher, e.g. the baseline).
-    pub teacher_logits: Option<&'a [f32]>,
-    /// `B × H_t` teacher hidden representation, where the teacher provides one.
-    pub teacher_hidden: Option<&'a [f32]>,
-    /// `H_t`.
-    pub teacher_hidden_dim: usize,
-    /// Gold labels; `None` where the student must not see them (cross-lingual transfer).
-    pub labels: Option<&'a [u32]>,
-    /// Language of each example (index into the task's languages).
-    pub langs: &'a [u32],
-    /// Per-example weights (1.0 unless a gate or sampler correction says otherwise).
-    pub weights: &'a [f32],
-    /// Global step (0-based) and total steps of the stage.
-    pub step: u64,
-    /// Total steps of the current stage.
-    pub total_steps: u64,
-    /// Running per-language statistics (sizes, losses, dev accuracies).
-    pub stats: &'a [LangStat],
-}
-
-/// What a loss returns.
-#[derive(Clone, Debug, Default)]
-pub struct LossOutput {
-    /// The loss value (already reduced over the batch).
-    pub value: f32,
-    /// `B × C` gradient with respect to the student logits.
-    pub grad_logits: Vec<f32>,
-    /// `B × H` gradient with respect to the student hidden representation, if used.
-    pub grad_hidden: Option<Vec<f32>>,
-}
+/// Everything a loss may read for one batch, and what it returns: the SDK's plain types,
+/// shared by in-tree losses and dynamic-library plugins (no conversion at the boundary).
+pub use kdx_sdk::{LossInput, LossOutput};
 
 /// A distillation or supervised objective.
 pub trait Loss: Send {
@@ -101,13 +62,43 @@ pub trait Loss: Send {
     }
 }
 
+/// Cross-entropy with the gold labels, the framework's own supervised objective (teacher
+/// pre-training, the baseline, hard-label fine-tuning; the `hard-ce` plugin offers it to
+/// recipes):
+/// L = (1/B) Σᵢ wᵢ · (−Σ_c qᵢc · log softmax(zᵢ)_c), with q = (1−ε)·onehot(yᵢ) + ε/C
+/// (label smoothing ε, 0 by default). z: student logits, w: per-example weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CrossEntropy {
+    /// Label smoothing ε in [0, 1).
+    pub label_smoothing: f32,
+}
+
+impl Loss for CrossEntropy {
+    fn needs_teacher(&self) -> bool {
+        false
+    }
+    fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
+        let labels = x.labels.ok_or_else(|| anyhow::anyhow!("cross-entropy needs gold labels, and this stage has none"))?;
+        let (b, c) = (x.batch, x.classes);
+        let eps = self.label_smoothing;
+        let mut q = vec![eps / c as f32; b * c];
+        for (i, &y) in labels.iter().enumerate() {
+            anyhow::ensure!((y as usize) < c, "label {y} of example {i} is out of range ({c} classes)");
+            q[i * c + y as usize] += 1.0 - eps;
+        }
+        let target = tensor2(b, c, &q) * row_weights(b, c, x.weights);
+        let (value, grad) = autodiff_logits(b, c, x.student_logits, |z| (z.log_softmax::<Axis<1>>() * target).sum::<(), _>().negate());
+        Ok(LossOutput { value, grad_logits: grad, grad_hidden: None })
+    }
+}
+
 /// The per-example part of a hidden-state loss: from the projected student row `p` and
 /// the teacher row `t` (both of the teacher's width) and the example's weight `w` (its
 /// weight / B), writes w·∂ℓ/∂p into `dp` and returns w·ℓ.
 pub type HiddenCriterion = fn(p: &[f64], t: &[f32], w: f64, dp: &mut [f64]) -> f64;
 
 /// A loss between the student's hidden representation, through a learned projection
-/// ([`crate::engine::nn::HiddenProjection`]), and the teacher's: what `hidden-mse` and
+/// ([`crate::nn::HiddenProjection`]), and the teacher's: what `hidden-mse` and
 /// `cosine-embedding` share. Each supplies its [`HiddenCriterion`]; the projection is
 /// created on first need (or in [`Loss::prepare`]), trains with the student, and maps
 /// student states into the teacher's space for translation retrieval ([`Loss::embed`]).
@@ -116,18 +107,18 @@ pub struct ProjectedHiddenLoss {
     /// The plugin's name, for errors.
     pub name: &'static str,
     /// When to project.
-    pub mode: crate::engine::nn::ProjectionMode,
+    pub mode: crate::nn::ProjectionMode,
     /// Seed of the projection's initialisation.
     pub seed: u64,
     /// The projection, once the widths are known.
-    pub proj: crate::engine::nn::HiddenProjection,
+    pub proj: crate::nn::HiddenProjection,
     /// The per-example loss.
     pub criterion: HiddenCriterion,
 }
 
 impl ProjectedHiddenLoss {
     /// A loss without a projection yet.
-    pub fn new(name: &'static str, mode: crate::engine::nn::ProjectionMode, seed: u64, criterion: HiddenCriterion) -> Self {
+    pub fn new(name: &'static str, mode: crate::nn::ProjectionMode, seed: u64, criterion: HiddenCriterion) -> Self {
         ProjectedHiddenLoss { name, mode, seed, proj: Default::default(), criterion }
     }
 }
@@ -196,7 +187,7 @@ pub fn tensor2(rows: usize, cols: usize, data: &[f32]) -> T2 {
 pub fn row_weights(batch: usize, classes: usize, weights: &[f32]) -> T2 {
     let mut v = Vec::with_capacity(batch * classes);
     for &w in weights {
-        v.extend(std::iter::repeat(w / batch as f32).take(classes));
+        v.extend(std::iter::repeat_n(w / batch as f32, classes));
     }
     tensor2(batch, classes, &v)
 }
@@ -243,14 +234,14 @@ pub fn gradient_check(loss: &mut dyn Loss, x: &LossInput, eps: f32) -> anyhow::R
         })
         .collect::<anyhow::Result<_>>()?;
     for (pi, g) in grads.iter().enumerate() {
-        for k in 0..g.len() {
+        for (k, &gk) in g.iter().enumerate() {
             let orig = loss.params()[pi].data[k];
             loss.params_mut()[pi].data[k] = orig + eps;
             let up = loss.compute(x)?.value;
             loss.params_mut()[pi].data[k] = orig - eps;
             let down = loss.compute(x)?.value;
             loss.params_mut()[pi].data[k] = orig;
-            worst = worst.max(rel(g[k], (up - down) / (2.0 * eps)));
+            worst = worst.max(rel(gk, (up - down) / (2.0 * eps)));
         }
     }
     Ok(worst)
@@ -298,8 +289,8 @@ impl SampleBatch {
         let langs = (0..batch).map(|i| (i % 2) as u32).collect();
         let weights = (0..batch).map(|i| 0.5 + (i % 3) as f32 * 0.25).collect();
         let stats = vec![
-            LangStat { train_size: 100, dev_acc: Some(0.5), teacher_dev_acc: Some(0.9), ..Default::default() },
-            LangStat { train_size: 10, dev_acc: Some(0.95), teacher_dev_acc: Some(0.9), ..Default::default() },
+            LangStat { dev_acc: 0.5, teacher_dev_acc: 0.9, ..LangStat::new(100) },
+            LangStat { dev_acc: 0.95, teacher_dev_acc: 0.9, ..LangStat::new(10) },
         ];
         SampleBatch {
             batch,
@@ -357,7 +348,7 @@ pub fn softmax_rows(z: &[f32], classes: usize, t: f32) -> (Vec<f32>, Vec<f32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::nn::ProjectionMode;
+    use crate::nn::ProjectionMode;
 
     /// w · Σ (p − t): the simplest criterion, to exercise the shared plumbing.
     fn difference(p: &[f64], t: &[f32], w: f64, dp: &mut [f64]) -> f64 {

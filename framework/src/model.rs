@@ -15,14 +15,65 @@ pub enum Grad {
     None,
     /// A gradient for every element.
     Dense(Vec<f32>),
-    /// Gradients for some rows of a 2-D table (an embedding): `values` is
-    /// `rows.len() × width`, row `k` of it belongs to table row `rows[k]`; rows are unique.
-    Rows {
-        /// The touched rows, unique.
-        rows: Vec<u32>,
-        /// Their gradients, row-major.
-        values: Vec<f32>,
-    },
+    /// Gradients for some rows of a 2-D table (an embedding), checked at construction.
+    Rows(RowGrad),
+}
+
+/// Gradients of the touched rows of a `table_rows × width` table: row `k` of `values`
+/// belongs to table row `rows[k]`.
+///
+/// Invariant (checked by [`RowGrad::new`], the only constructor): rows are unique and below
+/// `table_rows`, and `values` holds `rows.len() × width` numbers. The optimizer relies on
+/// it to update rows in parallel without locks, after checking that `table_rows` and
+/// `width` are those of the parameter it updates.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RowGrad {
+    rows: Vec<u32>,
+    values: Vec<f32>,
+    table_rows: usize,
+    width: usize,
+}
+
+impl RowGrad {
+    /// Touched-row gradients of a `table_rows × width` table; an error names the first
+    /// repeated or out-of-range row, or a `values` length that is not `rows.len() × width`.
+    pub fn new(rows: Vec<u32>, values: Vec<f32>, table_rows: usize, width: usize) -> anyhow::Result<RowGrad> {
+        anyhow::ensure!(
+            values.len() == rows.len() * width,
+            "a row gradient has {} values for {} rows of width {width}",
+            values.len(),
+            rows.len()
+        );
+        let mut seen = vec![0u64; table_rows.div_ceil(64)];
+        for &r in &rows {
+            let r = r as usize;
+            anyhow::ensure!(r < table_rows, "a row gradient names row {r} of a table of {table_rows} rows");
+            let (word, bit) = (r / 64, 1u64 << (r % 64));
+            anyhow::ensure!(seen[word] & bit == 0, "a row gradient names row {r} twice");
+            seen[word] |= bit;
+        }
+        Ok(RowGrad { rows, values, table_rows, width })
+    }
+
+    /// The touched rows, unique.
+    pub fn rows(&self) -> &[u32] {
+        &self.rows
+    }
+
+    /// Their gradients, `rows().len() × width()`, row-major.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// Rows of the table the gradient belongs to.
+    pub fn table_rows(&self) -> usize {
+        self.table_rows
+    }
+
+    /// Width of a row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
 }
 
 /// One named, trainable tensor.
@@ -128,17 +179,15 @@ pub trait Model: Send + Sync {
     fn num_params(&self) -> usize {
         self.params().iter().map(|p| p.numel()).sum()
     }
-
-    /// `Some` for a teacher whose outputs were computed elsewhere (the `logits-file`
-    /// plugin): the engine then skips pre-training and looks its outputs up by example id
-    /// instead of calling [`Model::forward`]. `None` for every network.
-    fn precomputed(&self) -> Option<&dyn OutputTable> {
-        None
-    }
 }
 
-/// Model outputs computed outside kdx, keyed by example id ([`crate::dataset::Example::id`]).
+/// Model outputs computed outside kdx, keyed by example id ([`crate::dataset::Example::id`]):
+/// a teacher that is a table, not a network (`logits-file`).
 pub trait OutputTable: Send + Sync {
+    /// Number of classes of its logits.
+    fn classes(&self) -> usize;
+    /// Width of its hidden representations (0 when it has none).
+    fn hidden_dim(&self) -> usize;
     /// The outputs of these examples, in this order. An id without a row is an error that
     /// names the file, how many ids are missing and a few of them.
     fn lookup(&self, ids: &[&str], what: &str) -> anyhow::Result<Outputs>;
@@ -166,16 +215,32 @@ impl ModelSpec {
     }
 }
 
+/// What a model plugin builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A network ([`ModelBuilder::build`]): a student, or a teacher kdx pre-trains
+    /// (`[teacher] train` is then required).
+    Network,
+    /// A table of outputs computed elsewhere ([`ModelBuilder::build_table`]): only a
+    /// teacher, never pre-trained (`[teacher] train` is refused).
+    Precomputed,
+}
+
 /// A model plugin instance: knows its architecture; sized once the task is known.
 pub trait ModelBuilder: Send + Sync {
-    /// Creates a freshly initialised model for the spec.
+    /// Creates a freshly initialised network for the spec ([`ModelKind::Network`] plugins).
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>>;
 
-    /// Whether, as the teacher, the engine pre-trains it (`[teacher] train` is then
-    /// required). `false` for teachers whose outputs come from elsewhere (`logits-file`),
-    /// which must [`Model::precomputed`] them.
-    fn pretrains(&self) -> bool {
-        true
+    /// Which of [`ModelBuilder::build`] and [`ModelBuilder::build_table`] the plugin
+    /// implements; the plan and the engine ask before building.
+    fn kind(&self) -> ModelKind {
+        ModelKind::Network
+    }
+
+    /// Reads the table of outputs for the spec ([`ModelKind::Precomputed`] plugins).
+    fn build_table(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn OutputTable>> {
+        let _ = spec;
+        anyhow::bail!("this model is a network; it has no table of precomputed outputs")
     }
 }
 

@@ -5,7 +5,9 @@ use std::path::Path;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::store::write_atomic;
+use kdx_fsio::write_atomic;
+
+use crate::event::RunStatus;
 
 /// A row of `metrics.csv`: one language (or `macro`) on one split at one step of one stage.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -68,8 +70,8 @@ pub struct RunRow {
     pub recipe: String,
     /// Hash of the resolved recipe.
     pub hash: String,
-    /// `ok` or `failed`.
-    pub status: String,
+    /// How the run ended.
+    pub status: RunStatus,
     /// The error, when failed.
     pub error: String,
     /// Teacher parameters.

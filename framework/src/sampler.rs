@@ -5,23 +5,9 @@
 //! each language's examples at every pass. Samplers see running per-language statistics,
 //! so dynamic strategies (teacher-gap, DoReMi-style) fit the same trait.
 
-/// Running statistics of one language, maintained by the engine.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LangStat {
-    /// Training examples of this language.
-    pub train_size: usize,
-    /// Examples drawn so far in the current stage.
-    pub drawn: u64,
-    /// Exponential moving average of the student's per-example training loss (hard CE
-    /// against the teacher's argmax where a teacher exists, else against the label).
-    pub student_loss: f64,
-    /// Exponential moving average of the teacher's per-example loss on the same examples.
-    pub teacher_loss: f64,
-    /// Student accuracy on the dev split at the last evaluation (`None` before the first).
-    pub dev_acc: Option<f64>,
-    /// Teacher accuracy on the dev split (`None` without a teacher).
-    pub teacher_dev_acc: Option<f64>,
-}
+/// Running statistics of one language, maintained by the engine: the SDK's plain type,
+/// so dynamic-library plugins and in-tree ones see the same thing.
+pub use kdx_sdk::LangStat;
 
 /// What a sampler sees when asked for a distribution.
 pub struct SamplerCtx<'a> {
@@ -54,6 +40,18 @@ pub trait Sampler: Send {
     fn restore(&mut self, state: &[f64]) -> anyhow::Result<()> {
         anyhow::ensure!(state.is_empty(), "this sampler keeps no state, but the checkpoint has some");
         Ok(())
+    }
+}
+
+/// Languages in proportion to their training data: the natural distribution, q ∝ n. The
+/// framework's own sampler for teacher pre-training and recipes without `[sampler]`; the
+/// `proportional` plugin offers it by name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Proportional;
+
+impl Sampler for Proportional {
+    fn distribution(&mut self, ctx: &SamplerCtx) -> anyhow::Result<Vec<f64>> {
+        Ok(ctx.stats.iter().map(|s| s.train_size as f64).collect())
     }
 }
 

@@ -5,7 +5,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use toml::{Table, Value};
 
 use crate::diag::humanize_serde_message;
@@ -188,8 +187,7 @@ impl RecipeDoc {
     /// order), independent of formatting, comments and how it was split into
     /// files.
     pub fn content_hash(&self) -> String {
-        let digest = Sha256::digest(self.render(true).as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        kdx_fsio::sha256_hex(self.render(true).as_bytes())
     }
 
     fn render(&self, canonical: bool) -> String {

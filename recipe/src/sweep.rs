@@ -338,9 +338,7 @@ fn unique_name(mut name: String, taken: &mut HashSet<String>) -> String {
         name.insert(0, '_');
     }
     if name.len() > MAX_NAME_LEN {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(name.as_bytes());
-        let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        let short = kdx_fsio::sha256_hex(name.as_bytes())[..8].to_string();
         // Only ASCII remains after sanitising, so any byte index is a boundary.
         name.truncate(MAX_NAME_LEN - 9);
         name.push('~');

@@ -118,24 +118,61 @@ pub struct PluginDescriptor {
 }
 
 /// Running statistics of one language, as the host keeps them. `NaN` marks an unknown value.
+///
+/// The same type is the framework's: its samplers, its losses and its checkpoints use it
+/// (in JSON an unknown accuracy is `null`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "json", derive(serde::Serialize, serde::Deserialize))]
 pub struct LangStat {
     /// Training examples of this language.
     pub train_size: u64,
     /// Examples drawn so far in the current stage.
     pub drawn: u64,
-    /// Moving average of the student's per-example training loss.
+    /// Exponential moving average of the student's per-example training loss (hard
+    /// cross-entropy against the teacher's argmax where a teacher exists, else the label).
     pub student_loss: f64,
     /// Moving average of the teacher's per-example loss on the same examples.
     pub teacher_loss: f64,
     /// Student dev accuracy at the last evaluation; `NaN` before the first.
+    #[cfg_attr(feature = "json", serde(with = "nan_as_null"))]
     pub dev_acc: f64,
     /// Teacher dev accuracy; `NaN` without a teacher.
+    #[cfg_attr(feature = "json", serde(with = "nan_as_null"))]
     pub teacher_dev_acc: f64,
 }
 
+impl Default for LangStat {
+    /// No examples, nothing drawn, accuracies unknown.
+    fn default() -> LangStat {
+        LangStat::new(0)
+    }
+}
+
+/// JSON has no NaN: an unknown value is written as `null` and read back as `NaN`.
+#[cfg(feature = "json")]
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_nan() {
+            s.serialize_none()
+        } else {
+            s.serialize_some(v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
 impl LangStat {
+    /// A language with `train_size` training examples, before any step.
+    pub fn new(train_size: u64) -> LangStat {
+        LangStat { train_size, drawn: 0, student_loss: 0.0, teacher_loss: 0.0, dev_acc: f64::NAN, teacher_dev_acc: f64::NAN }
+    }
+
     /// The student's dev accuracy, if it has been evaluated.
     pub fn dev_accuracy(&self) -> Option<f64> {
         Some(self.dev_acc).filter(|v| !v.is_nan())

@@ -19,6 +19,7 @@ pub struct SyncDescriptor(pub PluginDescriptor);
 // SAFETY: the descriptor is never mutated after construction and every pointer in it refers to
 // leaked, immutable strings or to functions.
 unsafe impl Sync for SyncDescriptor {}
+// SAFETY: as for `Sync`: nothing in it is owned by a thread or mutated.
 unsafe impl Send for SyncDescriptor {}
 
 impl DescriptorCell {

@@ -3,18 +3,19 @@
 //! (seed, stage, step), so a resumed stage replays exactly what an uninterrupted one does.
 
 use anyhow::{Context, Result};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::optim::{Optimizer, ParamState};
-use crate::engine::store::TensorMap;
+use super::queues::Queues;
 use crate::engine::{mix, Inputs, TeacherOut};
 use crate::loss::{Loss, LossInput};
 use crate::model::{Grad, Model, OutputGrads, Param, StepCtx};
+use crate::optim::{Optimizer, ParamState};
 use crate::plan::StageConfig;
 use crate::sampler::{normalise, LangStat, Sampler, SamplerCtx};
 use crate::schedule::Schedule;
+use crate::stage::Stage;
+use crate::store::TensorMap;
 
 /// A loss with its weight, as a stage uses it.
 pub struct StageLoss<'a> {
@@ -26,77 +27,10 @@ pub struct StageLoss<'a> {
     pub loss: &'a mut dyn Loss,
 }
 
-/// Per-language example queues: each language's examples are drawn without replacement
-/// and reshuffled at every pass.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Queues {
-    /// Example indices per language (in original order; shuffled per pass on the fly).
-    #[serde(skip)]
-    members: Vec<Vec<usize>>,
-    /// Position in the current pass, per language.
-    pub cursor: Vec<usize>,
-    /// Passes completed, per language.
-    pub pass: Vec<u64>,
-    #[serde(skip)]
-    order: Vec<Vec<usize>>,
-    #[serde(skip)]
-    seed: u64,
-}
-
-impl Queues {
-    /// Queues over `langs` (the language of each example) for `n_langs` languages.
-    pub fn new(langs: &[u32], n_langs: usize, allowed: Option<&[bool]>, seed: u64) -> Queues {
-        let mut members = vec![Vec::new(); n_langs];
-        for (i, &l) in langs.iter().enumerate() {
-            if allowed.is_none_or(|a| a[l as usize]) {
-                members[l as usize].push(i);
-            }
-        }
-        let mut q = Queues { cursor: vec![0; n_langs], pass: vec![0; n_langs], order: vec![Vec::new(); n_langs], members, seed };
-        for l in 0..n_langs {
-            q.reshuffle(l);
-        }
-        q
-    }
-
-    fn reshuffle(&mut self, l: usize) {
-        let mut o = self.members[l].clone();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(mix(&[self.seed, l as u64, self.pass[l]]));
-        o.shuffle(&mut rng);
-        self.order[l] = o;
-    }
-
-    /// Restores cursors and passes (from a checkpoint).
-    pub fn restore(&mut self, cursor: Vec<usize>, pass: Vec<u64>) {
-        self.cursor = cursor;
-        self.pass = pass;
-        for l in 0..self.members.len() {
-            self.reshuffle(l);
-        }
-    }
-
-    /// Number of examples of each language.
-    pub fn sizes(&self) -> Vec<usize> {
-        self.members.iter().map(Vec::len).collect()
-    }
-
-    /// The next example of language `l`.
-    pub fn next(&mut self, l: usize) -> usize {
-        if self.cursor[l] >= self.order[l].len() {
-            self.pass[l] += 1;
-            self.cursor[l] = 0;
-            self.reshuffle(l);
-        }
-        let i = self.order[l][self.cursor[l]];
-        self.cursor[l] += 1;
-        i
-    }
-}
-
 /// Everything a stage needs besides the model.
-pub struct Stage<'a> {
-    /// Stage name: `teacher`, `distill`, `baseline`, `finetune`.
-    pub name: &'static str,
+pub struct StageRun<'a> {
+    /// The stage.
+    pub stage: Stage,
     /// Settings.
     pub cfg: &'a StageConfig,
     /// The model's own featurisation of the training examples.
@@ -107,7 +41,7 @@ pub struct Stage<'a> {
     pub labels_visible: bool,
     /// Languages the stage trains on (all when `None`).
     pub allowed: Option<Vec<bool>>,
-    /// The run seed.
+    /// The stage's seed (the run seed mixed with [`Stage::seed_tag`]).
     pub seed: u64,
     /// Number of languages.
     pub n_langs: usize,
@@ -151,25 +85,29 @@ pub struct LoopState {
     pub sampler_state: Vec<f64>,
 }
 
-/// Hooks the stage calls out to (evaluation, checkpoints, progress).
+/// What the stage loop calls out to: evaluation, checkpoints, progress. The engine's
+/// implementation evaluates on the dev split, writes checkpoints and tells the run's
+/// observer; tests use recording ones.
 pub trait StageHooks {
     /// Called after step `step` (1-based count of steps done) when an evaluation is due;
-    /// returns per-language dev accuracies (student, teacher) for the statistics.
+    /// fills per-language dev accuracies (student, teacher) into the statistics.
     /// `gates` is the per-language state a loss reports (e.g. the selective gate).
-    fn evaluate(&mut self, stage: &str, step: u64, model: &dyn Model, stats: &mut [LangStat], gates: Option<Vec<f32>>) -> Result<()>;
+    fn evaluate(&mut self, stage: Stage, step: u64, model: &dyn Model, stats: &mut [LangStat], gates: Option<Vec<f32>>) -> Result<()>;
     /// Persists a checkpoint of the stage: every trained parameter (model and losses) by
     /// name, the optimizer and the loop state.
-    fn checkpoint(&mut self, stage: &str, params: &[(String, &Param)], opt: &Optimizer, state: &LoopState) -> Result<()>;
+    fn checkpoint(&mut self, stage: Stage, params: &[(String, &Param)], opt: &Optimizer, state: &LoopState) -> Result<()>;
     /// The stage's last checkpoint, when resuming: tensors by name and the loop state.
-    fn load_checkpoint(&mut self, stage: &str) -> Result<Option<(TensorMap, LoopState)>>;
+    fn load_checkpoint(&mut self, stage: Stage) -> Result<Option<(TensorMap, LoopState)>>;
+    /// The stage begins at step `from_step` of `steps`.
+    fn started(&mut self, stage: Stage, from_step: u64, steps: u64);
     /// Progress report after each step.
-    fn progress(&mut self, stage: &str, step: u64, total: u64, loss: f32);
+    fn progress(&mut self, stage: Stage, step: u64, total: u64, loss: f32);
 }
 
 /// Runs a stage to its end, from `resume` if given. Returns the final loop state.
 #[allow(clippy::too_many_arguments)]
 pub fn run_stage(
-    stage: &Stage,
+    stage: &StageRun,
     model: &mut dyn Model,
     losses: &mut [StageLoss],
     sampler: &mut dyn Sampler,
@@ -177,17 +115,17 @@ pub fn run_stage(
     hooks: &mut dyn StageHooks,
 ) -> Result<LoopState> {
     let cfg = stage.cfg;
-    let stage_id = mix(&[stage.name.len() as u64, stage.name.bytes().fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(b as u64))]);
+    let stage_id = stage.stage.salt();
     let mut queues = Queues::new(&stage.train.langs, stage.n_langs, stage.allowed.as_deref(), mix(&[stage.seed, stage_id]));
     let sizes = queues.sizes();
-    anyhow::ensure!(sizes.iter().any(|&n| n > 0), "stage `{}` has no training examples", stage.name);
+    anyhow::ensure!(sizes.iter().any(|&n| n > 0), "stage `{}` has no training examples", stage.stage);
     let mut opt = Optimizer::new(cfg.optimizer());
     let mut state = LoopState {
         step: 0,
         opt_t: 0,
         cursor: queues.cursor.clone(),
         pass: queues.pass.clone(),
-        stats: sizes.iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect(),
+        stats: sizes.iter().map(|&n| LangStat::new(n as u64)).collect(),
         dist: Vec::new(),
         sampling: Vec::new(),
         train_seconds: 0.0,
@@ -197,23 +135,39 @@ pub fn run_stage(
     for l in losses.iter_mut() {
         l.loss.prepare(model.hidden_dim(), teacher_hidden_dim).with_context(|| format!("preparing loss `{}`", l.name))?;
     }
-    if let Some((map, s)) = hooks.load_checkpoint(stage.name)? {
+    if let Some((map, s)) = hooks.load_checkpoint(stage.stage)? {
         let mut params = named_params_mut(model, losses);
         let mut moments = Vec::new();
         for (name, p) in params.iter_mut() {
             let (shape, data) =
-                map.get(&format!("param/{name}")).with_context(|| format!("checkpoint of stage `{}` lacks `{name}`", stage.name))?;
-            anyhow::ensure!(*shape == p.shape, "checkpoint tensor `{name}` has shape {shape:?}, the model expects {:?}", p.shape);
+                map.get(&format!("param/{name}")).with_context(|| format!("checkpoint of stage `{}` lacks `{name}`", stage.stage))?;
+            anyhow::ensure!(
+                *shape == p.shape && data.len() == p.numel(),
+                "checkpoint tensor `{name}` has shape {shape:?} ({} values), the model expects {:?}",
+                data.len(),
+                p.shape
+            );
             p.data.copy_from_slice(data);
             let get = |k: &str| map.get(&format!("{k}/{name}")).map(|x| x.1.clone()).unwrap_or_default();
             moments.push(ParamState { m: get("m"), v: get("v") });
         }
-        queues.restore(s.cursor.clone(), s.pass.clone());
+        anyhow::ensure!(
+            s.step <= cfg.steps && s.stats.len() == stage.n_langs && (s.dist.is_empty() || s.dist.len() == stage.n_langs),
+            "checkpoint of stage `{}` does not fit this run: step {} of {}, {} language statistics and {} sampling weights for {} languages",
+            stage.stage,
+            s.step,
+            cfg.steps,
+            s.stats.len(),
+            s.dist.len(),
+            stage.n_langs
+        );
+        queues.restore(s.cursor.clone(), s.pass.clone()).with_context(|| format!("checkpoint of stage `{}`", stage.stage))?;
         sampler.restore(&s.sampler_state).context("restoring the sampler from the checkpoint")?;
         opt.t = s.opt_t;
         opt.state = moments;
         state = s;
     }
+    hooks.started(stage.stage, state.step, cfg.steps);
     let classes = model.classes();
     let started = std::time::Instant::now();
     let base_seconds = state.train_seconds;
@@ -221,7 +175,7 @@ pub fn run_stage(
         let step = state.step;
         // Ask the sampler for a distribution at the start and every `update_every` steps.
         let every = sampler.update_every().max(1);
-        if state.dist.is_empty() || step % every == 0 && step > 0 {
+        if state.dist.is_empty() || step.is_multiple_of(every) && step > 0 {
             let ctx = SamplerCtx { step, total_steps: cfg.steps, batch: cfg.batch, stats: &state.stats, langs };
             let mut d = normalise(&sampler.distribution(&ctx).with_context(|| format!("sampler at step {step}"))?)
                 .with_context(|| format!("sampler at step {step}"))?;
@@ -236,7 +190,7 @@ pub fn run_stage(
             if d != state.dist {
                 for (l, &p) in d.iter().enumerate() {
                     state.sampling.push(SamplingRow {
-                        stage: stage.name.into(),
+                        stage: stage.stage.name().into(),
                         step,
                         lang: langs[l].clone(),
                         probability: p,
@@ -300,7 +254,7 @@ pub fn run_stage(
                 let batch: Vec<String> = counts.iter().map(|(l, n)| format!("{l}×{n}")).collect();
                 anyhow::bail!(
                     "the loss diverged at step {step} of stage `{}`: {}; batch languages: {}",
-                    stage.name,
+                    stage.stage,
                     terms.join(", "),
                     batch.join(" ")
                 );
@@ -309,33 +263,32 @@ pub fn run_stage(
         })?;
         let lr = opt.config.lr_at(step, cfg.steps);
         let mut params: Vec<&mut Param> = named_params_mut(model, losses).into_iter().map(|(_, p)| p).collect();
-        opt.step(&mut params, lr);
+        opt.step(&mut params, lr).with_context(|| format!("optimizer at step {step} of stage `{}`", stage.stage))?;
         update_stats(&mut state.stats, &outputs.logits, classes, &labels, t_logits.as_deref(), &blangs, stage.labels_visible);
         state.step += 1;
         state.opt_t = opt.t;
-        hooks.progress(stage.name, state.step, cfg.steps, total_loss);
-        let due = state.step == cfg.steps || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0);
+        hooks.progress(stage.stage, state.step, cfg.steps, total_loss);
+        let due = state.step == cfg.steps || (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every));
         if due {
             state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
             let gates = losses.iter().find_map(|l| l.loss.language_state());
-            hooks.evaluate(stage.name, state.step, &*model, &mut state.stats, gates)?;
+            hooks.evaluate(stage.stage, state.step, &*model, &mut state.stats, gates)?;
             state.cursor = queues.cursor.clone();
             state.pass = queues.pass.clone();
             state.sampler_state = sampler.state();
             let named: Vec<(String, &Param)> = named_params(&*model, losses);
-            hooks.checkpoint(stage.name, &named, &opt, &state)?;
+            hooks.checkpoint(stage.stage, &named, &opt, &state)?;
         }
     }
     Ok(state)
 }
 
+/// One term of a step's objective: the loss's name, its weight and its value.
+pub type Term<'a> = (&'a str, f32, f32);
+
 /// Evaluates every loss on one batch and sums their weighted gradients. Returns the
-/// gradients, the weighted total and each term as (name, weight, value).
-pub fn combine_losses<'a>(
-    losses: &mut [StageLoss<'a>],
-    input: &LossInput,
-    hidden_len: usize,
-) -> Result<(OutputGrads, f32, Vec<(&'a str, f32, f32)>)> {
+/// gradients, the weighted total and each term.
+pub fn combine_losses<'a>(losses: &mut [StageLoss<'a>], input: &LossInput, hidden_len: usize) -> Result<(OutputGrads, f32, Vec<Term<'a>>)> {
     let (step, total_steps) = (input.step, input.total_steps);
     let mut g = OutputGrads { logits: vec![0.0; input.student_logits.len()], hidden: None };
     let mut total = 0f32;
@@ -442,5 +395,206 @@ fn update_stats(
             st.teacher_loss += a * (t[i] - st.teacher_loss);
         }
         st.drawn += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{Bags, Featurizer, NgramHasher};
+    use crate::loss::CrossEntropy;
+    use crate::model::Outputs;
+    use crate::optim::{OptimizerConfig, OptimizerKind};
+    use crate::sampler::Proportional;
+
+    /// A model whose logits are one learned row per feature id, summed over the bag: small
+    /// enough to follow by hand, real enough to learn the labels of separable bags.
+    struct Toy {
+        w: Param,
+        classes: usize,
+        f: NgramHasher,
+    }
+
+    impl Toy {
+        fn new(ids: usize, classes: usize) -> Toy {
+            Toy { w: Param::zeros("w", &[ids, classes], true), classes, f: NgramHasher { n_min: 1, n_max: 1, buckets: ids } }
+        }
+
+        fn logits(&self, x: &Bags) -> Vec<f32> {
+            let c = self.classes;
+            let mut z = vec![0f32; x.len() * c];
+            for i in 0..x.len() {
+                for &id in x.bag(i) {
+                    for k in 0..c {
+                        z[i * c + k] += self.w.data[id as usize * c + k];
+                    }
+                }
+            }
+            z
+        }
+    }
+
+    impl Model for Toy {
+        fn describe(&self) -> String {
+            "toy".into()
+        }
+        fn classes(&self) -> usize {
+            self.classes
+        }
+        fn hidden_dim(&self) -> usize {
+            0
+        }
+        fn featurizer(&self) -> &dyn Featurizer {
+            &self.f
+        }
+        fn forward(&self, x: &Bags) -> Result<Outputs> {
+            Ok(Outputs { batch: x.len(), logits: self.logits(x), classes: self.classes, ..Default::default() })
+        }
+        fn forward_backward(
+            &mut self,
+            x: &Bags,
+            _: StepCtx,
+            objective: &mut dyn FnMut(&Outputs) -> Result<OutputGrads>,
+        ) -> Result<Outputs> {
+            let out = self.forward(x)?;
+            let g = objective(&out)?;
+            let c = self.classes;
+            let mut dw = vec![0f32; self.w.numel()];
+            for i in 0..x.len() {
+                for &id in x.bag(i) {
+                    for k in 0..c {
+                        dw[id as usize * c + k] += g.logits[i * c + k];
+                    }
+                }
+            }
+            self.w.add_dense_grad(&dw);
+            Ok(out)
+        }
+        fn params(&self) -> Vec<&Param> {
+            vec![&self.w]
+        }
+        fn params_mut(&mut self) -> Vec<&mut Param> {
+            vec![&mut self.w]
+        }
+    }
+
+    /// Records what the loop calls; can hand back a checkpoint it saved.
+    #[derive(Default)]
+    struct Recording {
+        calls: Vec<String>,
+        saved: Vec<(TensorMap, LoopState)>,
+        resume_from: Option<(TensorMap, LoopState)>,
+    }
+
+    impl StageHooks for Recording {
+        fn evaluate(&mut self, stage: Stage, step: u64, _: &dyn Model, _: &mut [LangStat], _: Option<Vec<f32>>) -> Result<()> {
+            self.calls.push(format!("evaluate {stage} {step}"));
+            Ok(())
+        }
+        fn checkpoint(&mut self, stage: Stage, params: &[(String, &Param)], opt: &Optimizer, state: &LoopState) -> Result<()> {
+            self.calls.push(format!("checkpoint {stage} {}", state.step));
+            let mut map = TensorMap::new();
+            for ((name, p), s) in params.iter().zip(&opt.state) {
+                map.insert(format!("param/{name}"), (p.shape.clone(), p.data.clone()));
+                map.insert(format!("m/{name}"), (vec![s.m.len()], s.m.clone()));
+                map.insert(format!("v/{name}"), (vec![s.v.len()], s.v.clone()));
+            }
+            self.saved.push((map, state.clone()));
+            Ok(())
+        }
+        fn load_checkpoint(&mut self, _: Stage) -> Result<Option<(TensorMap, LoopState)>> {
+            Ok(self.resume_from.take())
+        }
+        fn started(&mut self, stage: Stage, from: u64, steps: u64) {
+            self.calls.push(format!("started {stage} {from}/{steps}"));
+        }
+        fn progress(&mut self, _: Stage, _: u64, _: u64, _: f32) {}
+    }
+
+    /// Three languages of 40 examples each; each example's one feature id determines its label.
+    fn inputs() -> Inputs {
+        let n = 120;
+        let ids: Vec<u32> = (0..n).map(|i| i % 6).collect();
+        let bags = Bags { offsets: (0..=n).collect(), ids: ids.clone(), langs: (0..n).map(|i| i % 3).collect() };
+        Inputs { labels: ids.iter().map(|&i| i % 2).collect(), langs: bags.langs.clone(), bags }
+    }
+
+    fn run(hooks: &mut Recording, cfg: &StageConfig) -> (Toy, LoopState) {
+        let train = inputs();
+        let run =
+            StageRun { stage: Stage::Distill, cfg, train: &train, teacher: None, labels_visible: true, allowed: None, seed: 5, n_langs: 3 };
+        let mut model = Toy::new(6, 2);
+        let mut ce = CrossEntropy::default();
+        let w = Schedule::Constant(1.0);
+        let mut losses = [StageLoss { name: "cross-entropy", weight: &w, loss: &mut ce }];
+        let langs: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let state = run_stage(&run, &mut model, &mut losses, &mut Proportional, &langs, hooks).unwrap();
+        (model, state)
+    }
+
+    fn cfg() -> StageConfig {
+        StageConfig {
+            steps: 30,
+            batch: 16,
+            lr: None,
+            optimizer: OptimizerConfig { kind: OptimizerKind::Adam, lr: 0.1, ..Default::default() },
+            eval_every: 10,
+        }
+    }
+
+    #[test]
+    fn the_loop_trains_evaluates_and_checkpoints_on_schedule() {
+        let mut hooks = Recording::default();
+        let (model, state) = run(&mut hooks, &cfg());
+        let expect: Vec<String> = std::iter::once("started distill 0/30".to_string())
+            .chain([10, 20, 30].iter().flat_map(|s| [format!("evaluate distill {s}"), format!("checkpoint distill {s}")]))
+            .collect();
+        assert_eq!(hooks.calls, expect);
+        assert_eq!((state.step, state.opt_t), (30, 30));
+        assert_eq!(state.stats.iter().map(|s| s.drawn).sum::<u64>(), 30 * 16);
+        // The toy learns its separable labels.
+        let x = inputs();
+        let z = model.forward(&x.bags).unwrap().logits;
+        let acc = argmax_rows(&z, 2).iter().zip(&x.labels).filter(|(p, &y)| **p == y as usize).count();
+        assert_eq!(acc, 120, "every example right after training");
+    }
+
+    #[test]
+    fn a_stage_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does() {
+        let mut whole = Recording::default();
+        let (straight, s1) = run(&mut whole, &cfg());
+        let mut resumed = Recording { resume_from: Some(whole.saved[0].clone()), ..Default::default() };
+        let (again, s2) = run(&mut resumed, &cfg());
+        assert_eq!(resumed.calls[0], "started distill 10/30");
+        assert_eq!(straight.w.data, again.w.data, "same weights, bit for bit");
+        assert_eq!((s1.step, s1.opt_t, &s1.cursor, &s1.pass, &s1.sampling), (s2.step, s2.opt_t, &s2.cursor, &s2.pass, &s2.sampling));
+    }
+
+    #[test]
+    fn a_checkpoint_that_does_not_fit_is_refused() {
+        let mut whole = Recording::default();
+        run(&mut whole, &cfg());
+        let (map, mut state) = whole.saved[0].clone();
+        state.step = 999_999;
+        let train = inputs();
+        let c = cfg();
+        let run = StageRun {
+            stage: Stage::Distill,
+            cfg: &c,
+            train: &train,
+            teacher: None,
+            labels_visible: true,
+            allowed: None,
+            seed: 5,
+            n_langs: 3,
+        };
+        let mut model = Toy::new(6, 2);
+        let mut ce = CrossEntropy::default();
+        let w = Schedule::Constant(1.0);
+        let mut losses = [StageLoss { name: "cross-entropy", weight: &w, loss: &mut ce }];
+        let langs: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let mut hooks = Recording { resume_from: Some((map, state)), ..Default::default() };
+        let e = run_stage(&run, &mut model, &mut losses, &mut Proportional, &langs, &mut hooks).unwrap_err();
+        assert!(format!("{e:#}").contains("step 999999 of 30"), "{e:#}");
     }
 }

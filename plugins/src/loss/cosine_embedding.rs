@@ -27,7 +27,7 @@ pub struct CosineEmbeddingParams {
 }
 
 /// When to put a learned linear projection between student and teacher hidden states.
-pub use kdx_framework::engine::nn::ProjectionMode as Projection;
+pub use kdx_framework::nn::ProjectionMode as Projection;
 
 /// Floor of ‖u‖·‖v‖ in the cosine, as PyTorch's `cosine_similarity`.
 const EPS: f64 = 1e-8;

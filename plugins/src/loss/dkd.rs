@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn no_nan_at_high_temperature_extreme_logits_and_one_hot_teachers() {
         let mut s = SampleBatch::random(6, 5, 1, 1.0, 3);
-        let sign = |k: usize| if k % 3 == 0 { 1000.0 } else { -1000.0 };
+        let sign = |k: usize| if k.is_multiple_of(3) { 1000.0 } else { -1000.0 };
         s.student_logits = (0..30).map(sign).collect();
         s.teacher_logits = (0..30).map(|k| -sign(k + 1)).collect();
         for t in [20.0, 4.0, 1.0] {

@@ -27,7 +27,7 @@ pub struct HiddenMseParams {
 }
 
 /// When to put a learned linear projection between student and teacher hidden states.
-pub use kdx_framework::engine::nn::ProjectionMode as Projection;
+pub use kdx_framework::nn::ProjectionMode as Projection;
 
 fn build(p: HiddenMseParams, _: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
     Ok(Box::new(ProjectedHiddenLoss::new("hidden-mse", p.projection, p.seed, squared_error)))

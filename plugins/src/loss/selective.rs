@@ -85,7 +85,7 @@ kdx_framework::register_loss!(
 impl Selective {
     /// Whether a language is still distilled.
     pub fn open(&self, s: &LangStat) -> bool {
-        match (s.dev_acc, s.teacher_dev_acc) {
+        match (s.dev_accuracy(), s.teacher_dev_accuracy()) {
             (Some(student), Some(teacher)) => student < teacher + self.params.margin,
             _ => true,
         }
@@ -144,7 +144,6 @@ impl Loss for Selective {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loss::hard_ce::HardCeParams;
     use crate::loss::soft_kl::SoftKlParams;
     use kdx_framework::loss::{gradient_check, SampleBatch};
 
@@ -173,7 +172,7 @@ mod tests {
         // Closed rows are hard CE, open rows soft KL.
         s.langs = vec![1; 6];
         let v = l.compute(&s.input(0, 1)).unwrap().value;
-        let ce = HardCeParams { label_smoothing: 0.0 }.compute(&s.input(0, 1)).unwrap().value;
+        let ce = kdx_framework::loss::CrossEntropy { label_smoothing: 0.0 }.compute(&s.input(0, 1)).unwrap().value;
         assert!((v - ce).abs() < 1e-5, "{v} vs {ce}");
         assert_eq!(sel(2.0, Fallback::None).compute(&s.input(0, 1)).unwrap().value, 0.0);
         s.langs = vec![0; 6];
@@ -181,7 +180,7 @@ mod tests {
         let kd = SoftKlParams { temperature: Schedule::Constant(2.0), scale_t2: true }.compute(&s.input(0, 1)).unwrap().value;
         assert!((v - kd).abs() < 1e-5, "{v} vs {kd}");
         // Before the first evaluation every gate is open.
-        s.stats.iter_mut().for_each(|st| st.dev_acc = None);
+        s.stats.iter_mut().for_each(|st| st.dev_acc = f64::NAN);
         l.compute(&s.input(0, 1)).unwrap();
         assert_eq!(l.language_state(), Some(vec![1.0, 1.0]));
     }

@@ -5,10 +5,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
-use kdx_framework::engine::store::read_safetensors;
-use kdx_framework::features::{Bags, Featurizer};
+use kdx_framework::store::read_safetensors;
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::model::{Model, ModelBuilder, ModelSpec, OutputGrads, OutputTable, Outputs, Param, StepCtx};
+use kdx_framework::model::{Model, ModelBuilder, ModelKind, ModelSpec, OutputTable, Outputs};
 use kdx_framework::registry::BuildCtx;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -79,11 +78,15 @@ impl LogitsFileParams {
 }
 
 impl ModelBuilder for LogitsFileParams {
-    fn pretrains(&self) -> bool {
-        false
+    fn kind(&self) -> ModelKind {
+        ModelKind::Precomputed
     }
 
-    fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
+    fn build(&self, _: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
+        bail!(NOT_A_NETWORK)
+    }
+
+    fn build_table(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn OutputTable>> {
         let ids_path = self.ids_path();
         let (mut logits, hidden) = read_outputs(&self.path)?;
         let ids = read_ids(&ids_path)?;
@@ -247,55 +250,16 @@ struct LogitsFile {
     row_of: HashMap<String, usize>,
 }
 
-/// A featuriser that reads nothing: the outputs are looked up by id.
-struct NoFeatures;
-
-impl Featurizer for NoFeatures {
-    fn featurize(&self, _: &str, _: &mut Vec<u32>) {}
-    fn describe(&self) -> String {
-        "none (outputs looked up by example id)".into()
-    }
-}
-
 const NOT_A_NETWORK: &str = "the `logits-file` model holds outputs for example ids, not a network: it can only be the recipe's \
                              [teacher] (not a student, nor a member of `ensemble` or `per-language`)";
 
-impl Model for LogitsFile {
-    fn describe(&self) -> String {
-        format!("logits-file {} ({} examples × {} classes)", self.path.display(), self.logits.rows, self.logits.cols)
-    }
+impl OutputTable for LogitsFile {
     fn classes(&self) -> usize {
         self.logits.cols
     }
     fn hidden_dim(&self) -> usize {
         self.hidden.as_ref().map_or(0, |h| h.cols)
     }
-    fn featurizer(&self) -> &dyn Featurizer {
-        &NoFeatures
-    }
-    fn forward(&self, _: &Bags) -> anyhow::Result<Outputs> {
-        bail!(NOT_A_NETWORK)
-    }
-    fn forward_backward(
-        &mut self,
-        _: &Bags,
-        _: StepCtx,
-        _: &mut dyn FnMut(&Outputs) -> anyhow::Result<OutputGrads>,
-    ) -> anyhow::Result<Outputs> {
-        bail!(NOT_A_NETWORK)
-    }
-    fn params(&self) -> Vec<&Param> {
-        Vec::new()
-    }
-    fn params_mut(&mut self) -> Vec<&mut Param> {
-        Vec::new()
-    }
-    fn precomputed(&self) -> Option<&dyn OutputTable> {
-        Some(self)
-    }
-}
-
-impl OutputTable for LogitsFile {
     fn lookup(&self, ids: &[&str], what: &str) -> anyhow::Result<Outputs> {
         let rows: Vec<Option<usize>> = ids.iter().map(|id| self.row_of.get(*id).copied()).collect();
         let missing: Vec<&str> = ids.iter().zip(&rows).filter(|(_, r)| r.is_none()).map(|(id, _)| *id).collect();
@@ -321,7 +285,7 @@ impl OutputTable for LogitsFile {
     }
 
     fn origin(&self) -> String {
-        self.path.display().to_string()
+        format!("{} ({} examples × {} classes)", self.path.display(), self.logits.rows, self.logits.cols)
     }
 }
 
@@ -383,36 +347,35 @@ mod tests {
     fn outputs_are_looked_up_by_id_and_columns_reordered() {
         let dir = tempfile::tempdir().unwrap();
         let p = params(dir.path(), &npy("<f4", "(2, 3)", false, &f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])), "npy", "a\r\nb\n");
-        let m = p.build(&spec(&["x", "y", "z"])).unwrap();
-        let t = m.precomputed().unwrap();
+        let t = p.build_table(&spec(&["x", "y", "z"])).unwrap();
         let o = t.lookup(&["b", "a", "b"], "test").unwrap();
         assert_eq!((o.batch, o.classes, o.hidden_dim), (3, 3, 0));
         assert_eq!(o.logits, [4.0, 5.0, 6.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        assert!(m.forward(&Bags::default()).unwrap_err().to_string().contains("only be the recipe's [teacher]"));
-        assert_eq!(m.num_params(), 0);
+        assert_eq!(p.kind(), ModelKind::Precomputed);
+        assert!(p.build(&spec(&["x", "y", "z"])).err().unwrap().to_string().contains("only be the recipe's [teacher]"));
         // Named columns are matched to the task's classes; extra ones are dropped.
         let p = LogitsFileParams { columns: Some(vec!["z".into(), "x".into(), "y".into()]), ..p };
-        let o = p.build(&spec(&["x", "y"])).unwrap().precomputed().unwrap().lookup(&["a"], "test").unwrap();
+        let o = p.build_table(&spec(&["x", "y"])).unwrap().lookup(&["a"], "test").unwrap();
         assert_eq!(o.logits, [2.0, 3.0]);
-        let e = p.build(&spec(&["x", "w"])).err().unwrap().to_string();
+        let e = p.build_table(&spec(&["x", "w"])).err().unwrap().to_string();
         assert!(e.contains("lacks the task's class(es) w") && e.contains("x, w"), "{e}");
     }
 
     #[test]
     fn safetensors_with_hidden_states() {
-        use kdx_framework::engine::store::{to_safetensors, TensorMap};
+        use kdx_framework::store::{to_safetensors, TensorMap};
         let dir = tempfile::tempdir().unwrap();
         let mut map = TensorMap::new();
         map.insert("logits".into(), (vec![2, 2], vec![1.0, 0.0, 0.0, 1.0]));
         map.insert("hidden".into(), (vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
         let p = params(dir.path(), &to_safetensors(&map).unwrap(), "safetensors", "p\nq\n");
-        let m = p.build(&spec(&["x", "y"])).unwrap();
+        let m = p.build_table(&spec(&["x", "y"])).unwrap();
         assert_eq!(m.hidden_dim(), 3);
-        let o = m.precomputed().unwrap().lookup(&["q"], "train").unwrap();
+        let o = m.lookup(&["q"], "train").unwrap();
         assert_eq!((o.logits, o.hidden), (vec![0.0, 1.0], vec![4.0, 5.0, 6.0]));
         map.remove("logits");
         let p = params(dir.path(), &to_safetensors(&map).unwrap(), "safetensors", "p\nq\n");
-        assert!(p.build(&spec(&["x", "y"])).err().unwrap().to_string().contains("no tensor `logits` (it has: hidden)"));
+        assert!(p.build_table(&spec(&["x", "y"])).err().unwrap().to_string().contains("no tensor `logits` (it has: hidden)"));
     }
 
     #[test]
@@ -426,11 +389,11 @@ mod tests {
             ("a\n\nb\n", &["x", "y", "z"], "t.ids.txt:2: empty line"),
         ];
         for (ids, labels, want) in cases {
-            let e = params(dir.path(), &file, "npy", ids).build(&spec(labels)).err().unwrap().to_string();
+            let e = params(dir.path(), &file, "npy", ids).build_table(&spec(labels)).err().unwrap().to_string();
             assert!(e.contains(want), "expected `{want}` in `{e}`");
         }
-        let m = params(dir.path(), &file, "npy", "a\nb\n").build(&spec(&["x", "y", "z"])).unwrap();
-        let e = m.precomputed().unwrap().lookup(&["a", "fr:12", "de:7"], "training").unwrap_err().to_string();
+        let m = params(dir.path(), &file, "npy", "a\nb\n").build_table(&spec(&["x", "y", "z"])).unwrap();
+        let e = m.lookup(&["a", "fr:12", "de:7"], "training").unwrap_err().to_string();
         assert!(e.contains("2 of the 3 training examples have no row (e.g. `fr:12`, `de:7`)") && e.contains("kdx examples"), "{e}");
     }
 }

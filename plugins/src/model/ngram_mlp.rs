@@ -1,7 +1,7 @@
 //! `ngram-mlp`: hashed character n-grams → embedding bag (mean) → hidden layers → logits.
 //! The fastText / CLD3 family of language identifiers, with every size from the recipe.
 
-use kdx_framework::engine::nn::{Activation, EmbeddingBag, Mlp};
+use kdx_framework::nn::{Activation, EmbeddingBag, Mlp};
 use kdx_framework::features::{Bags, Featurizer, NgramHasher};
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::model::{Model, ModelBuilder, ModelSpec, OutputGrads, Outputs, Param, StepCtx};
@@ -112,7 +112,7 @@ impl Model for NgramMlp {
         &self.hasher
     }
     fn forward(&self, x: &Bags) -> anyhow::Result<Outputs> {
-        Ok(self.mlp.forward(self.bag.forward(x), x.len()))
+        Ok(self.mlp.forward(self.bag.forward(x)?, x.len()))
     }
     fn forward_backward(
         &mut self,
@@ -120,7 +120,7 @@ impl Model for NgramMlp {
         ctx: StepCtx,
         objective: &mut dyn FnMut(&Outputs) -> anyhow::Result<OutputGrads>,
     ) -> anyhow::Result<Outputs> {
-        let x0 = self.bag.forward(x);
+        let x0 = self.bag.forward(x)?;
         let (out, dx) = self.mlp.forward_backward(x0, x.len(), ctx, objective)?;
         self.bag.backward(x, &dx);
         Ok(out)

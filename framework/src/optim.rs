@@ -160,14 +160,68 @@ impl Optimizer {
         for p in params {
             s += match &p.grad {
                 Grad::None => 0.0,
-                Grad::Dense(g) | Grad::Rows { values: g, .. } => g.par_iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>(),
+                Grad::Rows(r) => r.values().par_iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>(),
+                Grad::Dense(g) => g.par_iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>(),
             };
         }
         s.sqrt() as f32
     }
 
-    /// Applies one update with learning rate `lr`, then clears the gradients.
-    pub fn step(&mut self, params: &mut [&mut Param], lr: f32) {
+    /// Checks that every gradient and every moment buffer has its parameter's size, before
+    /// [`Optimizer::step`] writes anything (the touched-rows update writes through raw
+    /// pointers, so a short buffer from a damaged checkpoint must never reach it).
+    pub fn check(&self, params: &[&mut Param]) -> anyhow::Result<()> {
+        let adam = self.config.kind != OptimizerKind::Sgd;
+        for (i, p) in params.iter().enumerate() {
+            let n = p.numel();
+            anyhow::ensure!(
+                p.shape.iter().product::<usize>() == n,
+                "parameter `{}` holds {n} values but its shape is {:?}",
+                p.name,
+                p.shape
+            );
+            if let Some(st) = self.state.get(i) {
+                anyhow::ensure!(
+                    st.m.len() == n,
+                    "optimizer state of `{}`: first moment has {} values, the parameter {n}",
+                    p.name,
+                    st.m.len()
+                );
+                let want_v = if adam { n } else { 0 };
+                anyhow::ensure!(
+                    st.v.len() == want_v,
+                    "optimizer state of `{}`: second moment has {} values, expected {want_v}",
+                    p.name,
+                    st.v.len()
+                );
+            }
+            match &p.grad {
+                Grad::None => {}
+                Grad::Dense(g) => {
+                    anyhow::ensure!(g.len() == n, "gradient of `{}` has {} values, the parameter {n}", p.name, g.len())
+                }
+                Grad::Rows(r) => anyhow::ensure!(
+                    p.shape.len() == 2 && p.shape[0] == r.table_rows() && p.shape[1] == r.width(),
+                    "row gradient of `{}` is for a {} × {} table, the parameter is {:?}",
+                    p.name,
+                    r.table_rows(),
+                    r.width(),
+                    p.shape
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one update with learning rate `lr`, then clears the gradients. Refuses
+    /// (changing nothing) when a size does not match ([`Optimizer::check`]).
+    pub fn step(&mut self, params: &mut [&mut Param], lr: f32) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.state.is_empty() || self.state.len() == params.len(),
+            "the optimizer holds state for {} parameters, the model has {}",
+            self.state.len(),
+            params.len()
+        );
         let c = self.config.clone();
         if self.state.len() != params.len() {
             self.state = params
@@ -179,6 +233,7 @@ impl Optimizer {
                 })
                 .collect();
         }
+        self.check(params)?;
         self.t += 1;
         let scale = if c.clip_norm > 0.0 {
             let n = Self::grad_norm(params);
@@ -209,7 +264,8 @@ impl Optimizer {
                         .zip(par_chunks_or_empty(&mut st.v, CHUNK, n))
                         .for_each(|(((w, g), m), v)| upd.apply(w, g, m, v));
                 }
-                Grad::Rows { rows, values } if c.sparse => {
+                Grad::Rows(rg) if c.sparse => {
+                    let (rows, values) = (rg.rows(), rg.values());
                     let upd = Update { c: &c, lr, wd, scale, bc1, bc2 };
                     let adam = c.kind != OptimizerKind::Sgd;
                     // Rows are unique, so the row slices are disjoint: update them in parallel.
@@ -218,9 +274,11 @@ impl Optimizer {
                     let v = SharedMut(st.v.as_mut_ptr());
                     rows.par_iter().enumerate().with_min_len(64).for_each(|(k, &r)| {
                         let off = r as usize * width;
-                        // SAFETY: `rows` holds unique row indices within the table (the
-                        // embedding backward guarantees it), so each task touches a
-                        // disjoint `width`-long slice of each buffer.
+                        // SAFETY: `RowGrad::new` guarantees unique rows below `table_rows`, and
+                        // `check` above proved `table_rows × width` is the length of the
+                        // parameter and of both moments (or that `v` is unused, for SGD). So
+                        // `off + width` is in bounds of each buffer and each task touches its
+                        // own disjoint `width`-long slice; the buffers outlive the loop.
                         unsafe {
                             let w = std::slice::from_raw_parts_mut(data.get().add(off), width);
                             let mm = std::slice::from_raw_parts_mut(m.get().add(off), width);
@@ -229,7 +287,8 @@ impl Optimizer {
                         }
                     });
                 }
-                Grad::Rows { rows, values } => {
+                Grad::Rows(rg) => {
+                    let (rows, values) = (rg.rows(), rg.values());
                     // Dense mode: every row is updated, untouched ones with a zero gradient
                     // (their moments decay and still move them), without materialising the
                     // full-table gradient: a row → slot map finds each touched row's values.
@@ -262,13 +321,17 @@ impl Optimizer {
                 }
             }
         }
+        Ok(())
     }
 }
 
 /// A raw pointer that may cross rayon tasks; callers guarantee disjoint access.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
+// SAFETY: the pointer is only dereferenced in `Optimizer::step`, where every task writes a
+// disjoint slice (unique rows) and the buffer outlives the parallel loop.
 unsafe impl Send for SharedMut {}
+// SAFETY: as for `Send`: shared copies never write to overlapping memory.
 unsafe impl Sync for SharedMut {}
 impl SharedMut {
     fn get(self) -> *mut f32 {
@@ -276,7 +339,7 @@ impl SharedMut {
     }
 }
 
-fn par_chunks_or_empty<'a>(v: &'a mut Vec<f32>, chunk: usize, n: usize) -> rayon::vec::IntoIter<&'a mut [f32]> {
+fn par_chunks_or_empty(v: &mut [f32], chunk: usize, n: usize) -> rayon::vec::IntoIter<&mut [f32]> {
     if v.is_empty() {
         let chunks = n.div_ceil(chunk);
         (0..chunks).map(|_| &mut [][..]).collect::<Vec<_>>().into_par_iter()
@@ -345,6 +408,11 @@ mod tests {
         Param { name: "p".into(), shape, data: data.to_vec(), grad, decay: true, table }
     }
 
+    /// A touched-rows gradient of the 3 × 2 test table.
+    fn rows(rows: Vec<u32>, values: Vec<f32>) -> Grad {
+        Grad::Rows(crate::model::RowGrad::new(rows, values, 3, 2).unwrap())
+    }
+
     fn cfg(kind: OptimizerKind) -> OptimizerConfig {
         OptimizerConfig { kind, lr: 0.1, ..Default::default() }
     }
@@ -354,12 +422,12 @@ mod tests {
         // After bias correction Adam's first step is lr · g/|g| per coordinate.
         let mut p = param(&[1.0, -2.0], Grad::Dense(vec![0.5, -4.0]), false);
         let mut opt = Optimizer::new(cfg(OptimizerKind::Adam));
-        opt.step(&mut [&mut p], 0.1);
+        opt.step(&mut [&mut p], 0.1).unwrap();
         assert!((p.data[0] - 0.9).abs() < 1e-6 && (p.data[1] + 1.9).abs() < 1e-6, "{:?}", p.data);
         assert_eq!(p.grad, Grad::None, "gradients are cleared after a step");
         // Second step by hand.
         p.grad = Grad::Dense(vec![1.0, 1.0]);
-        opt.step(&mut [&mut p], 0.1);
+        opt.step(&mut [&mut p], 0.1).unwrap();
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
         let m = b1 * (0.1 * 0.5) + 0.1 * 1.0;
         let v = b2 * (0.001 * 0.25) + 0.001 * 1.0;
@@ -371,53 +439,75 @@ mod tests {
     fn sgd_momentum_and_adamw_decay() {
         let mut p = param(&[1.0], Grad::Dense(vec![1.0]), false);
         let mut opt = Optimizer::new(OptimizerConfig { momentum: 0.9, ..cfg(OptimizerKind::Sgd) });
-        opt.step(&mut [&mut p], 0.1);
+        opt.step(&mut [&mut p], 0.1).unwrap();
         p.grad = Grad::Dense(vec![1.0]);
-        opt.step(&mut [&mut p], 0.1);
+        opt.step(&mut [&mut p], 0.1).unwrap();
         // v1 = 1, v2 = 0.9 + 1 = 1.9: w = 1 − 0.1 − 0.19.
         assert!((p.data[0] - 0.71).abs() < 1e-6);
         // AdamW with a zero gradient only decays: w ← w·(1 − lr·wd).
         let mut q = param(&[2.0], Grad::Dense(vec![0.0]), false);
         let mut opt = Optimizer::new(OptimizerConfig { weight_decay: 0.5, ..cfg(OptimizerKind::Adamw) });
-        opt.step(&mut [&mut q], 0.1);
+        opt.step(&mut [&mut q], 0.1).unwrap();
         assert!((q.data[0] - 1.9).abs() < 1e-6);
     }
 
     #[test]
     fn lazy_rows_equal_dense_when_every_row_is_touched_and_skip_untouched_rows() {
         let data = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let rows_all = Grad::Rows { rows: vec![2, 0, 1], values: vec![0.5, 0.6, 0.1, 0.2, 0.3, 0.4] };
+        let rows_all = rows(vec![2, 0, 1], vec![0.5, 0.6, 0.1, 0.2, 0.3, 0.4]);
         let dense = Grad::Dense(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6]);
         let mut a = param(&data, rows_all, true);
         let mut b = param(&data, dense, true);
         let mut oa = Optimizer::new(cfg(OptimizerKind::Adam));
         let mut ob = Optimizer::new(cfg(OptimizerKind::Adam));
-        oa.step(&mut [&mut a], 0.1);
-        ob.step(&mut [&mut b], 0.1);
+        oa.step(&mut [&mut a], 0.1).unwrap();
+        ob.step(&mut [&mut b], 0.1).unwrap();
         assert_eq!(a.data, b.data);
         // Only row 1 touched: rows 0 and 2 keep their values and their moments.
-        a.grad = Grad::Rows { rows: vec![1], values: vec![1.0, 1.0] };
+        a.grad = rows(vec![1], vec![1.0, 1.0]);
         let before = (a.data.clone(), oa.state[0].m.clone());
-        oa.step(&mut [&mut a], 0.1);
+        oa.step(&mut [&mut a], 0.1).unwrap();
         assert_eq!(&a.data[0..2], &before.0[0..2]);
         assert_eq!(&a.data[4..6], &before.0[4..6]);
         assert_eq!(&oa.state[0].m[4..6], &before.1[4..6]);
         assert_ne!(&a.data[2..4], &before.0[2..4]);
         // Dense mode updates untouched rows too (their moments carry momentum).
-        let mut c = param(&data, Grad::Rows { rows: vec![0], values: vec![1.0, 1.0] }, true);
+        let mut c = param(&data, rows(vec![0], vec![1.0, 1.0]), true);
         let mut oc = Optimizer::new(OptimizerConfig { sparse: false, ..cfg(OptimizerKind::Adam) });
-        oc.step(&mut [&mut c], 0.1);
-        c.grad = Grad::Rows { rows: vec![1], values: vec![1.0, 1.0] };
+        oc.step(&mut [&mut c], 0.1).unwrap();
+        c.grad = rows(vec![1], vec![1.0, 1.0]);
         let row0 = c.data[0];
-        oc.step(&mut [&mut c], 0.1);
+        oc.step(&mut [&mut c], 0.1).unwrap();
         assert_ne!(c.data[0], row0, "dense Adam keeps moving row 0 on its momentum");
+    }
+
+    #[test]
+    fn row_gradients_and_damaged_state_are_refused_before_any_write() {
+        use crate::model::RowGrad;
+        assert!(RowGrad::new(vec![0, 0], vec![0.0; 4], 3, 2).unwrap_err().to_string().contains("row 0 twice"));
+        assert!(RowGrad::new(vec![3], vec![0.0; 2], 3, 2).unwrap_err().to_string().contains("row 3 of a table of 3 rows"));
+        assert!(RowGrad::new(vec![1], vec![0.0; 3], 3, 2).unwrap_err().to_string().contains("3 values for 1 rows of width 2"));
+        let data = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        // A gradient for a table of another shape.
+        let mut p = param(&data, Grad::Rows(RowGrad::new(vec![3], vec![1.0, 1.0], 4, 2).unwrap()), true);
+        let mut opt = Optimizer::new(cfg(OptimizerKind::Adam));
+        let e = opt.step(&mut [&mut p], 0.1).unwrap_err().to_string();
+        assert!(e.contains("4 × 2 table, the parameter is [3, 2]"), "{e}");
+        assert_eq!(p.data, data, "nothing written");
+        // Moments shorter than the parameter (a damaged checkpoint).
+        let mut p = param(&data, rows(vec![2], vec![1.0, 1.0]), true);
+        let mut opt = Optimizer::new(cfg(OptimizerKind::Adam));
+        opt.state = vec![ParamState { m: vec![0.0; 2], v: vec![0.0; 6] }];
+        let e = opt.step(&mut [&mut p], 0.1).unwrap_err().to_string();
+        assert!(e.contains("first moment has 2 values, the parameter 6"), "{e}");
+        assert_eq!(p.data, data, "nothing written");
     }
 
     #[test]
     fn clipping_scales_to_the_global_norm() {
         let mut p = param(&[0.0, 0.0], Grad::Dense(vec![3.0, 4.0]), false);
         let mut opt = Optimizer::new(OptimizerConfig { clip_norm: 1.0, ..cfg(OptimizerKind::Sgd) });
-        opt.step(&mut [&mut p], 1.0);
+        opt.step(&mut [&mut p], 1.0).unwrap();
         assert!((p.data[0] + 0.6).abs() < 1e-6 && (p.data[1] + 0.8).abs() < 1e-6, "{:?}", p.data);
     }
 

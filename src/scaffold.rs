@@ -4,8 +4,8 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::{valid_name, FRAMEWORK_VERSION};
-use crate::registry::{self, PluginKind};
+use kdx_framework::dylib::{valid_name, FRAMEWORK_VERSION};
+use kdx_framework::registry::{self, PluginKind};
 
 /// What [`new_loss`] created.
 #[derive(Clone, Debug)]
@@ -88,7 +88,7 @@ fn find_sdk(dir: &Path) -> Option<(PathBuf, bool)> {
             return Some((anc.join("sdk"), true));
         }
     }
-    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk");
     is_sdk(&built_from).then(|| (std::fs::canonicalize(&built_from).unwrap_or(built_from), false))
 }
 

@@ -13,9 +13,9 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::de::DeserializeOwned;
 
-use crate::engine::store::write_atomic;
-use crate::engine::train::SamplingRow;
-use crate::report::{read_csv, LanguageRow, MetricRow};
+use kdx_framework::engine::train::SamplingRow;
+use kdx_framework::report::{read_csv, LanguageRow, MetricRow};
+use kdx_fsio::write_atomic;
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 

@@ -4,150 +4,17 @@
 use std::path::PathBuf;
 
 use kdx_recipe::{did_you_mean, unknown_key_help, Diagnostic, Diagnostics, KeyPath, RecipeDoc};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
 use crate::dataset::Dataset;
 use crate::dylib::{Origin, PluginSet};
-use crate::engine::optim::OptimizerConfig;
 use crate::loss::Loss;
-use crate::model::ModelBuilder;
+use crate::model::{ModelBuilder, ModelKind};
 use crate::registry::{self, BuildCtx, Builder, Instance as Built, PluginKind};
 use crate::sampler::Sampler;
 use crate::schedule::Schedule;
 
-/// `[experiment]`.
-#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ExperimentSection {
-    /// Experiment name: results go to `results/<name>/<run>/`.
-    pub name: String,
-    /// Seed of every random choice (initialisation, sampling, dropout).
-    #[serde(default)]
-    pub seed: u64,
-    /// Free text, copied into the reports.
-    #[serde(default)]
-    pub description: String,
-}
-
-/// Training settings of one stage (`[train]`, `[teacher].train`, `[finetune]`).
-#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StageConfig {
-    /// Optimisation steps.
-    pub steps: u64,
-    /// Examples per step.
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-    /// Shorthand for `optimizer.lr`.
-    #[serde(default)]
-    pub lr: Option<f32>,
-    /// The optimizer.
-    #[serde(default)]
-    pub optimizer: OptimizerConfig,
-    /// Evaluate on the dev split (and checkpoint) every this many steps; 0 = only at the end.
-    #[serde(default)]
-    pub eval_every: u64,
-}
-
-fn default_batch() -> usize {
-    256
-}
-
-impl StageConfig {
-    /// The optimizer with the `lr` shorthand applied.
-    pub fn optimizer(&self) -> OptimizerConfig {
-        let mut o = self.optimizer.clone();
-        if let Some(lr) = self.lr {
-            o.lr = lr;
-        }
-        o
-    }
-}
-
-/// `[train]`: the distillation stage (and the baseline, which mirrors it).
-#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TrainSection {
-    /// Optimisation steps.
-    pub steps: u64,
-    /// Examples per step.
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-    /// Shorthand for `optimizer.lr`.
-    #[serde(default)]
-    pub lr: Option<f32>,
-    /// The optimizer.
-    #[serde(default)]
-    pub optimizer: OptimizerConfig,
-    /// Evaluate on the dev split (and checkpoint) every this many steps; 0 = only at the end.
-    #[serde(default)]
-    pub eval_every: u64,
-    /// Also train the same student without a teacher (hard labels only), for the KD-gain column.
-    #[serde(default = "yes")]
-    pub baseline: bool,
-    /// Fraction of the dev split used for periodic evaluation (1 = all).
-    #[serde(default = "one")]
-    pub eval_fraction: f64,
-}
-
-impl TrainSection {
-    /// The stage settings.
-    pub fn stage(&self) -> StageConfig {
-        StageConfig { steps: self.steps, batch: self.batch, lr: self.lr, optimizer: self.optimizer.clone(), eval_every: self.eval_every }
-    }
-}
-
-/// `[finetune]`: an optional last stage on a subset of languages.
-#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FinetuneSection {
-    /// Optimisation steps.
-    pub steps: u64,
-    /// Examples per step.
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-    /// Shorthand for `optimizer.lr`.
-    #[serde(default)]
-    pub lr: Option<f32>,
-    /// The optimizer.
-    #[serde(default)]
-    pub optimizer: OptimizerConfig,
-    /// Evaluate on the dev split (and checkpoint) every this many steps; 0 = only at the end.
-    #[serde(default)]
-    pub eval_every: u64,
-    /// Languages to fine-tune on (all when empty).
-    #[serde(default)]
-    pub languages: Vec<String>,
-    /// Keep the distillation losses (true) or fine-tune on hard labels only (false).
-    #[serde(default)]
-    pub distill: bool,
-}
-
-impl FinetuneSection {
-    /// The stage settings.
-    pub fn stage(&self) -> StageConfig {
-        StageConfig { steps: self.steps, batch: self.batch, lr: self.lr, optimizer: self.optimizer.clone(), eval_every: self.eval_every }
-    }
-}
-
-fn yes() -> bool {
-    true
-}
-fn one() -> f64 {
-    1.0
-}
-
-/// How the student starts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Init {
-    /// Fresh random initialisation.
-    #[default]
-    None,
-    /// Copy the teacher's tensors where names and shapes allow.
-    FromTeacher,
-}
+mod sections;
+pub use sections::{ExperimentSection, FinetuneSection, Init, StageConfig, TrainSection};
 
 /// A model section resolved: the plugin and its framework-owned settings.
 pub struct ModelPlan {
@@ -167,6 +34,17 @@ pub struct LossPlan {
     pub weight: Schedule,
     /// The plugin instance.
     pub loss: Box<dyn Loss>,
+}
+
+/// The language samplers of a run's stages, each its own instance of the recipe's
+/// `[sampler]` (dynamic samplers keep state per stage).
+pub struct Samplers {
+    /// The distillation stage's.
+    pub distill: Box<dyn Sampler>,
+    /// The baseline's (`None` when `[train] baseline = false`).
+    pub baseline: Option<Box<dyn Sampler>>,
+    /// The fine-tuning stage's (`None` without `[finetune]`).
+    pub finetune: Option<Box<dyn Sampler>>,
 }
 
 /// A fully resolved experiment, ready to run.
@@ -196,10 +74,8 @@ pub struct Plan {
     pub losses: Vec<LossPlan>,
     /// `[sampler]` plugin name.
     pub sampler_plugin: String,
-    /// `[sampler]`.
-    pub sampler: Box<dyn Sampler>,
-    /// `[sampler]` parameters, to build fresh instances (the baseline gets its own).
-    pub sampler_params: toml::Table,
+    /// `[sampler]`, one instance per stage that samples languages.
+    pub samplers: Samplers,
     /// `[train]`.
     pub train: TrainSection,
     /// `[finetune]`.
@@ -241,7 +117,7 @@ impl Plan {
         };
         let required = |name: &str, diags: &mut Diagnostics| -> Option<toml::Table> {
             let t = section(name, diags);
-            if t.is_none() && !matches!(root.get(name), Some(_)) {
+            if t.is_none() && root.get(name).is_none() {
                 diags.push(root_diag(&doc, format!("missing section `[{name}]`"), None));
             }
             t
@@ -287,7 +163,7 @@ impl Plan {
             let Built::Model(m) = build(&doc, &key, PluginKind::Model, &name, params, &["plugin", "train"], &mut diags)? else {
                 return None;
             };
-            let train = match (train, m.pretrains()) {
+            let train = match (train, m.kind() == ModelKind::Network) {
                 (Some(v), true) => Some(ok(&mut diags, doc.deserialize_at::<StageConfig>(&key.key("train"), v))?),
                 (None, true) => {
                     diags.push(doc.diag(
@@ -319,6 +195,16 @@ impl Plan {
             let section = toml::Value::Table(t.clone());
             let (name, params) = split_plugin(&doc, &key, t, &mut diags)?;
             match build(&doc, &key, PluginKind::Model, &name, params, &["plugin", "init"], &mut diags)? {
+                Built::Model(m) if m.kind() != ModelKind::Network => {
+                    diags.push(doc.diag(
+                        &key.key("plugin"),
+                        format!(
+                            "the `{name}` model holds outputs computed elsewhere, not a network: a student must be a network that trains"
+                        ),
+                        None,
+                    ));
+                    None
+                }
                 Built::Model(m) => Some((ModelPlan { plugin: name, builder: m, section }, init)),
                 _ => None,
             }
@@ -359,29 +245,47 @@ impl Plan {
             )),
         }
 
-        let sampler = match section("sampler", &mut diags) {
-            Some(t) => {
-                let key = KeyPath::root().key("sampler");
-                split_plugin(&doc, &key, t, &mut diags).and_then(|(name, params)| {
-                    match build(&doc, &key, PluginKind::Sampler, &name, params.clone(), &["plugin"], &mut diags)? {
-                        Built::Sampler(s) => Some((name, s, params)),
-                        _ => None,
-                    }
-                })
-            }
-            None => {
-                let key = KeyPath::root().key("sampler");
-                match build(&doc, &key, PluginKind::Sampler, "proportional", toml::Table::new(), &["plugin"], &mut diags) {
-                    Some(Built::Sampler(s)) => Some(("proportional".to_string(), s, toml::Table::new())),
-                    _ => None,
-                }
-            }
-        };
-
         let train = required("train", &mut diags)
             .and_then(|t| ok(&mut diags, doc.deserialize_at::<TrainSection>(&KeyPath::root().key("train"), toml::Value::Table(t))));
         let finetune = section("finetune", &mut diags)
             .and_then(|t| ok(&mut diags, doc.deserialize_at::<FinetuneSection>(&KeyPath::root().key("finetune"), toml::Value::Table(t))));
+
+        // Without a `[sampler]`, languages are drawn in proportion to their data.
+        let sampler = match section("sampler", &mut diags) {
+            Some(t) => {
+                let key = KeyPath::root().key("sampler");
+                split_plugin(&doc, &key, t, &mut diags).and_then(|(name, params)| {
+                    let one = |diags: &mut Diagnostics| match build(
+                        &doc,
+                        &key,
+                        PluginKind::Sampler,
+                        &name,
+                        params.clone(),
+                        &["plugin"],
+                        diags,
+                    )? {
+                        Built::Sampler(s) => Some(s),
+                        _ => None,
+                    };
+                    let distill = one(&mut diags)?;
+                    let baseline = match train.as_ref().is_some_and(|t| t.baseline) {
+                        true => Some(one(&mut diags)?),
+                        false => None,
+                    };
+                    let finetune = match finetune.is_some() {
+                        true => Some(one(&mut diags)?),
+                        false => None,
+                    };
+                    Some((name.clone(), Samplers { distill, baseline, finetune }))
+                })
+            }
+            None => {
+                let one = || -> Box<dyn Sampler> { Box::new(crate::sampler::Proportional) };
+                let baseline = train.as_ref().is_some_and(|t| t.baseline).then(one);
+                let finetune = finetune.is_some().then(one);
+                Some(("proportional".to_string(), Samplers { distill: one(), baseline, finetune }))
+            }
+        };
 
         if !diags.is_empty() {
             return Err(diags);
@@ -392,7 +296,7 @@ impl Plan {
             Some((data_plugin, dataset, data_section)),
             Some((teacher, teacher_train)),
             Some((student, init)),
-            Some((sampler_plugin, sampler, sampler_params)),
+            Some((sampler_plugin, samplers)),
             Some(train),
         ) = (experiment, data, teacher, student, sampler, train)
         else {
@@ -411,8 +315,7 @@ impl Plan {
             init,
             losses,
             sampler_plugin,
-            sampler,
-            sampler_params,
+            samplers,
             train,
             finetune,
             libraries,
@@ -422,27 +325,24 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Builds a fresh loss instance of a registered plugin with the given parameters
-    /// (the engine uses `hard-ce` for teacher pre-training and the baseline).
-    pub fn loss(&self, name: &str, params: toml::Table) -> anyhow::Result<Box<dyn Loss>> {
-        match self.instantiate(PluginKind::Loss, name, params)? {
-            Built::Loss(l) => Ok(l),
-            _ => unreachable!("a loss builder builds losses"),
+    /// The key of the teacher's cache (`results/.cache/teacher-<key>`): what the teacher
+    /// is and what it is trained on — kdx's version, the data's fingerprint, the `[data]`
+    /// and `[teacher]` sections and the seed. The engine and `kdx batch` both use this one.
+    pub fn teacher_key(&self) -> anyhow::Result<String> {
+        let parts = [
+            env!("CARGO_PKG_VERSION").to_string(),
+            self.dataset.fingerprint()?,
+            self.data_section.to_string(),
+            self.teacher.section.to_string(),
+            toml::to_string(&self.teacher_train).unwrap_or_default(),
+            self.experiment.seed.to_string(),
+        ];
+        let mut joined = Vec::new();
+        for p in &parts {
+            joined.extend_from_slice(p.as_bytes());
+            joined.push(0);
         }
-    }
-
-    /// Builds a fresh sampler instance (`name` with `params`).
-    pub fn sampler(&self, name: &str, params: toml::Table) -> anyhow::Result<Box<dyn Sampler>> {
-        match self.instantiate(PluginKind::Sampler, name, params)? {
-            Built::Sampler(s) => Ok(s),
-            _ => unreachable!("a sampler builder builds samplers"),
-        }
-    }
-
-    fn instantiate(&self, kind: PluginKind, name: &str, params: toml::Table) -> anyhow::Result<Built> {
-        let mut d = Diagnostics(Vec::new());
-        let key = KeyPath::root().key(kind.as_str());
-        build(&self.doc, &key, kind, name, params, &[], &mut d).ok_or_else(|| anyhow::anyhow!("building the built-in {kind} `{name}`: {d}"))
+        Ok(kdx_fsio::sha256_hex(&joined)[..20].to_string())
     }
 
     /// Cross-section checks that need more than one section.
@@ -457,6 +357,39 @@ impl Plan {
         }
         if !(self.train.eval_fraction > 0.0 && self.train.eval_fraction <= 1.0) {
             d.push(self.doc.diag(&KeyPath::root().key("train").key("eval_fraction"), "must be in (0, 1]", None));
+        }
+        let root = KeyPath::root();
+        if let Err(e) = sections::plain_name(&self.experiment.name, "") {
+            d.push(self.doc.diag(&root.key("experiment").key("name"), e, None));
+        }
+        if let Err(e) = sections::plain_name(&self.run_name, "+=,~") {
+            d.push(root_diag(&self.doc, format!("run name: {e}"), Some("the run names of a `[sweep]` come from its values".into())));
+        }
+        let mut stages: Vec<(KeyPath, StageConfig)> = vec![(root.key("train"), self.train.stage())];
+        stages.extend(self.teacher_train.iter().map(|t| (root.key("teacher").key("train"), t.clone())));
+        stages.extend(self.finetune.iter().map(|f| (root.key("finetune"), f.stage())));
+        for (key, cfg) in &stages {
+            let (lr_key, lr) = cfg.lr_key();
+            if !(lr.is_finite() && lr > 0.0) {
+                let at = lr_key.split('.').fold(key.clone(), |k, part| k.key(part));
+                d.push(self.doc.diag(&at, format!("the learning rate must be a positive number, found {lr}"), None));
+            }
+        }
+        for (i, l) in self.losses.iter().enumerate() {
+            if let Err(e) = l.weight.check_weight() {
+                d.push(self.doc.diag(
+                    &root.key("loss").index(i).key("weight"),
+                    e,
+                    Some("to leave a loss out, remove its `[[loss]]` table".into()),
+                ));
+            }
+        }
+        if self.init == Init::FromTeacher && self.teacher.builder.kind() != ModelKind::Network {
+            d.push(self.doc.diag(
+                &KeyPath::root().key("student").key("init"),
+                format!("init = \"from-teacher\" copies the teacher's weights, but the teacher `{}` has only outputs", self.teacher.plugin),
+                Some("use `init = \"none\"`, or a teacher that is a network".into()),
+            ));
         }
         d.into_result(())
     }

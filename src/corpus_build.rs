@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::build::{build, manifest_path, BuildOptions};
+use kdx_corpus::build::{build, manifest_path, BuildOptions};
 
 /// Arguments of `kdx corpus build`.
 #[derive(Debug, Clone, clap::Args)]

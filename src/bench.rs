@@ -14,13 +14,13 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 
-use crate::engine::optim::{Optimizer, OptimizerConfig, OptimizerKind};
-use crate::engine::train::{combine_losses, StageLoss};
-use crate::features::Bags;
-use crate::loss::LossInput;
-use crate::model::{Param, StepCtx};
-use crate::registry::{build_standalone, Instance, PluginKind};
-use crate::schedule::Schedule;
+use kdx_framework::engine::train::{combine_losses, StageLoss};
+use kdx_framework::features::Bags;
+use kdx_framework::loss::LossInput;
+use kdx_framework::model::{Param, StepCtx};
+use kdx_framework::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use kdx_framework::registry::{build_standalone, Instance, PluginKind};
+use kdx_framework::schedule::Schedule;
 
 const B: usize = 256;
 const L: usize = 64;
@@ -47,7 +47,7 @@ pub fn kdx_steps_per_s(variant_name: &str, sparse: bool, steps: usize, warmup: u
     let Instance::Model(builder) = build_standalone(PluginKind::Model, "ngram-mlp", params, "kdx bench")? else {
         unreachable!("a model registration builds a model")
     };
-    let mut model = builder.build(&crate::model::ModelSpec::new(C, 0))?;
+    let mut model = builder.build(&kdx_framework::model::ModelSpec::new(C, 0))?;
     let mut kl_params = toml::Table::new();
     kl_params.insert("temperature".into(), (T as f64).into());
     let Instance::Loss(mut kl) = build_standalone(PluginKind::Loss, "soft-kl", kl_params, "kdx bench")? else { unreachable!() };
@@ -89,7 +89,7 @@ pub fn kdx_steps_per_s(variant_name: &str, sparse: bool, steps: usize, warmup: u
             Ok(combine_losses(&mut losses, &input, out.hidden.len())?.0)
         })?;
         let mut ps: Vec<&mut Param> = model.params_mut();
-        opt.step(&mut ps, 1e-3);
+        opt.step(&mut ps, 1e-3)?;
     }
     Ok(steps as f64 / t0.elapsed().as_secs_f64())
 }

@@ -7,9 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::engine::{self, RunOptions};
-use crate::plan::{load_plans, load_plans_with_libraries};
-use crate::registry::{self, PluginKind};
+use kdx_framework::engine::{self, RunOptions};
+use kdx_framework::event::{Observer, Silent};
+use kdx_framework::plan::{load_plans, load_plans_with_libraries};
+use kdx_framework::registry::{self, PluginKind};
+
+use crate::console::{Both, Console, JsonLines};
 
 /// kdx — knowledge-distillation experiments on multilingual models.
 ///
@@ -44,12 +47,20 @@ enum Command {
         /// Stop after this many training steps, at the next checkpoint (for testing --resume).
         #[arg(long, hide = true)]
         interrupt_after: Option<u64>,
+        /// Kill this process with SIGKILL right after this many training steps, wherever that
+        /// falls (for testing that --resume survives a crash).
+        #[arg(long, hide = true)]
+        kill_after_steps: Option<u64>,
         /// Run only this member of the sweep (`run` for a recipe without one); `kdx batch` uses it.
         #[arg(long, hide = true)]
         only: Option<String>,
         /// Load a loss-plugin dynamic library (besides the recipe's `[plugins] libraries`); repeatable.
         #[arg(long = "plugin", value_name = "PATH")]
         plugins: Vec<PathBuf>,
+        /// Also write the run's events to stdout in this format (`jsonl`: one JSON object
+        /// per line; see docs/events.md). The human log stays on stderr.
+        #[arg(long, value_name = "FORMAT")]
+        events: Option<EventsFormat>,
     },
     /// Create a plugin crate that builds and loads as it is: `kdx new loss NAME`.
     New {
@@ -85,6 +96,9 @@ enum Command {
         /// Recipe files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Load a loss-plugin dynamic library, as `kdx run --plugin` would; repeatable.
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
     },
     /// List plugins with their parameters, types, defaults and documentation.
     Plugins {
@@ -148,6 +162,13 @@ enum Command {
     },
 }
 
+/// Machine-readable event formats of `kdx run --events`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventsFormat {
+    /// One JSON object per line.
+    Jsonl,
+}
+
 #[derive(Subcommand, Debug)]
 enum NewCommand {
     /// A loss plugin built as a dynamic library (Cargo.toml, a documented example loss, a
@@ -164,7 +185,7 @@ enum NewCommand {
 #[derive(Subcommand, Debug)]
 enum CorpusCommand {
     /// Extract the corpus from gettext catalogs (.mo) into a gzip'd TSV and a MANIFEST.
-    Build(kdx_corpus::cli::BuildArgs),
+    Build(crate::corpus_build::BuildArgs),
 }
 
 /// Entry point of the binary.
@@ -185,22 +206,45 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { recipe, results, resume, quiet, threads, interrupt_after, only, plugins } => {
+        Command::Run { recipe, results, resume, quiet, threads, interrupt_after, kill_after_steps, only, plugins, events } => {
             if let Some(n) = threads {
                 rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
             }
             let plans = match &only {
-                Some(name) => vec![crate::batch::load_run(&recipe, name)?],
+                Some(name) => vec![crate::batch::load_run(&recipe, name, &plugins)?],
                 None => load_plans_with_libraries(&recipe, &plugins).map_err(|d| anyhow::anyhow!("{d}"))?,
             };
-            let opts = RunOptions { results, resume, progress: !quiet, interrupt_after };
+            // A `kdx batch` child inherits its run's lock from the batch (see `batch::spawn`).
+            let inherited = match (&only, plans.first()) {
+                (Some(_), Some(plan)) => crate::batch::inherited_run_lock(&engine::run_dir(plan, &results)),
+                _ => None,
+            };
+            let opts = RunOptions { results, resume, interrupt_after, lock_held: inherited.is_some() };
             let mut failed = 0;
             let n = plans.len();
+            let mut console: Box<dyn Observer> = if quiet { Box::new(Silent) } else { Box::new(Console::new()) };
+            if let Some(n) = kill_after_steps {
+                console = Box::new(crate::console::KillAfter::new(n, console));
+            }
+            let mut jsonl = events.map(|EventsFormat::Jsonl| JsonLines::new(std::io::stdout()));
             for mut plan in plans {
                 if n > 1 && !quiet {
                     eprintln!("kdx: run {}", plan.run_name);
                 }
-                match engine::run(&mut plan, &opts) {
+                let result = match &mut jsonl {
+                    Some(j) => engine::run(&mut plan, &opts, &mut Both(&mut *console, j)),
+                    None => engine::run(&mut plan, &opts, &mut *console),
+                };
+                // The plot is presentation: drawn here from the CSVs the engine wrote.
+                let dir = engine::run_dir(&plan, &opts.results);
+                if result.is_ok() {
+                    if let Err(e) = crate::plot::write_run_plot(&dir) {
+                        eprintln!("kdx: warning: run.svg not written: {e:#}");
+                    }
+                }
+                match result {
+                    // With --events the result line would break the JSON lines: it is an event there.
+                    Ok(_) if jsonl.is_some() => {}
                     Ok(row) => println!(
                         "{}/{}: teacher {:.4}  student {:.4}  baseline {}  ({}) in {:.1}s",
                         row.experiment,
@@ -219,7 +263,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Validate { paths } => validate(&paths),
+        Command::Validate { paths, plugins } => validate(&paths, &plugins),
         Command::Examples { recipe, out } => {
             examples(&recipe, out.as_deref())?;
             Ok(ExitCode::SUCCESS)
@@ -228,7 +272,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Report(args) => crate::compare::run(&args),
         Command::Sample { recipe } => {
             for mut plan in load_plans(&recipe).map_err(|d| anyhow::anyhow!("{d}"))? {
-                let rows = crate::engine::sampling_preview(&mut plan)?;
+                let rows = engine::preview::sampling_preview(&mut plan)?;
                 println!(
                     "{} / {} — sampler `{}`, {} steps × {} examples",
                     plan.experiment.name, plan.run_name, plan.sampler_plugin, plan.train.steps, plan.train.batch
@@ -248,7 +292,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema { plugins } => {
-            println!("{}", serde_json::to_string_pretty(&crate::schema::recipe_schema_with(&open_libraries(&plugins)?))?);
+            println!("{}", serde_json::to_string_pretty(&kdx_framework::schema::recipe_schema_with(&open_libraries(&plugins)?))?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
@@ -256,7 +300,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::New { what: NewCommand::Loss { name, dir } } => {
-            let created = crate::dylib::scaffold::new_loss(&name, dir.as_deref())?;
+            let created = crate::scaffold::new_loss(&name, dir.as_deref())?;
             print!("{}", created.next_steps());
             Ok(ExitCode::SUCCESS)
         }
@@ -265,7 +309,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Corpus { command: CorpusCommand::Build(args) } => {
-            kdx_corpus::cli::run_build(&args)?;
+            crate::corpus_build::run_build(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Predict { run_dir, model, top, file } => {
@@ -279,41 +323,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Recipe files under `paths` (directories recursively, `*.toml`, hidden files skipped, sorted).
-pub fn find_recipes(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut stack = vec![p.clone()];
-            while let Some(d) = stack.pop() {
-                for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-                    let path = e?.path();
-                    // Hidden files and directories (editor swap files, `.cache`) are not recipes.
-                    if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
-                        continue;
-                    }
-                    if path.is_dir() {
-                        stack.push(path);
-                    } else if path.extension().is_some_and(|x| x == "toml") {
-                        out.push(path);
-                    }
-                }
-            }
-        } else if p.exists() {
-            out.push(p.clone());
-        } else {
-            anyhow::bail!("{}: no such file or directory", p.display());
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// `kdx examples`: the recipe's train, dev and test examples as TSV, written atomically to
 /// `out` or to stdout. No quoting (quotes are ordinary characters, as in the `tsv` dataset);
 /// a field holding a TAB or a line break is an error naming the example.
 fn examples(recipe: &Path, out: Option<&Path>) -> Result<()> {
-    let dataset = crate::plan::load_dataset(recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let dataset = kdx_framework::plan::load_dataset(recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
     let task = dataset.load().context("loading the dataset")?;
     let mut w = csv::WriterBuilder::new().delimiter(b'\t').quote_style(csv::QuoteStyle::Never).from_writer(Vec::new());
     w.write_record(["id", "split", "lang", "label", "text", "source"])?;
@@ -332,7 +346,7 @@ fn examples(recipe: &Path, out: Option<&Path>) -> Result<()> {
     }
     let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("writing the table: {e}"))?;
     match out {
-        Some(path) => crate::engine::store::write_atomic(path, &bytes)?,
+        Some(path) => kdx_fsio::write_atomic(path, &bytes)?,
         None => std::io::stdout().lock().write_all(&bytes)?,
     }
     eprintln!("classes, in the order of the logit columns ({}): {}", task.labels.len(), task.labels.join(" "));
@@ -342,11 +356,13 @@ fn examples(recipe: &Path, out: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn validate(paths: &[PathBuf]) -> Result<ExitCode> {
-    let files = find_recipes(paths)?;
+/// `kdx validate`: every recipe under `paths` planned as `kdx run` would plan it (with the
+/// same `--plugin` libraries), so what validates is what runs.
+fn validate(paths: &[PathBuf], plugins: &[PathBuf]) -> Result<ExitCode> {
+    let files = crate::batch::find_recipes(paths)?;
     let mut bad = 0;
     for f in &files {
-        match load_plans(f) {
+        match load_plans_with_libraries(f, plugins) {
             Ok(plans) => println!("ok: {} ({} run{})", f.display(), plans.len(), if plans.len() == 1 { "" } else { "s" }),
             Err(d) => {
                 bad += 1;
@@ -358,15 +374,14 @@ fn validate(paths: &[PathBuf]) -> Result<ExitCode> {
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// The text `kdx plugins [KIND] [NAME]` prints.
 /// Opens loss-plugin libraries named on the command line; an error names the file and says
 /// how to fix it.
-fn open_libraries(paths: &[PathBuf]) -> Result<Vec<std::sync::Arc<crate::dylib::PluginLibrary>>> {
+fn open_libraries(paths: &[PathBuf]) -> Result<Vec<std::sync::Arc<kdx_framework::dylib::PluginLibrary>>> {
     paths
         .iter()
         .map(|p| {
-            crate::dylib::PluginLibrary::open(p).map_err(|e| {
-                match e.help().filter(|_| !matches!(e, crate::dylib::PluginError::Missing(_))) {
+            kdx_framework::dylib::PluginLibrary::open(p).map_err(|e| {
+                match e.help().filter(|_| !matches!(e, kdx_framework::dylib::PluginError::Missing(_))) {
                     Some(h) => anyhow::anyhow!("--plugin {}: {e}\nhelp: {h}", p.display()),
                     None => anyhow::anyhow!("--plugin {}: {e}", p.display()),
                 }
@@ -384,7 +399,7 @@ pub fn plugins_help(kind: Option<&str>, name: Option<&str>) -> Result<String> {
 pub fn plugins_help_with(
     kind: Option<&str>,
     name: Option<&str>,
-    libraries: &[std::sync::Arc<crate::dylib::PluginLibrary>],
+    libraries: &[std::sync::Arc<kdx_framework::dylib::PluginLibrary>],
 ) -> Result<String> {
     let kinds: Vec<PluginKind> = match kind {
         None => PluginKind::ALL.to_vec(),
@@ -398,21 +413,21 @@ pub fn plugins_help_with(
         let libs: &[_] = if k == PluginKind::Loss { libraries } else { &[] };
         if let Some(n) = name {
             if let Some(lib) = libs.iter().find(|l| l.name() == n) {
-                s.push_str(&crate::schema::describe_library(lib, true));
+                s.push_str(&kdx_framework::schema::describe_library(lib, true));
                 continue;
             }
             let mut names: Vec<&str> = registry::names(k);
             names.extend(libs.iter().map(|l| l.name()));
             let r = regs.iter().find(|r| r.name == n).with_context(|| format!("no {k} plugin `{n}`; registered: {}", names.join(", ")))?;
-            s.push_str(&crate::schema::describe(r, true));
+            s.push_str(&kdx_framework::schema::describe(r, true));
             continue;
         }
         s.push_str(&format!("{} plugins:\n", k));
         for r in regs {
-            s.push_str(&crate::schema::describe(r, false));
+            s.push_str(&kdx_framework::schema::describe(r, false));
         }
         for lib in libs {
-            s.push_str(&crate::schema::describe_library(lib, false));
+            s.push_str(&kdx_framework::schema::describe_library(lib, false));
         }
         s.push('\n');
     }
@@ -420,7 +435,7 @@ pub fn plugins_help_with(
 }
 
 fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Result<()> {
-    let (model, card) = crate::export::load(&run_dir.join(which))?;
+    let (model, card) = kdx_framework::export::load(&run_dir.join(which))?;
     let input: Box<dyn BufRead> = match file {
         Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?)),
         None => Box::new(std::io::BufReader::new(std::io::stdin())),
@@ -429,7 +444,7 @@ fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Resu
     let mut out = std::io::BufWriter::new(stdout.lock());
     let lines: Vec<String> = input.lines().collect::<std::io::Result<_>>()?;
     for chunk in lines.chunks(512) {
-        let bags = crate::features::Bags::build(model.featurizer(), chunk.iter().map(String::as_str).collect::<Vec<_>>());
+        let bags = kdx_framework::features::Bags::build(model.featurizer(), chunk.iter().map(String::as_str).collect::<Vec<_>>());
         let o = model.forward(&bags)?;
         for z in o.logits.chunks(o.classes) {
             let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -498,7 +513,7 @@ fn read_eval_rows(data: &Path, split: Option<&str>) -> Result<Vec<EvalRow>> {
 }
 
 fn eval(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_out: Option<&Path>) -> Result<()> {
-    let (model, card) = crate::export::load(&run_dir.join(which))?;
+    let (model, card) = kdx_framework::export::load(&run_dir.join(which))?;
     let data_rows = read_eval_rows(data, split)?;
     let mut langs: Vec<String> = Vec::new();
     let mut texts = Vec::new();
@@ -523,7 +538,7 @@ fn eval(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_out: 
         let shown: Vec<&str> = unknown_labels.iter().take(8).copied().collect();
         eprintln!("note: labels this model does not predict are not scored: {}", shown.join(", "));
     }
-    let mut bags = crate::features::Bags::build(model.featurizer(), texts);
+    let mut bags = kdx_framework::features::Bags::build(model.featurizer(), texts);
     // Models that route by language read it; a language the model was not trained on gets
     // index 0 (its rows are scored all the same).
     bags.langs = data_rows.iter().map(|r| card.languages.iter().position(|l| *l == r.lang).unwrap_or(0) as u32).collect();
@@ -554,7 +569,7 @@ fn eval(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_out: 
         }
         let mut out: Vec<Row> = rows.iter().filter(|r| r.3).map(|r| Row { lang: &r.0, examples: r.1, accuracy: r.2 }).collect();
         out.push(Row { lang: "macro", examples: known.iter().map(|r| r.1).sum(), accuracy: macro_acc });
-        crate::report::write_csv(p, &out)?;
+        kdx_framework::report::write_csv(p, &out)?;
     }
     Ok(())
 }

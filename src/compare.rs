@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::plot::{self, RunCsvs, SweepPoint};
-use crate::report::{read_csv, RunRow};
+use kdx_framework::event::RunStatus;
+use kdx_framework::report::{read_csv, RunRow};
 
 /// Arguments of `kdx report`.
 #[derive(clap::Args, Debug, Clone)]
@@ -99,7 +100,7 @@ pub fn table(runs: &[FoundRun]) -> String {
     ));
     for r in runs {
         let x = &r.row;
-        if x.status != "ok" {
+        if x.status != RunStatus::Ok {
             let err: String = x.error.lines().next().unwrap_or_default().chars().take(110).collect();
             s.push_str(&format!("{:<w$}  {:<11} {err}\n", name(r), x.status));
             continue;
@@ -177,7 +178,7 @@ pub fn csv(runs: &[FoundRun]) -> Result<String> {
             w.serialize(CsvRow {
                 experiment: &x.experiment,
                 run: &x.run,
-                status: &x.status,
+                status: x.status.as_str(),
                 lang: &l.lang,
                 train_size: Some(l.train_size),
                 teacher_acc: Some(l.teacher_acc),
@@ -186,11 +187,11 @@ pub fn csv(runs: &[FoundRun]) -> Result<String> {
                 kd_gain: l.kd_gain,
             })?;
         }
-        let ok = x.status == "ok";
+        let ok = x.status == RunStatus::Ok;
         w.serialize(CsvRow {
             experiment: &x.experiment,
             run: &x.run,
-            status: &x.status,
+            status: x.status.as_str(),
             lang: "macro",
             train_size: None,
             teacher_acc: ok.then_some(x.teacher_macro_acc),
@@ -208,7 +209,7 @@ pub fn csv(runs: &[FoundRun]) -> Result<String> {
 pub fn write_plots(runs: &[FoundRun], out: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let mut sweeps: BTreeMap<&str, Vec<SweepPoint>> = BTreeMap::new();
-    for r in runs.iter().filter(|r| r.row.status == "ok") {
+    for r in runs.iter().filter(|r| r.row.status == RunStatus::Ok) {
         let x = &r.row;
         let dir = out.join(&x.experiment).join(&x.run);
         let title = format!("{}/{}", x.experiment, x.run);

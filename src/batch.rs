@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use fs2::FileExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use kdx_framework::engine::lock_run;
+use kdx_framework::event::{Event, RunStatus, TeacherSource};
+use kdx_framework::plan::Plan;
+use kdx_framework::report::{read_csv, RunRow};
+use kdx_framework::stage::Stage;
 use kdx_recipe::RecipeDoc;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
-use crate::plan::Plan;
-use crate::report::{read_csv, RunRow};
 
 /// Arguments of `kdx batch`.
 #[derive(clap::Args, Debug, Clone)]
@@ -91,7 +92,7 @@ pub fn hash_mod(hash: &str, n: u64) -> u64 {
 }
 
 fn sha_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    kdx_fsio::sha256_hex(s.as_bytes())
 }
 
 /// One run of a batch: a recipe and, for a sweep, one point of its grid.
@@ -114,7 +115,7 @@ pub struct BatchRun {
     /// Runs with the same key train the same teacher (which the first one caches).
     teacher_key: String,
     /// Stages in the order they run, with their steps.
-    stages: Vec<(String, u64)>,
+    stages: Vec<(Stage, u64)>,
 }
 
 impl BatchRun {
@@ -168,11 +169,41 @@ fn render_value(v: &toml::Value) -> String {
     }
 }
 
+/// Recipe files under `paths` (directories recursively, `*.toml`, hidden files skipped, sorted).
+pub fn find_recipes(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut stack = vec![p.clone()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+                    let path = e?.path();
+                    // Hidden files and directories (editor swap files, `.cache`) are not recipes.
+                    if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                        continue;
+                    }
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if path.extension().is_some_and(|x| x == "toml") {
+                        out.push(path);
+                    }
+                }
+            }
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            anyhow::bail!("{}: no such file or directory", p.display());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Finds the recipes under `paths` and expands them into runs. A recipe that fails to load
 /// or validate becomes runs with a `problem`, never an error of the whole batch.
 pub fn discover(paths: &[PathBuf]) -> Result<Vec<BatchRun>> {
     let mut out = Vec::new();
-    for file in crate::cli::find_recipes(paths)? {
+    for file in find_recipes(paths)? {
         let key = recipe_key(&file);
         let runs = match RecipeDoc::load(&file).and_then(|doc| doc.expand_sweep().map(|runs| (doc, runs))) {
             Ok((_, runs)) => runs,
@@ -188,22 +219,18 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<BatchRun>> {
             let params = r.settings.iter().map(|(k, v)| format!("{k}={}", render_value(v))).collect::<Vec<_>>().join(";");
             let experiment =
                 r.doc.root().get("experiment").and_then(|e| e.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_string();
-            match Plan::from_doc(r.doc, &name) {
-                Ok(plan) => {
-                    let teacher_key = sha_hex(&format!(
-                        "{}\0{}\0{}\0{}",
-                        plan.data_section,
-                        plan.teacher.section,
-                        toml::to_string(&plan.teacher_train).unwrap_or_default(),
-                        plan.experiment.seed
-                    ));
-                    let mut stages: Vec<(String, u64)> = plan.teacher_train.iter().map(|t| ("teacher".to_string(), t.steps)).collect();
-                    stages.push(("distill".to_string(), plan.train.steps));
+            let planned = Plan::from_doc(r.doc, &name)
+                .map_err(|d| d.to_string())
+                .and_then(|plan| plan.teacher_key().map(|k| (plan, k)).map_err(|e| format!("{e:#}")));
+            match planned {
+                Ok((plan, teacher_key)) => {
+                    let mut stages: Vec<(Stage, u64)> = plan.teacher_train.iter().map(|t| (Stage::Teacher, t.steps)).collect();
+                    stages.push((Stage::Distill, plan.train.steps));
                     if let Some(ft) = &plan.finetune {
-                        stages.push(("finetune".to_string(), ft.steps));
+                        stages.push((Stage::Finetune, ft.steps));
                     }
                     if plan.train.baseline {
-                        stages.push(("baseline".to_string(), plan.train.steps));
+                        stages.push((Stage::Baseline, plan.train.steps));
                     }
                     out.push(BatchRun {
                         recipe: file.clone(),
@@ -218,7 +245,7 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<BatchRun>> {
                     });
                 }
                 Err(d) => {
-                    let mut b = BatchRun::invalid(&file, &key, experiment, name, hash, d.to_string());
+                    let mut b = BatchRun::invalid(&file, &key, experiment, name, hash, d);
                     b.params = params;
                     out.push(b);
                 }
@@ -244,9 +271,10 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<BatchRun>> {
     Ok(out)
 }
 
-/// Loads one run of a recipe (`run` for a recipe without a sweep), for `kdx run --only`.
-/// Other members of the sweep are not validated.
-pub fn load_run(recipe: &Path, name: &str) -> Result<Plan> {
+/// Loads one run of a recipe (`run` for a recipe without a sweep), for `kdx run --only`,
+/// with the plugin libraries `libraries` (`--plugin`). Other members of the sweep are not
+/// validated.
+pub fn load_run(recipe: &Path, name: &str, libraries: &[PathBuf]) -> Result<Plan> {
     let doc = RecipeDoc::load(recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
     let runs = doc.expand_sweep().map_err(|d| anyhow::anyhow!("{d}"))?;
     let names: Vec<String> = runs.iter().map(|r| if r.name.is_empty() { "run".to_string() } else { r.name.clone() }).collect();
@@ -255,7 +283,7 @@ pub fn load_run(recipe: &Path, name: &str) -> Result<Plan> {
         .position(|n| n == name)
         .with_context(|| format!("{}: no run `{name}`; its runs are: {}", recipe.display(), names.join(", ")))?;
     let run = runs.into_iter().nth(i).context("run vanished")?;
-    Plan::from_doc(run.doc, &names[i]).map_err(|d| anyhow::anyhow!("{d}"))
+    Plan::from_doc_with_libraries(run.doc, &names[i], libraries).map_err(|d| anyhow::anyhow!("{d}"))
 }
 
 /// What a batch does with a run.
@@ -299,17 +327,54 @@ pub fn decide(run: &BatchRun, results: &Path, force: bool) -> Action {
     let dir = run.dir(results);
     let report = run_report(&dir);
     if let Some(r) = &report {
-        if r.status == "ok" && r.hash == run.hash {
+        if r.status == RunStatus::Ok && r.hash == run.hash {
             return Action::Skip("up to date".into());
         }
     }
     // A failed run starts again from scratch (its checkpoints may hold the divergence).
-    let failed = report.as_ref().is_some_and(|r| r.status == "failed");
+    let failed = report.as_ref().is_some_and(|r| r.status == RunStatus::Failed);
     let recorded = report.map(|r| r.hash).or_else(|| started_hash(&dir));
     if !failed && recorded.as_deref() == Some(run.hash.as_str()) && has_checkpoints(&dir) {
         Action::Resume
     } else {
         Action::Run
+    }
+}
+
+/// What became of a run in a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It ran to its end.
+    Ok,
+    /// It failed (or its recipe is invalid).
+    #[default]
+    Failed,
+    /// It was stopped; the next batch resumes it.
+    Interrupted,
+    /// Not run: its results are there already, or another batch is running it.
+    Skipped,
+}
+
+impl Outcome {
+    /// The word in `summary.csv` and the result lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+impl From<RunStatus> for Outcome {
+    fn from(s: RunStatus) -> Outcome {
+        match s {
+            RunStatus::Ok => Outcome::Ok,
+            RunStatus::Failed => Outcome::Failed,
+            RunStatus::Interrupted => Outcome::Interrupted,
+        }
     }
 }
 
@@ -325,7 +390,7 @@ pub struct SummaryRow {
     /// Hash of the resolved recipe of the run.
     pub hash: String,
     /// `ok`, `failed`, `interrupted` or `skipped` (results already there for this hash).
-    pub status: String,
+    pub status: Outcome,
     /// The error (for an invalid recipe, its diagnostics).
     pub error: String,
     /// The swept settings, `key=value;…`.
@@ -346,16 +411,20 @@ pub struct SummaryRow {
     pub compression: Option<f64>,
     /// Wall time of the run in this batch (for a skipped run, of the run that made the results).
     pub wall_s: f64,
+    /// Where the run's teacher came from, as its `teacher_ready` event said: `trained`,
+    /// `cache` or `precomputed` (empty when the run did not get that far in this batch).
+    #[serde(default)]
+    pub teacher: String,
 }
 
 impl SummaryRow {
-    fn new(run: &BatchRun, status: &str, error: String) -> SummaryRow {
+    fn new(run: &BatchRun, status: Outcome, error: String) -> SummaryRow {
         SummaryRow {
             recipe: run.recipe_key.clone(),
             experiment: run.experiment.clone(),
             run: run.run.clone(),
             hash: run.hash.clone(),
-            status: status.into(),
+            status,
             error,
             params: run.params.clone(),
             ..Default::default()
@@ -363,7 +432,7 @@ impl SummaryRow {
     }
 
     fn with_report(mut self, r: &RunRow) -> SummaryRow {
-        if r.status == "ok" {
+        if r.status == RunStatus::Ok {
             self.teacher_acc = Some(r.teacher_macro_acc);
             self.student_acc = Some(r.student_macro_acc);
             self.baseline_acc = r.baseline_macro_acc;
@@ -426,32 +495,9 @@ pub fn update_summary(results: &Path, rows: &[SummaryRow]) -> Result<()> {
             None => all.push(r.clone()),
         }
     }
-    let result = crate::report::write_csv(&summary_path(results), &all);
+    let result = kdx_framework::report::write_csv(&summary_path(results), &all);
     let _ = FileExt::unlock(&lock);
     result
-}
-
-/// Takes the OS lock of a run (held while the file stays open), or `None` when another
-/// process holds it.
-fn try_lock_run(dir: &Path) -> Result<Option<File>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let p = dir.join(".lock");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("opening {}", p.display()))?;
-    match FileExt::try_lock_exclusive(&f) {
-        Ok(()) => {
-            // For people looking at a stuck run: who holds it.
-            let _ = f.set_len(0).and_then(|_| writeln!(f, "{}", std::process::id()));
-            Ok(Some(f))
-        }
-        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() || e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("locking {}", p.display())),
-    }
 }
 
 /// Whether another process holds the run's lock (without creating anything).
@@ -463,20 +509,9 @@ fn lock_held(dir: &Path) -> bool {
     }
 }
 
-/// `kdx: [stage] step N/M loss L` (what `kdx run` logs when its stderr is not a terminal)
-/// → (stage, N, M, L).
-pub fn parse_progress(line: &str) -> Option<(String, u64, u64, f64)> {
-    let rest = line.strip_prefix("kdx: [")?;
-    let (stage, rest) = rest.split_once("] step ")?;
-    let (nm, rest) = rest.split_once(' ')?;
-    let (n, m) = nm.split_once('/')?;
-    let loss = rest.strip_prefix("loss ")?.trim();
-    Some((stage.to_string(), n.parse().ok()?, m.parse().ok()?, loss.parse().unwrap_or(f64::NAN)))
-}
-
 static STOP: AtomicBool = AtomicBool::new(false);
 
-/// A run in progress: its child process and what its log said so far.
+/// A run in progress: its child process and what its events said so far.
 struct Job {
     idx: usize,
     child: Child,
@@ -484,32 +519,38 @@ struct Job {
     started: Instant,
     resumed: bool,
     bar: Option<ProgressBar>,
-    /// Stage → (offset, steps) within the whole run.
-    stages: Vec<(String, u64)>,
+    /// Stages in run order with their steps.
+    stages: Vec<(Stage, u64)>,
     /// Steps already counted on the overall bar.
     counted: u64,
-    /// Until the teacher is trained (and cached) or loaded from the cache.
+    /// Until the child's `teacher_ready` event: it may be training the teacher.
     in_teacher: bool,
-    /// When the teacher's last step was logged (its weights are written just after).
-    teacher_end: Option<Instant>,
+    /// Where the teacher came from (its `teacher_ready` event).
+    teacher: Option<TeacherSource>,
+    /// The child's `run_finished` event: its status and error.
+    finished: Option<(RunStatus, Option<String>)>,
+    /// The last lines of its stderr (why it died, when it ends without `run_finished`).
     tail: VecDeque<String>,
+    /// The threads reading its stdout and stderr: joined once it exits, so that everything
+    /// it said is observed before its outcome is decided.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Job {
     /// Whether a run with the same teacher should wait for this one to cache it.
     fn training_teacher(&self) -> bool {
-        self.in_teacher && self.teacher_end.is_none_or(|t| t.elapsed() <= Duration::from_secs(1))
+        self.in_teacher
     }
 
     fn total(&self) -> u64 {
         self.stages.iter().map(|s| s.1).sum()
     }
 
-    fn position(&self, stage: &str, step: u64) -> u64 {
+    fn position(&self, stage: Stage, step: u64) -> u64 {
         let mut off = 0;
-        for (name, n) in &self.stages {
+        for &(name, n) in &self.stages {
             if name == stage {
-                return off + step.min(*n);
+                return off + step.min(n);
             }
             off += n;
         }
@@ -625,23 +666,23 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
     }
 
     // Rows known without running anything: invalid recipes and finished runs.
-    let mut counts: HashMap<&'static str, usize> = HashMap::new();
+    let mut counts: HashMap<Outcome, usize> = HashMap::new();
     let mut early = Vec::new();
     let mut pending: VecDeque<usize> = VecDeque::new();
     for (i, (r, a)) in runs.iter().zip(&actions).enumerate() {
         match a {
             Action::Invalid => {
-                early.push(SummaryRow::new(r, "failed", r.problem.clone().unwrap_or_default()));
-                *counts.entry("failed").or_default() += 1;
+                early.push(SummaryRow::new(r, Outcome::Failed, r.problem.clone().unwrap_or_default()));
+                *counts.entry(Outcome::Failed).or_default() += 1;
                 println!("{:<11} {}  invalid recipe: {}", "failed", r.label(), first_line(r.problem.as_deref().unwrap_or_default()));
             }
             Action::Skip(why) => {
-                let mut row = SummaryRow::new(r, "skipped", why.clone());
+                let mut row = SummaryRow::new(r, Outcome::Skipped, why.clone());
                 if let Some(rep) = run_report(&r.dir(&args.results)) {
                     row = row.with_report(&rep);
                 }
                 early.push(row);
-                *counts.entry("skipped").or_default() += 1;
+                *counts.entry(Outcome::Skipped).or_default() += 1;
                 println!("{:<11} {}  {why}", "skipped", r.label());
             }
             Action::Run | Action::Resume => pending.push_back(i),
@@ -666,7 +707,7 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("locating the kdx executable")?;
     let console =
         Console::new(std::io::stderr().is_terminal() && !pending.is_empty(), pending.iter().map(|&i| runs[i].total_steps()).sum());
-    let (tx, rx) = mpsc::channel::<(usize, String)>();
+    let (tx, rx) = mpsc::channel::<(usize, Said)>();
     let mut running: Vec<Job> = Vec::new();
     let mut done_runs = 0usize;
     let to_run = pending.len();
@@ -691,9 +732,9 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
             let idx = pending.remove(pos).unwrap_or_default();
             let r = &runs[idx];
             let dir = r.dir(&args.results);
-            let Some(lock) = try_lock_run(&dir)? else {
+            let Some(lock) = lock_run(&dir)? else {
                 console.result(&format!("{:<11} {}  running in another batch process", "skipped", r.label()));
-                *counts.entry("skipped").or_default() += 1;
+                *counts.entry(Outcome::Skipped).or_default() += 1;
                 finish_steps(&console, r.total_steps(), 0);
                 done_runs += 1;
                 set_overall_msg(done_runs);
@@ -702,21 +743,21 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
             // Another batch may have finished it while we were deciding.
             let action = decide(r, &args.results, args.force);
             if let Action::Skip(why) = &action {
-                let mut row = SummaryRow::new(r, "skipped", why.clone());
+                let mut row = SummaryRow::new(r, Outcome::Skipped, why.clone());
                 if let Some(rep) = run_report(&dir) {
                     row = row.with_report(&rep);
                 }
                 update_summary(&args.results, &[row])?;
                 console.result(&format!("{:<11} {}  {why}", "skipped", r.label()));
-                *counts.entry("skipped").or_default() += 1;
+                *counts.entry(Outcome::Skipped).or_default() += 1;
                 finish_steps(&console, r.total_steps(), 0);
                 done_runs += 1;
                 set_overall_msg(done_runs);
                 continue;
             }
             let resume = action == Action::Resume;
-            match spawn(&exe, r, &args.results, threads, resume, &dir, idx, tx.clone()) {
-                Ok(child) => {
+            match spawn(&exe, r, &args.results, threads, resume, &dir, idx, &lock, tx.clone()) {
+                Ok((child, readers)) => {
                     let bar = console.job_bar(&r.label(), r.total_steps());
                     if console.multi.is_none() {
                         console.log(&format!("{} {} ({})", if resume { "resuming" } else { "starting" }, r.label(), r.recipe_key));
@@ -731,15 +772,17 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
                         stages: r.stages.clone(),
                         counted: 0,
                         in_teacher: true,
-                        teacher_end: None,
+                        teacher: None,
+                        finished: None,
                         tail: VecDeque::new(),
+                        readers,
                     });
                 }
                 Err(e) => {
-                    let row = SummaryRow::new(r, "failed", format!("could not start kdx run: {e:#}"));
+                    let row = SummaryRow::new(r, Outcome::Failed, format!("could not start kdx run: {e:#}"));
                     update_summary(&args.results, &[row])?;
                     console.result(&format!("{:<11} {}  could not start: {e:#}", "failed", r.label()));
-                    *counts.entry("failed").or_default() += 1;
+                    *counts.entry(Outcome::Failed).or_default() += 1;
                     done_runs += 1;
                 }
             }
@@ -752,7 +795,7 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
         let deadline = Instant::now() + Duration::from_millis(100);
         while let Ok((idx, line)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             if let Some(job) = running.iter_mut().find(|j| j.idx == idx) {
-                observe(job, &line, &console);
+                observe(job, line, &console);
             }
         }
 
@@ -769,12 +812,15 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
                 continue;
             };
             let mut job = running.swap_remove(i);
+            for reader in job.readers.drain(..) {
+                let _ = reader.join();
+            }
             // The log lines still in the pipe (the last ones say why a run failed).
             while let Ok((idx, line)) = rx.try_recv() {
                 if let Some(j) = running.iter_mut().find(|j| j.idx == idx) {
-                    observe(j, &line, &console);
+                    observe(j, line, &console);
                 } else if idx == job.idx {
-                    observe(&mut job, &line, &console);
+                    observe(&mut job, line, &console);
                 }
             }
             let r = &runs[job.idx];
@@ -789,7 +835,7 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
             }
             finish_steps(&console, job.total(), job.counted);
             console.result(&result_line(r, &row, job.resumed));
-            *counts.entry(static_status(&row.status)).or_default() += 1;
+            *counts.entry(row.status).or_default() += 1;
             done_runs += 1;
             set_overall_msg(done_runs);
             drop(job);
@@ -798,15 +844,15 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
     if let Some(o) = &console.overall {
         o.finish_and_clear();
     }
-    let c = |k: &str| counts.get(k).copied().unwrap_or(0);
+    let c = |k: Outcome| counts.get(&k).copied().unwrap_or(0);
     let interrupted = STOP.load(Ordering::SeqCst);
     println!(
         "batch: {} run(s) — {} ok, {} failed, {} interrupted, {} skipped{}{}; summary in {} ({:.1}s)",
         runs.len(),
-        c("ok"),
-        c("failed"),
-        c("interrupted"),
-        c("skipped"),
+        c(Outcome::Ok),
+        c(Outcome::Failed),
+        c(Outcome::Interrupted),
+        c(Outcome::Skipped),
         if interrupted && !pending.is_empty() { format!(", {} not started", pending.len()) } else { String::new() },
         match args.shard {
             Some(s) => format!(" (shard {}/{}; {elsewhere} in other shards)", s.index, s.count),
@@ -817,7 +863,7 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
     );
     Ok(if interrupted {
         ExitCode::from(130)
-    } else if c("failed") > 0 {
+    } else if c(Outcome::Failed) > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -828,23 +874,20 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
 
-fn static_status(s: &str) -> &'static str {
-    match s {
-        "ok" => "ok",
-        "interrupted" => "interrupted",
-        "skipped" => "skipped",
-        _ => "failed",
-    }
-}
-
 fn finish_steps(console: &Console, total: u64, counted: u64) {
     if let Some(o) = &console.overall {
         o.inc(total.saturating_sub(counted));
     }
 }
 
-/// Starts `kdx run` for one run; its stdout and stderr go to `batch.log` in the run directory,
-/// and its stderr lines also come back through `tx` (for progress and error messages).
+/// What a child said: an event on its stdout, or a line of its stderr.
+enum Said {
+    Event(Event),
+    Line(String),
+}
+
+/// Starts `kdx run --events jsonl` for one run. Its events (stdout) and its log (stderr)
+/// come back through `tx`; both also go to `batch.log` in the run directory.
 #[allow(clippy::too_many_arguments)]
 fn spawn(
     exe: &Path,
@@ -854,8 +897,9 @@ fn spawn(
     resume: bool,
     dir: &Path,
     idx: usize,
-    tx: mpsc::Sender<(usize, String)>,
-) -> Result<Child> {
+    lock: &File,
+    tx: mpsc::Sender<(usize, Said)>,
+) -> Result<(Child, Vec<std::thread::JoinHandle<()>>)> {
     // A stale report must not be mistaken for this run's if the child dies without one.
     let _ = std::fs::remove_file(dir.join("run.csv"));
     let log_path = dir.join("batch.log");
@@ -863,6 +907,7 @@ fn spawn(
         OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = Command::new(exe);
     cmd.arg("run").arg(&r.recipe).arg("--only").arg(&r.run).arg("--results").arg(results).arg("--threads").arg(threads.to_string());
+    cmd.arg("--events").arg("jsonl");
     if resume {
         cmd.arg("--resume");
     }
@@ -875,61 +920,147 @@ fn spawn(
         r.label(),
         cmd
     )?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    hand_over(&mut cmd, lock);
     let mut child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
+    let stdout = child.stdout.take().context("no stdout pipe")?;
     let stderr = child.stderr.take().context("no stderr pipe")?;
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+    let (events_log, events_tx) = (log.clone(), tx.clone());
+    let events = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            let _ = writeln!(log, "{line}");
-            if tx.send((idx, line)).is_err() {
+            if let Ok(mut f) = events_log.lock() {
+                let _ = writeln!(f, "event: {line}");
+            }
+            // A line that is not an event (a plugin printing to stdout) is kept as log.
+            let said = match serde_json::from_str::<Event>(&line) {
+                Ok(e) => Said::Event(e),
+                Err(_) => Said::Line(line),
+            };
+            if events_tx.send((idx, said)).is_err() {
                 break;
             }
         }
     });
-    Ok(child)
+    let logs = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut f) = log.lock() {
+                let _ = writeln!(f, "{line}");
+            }
+            if tx.send((idx, Said::Line(line))).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((child, vec![events, logs]))
 }
 
-/// Updates a job from one line of its log.
-fn observe(job: &mut Job, line: &str, console: &Console) {
-    if job.tail.len() == 6 {
-        job.tail.pop_front();
-    }
-    job.tail.push_back(line.to_string());
-    if line.contains("teacher: loaded from cache") {
-        job.in_teacher = false;
-        // The teacher's steps will not run: take them out of both bars.
-        if let Some(t) = job.stages.iter_mut().find(|s| s.0 == "teacher") {
-            if let Some(o) = &console.overall {
-                o.set_length(o.length().unwrap_or(0).saturating_sub(t.1));
+/// The environment variable naming the run-lock descriptor a `kdx batch` child inherits.
+const LOCK_FD_VAR: &str = "KDX_RUN_LOCK_FD";
+
+/// Ties a child to the batch: the child inherits the run's lock (so the lock lives as long
+/// as the run, even if the batch is killed: a second batch never starts a run still
+/// running), it runs in its own process group (Ctrl-C reaches the batch, which stops it),
+/// and it is killed when the batch dies, even by SIGKILL (Linux's parent-death signal).
+#[cfg(unix)]
+fn hand_over(cmd: &mut Command, lock: &File) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = lock.as_raw_fd();
+    cmd.env(LOCK_FD_VAR, fd.to_string()).process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (fcntl, prctl) on values copied into it.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags == -1 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
+                return Err(std::io::Error::last_os_error());
             }
-            t.1 = 0;
+            #[cfg(target_os = "linux")]
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(unix))]
+fn hand_over(_: &mut Command, _: &File) {}
+
+/// The run lock a `kdx batch` child inherited for the run directory `dir`, if it did: the
+/// descriptor named by `KDX_RUN_LOCK_FD`, accepted only if it is that directory's `.lock`.
+#[cfg(unix)]
+pub fn inherited_run_lock(dir: &Path) -> Option<File> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let fd: i32 = std::env::var(LOCK_FD_VAR).ok()?.parse().ok()?;
+    // SAFETY: F_GETFD only asks whether `fd` is an open descriptor of this process.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return None;
+    }
+    // SAFETY: `fd` is open (checked above) and, by the protocol with `hand_over`, ours to own;
+    // if it is not the run's lock file it is closed below and nothing else uses it.
+    let f = unsafe { File::from_raw_fd(fd) };
+    let (held, want) = (f.metadata().ok()?, std::fs::metadata(dir.join(".lock")).ok()?);
+    (held.dev() == want.dev() && held.ino() == want.ino()).then_some(f)
+}
+
+#[cfg(not(unix))]
+pub fn inherited_run_lock(_: &Path) -> Option<File> {
+    None
+}
+
+/// Updates a job from what its child said.
+fn observe(job: &mut Job, said: Said, console: &Console) {
+    let event = match said {
+        Said::Line(line) => {
+            if job.tail.len() == 6 {
+                job.tail.pop_front();
+            }
+            job.tail.push_back(line);
+            return;
         }
-        if let Some(b) = &job.bar {
-            b.set_length(job.total().max(1));
+        Said::Event(e) => e,
+    };
+    match event {
+        Event::TeacherReady { source, .. } => {
+            job.in_teacher = false;
+            job.teacher = Some(source);
+            if source != TeacherSource::Trained {
+                // The teacher's steps will not run: take them out of both bars.
+                if let Some(t) = job.stages.iter_mut().find(|s| s.0 == Stage::Teacher) {
+                    if let Some(o) = &console.overall {
+                        o.set_length(o.length().unwrap_or(0).saturating_sub(t.1));
+                    }
+                    t.1 = 0;
+                }
+                if let Some(b) = &job.bar {
+                    b.set_length(job.total().max(1));
+                }
+            }
         }
-        return;
-    }
-    let Some((stage, n, m, loss)) = parse_progress(line) else { return };
-    if stage != "teacher" {
-        job.in_teacher = false;
-    } else if n >= m && job.teacher_end.is_none() {
-        job.teacher_end = Some(Instant::now());
-    }
-    if let Some(s) = job.stages.iter_mut().find(|s| s.0 == stage) {
-        s.1 = m;
-    }
-    let pos = job.position(&stage, n);
-    if let Some(b) = &job.bar {
-        b.set_length(job.total().max(1));
-        b.set_position(pos);
-        b.set_message(format!("{stage} {n}/{m} loss {loss:.4}"));
-    }
-    if pos > job.counted {
-        if let Some(o) = &console.overall {
-            o.inc(pos - job.counted);
+        Event::Step { stage, step, steps, loss } => {
+            if let Some(s) = job.stages.iter_mut().find(|s| s.0 == stage) {
+                s.1 = steps;
+            }
+            let pos = job.position(stage, step);
+            if let Some(b) = &job.bar {
+                b.set_length(job.total().max(1));
+                b.set_position(pos);
+                b.set_message(format!("{stage} {step}/{steps} loss {loss:.4}"));
+            }
+            if pos > job.counted {
+                if let Some(o) = &console.overall {
+                    o.inc(pos - job.counted);
+                }
+                job.counted = pos;
+            }
         }
-        job.counted = pos;
+        Event::RunFinished { status, error, .. } => job.finished = Some((status, error)),
+        _ => {}
     }
 }
 
@@ -947,32 +1078,41 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// The summary row of a finished child.
+/// The summary row of a finished child: its status from its `run_finished` event, its
+/// figures from its `run.csv`.
 fn outcome(r: &BatchRun, results: &Path, job: &Job, status: ExitStatus, stopping: bool) -> SummaryRow {
     let wall = job.started.elapsed().as_secs_f64();
     let report = run_report(&r.dir(results)).filter(|x| x.hash == r.hash);
-    let mut row = match &report {
-        Some(rep) if !(stopping && rep.status != "ok") => {
-            SummaryRow::new(r, static_status(&rep.status), rep.error.clone()).with_report(rep)
+    let mut row = match (&job.finished, &report) {
+        (Some((s, _)), _) if stopping && *s != RunStatus::Ok => {
+            SummaryRow::new(r, Outcome::Interrupted, "stopped by the batch; the next batch resumes it".into())
         }
-        _ if stopping => SummaryRow::new(r, "interrupted", "stopped by the batch; the next batch resumes it".into()),
-        _ => {
+        (Some((s, error)), report) => {
+            let row = SummaryRow::new(r, Outcome::from(*s), error.clone().unwrap_or_default());
+            match report {
+                Some(rep) => row.with_report(rep),
+                None => row,
+            }
+        }
+        (None, _) if stopping => SummaryRow::new(r, Outcome::Interrupted, "stopped by the batch; the next batch resumes it".into()),
+        (None, _) => {
             let tail: Vec<&str> = job.tail.iter().map(String::as_str).collect();
             SummaryRow::new(
                 r,
-                "failed",
-                format!("kdx run {} without writing run.csv; its last lines: {}", describe(status), tail.join(" | ")),
+                Outcome::Failed,
+                format!("kdx run {} before it finished; its last lines: {}", describe(status), tail.join(" | ")),
             )
         }
     };
+    row.teacher = job.teacher.map(|t| t.as_str().to_string()).unwrap_or_default();
     row.wall_s = wall;
     row
 }
 
 fn result_line(r: &BatchRun, row: &SummaryRow, resumed: bool) -> String {
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
-    match row.status.as_str() {
-        "ok" => format!(
+    match row.status {
+        Outcome::Ok => format!(
             "{:<11} {}  teacher {}  student {}  baseline {}  KD gain {}  worst {} {}  {:.1}×  {:.1}s{}",
             "ok",
             r.label(),
@@ -986,7 +1126,7 @@ fn result_line(r: &BatchRun, row: &SummaryRow, resumed: bool) -> String {
             row.wall_s,
             if resumed { " (resumed)" } else { "" }
         ),
-        s => format!("{s:<11} {}  {}", r.label(), first_line(&row.error)),
+        s => format!("{:<11} {}  {}", s.as_str(), r.label(), first_line(&row.error)),
     }
 }
 
@@ -1016,23 +1156,12 @@ mod tests {
     }
 
     #[test]
-    fn progress_lines_parse() {
-        assert_eq!(parse_progress("kdx: [distill] step 40/120 loss 0.5123"), Some(("distill".into(), 40, 120, 0.5123)));
-        assert_eq!(parse_progress("kdx: [teacher] step 300: dev macro accuracy 0.9"), None);
-        assert_eq!(parse_progress("kdx: task: 6 languages"), None);
-    }
-
-    #[test]
     fn summary_rows_are_replaced_by_recipe_and_run() {
         let tmp = tempfile::tempdir().unwrap();
-        let row = |recipe: &str, run: &str, status: &str| SummaryRow {
-            recipe: recipe.into(),
-            run: run.into(),
-            status: status.into(),
-            ..Default::default()
-        };
-        update_summary(tmp.path(), &[row("a.toml", "run", "failed"), row("b.toml", "x=1", "ok")]).unwrap();
-        update_summary(tmp.path(), &[row("a.toml", "run", "ok"), row("b.toml", "x=2", "ok")]).unwrap();
+        let row =
+            |recipe: &str, run: &str, status: Outcome| SummaryRow { recipe: recipe.into(), run: run.into(), status, ..Default::default() };
+        update_summary(tmp.path(), &[row("a.toml", "run", Outcome::Failed), row("b.toml", "x=1", Outcome::Ok)]).unwrap();
+        update_summary(tmp.path(), &[row("a.toml", "run", Outcome::Ok), row("b.toml", "x=2", Outcome::Ok)]).unwrap();
         let all = read_summary(tmp.path()).unwrap();
         let got: Vec<(&str, &str, &str)> = all.iter().map(|r| (r.recipe.as_str(), r.run.as_str(), r.status.as_str())).collect();
         assert_eq!(got, vec![("a.toml", "run", "ok"), ("b.toml", "x=1", "ok"), ("b.toml", "x=2", "ok")]);
@@ -1041,10 +1170,10 @@ mod tests {
     #[test]
     fn a_run_lock_excludes_a_second_holder_until_released() {
         let tmp = tempfile::tempdir().unwrap();
-        let a = try_lock_run(tmp.path()).unwrap().expect("first lock");
-        assert!(try_lock_run(tmp.path()).unwrap().is_none(), "second open file description must not get the lock");
+        let a = lock_run(tmp.path()).unwrap().expect("first lock");
+        assert!(lock_run(tmp.path()).unwrap().is_none(), "second open file description must not get the lock");
         assert!(lock_held(tmp.path()));
         drop(a);
-        assert!(try_lock_run(tmp.path()).unwrap().is_some());
+        assert!(lock_run(tmp.path()).unwrap().is_some());
     }
 }

@@ -19,21 +19,22 @@
 //! [`SdkLoss`] adapts any [`kdx_sdk::Loss`] to the framework's [`Loss`] directly, so the same
 //! source also compiles in-tree ([`register_sdk_loss!`](crate::register_sdk_loss)).
 
-pub mod scaffold;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_char, c_void, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kdx_recipe::{Diagnostic, Diagnostics, KeyPath, RecipeDoc};
 pub use kdx_sdk;
-use kdx_sdk::abi::{self, PluginDescriptor, RawLossInput, RawLossOutput};
+use kdx_sdk::abi::{self, PluginDescriptor};
 
-use crate::loss::{Loss, LossInput, LossOutput};
-use crate::registry::{self, BuildCtx, PluginKind};
-use crate::sampler::LangStat;
+use crate::loss::Loss;
+use crate::registry::{self, PluginKind};
+
+mod dylib_loss;
+mod sdk_loss;
+pub use dylib_loss::DylibLoss;
+pub use sdk_loss::SdkLoss;
 
 /// The version of kdx this framework is; plugins must have been built for the same
 /// `major.minor`.
@@ -285,239 +286,6 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.split('-').all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
-}
-
-/// The framework's per-language statistics as the SDK's plain struct.
-pub fn sdk_stats(stats: &[LangStat]) -> Vec<kdx_sdk::LangStat> {
-    stats
-        .iter()
-        .map(|s| kdx_sdk::LangStat {
-            train_size: s.train_size as u64,
-            drawn: s.drawn,
-            student_loss: s.student_loss,
-            teacher_loss: s.teacher_loss,
-            dev_acc: s.dev_acc.unwrap_or(f64::NAN),
-            teacher_dev_acc: s.teacher_dev_acc.unwrap_or(f64::NAN),
-        })
-        .collect()
-}
-
-/// Views a framework loss input as an SDK one (`stats` from [`sdk_stats`]).
-pub fn sdk_input<'a>(x: &LossInput<'a>, stats: &'a [kdx_sdk::LangStat]) -> kdx_sdk::LossInput<'a> {
-    kdx_sdk::LossInput {
-        batch: x.batch,
-        classes: x.classes,
-        student_logits: x.student_logits,
-        student_hidden: x.student_hidden,
-        student_hidden_dim: x.student_hidden_dim,
-        teacher_logits: x.teacher_logits,
-        teacher_hidden: x.teacher_hidden,
-        teacher_hidden_dim: x.teacher_hidden_dim,
-        labels: x.labels,
-        langs: x.langs,
-        weights: x.weights,
-        step: x.step,
-        total_steps: x.total_steps,
-        stats,
-    }
-}
-
-/// A loss living in a plugin library; calls through the library's C functions.
-pub struct DylibLoss {
-    handle: *mut c_void,
-    flags: u32,
-    /// Set when the plugin panicked: it is not called again.
-    failed: Option<String>,
-    /// Languages of the last batch (sizes the language-state buffer).
-    n_langs: usize,
-    plugin: Arc<PluginLibrary>,
-    // Keeps the code behind `handle` loaded for as long as this loss lives.
-    _lib: Arc<libloading::Library>,
-}
-
-// SAFETY: the plugin's loss type is `Send` (`kdx_sdk::Loss: Send`), and the handle is used by
-// one thread at a time (`&mut self`).
-unsafe impl Send for DylibLoss {}
-
-impl DylibLoss {
-    /// The library the loss comes from.
-    pub fn library(&self) -> &Arc<PluginLibrary> {
-        &self.plugin
-    }
-
-    fn what(&self) -> String {
-        format!("loss plugin `{}` ({})", self.plugin.name, self.plugin.path.display())
-    }
-}
-
-impl Drop for DylibLoss {
-    fn drop(&mut self) {
-        // SAFETY: the handle came from this library's `create` and is destroyed once; the
-        // library is still loaded (`_lib` is dropped after this).
-        unsafe { (self.plugin.api.destroy)(self.handle) };
-    }
-}
-
-impl Loss for DylibLoss {
-    fn needs_teacher(&self) -> bool {
-        self.flags & abi::NEEDS_TEACHER != 0
-    }
-
-    fn needs_labels(&self) -> bool {
-        self.flags & abi::NEEDS_LABELS != 0
-    }
-
-    fn needs_teacher_hidden(&self) -> bool {
-        self.flags & abi::NEEDS_TEACHER_HIDDEN != 0
-    }
-
-    fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
-        if let Some(msg) = &self.failed {
-            anyhow::bail!("{} panicked earlier ({msg}) and is not called again", self.what());
-        }
-        let stats = sdk_stats(x.stats);
-        let sx = sdk_input(x, &stats);
-        sx.check().map_err(|e| anyhow::anyhow!("{}: bad input: {e}", self.what()))?;
-        let (b, c, h) = (x.batch, x.classes, x.student_hidden_dim);
-        let ptr = |s: Option<&[f32]>| s.map_or(std::ptr::null(), <[f32]>::as_ptr);
-        let raw = RawLossInput {
-            batch: b,
-            classes: c,
-            student_logits: x.student_logits.as_ptr(),
-            student_hidden: x.student_hidden.as_ptr(),
-            student_hidden_dim: h,
-            teacher_logits: ptr(x.teacher_logits),
-            teacher_hidden: ptr(x.teacher_hidden),
-            teacher_hidden_dim: x.teacher_hidden_dim,
-            labels: x.labels.map_or(std::ptr::null(), <[u32]>::as_ptr),
-            langs: x.langs.as_ptr(),
-            weights: x.weights.as_ptr(),
-            step: x.step,
-            total_steps: x.total_steps,
-            stats: stats.as_ptr(),
-            n_langs: stats.len(),
-        };
-        self.n_langs = stats.len();
-        let mut grad_logits = vec![0f32; b * c];
-        let mut grad_hidden = vec![0f32; b * h];
-        let mut out =
-            RawLossOutput { value: 0.0, has_grad_hidden: 0, grad_logits: grad_logits.as_mut_ptr(), grad_hidden: grad_hidden.as_mut_ptr() };
-        let mut err: *mut c_char = std::ptr::null_mut();
-        // SAFETY: every buffer is sized as `raw` says (checked above) and outlives the call.
-        let status = unsafe { (self.plugin.api.compute)(self.handle, &raw, &mut out, &mut err) };
-        match status {
-            abi::STATUS_OK => {
-                Ok(LossOutput { value: out.value, grad_logits, grad_hidden: (out.has_grad_hidden != 0).then_some(grad_hidden) })
-            }
-            abi::STATUS_PANIC => {
-                let msg = self.plugin.take_message(err);
-                self.failed = Some(msg.clone());
-                anyhow::bail!("{} panicked: {msg}", self.what())
-            }
-            _ => anyhow::bail!("{}: {}", self.what(), self.plugin.take_message(err)),
-        }
-    }
-
-    fn language_state(&self) -> Option<Vec<f32>> {
-        if self.failed.is_some() {
-            return None;
-        }
-        let mut cap = self.n_langs.max(64);
-        for _ in 0..2 {
-            let mut buf = vec![0f32; cap];
-            let mut len = 0usize;
-            let mut err: *mut c_char = std::ptr::null_mut();
-            // SAFETY: `buf` holds `cap` values.
-            let status = unsafe { (self.plugin.api.language_state)(self.handle, buf.as_mut_ptr(), cap, &mut len, &mut err) };
-            if status != abi::STATUS_OK {
-                let msg = self.plugin.take_message(err);
-                eprintln!("warning: {}: language state: {msg}", self.what());
-                return None;
-            }
-            if len == abi::NO_LANGUAGE_STATE {
-                return None;
-            }
-            if len <= cap {
-                buf.truncate(len);
-                return Some(buf);
-            }
-            cap = len;
-        }
-        None
-    }
-}
-
-/// Any [`kdx_sdk::Loss`] as a framework [`Loss`], called directly (no library, no C ABI):
-/// how the source of a plugin crate also compiles in-tree. A panic inside is caught and
-/// reported as an error, as it is for a dynamic library.
-pub struct SdkLoss<T: kdx_sdk::Loss> {
-    inner: T,
-    failed: Option<String>,
-}
-
-impl<T: kdx_sdk::Loss> SdkLoss<T> {
-    /// Wraps a loss.
-    pub fn new(inner: T) -> SdkLoss<T> {
-        SdkLoss { inner, failed: None }
-    }
-
-    /// Creates the loss from JSON parameters (an object), as a dynamic library would.
-    pub fn from_json(params_json: &str) -> anyhow::Result<SdkLoss<T>> {
-        let r = catch_unwind(AssertUnwindSafe(|| T::create(&kdx_sdk::Params::from_json(params_json))));
-        match r {
-            Ok(Ok(l)) => Ok(SdkLoss::new(l)),
-            Ok(Err(e)) => anyhow::bail!("{e}"),
-            Err(p) => anyhow::bail!("the loss panicked: {}", kdx_sdk::export::panic_message(&*p)),
-        }
-    }
-
-    /// The wrapped loss.
-    pub fn inner(&self) -> &T {
-        &self.inner
-    }
-
-    /// The registry's builder (used by [`register_sdk_loss!`](crate::register_sdk_loss)).
-    pub fn build(ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
-        let json = serde_json::to_string(&ctx.params).map_err(|e| ctx.error("", e.to_string()))?;
-        SdkLoss::<T>::from_json(&json).map(|l| Box::new(l) as Box<dyn Loss>).map_err(|e| ctx.error("", format!("{e:#}")))
-    }
-}
-
-impl<T: kdx_sdk::Loss> Loss for SdkLoss<T> {
-    fn needs_teacher(&self) -> bool {
-        self.inner.needs_teacher()
-    }
-
-    fn needs_labels(&self) -> bool {
-        self.inner.needs_labels()
-    }
-
-    fn needs_teacher_hidden(&self) -> bool {
-        self.inner.needs_teacher_hidden()
-    }
-
-    fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
-        if let Some(msg) = &self.failed {
-            anyhow::bail!("loss `{}` panicked earlier ({msg}) and is not called again", T::NAME);
-        }
-        let stats = sdk_stats(x.stats);
-        let sx = sdk_input(x, &stats);
-        sx.check().map_err(|e| anyhow::anyhow!("loss `{}`: bad input: {e}", T::NAME))?;
-        let out = match catch_unwind(AssertUnwindSafe(|| self.inner.compute(&sx))) {
-            Ok(r) => r.map_err(|e| anyhow::anyhow!("loss `{}`: {e}", T::NAME))?,
-            Err(p) => {
-                let msg = kdx_sdk::export::panic_message(&*p);
-                self.failed = Some(msg.clone());
-                anyhow::bail!("loss `{}` panicked: {msg}", T::NAME)
-            }
-        };
-        out.check(&sx).map_err(|e| anyhow::anyhow!("loss `{}`: {e}", T::NAME))?;
-        Ok(LossOutput { value: out.value, grad_logits: out.grad_logits, grad_hidden: out.grad_hidden })
-    }
-
-    fn language_state(&self) -> Option<Vec<f32>> {
-        self.inner.language_state()
-    }
 }
 
 /// The parameter schema of a loss written against the SDK: any table (the loss checks its

@@ -1,0 +1,214 @@
+//! The engine's side of the stage loop ([`StageHooks`]): dev evaluation, checkpoints, and
+//! the run's events to its [`Observer`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::metrics::{metric_rows, select_rows};
+use super::train::{LoopState, StageHooks};
+use super::{predict, Inputs, Interrupted, RunOptions};
+use crate::dataset::Task;
+use crate::event::{Event, Observer};
+use crate::model::{Model, Param};
+use crate::optim::Optimizer;
+use crate::report::{write_csv, MetricRow};
+use crate::sampler::LangStat;
+use crate::stage::Stage;
+use crate::store::{read_sealed, write_sealed, Metadata, TensorMap};
+
+/// Evaluation, checkpoints and events for the stages of one run.
+pub(super) struct Monitor<'o> {
+    /// The results root (the teacher cache lives under it).
+    pub results: PathBuf,
+    dir: PathBuf,
+    observer: &'o mut dyn Observer,
+    langs: Vec<String>,
+    classes: usize,
+    eval_fraction: f64,
+    /// Languages averaged into `macro` rows: those the student trains on.
+    pub in_macro: Vec<bool>,
+    /// The teacher's featurisation of the dev split (for its pre-training).
+    pub teacher_dev: Inputs,
+    /// The teacher's dev logits (for agreement columns while the student trains).
+    pub teacher_dev_logits: Option<Vec<f32>>,
+    /// The student's featurisation of the dev split.
+    pub student_dev: Inputs,
+    /// Every metric row so far, in order.
+    pub metrics: Vec<MetricRow>,
+    steps_run: u64,
+    interrupt_after: Option<u64>,
+    resume: bool,
+    /// Hash of the resolved recipe: a checkpoint is resumed only by the recipe that wrote it.
+    recipe_hash: String,
+}
+
+/// The loop state of a checkpoint, beside its tensors in the same file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CheckpointMeta {
+    state: LoopState,
+    metrics: Vec<MetricRow>,
+}
+
+/// The format tag of checkpoint files.
+const CHECKPOINT_FORMAT: &str = "kdx-checkpoint-1";
+
+impl<'o> Monitor<'o> {
+    /// A monitor for a run writing to `dir`.
+    pub fn new(
+        opts: &RunOptions,
+        dir: &Path,
+        task: &Task,
+        eval_fraction: f64,
+        recipe_hash: &str,
+        observer: &'o mut dyn Observer,
+    ) -> Monitor<'o> {
+        Monitor {
+            results: opts.results.clone(),
+            dir: dir.to_path_buf(),
+            observer,
+            langs: task.langs.clone(),
+            classes: task.labels.len(),
+            eval_fraction,
+            in_macro: task.train_sizes().iter().map(|&n| n > 0).collect(),
+            teacher_dev: Inputs::default(),
+            teacher_dev_logits: None,
+            student_dev: Inputs::default(),
+            metrics: Vec::new(),
+            steps_run: 0,
+            interrupt_after: opts.interrupt_after,
+            resume: opts.resume,
+            recipe_hash: recipe_hash.to_string(),
+        }
+    }
+
+    /// Sends an event to the observer.
+    pub fn emit(&mut self, e: Event) {
+        self.observer.event(&e);
+    }
+
+    /// A note for a person.
+    pub fn note(&mut self, message: impl Into<String>) {
+        self.emit(Event::Note { message: message.into() });
+    }
+
+    fn dev_subset(&self, inputs: &Inputs) -> Vec<usize> {
+        let stride = (1.0 / self.eval_fraction).round().max(1.0) as usize;
+        (0..inputs.labels.len()).step_by(stride).collect()
+    }
+
+    /// A stage's checkpoint: one file holding its tensors and loop state, written atomically
+    /// and sealed with a checksum, so weights and state are committed together or not at all.
+    fn checkpoint_path(&self, stage: Stage) -> PathBuf {
+        self.dir.join("checkpoints").join(format!("{}.safetensors", stage.name()))
+    }
+}
+
+impl StageHooks for Monitor<'_> {
+    fn evaluate(&mut self, stage: Stage, step: u64, model: &dyn Model, stats: &mut [LangStat], gates: Option<Vec<f32>>) -> Result<()> {
+        let inputs = if stage == Stage::Teacher { &self.teacher_dev } else { &self.student_dev };
+        if inputs.labels.is_empty() {
+            return Ok(());
+        }
+        let idx = self.dev_subset(inputs);
+        let sub = Inputs {
+            bags: inputs.bags.gather(&idx),
+            labels: idx.iter().map(|&i| inputs.labels[i]).collect(),
+            langs: idx.iter().map(|&i| inputs.langs[i]).collect(),
+        };
+        let logits = predict(model, &sub.bags)?.logits;
+        let t: Option<Vec<f32>> =
+            if stage == Stage::Teacher { None } else { self.teacher_dev_logits.as_ref().map(|t| select_rows(t, self.classes, &idx)) };
+        let mut rows = metric_rows(stage.name(), "dev", step, &logits, self.classes, &sub, t.as_deref(), &self.langs, &self.in_macro);
+        if let Some(g) = gates {
+            for (r, g) in rows.iter_mut().zip(g) {
+                r.gate = Some(g as f64);
+            }
+        }
+        for (s, r) in stats.iter_mut().zip(&rows) {
+            if r.examples > 0 {
+                s.dev_acc = r.acc;
+                s.teacher_dev_acc = r.teacher_acc.unwrap_or(f64::NAN);
+            }
+        }
+        if let Some(m) = rows.last() {
+            let macro_acc = m.acc;
+            self.emit(Event::Evaluated { stage, step, macro_acc });
+        }
+        self.metrics.extend(rows);
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, stage: Stage, params: &[(String, &Param)], opt: &Optimizer, state: &LoopState) -> Result<()> {
+        if stage == Stage::Teacher {
+            // The teacher is cached as a whole once trained; an interrupted pre-training restarts.
+            return Ok(());
+        }
+        let mut map = TensorMap::new();
+        for ((name, p), s) in params.iter().zip(&opt.state) {
+            map.insert(format!("param/{name}"), (p.shape.clone(), p.data.clone()));
+            if !s.m.is_empty() {
+                map.insert(format!("m/{name}"), (vec![s.m.len()], s.m.clone()));
+            }
+            if !s.v.is_empty() {
+                map.insert(format!("v/{name}"), (vec![s.v.len()], s.v.clone()));
+            }
+        }
+        let meta = CheckpointMeta { state: state.clone(), metrics: self.metrics.clone() };
+        let metadata: Metadata = [
+            ("format", CHECKPOINT_FORMAT.to_string()),
+            ("stage", stage.name().to_string()),
+            ("step", state.step.to_string()),
+            ("recipe_hash", self.recipe_hash.clone()),
+            ("state", serde_json::to_string(&meta)?),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        write_sealed(&self.checkpoint_path(stage), &map, metadata)?;
+        write_csv(&self.dir.join("metrics.csv"), &self.metrics)?;
+        if let Some(limit) = self.interrupt_after {
+            if self.steps_run >= limit {
+                return Err(Interrupted(self.steps_run).into());
+            }
+        }
+        Ok(())
+    }
+
+    fn load_checkpoint(&mut self, stage: Stage) -> Result<Option<(TensorMap, LoopState)>> {
+        let path = self.checkpoint_path(stage);
+        if !self.resume || !path.exists() {
+            return Ok(None);
+        }
+        let fresh = "run without --resume to start this run over";
+        let (map, metadata) = read_sealed(&path).with_context(|| format!("cannot resume from {}; {fresh}", path.display()))?;
+        let get = |k: &str| metadata.get(k).map(String::as_str).unwrap_or_default();
+        anyhow::ensure!(
+            get("format") == CHECKPOINT_FORMAT && get("stage") == stage.name(),
+            "{} is not a checkpoint of stage `{stage}` (format `{}`, stage `{}`); {fresh}",
+            path.display(),
+            get("format"),
+            get("stage")
+        );
+        anyhow::ensure!(
+            get("recipe_hash") == self.recipe_hash,
+            "{} was written by another recipe (hash {}; this one is {}): the recipe changed since the run was interrupted; {fresh}",
+            path.display(),
+            get("recipe_hash"),
+            self.recipe_hash
+        );
+        let meta: CheckpointMeta =
+            serde_json::from_str(get("state")).with_context(|| format!("reading the loop state of {}; {fresh}", path.display()))?;
+        self.metrics = meta.metrics;
+        Ok(Some((map, meta.state)))
+    }
+
+    fn started(&mut self, stage: Stage, from_step: u64, steps: u64) {
+        self.emit(Event::StageStarted { stage, steps, from_step });
+    }
+
+    fn progress(&mut self, stage: Stage, step: u64, total: u64, loss: f32) {
+        self.steps_run += 1;
+        self.emit(Event::Step { stage, step, steps: total, loss: loss as f64 });
+    }
+}

@@ -1,0 +1,241 @@
+//! The teacher of a run: a network (pre-trained by the run, or loaded from the cache) or a
+//! table of outputs computed elsewhere, as one type. Its outputs on the student's training
+//! set are computed once and cached beside its weights (offline distillation).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::monitor::Monitor;
+use super::train::{run_stage, StageLoss, StageRun};
+use super::{mix, predict, Inputs, TeacherOut};
+use crate::dataset::{Example, Task};
+use crate::event::{Event, TeacherSource};
+use crate::features::FeatureCache;
+use crate::loss::CrossEntropy;
+use crate::model::{Model, ModelBuilder, ModelKind, ModelSpec, OutputTable, Outputs};
+use crate::plan::Plan;
+use crate::report::MetricRow;
+use crate::sampler::Proportional;
+use crate::schedule::Schedule;
+use crate::stage::Stage;
+use crate::store::{params_from_map, params_to_map, read_sealed, write_sealed, Metadata, TensorMap};
+
+/// A run's teacher.
+pub enum Teacher {
+    /// A network: pre-trained by kdx (or loaded from the cache) and run on the data.
+    Network(Box<dyn Model>),
+    /// Outputs computed elsewhere, looked up by example id.
+    Precomputed(Box<dyn OutputTable>),
+}
+
+impl Teacher {
+    /// Builds the teacher the plugin describes.
+    pub fn build(builder: &dyn ModelBuilder, spec: &ModelSpec) -> Result<Teacher> {
+        Ok(match builder.kind() {
+            ModelKind::Network => Teacher::Network(builder.build(spec)?),
+            ModelKind::Precomputed => Teacher::Precomputed(builder.build_table(spec)?),
+        })
+    }
+
+    /// The network, when the teacher is one.
+    pub fn network(&self) -> Option<&dyn Model> {
+        match self {
+            Teacher::Network(m) => Some(&**m),
+            Teacher::Precomputed(_) => None,
+        }
+    }
+
+    /// Trainable parameters (0 for precomputed outputs).
+    pub fn num_params(&self) -> usize {
+        self.network().map_or(0, |m| m.num_params())
+    }
+
+    /// Width of its hidden representation (0 when it has none).
+    pub fn hidden_dim(&self) -> usize {
+        match self {
+            Teacher::Network(m) => m.hidden_dim(),
+            Teacher::Precomputed(t) => t.hidden_dim(),
+        }
+    }
+
+    /// Featurises `examples` for the teacher (their sources where the teacher reads them).
+    /// A precomputed teacher reads no text: only labels and languages are kept.
+    pub fn inputs(&self, examples: &[Example], source: bool, cache: &FeatureCache, split: &str) -> Result<Inputs> {
+        match self {
+            Teacher::Network(m) => Inputs::new(&**m, examples, source, cache, split),
+            Teacher::Precomputed(_) => Ok(Inputs::labels_only(examples)),
+        }
+    }
+
+    /// Its outputs on some examples (featurised as `inputs`): looked up by id, or a forward
+    /// pass. `what` names the examples in errors.
+    pub fn outputs(&self, inputs: &Inputs, examples: &[Example], what: &str) -> Result<Outputs> {
+        match self {
+            Teacher::Network(m) => predict(&**m, &inputs.bags),
+            Teacher::Precomputed(t) => t.lookup(&ids(examples), what),
+        }
+    }
+}
+
+/// The ids of some examples, in order.
+fn ids(examples: &[Example]) -> Vec<&str> {
+    examples.iter().map(|e| e.id.as_str()).collect()
+}
+
+/// The cache directory of the teacher with this key ([`Plan::teacher_key`]).
+pub fn cache_dir(results: &Path, key: &str) -> PathBuf {
+    results.join(".cache").join(format!("teacher-{key}"))
+}
+
+/// The teacher ready for distillation, and where it came from.
+pub(super) struct Ready {
+    pub teacher: Teacher,
+    pub source: TeacherSource,
+    /// Its cache directory (also for outputs).
+    pub cache: PathBuf,
+}
+
+/// Gets the teacher's weights: from the cache, or by pre-training it on hard labels (then
+/// caching them). The cache directory is locked meanwhile, so concurrent runs that share a
+/// teacher train it once.
+pub(super) fn obtain(plan: &Plan, mut teacher: Teacher, task: &Task, fcache: &FeatureCache, monitor: &mut Monitor) -> Result<Ready> {
+    let cache = cache_dir(&monitor.results, &plan.teacher_key()?);
+    let model = match &mut teacher {
+        Teacher::Precomputed(t) => {
+            monitor.note(format!("teacher: outputs read from {} (nothing to pre-train)", t.origin()));
+            monitor.emit(Event::TeacherReady { source: TeacherSource::Precomputed, cache: None });
+            return Ok(Ready { teacher, source: TeacherSource::Precomputed, cache });
+        }
+        Teacher::Network(m) => m,
+    };
+    // Held until the teacher is in the cache: another process (a batch with --jobs, or a
+    // second batch) that needs the same teacher waits for it instead of training it again.
+    let lock = lock_cache(&cache, monitor)?;
+    let weights = cache.join("teacher.safetensors");
+    let cached = match weights.exists() {
+        true => match load_cached(&weights, &mut **model) {
+            Ok(rows) => Some(rows),
+            Err(e) => {
+                // Never trusted, never a permanent block: a damaged cache is trained again.
+                monitor.note(format!("teacher: the cache is unusable ({e:#}); training the teacher again"));
+                None
+            }
+        },
+        false => None,
+    };
+    let source = if let Some(rows) = cached {
+        // The teacher's dev evaluations during its training, as a run that trained it wrote
+        // them: metrics.csv is the same whether the teacher was trained or loaded.
+        monitor.metrics.extend(rows);
+        monitor.note(format!("teacher: loaded from cache {}", cache.display()));
+        TeacherSource::Cache
+    } else {
+        let cfg = plan.teacher_train.as_ref().with_context(|| {
+            format!("the teacher `{}` has no outputs of its own and no `train` stage to pre-train it", plan.teacher.plugin)
+        })?;
+        let t_examples = task.teacher_train.as_deref().unwrap_or(&task.train);
+        let inputs = Inputs::new(&**model, t_examples, false, fcache, "teacher-train")?;
+        let mut ce = CrossEntropy::default();
+        let mut sampler = Proportional;
+        let w = Schedule::Constant(1.0);
+        let run = StageRun {
+            stage: Stage::Teacher,
+            cfg,
+            train: &inputs,
+            teacher: None,
+            labels_visible: true,
+            allowed: None,
+            seed: mix(&[plan.experiment.seed, Stage::Teacher.seed_tag()]),
+            n_langs: task.langs.len(),
+        };
+        let mut losses = [StageLoss { name: "cross-entropy", weight: &w, loss: &mut ce }];
+        run_stage(&run, &mut **model, &mut losses, &mut sampler, &task.langs, monitor)?;
+        let mut map = TensorMap::new();
+        params_to_map("", &model.params(), &mut map);
+        let rows: Vec<&MetricRow> = monitor.metrics.iter().filter(|r| r.stage == Stage::Teacher.name()).collect();
+        let metadata: Metadata = [("metrics".to_string(), serde_json::to_string(&rows)?)].into_iter().collect();
+        write_sealed(&weights, &map, metadata)?;
+        TeacherSource::Trained
+    };
+    drop(lock);
+    monitor.emit(Event::TeacherReady { source, cache: Some(cache.clone()) });
+    Ok(Ready { teacher, source, cache })
+}
+
+/// Loads cached teacher weights into `model`; returns the teacher's dev metric rows.
+fn load_cached(weights: &Path, model: &mut dyn Model) -> Result<Vec<MetricRow>> {
+    let (map, metadata) = read_sealed(weights)?;
+    params_from_map("", &mut model.params_mut(), &map, weights)?;
+    let rows = metadata.get("metrics").map(String::as_str).unwrap_or("[]");
+    serde_json::from_str(rows).with_context(|| format!("{}: the teacher's metrics", weights.display()))
+}
+
+/// The teacher's outputs on the student's training examples, once per training set: read
+/// from its cache, or computed and cached. Hidden states are kept only when a loss reads them.
+pub(super) fn train_outputs(plan: &Plan, ready: &Ready, task: &Task, fcache: &FeatureCache) -> Result<TeacherOut> {
+    let needs_hidden = plan.losses.iter().any(|l| l.loss.needs_teacher_hidden());
+    match &ready.teacher {
+        Teacher::Precomputed(table) => {
+            let o = table.lookup(&ids(&task.train), "training")?;
+            if let Some(l) = plan.losses.iter().find(|l| l.loss.needs_teacher_hidden()).filter(|_| o.hidden_dim == 0) {
+                anyhow::bail!(
+                    "loss `{}` reads the teacher's hidden representation, but {} has none (a .safetensors file with a `hidden` tensor can hold it)",
+                    l.plugin,
+                    table.origin()
+                );
+            }
+            Ok(TeacherOut { logits: o.logits, hidden: o.hidden, hidden_dim: o.hidden_dim })
+        }
+        Teacher::Network(model) => {
+            let path = ready.cache.join(if needs_hidden { "train-outputs-hidden.safetensors" } else { "train-outputs.safetensors" });
+            let rows = task.train.len();
+            let cached = path.exists().then(|| -> Result<TeacherOut> {
+                let (map, _) = read_sealed(&path)?;
+                let (ls, logits) = map.get("logits").cloned().context("no `logits`")?;
+                let (hs, hidden) = map.get("hidden").cloned().unwrap_or_default();
+                let hidden_dim = hs.get(1).copied().unwrap_or(0);
+                anyhow::ensure!(
+                    ls == [rows, task.labels.len()] && hidden.len() == rows * hidden_dim && (!needs_hidden || hidden_dim > 0),
+                    "{}: outputs of shape {ls:?} / {hs:?} for {rows} examples",
+                    path.display()
+                );
+                Ok(TeacherOut { logits, hidden, hidden_dim })
+            });
+            // A damaged file is computed again, never trusted.
+            if let Some(Ok(out)) = cached {
+                return Ok(out);
+            }
+            let inputs = Inputs::new(&**model, &task.train, task.teacher_reads_source, fcache, "train")?;
+            let o = predict(&**model, &inputs.bags)?;
+            let mut map = TensorMap::new();
+            map.insert("logits".into(), (vec![inputs.bags.len(), task.labels.len()], o.logits.clone()));
+            let (hidden, hidden_dim) = if needs_hidden { (o.hidden, o.hidden_dim) } else { (Vec::new(), 0) };
+            if needs_hidden {
+                map.insert("hidden".into(), (vec![inputs.bags.len(), hidden_dim], hidden.clone()));
+            }
+            write_sealed(&path, &map, Metadata::new())?;
+            Ok(TeacherOut { logits: o.logits, hidden, hidden_dim })
+        }
+    }
+}
+
+/// Locks a teacher's cache directory (`teacher.lock` in it, an OS lock released when the
+/// file is closed, also when the process dies), waiting while another process holds it.
+fn lock_cache(cache: &Path, monitor: &mut Monitor) -> Result<std::fs::File> {
+    use fs2::FileExt;
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let path = cache.join("teacher.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if f.try_lock_exclusive().is_err() {
+        monitor.note(format!("teacher: another process is training it; waiting for {}", cache.display()));
+        monitor.emit(Event::TeacherWaiting { cache: cache.to_path_buf() });
+        f.lock_exclusive().with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(f)
+}

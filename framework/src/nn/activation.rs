@@ -1,0 +1,16 @@
+//! Non-linearities.
+
+use serde::{Deserialize, Serialize};
+
+/// Non-linearities between hidden layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// max(0, x).
+    #[default]
+    Relu,
+    /// tanh(x).
+    Tanh,
+    /// GELU (tanh approximation).
+    Gelu,
+}

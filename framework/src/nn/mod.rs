@@ -1,0 +1,30 @@
+//! Runtime-sized layers on dfdx tensors, one file per layer.
+//!
+//! dfdx 0.13 sizes its `nn` layers at compile time; recipes size models at run time, so
+//! these layers hold plain [`Param`] buffers and bind them to dfdx tensors for each pass.
+//! Dense layers run on dfdx with its autodiff; the embedding bag is fused by hand.
+
+mod activation;
+mod embedding_bag;
+mod layer_norm;
+mod linear;
+mod mlp;
+mod projection;
+
+pub use activation::Activation;
+pub use embedding_bag::EmbeddingBag;
+pub use layer_norm::LayerNorm;
+pub use linear::Linear;
+pub use mlp::Mlp;
+pub use projection::{HiddenProjection, ProjectionMode};
+
+use rand::Rng;
+
+use crate::model::Param;
+
+/// Initialises a parameter uniformly in ±`bound` from a seeded RNG.
+pub fn init_uniform(p: &mut Param, bound: f32, rng: &mut impl Rng) {
+    for x in &mut p.data {
+        *x = rng.gen_range(-bound..=bound);
+    }
+}

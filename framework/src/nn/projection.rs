@@ -1,0 +1,114 @@
+//! A learned projection from the student's hidden width to the teacher's.
+
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::Linear;
+use crate::model::{Grad, Param};
+
+/// When a loss on hidden representations puts a learned projection between the student's
+/// and the teacher's widths.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectionMode {
+    /// Only when the student's and the teacher's widths differ.
+    #[default]
+    Auto,
+    /// Always, even for equal widths.
+    Always,
+    /// Never; the widths must match.
+    Never,
+}
+
+/// Student hidden representation → teacher width: P = h W + b with a learned `Linear`
+/// (`proj.w`, `proj.b`), or P = h without one. Created on first need, seeded, so a loss can
+/// create it in `Loss::prepare` before a checkpoint is restored. Gradients are computed in
+/// f64 on the host; [`HiddenProjection::backward`] *sets* the projection's gradients (a loss
+/// computes once per step and the optimizer clears gradients after each step).
+#[derive(Clone, Debug, Default)]
+pub struct HiddenProjection {
+    /// The projection, once created.
+    pub linear: Option<Linear>,
+}
+
+impl HiddenProjection {
+    /// Whether a projection is used for widths `hs → ht` under `mode`; creates it (from
+    /// `seed`) on first need. `who` names the loss in errors.
+    pub fn ensure(&mut self, mode: ProjectionMode, seed: u64, hs: usize, ht: usize, who: &str) -> anyhow::Result<bool> {
+        anyhow::ensure!(hs > 0 && ht > 0, "{who}: a hidden width is 0 (student {hs}, teacher {ht})");
+        let project = match mode {
+            ProjectionMode::Auto => hs != ht,
+            ProjectionMode::Always => true,
+            ProjectionMode::Never => {
+                anyhow::ensure!(hs == ht, "{who} with projection = \"never\" needs equal widths, student {hs} ≠ teacher {ht}");
+                false
+            }
+        };
+        if project && self.linear.is_none() {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            self.linear = Some(Linear::new("proj", hs, ht, &mut rng));
+        }
+        if let (true, Some(l)) = (project, &self.linear) {
+            anyhow::ensure!(l.w.shape == [hs, ht], "{who}: the projection is {:?}, the widths are now {hs} → {ht}", l.w.shape);
+        }
+        Ok(project)
+    }
+
+    /// P (`b × ht`, f64) from the student hidden `h` (`b × hs`); the identity when `project` is false.
+    pub fn forward(&self, project: bool, h: &[f32], b: usize, hs: usize, ht: usize) -> Vec<f64> {
+        match (&self.linear, project) {
+            (Some(l), true) => (0..b)
+                .flat_map(|i| {
+                    let h = &h[i * hs..(i + 1) * hs];
+                    (0..ht).map(move |j| l.b.data[j] as f64 + (0..hs).map(|a| h[a] as f64 * l.w.data[a * ht + j] as f64).sum::<f64>())
+                })
+                .collect(),
+            _ => h.iter().map(|&v| v as f64).collect(),
+        }
+    }
+
+    /// P (`b × ht`) for inference: through the projection once it exists, else h itself
+    /// (the widths were equal, or the loss never ran).
+    pub fn apply(&self, h: &[f32], b: usize, hs: usize) -> Vec<f32> {
+        match &self.linear {
+            Some(l) => self.forward(true, h, b, hs, l.w.shape[1]).into_iter().map(|v| v as f32).collect(),
+            None => h.to_vec(),
+        }
+    }
+
+    /// Given ∂L/∂P, sets the projection's gradients and returns ∂L/∂h (`b × hs`).
+    pub fn backward(&mut self, project: bool, h: &[f32], dp: &[f64], b: usize, hs: usize, ht: usize) -> Vec<f32> {
+        let l = match (&mut self.linear, project) {
+            (Some(l), true) => l,
+            _ => return dp.iter().map(|&v| v as f32).collect(),
+        };
+        let (mut gw, mut gb, mut gh) = (vec![0f64; hs * ht], vec![0f64; ht], vec![0f32; b * hs]);
+        for i in 0..b {
+            let hi = &h[i * hs..(i + 1) * hs];
+            let dpi = &dp[i * ht..(i + 1) * ht];
+            for j in 0..ht {
+                gb[j] += dpi[j];
+            }
+            for a in 0..hs {
+                let row = &l.w.data[a * ht..(a + 1) * ht];
+                gh[i * hs + a] = (0..ht).map(|j| row[j] as f64 * dpi[j]).sum::<f64>() as f32;
+                for j in 0..ht {
+                    gw[a * ht + j] += hi[a] as f64 * dpi[j];
+                }
+            }
+        }
+        l.w.grad = Grad::Dense(gw.into_iter().map(|v| v as f32).collect());
+        l.b.grad = Grad::Dense(gb.into_iter().map(|v| v as f32).collect());
+        gh
+    }
+
+    /// The projection's parameters (none before it exists).
+    pub fn params(&self) -> Vec<&Param> {
+        self.linear.iter().flat_map(|l| [&l.w, &l.b]).collect()
+    }
+
+    /// The same, mutably.
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.linear.iter_mut().flat_map(|l| [&mut l.w, &mut l.b]).collect()
+    }
+}

@@ -1,0 +1,290 @@
+//! Faults and bad input, end to end: every case here once crashed kdx, wrote outside
+//! `results/`, or ended "ok" with a wrong result. Each now gives a clear error (or heals).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use kdx_framework::report::{read_csv, MetricRow, RunRow};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The tiny recipe of tests/batch/good.toml under another experiment name, with `patch`
+/// lines appended to `[train]` (its last section) and `replace` applied to the text.
+fn recipe(dir: &Path, name: &str, replace: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(root().join("tests/batch/good.toml")).unwrap();
+    text = text.replace("name = \"batch-good\"", &format!("name = \"{name}\""));
+    text = text.replace("../../data/gettext-corpus.tsv.gz", &root().join("data/gettext-corpus.tsv.gz").display().to_string());
+    for (a, b) in replace {
+        assert!(text.contains(a), "`{a}` not in the recipe");
+        text = text.replace(a, b);
+    }
+    let p = dir.join(format!("{}.toml", name.replace(['/', '.'], "_")));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn kdx(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kdx")).args(args).stdin(Stdio::null()).output().expect("running kdx")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn run(recipe: &Path, results: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["run", recipe.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"];
+    args.extend_from_slice(extra);
+    kdx(&args)
+}
+
+fn no_panic(out: &Output) {
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "kdx panicked:\n{err}");
+}
+
+#[test]
+fn experiment_names_cannot_leave_the_results_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(outside.join("run/checkpoints")).unwrap();
+    std::fs::write(outside.join("run/checkpoints/keep.txt"), "precious").unwrap();
+    for bad in [outside.display().to_string(), "../outside".to_string(), ".cache".to_string(), "a/b".to_string()] {
+        let r = recipe(tmp.path(), "x", &[("name = \"x\"", &format!("name = {bad:?}"))]);
+        let v = kdx(&["validate", r.to_str().unwrap()]);
+        let err = text(&v.stderr);
+        assert!(!v.status.success() && err.contains(":5:1: experiment.name:"), "{bad}: {err}");
+        let results = tmp.path().join("results");
+        let out = run(&r, &results, &[]);
+        assert!(!out.status.success());
+        no_panic(&out);
+    }
+    assert_eq!(std::fs::read_to_string(outside.join("run/checkpoints/keep.txt")).unwrap(), "precious", "nothing outside was deleted");
+    assert!(!tmp.path().join("results").exists() || std::fs::read_dir(tmp.path().join("results")).unwrap().count() == 0);
+}
+
+#[test]
+fn learning_rates_and_loss_weights_must_be_positive() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (from, to, want) in [
+        ("lr = 2e-2, weight_decay", "lr = 0.0, weight_decay", "train.optimizer.lr: the learning rate must be a positive number, found 0"),
+        ("lr = 2e-2 } }", "lr = -1.0 } }", "teacher.train.optimizer.lr: the learning rate must be a positive number, found -1"),
+        ("weight = 0.7", "weight = 0.0", "loss[0].weight: a loss weight must be a positive number, found 0"),
+        (
+            "weight = 0.3",
+            "weight = { kind = \"linear\", start = 0.0, end = 0.0 }",
+            "loss[1].weight: this loss weight schedule is 0 throughout",
+        ),
+    ] {
+        let r = recipe(tmp.path(), "w", &[(from, to)]);
+        let v = kdx(&["validate", r.to_str().unwrap()]);
+        let err = text(&v.stderr);
+        assert!(!v.status.success() && err.contains(want), "expected `{want}`:\n{err}");
+    }
+    // A warm-up from 0 is a weight that starts off: fine.
+    let r = recipe(tmp.path(), "w", &[("weight = 0.3", "weight = { kind = \"linear\", start = 0.0, end = 1.0 }")]);
+    assert!(kdx(&["validate", r.to_str().unwrap()]).status.success());
+}
+
+#[test]
+fn checkpoints_resume_only_the_recipe_that_wrote_them_and_only_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let r = recipe(tmp.path(), "ckpt", &[]);
+    // Teacher (120 steps) and 50 distillation steps: stops at the distillation checkpoint 40… 80.
+    let out = run(&r, &results, &["--interrupt-after", "170"]);
+    assert!(!out.status.success());
+    let ckpt = results.join("ckpt/run/checkpoints/distill.safetensors");
+    assert!(ckpt.exists());
+    let files: Vec<String> =
+        std::fs::read_dir(ckpt.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(files, vec!["distill.safetensors"], "one file per checkpoint: weights and loop state together");
+
+    // The recipe changed since: refused, with the way out.
+    let edited = recipe(tmp.path(), "ckpt", &[("temperature = 2.0", "temperature = 3.0")]);
+    let out = run(&edited, &results, &["--resume"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("was written by another recipe") && err.contains("run without --resume"), "{err}");
+    no_panic(&out);
+    let r = recipe(tmp.path(), "ckpt", &[]);
+
+    // A damaged checkpoint: refused, never loaded, never a crash.
+    let bytes = std::fs::read(&ckpt).unwrap();
+    for at in [bytes.len() / 2, bytes.len() - 3] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x40;
+        std::fs::write(&ckpt, &bad).unwrap();
+        let out = run(&r, &results, &["--resume"]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success() && err.contains("cannot resume from") && err.contains("run without --resume"), "{err}");
+        no_panic(&out);
+    }
+    std::fs::write(&ckpt, &bytes).unwrap();
+    let out = run(&r, &results, &["--resume"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_damaged_teacher_cache_is_rebuilt_and_a_cached_teacher_keeps_its_dev_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let r = recipe(tmp.path(), "cache", &[]);
+    assert!(run(&r, &results, &[]).status.success());
+    let metrics = |results: &Path| read_csv::<MetricRow>(&results.join("cache/run/metrics.csv")).unwrap();
+    let first = metrics(&results);
+    assert!(first.iter().any(|m| m.stage == "teacher" && m.split == "dev"));
+    let cache = std::fs::read_dir(results.join(".cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("teacher-"));
+    let weights = cache.unwrap().join("teacher.safetensors");
+    // From the cache: the same metrics.csv, teacher dev rows included.
+    assert!(run(&r, &results, &[]).status.success());
+    assert_eq!(metrics(&results), first);
+    let row: RunRow = read_csv::<RunRow>(&results.join("cache/run/run.csv")).unwrap().remove(0);
+    assert!(row.teacher_cached);
+    // Damaged: reported, trained again, and the run is the same.
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0xff;
+    std::fs::write(&weights, &bytes).unwrap();
+    let out = kdx(&["run", r.to_str().unwrap(), "--results", results.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(out.status.success() && err.contains("the cache is unusable") && err.contains("training the teacher again"), "{err}");
+    let row: RunRow = read_csv::<RunRow>(&results.join("cache/run/run.csv")).unwrap().remove(0);
+    assert!(!row.teacher_cached);
+    assert_eq!(metrics(&results), first);
+}
+
+#[test]
+fn one_run_directory_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let r = recipe(tmp.path(), "busy", &[]);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_kdx"))
+        .args(["run", r.to_str().unwrap(), "--results", results.to_str().unwrap(), "--events", "jsonl"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first run has started (its first event), then try a second.
+    let mut stdout = first.stdout.take().unwrap();
+    let mut buf = [0u8; 1];
+    stdout.read_exact(&mut buf).unwrap();
+    let out = run(&r, &results, &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("is in use by another kdx process"), "{err}");
+    drop(stdout);
+    let _ = first.wait();
+}
+
+#[test]
+fn a_closed_pipe_ends_kdx_quietly() {
+    // `kdx plugins | head -1`: the reader goes away; kdx must neither panic nor complain.
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_kdx")).args(["plugins"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    no_panic(&out);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        // Whatever it had left to print went nowhere; it ended as a Unix tool does, or cleanly.
+        assert!(out.status.success() || out.status.signal() == Some(13), "{:?}", out.status);
+    }
+}
+
+/// The stage of the last `stage_started` event in a run's JSON events.
+fn last_stage(events: &str) -> Option<String> {
+    events
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["type"] == "stage_started")
+        .map(|e| e["stage"].as_str().unwrap_or_default().to_string())
+}
+
+/// Kills a run with SIGKILL at random points of every stage, resumes it each time, and
+/// checks that it ends with the very CSVs of an uninterrupted run, byte for byte.
+#[test]
+fn a_run_killed_anywhere_resumes_to_the_same_csvs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = recipe(
+        tmp.path(),
+        "crash",
+        &[
+            ("train = { steps = 120,", "train = { steps = 30,"),
+            ("steps = 80\nbatch = 64\neval_every = 40", "steps = 80\nbatch = 64\neval_every = 10"),
+        ],
+    );
+    let mut body = std::fs::read_to_string(&r).unwrap();
+    body.push_str("\n[finetune]\nsteps = 40\nbatch = 32\neval_every = 10\nlanguages = [\"cy\", \"is\"]\n");
+    std::fs::write(&r, body).unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert!(run(&r, &a, &[]).status.success());
+
+    // A seeded generator: the kill points are random but the same at every run of the test.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |lo: u64, hi: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        lo + state % (hi - lo + 1)
+    };
+    // Steps: teacher 30 (not checkpointed: a kill in it trains it again), then distill 80,
+    // fine-tune 40 and baseline 80, checkpointed every 10. The first kill lands in the
+    // teacher; after that each process runs past at least one new checkpoint, so the run
+    // always gets further.
+    let mut kills: Vec<(u64, String)> = Vec::new();
+    let first = next(5, 25);
+    let mut plan = vec![next(35, 45), first];
+    loop {
+        let k = plan.pop().unwrap_or_else(|| next(11, 24));
+        let resume: &[&str] = if kills.is_empty() { &[] } else { &["--resume"] };
+        let mut args = vec!["run", r.to_str().unwrap(), "--results", b.to_str().unwrap(), "--quiet", "--events", "jsonl"];
+        args.extend_from_slice(resume);
+        let k_text = k.to_string();
+        args.extend_from_slice(&["--kill-after-steps", &k_text]);
+        let out = kdx(&args);
+        no_panic(&out);
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            if out.status.signal() != Some(9) {
+                // It ran to its end before its kill point came: the run is complete.
+                assert!(out.status.success(), "{}", text(&out.stderr));
+                break;
+            }
+        }
+        kills.push((k, last_stage(&text(&out.stdout)).unwrap_or_default()));
+        assert!(kills.len() < 60, "no progress: {kills:?}");
+    }
+    let stages: std::collections::BTreeSet<&str> = kills.iter().map(|(_, s)| s.as_str()).collect();
+    assert!(kills.len() >= 10, "only {} kills: {kills:?}", kills.len());
+    assert_eq!(stages.into_iter().collect::<Vec<_>>(), ["baseline", "distill", "finetune", "teacher"], "{kills:?}");
+    for f in ["languages.csv", "metrics.csv", "sampling.csv"] {
+        let x = std::fs::read_to_string(a.join("crash/run").join(f)).unwrap();
+        let y = std::fs::read_to_string(b.join("crash/run").join(f)).unwrap();
+        assert!(x == y, "{f} differs after {} kills ({kills:?})", kills.len());
+    }
+    let (x, y) = (read_csv::<RunRow>(&a.join("crash/run/run.csv")).unwrap(), read_csv::<RunRow>(&b.join("crash/run/run.csv")).unwrap());
+    let same = |r: &RunRow| {
+        (
+            r.teacher_macro_acc,
+            r.student_macro_acc,
+            r.baseline_macro_acc,
+            r.kd_gain,
+            r.retention,
+            r.worst_acc,
+            r.teacher_params,
+            r.student_params,
+        )
+    };
+    assert_eq!(same(&x[0]), same(&y[0]));
+    assert_eq!(y[0].status.as_str(), "ok");
+}
