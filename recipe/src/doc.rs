@@ -1,8 +1,10 @@
 //! Loading a recipe: parsing, `extends` merging and source locations.
 
-use std::collections::BTreeMap;
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
@@ -33,13 +35,76 @@ pub struct RecipeDoc {
     pub(crate) root: Table,
     /// Where each key (and each table header / array element) was defined.
     /// The `Loc` also names the defining file.
-    pub(crate) locs: BTreeMap<KeyPath, Loc>,
+    pub(crate) locs: Locs,
     /// The merged `sweep` value, kept raw so that `expand_sweep` reports its
     /// problems all at once.
     pub(crate) sweep: Option<Value>,
     /// Sweep keys in file order (base entries first): the cartesian product
     /// follows it, and `toml::Table` does not keep it.
     pub(crate) sweep_order: Vec<String>,
+}
+
+/// Where each key of a [`RecipeDoc`] was defined.
+///
+/// The map built at load time holds an entry for every key, table header and
+/// array element of every file, sweep values included, so it grows with the
+/// sweep. It is shared (`Arc`), never copied, by the runs that
+/// [`RecipeDoc::expand_sweep`] makes; what a run changes is the location of its
+/// swept keys, kept apart in `swept`. That overlay is the same for every run of
+/// a sweep (runs differ in the values, not in where the values are written), so
+/// it is shared too: one more run costs two reference counts, whatever the size
+/// of the sweep.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Locs {
+    /// Locations read from the files.
+    pub(crate) file: Arc<BTreeMap<KeyPath, Loc>>,
+    /// Keys set by a sweep → the sweep entry that sets them (`None`: that entry
+    /// has no known location). A key here hides every `file` entry at or below
+    /// it: the value there now comes from the sweep. A key below another one
+    /// here was set after it (setting a key drops the overrides below it), so
+    /// the deepest one above a path is the one that decides.
+    pub(crate) swept: Arc<BTreeMap<KeyPath, Option<Loc>>>,
+}
+
+impl Locs {
+    fn new(file: BTreeMap<KeyPath, Loc>) -> Self {
+        Locs { file: Arc::new(file), swept: Arc::default() }
+    }
+
+    /// The location recorded for exactly `segs`, if any.
+    fn get(&self, segs: &[Seg]) -> Option<&Loc> {
+        if !self.swept.is_empty() {
+            // Paths are a handful of segments: probing each ancestor is cheap.
+            for n in (1..=segs.len()).rev() {
+                if let Some(loc) = self.swept.get(&KeyPath(segs[..n].to_vec())) {
+                    return if n == segs.len() { loc.as_ref() } else { None };
+                }
+            }
+        }
+        self.file.get(&KeyPath(segs.to_vec()))
+    }
+
+    /// These locations after setting each of `keys`, in order, from a sweep
+    /// entry located at its `Option<Loc>`: the key is located there, and what
+    /// was recorded below it no longer applies. The file map is shared, not
+    /// copied.
+    pub(crate) fn with_swept(&self, keys: impl IntoIterator<Item = (KeyPath, Option<Loc>)>) -> Locs {
+        let mut swept = (*self.swept).clone();
+        for (key, loc) in keys {
+            remove_subtree(&mut swept, &key);
+            swept.insert(key, loc);
+        }
+        Locs { file: Arc::clone(&self.file), swept: Arc::new(swept) }
+    }
+}
+
+/// Removes `key` and every path below it. Paths sort directly before the paths
+/// below them, so these form one range of the map.
+fn remove_subtree<V>(map: &mut BTreeMap<KeyPath, V>, key: &KeyPath) {
+    let below: Vec<KeyPath> = map.range(key..).take_while(|(k, _)| k.starts_with(key)).map(|(k, _)| k.clone()).collect();
+    for k in below {
+        map.remove(&k);
+    }
 }
 
 /// One file's content after its own bases were merged in.
@@ -73,7 +138,7 @@ impl RecipeDoc {
         let mut loader = Loader { stack: vec![(identity(&path), path.clone())] };
         let mut layer = loader.load_text(text, &path)?;
         let sweep = layer.root.remove(SWEEP);
-        Ok(RecipeDoc { path, root: layer.root, locs: layer.locs, sweep, sweep_order: layer.sweep_order })
+        Ok(RecipeDoc { path, root: layer.root, locs: Locs::new(layer.locs), sweep, sweep_order: layer.sweep_order })
     }
 
     /// The top recipe file, as given to [`RecipeDoc::load`] / [`RecipeDoc::from_str`].
@@ -113,10 +178,7 @@ impl RecipeDoc {
 
     fn locate_ref(&self, key: &KeyPath) -> Option<&Loc> {
         let segs = key.segments();
-        (1..=segs.len()).rev().find_map(|n| {
-            // Building a KeyPath per probe is fine: paths are a handful of segments.
-            self.locs.get(&KeyPath(segs[..n].to_vec()))
-        })
+        (1..=segs.len()).rev().find_map(|n| self.locs.get(&segs[..n]))
     }
 
     /// The file that defined `key` (or its nearest located ancestor).
@@ -225,8 +287,9 @@ impl RecipeDoc {
 /// Keys of `t` in `order`, then any others (in the table's order).
 pub(crate) fn ordered_keys<'a>(t: &'a Table, order: &'a [String]) -> Vec<&'a str> {
     let mut keys: Vec<&str> = order.iter().map(String::as_str).filter(|k| t.contains_key(*k)).collect();
+    let mut seen: HashSet<&str> = keys.iter().copied().collect();
     for k in t.keys() {
-        if !keys.contains(&k.as_str()) {
+        if seen.insert(k) {
             keys.push(k);
         }
     }
@@ -394,10 +457,13 @@ impl Loader {
 fn merge_layer(base: &mut Layer, over: Layer) {
     let mut replaced = Vec::new();
     merge_tables(&mut base.root, over.root, &KeyPath::root(), &mut replaced);
-    base.locs.retain(|k, _| !replaced.iter().any(|r| k.starts_with(r)));
+    for r in &replaced {
+        remove_subtree(&mut base.locs, r);
+    }
     base.locs.extend(over.locs);
+    let mut seen: HashSet<String> = base.sweep_order.iter().cloned().collect();
     for k in over.sweep_order {
-        if !base.sweep_order.contains(&k) {
+        if seen.insert(k.clone()) {
             base.sweep_order.push(k);
         }
     }
@@ -469,20 +535,31 @@ fn identity(p: &Path) -> PathBuf {
 pub(crate) struct LineIndex<'a> {
     text: &'a str,
     starts: Vec<usize>,
+    /// The last (offset, column) found: offsets come mostly in order, and
+    /// counting on from there keeps a long line (a sweep of thousands of
+    /// values) linear rather than counting from its start for each value.
+    last: Cell<(usize, usize)>,
 }
 
 impl<'a> LineIndex<'a> {
     pub(crate) fn new(text: &'a str) -> Self {
         let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        LineIndex { text, starts }
+        LineIndex { text, starts, last: Cell::new((0, 1)) }
     }
 
     pub(crate) fn loc(&self, file: &Path, offset: usize) -> Loc {
         let offset = offset.min(self.text.len());
         let line = self.starts.partition_point(|&s| s <= offset).max(1);
         let start = self.starts.get(line - 1).copied().unwrap_or(0);
-        let col = match self.text.get(start..offset) {
-            Some(s) => s.chars().count() + 1,
+        let (last_offset, last_col) = self.last.get();
+        // From the last offset when it lies on this line, before `offset`.
+        let (from, from_col) = if (start..=offset).contains(&last_offset) { (last_offset, last_col) } else { (start, 1) };
+        let col = match self.text.get(from..offset) {
+            Some(s) => {
+                let col = from_col + s.chars().count();
+                self.last.set((offset, col));
+                col
+            }
             // Not a char boundary (should not happen with parser spans): bytes.
             None => offset.saturating_sub(start) + 1,
         };
@@ -558,5 +635,35 @@ impl Walker<'_, '_> {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_count_on_from_the_last_offset() {
+        let text = "a = [1, \"é\", 3]\nbé = \"ü\" # ö\n\nx = 1";
+        let naive = |offset: usize| {
+            let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+            (text[..offset].matches('\n').count() + 1, text[start..offset].chars().count() + 1)
+        };
+        let offsets: Vec<usize> = (0..=text.len()).filter(|&o| text.is_char_boundary(o)).collect();
+        // In order, backwards, and jumping about: the memo must never change an answer.
+        let mut orders = vec![offsets.clone(), offsets.iter().rev().copied().collect()];
+        orders.push(offsets.iter().enumerate().map(|(i, _)| offsets[(i * 7) % offsets.len()]).collect());
+        for order in orders {
+            let index = LineIndex::new(text);
+            for o in order {
+                let loc = index.loc(Path::new("r.toml"), o);
+                assert_eq!((loc.line, loc.col), naive(o), "offset {o}");
+            }
+        }
+        // Past the end is clamped; inside a character counts bytes, as before.
+        let index = LineIndex::new(text);
+        assert_eq!(index.loc(Path::new("r"), 999).line, 4);
+        let inside = text.find('é').expect("é") + 1;
+        assert_eq!(index.loc(Path::new("r"), inside).col, inside + 1);
     }
 }

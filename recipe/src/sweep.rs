@@ -1,6 +1,6 @@
 //! `[sweep]` expansion: one recipe per point of a grid.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use toml::Value;
 
@@ -64,6 +64,8 @@ impl RecipeDoc {
 
         let mut diags = Diagnostics::default();
         let mut entries: Vec<Entry> = Vec::new();
+        // Key → its entry's index, to find a key swept twice.
+        let mut swept: HashMap<KeyPath, usize> = HashMap::new();
         for name in ordered_keys(table, &self.sweep_order) {
             let at = sweep_path.key(name);
             let key = match KeyPath::parse_dotted(name) {
@@ -83,7 +85,7 @@ impl RecipeDoc {
                     continue;
                 }
             }
-            if let Some(prev) = entries.iter().find(|e| e.key == key) {
+            if let Some(prev) = swept.get(&key).map(|&i| &entries[i]) {
                 diags.push(self.diag(
                     &at,
                     format!("`{key}` is swept twice (also as `{}`)", prev.at.last().map_or(String::new(), seg_text)),
@@ -111,6 +113,7 @@ impl RecipeDoc {
                 }
                 None => continue,
             };
+            swept.insert(key.clone(), entries.len());
             entries.push(Entry { at, key, values });
         }
 
@@ -131,19 +134,22 @@ impl RecipeDoc {
         diags.into_result(())?;
 
         let labels = labels(&entries.iter().map(|e| e.key.clone()).collect::<Vec<_>>());
+        // Each swept key is located at its sweep entry, and the locations below
+        // it no longer describe its value. That is the same for every run (runs
+        // differ in values, not in where they are written), so it is worked out
+        // once and shared, along with the file locations, which hold an entry
+        // per sweep value: copying them into each run made the sweep quadratic.
+        // A run whose key could not be set keeps these locations too; it is
+        // never returned, as the expansion then fails.
+        let locs = self.locs.with_swept(entries.iter().map(|e| (e.key.clone(), self.locate(&e.at))));
         let mut runs = Vec::with_capacity(total);
-        let mut names = HashSet::new();
+        let mut names = UniqueNames::default();
         let mut errors = Diagnostics::default();
         let mut reported: HashSet<KeyPath> = HashSet::new();
         let mut idx = vec![0usize; entries.len()];
         for _ in 0..total {
-            let mut doc = RecipeDoc {
-                path: self.path.clone(),
-                root: self.root.clone(),
-                locs: self.locs.clone(),
-                sweep: None,
-                sweep_order: Vec::new(),
-            };
+            let mut doc =
+                RecipeDoc { path: self.path.clone(), root: self.root.clone(), locs: locs.clone(), sweep: None, sweep_order: Vec::new() };
             let mut settings = Vec::with_capacity(entries.len());
             let mut parts = Vec::with_capacity(entries.len());
             for (e, (&i, label)) in entries.iter().zip(idx.iter().zip(&labels)) {
@@ -151,14 +157,7 @@ impl RecipeDoc {
                     continue;
                 };
                 match set_value(&mut doc.root, &e.key, value.clone()) {
-                    Ok(()) => {
-                        // The swept value now comes from the sweep entry: its old
-                        // sub-locations no longer describe it.
-                        doc.locs.retain(|k, _| !k.starts_with(&e.key));
-                        if let Some(loc) = self.locate(&e.at) {
-                            doc.locs.insert(e.key.clone(), loc);
-                        }
-                    }
+                    Ok(()) => {}
                     Err((message, help)) => {
                         if reported.insert(e.key.clone()) {
                             let mut d = self.diag(&e.at, format!("cannot sweep `{}`: {message}", e.key), help);
@@ -170,7 +169,7 @@ impl RecipeDoc {
                 parts.push(format!("{}={}", sanitize(label), sanitize(&render_value(value))));
                 settings.push((e.key.clone(), value.clone()));
             }
-            let name = unique_name(parts.join(","), &mut names);
+            let name = names.make(parts.join(","));
             runs.push(SweepRun { name, settings, doc });
             // Odometer step, last entry fastest.
             for (pos, e) in entries.iter().enumerate().rev() {
@@ -254,15 +253,23 @@ fn set_in(cur: &mut Value, segs: &[Seg], here: &KeyPath, value: Value) -> Result
 /// starts at an index (`0.weight` says too little), and indices attach to their
 /// key without a dot.
 fn labels(keys: &[KeyPath]) -> Vec<String> {
+    // How many keys end with each suffix: a key's suffix is its own when only
+    // the key itself does (counted once, rather than comparing every pair).
+    let mut ends_with: HashMap<&[Seg], usize> = HashMap::new();
+    for key in keys {
+        let segs = key.segments();
+        for start in 0..segs.len() {
+            *ends_with.entry(&segs[start..]).or_default() += 1;
+        }
+    }
     keys.iter()
-        .enumerate()
-        .map(|(i, key)| {
+        .map(|key| {
             let segs = key.segments();
             let n = segs.len();
             let unique = (1..=n).find(|&len| {
                 let suffix = &segs[n - len..];
                 let starts_at_index = matches!(suffix.first(), Some(Seg::Index(_)));
-                (!starts_at_index || len == n) && keys.iter().enumerate().all(|(j, other)| j == i || !other.segments().ends_with(suffix))
+                (!starts_at_index || len == n) && ends_with.get(suffix) == Some(&1)
             });
             render_segs(&segs[n - unique.unwrap_or(n)..])
         })
@@ -331,8 +338,34 @@ fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+') { c } else { '_' }).collect()
 }
 
-/// Makes `name` safe as a directory name and unique among `taken`.
-fn unique_name(mut name: String, taken: &mut HashSet<String>) -> String {
+/// The run names given so far.
+#[derive(Default)]
+struct UniqueNames {
+    taken: HashSet<String>,
+    /// For a name that was taken, the next `~n` to try: the smaller ones were
+    /// all taken (and stay so), and trying them again for each of many runs
+    /// that share a name (values that differ only in characters `sanitize`
+    /// replaces) would be quadratic.
+    next: HashMap<String, usize>,
+}
+
+impl UniqueNames {
+    /// Makes `name` safe as a directory name and unique among those given.
+    fn make(&mut self, name: String) -> String {
+        let name = safe_name(name);
+        let mut n = self.next.get(&name).copied().unwrap_or(1);
+        let mut candidate = if n == 1 { name.clone() } else { format!("{name}~{n}") };
+        while !self.taken.insert(candidate.clone()) {
+            n += 1;
+            candidate = format!("{name}~{n}");
+        }
+        self.next.insert(name, n + 1);
+        candidate
+    }
+}
+
+/// Makes `name` safe as a directory name: not hidden, not a flag, not too long.
+fn safe_name(mut name: String) -> String {
     // Hidden files, `..`, and names that look like command-line flags.
     if name.starts_with('.') || name.starts_with('-') {
         name.insert(0, '_');
@@ -344,11 +377,155 @@ fn unique_name(mut name: String, taken: &mut HashSet<String>) -> String {
         name.push('~');
         name.push_str(&short);
     }
-    let mut candidate = name.clone();
-    let mut n = 2;
-    while !taken.insert(candidate.clone()) {
-        candidate = format!("{name}~{n}");
-        n += 1;
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use crate::{KeyPath, Loc, RecipeDoc};
+
+    fn kp(s: &str) -> KeyPath {
+        KeyPath::parse_dotted(s).expect("test key path")
     }
-    candidate
+
+    /// A recipe sweeping `loss.0.temperature` over `n` values and
+    /// `train.optimizer.lr` over two.
+    fn recipe(n: usize) -> RecipeDoc {
+        let values: Vec<String> = (0..n).map(|i| format!("{i}.5")).collect();
+        let text = format!(
+            "[[loss]]\nplugin = \"soft-kl\"\ntemperature = 4.0\n[train]\noptimizer = {{ kind = \"adamw\", lr = 3e-3 }}\n\
+             [sweep]\n\"loss.0.temperature\" = [{}]\n\"train.optimizer.lr\" = [1e-3, 3e-3]\n",
+            values.join(", ")
+        );
+        RecipeDoc::from_str(&text, Path::new("r.toml")).expect("parse")
+    }
+
+    #[test]
+    fn runs_share_locations_whatever_the_sweep_size() {
+        for n in [3, 1_000] {
+            let doc = recipe(n);
+            // The loaded map holds an entry per sweep value...
+            assert!(doc.locs.file.len() > n, "{}", doc.locs.file.len());
+            let runs = doc.expand_sweep().expect("expand");
+            assert_eq!(runs.len(), 2 * n);
+            let first = &runs[0].doc.locs;
+            for run in &runs {
+                // ...which every run shares rather than copies; what a run has
+                // of its own is one entry per swept key, not per sweep value.
+                assert!(Arc::ptr_eq(&run.doc.locs.file, &doc.locs.file));
+                assert!(Arc::ptr_eq(&run.doc.locs.swept, &first.swept));
+                assert_eq!(run.doc.locs.swept.len(), 2);
+            }
+            // One map for the recipe and all its runs, and one overlay for the runs.
+            assert_eq!(Arc::strong_count(&doc.locs.file), runs.len() + 1);
+            assert_eq!(Arc::strong_count(&first.swept), runs.len());
+            let last = &runs.last().expect("runs").doc;
+            assert_eq!(last.locate(&kp("loss.0.temperature")).map(|l| (l.line, l.col)), Some((7, 1)));
+            assert_eq!(last.locate(&kp("train.optimizer.lr")).map(|l| (l.line, l.col)), Some((8, 1)));
+            assert_eq!(last.locate(&kp("train.optimizer.kind")).map(|l| (l.line, l.col)), Some((5, 15)));
+        }
+    }
+
+    #[test]
+    fn unique_names_skip_taken_suffixes() {
+        let mut names = super::UniqueNames::default();
+        let got: Vec<String> = ["a", "a", "a~2", "a", "-x", "-x", "a"].into_iter().map(|s| names.make(s.to_owned())).collect();
+        assert_eq!(got, ["a", "a~2", "a~2~2", "a~3", "_-x", "_-x~2", "a~4"]);
+        // Many runs with one name stay unique (and quick).
+        let mut names = super::UniqueNames::default();
+        let many: std::collections::HashSet<String> = (0..10_000).map(|_| names.make("same".into())).collect();
+        assert_eq!(many.len(), 10_000);
+        assert!(many.contains("same~10000"));
+    }
+
+    #[test]
+    fn labels_are_the_shortest_suffix_no_other_key_ends_with() {
+        use crate::Seg;
+        // The definition, pair by pair.
+        fn pairwise(keys: &[KeyPath]) -> Vec<String> {
+            keys.iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    let segs = key.segments();
+                    let n = segs.len();
+                    let unique = (1..=n).find(|&len| {
+                        let suffix = &segs[n - len..];
+                        let starts_at_index = matches!(suffix.first(), Some(Seg::Index(_)));
+                        (!starts_at_index || len == n)
+                            && keys.iter().enumerate().all(|(j, other)| j == i || !other.segments().ends_with(suffix))
+                    });
+                    super::render_segs(&segs[n - unique.unwrap_or(n)..])
+                })
+                .collect()
+        }
+        let cases: [&[&str]; 6] = [
+            &["loss.0.temperature", "train.optimizer.lr"],
+            &["loss.0.weight", "loss.1.weight", "weight", "a.weight"],
+            &["a.0.1", "b.0.1", "0.1", "a.0.0"],
+            &["x.y.z", "y.z", "z", "x.y.z"],
+            &["student.hidden", "teacher.hidden", "hidden.0"],
+            &["t.k1", "t.k10", "u.k1", "k1"],
+        ];
+        for case in cases {
+            let keys: Vec<KeyPath> = case.iter().map(|k| kp(k)).chain([KeyPath::root()]).collect();
+            assert_eq!(super::labels(&keys), pairwise(&keys), "{case:?}");
+        }
+        assert_eq!(super::labels(&[kp("loss.0.weight"), kp("loss.1.weight")]), ["loss0.weight", "loss1.weight"]);
+    }
+
+    /// The locations a run had before they were shared: the loaded map
+    /// copied, and for each swept key in order, everything at or below it
+    /// dropped and the key located at its sweep entry.
+    fn copied_locs(doc: &RecipeDoc) -> BTreeMap<KeyPath, Loc> {
+        let mut locs = (*doc.locs.file).clone();
+        for name in &doc.sweep_order {
+            let key = kp(name);
+            locs.retain(|k, _| !k.starts_with(&key));
+            if let Some(loc) = doc.locate(&KeyPath::root().key("sweep").key(name.as_str())) {
+                locs.insert(key, loc);
+            }
+        }
+        locs
+    }
+
+    fn locate_in(locs: &BTreeMap<KeyPath, Loc>, key: &KeyPath) -> Option<Loc> {
+        let segs = key.segments();
+        (1..=segs.len()).rev().find_map(|n| locs.get(&KeyPath(segs[..n].to_vec()))).cloned()
+    }
+
+    #[test]
+    fn shared_locations_locate_as_copied_ones_did() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("base.toml"),
+            "[train]\nsteps = 3\noptimizer = { kind = \"adamw\", lr = 3e-3, betas = [0.9, 0.99] }\n\
+             [[loss]]\nplugin = \"soft-kl\"\nweight = 0.9\n[student]\nhidden = [64, 64]\n",
+        )
+        .expect("write");
+        let sweeps = [
+            // A table swept whole, then a key inside it; and the other way round.
+            "\"train.optimizer\" = [{ kind = \"sgd\", lr = 1.0 }]\n\"train.optimizer.lr\" = [0.1, 0.2]\n",
+            "\"train.optimizer.lr\" = [0.1, 0.2]\n\"train.optimizer\" = [{ kind = \"sgd\", lr = 1.0 }]\n",
+            // An array swept whole, a new leaf, an array element.
+            "\"student.hidden\" = [[32], [16, 16]]\n\"loss.0.temperature\" = [1, 2]\n\"train.optimizer.betas.1\" = [0.9]\n",
+        ];
+        for sweep in sweeps {
+            let top = dir.path().join("top.toml");
+            std::fs::write(&top, format!("extends = \"base.toml\"\n[train]\nsteps = 5\n[sweep]\n{sweep}")).expect("write");
+            let doc = RecipeDoc::load(&top).expect("load");
+            let expected = copied_locs(&doc);
+            let runs = doc.expand_sweep().expect("expand");
+            let mut probes: Vec<KeyPath> = doc.locs.file.keys().chain(expected.keys()).cloned().collect();
+            probes.extend(probes.clone().into_iter().flat_map(|k| [k.key("missing"), k.index(7)]));
+            for run in &runs {
+                for p in &probes {
+                    assert_eq!(run.doc.locate(p), locate_in(&expected, p), "{p} in {sweep}");
+                }
+            }
+        }
+    }
 }
