@@ -443,6 +443,15 @@ impl SummaryRow {
         if r.compression > 0.0 {
             self.compression = Some(r.compression);
         }
+        if self.teacher.is_empty() && r.status == RunStatus::Ok {
+            // For a row made from a report (a skipped run), as the run's event said it.
+            self.teacher = match (r.teacher_params, r.teacher_cached) {
+                (0, _) => "precomputed",
+                (_, true) => "cache",
+                (_, false) => "trained",
+            }
+            .into();
+        }
         self.wall_s = r.wall_s;
         self
     }
@@ -690,7 +699,9 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
     }
     update_summary(&args.results, &early)?;
 
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Under Slurm, the task's CPUs (the node may have more than the task was given).
+    let slurm_cpus = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(slurm_cpus.unwrap_or(usize::MAX));
     let jobs = args.jobs.min(pending.len()).max(1);
     let threads = (cores / jobs).max(1);
     if args.jobs > cores {

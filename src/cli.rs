@@ -473,6 +473,8 @@ struct EvalRow {
 /// characters, as in the `tsv` dataset and `kdx examples` output.
 fn read_eval_rows(data: &Path, split: Option<&str>) -> Result<Vec<EvalRow>> {
     let text = std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
+    // Spreadsheet exports often start with a byte-order mark; it is not part of the header.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut lines = text.lines().enumerate().map(|(n, l)| (n + 1, l.strip_suffix('\r').unwrap_or(l))).filter(|(_, l)| !l.trim().is_empty());
     let Some((_, first)) = lines.next() else { anyhow::bail!("{}: the file is empty", data.display()) };
     let header: Vec<&str> = first.split('\t').map(str::trim).collect();

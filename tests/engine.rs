@@ -178,6 +178,10 @@ fn divergence_stops_the_run_and_names_the_step() {
     let row: RunRow = read::<RunRow>(&results.join("diverge/run/run.csv")).remove(0);
     assert_eq!(row.status.as_str(), "failed");
     assert!(row.error.contains("diverged"));
+    // A failed run's figures are empty cells, never zeros an average would count.
+    assert!(row.teacher_macro_acc.is_nan() && row.student_macro_acc.is_nan() && row.worst_acc.is_nan());
+    let csv = std::fs::read_to_string(results.join("diverge/run/run.csv")).unwrap();
+    assert!(!csv.contains(",0.0,"), "{csv}");
 }
 
 #[test]
@@ -254,6 +258,14 @@ fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
         assert!((e.accuracy - l.student_acc).abs() < 1e-9, "{}: eval {} vs run {}", l.lang, e.accuracy, l.student_acc);
     }
     assert!((get_row(&rows, "macro").accuracy - row.student_macro_acc).abs() < 1e-9);
+
+    // The same file saved with a byte-order mark (as spreadsheets do): the same figures.
+    let bom = tmp.path().join("examples-bom.tsv");
+    std::fs::write(&bom, [&b"\xef\xbb\xbf"[..], &std::fs::read(&examples).unwrap()].concat()).unwrap();
+    let csv_bom = tmp.path().join("eval-bom.csv");
+    let out = kdx(&["eval", dir.to_str().unwrap(), "--data", bom.to_str().unwrap(), "--split", "test", "--csv", csv_bom.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&csv_bom).unwrap(), std::fs::read_to_string(&csv_out).unwrap());
 }
 
 #[test]
@@ -444,12 +456,16 @@ fn cross_lingual_student_learns_without_labels_and_retrieves_translations() {
     let r = xling_recipe(tmp.path(), "xling-kd", "[[loss]]\nplugin = \"soft-kl\"\ntemperature = 2.0\n");
     let row = run_ok(&r, &results, &[]);
     assert!(row.student_macro_acc > 0.45, "student {}", row.student_macro_acc);
+    assert_eq!(row.flags, "", "neither model is at chance");
     assert!(row.baseline_macro_acc.is_none(), "no baseline: it would need the gold labels");
     assert!(!results.join("xling-kd/run/retrieval.csv").exists(), "no loss relates the hidden spaces");
 
     // Embedding-level transfer (hidden-state regression alone): translation retrieval.
     let r = xling_recipe(tmp.path(), "xling", "[[loss]]\nplugin = \"hidden-mse\"\nprojection = \"always\"\n");
-    run_ok(&r, &results, &[]);
+    let row = run_ok(&r, &results, &[]);
+    // The regression trains no classifier head: the student's catalog accuracy stays at
+    // chance, and run.csv says so.
+    assert!(row.student_macro_acc < 0.3 && row.flags == "student-at-chance", "{} {:?}", row.student_macro_acc, row.flags);
     let dir = results.join("xling/run");
     #[derive(serde::Deserialize)]
     struct R {

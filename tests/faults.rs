@@ -264,6 +264,7 @@ fn a_run_killed_anywhere_resumes_to_the_same_csvs() {
         kills.push((k, last_stage(&text(&out.stdout)).unwrap_or_default()));
         assert!(kills.len() < 60, "no progress: {kills:?}");
     }
+    eprintln!("{} kills (steps run before each, stage): {kills:?}", kills.len());
     let stages: std::collections::BTreeSet<&str> = kills.iter().map(|(_, s)| s.as_str()).collect();
     assert!(kills.len() >= 10, "only {} kills: {kills:?}", kills.len());
     assert_eq!(stages.into_iter().collect::<Vec<_>>(), ["baseline", "distill", "finetune", "teacher"], "{kills:?}");

@@ -40,9 +40,35 @@ impl Languages {
         }
     }
 
-    /// Checks the selection's syntax (plan time; the message is for the recipe's location).
+    /// Checks the selection's syntax and that no locale is listed twice (plan time; the
+    /// message is for the recipe's location).
     pub fn check(&self) -> Result<(), String> {
+        if let Languages::List(v) = self {
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(dup) = v.iter().find(|l| !seen.insert(l.as_str())) {
+                return Err(format!("locale `{dup}` is listed twice"));
+            }
+        }
         self.rule().map(drop)
+    }
+
+    /// Checks that every listed locale is one of `available` (a corpus's locales, e.g. from
+    /// its MANIFEST), so `kdx validate` finds an unknown locale without loading the corpus.
+    pub fn check_available<'a>(&self, available: impl IntoIterator<Item = &'a str>, source: &str) -> Result<(), String> {
+        let Languages::List(v) = self else { return Ok(()) };
+        let available: std::collections::BTreeSet<&str> = available.into_iter().collect();
+        match v.iter().find(|l| !available.contains(l.as_str())) {
+            None => Ok(()),
+            Some(l) => {
+                let lower = l.to_lowercase();
+                let near: Vec<&str> =
+                    available.iter().copied().filter(|a| a.to_lowercase().starts_with(&lower[..lower.len().min(2)])).take(8).collect();
+                Err(format!(
+                    "locale `{l}` is not in {source}{}",
+                    if near.is_empty() { String::new() } else { format!("; similar: {}", near.join(", ")) }
+                ))
+            }
+        }
     }
 
     /// The selected locales, sorted and unique, given the rows per locale; `source` names

@@ -49,8 +49,13 @@ impl Task {
         if self.labels.len() < 2 {
             return Err(format!("the task has {} class(es); at least 2 are needed", self.labels.len()));
         }
-        if self.train.is_empty() {
-            return Err("the training split is empty".into());
+        for (split, xs) in [("train", &self.train), ("dev", &self.dev), ("test", &self.test)] {
+            if xs.is_empty() {
+                return Err(format!(
+                    "the {split} split is empty: every split needs examples (for the dev and test splits, \
+                     a file of their own or a larger fraction of the data)"
+                ));
+            }
         }
         if self.teacher_train.as_ref().is_some_and(Vec::is_empty) {
             return Err("the teacher's training set is empty".into());

@@ -244,6 +244,26 @@ pub trait ModelBuilder: Send + Sync {
     }
 }
 
+/// This machine's memory in bytes (`MemTotal` of /proc/meminfo), if it can be read.
+pub fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Checks, before anything is allocated, that `bytes` (an estimate of what `what` needs) fits
+/// in this machine's memory; the error gives the estimate and the machine's memory. Plugins
+/// call it from their builders, so `kdx validate` refuses sizes a run would die on.
+pub fn check_memory(what: &str, bytes: u128) -> Result<(), String> {
+    let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+    match machine_memory() {
+        Some(total) if bytes > total as u128 => {
+            Err(format!("{what} needs about {:.1} GiB, more than this machine's {:.1} GiB", gib(bytes), gib(total as u128)))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Copies a teacher's parameters into a student where names and shapes allow
 /// (`init = "from-teacher"`): equal shapes are copied whole; a student matrix whose
 /// shape is a prefix-slice of the teacher's (fewer rows and/or columns) takes the leading

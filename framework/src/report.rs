@@ -59,7 +59,9 @@ pub struct LanguageRow {
     pub agreement: f64,
 }
 
-/// The single row of `run.csv`.
+/// The single row of `run.csv`. A figure the run did not get to (a failed run's
+/// accuracies, a precomputed teacher's speed) is `NaN` here and an empty cell in the file, so
+/// that aggregations never count it as 0.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunRow {
     /// Experiment name.
@@ -81,34 +83,60 @@ pub struct RunRow {
     /// teacher_params / student_params.
     pub compression: f64,
     /// Teacher inference speed, texts/s on one thread (featurisation included).
+    #[serde(with = "nan_as_empty")]
     pub teacher_texts_per_s: f64,
     /// Student inference speed, texts/s on one thread (featurisation included).
+    #[serde(with = "nan_as_empty")]
     pub student_texts_per_s: f64,
     /// Teacher macro accuracy (test).
+    #[serde(with = "nan_as_empty")]
     pub teacher_macro_acc: f64,
     /// Student macro accuracy (test).
+    #[serde(with = "nan_as_empty")]
     pub student_macro_acc: f64,
     /// Baseline macro accuracy (test).
     pub baseline_macro_acc: Option<f64>,
     /// Student minus baseline macro accuracy.
     pub kd_gain: Option<f64>,
     /// Student macro accuracy / teacher macro accuracy.
+    #[serde(with = "nan_as_empty")]
     pub retention: f64,
     /// Language where the student is worst.
     pub worst_lang: String,
     /// The student's accuracy there.
+    #[serde(with = "nan_as_empty")]
     pub worst_acc: f64,
     /// Whether the teacher came from the cache.
     pub teacher_cached: bool,
     /// Wall time of the run, seconds.
     pub wall_s: f64,
     /// Training examples per second over the distillation stage.
+    #[serde(with = "nan_as_empty")]
     pub train_examples_per_s: f64,
     /// Peak resident memory, MiB.
     pub peak_rss_mb: f64,
+    /// Warnings about the results, `;`-separated: `teacher-at-chance`, `student-at-chance`
+    /// (macro accuracy on test less than 5% of the way from chance, 1/classes, to 1).
+    #[serde(default)]
+    pub flags: String,
 }
 
 impl RunRow {
+    /// A row whose figures are all missing (`NaN`): what a run that fails before its end reports.
+    pub fn not_run() -> RunRow {
+        let nan = f64::NAN;
+        RunRow {
+            teacher_texts_per_s: nan,
+            student_texts_per_s: nan,
+            teacher_macro_acc: nan,
+            student_macro_acc: nan,
+            retention: nan,
+            worst_acc: nan,
+            train_examples_per_s: nan,
+            ..RunRow::default()
+        }
+    }
+
     /// "T → S params, R×", or "teacher outputs from a file → S params" for a teacher
     /// without weights (`logits-file`).
     pub fn sizes(&self) -> String {
@@ -117,6 +145,23 @@ impl RunRow {
         } else {
             format!("{} → {} params, {:.1}×", self.teacher_params, self.student_params, self.compression)
         }
+    }
+}
+
+/// `NaN` as an empty CSV cell, and back.
+mod nan_as_empty {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_nan() {
+            s.serialize_none()
+        } else {
+            s.serialize_some(v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
 }
 

@@ -189,7 +189,7 @@ pub fn run(plan: &mut Plan, opts: &RunOptions, observer: &mut dyn Observer) -> R
         run: plan.run_name.clone(),
         recipe: plan.doc.path().display().to_string(),
         hash,
-        ..Default::default()
+        ..RunRow::not_run()
     };
     let result = run_stages(plan, opts, &dir, &mut row, observer);
     row.status = match &result {

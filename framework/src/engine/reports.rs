@@ -100,6 +100,16 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
     row.baseline_macro_acc = baseline_rows.as_deref().map(macro_of);
     row.kd_gain = row.baseline_macro_acc.map(|b| row.student_macro_acc - b);
     row.retention = row.student_macro_acc / row.teacher_macro_acc;
+    let chance = 1.0 / classes.max(1) as f64;
+    let at_chance = |acc: f64| acc < chance + 0.05 * (1.0 - chance);
+    let mut flags = Vec::new();
+    for (who, acc) in [("teacher", row.teacher_macro_acc), ("student", row.student_macro_acc)] {
+        if at_chance(acc) {
+            flags.push(format!("{who}-at-chance"));
+            monitor.note(format!("warning: the {who} is at chance: macro accuracy {acc:.4} with {classes} classes (chance {chance:.4})"));
+        }
+    }
+    row.flags = flags.join(";");
     if let Some(w) = lang_rows
         .iter()
         .zip(&in_macro)

@@ -109,10 +109,17 @@ pub(super) fn obtain(plan: &Plan, mut teacher: Teacher, task: &Task, fcache: &Fe
         }
         Teacher::Network(m) => m,
     };
+    let weights = cache.join("teacher.safetensors");
+    // A complete cache needs no lock (it is renamed into place whole); only training does.
+    if let Some(Ok(rows)) = weights.exists().then(|| load_cached(&weights, &mut **model)) {
+        monitor.metrics.extend(rows);
+        monitor.note(format!("teacher: loaded from cache {}", cache.display()));
+        monitor.emit(Event::TeacherReady { source: TeacherSource::Cache, cache: Some(cache.clone()) });
+        return Ok(Ready { teacher, source: TeacherSource::Cache, cache });
+    }
     // Held until the teacher is in the cache: another process (a batch with --jobs, or a
     // second batch) that needs the same teacher waits for it instead of training it again.
     let lock = lock_cache(&cache, monitor)?;
-    let weights = cache.join("teacher.safetensors");
     let cached = match weights.exists() {
         true => match load_cached(&weights, &mut **model) {
             Ok(rows) => Some(rows),

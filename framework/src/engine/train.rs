@@ -296,6 +296,17 @@ pub fn combine_losses<'a>(losses: &mut [StageLoss<'a>], input: &LossInput, hidde
     for l in losses.iter_mut() {
         let w = l.weight.at(step, total_steps);
         let r = l.loss.compute(input).with_context(|| format!("loss `{}` at step {step}", l.name))?;
+        // A NaN or infinite gradient of a finite value would reach the weights and surface a
+        // step later as a NaN value of some other loss: stop here and name the culprit. (A
+        // non-finite value is reported with every term by the divergence check.)
+        let own = l.loss.params().into_iter().filter_map(|p| match &p.grad {
+            Grad::Dense(g) => g.iter().find(|x| !x.is_finite()).copied(),
+            _ => None,
+        });
+        let bad = r.grad_logits.iter().chain(r.grad_hidden.iter().flatten()).find(|x| !x.is_finite()).copied().or(own.into_iter().next());
+        if let Some(x) = bad.filter(|_| r.value.is_finite()) {
+            anyhow::bail!("loss `{}` returned a non-finite gradient ({x}) at step {step} (its value: {})", l.name, r.value);
+        }
         terms.push((l.name, w, r.value));
         // The loss's own parameters (a projection) are part of the weighted objective too.
         for p in l.loss.params_mut() {
@@ -568,6 +579,31 @@ mod tests {
         assert_eq!(resumed.calls[0], "started distill 10/30");
         assert_eq!(straight.w.data, again.w.data, "same weights, bit for bit");
         assert_eq!((s1.step, s1.opt_t, &s1.cursor, &s1.pass, &s1.sampling), (s2.step, s2.opt_t, &s2.cursor, &s2.pass, &s2.sampling));
+    }
+
+    /// A loss with a finite value and a NaN gradient (a broken plugin).
+    struct NanGradient;
+
+    impl Loss for NanGradient {
+        fn needs_teacher(&self) -> bool {
+            false
+        }
+        fn compute(&mut self, x: &LossInput) -> Result<crate::loss::LossOutput> {
+            let mut g = vec![0.0; x.batch * x.classes];
+            g[1] = f32::NAN;
+            Ok(crate::loss::LossOutput { value: 0.5, grad_logits: g, grad_hidden: None })
+        }
+    }
+
+    #[test]
+    fn a_non_finite_gradient_stops_the_step_and_names_the_loss() {
+        let s = crate::loss::SampleBatch::random(4, 3, 2, 1.0, 1);
+        let w = Schedule::Constant(1.0);
+        let (mut ce, mut bad) = (CrossEntropy::default(), NanGradient);
+        let mut losses =
+            [StageLoss { name: "hard-ce", weight: &w, loss: &mut ce }, StageLoss { name: "broken", weight: &w, loss: &mut bad }];
+        let e = combine_losses(&mut losses, &s.input(7, 10), 8).unwrap_err().to_string();
+        assert_eq!(e, "loss `broken` returned a non-finite gradient (NaN) at step 7 (its value: 0.5)");
     }
 
     #[test]

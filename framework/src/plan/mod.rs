@@ -369,6 +369,12 @@ impl Plan {
         stages.extend(self.teacher_train.iter().map(|t| (root.key("teacher").key("train"), t.clone())));
         stages.extend(self.finetune.iter().map(|f| (root.key("finetune"), f.stage())));
         for (key, cfg) in &stages {
+            // A step holds at least this much per example (ids, logits, gradients, indices).
+            const PER_EXAMPLE: u128 = 1024;
+            let what = format!("a batch of {} examples", cfg.batch);
+            if let Err(e) = crate::model::check_memory(&what, cfg.batch as u128 * PER_EXAMPLE) {
+                d.push(self.doc.diag(&key.key("batch"), e, None));
+            }
             let (lr_key, lr) = cfg.lr_key();
             if !(lr.is_finite() && lr > 0.0) {
                 let at = lr_key.split('.').fold(key.clone(), |k, part| k.key(part));

@@ -67,6 +67,15 @@ fn build(p: NgramMlpParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Dia
     if !(0.0..1.0).contains(&p.dropout) {
         return Err(ctx.error("dropout", format!("must be in [0, 1), found {}", p.dropout)));
     }
+    // Parameters, their gradients and two Adam moments, in f32 (the output layer aside).
+    let mut scalars = p.buckets as u128 * p.dim as u128;
+    let mut width = p.dim as u128;
+    for &h in &p.hidden {
+        scalars += width * h as u128 + h as u128;
+        width = h as u128;
+    }
+    let what = format!("this model ({scalars} parameters, with gradients and optimizer moments)");
+    kdx_framework::model::check_memory(&what, scalars * 4 * 4).map_err(|e| ctx.error("dim", e))?;
     Ok(Box::new(p))
 }
 

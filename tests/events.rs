@@ -1,0 +1,79 @@
+//! The engine as a library: a run watched by a recording observer tells its stages in
+//! order, once each, and its events are exactly what `kdx run --events jsonl` prints.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use kdx_framework::engine::{self, RunOptions};
+use kdx_framework::event::{Event, Recorder, RunStatus, TeacherSource};
+use kdx_framework::plan::load_plans;
+use kdx_framework::stage::Stage;
+use kdx_plugins as _;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn a_run_tells_its_stages_in_order_to_any_observer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tmp.path().join("events.toml");
+    let text = std::fs::read_to_string(root().join("tests/batch/good.toml"))
+        .unwrap()
+        .replace("name = \"batch-good\"", "name = \"events\"")
+        .replace("../../data/gettext-corpus.tsv.gz", &root().join("data/gettext-corpus.tsv.gz").display().to_string());
+    std::fs::write(&recipe, text).unwrap();
+    let mut plan = load_plans(&recipe).unwrap().remove(0);
+    let opts = RunOptions { results: tmp.path().join("lib"), resume: false, interrupt_after: None, lock_held: false };
+    let mut rec = Recorder::default();
+    let row = engine::run(&mut plan, &opts, &mut rec).unwrap();
+    assert_eq!(row.status, RunStatus::Ok);
+
+    let events = &rec.events;
+    assert!(matches!(events.first(), Some(Event::RunStarted { experiment, resume: false, .. }) if experiment == "events"));
+    assert!(matches!(events.last(), Some(Event::RunFinished { status: RunStatus::Ok, error: None, .. })));
+    let stages: Vec<(Stage, u64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StageStarted { stage, steps, from_step: 0 } => Some((*stage, *steps)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stages, [(Stage::Teacher, 120), (Stage::Distill, 80), (Stage::Baseline, 80)]);
+    let ready: Vec<&Event> = events.iter().filter(|e| matches!(e, Event::TeacherReady { .. })).collect();
+    assert!(matches!(ready[..], [Event::TeacherReady { source: TeacherSource::Trained, cache: Some(_) }]), "{ready:?}");
+    // Every step of every stage, in order, then the stage's evaluations at 40 and 80.
+    for (stage, steps) in stages {
+        let seen: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Step { stage: s, step, .. } if *s == stage => Some(*step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seen, (1..=steps).collect::<Vec<_>>(), "{stage}");
+    }
+    let evals: Vec<(Stage, u64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Evaluated { stage, step, macro_acc } if (0.0..=1.0).contains(macro_acc) => Some((*stage, *step)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evals.iter().filter(|(s, _)| *s == Stage::Distill).map(|(_, n)| *n).collect::<Vec<_>>(), [40, 80]);
+
+    // `kdx run --events jsonl` prints the same events (steps aside: rate-limited there).
+    let out = Command::new(env!("CARGO_BIN_EXE_kdx"))
+        .args(["run", recipe.to_str().unwrap(), "--results", tmp.path().join("cli").to_str().unwrap(), "--quiet", "--events", "jsonl"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Vec<Event> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds = |v: &[Event]| -> Vec<String> {
+        v.iter()
+            .filter(|e| !matches!(e, Event::Step { .. }))
+            .map(|e| serde_json::to_value(e).unwrap()["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(kinds(&printed), kinds(events));
+}
