@@ -18,5 +18,19 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    quiet_plugin_panics();
     kdx::cli::main()
+}
+
+/// A panic inside a plugin is caught and reported by kdx with the plugin's message; Rust's
+/// own panic output would only repeat it (with a backtrace under `RUST_BACKTRACE`). Shown
+/// anyway when `KDX_PLUGIN_PANIC_OUTPUT` is set; panics of kdx itself always are.
+fn quiet_plugin_panics() {
+    let default = std::panic::take_hook();
+    let show_plugin_panics = std::env::var_os(kdx_framework::dylib::kdx_sdk::export::PANIC_OUTPUT_VAR).is_some();
+    std::panic::set_hook(Box::new(move |info| {
+        if show_plugin_panics || !kdx_framework::dylib::in_plugin_call() {
+            default(info);
+        }
+    }));
 }

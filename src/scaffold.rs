@@ -80,16 +80,9 @@ fn is_sdk(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|s| s.lines().any(|l| l.trim() == "name = \"kdx-sdk\""))
 }
 
-/// The kdx-sdk crate to depend on by path: the one of the kdx checkout `dir` is inside, else
-/// the one this kdx was built from (when it is still there).
-fn find_sdk(dir: &Path) -> Option<(PathBuf, bool)> {
-    for anc in dir.ancestors() {
-        if is_sdk(&anc.join("sdk")) {
-            return Some((anc.join("sdk"), true));
-        }
-    }
-    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk");
-    is_sdk(&built_from).then(|| (std::fs::canonicalize(&built_from).unwrap_or(built_from), false))
+/// The kdx-sdk crate of the kdx checkout `dir` is inside, if it is inside one.
+fn find_sdk(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().map(|a| a.join("sdk")).find(|s| is_sdk(s))
 }
 
 /// Writes a plugin crate for the loss `name` into `dir` (default `./NAME`), which must not
@@ -115,9 +108,14 @@ pub fn new_loss(name: &str, dir: Option<&Path>) -> Result<Scaffold> {
     let abs = std::fs::canonicalize(&dir)?;
     let version = format!("version = \"={FRAMEWORK_VERSION}\"");
     let sdk_dependency = match find_sdk(&abs) {
-        Some((sdk, true)) => format!("{version}, path = \"{}\"", relative(&abs, &std::fs::canonicalize(&sdk)?).display()),
-        Some((sdk, false)) => format!("{version}, path = \"{}\"", sdk.display()),
-        None => version,
+        // Inside a kdx checkout: its SDK, by a relative path.
+        Some(sdk) => format!("{version}, path = \"{}\"", relative(&abs, &std::fs::canonicalize(&sdk)?).display()),
+        // Anywhere else: a copy of this kdx's SDK inside the crate, so the crate builds on
+        // its own and can be shared as one directory.
+        None => {
+            vendor_sdk(&dir.join("kdx-sdk"))?;
+            format!("{version}, path = \"kdx-sdk\"")
+        }
     };
     let ty = type_name(name);
     let lib = name.replace('-', "_");
@@ -135,6 +133,36 @@ pub fn new_loss(name: &str, dir: Option<&Path>) -> Result<Scaffold> {
         std::fs::write(&p, fill(t)).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(Scaffold { dir, name: name.to_string(), type_name: ty, library_file, sdk_dependency })
+}
+
+/// The SDK's sources, as this kdx was built with them.
+const SDK_FILES: [(&str, &str); 6] = [
+    ("Cargo.toml", include_str!("../sdk/Cargo.toml")),
+    ("src/lib.rs", include_str!("../sdk/src/lib.rs")),
+    ("src/abi.rs", include_str!("../sdk/src/abi.rs")),
+    ("src/export.rs", include_str!("../sdk/src/export.rs")),
+    ("src/math.rs", include_str!("../sdk/src/math.rs")),
+    ("src/testing.rs", include_str!("../sdk/src/testing.rs")),
+];
+
+/// Writes the SDK into `dir` as a stand-alone crate (its workspace settings made explicit).
+fn vendor_sdk(dir: &Path) -> Result<()> {
+    for (f, text) in SDK_FILES {
+        let text = if f == "Cargo.toml" {
+            text.replace("version.workspace = true", &format!("version = \"{FRAMEWORK_VERSION}\""))
+                .replace("edition.workspace = true", "edition = \"2021\"")
+                .replace("license.workspace = true", "license = \"MIT OR Apache-2.0\"")
+                .replace("[lints]\nworkspace = true\n", "")
+        } else {
+            text.to_string()
+        };
+        let p = dir.join(f);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }
 
 const CARGO_TOML: &str = r#"[package]
@@ -329,7 +357,10 @@ mod tests {
         let s = new_loss("ok-name", Some(&tmp.path().join("ok"))).unwrap();
         let toml = std::fs::read_to_string(s.dir.join("Cargo.toml")).unwrap();
         assert!(toml.contains(&format!("version = \"={FRAMEWORK_VERSION}\"")), "{toml}");
-        assert!(toml.contains("path = \""), "built from a checkout: depends on its SDK by path\n{toml}");
+        assert!(toml.contains("path = \"kdx-sdk\""), "outside a checkout: a copy of the SDK in the crate\n{toml}");
+        let sdk = std::fs::read_to_string(s.dir.join("kdx-sdk/Cargo.toml")).unwrap();
+        assert!(sdk.contains(&format!("version = \"{FRAMEWORK_VERSION}\"")) && !sdk.contains("workspace = true"), "{sdk}");
+        assert!(s.dir.join("kdx-sdk/src/export.rs").exists());
         let lib = std::fs::read_to_string(s.dir.join("src/lib.rs")).unwrap();
         assert!(lib.contains("pub struct OkName {") && lib.contains("export_loss!(OkName)") && !lib.contains("__"));
     }

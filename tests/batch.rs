@@ -248,3 +248,51 @@ fn ctrl_c_stops_the_runs_and_the_next_batch_resumes_them() {
     let dry = text(&dry.stdout);
     assert!(dry.starts_with("resume   batch-long/run"), "{dry}");
 }
+
+/// `kill -9` of a batch takes its running child with it (its lock goes with it too), so no
+/// orphan keeps training a run that the next batch would start again.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_batch_takes_its_children_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("recipes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(root().join("tests/batch/good.toml"))
+        .unwrap()
+        .replace("name = \"batch-good\"", "name = \"orphan\"")
+        .replace("../../data/gettext-corpus.tsv.gz", &root().join("data/gettext-corpus.tsv.gz").display().to_string())
+        .replace("steps = 80\nbatch = 64\neval_every = 40", "steps = 200000\nbatch = 64\neval_every = 1000");
+    std::fs::write(dir.join("long.toml"), text).unwrap();
+    let results = tmp.path().join("results");
+    let mut batch = Command::new(env!("CARGO_BIN_EXE_kdx"))
+        .args(["batch", dir.to_str().unwrap(), "--results", results.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The child `kdx run`, once the batch has started it.
+    let children = format!("/proc/{0}/task/{0}/children", batch.id());
+    let started = Instant::now();
+    let child: u32 = loop {
+        let pids = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = pids.split_whitespace().next().and_then(|p| p.parse().ok()) {
+            break pid;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the batch started no child");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    batch.kill().unwrap();
+    batch.wait().unwrap();
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+    };
+    let killed = Instant::now();
+    while !gone(child) {
+        assert!(killed.elapsed() < Duration::from_secs(10), "child {child} outlived its batch");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its run is free for the next batch.
+    assert!(kdx_framework::engine::lock_run(&results.join("orphan/run")).unwrap().is_some(), "the run's lock died with it");
+}

@@ -342,6 +342,14 @@ fn a_plugins_refusal_of_its_parameters_is_located_in_the_recipe() {
         e.contains("loss[1]: loss plugin `misbehaving`") && e.contains("the plugin panicked: misbehaving: deliberate panic in create"),
         "{e}"
     );
+
+    // A wrong type: at its key's line, in the recipe's words (not Rust's `f32`).
+    let r = recipe(tmp.path(), "types", "plugin = \"focal-kd\"\ntemperature = \"hot\"", "", 1);
+    let out = kdx(&["run", r.to_str().unwrap(), "--plugin", lib, "--results", tmp.path().to_str().unwrap()], &[]);
+    let e = assert_refused(&out);
+    let line = std::fs::read_to_string(&r).unwrap().lines().position(|l| l.starts_with("temperature = \"hot\"")).unwrap() + 1;
+    assert!(e.contains(&format!("{}:{line}:1: loss[0].temperature: loss plugin `focal-kd`", r.display())), "{e}");
+    assert!(e.contains("expected a number, found string \"hot\"") && !e.contains("f32"), "{e}");
 }
 
 #[test]
@@ -403,9 +411,17 @@ fn a_panic_in_compute_fails_that_run_and_the_next_run_still_runs() {
         &format!("[plugins]\nlibraries = [{:?}]\n\n[sweep]\n\"loss.0.panic\" = [\"compute\", \"no\"]", misbehaving().to_str().unwrap()),
         5,
     );
-    let out = kdx(&["run", r.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"], &[]);
+    let out = kdx(&["run", r.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"], &[("RUST_BACKTRACE", "1")]);
     let e = assert_refused(&out);
     assert!(e.contains("loss plugin `misbehaving`") && e.contains("panicked: misbehaving: deliberate panic in compute at step 0"), "{e}");
+    // kdx's report only: no "thread … panicked at", no backtrace, even under RUST_BACKTRACE.
+    assert!(!e.contains("panicked at") && !e.contains("stack backtrace"), "{e}");
+    // Rust's own output, on request.
+    let loud = kdx(
+        &["run", r.to_str().unwrap(), "--results", tmp.path().join("loud").to_str().unwrap(), "--quiet"],
+        &[("KDX_PLUGIN_PANIC_OUTPUT", "1")],
+    );
+    assert!(stderr(&loud).contains("panicked at"), "{}", stderr(&loud));
     // The failed run says why in its run.csv; the sweep's other run ran to the end in the
     // same process.
     let mut rows: Vec<(String, String, String)> = std::fs::read_dir(results.join("panics"))

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::Task;
 use crate::model::Model;
 use crate::registry::{self, Instance, PluginKind};
-use crate::store::{params_from_map, params_to_map, read_safetensors, to_safetensors, TensorMap};
+use crate::store::{params_from_map, params_to_map, read_sealed, write_sealed, Metadata, TensorMap};
 use kdx_fsio::write_atomic;
 
 /// The JSON side of an exported model.
@@ -38,7 +38,8 @@ pub struct ModelCard {
 pub fn export(model: &dyn Model, plugin: &str, section: &toml::Value, task: &Task, stem: &Path) -> Result<()> {
     let mut map = TensorMap::new();
     params_to_map("", &model.params(), &mut map);
-    write_atomic(&stem.with_extension("safetensors"), &to_safetensors(&map)?)?;
+    // Sealed: a damaged weights file is refused by `load`, not silently mispredicting.
+    write_sealed(&stem.with_extension("safetensors"), &map, Metadata::new())?;
     let mut params = section.clone();
     if let Some(t) = params.as_table_mut() {
         t.remove("plugin");
@@ -74,7 +75,7 @@ pub fn load(stem: &Path) -> Result<(Box<dyn Model>, ModelCard)> {
         seed: 0,
     })?;
     let weights = stem.with_extension("safetensors");
-    let map = read_safetensors(&weights)?;
+    let (map, _) = read_sealed(&weights)?;
     params_from_map("", &mut model.params_mut(), &map, &weights)?;
     Ok((model, card))
 }

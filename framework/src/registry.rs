@@ -89,10 +89,14 @@ impl BuildCtx<'_> {
     /// there: otherwise "`what` PATH does not exist`hint`", located at the parameter.
     pub fn existing_file(&self, param: &str, value: &std::path::Path, what: &str, hint: &str) -> Result<PathBuf, Diagnostic> {
         let path = self.resolve_path(param, value);
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(self.error(param, format!("{what} {} does not exist{hint}", path.display())))
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(path),
+            Ok(m) if m.is_dir() => Err(self.error(param, format!("{what} {} is a directory, not a file", path.display()))),
+            Ok(_) => Err(self.error(param, format!("{what} {} is not a regular file (a device or a pipe)", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(self.error(param, format!("{what} {} does not exist{hint}", path.display())))
+            }
+            Err(e) => Err(self.error(param, format!("{what} {} cannot be read: {e}", path.display()))),
         }
     }
 

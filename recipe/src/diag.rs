@@ -202,7 +202,7 @@ fn choice_help(word: &str, valid: &[&str], what: &str) -> String {
 /// Serde's wording (`invalid type: string "x", expected f32`) talks about Rust
 /// types; users think in TOML. Messages that match no known shape (custom
 /// errors from a plugin's own `Deserialize`) are kept as they are.
-pub(crate) fn humanize_serde_message(msg: &str) -> (String, Option<String>) {
+pub fn humanize_serde_message(msg: &str) -> (String, Option<String>) {
     if let Some(rest) = msg.strip_prefix("unknown field ") {
         let (word, expected) = split_unknown(rest);
         return (format!("unknown key `{word}`"), Some(choice_help(&word, &refs(&expected), "keys")));

@@ -30,7 +30,7 @@ mod doc;
 mod keypath;
 mod sweep;
 
-pub use diag::{did_you_mean, unknown_key_help, Diagnostic, Diagnostics, Loc};
+pub use diag::{did_you_mean, humanize_serde_message, unknown_key_help, Diagnostic, Diagnostics, Loc};
 pub use doc::RecipeDoc;
 pub use keypath::{KeyPath, ParseKeyPathError, Seg};
 pub use sweep::{SweepRun, MAX_SWEEP_RUNS};

@@ -96,9 +96,28 @@ unsafe fn store_error(out_error: *mut *mut c_char, message: &str) {
     unsafe { *out_error = c.into_raw() };
 }
 
+/// The environment variable that makes a plugin's panics print Rust's panic message (and
+/// its backtrace, with `RUST_BACKTRACE=1`) as well as kdx's own report of it.
+pub const PANIC_OUTPUT_VAR: &str = "KDX_PLUGIN_PANIC_OUTPUT";
+
+/// Silences this library's panic hook, once: a panic is caught at the boundary and reported
+/// by kdx with the plugin's message, so Rust's own "thread panicked at" lines (and a
+/// backtrace under `RUST_BACKTRACE`) would only repeat it — unless [`PANIC_OUTPUT_VAR`] is
+/// set. A `cdylib` has its own copy of the standard library, so this hook is the plugin's
+/// alone; the host's is untouched.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os(PANIC_OUTPUT_VAR).is_none() {
+            std::panic::set_hook(Box::new(|_| {}));
+        }
+    });
+}
+
 /// Runs `f`, turning an error into [`STATUS_ERROR`] and a panic into [`STATUS_PANIC`], each
 /// with its message stored in `out_error`.
 unsafe fn guard(out_error: *mut *mut c_char, f: impl FnOnce() -> Result<()>) -> i32 {
+    quiet_panics();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => STATUS_OK,
         Ok(Err(e)) => {

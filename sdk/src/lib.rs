@@ -133,18 +133,22 @@ impl<'a> Params<'a> {
     }
 
     /// Deserialises the parameters into a typed struct. Use `#[serde(deny_unknown_fields)]`
-    /// and `#[serde(default)]` as kdx's built-in losses do; the error names the offending key.
+    /// and `#[serde(default)]` as kdx's built-in losses do. The error starts with the
+    /// offending key in backquotes (`` `temperature`: invalid type: … ``): kdx then points at
+    /// that key of the recipe and words the rest as it does for built-in losses.
     #[cfg(feature = "json")]
     pub fn parse<P: serde::de::DeserializeOwned>(&self) -> Result<P> {
-        serde_json::from_str(self.json).map_err(|e| {
+        let de = &mut serde_json::Deserializer::from_str(self.json);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
             // serde_json's position ("at line 1 column 17") is in the JSON text, which the user
             // never wrote: drop it; the host adds the recipe location.
-            let s = e.to_string();
+            let s = e.into_inner().to_string();
             let s = match s.rfind(" at line ") {
                 Some(i) => s[..i].to_string(),
                 None => s,
             };
-            Error(s)
+            Error(if path.is_empty() || path == "." { s } else { format!("`{path}`: {s}") })
         })
     }
 }
@@ -359,7 +363,7 @@ mod tests {
         assert!(e.message().starts_with("unknown field `tempreature`"), "{e}");
         assert!(!e.message().contains("line"), "{e}");
         let e = Params::from_json(r#"{"temperature": "hot"}"#).parse::<P>().unwrap_err();
-        assert!(e.message().contains("invalid type"), "{e}");
+        assert_eq!(e.message(), "`temperature`: invalid type: string \"hot\", expected f32");
     }
 
     #[test]

@@ -170,6 +170,10 @@ pub fn run(plan: &mut Plan, opts: &RunOptions, observer: &mut dyn Observer) -> R
             )
         })?),
     };
+    // What a killed writer left behind (never a file in use: those have a live pid).
+    for d in [dir.clone(), ckpt.clone()] {
+        kdx_fsio::remove_stale_temporaries(&d);
+    }
     if !opts.resume && ckpt.exists() {
         std::fs::remove_dir_all(&ckpt).with_context(|| format!("clearing {}", ckpt.display()))?;
     }
