@@ -151,6 +151,39 @@ fn focal_kd_loads_and_describes_itself() {
     assert!(e.contains("temperature must be a positive number"), "{e}");
     let e = lib.create_loss(r#"{"gama": 1}"#).err().unwrap();
     assert!(e.contains("unknown field `gama`"), "{e}");
+    // It publishes its parameters' schema, doc comments included.
+    let props = lib.params_schema().and_then(|s| s.get("properties")).and_then(|p| p.as_object()).expect("a published schema");
+    let mut keys: Vec<&str> = props.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["detach_weight", "gamma", "scale_t2", "temperature"]);
+}
+
+#[test]
+fn a_library_losss_parameters_are_documented_and_checked_like_a_built_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = focal_kd().to_str().unwrap();
+    // `kdx plugins` shows them with their types, defaults and docs.
+    let out = kdx(&["plugins", "loss", "focal-kd", "--plugin", lib], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("temperature: number = 2.0") && text.contains("Temperature T > 0 of the KL term"), "{text}");
+    // A misspelt key: at its line, with the suggestion, before the plugin is called.
+    let r = recipe(tmp.path(), "typo", "plugin = \"focal-kd\"\ntempreature = 2.0", "", 1);
+    let out = kdx(&["validate", r.to_str().unwrap(), "--plugin", lib], &[]);
+    let e = stderr(&out);
+    let line = std::fs::read_to_string(&r).unwrap().lines().position(|l| l.starts_with("tempreature")).unwrap() + 1;
+    assert!(
+        !out.status.success() && e.contains(&format!("{}:{line}:1: loss[0].tempreature: unknown key `tempreature`", r.display())),
+        "{e}"
+    );
+    assert!(e.contains("did you mean `temperature`"), "{e}");
+    // `kdx schema` accepts only its parameters.
+    let out = kdx(&["schema", "--plugin", lib], &[]);
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let variants = schema.pointer("/properties/loss/items/oneOf").and_then(|v| v.as_array()).expect("loss variants");
+    let focal = variants.iter().find(|v| v.pointer("/properties/plugin/const") == Some(&serde_json::json!("focal-kd"))).unwrap();
+    assert_eq!(focal["additionalProperties"], serde_json::json!(false));
+    assert!(focal.pointer("/properties/gamma").is_some() && focal.pointer("/properties/weight").is_some(), "{focal}");
 }
 
 #[test]
@@ -555,7 +588,9 @@ fn kdx_plugins_and_kdx_schema_include_a_librarys_loss() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(text.contains("soft-kl") && text.contains("focal-kd") && text.contains("from the dynamic library"), "{text}");
-    let out = kdx(&["plugins", "loss", "focal-kd", "--plugin", lib], &[]);
+    // A library that publishes no schema: its parameters are the plugin's to check.
+    let m = misbehaving().to_str().unwrap();
+    let out = kdx(&["plugins", "loss", "misbehaving", "--plugin", m], &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("checked by the plugin"), "{}", stderr(&out));
     // Without the library the name is unknown.
     assert!(!kdx(&["plugins", "loss", "focal-kd"], &[]).status.success());

@@ -42,11 +42,19 @@ fn type_name(p: &Value) -> String {
 pub fn describe(r: &Registration, full: bool) -> String {
     let schema = serde_json::to_value((r.schema)()).unwrap_or(Value::Null);
     let mut s = format!("  {:<18} {}\n", r.name, r.summary);
+    if full {
+        s = format!("{} ({} plugin)\n  {}\n", r.name, r.kind(), r.summary);
+    }
+    s + &parameters(&schema, full)
+}
+
+/// The parameters part of a plugin's description, from its schema.
+fn parameters(schema: &Value, full: bool) -> String {
+    let mut s = String::new();
     let props = schema.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
     let required: Vec<&str> =
         schema.get("required").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     if full {
-        s = format!("{} ({} plugin)\n  {}\n", r.name, r.kind(), r.summary);
         if let Some(d) = schema.get("description").and_then(Value::as_str) {
             s.push('\n');
             for line in d.lines() {
@@ -79,18 +87,20 @@ pub fn describe(r: &Registration, full: bool) -> String {
     s
 }
 
-/// The text `kdx plugins` prints for a loss plugin from a dynamic library. Such a plugin
-/// publishes a name and a summary; its parameters are checked by the plugin itself.
+/// The text `kdx plugins` prints for a loss plugin from a dynamic library: its name, summary
+/// and origin, and its parameters when it publishes their schema (otherwise the plugin alone
+/// checks them).
 pub fn describe_library(lib: &crate::dylib::PluginLibrary, full: bool) -> String {
     let origin = format!("dynamic library {} (built for kdx {})", lib.path().display(), lib.framework_version());
-    if full {
-        format!(
+    match (lib.params_schema(), full) {
+        (Some(schema), true) => format!("{} (loss plugin)\n  {}\n\n  from the {origin}\n{}", lib.name(), lib.summary(), parameters(schema, true)),
+        (Some(schema), false) => format!("  {:<18} {}\n      from the {origin}\n{}", lib.name(), lib.summary(), parameters(schema, false)),
+        (None, true) => format!(
             "{} (loss plugin)\n  {}\n\n  from the {origin}\n\nparameters:\n  checked by the plugin: the `[[loss]]` table without `plugin` and `weight`, passed as JSON\n",
             lib.name(),
             lib.summary()
-        )
-    } else {
-        format!("  {:<18} {}\n      from the {origin}\n", lib.name(), lib.summary())
+        ),
+        (None, false) => format!("  {:<18} {}\n      from the {origin}\n", lib.name(), lib.summary()),
     }
 }
 
@@ -110,7 +120,12 @@ fn hoist(mut v: Value, defs: &mut Map<String, Value>) -> Value {
 
 /// A plugin section: `plugin = "<name>"` plus the plugin's parameters plus `extra` keys the
 /// framework owns there (e.g. `weight` in `[[loss]]`).
-fn plugin_section(kind: PluginKind, extra: &Map<String, Value>, defs: &mut Map<String, Value>, libraries: &[(&str, &str)]) -> Value {
+fn plugin_section(
+    kind: PluginKind,
+    extra: &Map<String, Value>,
+    defs: &mut Map<String, Value>,
+    libraries: &[(&str, &str, Option<&Value>)],
+) -> Value {
     let mut variants: Vec<Value> = registry::list(kind)
         .into_iter()
         .map(|r| {
@@ -133,21 +148,34 @@ fn plugin_section(kind: PluginKind, extra: &Map<String, Value>, defs: &mut Map<S
         })
         .collect();
     if kind == PluginKind::Loss {
-        variants.extend(library_losses(libraries, extra));
+        variants.extend(library_losses(libraries, extra, defs));
     }
     json!({ "oneOf": variants })
 }
 
-/// Schema variants for dynamic-library losses (name, summary): their name, the framework
-/// keys, and any other key (the plugin checks its own parameters).
-fn library_losses(libraries: &[(&str, &str)], extra: &Map<String, Value>) -> Vec<Value> {
+/// Schema variants for dynamic-library losses (name, summary, published schema): their name,
+/// the framework keys, and their own parameters when they publish a schema (any other key
+/// otherwise: the plugin checks its own parameters).
+fn library_losses(libraries: &[(&str, &str, Option<&Value>)], extra: &Map<String, Value>, defs: &mut Map<String, Value>) -> Vec<Value> {
     libraries
         .iter()
-        .map(|(name, summary)| {
-            let mut props = Map::new();
-            props.insert("plugin".into(), json!({ "const": name, "description": summary }));
-            props.extend(extra.clone());
-            json!({ "type": "object", "required": ["plugin"], "properties": props, "additionalProperties": true })
+        .map(|(name, summary, schema)| {
+            let mut s = match schema {
+                Some(s) => hoist((*s).clone(), defs),
+                None => json!({ "additionalProperties": true }),
+            };
+            let o = s.as_object_mut().expect("a schema is an object");
+            let props = o.entry("properties").or_insert_with(|| json!({}));
+            if let Some(p) = props.as_object_mut() {
+                p.insert("plugin".into(), json!({ "const": name, "description": summary }));
+                p.extend(extra.clone());
+            }
+            o.insert("required".into(), json!(["plugin"]));
+            o.insert("type".into(), json!("object"));
+            if schema.is_some() {
+                o.insert("additionalProperties".into(), json!(false));
+            }
+            s
         })
         .collect()
 }
@@ -159,7 +187,7 @@ pub fn recipe_schema() -> Value {
 
 /// [`recipe_schema`], also accepting the losses of some dynamic libraries in `[[loss]]`.
 pub fn recipe_schema_with(libraries: &[std::sync::Arc<crate::dylib::PluginLibrary>]) -> Value {
-    let libs: Vec<(&str, &str)> = libraries.iter().map(|l| (l.name(), l.summary())).collect();
+    let libs: Vec<(&str, &str, Option<&Value>)> = libraries.iter().map(|l| (l.name(), l.summary(), l.params_schema())).collect();
     let mut defs = Map::new();
     let stage = hoist(schema_json::<StageConfig>(), &mut defs);
     let schedule = hoist(schema_json::<Schedule>(), &mut defs);

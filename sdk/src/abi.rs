@@ -37,6 +37,16 @@ pub const ENTRY_SYMBOL: &str = "kdx_plugin_entry";
 /// reports it; the host accepts it when `major.minor` equals its own.
 pub const FRAMEWORK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The name of an optional second symbol, a [`SchemaFn`]: a library that exports it publishes
+/// the JSON Schema of its parameters (`kdx plugins` documents them, `kdx schema` and `kdx
+/// validate` check recipes against them). A library without it is still valid: its
+/// parameters are then checked by the plugin alone.
+pub const SCHEMA_SYMBOL: &str = "kdx_plugin_params_schema";
+
+/// [`SCHEMA_SYMBOL`]'s function: a NUL-terminated UTF-8 JSON Schema (draft 7) of the loss's
+/// parameters that lives as long as the library, or null for none.
+pub type SchemaFn = unsafe extern "C" fn() -> *const c_char;
+
 /// [`PluginDescriptor::kind`] of a loss plugin (the only kind so far).
 pub const KIND_LOSS: u32 = 1;
 

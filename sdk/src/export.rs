@@ -41,6 +41,34 @@ impl DescriptorCell {
     }
 }
 
+/// Holds a plugin's parameter schema as a C string, made on the first call.
+pub struct SchemaCell(OnceLock<Option<CString>>);
+
+impl SchemaCell {
+    /// An empty cell, for a `static`.
+    pub const fn new() -> SchemaCell {
+        SchemaCell(OnceLock::new())
+    }
+
+    /// `L`'s schema (null when it publishes none, or its schema cannot be made).
+    pub fn get<L: Loss>(&self) -> *const c_char {
+        let r = catch_unwind(|| match self.0.get_or_init(|| L::params_schema().and_then(|s| CString::new(s).ok())) {
+            Some(s) => s.as_ptr(),
+            None => std::ptr::null(),
+        });
+        r.unwrap_or_else(|p| {
+            forget_payload(p);
+            std::ptr::null()
+        })
+    }
+}
+
+impl Default for SchemaCell {
+    fn default() -> Self {
+        SchemaCell::new()
+    }
+}
+
 impl Default for DescriptorCell {
     fn default() -> Self {
         DescriptorCell::new()

@@ -129,6 +129,8 @@ pub struct PluginLibrary {
     name: String,
     summary: String,
     framework_version: String,
+    /// The JSON Schema of its parameters, when it publishes one.
+    params_schema: Option<serde_json::Value>,
     api: Api,
     // Declared last: dropped after everything above (nothing above points into it, but the
     // function pointers in `api` are only valid while it is loaded).
@@ -215,7 +217,27 @@ impl PluginLibrary {
         }
         let api =
             Api { create: d.create, compute: d.compute, language_state: d.language_state, destroy: d.destroy, free_string: d.free_string };
-        Ok(Arc::new(PluginLibrary { path: path.to_path_buf(), name, summary, framework_version, api, lib: Arc::new(lib) }))
+        // SAFETY: the symbol, when present, is a `SchemaFn` (exported by `export_loss!` of an
+        // SDK whose ABI version was checked above).
+        let schema_fn: Option<abi::SchemaFn> = unsafe { lib.get::<abi::SchemaFn>(abi::SCHEMA_SYMBOL.as_bytes()).ok().map(|s| *s) };
+        let params_schema = match schema_fn {
+            None => None,
+            // SAFETY: it returns null or a NUL-terminated string that lives as long as the library.
+            Some(f) => match unsafe { f() } {
+                p if p.is_null() => None,
+                // SAFETY: as above.
+                p => Some(unsafe { descriptor_str(p, "parameter schema", path)? })
+                    .map(|s| serde_json::from_str::<serde_json::Value>(&s))
+                    .transpose()
+                    .map_err(|e| invalid(format!("its parameter schema is not JSON: {e}")))?,
+            },
+        };
+        Ok(Arc::new(PluginLibrary { path: path.to_path_buf(), name, summary, framework_version, params_schema, api, lib: Arc::new(lib) }))
+    }
+
+    /// The JSON Schema of its parameters, when it publishes one ([`kdx_sdk::Loss::params_schema`]).
+    pub fn params_schema(&self) -> Option<&serde_json::Value> {
+        self.params_schema.as_ref()
     }
 
     /// The file it was loaded from.
@@ -333,6 +355,12 @@ pub fn any_params_schema() -> schemars::schema::RootSchema {
     schemars::schema_for!(serde_json::Map<String, serde_json::Value>)
 }
 
+/// The parameter schema of the SDK loss `T`: the one it publishes
+/// ([`kdx_sdk::Loss::params_schema`]), else any table.
+pub fn sdk_params_schema<T: kdx_sdk::Loss>() -> schemars::schema::RootSchema {
+    T::params_schema().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_else(any_params_schema)
+}
+
 /// Registers a [`kdx_sdk::Loss`] in-tree, like `register_loss!` does for framework losses:
 /// `kdx_framework::register_sdk_loss!(MyLoss);` in a file under `plugins/src/loss/`. The
 /// name and summary are the type's `NAME` and `SUMMARY`.
@@ -343,7 +371,7 @@ macro_rules! register_sdk_loss {
             $crate::registry::Registration {
                 name: <$loss as $crate::dylib::kdx_sdk::Loss>::NAME,
                 summary: <$loss as $crate::dylib::kdx_sdk::Loss>::SUMMARY,
-                schema: $crate::dylib::any_params_schema,
+                schema: $crate::dylib::sdk_params_schema::<$loss>,
                 builder: $crate::registry::Builder::Loss($crate::dylib::SdkLoss::<$loss>::build),
                 file: file!(),
             }

@@ -225,6 +225,13 @@ impl Plan {
                     };
                     let Some((name, params)) = split_plugin(&doc, &key, t, &mut diags) else { continue };
                     let built = match plugins.loss(&name) {
+                        Some(lib)
+                            if !lib
+                                .params_schema()
+                                .is_none_or(|s| known_keys(&doc, &key, s, &params, &["plugin", "weight"], &mut diags)) =>
+                        {
+                            None
+                        }
                         Some(lib) => ok(&mut diags, lib.build_loss(&doc, &key, &params)).map(Built::Loss),
                         None => build(&doc, &key, PluginKind::Loss, &name, params, &["plugin", "weight"], &mut diags),
                     };
@@ -496,10 +503,32 @@ fn build(
         diags.push(doc.diag(&key.key("plugin"), format!("unknown {kind} plugin `{name}`"), Some(help)));
         return None;
     };
-    // Every unknown key of the section, each located with a suggestion, before the plugin
-    // sees its parameters (serde would stop at the first, in alphabetical order — not
-    // necessarily the one the user misspelt). Framework keys of the section count as known.
     let schema = serde_json::to_value((reg.schema)()).unwrap_or_default();
+    if !known_keys(doc, key, &schema, &params, reserved, diags) {
+        return None;
+    }
+    let ctx = BuildCtx { doc, key: key.clone(), params: toml::Value::Table(params) };
+    let r = match reg.builder {
+        Builder::Dataset(f) => f(&ctx).map(Built::Dataset),
+        Builder::Model(f) => f(&ctx).map(Built::Model),
+        Builder::Loss(f) => f(&ctx).map(Built::Loss),
+        Builder::Sampler(f) => f(&ctx).map(Built::Sampler),
+    };
+    ok(diags, r)
+}
+
+/// Reports every key of `params` that a plugin's `schema` does not accept (when it accepts
+/// no others), each located with a suggestion, before the plugin sees its parameters: serde
+/// would stop at the first, in alphabetical order — not necessarily the one misspelt.
+/// Framework keys of the section (`reserved`) count as known. Whether all were known.
+fn known_keys(
+    doc: &RecipeDoc,
+    key: &KeyPath,
+    schema: &serde_json::Value,
+    params: &toml::Table,
+    reserved: &[&str],
+    diags: &mut Diagnostics,
+) -> bool {
     if schema.get("additionalProperties") == Some(&serde_json::Value::Bool(false)) {
         let mut valid: Vec<String> = reserved.iter().map(|s| s.to_string()).collect();
         if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
@@ -510,18 +539,9 @@ fn build(
         for k in &unknown {
             diags.push(doc.diag(&key.key(k.as_str()), format!("unknown key `{k}`"), Some(unknown_key_help(k, &valid))));
         }
-        if !unknown.is_empty() {
-            return None;
-        }
+        return unknown.is_empty();
     }
-    let ctx = BuildCtx { doc, key: key.clone(), params: toml::Value::Table(params) };
-    let r = match reg.builder {
-        Builder::Dataset(f) => f(&ctx).map(Built::Dataset),
-        Builder::Model(f) => f(&ctx).map(Built::Model),
-        Builder::Loss(f) => f(&ctx).map(Built::Loss),
-        Builder::Sampler(f) => f(&ctx).map(Built::Sampler),
-    };
-    ok(diags, r)
+    true
 }
 
 /// Loads a recipe file and expands its sweep: one plan per run.

@@ -30,8 +30,11 @@ use kdx_sdk::math::{argmax, kl, log_softmax, softmax};
 use kdx_sdk::{ensure, Loss, LossInput, LossOutput, Params, Result};
 use serde::Deserialize;
 
-/// The parameters of a `[[loss]] plugin = "focal-kd"` table (all optional).
-#[derive(Clone, Debug, Deserialize)]
+/// The parameters of a `[[loss]] plugin = "focal-kd"` table (all optional). Published as a
+/// JSON Schema (`params_schema` below): `kdx plugins --plugin LIB` shows these doc comments,
+/// and a misspelt key is reported at its line.
+#[derive(Clone, Debug, Deserialize, kdx_sdk::schemars::JsonSchema)]
+#[schemars(crate = "kdx_sdk::schemars")]
 #[serde(deny_unknown_fields)]
 pub struct FocalKdParams {
     /// Temperature T > 0 of the KL term. Default 2.
@@ -67,6 +70,10 @@ pub struct FocalKd {
 impl Loss for FocalKd {
     const NAME: &'static str = "focal-kd";
     const SUMMARY: &'static str = "soft-label KD weighted per example by (1 − p_student(teacher argmax))^γ";
+
+    fn params_schema() -> Option<String> {
+        Some(kdx_sdk::schema_for::<FocalKdParams>())
+    }
 
     fn create(params: &Params) -> Result<Self> {
         let p: FocalKdParams = params.parse()?;
