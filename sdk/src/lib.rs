@@ -385,7 +385,7 @@ mod tests {
             temperature: f32,
         }
         let e = Params::from_json(r#"{"tempreature": 2.0}"#).parse::<P>().unwrap_err();
-        assert!(e.message().starts_with("unknown field `tempreature`"), "{e}");
+        assert!(e.message().starts_with("`tempreature`: unknown field `tempreature`"), "{e}");
         assert!(!e.message().contains("line"), "{e}");
         let e = Params::from_json(r#"{"temperature": "hot"}"#).parse::<P>().unwrap_err();
         assert_eq!(e.message(), "`temperature`: invalid type: string \"hot\", expected f32");
