@@ -83,35 +83,35 @@ pub struct RunRow {
     /// teacher_params / student_params.
     pub compression: f64,
     /// Teacher inference speed, texts/s on one thread (featurisation included).
-    #[serde(with = "nan_as_empty")]
+    #[serde(with = "kdx_sdk::abi::nan_as_null")]
     pub teacher_texts_per_s: f64,
     /// Student inference speed, texts/s on one thread (featurisation included).
-    #[serde(with = "nan_as_empty")]
+    #[serde(with = "kdx_sdk::abi::nan_as_null")]
     pub student_texts_per_s: f64,
     /// Teacher macro accuracy (test).
-    #[serde(with = "nan_as_empty")]
+    #[serde(with = "kdx_sdk::abi::nan_as_null")]
     pub teacher_macro_acc: f64,
     /// Student macro accuracy (test).
-    #[serde(with = "nan_as_empty")]
+    #[serde(with = "kdx_sdk::abi::nan_as_null")]
     pub student_macro_acc: f64,
     /// Baseline macro accuracy (test).
     pub baseline_macro_acc: Option<f64>,
     /// Student minus baseline macro accuracy.
     pub kd_gain: Option<f64>,
     /// Student macro accuracy / teacher macro accuracy.
-    #[serde(with = "nan_as_empty")]
+    #[serde(with = "kdx_sdk::abi::nan_as_null")]
     pub retention: f64,
     /// Language where the student is worst.
     pub worst_lang: String,
     /// The student's accuracy there.
-    #[serde(with = "nan_as_empty")]
+    #[serde(with = "kdx_sdk::abi::nan_as_null")]
     pub worst_acc: f64,
     /// Whether the teacher came from the cache.
     pub teacher_cached: bool,
     /// Wall time of the run, seconds.
     pub wall_s: f64,
     /// Training examples per second over the distillation stage.
-    #[serde(with = "nan_as_empty")]
+    #[serde(with = "kdx_sdk::abi::nan_as_null")]
     pub train_examples_per_s: f64,
     /// Peak resident memory, MiB.
     pub peak_rss_mb: f64,
@@ -145,23 +145,6 @@ impl RunRow {
         } else {
             format!("{} → {} params, {:.1}×", self.teacher_params, self.student_params, self.compression)
         }
-    }
-}
-
-/// `NaN` as an empty CSV cell, and back.
-mod nan_as_empty {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if v.is_nan() {
-            s.serialize_none()
-        } else {
-            s.serialize_some(v)
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
 }
 

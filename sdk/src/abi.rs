@@ -159,11 +159,14 @@ impl Default for LangStat {
     }
 }
 
-/// JSON has no NaN: an unknown value is written as `null` and read back as `NaN`.
+/// A serde codec (`#[serde(with = "…")]`) for an `f64` whose `NaN` means "unknown": written
+/// as a missing value (`null` in JSON, an empty cell in CSV) and read back as `NaN`. JSON has
+/// no NaN; kdx's reports use it too.
 #[cfg(feature = "json")]
-mod nan_as_null {
+pub mod nan_as_null {
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// `NaN` as none, anything else as the number.
     pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
         if v.is_nan() {
             s.serialize_none()
@@ -172,6 +175,7 @@ mod nan_as_null {
         }
     }
 
+    /// None as `NaN`.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
