@@ -64,7 +64,7 @@ pub struct Plan {
     /// `[teacher]`.
     pub teacher: ModelPlan,
     /// `[teacher].train`; `None` for a teacher the engine does not pre-train
-    /// ([`ModelBuilder::pretrains`]).
+    /// ([`ModelKind::Precomputed`]).
     pub teacher_train: Option<StageConfig>,
     /// `[student]`.
     pub student: ModelPlan,
