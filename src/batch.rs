@@ -532,7 +532,8 @@ struct Job {
     stages: Vec<(Stage, u64)>,
     /// Steps already counted on the overall bar.
     counted: u64,
-    /// Until the child's `teacher_ready` event: it may be training the teacher.
+    /// Until the child's `teacher_ready` event: it may be training the teacher, so a run with
+    /// the same teacher waits for this one to cache it.
     in_teacher: bool,
     /// Where the teacher came from (its `teacher_ready` event).
     teacher: Option<TeacherSource>,
@@ -546,11 +547,6 @@ struct Job {
 }
 
 impl Job {
-    /// Whether a run with the same teacher should wait for this one to cache it.
-    fn training_teacher(&self) -> bool {
-        self.in_teacher
-    }
-
     fn total(&self) -> u64 {
         self.stages.iter().map(|s| s.1).sum()
     }
@@ -734,9 +730,8 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
         // Start what may start: a run waits while another run training its teacher is in
         // that stage, so the teacher is trained once and then loaded from the cache.
         while !stopping && running.len() < jobs {
-            let Some(pos) = pending
-                .iter()
-                .position(|&i| !running.iter().any(|j| j.training_teacher() && runs[j.idx].teacher_key == runs[i].teacher_key))
+            let Some(pos) =
+                pending.iter().position(|&i| !running.iter().any(|j| j.in_teacher && runs[j.idx].teacher_key == runs[i].teacher_key))
             else {
                 break;
             };
@@ -980,6 +975,7 @@ fn hand_over(cmd: &mut Command, lock: &File) {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let fd = lock.as_raw_fd();
+    let batch = std::process::id() as libc::pid_t;
     cmd.env(LOCK_FD_VAR, fd.to_string()).process_group(0);
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (fcntl, prctl) on values copied into it.
@@ -992,6 +988,11 @@ fn hand_over(cmd: &mut Command, lock: &File) {
             #[cfg(target_os = "linux")]
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The batch may have died between the fork and the prctl: then no signal comes.
+            #[cfg(target_os = "linux")]
+            if libc::getppid() != batch {
+                return Err(std::io::Error::other("kdx batch ended before its child started"));
             }
             Ok(())
         });

@@ -1,7 +1,6 @@
 //! The engine as a library: a run watched by a recording observer tells its stages in
 //! order, once each, and its events are exactly what `kdx run --events jsonl` prints.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use kdx_framework::engine::{self, RunOptions};
@@ -10,18 +9,14 @@ use kdx_framework::plan::load_plans;
 use kdx_framework::stage::Stage;
 use kdx_plugins as _;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::good_recipe;
 
 #[test]
 fn a_run_tells_its_stages_in_order_to_any_observer() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = tmp.path().join("events.toml");
-    let text = std::fs::read_to_string(root().join("tests/batch/good.toml"))
-        .unwrap()
-        .replace("name = \"batch-good\"", "name = \"events\"")
-        .replace("../../data/gettext-corpus.tsv.gz", &root().join("data/gettext-corpus.tsv.gz").display().to_string());
+    let text = good_recipe("events");
     std::fs::write(&recipe, text).unwrap();
     let mut plan = load_plans(&recipe).unwrap().remove(0);
     let opts = RunOptions { results: tmp.path().join("lib"), resume: false, interrupt_after: None, lock_held: false };

@@ -7,16 +7,13 @@ use std::process::{Command, Output, Stdio};
 
 use kdx_framework::report::{read_csv, MetricRow, RunRow};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::good_recipe;
 
-/// The tiny recipe of tests/batch/good.toml under another experiment name, with `patch`
-/// lines appended to `[train]` (its last section) and `replace` applied to the text.
+/// The tiny recipe of tests/batch/good.toml under another experiment name, with `replace`
+/// applied to its text, written to `dir`.
 fn recipe(dir: &Path, name: &str, replace: &[(&str, &str)]) -> PathBuf {
-    let mut text = std::fs::read_to_string(root().join("tests/batch/good.toml")).unwrap();
-    text = text.replace("name = \"batch-good\"", &format!("name = \"{name}\""));
-    text = text.replace("../../data/gettext-corpus.tsv.gz", &root().join("data/gettext-corpus.tsv.gz").display().to_string());
+    let mut text = good_recipe(name);
     for (a, b) in replace {
         assert!(text.contains(a), "`{a}` not in the recipe");
         text = text.replace(a, b);

@@ -18,9 +18,8 @@ use kdx_framework::features::Bags;
 use kdx_framework::registry::{build_standalone, Instance, PluginKind};
 use kdx_plugins as _;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{good_recipe, root};
 
 /// xorshift64*: seeded, so a failing case is reproduced by its number.
 struct Rng(u64);
@@ -117,9 +116,7 @@ fn mutated_artefacts_give_errors_never_panics() {
     let tmp = tempfile::tempdir().unwrap();
     let results = tmp.path().join("results");
     let recipe = tmp.path().join("fuzz.toml");
-    let text = std::fs::read_to_string(root().join("tests/batch/good.toml"))
-        .unwrap()
-        .replace("../../data/gettext-corpus.tsv.gz", &root().join("data/gettext-corpus.tsv.gz").display().to_string());
+    let text = good_recipe("batch-good");
     std::fs::write(&recipe, &text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kdx"))
         .args(["run", recipe.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"])

@@ -92,16 +92,18 @@ fn parameters(schema: &Value, full: bool) -> String {
 /// checks them).
 pub fn describe_library(lib: &crate::dylib::PluginLibrary, full: bool) -> String {
     let origin = format!("dynamic library {} (built for kdx {})", lib.path().display(), lib.framework_version());
-    match (lib.params_schema(), full) {
-        (Some(schema), true) => format!("{} (loss plugin)\n  {}\n\n  from the {origin}\n{}", lib.name(), lib.summary(), parameters(schema, true)),
-        (Some(schema), false) => format!("  {:<18} {}\n      from the {origin}\n{}", lib.name(), lib.summary(), parameters(schema, false)),
-        (None, true) => format!(
-            "{} (loss plugin)\n  {}\n\n  from the {origin}\n\nparameters:\n  checked by the plugin: the `[[loss]]` table without `plugin` and `weight`, passed as JSON\n",
-            lib.name(),
-            lib.summary()
-        ),
-        (None, false) => format!("  {:<18} {}\n      from the {origin}\n", lib.name(), lib.summary()),
-    }
+    let head = match full {
+        true => format!("{} (loss plugin)\n  {}\n\n  from the {origin}\n", lib.name(), lib.summary()),
+        false => format!("  {:<18} {}\n      from the {origin}\n", lib.name(), lib.summary()),
+    };
+    let params = match (lib.params_schema(), full) {
+        (Some(schema), _) => parameters(schema, full),
+        (None, true) => {
+            "\nparameters:\n  checked by the plugin: the `[[loss]]` table without `plugin` and `weight`, passed as JSON\n".into()
+        }
+        (None, false) => String::new(),
+    };
+    head + &params
 }
 
 /// Moves a schema's `definitions` into `defs` and returns the schema without them.

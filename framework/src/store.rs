@@ -106,8 +106,11 @@ pub fn params_to_map(prefix: &str, params: &[&Param], out: &mut TensorMap) {
 }
 
 /// Loads parameters from a tensor map; every parameter must be present with its shape.
+/// Every tensor is checked before any is copied, so a refused map leaves the parameters as
+/// they were (a teacher whose cache is refused then trains from its own initialisation).
 pub fn params_from_map(prefix: &str, params: &mut [&mut Param], map: &TensorMap, what: &Path) -> Result<()> {
-    for p in params.iter_mut() {
+    let mut found = Vec::with_capacity(params.len());
+    for p in params.iter() {
         let key = format!("{prefix}{}", p.name);
         let (shape, data) = map.get(&key).with_context(|| format!("{}: tensor `{key}` is missing", what.display()))?;
         anyhow::ensure!(
@@ -117,6 +120,9 @@ pub fn params_from_map(prefix: &str, params: &mut [&mut Param], map: &TensorMap,
             shape,
             p.shape
         );
+        found.push(data);
+    }
+    for (p, data) in params.iter_mut().zip(found) {
         p.data.copy_from_slice(data);
     }
     Ok(())

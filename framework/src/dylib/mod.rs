@@ -309,7 +309,7 @@ impl PluginLibrary {
 pub fn parameter_error(doc: &RecipeDoc, key: &KeyPath, params: &toml::Table, msg: &str, prefix: &str) -> Diagnostic {
     let named = msg.strip_prefix('`').and_then(|r| r.split_once("`: ")).filter(|(k, _)| {
         let first = k.split(['.', '[']).next().unwrap_or_default();
-        params.contains_key(first) || msg.contains("missing field")
+        params.contains_key(first)
     });
     match named {
         Some((k, rest)) => {

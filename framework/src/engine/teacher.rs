@@ -110,34 +110,28 @@ pub(super) fn obtain(plan: &Plan, mut teacher: Teacher, task: &Task, fcache: &Fe
         Teacher::Network(m) => m,
     };
     let weights = cache.join("teacher.safetensors");
-    // A complete cache needs no lock (it is renamed into place whole); only training does.
-    if let Some(Ok(rows)) = weights.exists().then(|| load_cached(&weights, &mut **model)) {
-        monitor.metrics.extend(rows);
-        monitor.note(format!("teacher: loaded from cache {}", cache.display()));
-        monitor.emit(Event::TeacherReady { source: TeacherSource::Cache, cache: Some(cache.clone()) });
-        return Ok(Ready { teacher, source: TeacherSource::Cache, cache });
+    let load = |model: &mut dyn Model| weights.exists().then(|| load_cached(&weights, model));
+    // A complete cache needs no lock (it is renamed into place whole). Without one, take the
+    // lock and look again: it is held until the teacher is in the cache, so another process
+    // (a batch with --jobs, or a second batch) that needs the same teacher waits for it
+    // instead of training it again.
+    let mut cached = load(&mut **model);
+    let mut lock = None;
+    if !matches!(cached, Some(Ok(_))) {
+        lock = Some(lock_cache(&cache, monitor)?);
+        cached = load(&mut **model);
     }
-    // Held until the teacher is in the cache: another process (a batch with --jobs, or a
-    // second batch) that needs the same teacher waits for it instead of training it again.
-    let lock = lock_cache(&cache, monitor)?;
-    let cached = match weights.exists() {
-        true => match load_cached(&weights, &mut **model) {
-            Ok(rows) => Some(rows),
-            Err(e) => {
-                // Never trusted, never a permanent block: a damaged cache is trained again.
-                monitor.note(format!("teacher: the cache is unusable ({e:#}); training the teacher again"));
-                None
-            }
-        },
-        false => None,
-    };
-    let source = if let Some(rows) = cached {
+    let source = if let Some(Ok(rows)) = cached {
         // The teacher's dev evaluations during its training, as a run that trained it wrote
         // them: metrics.csv is the same whether the teacher was trained or loaded.
         monitor.metrics.extend(rows);
         monitor.note(format!("teacher: loaded from cache {}", cache.display()));
         TeacherSource::Cache
     } else {
+        if let Some(Err(e)) = cached {
+            // Never trusted, never a permanent block: a damaged cache is trained again.
+            monitor.note(format!("teacher: the cache is unusable ({e:#}); training the teacher again"));
+        }
         let cfg = plan.teacher_train.as_ref().with_context(|| {
             format!("the teacher `{}` has no outputs of its own and no `train` stage to pre-train it", plan.teacher.plugin)
         })?;

@@ -299,11 +299,13 @@ pub fn combine_losses<'a>(losses: &mut [StageLoss<'a>], input: &LossInput, hidde
         // A NaN or infinite gradient of a finite value would reach the weights and surface a
         // step later as a NaN value of some other loss: stop here and name the culprit. (A
         // non-finite value is reported with every term by the divergence check.)
-        let own = l.loss.params().into_iter().filter_map(|p| match &p.grad {
-            Grad::Dense(g) => g.iter().find(|x| !x.is_finite()).copied(),
-            _ => None,
-        });
-        let bad = r.grad_logits.iter().chain(r.grad_hidden.iter().flatten()).find(|x| !x.is_finite()).copied().or(own.into_iter().next());
+        let own = || {
+            l.loss.params().into_iter().find_map(|p| match &p.grad {
+                Grad::Dense(g) => g.iter().find(|x| !x.is_finite()).copied(),
+                _ => None,
+            })
+        };
+        let bad = r.grad_logits.iter().chain(r.grad_hidden.iter().flatten()).find(|x| !x.is_finite()).copied().or_else(own);
         if let Some(x) = bad.filter(|_| r.value.is_finite()) {
             anyhow::bail!("loss `{}` returned a non-finite gradient ({x}) at step {step} (its value: {})", l.name, r.value);
         }
