@@ -69,7 +69,7 @@ pub fn kdx_steps_per_s(variant_name: &str, sparse: bool, steps: usize, warmup: u
         }
         let mut losses =
             [StageLoss { name: "soft-kl", weight: &half, loss: &mut *kl }, StageLoss { name: "hard-ce", weight: &half, loss: &mut *ce }];
-        model.forward_backward(&bags, StepCtx { step: step as u64, seed: 0 }, &mut |out| {
+        model.forward_backward(&bags, StepCtx::new(step as u64, 0), &mut |out| {
             let input = LossInput {
                 batch: B,
                 classes: C,

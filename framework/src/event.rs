@@ -52,6 +52,8 @@ pub enum TeacherSource {
     Cache,
     /// Outputs computed elsewhere (`logits-file`): nothing to train or cache.
     Precomputed,
+    /// A pretrained checkpoint used as it is (`hf-encoder` without `train`).
+    Pretrained,
 }
 
 impl TeacherSource {
@@ -60,6 +62,7 @@ impl TeacherSource {
         match self {
             TeacherSource::Trained => "trained",
             TeacherSource::Cache => "cache",
+            TeacherSource::Pretrained => "pretrained",
             TeacherSource::Precomputed => "precomputed",
         }
     }

@@ -32,6 +32,10 @@ pub struct ModelCard {
     pub featurizer: String,
     /// Number of parameters.
     pub num_params: usize,
+    /// The model's own tokenizer.json beside the card (`<stem>.tokenizer.json`), when its
+    /// vocabulary was learned from the training data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
 }
 
 /// Writes `<stem>.safetensors` and `<stem>.json`.
@@ -44,6 +48,14 @@ pub fn export(model: &dyn Model, plugin: &str, section: &toml::Value, task: &Tas
     if let Some(t) = params.as_table_mut() {
         t.remove("plugin");
     }
+    let tokenizer = match model.featurizer().tokenizer_json() {
+        Some(json) => {
+            let path = stem.with_extension("tokenizer.json");
+            write_atomic(&path, json.as_bytes())?;
+            path.file_name().map(|n| n.to_string_lossy().into_owned())
+        }
+        None => None,
+    };
     let card = ModelCard {
         format: 1,
         kdx_version: env!("CARGO_PKG_VERSION").into(),
@@ -53,6 +65,7 @@ pub fn export(model: &dyn Model, plugin: &str, section: &toml::Value, task: &Tas
         languages: task.langs.clone(),
         featurizer: model.featurizer().describe(),
         num_params: model.num_params(),
+        tokenizer,
     };
     write_atomic(&stem.with_extension("json"), &serde_json::to_vec_pretty(&card)?)
 }
@@ -73,6 +86,8 @@ pub fn load(stem: &Path) -> Result<(Box<dyn Model>, ModelCard)> {
         labels: card.labels.clone(),
         langs: card.languages.clone(),
         seed: 0,
+        tokenizer_file: card.tokenizer.as_ref().map(|t| json.with_file_name(t)),
+        ..Default::default()
     })?;
     let weights = stem.with_extension("safetensors");
     let (map, _) = read_sealed(&weights)?;

@@ -12,6 +12,11 @@ pub trait Featurizer: Send + Sync {
     fn featurize(&self, text: &str, out: &mut Vec<u32>);
     /// A string identifying the featurisation (for caches and exported models).
     fn describe(&self) -> String;
+    /// The tokenizer.json of a vocabulary learned from the training data, which an exported
+    /// model must carry to tokenise as it did in training; `None` for everything else.
+    fn tokenizer_json(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Many bags of ids in compressed-sparse-row form: bag `i` is `ids[offsets[i]..offsets[i+1]]`.

@@ -30,6 +30,7 @@ pub mod schedule;
 pub mod schema;
 pub mod stage;
 pub mod store;
+pub mod tokenize;
 
 // Re-exported for the registration macros and for plugin crates.
 #[doc(hidden)]

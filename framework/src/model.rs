@@ -128,6 +128,86 @@ pub struct Outputs {
     pub hidden: Vec<f32>,
     /// Width of `hidden`.
     pub hidden_dim: usize,
+    /// Every layer's states, from layered models (transformers) when the step asked for
+    /// them ([`StepCtx::layers`], [`Model::forward_layers`]).
+    pub layers: Option<LayerStates>,
+}
+
+/// Every layer's hidden state and attention distribution of a transformer on a padded
+/// batch: what layer-wise distillation losses (TinyBERT, MiniLM) read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LayerStates {
+    /// Tokens of each sequence; positions from there to `seq` are padding.
+    pub lens: Vec<usize>,
+    /// Padded length T.
+    pub seq: usize,
+    /// Width of a hidden state.
+    pub width: usize,
+    /// Attention heads per layer.
+    pub heads: usize,
+    /// L + 1 hidden states (0: the embeddings' output), each `B × T × width`, row-major.
+    pub hidden: Vec<Vec<f32>>,
+    /// L attention distributions, each `B × heads × T × T` (query rows, key columns;
+    /// padded keys hold 0).
+    pub attention: Vec<Vec<f32>>,
+}
+
+impl LayerStates {
+    /// Whether token `i` of sequence `b` is real (not padding).
+    pub fn is_real(&self, b: usize, i: usize) -> bool {
+        i < self.lens[b]
+    }
+
+    /// Number of real tokens in the batch.
+    pub fn tokens(&self) -> usize {
+        self.lens.iter().sum()
+    }
+}
+
+/// Gradients with respect to some of a model's [`LayerStates`] (same shapes; `None` for a
+/// state no loss read).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LayerGrads {
+    /// Per hidden state (L + 1 entries, or fewer).
+    pub hidden: Vec<Option<Vec<f32>>>,
+    /// Per attention distribution (L entries, or fewer).
+    pub attention: Vec<Option<Vec<f32>>>,
+}
+
+impl LayerGrads {
+    /// Adds `g` into hidden state `k`'s gradient.
+    pub fn add_hidden(&mut self, k: usize, g: Vec<f32>) {
+        add_slot(&mut self.hidden, k, g);
+    }
+
+    /// Adds `g` into attention `k`'s gradient.
+    pub fn add_attention(&mut self, k: usize, g: Vec<f32>) {
+        add_slot(&mut self.attention, k, g);
+    }
+
+    /// Adds another set of gradients into this one.
+    pub fn merge(&mut self, other: LayerGrads) {
+        for (k, g) in other.hidden.into_iter().enumerate() {
+            if let Some(g) = g {
+                self.add_hidden(k, g);
+            }
+        }
+        for (k, g) in other.attention.into_iter().enumerate() {
+            if let Some(g) = g {
+                self.add_attention(k, g);
+            }
+        }
+    }
+}
+
+fn add_slot(slots: &mut Vec<Option<Vec<f32>>>, k: usize, g: Vec<f32>) {
+    if slots.len() <= k {
+        slots.resize(k + 1, None);
+    }
+    match &mut slots[k] {
+        Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+        slot => *slot = Some(g),
+    }
 }
 
 /// Gradients of the training objective with respect to a model's outputs.
@@ -137,6 +217,8 @@ pub struct OutputGrads {
     pub logits: Vec<f32>,
     /// `batch × hidden_dim`, when some loss reads the hidden representation.
     pub hidden: Option<Vec<f32>>,
+    /// Gradients of per-layer states, when a layer-wise loss read them.
+    pub layers: Option<LayerGrads>,
 }
 
 /// Per-step context for stochastic layers.
@@ -147,6 +229,15 @@ pub struct StepCtx {
     /// Seed for this step's randomness (dropout), derived from the run seed and the step,
     /// so a resumed run draws the same masks as an uninterrupted one.
     pub seed: u64,
+    /// Whether the objective reads per-layer states ([`Outputs::layers`]).
+    pub layers: bool,
+}
+
+impl StepCtx {
+    /// A step that reads no per-layer states.
+    pub fn new(step: u64, seed: u64) -> StepCtx {
+        StepCtx { step, seed, layers: false }
+    }
 }
 
 /// A trained or trainable network.
@@ -175,10 +266,35 @@ pub trait Model: Send + Sync {
     /// The parameters, mutably, in the same order.
     fn params_mut(&mut self) -> Vec<&mut Param>;
 
+    /// Inference that also returns every layer's states ([`Outputs::layers`]), for a
+    /// teacher read by layer-wise losses. Models without layers return plain outputs.
+    fn forward_layers(&self, x: &Bags) -> anyhow::Result<Outputs> {
+        self.forward(x)
+    }
+
+    /// Layers and heads, for models that expose per-layer states (transformers).
+    fn layer_shape(&self) -> Option<LayerShape> {
+        None
+    }
+
     /// Total number of trainable scalars.
     fn num_params(&self) -> usize {
         self.params().iter().map(|p| p.numel()).sum()
     }
+}
+
+/// The per-layer shape of a layered model: what layer-wise losses check at plan time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerShape {
+    /// Encoder layers L (hidden states 0..=L).
+    pub layers: usize,
+    /// Width of each hidden state.
+    pub width: usize,
+    /// Attention heads per layer.
+    pub heads: usize,
+    /// The tokenisation ([`Featurizer::describe`]): attention maps compare only between
+    /// models that tokenise alike.
+    pub tokenizer: String,
 }
 
 /// Model outputs computed outside kdx, keyed by example id ([`crate::dataset::Example::id`]):
@@ -206,12 +322,26 @@ pub struct ModelSpec {
     pub langs: Vec<String>,
     /// Initialisation seed.
     pub seed: u64,
+    /// The texts of the training split this model reads, for models that learn a
+    /// vocabulary from them (empty when unknown: then they need `tokenizer_file`).
+    pub train_texts: std::sync::Arc<Vec<String>>,
+    /// Where models may cache what they learn from the data (a vocabulary), if anywhere.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// A tokenizer.json to use instead of learning one: an exported model's own.
+    pub tokenizer_file: Option<std::path::PathBuf>,
+}
+
+impl ModelKind {
+    /// Whether [`ModelBuilder::build`] makes a network (weights, gradients).
+    pub fn is_network(self) -> bool {
+        self != ModelKind::Precomputed
+    }
 }
 
 impl ModelSpec {
     /// A spec without language names (benchmarks, tests).
     pub fn new(classes: usize, seed: u64) -> ModelSpec {
-        ModelSpec { classes, labels: Vec::new(), langs: Vec::new(), seed }
+        ModelSpec { classes, seed, ..Default::default() }
     }
 }
 
@@ -221,6 +351,10 @@ pub enum ModelKind {
     /// A network ([`ModelBuilder::build`]): a student, or a teacher kdx pre-trains
     /// (`[teacher] train` is then required).
     Network,
+    /// A network that comes with trained weights (a pretrained checkpoint): a teacher used
+    /// as it is (`[teacher] train` optional: it fine-tunes the teacher first), or a student
+    /// that starts from them.
+    Pretrained,
     /// A table of outputs computed elsewhere ([`ModelBuilder::build_table`]): only a
     /// teacher, never pre-trained (`[teacher] train` is refused).
     Precomputed,

@@ -228,11 +228,24 @@ struct Shared {
     s_train: Inputs,
     /// The run seed.
     seed: u64,
+    /// Where models cache vocabularies they learn from the training text.
+    vocab_cache: PathBuf,
 }
 
 impl Shared {
-    fn spec(&self, seed: u64) -> ModelSpec {
-        ModelSpec { classes: self.task.labels.len(), labels: self.task.labels.clone(), langs: self.task.langs.clone(), seed }
+    /// What a model is built for; `source` when it reads the training examples' sources
+    /// (a teacher in cross-lingual distillation).
+    fn spec(&self, seed: u64, source: bool) -> ModelSpec {
+        let texts = self.task.train.iter().map(|e| if source { e.source.clone().unwrap_or_default() } else { e.text.clone() }).collect();
+        ModelSpec {
+            classes: self.task.labels.len(),
+            labels: self.task.labels.clone(),
+            langs: self.task.langs.clone(),
+            seed,
+            train_texts: std::sync::Arc::new(texts),
+            cache_dir: Some(self.vocab_cache.clone()),
+            tokenizer_file: None,
+        }
     }
 
     /// A stage over the student's training split.
@@ -264,11 +277,12 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
     let mut monitor = Monitor::new(opts, dir, &task, plan.train.eval_fraction, &row.hash, observer);
     let fcache = FeatureCache { dir: Some(opts.results.join(".cache").join("features")), data_key: plan.dataset.fingerprint()? };
     let labels_visible = !task.teacher_reads_source;
-    let mut shared = Shared { task, fcache, labels_visible, t_out: None, s_train: Inputs::default(), seed };
+    let vocab_cache = opts.results.join(".cache").join("vocabularies");
+    let mut shared = Shared { task, fcache, labels_visible, t_out: None, s_train: Inputs::default(), seed, vocab_cache };
 
     // ---- Teacher: from the cache or pre-trained; its outputs once. ----
     let reads_source = shared.task.teacher_reads_source;
-    let teacher = Teacher::build(&*plan.teacher.builder, &shared.spec(mix(&[seed, 1])))?;
+    let teacher = Teacher::build(&*plan.teacher.builder, &shared.spec(mix(&[seed, 1]), reads_source))?;
     monitor.teacher_dev = teacher.inputs(&shared.task.dev, reads_source, &shared.fcache, "dev")?;
     let ready = teacher::obtain(plan, teacher, &shared.task, &shared.fcache, &mut monitor)?;
     row.teacher_cached = ready.source == TeacherSource::Cache;
@@ -282,7 +296,7 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
     monitor.teacher_dev_logits = Some(t_dev);
 
     // ---- Student: distil, then optionally fine-tune. ----
-    let mut student = plan.student.builder.build(&shared.spec(mix(&[seed, 2])))?;
+    let mut student = plan.student.builder.build(&shared.spec(mix(&[seed, 2]), false))?;
     if plan.init == Init::FromTeacher {
         let network = ready.teacher.network().context("init = \"from-teacher\" needs a teacher with weights")?;
         let copied = init_from(&mut *student, network)?;
@@ -400,7 +414,7 @@ fn baseline(plan: &mut Plan, shared: &Shared, monitor: &mut Monitor) -> Result<O
         monitor.note("baseline skipped: the student may not see gold labels in this task (the teacher reads the sources)");
         return Ok(None);
     }
-    let mut b = plan.student.builder.build(&shared.spec(mix(&[shared.seed, 2])))?;
+    let mut b = plan.student.builder.build(&shared.spec(mix(&[shared.seed, 2]), false))?;
     let cfg = plan.train.stage();
     let run = shared.stage(Stage::Baseline, &cfg, false);
     let mut ce = CrossEntropy::default();

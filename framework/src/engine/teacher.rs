@@ -33,7 +33,7 @@ impl Teacher {
     /// Builds the teacher the plugin describes.
     pub fn build(builder: &dyn ModelBuilder, spec: &ModelSpec) -> Result<Teacher> {
         Ok(match builder.kind() {
-            ModelKind::Network => Teacher::Network(builder.build(spec)?),
+            ModelKind::Network | ModelKind::Pretrained => Teacher::Network(builder.build(spec)?),
             ModelKind::Precomputed => Teacher::Precomputed(builder.build_table(spec)?),
         })
     }
@@ -106,6 +106,11 @@ pub(super) fn obtain(plan: &Plan, mut teacher: Teacher, task: &Task, fcache: &Fe
             monitor.note(format!("teacher: outputs read from {} (nothing to pre-train)", t.origin()));
             monitor.emit(Event::TeacherReady { source: TeacherSource::Precomputed, cache: None });
             return Ok(Ready { teacher, source: TeacherSource::Precomputed, cache });
+        }
+        Teacher::Network(_) if plan.teacher_train.is_none() && plan.teacher.builder.kind() == ModelKind::Pretrained => {
+            monitor.note(format!("teacher: the pretrained `{}` used as it is (no `train` stage)", plan.teacher.plugin));
+            monitor.emit(Event::TeacherReady { source: TeacherSource::Pretrained, cache: Some(cache.clone()) });
+            return Ok(Ready { teacher, source: TeacherSource::Pretrained, cache });
         }
         Teacher::Network(m) => m,
     };

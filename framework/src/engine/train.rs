@@ -223,7 +223,7 @@ pub fn run_stage(
         let t_logits: Option<Vec<f32>> = stage.teacher.map(|t| gather_rows(&t.logits, classes, &idx));
         let t_hidden: Option<Vec<f32>> = stage.teacher.filter(|t| t.hidden_dim > 0).map(|t| gather_rows(&t.hidden, t.hidden_dim, &idx));
         let weights = vec![1f32; idx.len()];
-        let ctx = StepCtx { step, seed: mix(&[stage.seed, stage_id, step, 2]) };
+        let ctx = StepCtx::new(step, mix(&[stage.seed, stage_id, step, 2]));
         let mut total_loss = 0f32;
         let stats_snapshot = state.stats.clone();
         let outputs = model.forward_backward(&bags, ctx, &mut |out| {
@@ -290,7 +290,7 @@ pub type Term<'a> = (&'a str, f32, f32);
 /// gradients, the weighted total and each term.
 pub fn combine_losses<'a>(losses: &mut [StageLoss<'a>], input: &LossInput, hidden_len: usize) -> Result<(OutputGrads, f32, Vec<Term<'a>>)> {
     let (step, total_steps) = (input.step, input.total_steps);
-    let mut g = OutputGrads { logits: vec![0.0; input.student_logits.len()], hidden: None };
+    let mut g = OutputGrads { logits: vec![0.0; input.student_logits.len()], hidden: None, layers: None };
     let mut total = 0f32;
     let mut terms = Vec::new();
     for l in losses.iter_mut() {

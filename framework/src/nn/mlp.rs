@@ -168,7 +168,7 @@ impl Mlp {
         let h = self.run(&bound, x, None);
         let hidden = h.as_vec();
         let logits = self.output(&bound, h).as_vec();
-        Outputs { batch, logits, classes: self.classes(), hidden, hidden_dim: self.hidden_dim() }
+        Outputs { batch, logits, classes: self.classes(), hidden, hidden_dim: self.hidden_dim(), layers: None }
     }
 
     /// Training pass: forward, ask `objective` for output gradients, back-propagate into the
@@ -189,7 +189,7 @@ impl Mlp {
         let h_branch = h.with_empty_tape();
         let hidden = h.as_vec();
         let logits = self.output(&bound, h);
-        let outputs = Outputs { batch, logits: logits.as_vec(), classes: self.classes(), hidden, hidden_dim: self.hidden_dim() };
+        let outputs = Outputs { batch, logits: logits.as_vec(), classes: self.classes(), hidden, hidden_dim: self.hidden_dim(), layers: None };
         let g = objective(&outputs)?;
         anyhow::ensure!(g.logits.len() == outputs.logits.len(), "logit gradient has the wrong size");
         // Surrogate objective: sum(z ⊙ g) has gradient g with respect to z.
@@ -236,10 +236,10 @@ mod tests {
             let wl: Vec<f32> = (0..b * 3).map(|i| (i as f32 * 0.37).sin()).collect();
             let wh: Vec<f32> = (0..b * 5).map(|i| (i as f32 * 0.51).cos()).collect();
             let x0 = bag.forward(&x).unwrap();
-            let ctx = StepCtx { step: 0, seed: 1 };
+            let ctx = StepCtx::new(0, 1);
             let (_, dx) = mlp
                 .forward_backward(x0, b, ctx, &mut |o| {
-                    Ok(OutputGrads { logits: o.logits.iter().zip(&wl).map(|(z, w)| 2.0 * w * z).collect(), hidden: Some(wh.clone()) })
+                    Ok(OutputGrads { logits: o.logits.iter().zip(&wl).map(|(z, w)| 2.0 * w * z).collect(), hidden: Some(wh.clone()), layers: None })
                 })
                 .unwrap();
             bag.backward(&x, &dx);

@@ -2,21 +2,28 @@
 //!
 //! dfdx 0.13 sizes its `nn` layers at compile time; recipes size models at run time, so
 //! these layers hold plain [`Param`] buffers and bind them to dfdx tensors for each pass.
-//! Dense layers run on dfdx with its autodiff; the embedding bag is fused by hand.
+//! Dense layers run on dfdx with its autodiff; the embedding bag is fused by hand, and the
+//! transformer ([`encoder`], [`attention`], [`dense`]) is differentiated by hand on `gemm`.
 
 mod activation;
+pub mod attention;
+pub mod dense;
 mod embedding_bag;
+pub mod encoder;
 mod layer_norm;
 mod linear;
 mod mlp;
 mod projection;
+pub mod transformer;
 
 pub use activation::Activation;
 pub use embedding_bag::EmbeddingBag;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::Mlp;
+pub use encoder::{Encoder, EncoderConfig, EncoderLayer, TokenBatch};
 pub use projection::{HiddenProjection, ProjectionMode};
+pub use transformer::{Pooling, TransformerModel};
 
 use rand::Rng;
 

@@ -163,8 +163,9 @@ impl Plan {
             let Built::Model(m) = build(&doc, &key, PluginKind::Model, &name, params, &["plugin", "train"], &mut diags)? else {
                 return None;
             };
-            let train = match (train, m.kind() == ModelKind::Network) {
+            let train = match (train, m.kind().is_network()) {
                 (Some(v), true) => Some(ok(&mut diags, doc.deserialize_at::<StageConfig>(&key.key("train"), v))?),
+                (None, true) if m.kind() == ModelKind::Pretrained => None,
                 (None, true) => {
                     diags.push(doc.diag(
                         &key,
@@ -195,7 +196,7 @@ impl Plan {
             let section = toml::Value::Table(t.clone());
             let (name, params) = split_plugin(&doc, &key, t, &mut diags)?;
             match build(&doc, &key, PluginKind::Model, &name, params, &["plugin", "init"], &mut diags)? {
-                Built::Model(m) if m.kind() != ModelKind::Network => {
+                Built::Model(m) if !m.kind().is_network() => {
                     diags.push(doc.diag(
                         &key.key("plugin"),
                         format!(
@@ -397,7 +398,7 @@ impl Plan {
                 ));
             }
         }
-        if self.init == Init::FromTeacher && self.teacher.builder.kind() != ModelKind::Network {
+        if self.init == Init::FromTeacher && !self.teacher.builder.kind().is_network() {
             d.push(self.doc.diag(
                 &KeyPath::root().key("student").key("init"),
                 format!("init = \"from-teacher\" copies the teacher's weights, but the teacher `{}` has only outputs", self.teacher.plugin),

@@ -118,7 +118,7 @@ impl Ensemble {
                 hidden.extend_from_slice(&o.hidden[i * o.hidden_dim..(i + 1) * o.hidden_dim]);
             }
         }
-        Outputs { batch: b, logits, classes: c, hidden, hidden_dim }
+        Outputs { batch: b, logits, classes: c, hidden, hidden_dim, layers: None }
     }
 }
 

