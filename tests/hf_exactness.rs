@@ -23,7 +23,12 @@ struct Reference {
 fn reference(dir: &Path) -> Reference {
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
     let sentences = json["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
-    let token_ids = json["token_ids"].as_array().unwrap().iter().map(|ids| ids.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect()).collect();
+    let token_ids = json["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ids| ids.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect())
+        .collect();
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let tensors = st

@@ -8,7 +8,7 @@
 //! loss may use dfdx autodiff internally on its own fresh tensors (see [`autodiff_logits`]).
 
 use crate::dfdx_prelude::*;
-use crate::model::Param;
+use crate::model::{LayerGrads, LayerShape, LayerStates, Param};
 use crate::sampler::LangStat;
 
 /// Everything a loss may read for one batch, and what it returns: the SDK's plain types,
@@ -31,6 +31,30 @@ pub trait Loss: Send {
     }
     /// Computes the loss and its gradients.
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput>;
+    /// Whether the loss reads per-layer states ([`LayerStates`]) of the student and, when
+    /// it needs the teacher, of the teacher: transformer layer-wise distillation. Such a
+    /// loss implements [`Loss::compute_layers`]; the engine then runs the teacher on every
+    /// batch (its states are too large to cache).
+    fn needs_layers(&self) -> bool {
+        false
+    }
+    /// Checks at plan time that the student's and teacher's layers fit the loss (layer
+    /// indices in range, equal heads, the same tokenisation); the error says what does not.
+    fn check_layers(&self, student: &LayerShape, teacher: &LayerShape) -> Result<(), String> {
+        let _ = (student, teacher);
+        Ok(())
+    }
+    /// The layer-wise objective: [`Loss::compute`]'s value and gradients, plus gradients
+    /// with respect to the student's layer states.
+    fn compute_layers(
+        &mut self,
+        x: &LossInput,
+        student: &LayerStates,
+        teacher: Option<&LayerStates>,
+    ) -> anyhow::Result<(LossOutput, LayerGrads)> {
+        let _ = (x, student, teacher);
+        anyhow::bail!("this loss reads no per-layer states")
+    }
     /// Called once at the start of every stage the loss takes part in, before a checkpoint
     /// is restored: create parameters whose shapes depend on the models here (a projection
     /// from `student_hidden_dim` to `teacher_hidden_dim`), so a resumed run finds them.
@@ -343,6 +367,86 @@ pub fn softmax_rows(z: &[f32], classes: usize, t: f32) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (p, lp)
+}
+
+/// Random per-layer states for tests of layer-wise losses: `lens` sequences padded to the
+/// longest, `layers` layers of `width` with `heads` heads, attention rows that are
+/// distributions over the real keys (zero on padding), from a seed.
+pub fn sample_layers(lens: &[usize], layers: usize, width: usize, heads: usize, seed: u64) -> LayerStates {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (b, t) = (lens.len(), lens.iter().copied().max().unwrap_or(1));
+    let hidden = (0..=layers).map(|_| (0..b * t * width).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
+    let attention = (0..layers)
+        .map(|_| {
+            let mut a = vec![0.0f32; b * heads * t * t];
+            for (row_i, row) in a.chunks_exact_mut(t).enumerate() {
+                let n = lens[row_i / (heads * t)];
+                let e: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0f32..2.0).exp()).collect();
+                let z: f32 = e.iter().sum();
+                row[..n].iter_mut().zip(&e).for_each(|(r, v)| *r = v / z);
+            }
+            a
+        })
+        .collect();
+    LayerStates { lens: lens.to_vec(), seq: t, width, heads, hidden, attention }
+}
+
+/// The largest relative difference between a layer-wise loss's gradients (with respect to
+/// the student's real hidden states and attention entries, and the loss's own parameters)
+/// and central finite differences of step `eps`.
+pub fn layer_gradient_check(loss: &mut dyn Loss, x: &LossInput, s: &LayerStates, t: Option<&LayerStates>, eps: f32) -> anyhow::Result<f32> {
+    let rel = |a: f64, n: f64| ((a - n).abs() / 1f64.max(a.abs()).max(n.abs())) as f32;
+    let (_, g) = loss.compute_layers(x, s, t)?;
+    let own: Vec<Vec<f32>> = loss
+        .params()
+        .iter()
+        .map(|p| match &p.grad {
+            crate::model::Grad::Dense(g) => g.clone(),
+            _ => vec![0.0; p.numel()],
+        })
+        .collect();
+    let value = |loss: &mut dyn Loss, s: &LayerStates| loss.compute_layers(x, s, t).map(|(o, _)| o.value as f64);
+    let mut worst = 0f32;
+    let (tt, w, h) = (s.seq, s.width, s.heads);
+    for (attention, k) in (0..s.hidden.len()).map(|k| (false, k)).chain((0..s.attention.len()).map(|k| (true, k))) {
+        let slot = if attention { g.attention.get(k) } else { g.hidden.get(k) };
+        let zero = Vec::new();
+        let an = slot.and_then(Option::as_ref).unwrap_or(&zero);
+        let n = if attention { s.attention[k].len() } else { s.hidden[k].len() };
+        for i in (0..n).step_by(3) {
+            let ok = if attention {
+                let b = i / (h * tt * tt);
+                s.is_real(b, i / tt % tt) && s.is_real(b, i % tt)
+            } else {
+                s.is_real(i / (tt * w), i / w % tt)
+            };
+            if !ok {
+                continue;
+            }
+            let mut p = s.clone();
+            let buf = if attention { &mut p.attention[k] } else { &mut p.hidden[k] };
+            let orig = buf[i];
+            buf[i] = orig + eps;
+            let up = value(loss, &p)?;
+            let buf = if attention { &mut p.attention[k] } else { &mut p.hidden[k] };
+            buf[i] = orig - eps;
+            let down = value(loss, &p)?;
+            worst = worst.max(rel(an.get(i).copied().unwrap_or(0.0) as f64, (up - down) / (2.0 * eps as f64)));
+        }
+    }
+    for (pi, g) in own.iter().enumerate() {
+        for k in (0..g.len()).step_by(5) {
+            let orig = loss.params()[pi].data[k];
+            loss.params_mut()[pi].data[k] = orig + eps;
+            let up = value(loss, s)?;
+            loss.params_mut()[pi].data[k] = orig - eps;
+            let down = value(loss, s)?;
+            loss.params_mut()[pi].data[k] = orig;
+            worst = worst.max(rel(g[k] as f64, (up - down) / (2.0 * eps as f64)));
+        }
+    }
+    Ok(worst)
 }
 
 #[cfg(test)]

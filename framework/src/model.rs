@@ -272,11 +272,6 @@ pub trait Model: Send + Sync {
         self.forward(x)
     }
 
-    /// Layers and heads, for models that expose per-layer states (transformers).
-    fn layer_shape(&self) -> Option<LayerShape> {
-        None
-    }
-
     /// Total number of trainable scalars.
     fn num_params(&self) -> usize {
         self.params().iter().map(|p| p.numel()).sum()
@@ -292,8 +287,8 @@ pub struct LayerShape {
     pub width: usize,
     /// Attention heads per layer.
     pub heads: usize,
-    /// The tokenisation ([`Featurizer::describe`]): attention maps compare only between
-    /// models that tokenise alike.
+    /// What identifies the tokenisation (a tokenizer file's hash, `bytes`…): token-level
+    /// losses compare only models that tokenise alike.
     pub tokenizer: String,
 }
 
@@ -369,6 +364,12 @@ pub trait ModelBuilder: Send + Sync {
     /// implements; the plan and the engine ask before building.
     fn kind(&self) -> ModelKind {
         ModelKind::Network
+    }
+
+    /// The per-layer shape the built network will have, for layered models (transformers):
+    /// the plan checks layer-wise losses against it before anything is built.
+    fn layer_shape(&self) -> Option<LayerShape> {
+        None
     }
 
     /// Reads the table of outputs for the spec ([`ModelKind::Precomputed`] plugins).

@@ -74,10 +74,18 @@ impl TextTokenizer {
         TextTokenizer { kind: Kind::Chars { vocab: vocab.max(5) }, max_len, describe: format!("chars{vocab}:max{max_len}"), learned: false }
     }
 
+    /// What identifies a tokenizer.json's tokenisation (its content hash), as
+    /// [`crate::model::LayerShape::tokenizer`] compares it, without loading it.
+    pub fn file_identity(path: &Path) -> anyhow::Result<String> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading the tokenizer {}", path.display()))?;
+        Ok(format!("tokenizer.json:{}", &kdx_fsio::sha256_hex(&bytes)[..16]))
+    }
+
     /// A Hugging Face `tokenizer.json`; `describe` identifies it in caches (its content hash).
     pub fn from_file(path: &Path, max_len: usize) -> anyhow::Result<TextTokenizer> {
         let bytes = std::fs::read(path).with_context(|| format!("reading the tokenizer {}", path.display()))?;
-        let tk = Tokenizer::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: not a Hugging Face tokenizer.json: {e}", path.display()))?;
+        let tk =
+            Tokenizer::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: not a Hugging Face tokenizer.json: {e}", path.display()))?;
         let hash = kdx_fsio::sha256_hex(&bytes);
         Self::hf(tk, max_len, format!("tokenizer.json:{}:max{max_len}", &hash[..16]))
     }
@@ -103,7 +111,8 @@ impl TextTokenizer {
         }
         let key = kdx_fsio::hex(&h.finalize());
         let describe = format!("{kind:?}{vocab}:{}:max{max_len}", &key[..16]).to_lowercase();
-        let path: Option<PathBuf> = cache_dir.map(|d| d.join(format!("{}-{vocab}-{}.json", format!("{kind:?}").to_lowercase(), &key[..32])));
+        let path: Option<PathBuf> =
+            cache_dir.map(|d| d.join(format!("{}-{vocab}-{}.json", format!("{kind:?}").to_lowercase(), &key[..32])));
         if let Some(p) = path.as_ref().filter(|p| p.exists()) {
             if let Ok(tk) = Tokenizer::from_file(p) {
                 return Ok(TextTokenizer { learned: true, ..Self::hf(tk, max_len, describe)? });

@@ -1,4 +1,5 @@
 //! What several end-to-end test files share.
+#![allow(dead_code)] // each test file uses a different part
 
 use std::path::PathBuf;
 

@@ -6,6 +6,7 @@
 
 pub mod metrics;
 mod monitor;
+pub mod objective;
 pub mod preview;
 pub mod queues;
 mod reports;
@@ -215,6 +216,9 @@ pub fn run(plan: &mut Plan, opts: &RunOptions, observer: &mut dyn Observer) -> R
     Ok(row)
 }
 
+/// The teacher network and its featurisation of the training examples, for layer-wise losses.
+type TeacherNet<'a> = Option<(&'a dyn Model, &'a Inputs)>;
+
 /// What the stages share: the task, the feature cache and the teacher's outputs.
 struct Shared {
     task: Task,
@@ -255,6 +259,7 @@ impl Shared {
             cfg,
             train: &self.s_train,
             teacher: if teacher { self.t_out.as_ref() } else { None },
+            teacher_net: None,
             labels_visible: stage == Stage::Baseline || self.labels_visible,
             allowed: None,
             seed: mix(&[self.seed, stage.seed_tag()]),
@@ -307,9 +312,19 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
     shared.s_train = Inputs::new(&*student, &shared.task.train, false, &shared.fcache, "train")?;
     monitor.student_dev = Inputs::new(&*student, &shared.task.dev, false, &shared.fcache, "dev")?;
     let s_test = Inputs::new(&*student, &shared.task.test, false, &shared.fcache, "test")?;
-    let distilled = distill(plan, &shared, &mut *student, &mut monitor)?;
+    // Layer-wise losses read the teacher network's states batch by batch.
+    let t_train_inputs = match plan.losses.iter().any(|l| l.loss.needs_layers()) {
+        true => Some(ready.teacher.inputs(&shared.task.train, reads_source, &shared.fcache, "train")?),
+        false => None,
+    };
+    let teacher_net = match (&t_train_inputs, ready.teacher.network()) {
+        (Some(inputs), Some(net)) => Some((net, inputs)),
+        (Some(_), None) => anyhow::bail!("layer-wise losses need a teacher network, and `{}` holds outputs only", plan.teacher.plugin),
+        (None, _) => None,
+    };
+    let distilled = distill(plan, &shared, &mut *student, teacher_net, &mut monitor)?;
     row.train_examples_per_s = (plan.train.steps as f64 * plan.train.batch as f64) / distilled.train_seconds.max(1e-9);
-    let finetuned = finetune(plan, &shared, &mut *student, &s_test, &t_test, &mut monitor)?;
+    let finetuned = finetune(plan, &shared, &mut *student, teacher_net, &s_test, &t_test, &mut monitor)?;
 
     // ---- Baseline: the same student, hard labels, no teacher. ----
     let baseline = baseline(plan, &shared, &mut monitor)?;
@@ -334,7 +349,7 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
 }
 
 /// Distillation: the recipe's losses and sampler, the teacher's outputs.
-fn distill(plan: &mut Plan, shared: &Shared, student: &mut dyn Model, monitor: &mut Monitor) -> Result<LoopState> {
+fn distill(plan: &mut Plan, shared: &Shared, student: &mut dyn Model, teacher_net: TeacherNet, monitor: &mut Monitor) -> Result<LoopState> {
     if !shared.labels_visible {
         // Cross-lingual transfer: the student must learn from the teacher alone.
         for l in &plan.losses {
@@ -346,7 +361,7 @@ fn distill(plan: &mut Plan, shared: &Shared, student: &mut dyn Model, monitor: &
         }
     }
     let cfg = plan.train.stage();
-    let run = shared.stage(Stage::Distill, &cfg, true);
+    let run = StageRun { teacher_net, ..shared.stage(Stage::Distill, &cfg, true) };
     let mut losses: Vec<StageLoss> =
         plan.losses.iter_mut().map(|l| StageLoss { name: &l.plugin, weight: &l.weight, loss: &mut *l.loss }).collect();
     run_stage(&run, student, &mut losses, &mut *plan.samplers.distill, &shared.task.langs, monitor)
@@ -367,6 +382,7 @@ fn finetune(
     plan: &mut Plan,
     shared: &Shared,
     student: &mut dyn Model,
+    teacher_net: TeacherNet,
     s_test: &Inputs,
     t_test: &[f32],
     monitor: &mut Monitor,
@@ -393,7 +409,7 @@ fn finetune(
         Some(a)
     };
     let cfg = ft.stage();
-    let run = StageRun { allowed, ..shared.stage(Stage::Finetune, &cfg, ft.distill) };
+    let run = StageRun { allowed, teacher_net: teacher_net.filter(|_| ft.distill), ..shared.stage(Stage::Finetune, &cfg, ft.distill) };
     let mut ce = CrossEntropy::default();
     let w = Schedule::Constant(1.0);
     let mut losses: Vec<StageLoss> = if ft.distill {

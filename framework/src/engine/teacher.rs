@@ -150,6 +150,7 @@ pub(super) fn obtain(plan: &Plan, mut teacher: Teacher, task: &Task, fcache: &Fe
             cfg,
             train: &inputs,
             teacher: None,
+            teacher_net: None,
             labels_visible: true,
             allowed: None,
             seed: mix(&[plan.experiment.seed, Stage::Teacher.seed_tag()]),

@@ -6,10 +6,11 @@ use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+pub use super::objective::{combine_losses, Term};
 use super::queues::Queues;
 use crate::engine::{mix, Inputs, TeacherOut};
 use crate::loss::{Loss, LossInput};
-use crate::model::{Grad, Model, OutputGrads, Param, StepCtx};
+use crate::model::{Model, Param, StepCtx};
 use crate::optim::{Optimizer, ParamState};
 use crate::plan::StageConfig;
 use crate::sampler::{normalise, LangStat, Sampler, SamplerCtx};
@@ -37,6 +38,9 @@ pub struct StageRun<'a> {
     pub train: &'a Inputs,
     /// Teacher outputs aligned with `train`, when a loss needs them.
     pub teacher: Option<&'a TeacherOut>,
+    /// The teacher network and its featurisation of the same examples, when a layer-wise
+    /// loss reads its per-layer states (computed batch by batch).
+    pub teacher_net: Option<(&'a dyn Model, &'a Inputs)>,
     /// Whether gold labels may reach the losses (false in cross-lingual distillation).
     pub labels_visible: bool,
     /// Languages the stage trains on (all when `None`).
@@ -131,7 +135,9 @@ pub fn run_stage(
         train_seconds: 0.0,
         sampler_state: Vec::new(),
     };
-    let teacher_hidden_dim = stage.teacher.map_or(0, |t| t.hidden_dim);
+    // A transformer teacher's width is its layers' width too (layer-wise projections).
+    let teacher_hidden_dim = stage.teacher.map_or(0, |t| t.hidden_dim).max(stage.teacher_net.map_or(0, |(m, _)| m.hidden_dim()));
+    let layered = losses.iter().any(|l| l.loss.needs_layers());
     for l in losses.iter_mut() {
         l.loss.prepare(model.hidden_dim(), teacher_hidden_dim).with_context(|| format!("preparing loss `{}`", l.name))?;
     }
@@ -223,7 +229,12 @@ pub fn run_stage(
         let t_logits: Option<Vec<f32>> = stage.teacher.map(|t| gather_rows(&t.logits, classes, &idx));
         let t_hidden: Option<Vec<f32>> = stage.teacher.filter(|t| t.hidden_dim > 0).map(|t| gather_rows(&t.hidden, t.hidden_dim, &idx));
         let weights = vec![1f32; idx.len()];
-        let ctx = StepCtx::new(step, mix(&[stage.seed, stage_id, step, 2]));
+        // Layer-wise losses read the teacher's states of this very batch: run it now.
+        let t_layers = match stage.teacher_net.filter(|_| layered) {
+            Some((net, inputs)) => net.forward_layers(&inputs.bags.gather(&idx))?.layers,
+            None => None,
+        };
+        let ctx = StepCtx { layers: layered, ..StepCtx::new(step, mix(&[stage.seed, stage_id, step, 2])) };
         let mut total_loss = 0f32;
         let stats_snapshot = state.stats.clone();
         let outputs = model.forward_backward(&bags, ctx, &mut |out| {
@@ -243,7 +254,7 @@ pub fn run_stage(
                 total_steps: cfg.steps,
                 stats: &stats_snapshot,
             };
-            let (g, total, terms) = combine_losses(losses, &input, out.hidden.len())?;
+            let (g, total, terms) = combine_losses(losses, &input, out.hidden.len(), out.layers.as_ref(), t_layers.as_ref())?;
             total_loss = total;
             if !total_loss.is_finite() || terms.iter().any(|t| !t.2.is_finite()) {
                 let mut counts = std::collections::BTreeMap::<&str, usize>::new();
@@ -281,56 +292,6 @@ pub fn run_stage(
         }
     }
     Ok(state)
-}
-
-/// One term of a step's objective: the loss's name, its weight and its value.
-pub type Term<'a> = (&'a str, f32, f32);
-
-/// Evaluates every loss on one batch and sums their weighted gradients. Returns the
-/// gradients, the weighted total and each term.
-pub fn combine_losses<'a>(losses: &mut [StageLoss<'a>], input: &LossInput, hidden_len: usize) -> Result<(OutputGrads, f32, Vec<Term<'a>>)> {
-    let (step, total_steps) = (input.step, input.total_steps);
-    let mut g = OutputGrads { logits: vec![0.0; input.student_logits.len()], hidden: None, layers: None };
-    let mut total = 0f32;
-    let mut terms = Vec::new();
-    for l in losses.iter_mut() {
-        let w = l.weight.at(step, total_steps);
-        let r = l.loss.compute(input).with_context(|| format!("loss `{}` at step {step}", l.name))?;
-        // A NaN or infinite gradient of a finite value would reach the weights and surface a
-        // step later as a NaN value of some other loss: stop here and name the culprit. (A
-        // non-finite value is reported with every term by the divergence check.)
-        let own = || {
-            l.loss.params().into_iter().find_map(|p| match &p.grad {
-                Grad::Dense(g) => g.iter().find(|x| !x.is_finite()).copied(),
-                _ => None,
-            })
-        };
-        let bad = r.grad_logits.iter().chain(r.grad_hidden.iter().flatten()).find(|x| !x.is_finite()).copied().or_else(own);
-        if let Some(x) = bad.filter(|_| r.value.is_finite()) {
-            anyhow::bail!("loss `{}` returned a non-finite gradient ({x}) at step {step} (its value: {})", l.name, r.value);
-        }
-        terms.push((l.name, w, r.value));
-        // The loss's own parameters (a projection) are part of the weighted objective too.
-        for p in l.loss.params_mut() {
-            match &mut p.grad {
-                Grad::Dense(g) if w != 0.0 => g.iter_mut().for_each(|x| *x *= w),
-                _ if w == 0.0 => p.grad = Grad::None,
-                _ => {}
-            }
-        }
-        if w == 0.0 {
-            continue;
-        }
-        total += w * r.value;
-        anyhow::ensure!(r.grad_logits.len() == g.logits.len(), "loss `{}` returned a logit gradient of the wrong size", l.name);
-        g.logits.iter_mut().zip(&r.grad_logits).for_each(|(a, b)| *a += w * b);
-        if let Some(gh) = r.grad_hidden {
-            anyhow::ensure!(gh.len() == hidden_len, "loss `{}` returned a hidden gradient of the wrong size", l.name);
-            let acc = g.hidden.get_or_insert_with(|| vec![0.0; hidden_len]);
-            acc.iter_mut().zip(&gh).for_each(|(a, b)| *a += w * b);
-        }
-    }
-    Ok((g, total, terms))
 }
 
 /// The parameters a stage trains, by checkpoint name: the model's, then each loss's
@@ -416,7 +377,7 @@ mod tests {
     use super::*;
     use crate::features::{Bags, Featurizer, NgramHasher};
     use crate::loss::CrossEntropy;
-    use crate::model::Outputs;
+    use crate::model::{OutputGrads, Outputs};
     use crate::optim::{OptimizerConfig, OptimizerKind};
     use crate::sampler::Proportional;
 
@@ -534,8 +495,17 @@ mod tests {
 
     fn run(hooks: &mut Recording, cfg: &StageConfig) -> (Toy, LoopState) {
         let train = inputs();
-        let run =
-            StageRun { stage: Stage::Distill, cfg, train: &train, teacher: None, labels_visible: true, allowed: None, seed: 5, n_langs: 3 };
+        let run = StageRun {
+            stage: Stage::Distill,
+            cfg,
+            train: &train,
+            teacher: None,
+            teacher_net: None,
+            labels_visible: true,
+            allowed: None,
+            seed: 5,
+            n_langs: 3,
+        };
         let mut model = Toy::new(6, 2);
         let mut ce = CrossEntropy::default();
         let w = Schedule::Constant(1.0);
@@ -604,7 +574,7 @@ mod tests {
         let (mut ce, mut bad) = (CrossEntropy::default(), NanGradient);
         let mut losses =
             [StageLoss { name: "hard-ce", weight: &w, loss: &mut ce }, StageLoss { name: "broken", weight: &w, loss: &mut bad }];
-        let e = combine_losses(&mut losses, &s.input(7, 10), 8).unwrap_err().to_string();
+        let e = combine_losses(&mut losses, &s.input(7, 10), 8, None, None).unwrap_err().to_string();
         assert_eq!(e, "loss `broken` returned a non-finite gradient (NaN) at step 7 (its value: 0.5)");
     }
 
@@ -621,6 +591,7 @@ mod tests {
             cfg: &c,
             train: &train,
             teacher: None,
+            teacher_net: None,
             labels_visible: true,
             allowed: None,
             seed: 5,

@@ -36,12 +36,8 @@ impl AttentionShape {
 pub fn forward(s: AttentionShape, lens: &[usize], qkv: &[f32], probs: &mut [f32], ctx: &mut [f32]) {
     let (t, w, d) = (s.seq, s.width, s.head_dim());
     let scale = 1.0 / (d as f32).sqrt();
-    probs
-        .par_chunks_mut(s.heads * t * t)
-        .zip(ctx.par_chunks_mut(t * w))
-        .zip(qkv.par_chunks(t * 3 * w))
-        .zip(lens.par_iter())
-        .for_each(|(((p_b, ctx_b), qkv_b), &len)| {
+    probs.par_chunks_mut(s.heads * t * t).zip(ctx.par_chunks_mut(t * w)).zip(qkv.par_chunks(t * 3 * w)).zip(lens.par_iter()).for_each(
+        |(((p_b, ctx_b), qkv_b), &len)| {
             for h in 0..s.heads {
                 let p = &mut p_b[h * t * t..(h + 1) * t * t];
                 let q = Mat::strided(&qkv_b[h * d..], t, d, 3 * w);
@@ -54,20 +50,13 @@ pub fn forward(s: AttentionShape, lens: &[usize], qkv: &[f32], probs: &mut [f32]
                 }
                 matmul(&mut ctx_b[h * d..], w, Mat::strided(p, t, len, t), v, false, 1);
             }
-        });
+        },
+    );
 }
 
 /// Backward: from `dctx` (the gradient of `ctx`) and, where a loss reads this layer's
 /// attention, `dprobs` (the gradient of `probs`), writes the gradient of `qkv` into `dqkv`.
-pub fn backward(
-    s: AttentionShape,
-    lens: &[usize],
-    qkv: &[f32],
-    probs: &[f32],
-    dctx: &[f32],
-    dprobs: Option<&[f32]>,
-    dqkv: &mut [f32],
-) {
+pub fn backward(s: AttentionShape, lens: &[usize], qkv: &[f32], probs: &[f32], dctx: &[f32], dprobs: Option<&[f32]>, dqkv: &mut [f32]) {
     let (t, w, d) = (s.seq, s.width, s.head_dim());
     let scale = 1.0 / (d as f32).sqrt();
     dqkv.par_chunks_mut(t * 3 * w).enumerate().for_each(|(b, dqkv_b)| {

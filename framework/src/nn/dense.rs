@@ -62,7 +62,14 @@ impl<'a> Mat<'a> {
     fn check(&self, what: &str) {
         assert!(self.cols <= self.ld, "{what}: {} columns with a row stride of {}", self.cols, self.ld);
         let need = if self.rows == 0 { 0 } else { (self.rows - 1) * self.ld + self.cols };
-        assert!(need <= self.data.len(), "{what}: a {}×{} block (ld {}) needs {need} numbers, the buffer has {}", self.rows, self.cols, self.ld, self.data.len());
+        assert!(
+            need <= self.data.len(),
+            "{what}: a {}×{} block (ld {}) needs {need} numbers, the buffer has {}",
+            self.rows,
+            self.cols,
+            self.ld,
+            self.data.len()
+        );
     }
 }
 
@@ -145,10 +152,13 @@ pub fn add_column_sums(acc: &mut [f32], x: &[f32]) {
             }
             s
         })
-        .reduce(|| vec![0.0f32; width], |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        });
+        .reduce(
+            || vec![0.0f32; width],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
     acc.iter_mut().zip(&partial).for_each(|(a, p)| *a += p);
 }
 

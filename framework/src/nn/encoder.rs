@@ -62,7 +62,10 @@ impl EncoderConfig {
             return Err(format!("the width ({}) must be a positive multiple of the heads ({})", self.width, self.heads));
         }
         if self.vocab == 0 || self.ffn == 0 || self.layers == 0 {
-            return Err(format!("vocabulary ({}), feed-forward width ({}) and layers ({}) must be positive", self.vocab, self.ffn, self.layers));
+            return Err(format!(
+                "vocabulary ({}), feed-forward width ({}) and layers ({}) must be positive",
+                self.vocab, self.ffn, self.layers
+            ));
         }
         if self.max_len() == 0 {
             return Err(format!("{} positions leave no room after the offset {}", self.max_positions, self.position_offset));

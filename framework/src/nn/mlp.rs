@@ -189,7 +189,8 @@ impl Mlp {
         let h_branch = h.with_empty_tape();
         let hidden = h.as_vec();
         let logits = self.output(&bound, h);
-        let outputs = Outputs { batch, logits: logits.as_vec(), classes: self.classes(), hidden, hidden_dim: self.hidden_dim(), layers: None };
+        let outputs =
+            Outputs { batch, logits: logits.as_vec(), classes: self.classes(), hidden, hidden_dim: self.hidden_dim(), layers: None };
         let g = objective(&outputs)?;
         anyhow::ensure!(g.logits.len() == outputs.logits.len(), "logit gradient has the wrong size");
         // Surrogate objective: sum(z ⊙ g) has gradient g with respect to z.
@@ -239,7 +240,11 @@ mod tests {
             let ctx = StepCtx::new(0, 1);
             let (_, dx) = mlp
                 .forward_backward(x0, b, ctx, &mut |o| {
-                    Ok(OutputGrads { logits: o.logits.iter().zip(&wl).map(|(z, w)| 2.0 * w * z).collect(), hidden: Some(wh.clone()), layers: None })
+                    Ok(OutputGrads {
+                        logits: o.logits.iter().zip(&wl).map(|(z, w)| 2.0 * w * z).collect(),
+                        hidden: Some(wh.clone()),
+                        layers: None,
+                    })
                 })
                 .unwrap();
             bag.backward(&x, &dx);

@@ -18,10 +18,10 @@ pub mod transformer;
 
 pub use activation::Activation;
 pub use embedding_bag::EmbeddingBag;
+pub use encoder::{Encoder, EncoderConfig, EncoderLayer, TokenBatch};
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::Mlp;
-pub use encoder::{Encoder, EncoderConfig, EncoderLayer, TokenBatch};
 pub use projection::{HiddenProjection, ProjectionMode};
 pub use transformer::{Pooling, TransformerModel};
 

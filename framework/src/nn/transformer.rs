@@ -10,7 +10,7 @@ use super::dense::{matmul, threads, Mat};
 use super::encoder::{dense_grad, Encoder, TokenBatch, Trace};
 use super::Linear;
 use crate::features::{Bags, Featurizer};
-use crate::model::{LayerShape, Model, OutputGrads, Outputs, Param, StepCtx};
+use crate::model::{Model, OutputGrads, Outputs, Param, StepCtx};
 use crate::tokenize::TextTokenizer;
 
 /// How token states become one sentence vector.
@@ -51,7 +51,15 @@ struct Pooled {
 
 impl TransformerModel {
     /// A model around `encoder` with a fresh head for `classes` classes.
-    pub fn new(encoder: Encoder, tokenizer: TextTokenizer, pooling: Pooling, normalize: bool, classes: usize, seed: u64, name: String) -> TransformerModel {
+    pub fn new(
+        encoder: Encoder,
+        tokenizer: TextTokenizer,
+        pooling: Pooling,
+        normalize: bool,
+        classes: usize,
+        seed: u64,
+        name: String,
+    ) -> TransformerModel {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x4845_4144);
         let head = Linear::new("head", encoder.cfg.width, classes, &mut rng);
         TransformerModel { encoder, pooling, normalize, head, tokenizer, name }
@@ -152,10 +160,6 @@ impl Model for TransformerModel {
     }
     fn forward_layers(&self, x: &Bags) -> anyhow::Result<Outputs> {
         infer(self, x, true)
-    }
-    fn layer_shape(&self) -> Option<LayerShape> {
-        let c = &self.encoder.cfg;
-        Some(LayerShape { layers: c.layers, width: c.width, heads: c.heads, tokenizer: self.tokenizer.describe() })
     }
     fn forward_backward(
         &mut self,
@@ -282,7 +286,8 @@ mod tests {
         assert_eq!(counted, m.encoder.cfg.num_params());
         assert_eq!(m.num_params(), counted + 8 * 3 + 3);
         // all-MiniLM-L6-v2's encoder (its unused pooler's 147,840 aside: 22,713,216 in all).
-        let minilm = EncoderConfig { vocab: 30522, width: 384, layers: 6, heads: 12, ffn: 1536, max_positions: 512, type_vocab: 2, ..m.encoder.cfg };
+        let minilm =
+            EncoderConfig { vocab: 30522, width: 384, layers: 6, heads: 12, ffn: 1536, max_positions: 512, type_vocab: 2, ..m.encoder.cfg };
         assert_eq!(minilm.num_params(), 22_565_376);
     }
 
@@ -377,7 +382,10 @@ mod tests {
                     m.params_mut()[pi].data[i] = orig;
                     let fd = (up - down) / (2.0 * eps as f64);
                     let an = g[i] as f64;
-                    assert!((fd - an).abs() <= 2e-2 * (1.0 + fd.abs().max(an.abs())), "{pooling:?}: ∂L/∂{name}[{i}]: analytic {an}, finite differences {fd}");
+                    assert!(
+                        (fd - an).abs() <= 2e-2 * (1.0 + fd.abs().max(an.abs())),
+                        "{pooling:?}: ∂L/∂{name}[{i}]: analytic {an}, finite differences {fd}"
+                    );
                     checked += 1;
                 }
             }

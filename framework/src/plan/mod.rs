@@ -212,6 +212,7 @@ impl Plan {
         });
 
         let mut losses = Vec::new();
+        let mut loss_keys = Vec::new();
         match root.get("loss") {
             Some(toml::Value::Array(items)) if !items.is_empty() => {
                 for (i, item) in items.iter().enumerate() {
@@ -238,6 +239,7 @@ impl Plan {
                     };
                     if let (Some(Built::Loss(l)), Some(weight)) = (built, weight) {
                         losses.push(LossPlan { plugin: name, weight, loss: l });
+                        loss_keys.push(key);
                     }
                 }
             }
@@ -295,6 +297,13 @@ impl Plan {
             }
         };
 
+        if let (Some((t, _)), Some((s, _))) = (&teacher, &student) {
+            for (l, key) in losses.iter().zip(&loss_keys) {
+                if let Err(e) = check_layers(l, &s.plugin, s.builder.layer_shape(), &t.plugin, t.builder.layer_shape()) {
+                    diags.push(doc.diag(&key.key("plugin"), e, None));
+                }
+            }
+        }
         if !diags.is_empty() {
             return Err(diags);
         }
@@ -563,4 +572,26 @@ pub fn load_plans_with_libraries(path: &std::path::Path, extra_libraries: &[Path
         }
     }
     diags.into_result(plans)
+}
+
+/// A layer-wise loss needs a student and a teacher with per-layer states that fit it.
+fn check_layers(
+    l: &LossPlan,
+    student: &str,
+    s: Option<crate::model::LayerShape>,
+    teacher: &str,
+    t: Option<crate::model::LayerShape>,
+) -> Result<(), String> {
+    if !l.loss.needs_layers() {
+        return Ok(());
+    }
+    let none = |role: &str, name: &str| {
+        format!(
+            "loss `{}` reads per-layer states, and the {role} `{name}` has none (transformer and hf-encoder models have them)",
+            l.plugin
+        )
+    };
+    let s = s.ok_or_else(|| none("student", student))?;
+    let t = t.ok_or_else(|| none("teacher", teacher))?;
+    l.loss.check_layers(&s, &t).map_err(|e| format!("loss `{}`: {e}", l.plugin))
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::model::{Model, ModelBuilder, ModelKind, ModelSpec};
+use kdx_framework::model::{LayerShape, Model, ModelBuilder, ModelKind, ModelSpec};
 use kdx_framework::nn::dense::FfnActivation;
 use kdx_framework::nn::{Encoder, EncoderConfig, Pooling, TransformerModel};
 use kdx_framework::registry::BuildCtx;
@@ -290,6 +290,12 @@ kdx_framework::register_model!("hf-encoder", "a local Hugging Face BERT / Distil
 impl ModelBuilder for HfEncoder {
     fn kind(&self) -> ModelKind {
         ModelKind::Pretrained
+    }
+    fn layer_shape(&self) -> Option<LayerShape> {
+        let c = &self.hf.cfg;
+        let layers = self.p.layers.as_ref().map_or(c.layers, Vec::len);
+        let tokenizer = TextTokenizer::file_identity(&self.hf.dir.join("tokenizer.json")).ok()?;
+        Some(LayerShape { layers, width: c.width, heads: c.heads, tokenizer })
     }
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
         let hf = &self.hf;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::model::{check_memory, Model, ModelBuilder, ModelSpec};
+use kdx_framework::model::{check_memory, LayerShape, Model, ModelBuilder, ModelSpec};
 use kdx_framework::nn::dense::FfnActivation;
 use kdx_framework::nn::{Encoder, EncoderConfig, Pooling, TransformerModel};
 use kdx_framework::registry::BuildCtx;
@@ -164,6 +164,16 @@ impl TransformerParams {
 }
 
 impl ModelBuilder for TransformerParams {
+    fn layer_shape(&self) -> Option<LayerShape> {
+        let tokenizer = match self.tokenizer {
+            TokenizerKind::Bytes => "bytes".to_string(),
+            TokenizerKind::Chars => format!("chars{}", self.vocab),
+            TokenizerKind::Bpe => format!("bpe{} learned from the training text", self.vocab),
+            TokenizerKind::Unigram => format!("unigram{} learned from the training text", self.vocab),
+            TokenizerKind::File => TextTokenizer::file_identity(self.tokenizer_file.as_deref()?).ok()?,
+        };
+        Some(LayerShape { layers: self.layers, width: self.width, heads: self.heads, tokenizer })
+    }
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
         let tokenizer = self.tokenizer(spec)?;
         let encoder = Encoder::new(self.config(tokenizer.vocab_size()), spec.seed);

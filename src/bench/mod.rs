@@ -6,6 +6,11 @@
 //! Linear(H, 40); loss 0.5·T²·KL(teacher_T ‖ student_T) + 0.5·CE at T = 2; Adam, lr 1e-3;
 //! batch 256. Mode `dense` updates every embedding row (PyTorch: fused Adam), `sparse` only
 //! the touched rows (PyTorch: SparseAdam).
+//!
+//! `--suite transformer` times the transformer workloads of `torch_transformer_step.py`
+//! ([`transformer`]).
+
+pub mod transformer;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -86,7 +91,7 @@ pub fn kdx_steps_per_s(variant_name: &str, sparse: bool, steps: usize, warmup: u
                 total_steps: (warmup + steps) as u64,
                 stats: &[],
             };
-            Ok(combine_losses(&mut losses, &input, out.hidden.len())?.0)
+            Ok(combine_losses(&mut losses, &input, out.hidden.len(), None, None)?.0)
         })?;
         let mut ps: Vec<&mut Param> = model.params_mut();
         opt.step(&mut ps, 1e-3)?;
@@ -149,11 +154,65 @@ pub struct BenchArgs {
     /// The Python interpreter that has torch installed.
     #[arg(long, default_value = "python3")]
     pub python: String,
+    /// Which benchmarks: ngram (the n-gram distillation step), transformer (transformer
+    /// steps and MiniLM-shaped encoding), or all.
+    #[arg(long, default_value = "all")]
+    pub suite: String,
+    /// The PyTorch transformer reference (torch_transformer_step.py) to time alongside.
+    #[arg(long)]
+    pub torch_transformer_script: Option<PathBuf>,
+    /// Timed steps (or batches) per repetition of the transformer workloads.
+    #[arg(long, default_value_t = 20)]
+    pub transformer_steps: usize,
 }
 
-/// Runs the benchmark and prints one line per (variant, mode).
+/// Runs the benchmarks the suite names.
 pub fn run(args: &BenchArgs) -> Result<()> {
     rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global().ok();
+    match args.suite.as_str() {
+        "ngram" => run_ngram(args),
+        "transformer" => run_transformer(args),
+        "all" => {
+            run_ngram(args)?;
+            println!();
+            run_transformer(args)
+        }
+        s => anyhow::bail!("unknown suite `{s}`: ngram, transformer or all"),
+    }
+}
+
+/// The transformer workloads, kdx and (when given) PyTorch alternating, medians of `reps`.
+fn run_transformer(args: &BenchArgs) -> Result<()> {
+    use transformer::{kdx_encode, kdx_step, torch, MINILM, STEP_SHAPES};
+    println!(
+        "{:<8} {:<10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "workload", "variant", "kdx seq/s", "torch seq/s", "kdx GF/s", "torch GF/s", "ratio"
+    );
+    let work: Vec<(&transformer::Shape, bool)> = STEP_SHAPES.iter().map(|s| (s, true)).chain([(&MINILM, false)]).collect();
+    let (steps, warmup) = (args.transformer_steps, 3);
+    for (shape, train) in work {
+        let (mut k, mut t) = (Vec::new(), Vec::new());
+        for _ in 0..args.reps.max(1) {
+            k.push(if train { kdx_step(shape, steps, warmup)? } else { kdx_encode(shape, steps, warmup)? }.sequences_per_s);
+            if let Some(script) = &args.torch_transformer_script {
+                t.push(torch(&args.python, script, shape, train, args.threads, steps, warmup)?.sequences_per_s);
+            }
+        }
+        let gf = |seqs: f64| seqs * shape.flops_per_seq(train) / 1e9;
+        let km = median(k);
+        let name = if train { "step" } else { "encode" };
+        if t.is_empty() {
+            println!("{name:<8} {:<10} {km:>10.1} {:>10} {:>10.1} {:>10} {:>8}", shape.name, "-", gf(km), "-", "-");
+        } else {
+            let tm = median(t);
+            println!("{name:<8} {:<10} {km:>10.1} {tm:>10.1} {:>10.1} {:>10.1} {:>7.2}×", shape.name, gf(km), gf(tm), km / tm);
+        }
+    }
+    Ok(())
+}
+
+/// The n-gram distillation step, one line per (variant, mode).
+fn run_ngram(args: &BenchArgs) -> Result<()> {
     let variants: Vec<&str> = if args.variant == "all" { vec!["base", "smallv", "bigmlp"] } else { vec![args.variant.as_str()] };
     let modes: Vec<bool> = match args.mode.as_str() {
         "all" => vec![false, true],
