@@ -141,6 +141,21 @@ enum Command {
         /// Input file (default: stdin).
         file: Option<PathBuf>,
     },
+    /// Sentence vectors, one line per input line (TAB-separated components, no text column),
+    /// from a run's trained model or a Hugging Face model directory.
+    Embed {
+        /// A run directory (results/<experiment>/<run>) or a Hugging Face model directory
+        /// (config.json, model.safetensors, tokenizer.json; BERT, DistilBERT, RoBERTa, XLM-R).
+        model_dir: PathBuf,
+        /// Which model of a run directory.
+        #[arg(long, default_value = "student", value_parser = ["student", "teacher"])]
+        model: String,
+        /// Input file, one text per line (default: stdin).
+        file: Option<PathBuf>,
+        /// Write to this file instead of stdout; `.npy` writes a float32 matrix.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Score a trained model on a labelled file, per language.
     Eval {
         /// A run directory.
@@ -314,6 +329,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Predict { run_dir, model, top, file } => {
             predict(&run_dir, &model, top, file.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Embed { model_dir, model, file, output } => {
+            crate::embed::run(&model_dir, &model, file.as_deref(), output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { run_dir, data, split, model, csv } => {

@@ -11,5 +11,6 @@ pub mod cli;
 pub mod compare;
 pub mod console;
 pub mod corpus_build;
+pub mod embed;
 pub mod plot;
 pub mod scaffold;

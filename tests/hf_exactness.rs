@@ -67,6 +67,7 @@ fn check_tiny(name: &str) {
     for (k, h) in s.hidden.iter().enumerate() {
         let real: Vec<f32> = (0..s.lens.len()).flat_map(|b| h[b * t * w..(b * t + s.lens[b]) * w].iter().copied()).collect();
         let d = max_abs_diff(&real, &r.tensors[&format!("hidden.{k}")]);
+        eprintln!("{name}: hidden state {k}: max |kdx − transformers| = {d:.2e}");
         assert!(d <= TOLERANCE, "{name}: hidden state {k} differs by {d}");
     }
     for (k, a) in s.attention.iter().enumerate() {
@@ -80,6 +81,7 @@ fn check_tiny(name: &str) {
             }
         }
         let d = max_abs_diff(&real, &r.tensors[&format!("attention.{k}")]);
+        eprintln!("{name}: attention {k}: max |kdx − transformers| = {d:.2e}");
         assert!(d <= TOLERANCE, "{name}: attention {k} differs by {d}");
     }
     for (pooling, key) in [(Pooling::Mean, "pooled_mean"), (Pooling::Cls, "pooled_cls")] {
@@ -176,5 +178,40 @@ fn all_minilm_l6_v2_embeddings_equal_sentence_transformers() {
         assert_eq!(&ids, want, "token ids of {t:?}");
     }
     let d = max_abs_diff(&model.embed(&texts).unwrap(), &r.tensors["embeddings"]);
+    eprintln!("all-MiniLM-L6-v2: embeddings: max |kdx − sentence-transformers| = {d:.2e}");
     assert!(d <= TOLERANCE, "all-MiniLM-L6-v2 embeddings differ from sentence-transformers' by {d}");
+}
+
+#[test]
+fn kdx_embed_prints_the_pipeline_vectors_of_a_model_directory() {
+    let dir = data("tiny-bert");
+    let r = reference(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("texts.txt");
+    std::fs::write(&input, r.sentences.join("\n") + "\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kdx"))
+        .args(["embed", dir.to_str().unwrap(), input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Vec<f32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .flat_map(|l| l.split('\t').map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 16, "one line per input line");
+    let d = max_abs_diff(&printed, &r.tensors["embeddings"]);
+    assert!(d <= TOLERANCE, "kdx embed differs from sentence-transformers by {d}");
+    // The same as a float32 .npy matrix.
+    let npy = tmp.path().join("v.npy");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kdx"))
+        .args(["embed", dir.to_str().unwrap(), input.to_str().unwrap(), "-o", npy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&npy).unwrap();
+    assert!(bytes.starts_with(b"\x93NUMPY\x01\x00"));
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (16, 32)"));
+    let body: Vec<f32> = bytes[10 + header_len..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    assert_eq!(body, printed);
 }

@@ -104,6 +104,11 @@ fn layerwise_distillation_between_transformers_trains_and_exports() {
     let out = kdx(&["predict", dir.to_str().unwrap(), input.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    // Its sentence vectors: one line per text, the student's width.
+    let out = kdx(&["embed", dir.to_str().unwrap(), input.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().map(|l| l.split('\t').count()).collect::<Vec<_>>(), vec![16, 16]);
 }
 
 #[test]

@@ -293,8 +293,13 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
     row.teacher_cached = ready.source == TeacherSource::Cache;
     row.teacher_params = ready.teacher.num_params();
     let any_teacher_loss = plan.losses.iter().any(|l| l.loss.needs_teacher());
-    let t_out = teacher::train_outputs(plan, &ready, &shared.task, &shared.fcache)?;
-    shared.t_out = any_teacher_loss.then_some(t_out);
+    // With a layer-wise loss the teacher network runs on every batch anyway, and its outputs
+    // come from there: no pass over the whole training set first.
+    let layered = plan.losses.iter().any(|l| l.loss.needs_layers());
+    if !layered {
+        let t_out = teacher::train_outputs(plan, &ready, &shared.task, &shared.fcache)?;
+        shared.t_out = any_teacher_loss.then_some(t_out);
+    }
     let t_dev = ready.teacher.outputs(&monitor.teacher_dev, &shared.task.dev, "dev")?.logits;
     let t_test_inputs = ready.teacher.inputs(&shared.task.test, reads_source, &shared.fcache, "test")?;
     let t_test = ready.teacher.outputs(&t_test_inputs, &shared.task.test, "test")?.logits;
@@ -313,7 +318,7 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
     monitor.student_dev = Inputs::new(&*student, &shared.task.dev, false, &shared.fcache, "dev")?;
     let s_test = Inputs::new(&*student, &shared.task.test, false, &shared.fcache, "test")?;
     // Layer-wise losses read the teacher network's states batch by batch.
-    let t_train_inputs = match plan.losses.iter().any(|l| l.loss.needs_layers()) {
+    let t_train_inputs = match layered {
         true => Some(ready.teacher.inputs(&shared.task.train, reads_source, &shared.fcache, "train")?),
         false => None,
     };

@@ -226,14 +226,24 @@ pub fn run_stage(
         let bags = stage.train.bags.gather(&idx);
         let labels: Vec<u32> = idx.iter().map(|&i| stage.train.labels[i]).collect();
         let blangs: Vec<u32> = idx.iter().map(|&i| stage.train.langs[i]).collect();
-        let t_logits: Option<Vec<f32>> = stage.teacher.map(|t| gather_rows(&t.logits, classes, &idx));
-        let t_hidden: Option<Vec<f32>> = stage.teacher.filter(|t| t.hidden_dim > 0).map(|t| gather_rows(&t.hidden, t.hidden_dim, &idx));
-        let weights = vec![1f32; idx.len()];
-        // Layer-wise losses read the teacher's states of this very batch: run it now.
-        let t_layers = match stage.teacher_net.filter(|_| layered) {
-            Some((net, inputs)) => net.forward_layers(&inputs.bags.gather(&idx))?.layers,
+        // Layer-wise losses read the teacher's states of this very batch: run it now, and take
+        // its outputs from the same pass.
+        let t_net = match stage.teacher_net.filter(|_| layered) {
+            Some((net, inputs)) => Some(net.forward_layers(&inputs.bags.gather(&idx))?),
             None => None,
         };
+        let t_logits: Option<Vec<f32>> = match (stage.teacher, &t_net) {
+            (Some(t), _) => Some(gather_rows(&t.logits, classes, &idx)),
+            (None, Some(o)) => Some(o.logits.clone()),
+            (None, None) => None,
+        };
+        let (t_hidden, t_hidden_dim): (Option<Vec<f32>>, usize) = match (stage.teacher, &t_net) {
+            (Some(t), _) if t.hidden_dim > 0 => (Some(gather_rows(&t.hidden, t.hidden_dim, &idx)), t.hidden_dim),
+            (None, Some(o)) => (Some(o.hidden.clone()), o.hidden_dim),
+            _ => (None, 0),
+        };
+        let t_layers = t_net.and_then(|o| o.layers);
+        let weights = vec![1f32; idx.len()];
         let ctx = StepCtx { layers: layered, ..StepCtx::new(step, mix(&[stage.seed, stage_id, step, 2])) };
         let mut total_loss = 0f32;
         let stats_snapshot = state.stats.clone();
@@ -246,7 +256,7 @@ pub fn run_stage(
                 student_hidden_dim: out.hidden_dim,
                 teacher_logits: t_logits.as_deref(),
                 teacher_hidden: t_hidden.as_deref(),
-                teacher_hidden_dim: stage.teacher.map_or(0, |t| t.hidden_dim),
+                teacher_hidden_dim: t_hidden_dim,
                 labels: stage.labels_visible.then_some(&labels[..]),
                 langs: &blangs,
                 weights: &weights,

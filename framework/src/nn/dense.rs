@@ -233,12 +233,22 @@ impl FfnActivation {
 
 /// `pre += bias` row-wise, then `act = activation(pre)`: one pass over the buffer.
 pub fn bias_activation(pre: &mut [f32], act: &mut [f32], bias: &[f32], f: FfnActivation) {
+    // One monomorphised loop per activation: the choice is made once, outside the loop, so
+    // the loop body vectorises.
+    match f {
+        FfnActivation::Gelu => bias_map(pre, act, bias, |x| FfnActivation::Gelu.apply(x)),
+        FfnActivation::GeluTanh => bias_map(pre, act, bias, |x| FfnActivation::GeluTanh.apply(x)),
+        FfnActivation::Relu => bias_map(pre, act, bias, |x| FfnActivation::Relu.apply(x)),
+    }
+}
+
+fn bias_map(pre: &mut [f32], act: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32 + Sync + Send + Copy) {
     let w = bias.len();
     pre.par_chunks_mut(w * 16).zip(act.par_chunks_mut(w * 16)).for_each(|(p, a)| {
         for (pr, ar) in p.chunks_exact_mut(w).zip(a.chunks_exact_mut(w)) {
             for ((x, y), b) in pr.iter_mut().zip(ar.iter_mut()).zip(bias) {
                 *x += b;
-                *y = f.apply(*x);
+                *y = f(*x);
             }
         }
     });
@@ -246,8 +256,16 @@ pub fn bias_activation(pre: &mut [f32], act: &mut [f32], bias: &[f32], f: FfnAct
 
 /// `grad *= activation'(pre)` elementwise (back through the activation, in place).
 pub fn activation_backward(grad: &mut [f32], pre: &[f32], f: FfnActivation) {
+    match f {
+        FfnActivation::Gelu => scale_by(grad, pre, |x| FfnActivation::Gelu.derivative(x)),
+        FfnActivation::GeluTanh => scale_by(grad, pre, |x| FfnActivation::GeluTanh.derivative(x)),
+        FfnActivation::Relu => scale_by(grad, pre, |x| FfnActivation::Relu.derivative(x)),
+    }
+}
+
+fn scale_by(grad: &mut [f32], pre: &[f32], d: impl Fn(f32) -> f32 + Sync + Send + Copy) {
     grad.par_chunks_mut(4096).zip(pre.par_chunks(4096)).for_each(|(g, p)| {
-        g.iter_mut().zip(p).for_each(|(g, &x)| *g *= f.derivative(x));
+        g.iter_mut().zip(p).for_each(|(g, &x)| *g *= d(x));
     });
 }
 
