@@ -58,7 +58,7 @@ impl EncoderConfig {
 
     /// Checks the shape, naming what is wrong.
     pub fn validate(&self) -> Result<(), String> {
-        if self.width == 0 || self.heads == 0 || self.width % self.heads != 0 {
+        if self.width == 0 || self.heads == 0 || !self.width.is_multiple_of(self.heads) {
             return Err(format!("the width ({}) must be a positive multiple of the heads ({})", self.width, self.heads));
         }
         if self.vocab == 0 || self.ffn == 0 || self.layers == 0 {
