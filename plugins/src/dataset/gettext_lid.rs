@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 /// locale. Splits come from a hash of the English msgid, so all translations of one
 /// message share a split (no leakage across languages). Confusable locales (pt/pt_BR/gl,
 /// sr/sr@latin/hr/bs, nb/nn/da, zh_CN/zh_TW/zh_HK) make the task hard in the right way.
+/// With `english = true` the English msgids become examples of language `en` too (one per
+/// distinct msgid of the selected locales, id `en:HASH`), so the identifier also covers
+/// the language it meets most often.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GettextLidParams {
@@ -37,6 +40,10 @@ pub struct GettextLidParams {
     /// learning from a teacher that was not.
     #[serde(default)]
     pub cap_teacher: bool,
+    /// Add the English side: every distinct msgid of the selected locales is an example of
+    /// `en` (split with its translations; capped like any language).
+    #[serde(default)]
+    pub english: bool,
     /// Fraction of messages in the dev split.
     #[serde(default = "default_frac")]
     pub dev_fraction: f64,
@@ -88,19 +95,36 @@ impl Dataset for GettextLidParams {
         for r in &corpus.rows {
             *counts.entry(locale(&r.locale)).or_default() += 1;
         }
-        let langs = self.languages.select(&counts, &self.corpus.display().to_string())?;
+        let mut langs = self.languages.select(&counts, &self.corpus.display().to_string())?;
+        anyhow::ensure!(
+            !(self.english && langs.iter().any(|l| l == ENGLISH)),
+            "english = true adds `en`, and the selection already has a locale `en` (merge or deselect it)"
+        );
+        let selected = langs.len();
+        if self.english {
+            langs.push(ENGLISH.to_string());
+        }
         let index: BTreeMap<&str, u32> = langs.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
         let mut task = Task { labels: langs.clone(), langs: langs.clone(), ..Default::default() };
         let mut train_by_lang: Vec<Vec<(u64, Example)>> = vec![Vec::new(); langs.len()];
+        let mut english = std::collections::BTreeSet::new();
         for (row, r) in corpus.rows.iter().enumerate() {
             let l = locale(&r.locale);
-            let Some(&li) = index.get(l.as_str()) else { continue };
+            let Some(&li) = index.get(l.as_str()).filter(|&&i| (i as usize) < selected) else { continue };
             let e =
                 Example { id: kdx_corpus::load::row_id(r, row), text: r.text.clone(), source: Some(r.msgid.clone()), lang: li, label: li };
-            match split_of(&r.msgid, self.dev_fraction, self.test_fraction) {
-                Split::Train => train_by_lang[li as usize].push((stable_hash64(r.msgid.as_bytes()), e)),
-                Split::Dev => task.dev.push(e),
-                Split::Test => task.test.push(e),
+            let mut examples = vec![e];
+            let h = stable_hash64(r.msgid.as_bytes());
+            if self.english && english.insert(r.msgid.as_str()) {
+                let en = selected as u32;
+                examples.push(Example { id: format!("{ENGLISH}:{h:016x}"), text: r.msgid.clone(), source: Some(r.msgid.clone()), lang: en, label: en });
+            }
+            for e in examples {
+                match split_of(&r.msgid, self.dev_fraction, self.test_fraction) {
+                    Split::Train => train_by_lang[e.lang as usize].push((h, e)),
+                    Split::Dev => task.dev.push(e),
+                    Split::Test => task.test.push(e),
+                }
             }
         }
         let mut full = Vec::new();
@@ -123,7 +147,50 @@ impl Dataset for GettextLidParams {
     }
 }
 
-/// A stable rendering of the parameters for the fingerprint.
+/// The language code of the English side (the msgids).
+const ENGLISH: &str = "en";
+
+/// A stable rendering of the parameters for the fingerprint (`english` only when set, so
+/// the caches of recipes written before it keep their keys).
 fn serde_json_like(p: &GettextLidParams) -> String {
-    format!("{:?} {:?} {:?} {} {} {}", p.languages, p.merge, p.max_train_per_language, p.cap_teacher, p.dev_fraction, p.test_fraction)
+    let english = if p.english { " english" } else { "" };
+    format!("{:?} {:?} {:?} {} {} {}{english}", p.languages, p.merge, p.max_train_per_language, p.cap_teacher, p.dev_fraction, p.test_fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(english: bool) -> GettextLidParams {
+        let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/gettext-corpus.tsv.gz");
+        GettextLidParams {
+            corpus,
+            languages: Languages::List(vec!["fr".into(), "de".into()]),
+            merge: BTreeMap::new(),
+            max_train_per_language: None,
+            cap_teacher: false,
+            english,
+            dev_fraction: 0.1,
+            test_fraction: 0.1,
+        }
+    }
+
+    #[test]
+    fn english_adds_each_msgid_once_in_the_split_of_its_translations() {
+        let plain = params(false).load().unwrap();
+        let task = params(true).load().unwrap();
+        assert_eq!(task.langs.last().map(String::as_str), Some("en"));
+        assert_eq!(task.langs.len(), plain.langs.len() + 1);
+        let en = (task.langs.len() - 1) as u32;
+        let all: Vec<&Example> = task.train.iter().chain(&task.dev).chain(&task.test).collect();
+        let english: Vec<&&Example> = all.iter().filter(|e| e.lang == en).collect();
+        let msgids: std::collections::BTreeSet<&str> = plain.train.iter().chain(&plain.dev).chain(&plain.test).filter_map(|e| e.source.as_deref()).collect();
+        assert_eq!(english.len(), msgids.len(), "one English example per distinct msgid");
+        assert!(english.iter().all(|e| Some(e.text.as_str()) == e.source.as_deref() && e.label == en && e.id.starts_with("en:")));
+        // Every translation keeps its example; a message and its translations share a split.
+        assert_eq!(all.len(), plain.train.len() + plain.dev.len() + plain.test.len() + english.len());
+        let test_en: std::collections::BTreeSet<&str> = task.test.iter().filter(|e| e.lang == en).map(|e| e.text.as_str()).collect();
+        assert!(task.test.iter().filter(|e| e.lang != en).all(|e| test_en.contains(e.source.as_deref().unwrap())));
+        assert_ne!(params(true).fingerprint().unwrap(), params(false).fingerprint().unwrap());
+    }
 }

@@ -24,7 +24,8 @@ use serde_json::Value;
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HfEncoderParams {
-    /// The model directory (relative to the recipe).
+    /// The model directory: relative to the recipe, absolute, or under your home (`~/…`,
+    /// e.g. `~/.cache/kdx/models/all-MiniLM-L6-v2`, where `scripts/fetch-minilm.sh` puts it).
     pub path: PathBuf,
     /// Keep only these encoder layers, in this order (e.g. `[0, 2, 4]`: a student made of
     /// every other teacher layer, as DistilBERT was). All layers when absent.
@@ -264,7 +265,10 @@ struct HfEncoder {
 }
 
 fn build(mut p: HfEncoderParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Diagnostic> {
-    p.path = ctx.resolve_path("path", &p.path);
+    p.path = match (p.path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => ctx.resolve_path("path", &p.path),
+    };
     let hf = HfDir::open(&p.path).map_err(|e| ctx.error("path", e))?;
     if let Some(layers) = &p.layers {
         if layers.is_empty() {
