@@ -12,8 +12,33 @@ use crate::model::{Model, Outputs};
 use crate::report::MetricRow;
 use kdx_sdk::math::log_softmax;
 
-/// Inference over many examples, in chunks.
+/// Inference over many examples, in chunks. Identical inputs (the same ids and language:
+/// an English source under each of its translations) are computed once.
 pub fn predict(model: &dyn Model, x: &Bags) -> Result<Outputs> {
+    let mut row_of: std::collections::HashMap<(Option<u32>, &[u32]), usize> = std::collections::HashMap::new();
+    let mut unique = Vec::new();
+    let slot: Vec<usize> = (0..x.len())
+        .map(|i| {
+            *row_of.entry((x.langs.get(i).copied(), x.bag(i))).or_insert_with(|| {
+                unique.push(i);
+                unique.len() - 1
+            })
+        })
+        .collect();
+    if unique.len() == x.len() {
+        return predict_chunks(model, x);
+    }
+    let u = predict_chunks(model, &x.gather(&unique))?;
+    let (c, h) = (u.classes, u.hidden_dim);
+    let mut all = Outputs { batch: x.len(), classes: c, hidden_dim: h, ..Default::default() };
+    for &k in &slot {
+        all.logits.extend_from_slice(&u.logits[k * c..(k + 1) * c]);
+        all.hidden.extend_from_slice(&u.hidden[k * h..(k + 1) * h]);
+    }
+    Ok(all)
+}
+
+fn predict_chunks(model: &dyn Model, x: &Bags) -> Result<Outputs> {
     const CHUNK: usize = 2048;
     let mut all = Outputs { classes: model.classes(), hidden_dim: model.hidden_dim(), ..Default::default() };
     let mut start = 0;

@@ -1,0 +1,189 @@
+//! `gettext-parallel`: (English msgid, translation, locale) pairs from the corpus snapshot,
+//! for embedding-level cross-lingual distillation (Reimers & Gurevych 2020).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use anyhow::Context;
+pub use kdx_corpus::select::Languages;
+use kdx_corpus::split::{split_of, stable_hash64, Split};
+use kdx_framework::dataset::{file_fingerprint, Dataset, Example, Task};
+use kdx_framework::kdx_recipe::Diagnostic;
+use kdx_framework::registry::BuildCtx;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The language code of the English side (the msgids).
+const ENGLISH: &str = "en";
+
+/// Parallel sentences: each translation of a message is an example whose `text` is the
+/// translation and whose `source` is its English msgid; the teacher reads the source, the
+/// student the translation, so an embedding loss (`hidden-mse`) teaches the student to put a
+/// translation where the teacher puts its English source. With `english_pairs` (the
+/// default) every distinct msgid is also an example of `en` with text = source = msgid: the
+/// student learns to embed English where the teacher does — the two terms of Reimers &
+/// Gurevych's ‖M(s) − M̂(s)‖² + ‖M(s) − M̂(t)‖², weighed by how often the sampler draws `en`.
+/// The sampler draws the translation's language, so temperature, UniMax and teacher-gap
+/// sampling apply unchanged. Labels are the languages (the reports' accuracy columns are
+/// then language identification from the student's head, which no embedding loss trains;
+/// `retrieval.csv` is the report that matters). Splits come from a hash of the msgid, so a
+/// message and all its translations share a split. Example ids: `LOCALE:LINE` for a
+/// translation, `en:HASH` for an English message.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GettextParallelParams {
+    /// The corpus snapshot (`kdx corpus build` output), relative to the recipe.
+    pub corpus: PathBuf,
+    /// Which locales: "top-N" (the N largest), "min-K" (every locale with ≥ K messages),
+    /// "all", or an explicit list of locale codes.
+    #[serde(default = "default_languages")]
+    pub languages: Languages,
+    /// Merge locales before selecting: e.g. { "pt_BR" = "pt", "sr@latin" = "sr" }.
+    #[serde(default)]
+    pub merge: BTreeMap<String, String>,
+    /// Keep at most this many training pairs per language (the messages with the smallest
+    /// msgid hash: the same messages in every language); dev and test are not capped.
+    #[serde(default)]
+    pub max_train_per_language: Option<usize>,
+    /// Add the English messages themselves as examples of `en` (text = source = msgid).
+    #[serde(default = "yes")]
+    pub english_pairs: bool,
+    /// Fraction of messages in the dev split.
+    #[serde(default = "default_frac")]
+    pub dev_fraction: f64,
+    /// Fraction of messages in the test split.
+    #[serde(default = "default_frac")]
+    pub test_fraction: f64,
+}
+
+fn default_languages() -> Languages {
+    Languages::Rule("top-40".into())
+}
+fn default_frac() -> f64 {
+    0.1
+}
+fn yes() -> bool {
+    true
+}
+
+fn build(mut p: GettextParallelParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, Diagnostic> {
+    if let Err(e) = p.languages.check() {
+        return Err(ctx.error("languages", e));
+    }
+    ctx.held_out_fractions(p.dev_fraction, p.test_fraction)?;
+    p.corpus = ctx.existing_file("corpus", &p.corpus, "corpus file", " (build one with `kdx corpus build`)")?;
+    let manifest = kdx_corpus::build::manifest_path(&p.corpus);
+    if let Ok(counts) = kdx_corpus::load::read_manifest_counts(&manifest) {
+        let merged: Vec<String> = counts.keys().map(|l| p.merge.get(l).cloned().unwrap_or_else(|| l.clone())).collect();
+        if let Err(e) = p.languages.check_available(merged.iter().map(String::as_str), &manifest.display().to_string()) {
+            return Err(ctx.error("languages", e));
+        }
+    }
+    Ok(Box::new(p))
+}
+
+kdx_framework::register_dataset!(
+    "gettext-parallel",
+    "parallel (English msgid, translation) pairs over the gettext corpus, for embedding distillation",
+    GettextParallelParams,
+    build
+);
+
+impl Dataset for GettextParallelParams {
+    fn fingerprint(&self) -> anyhow::Result<String> {
+        let p = self;
+        let params = format!(
+            "{:?} {:?} {:?} {} {} {}",
+            p.languages, p.merge, p.max_train_per_language, p.english_pairs, p.dev_fraction, p.test_fraction
+        );
+        Ok(format!("gettext-parallel {params} {}", file_fingerprint(&self.corpus)?))
+    }
+
+    fn load(&self) -> anyhow::Result<Task> {
+        let corpus = kdx_corpus::load::load(&self.corpus).with_context(|| format!("loading {}", self.corpus.display()))?;
+        let locale = |l: &str| self.merge.get(l).cloned().unwrap_or_else(|| l.to_string());
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &corpus.rows {
+            *counts.entry(locale(&r.locale)).or_default() += 1;
+        }
+        let mut langs = self.languages.select(&counts, &self.corpus.display().to_string())?;
+        anyhow::ensure!(!langs.iter().any(|l| l == ENGLISH), "the selection has a locale `en`; the English side is the msgids (deselect it)");
+        let selected = langs.len();
+        langs.push(ENGLISH.to_string());
+        let index: BTreeMap<&str, u32> = langs[..selected].iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
+        let en = selected as u32;
+        let mut task = Task { labels: langs.clone(), langs: langs.clone(), teacher_reads_source: true, ..Default::default() };
+        let mut train_by_lang: Vec<Vec<(u64, Example)>> = vec![Vec::new(); langs.len()];
+        let mut seen = BTreeSet::new();
+        for (row, r) in corpus.rows.iter().enumerate() {
+            let Some(&li) = index.get(locale(&r.locale).as_str()) else { continue };
+            let h = stable_hash64(r.msgid.as_bytes());
+            let mut examples =
+                vec![Example { id: kdx_corpus::load::row_id(r, row), text: r.text.clone(), source: Some(r.msgid.clone()), lang: li, label: li }];
+            if self.english_pairs && seen.insert(r.msgid.as_str()) {
+                examples.push(Example { id: format!("{ENGLISH}:{h:016x}"), text: r.msgid.clone(), source: Some(r.msgid.clone()), lang: en, label: en });
+            }
+            for e in examples {
+                match split_of(&r.msgid, self.dev_fraction, self.test_fraction) {
+                    Split::Train => train_by_lang[e.lang as usize].push((h, e)),
+                    Split::Dev => task.dev.push(e),
+                    Split::Test => task.test.push(e),
+                }
+            }
+        }
+        for mut v in train_by_lang {
+            if let Some(cap) = self.max_train_per_language {
+                v.sort_by_key(|(h, _)| *h);
+                v.truncate(cap);
+            }
+            task.train.extend(v.into_iter().map(|(_, e)| e));
+        }
+        // The teacher is never trained here (a pretrained encoder reads the sources); its
+        // own training set, were it given a `train` stage, is the English side.
+        task.teacher_train = Some(task.train.iter().filter(|e| e.lang == en).cloned().collect()).filter(|v: &Vec<Example>| !v.is_empty());
+        Ok(task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(cap: Option<usize>) -> GettextParallelParams {
+        GettextParallelParams {
+            corpus: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/gettext-corpus.tsv.gz"),
+            languages: Languages::List(vec!["fr".into(), "ru".into(), "ja".into()]),
+            merge: BTreeMap::new(),
+            max_train_per_language: cap,
+            english_pairs: true,
+            dev_fraction: 0.1,
+            test_fraction: 0.1,
+        }
+    }
+
+    #[test]
+    fn pairs_share_their_messages_split_and_english_appears_once_per_message() {
+        let task = params(None).load().unwrap();
+        assert_eq!(task.langs.len(), 4);
+        assert_eq!(task.langs[3], "en");
+        assert!(task.teacher_reads_source);
+        let en = 3;
+        for split in [&task.train, &task.dev, &task.test] {
+            let english: BTreeSet<&str> = split.iter().filter(|e| e.lang == en).map(|e| e.text.as_str()).collect();
+            assert_eq!(english.len(), split.iter().filter(|e| e.lang == en).count(), "each msgid once");
+            // Every translation's source is an English example of the same split.
+            assert!(split.iter().filter(|e| e.lang != en).all(|e| english.contains(e.source.as_deref().unwrap())));
+            assert!(split.iter().filter(|e| e.lang == en).all(|e| e.source.as_deref() == Some(e.text.as_str())));
+        }
+    }
+
+    #[test]
+    fn the_cap_keeps_the_same_messages_in_every_language() {
+        let task = params(Some(50)).load().unwrap();
+        let per = |l: u32| task.train.iter().filter(|e| e.lang == l).count();
+        assert!((0..4).all(|l| per(l) <= 50) && per(0) == 50, "{:?}", (0..4).map(per).collect::<Vec<_>>());
+        // Smallest msgid hashes first: fr and ru keep mostly the same messages.
+        let src = |l: u32| task.train.iter().filter(|e| e.lang == l).map(|e| e.source.clone().unwrap()).collect::<BTreeSet<_>>();
+        assert!(src(0).intersection(&src(1)).count() >= 25);
+    }
+}
