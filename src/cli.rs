@@ -163,8 +163,14 @@ enum Command {
         /// The labelled file: TAB-separated with a header naming columns `text`, `lang` and
         /// `label` (others, such as `kdx examples` output's `id` and `split`, are ignored),
         /// or, without a header, `lang<TAB>text` lines whose label is the language.
+        #[arg(long, required_unless_present = "parallel", conflicts_with = "parallel")]
+        data: Option<PathBuf>,
+        /// Score translation retrieval instead, on a parallel file of `source<TAB>translation`
+        /// lines: with the model's vectors on both sides, how often each translation's
+        /// nearest source is its own, and the reverse. RUN_DIR may then also be a Hugging
+        /// Face model directory.
         #[arg(long)]
-        data: PathBuf,
+        parallel: Option<PathBuf>,
         /// Score only the rows whose `split` column has this value (e.g. `test`).
         #[arg(long)]
         split: Option<String>,
@@ -335,8 +341,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             crate::embed::run(&model_dir, &model, file.as_deref(), output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { run_dir, data, split, model, csv } => {
-            eval(&run_dir, &model, &data, split.as_deref(), csv.as_deref())?;
+        Command::Eval { run_dir, data, parallel, split, model, csv } => {
+            match (data, parallel) {
+                (_, Some(p)) => print!("{}", crate::embed::eval_parallel(&run_dir, &model, &p)?),
+                (Some(d), None) => eval(&run_dir, &model, &d, split.as_deref(), csv.as_deref())?,
+                (None, None) => anyhow::bail!("kdx eval needs --data FILE (labelled texts) or --parallel FILE (source<TAB>translation)"),
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

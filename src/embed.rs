@@ -1,6 +1,6 @@
 //! `kdx embed`: sentence vectors, one per input line, from a trained run's model or from a
 //! Hugging Face model directory (read as the `hf-encoder` plugin reads it), as TAB-separated
-//! lines or a `.npy` matrix.
+//! lines or a `.npy` matrix; and `kdx eval --parallel`, translation retrieval with them.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -83,4 +83,68 @@ pub fn run(model_path: &Path, which: &str, file: Option<&Path>, output: Option<&
             out.flush().context("writing the vectors")
         }
     }
+}
+
+/// Translation retrieval on a user's parallel file (`source<TAB>translation` lines, no
+/// header): the model embeds both sides; accuracy@1 of each translation's nearest distinct
+/// source (cosine) being its own, and of each distinct source's nearest translation being
+/// one of its own. Returns the printed summary.
+pub fn eval_parallel(model_path: &Path, which: &str, file: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let (mut sources, mut translations): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let mut cols = line.split('\t');
+        match (cols.next(), cols.next()) {
+            (Some(s), Some(t)) if !s.is_empty() && !t.is_empty() => {
+                sources.push(s.to_string());
+                translations.push(t.to_string());
+            }
+            _ => anyhow::bail!("{}:{}: expected `source<TAB>translation`, found {line:?}", file.display(), n + 1),
+        }
+    }
+    anyhow::ensure!(sources.len() >= 2, "{}: retrieval needs at least 2 pairs, found {}", file.display(), sources.len());
+    // Distinct sources are the candidates; a source translated twice is one candidate.
+    let mut distinct: Vec<String> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    let gold: Vec<usize> = sources
+        .iter()
+        .map(|s| {
+            *index.entry(s.clone()).or_insert_with(|| {
+                distinct.push(s.clone());
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    let model = load(model_path, which)?;
+    let w = model.hidden_dim();
+    let unit = |mut v: Vec<f32>| {
+        for row in v.chunks_mut(w.max(1)) {
+            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|x| *x /= n);
+        }
+        v
+    };
+    let s = unit(embed(&*model, &distinct)?);
+    let t = unit(embed(&*model, &translations)?);
+    let nearest = |q: &[f32], keys: &[f32]| -> usize {
+        let mut best = (f32::NEG_INFINITY, 0);
+        for (j, k) in keys.chunks(w).enumerate() {
+            let c: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
+            if c > best.0 {
+                best = (c, j);
+            }
+        }
+        best.1
+    };
+    use rayon::prelude::*;
+    let forward = t.par_chunks(w).zip(gold.par_iter()).filter(|(q, &g)| nearest(q, &s) == g).count();
+    let backward = s.par_chunks(w).enumerate().filter(|(i, q)| gold[nearest(q, &t)] == *i).count();
+    let (n, m) = (translations.len(), distinct.len());
+    Ok(format!(
+        "pairs {n}, distinct sources {m}\ntranslation → source accuracy@1 {:.4} (chance {:.4})\nsource → translation accuracy@1 {:.4} (chance {:.4})\n",
+        forward as f64 / n as f64,
+        1.0 / m as f64,
+        backward as f64 / m as f64,
+        1.0 / n as f64
+    ))
 }
