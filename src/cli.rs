@@ -338,7 +338,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Embed { model_dir, model, file, output } => {
-            crate::embed::run(&model_dir, &model, file.as_deref(), output.as_deref())?;
+            crate::embed::run(&model_dir, &model, &input_lines(file.as_deref())?, output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { run_dir, data, parallel, split, model, csv } => {
@@ -463,15 +463,20 @@ pub fn plugins_help_with(
     Ok(s)
 }
 
-fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Result<()> {
-    let (model, card) = kdx_framework::export::load(&run_dir.join(which))?;
+/// The lines of `file`, or of stdin without one: the texts `kdx predict` and `kdx embed` read.
+fn input_lines(file: Option<&Path>) -> Result<Vec<String>> {
     let input: Box<dyn BufRead> = match file {
         Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?)),
         None => Box::new(std::io::BufReader::new(std::io::stdin())),
     };
+    input.lines().collect::<std::io::Result<_>>().context("reading the texts")
+}
+
+fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Result<()> {
+    let (model, card) = kdx_framework::export::load(&run_dir.join(which))?;
+    let lines = input_lines(file)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let lines: Vec<String> = input.lines().collect::<std::io::Result<_>>()?;
     for chunk in lines.chunks(512) {
         let bags = kdx_framework::features::Bags::build(model.featurizer(), chunk.iter().map(String::as_str).collect::<Vec<_>>());
         let o = model.forward(&bags)?;

@@ -2,7 +2,7 @@
 //! Hugging Face model directory (read as the `hf-encoder` plugin reads it), as TAB-separated
 //! lines or a `.npy` matrix; and `kdx eval --parallel`, translation retrieval with them.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -27,7 +27,7 @@ pub fn load(path: &Path, which: &str) -> Result<Box<dyn Model>> {
     Ok(kdx_framework::export::load(&stem)?.0)
 }
 
-/// Embeds every line of `input` with `model`: a `rows × width` matrix, row-major.
+/// Embeds every line of `lines` with `model`: a `rows × width` matrix, row-major.
 pub fn embed(model: &dyn Model, lines: &[String]) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(lines.len() * model.hidden_dim());
     for chunk in lines.chunks(256) {
@@ -54,16 +54,11 @@ pub fn npy(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
     out
 }
 
-/// `kdx embed MODEL [FILE] [-o OUT]`.
-pub fn run(model_path: &Path, which: &str, file: Option<&Path>, output: Option<&Path>) -> Result<()> {
+/// `kdx embed MODEL [FILE] [-o OUT]`: the vectors of `lines`.
+pub fn run(model_path: &Path, which: &str, lines: &[String], output: Option<&Path>) -> Result<()> {
     let model = load(model_path, which)?;
-    let input: Box<dyn BufRead> = match file {
-        Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?)),
-        None => Box::new(std::io::BufReader::new(std::io::stdin())),
-    };
-    let lines: Vec<String> = input.lines().collect::<std::io::Result<_>>().context("reading the texts")?;
     let width = model.hidden_dim();
-    let vectors = embed(&*model, &lines)?;
+    let vectors = embed(&*model, lines)?;
     let tsv = || {
         let mut s = String::with_capacity(vectors.len() * 12);
         for row in vectors.chunks(width.max(1)) {

@@ -52,6 +52,16 @@ impl Languages {
         self.rule().map(drop)
     }
 
+    /// Checks the selection against the MANIFEST beside a snapshot (its locales, after
+    /// `merge`), so an unknown locale is found when the recipe is planned, not at run time.
+    /// Without a readable MANIFEST there is nothing to check against (loading reports it).
+    pub fn check_in_snapshot(&self, corpus: &std::path::Path, merge: &BTreeMap<String, String>) -> Result<(), String> {
+        let manifest = crate::build::manifest_path(corpus);
+        let Ok(counts) = crate::load::read_manifest_counts(&manifest) else { return Ok(()) };
+        let merged: Vec<String> = counts.keys().map(|l| merge.get(l).cloned().unwrap_or_else(|| l.clone())).collect();
+        self.check_available(merged.iter().map(String::as_str), &manifest.display().to_string())
+    }
+
     /// Checks that every listed locale is one of `available` (a corpus's locales, e.g. from
     /// its MANIFEST), so `kdx validate` finds an unknown locale without loading the corpus.
     pub fn check_available<'a>(&self, available: impl IntoIterator<Item = &'a str>, source: &str) -> Result<(), String> {

@@ -292,6 +292,20 @@ pub struct LayerShape {
     pub tokenizer: String,
 }
 
+impl LayerShape {
+    /// Whether `teacher` tokenises as this student does, which token-level losses need;
+    /// the error says what the loss `compares` and names both tokenisations.
+    pub fn same_tokens(&self, teacher: &LayerShape, compares: &str) -> Result<(), String> {
+        if self.tokenizer == teacher.tokenizer {
+            return Ok(());
+        }
+        Err(format!(
+            "{compares}, so student and teacher must tokenise alike; the student's tokenizer is {}, the teacher's {}",
+            self.tokenizer, teacher.tokenizer
+        ))
+    }
+}
+
 /// Model outputs computed outside kdx, keyed by example id ([`crate::dataset::Example::id`]):
 /// a teacher that is a table, not a network (`logits-file`).
 pub trait OutputTable: Send + Sync {

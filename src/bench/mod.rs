@@ -12,7 +12,7 @@
 
 pub mod transformer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -102,24 +102,38 @@ pub fn kdx_steps_per_s(variant_name: &str, sparse: bool, steps: usize, warmup: u
 /// Steps per second of the PyTorch reference, one repetition, via its RESULT line.
 fn torch_steps_per_s(
     python: &str,
-    script: &PathBuf,
+    script: &Path,
     variant_name: &str,
     sparse: bool,
     threads: usize,
     steps: usize,
     warmup: usize,
 ) -> Result<f64> {
-    let out = Command::new(python)
-        .arg(script)
-        .args(["--variant", variant_name, "--mode", if sparse { "sparse" } else { "dense" }])
-        .args(["--threads", &threads.to_string(), "--steps", &steps.to_string(), "--warmup", &warmup.to_string(), "--reps", "1"])
-        .output()
-        .with_context(|| format!("running {python} {}", script.display()))?;
+    let args = [
+        "--variant",
+        variant_name,
+        "--mode",
+        if sparse { "sparse" } else { "dense" },
+        "--threads",
+        &threads.to_string(),
+        "--steps",
+        &steps.to_string(),
+        "--warmup",
+        &warmup.to_string(),
+        "--reps",
+        "1",
+    ];
+    let v = torch_result(python, script, &args)?;
+    v.get("steps_per_s").or_else(|| v.get("steps_per_sec")).and_then(|x| x.as_f64()).with_context(|| format!("no steps_per_s in {v}"))
+}
+
+/// Runs a PyTorch reference script and returns the JSON of its `RESULT {json}` line.
+pub fn torch_result(python: &str, script: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new(python).arg(script).args(args).output().with_context(|| format!("running {python} {}", script.display()))?;
     anyhow::ensure!(out.status.success(), "the PyTorch reference failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find_map(|l| l.strip_prefix("RESULT ")).context("no RESULT line from the PyTorch reference")?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
-    v.get("steps_per_s").or_else(|| v.get("steps_per_sec")).and_then(|x| x.as_f64()).with_context(|| format!("no steps_per_s in {line}"))
+    Ok(serde_json::from_str(line)?)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -4,7 +4,6 @@
 //! `small` student, and inference at all-MiniLM-L6-v2's shape.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -138,19 +137,15 @@ pub fn kdx_encode(s: &Shape, steps: usize, warmup: usize) -> Result<Rate> {
 
 /// One run of the PyTorch reference for one workload.
 pub fn torch(python: &str, script: &Path, s: &Shape, train: bool, threads: usize, steps: usize, warmup: usize) -> Result<Rate> {
-    let mut cmd = Command::new(python);
-    cmd.arg(script).args(["--threads", &threads.to_string(), "--steps", &steps.to_string(), "--warmup", &warmup.to_string()]);
+    let (threads, steps, warmup) = (threads.to_string(), steps.to_string(), warmup.to_string());
+    let mut args = vec!["--threads", &threads, "--steps", &steps, "--warmup", &warmup];
     if train {
-        cmd.args(["--workload", "step", "--variant", s.name]);
+        args.extend(["--workload", "step", "--variant", s.name]);
     } else {
-        cmd.args(["--workload", "encode"]);
+        args.extend(["--workload", "encode"]);
     }
-    let out = cmd.output().with_context(|| format!("running {python} {}", script.display()))?;
-    anyhow::ensure!(out.status.success(), "the PyTorch reference failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find_map(|l| l.strip_prefix("RESULT ")).context("no RESULT line from the PyTorch reference")?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
-    let seqs = v.get("sequences_per_s").and_then(|x| x.as_f64()).with_context(|| format!("no sequences_per_s in {line}"))?;
+    let v = super::torch_result(python, script, &args)?;
+    let seqs = v.get("sequences_per_s").and_then(|x| x.as_f64()).with_context(|| format!("no sequences_per_s in {v}"))?;
     let per = if train { 2.0 * s.batch as f64 } else { s.batch as f64 };
     Ok(Rate { per_s: seqs / per, sequences_per_s: seqs })
 }

@@ -77,3 +77,50 @@ pub fn combine_losses<'a>(
     }
     Ok((g, total, terms))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loss::{sample_layers, Loss, LossOutput, SampleBatch};
+    use crate::model::{LayerGrads, LayerStates};
+    use crate::schedule::Schedule;
+
+    /// A layer-wise loss with fixed gradients: ones on hidden state 1, twos on attention 0.
+    struct Fixed;
+
+    impl Loss for Fixed {
+        fn needs_teacher(&self) -> bool {
+            false
+        }
+        fn needs_layers(&self) -> bool {
+            true
+        }
+        fn compute(&mut self, _: &LossInput) -> Result<LossOutput> {
+            unreachable!("a layer-wise loss is computed through compute_layers")
+        }
+        fn compute_layers(&mut self, x: &LossInput, s: &LayerStates, _: Option<&LayerStates>) -> Result<(LossOutput, LayerGrads)> {
+            let mut g = LayerGrads::default();
+            g.add_hidden(1, vec![1.0; s.hidden[1].len()]);
+            g.add_attention(0, vec![2.0; s.attention[0].len()]);
+            Ok((LossOutput { value: 0.5, grad_logits: vec![0.0; x.student_logits.len()], grad_hidden: None }, g))
+        }
+    }
+
+    #[test]
+    fn layer_gradients_are_weighted_and_reach_the_step() {
+        let sb = SampleBatch::random(2, 3, 4, 1.0, 1);
+        let s = sample_layers(&[3, 2], 2, 4, 2, 5);
+        let w = Schedule::Constant(3.0);
+        let mut fixed = Fixed;
+        let mut losses = [StageLoss { name: "fixed", weight: &w, loss: &mut fixed }];
+        let (g, total, _) = combine_losses(&mut losses, &sb.input(0, 1), 8, Some(&s), None).unwrap();
+        assert!((total - 1.5).abs() < 1e-6);
+        let layers = g.layers.expect("layer gradients are passed on");
+        assert!(layers.hidden[1].as_ref().unwrap().iter().all(|&v| v == 3.0));
+        assert!(layers.attention[0].as_ref().unwrap().iter().all(|&v| v == 6.0));
+        assert!(layers.hidden[0].is_none());
+        // A student without layer states is an error that names the loss.
+        let e = combine_losses(&mut losses, &sb.input(0, 1), 8, None, None).unwrap_err().to_string();
+        assert!(e.contains("`fixed`") && e.contains("per-layer states"), "{e}");
+    }
+}

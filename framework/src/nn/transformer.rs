@@ -109,17 +109,20 @@ impl TransformerModel {
         out
     }
 
-    fn outputs(&self, trace: &Trace, layers: bool) -> Outputs {
+    /// The outputs of a pass, and the pooled vectors' norms before normalisation (the
+    /// backward pass through the normalisation needs them).
+    fn outputs(&self, trace: &Trace, layers: bool) -> (Outputs, Vec<f32>) {
         let batch = trace.batch().batch();
-        let emb = self.pool(trace).vectors;
-        Outputs {
+        let Pooled { vectors: emb, norms } = self.pool(trace);
+        let out = Outputs {
             batch,
             logits: self.logits(&emb, batch),
             classes: self.head.out_dim(),
             hidden: emb,
             hidden_dim: self.width(),
             layers: layers.then(|| trace.states(self.encoder.cfg.heads)),
-        }
+        };
+        (out, norms)
     }
 
     /// Sentence vectors of `texts` (the model's pipeline: pooling, normalisation), for
@@ -169,7 +172,7 @@ impl Model for TransformerModel {
     ) -> anyhow::Result<Outputs> {
         let tb = self.batch(x, 0..x.len())?;
         let trace = self.encoder.forward(tb, Some(ctx.seed))?;
-        let outputs = self.outputs(&trace, ctx.layers);
+        let (outputs, norms) = self.outputs(&trace, ctx.layers);
         let g = objective(&outputs)?;
         let (b, h, c) = (outputs.batch, self.width(), self.head.out_dim());
         anyhow::ensure!(g.logits.len() == b * c, "logit gradient has {} numbers, expected {}", g.logits.len(), b * c);
@@ -186,7 +189,6 @@ impl Model for TransformerModel {
         matmul(&mut de, h, Mat::new(&g.logits, b, c), Mat::new(&self.head.w.data, h, c).t(), true, threads());
         // Normalisation: e = p/‖p‖ ⇒ dp = (de − e·(e·de))/‖p‖.
         if self.normalize {
-            let norms = self.pool(&trace).norms;
             for ((d, e), n) in de.chunks_exact_mut(h).zip(outputs.hidden.chunks_exact(h)).zip(norms) {
                 let dot: f32 = d.iter().zip(e).map(|(a, b)| a * b).sum();
                 d.iter_mut().zip(e).for_each(|(d, e)| *d = (*d - e * dot) / n);
@@ -235,7 +237,7 @@ fn infer(m: &TransformerModel, x: &Bags, layers: bool) -> anyhow::Result<Outputs
     let chunk = if layers { n.max(1) } else { INFER_CHUNK };
     for idx in order.chunks(chunk) {
         let trace = m.encoder.forward(m.batch(x, idx.iter().copied())?, None)?;
-        let o = m.outputs(&trace, layers);
+        let (o, _) = m.outputs(&trace, layers);
         for (k, &i) in idx.iter().enumerate() {
             out.logits[i * c..(i + 1) * c].copy_from_slice(&o.logits[k * c..(k + 1) * c]);
             out.hidden[i * h..(i + 1) * h].copy_from_slice(&o.hidden[k * h..(k + 1) * h]);

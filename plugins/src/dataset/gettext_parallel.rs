@@ -72,13 +72,7 @@ fn build(mut p: GettextParallelParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset
     }
     ctx.held_out_fractions(p.dev_fraction, p.test_fraction)?;
     p.corpus = ctx.existing_file("corpus", &p.corpus, "corpus file", " (build one with `kdx corpus build`)")?;
-    let manifest = kdx_corpus::build::manifest_path(&p.corpus);
-    if let Ok(counts) = kdx_corpus::load::read_manifest_counts(&manifest) {
-        let merged: Vec<String> = counts.keys().map(|l| p.merge.get(l).cloned().unwrap_or_else(|| l.clone())).collect();
-        if let Err(e) = p.languages.check_available(merged.iter().map(String::as_str), &manifest.display().to_string()) {
-            return Err(ctx.error("languages", e));
-        }
-    }
+    p.languages.check_in_snapshot(&p.corpus, &p.merge).map_err(|e| ctx.error("languages", e))?;
     Ok(Box::new(p))
 }
 

@@ -146,13 +146,7 @@ fn build(mut p: GettextXlingParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, 
     }
     ctx.held_out_fractions(p.dev_fraction, p.test_fraction)?;
     p.corpus = ctx.existing_file("corpus", &p.corpus, "corpus file", " (build one with `kdx corpus build`)")?;
-    // The snapshot's MANIFEST lists its locales: an unknown one is found here, not at run time.
-    let manifest = kdx_corpus::build::manifest_path(&p.corpus);
-    if let Ok(counts) = kdx_corpus::load::read_manifest_counts(&manifest) {
-        if let Err(e) = p.languages.check_available(counts.keys().map(String::as_str), &manifest.display().to_string()) {
-            return Err(ctx.error("languages", e));
-        }
-    }
+    p.languages.check_in_snapshot(&p.corpus, &BTreeMap::new()).map_err(|e| ctx.error("languages", e))?;
     Ok(Box::new(p))
 }
 

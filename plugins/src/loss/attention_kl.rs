@@ -54,12 +54,7 @@ impl Loss for AttentionKl {
         true
     }
     fn check_layers(&self, s: &LayerShape, t: &LayerShape) -> Result<(), String> {
-        if s.tokenizer != t.tokenizer {
-            return Err(format!(
-                "compares attention over the same tokens, so student and teacher must tokenise alike; the student's tokenizer is {}, the teacher's {}",
-                s.tokenizer, t.tokenizer
-            ));
-        }
+        s.same_tokens(t, "compares attention over the same tokens")?;
         if s.heads != t.heads {
             return Err(format!("compares head by head: the student has {} heads, the teacher {}", s.heads, t.heads));
         }

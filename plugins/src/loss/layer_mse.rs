@@ -65,12 +65,7 @@ impl Loss for LayerMse {
         true
     }
     fn check_layers(&self, s: &LayerShape, t: &LayerShape) -> Result<(), String> {
-        if s.tokenizer != t.tokenizer {
-            return Err(format!(
-                "compares token by token, so student and teacher must tokenise alike; the student's tokenizer is {}, the teacher's {}",
-                s.tokenizer, t.tokenizer
-            ));
-        }
+        s.same_tokens(t, "compares token by token")?;
         if self.mode == ProjectionMode::Never && s.width != t.width {
             return Err(format!("projection = \"never\" needs equal widths, student {} ≠ teacher {}", s.width, t.width));
         }
