@@ -6,16 +6,19 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use kdx_framework::features::Bags;
+use kdx_framework::embedding::Embedder;
 use kdx_framework::model::Model;
+use kdx_framework::nn::HiddenProjection;
+use kdx_framework::retrieval::ParallelSet;
 use kdx_plugins::model::hf_encoder::HfDir;
 
 /// The model behind `path`: a Hugging Face directory (it has a `config.json`) or a run
-/// directory's exported `which` (student or teacher).
-pub fn load(path: &Path, which: &str) -> Result<Box<dyn Model>> {
+/// directory's exported `which` (student or teacher), with the projection its embedding goes
+/// through (a student distilled with an embedding loss carries one into the teacher's space).
+pub fn load(path: &Path, which: &str) -> Result<(Box<dyn Model>, Option<HiddenProjection>)> {
     if path.join("config.json").is_file() {
         let hf = HfDir::open(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        return Ok(Box::new(hf.model(1)?));
+        return Ok((Box::new(hf.model(1)?), None));
     }
     let stem = path.join(which);
     anyhow::ensure!(
@@ -24,17 +27,7 @@ pub fn load(path: &Path, which: &str) -> Result<Box<dyn Model>> {
         path.display(),
         stem.with_extension("json").display()
     );
-    Ok(kdx_framework::export::load(&stem)?.0)
-}
-
-/// Embeds every line of `lines` with `model`: a `rows × width` matrix, row-major.
-pub fn embed(model: &dyn Model, lines: &[String]) -> Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(lines.len() * model.hidden_dim());
-    for chunk in lines.chunks(256) {
-        let bags = Bags::build(model.featurizer(), chunk.iter().map(String::as_str).collect::<Vec<_>>());
-        out.extend(model.forward(&bags)?.hidden);
-    }
-    Ok(out)
+    kdx_framework::export::load_embedder(&stem)
 }
 
 /// A little-endian f32 `.npy` file (format 1.0) of a `rows × cols` matrix.
@@ -56,9 +49,10 @@ pub fn npy(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
 
 /// `kdx embed MODEL [FILE] [-o OUT]`: the vectors of `lines`.
 pub fn run(model_path: &Path, which: &str, lines: &[String], output: Option<&Path>) -> Result<()> {
-    let model = load(model_path, which)?;
-    let width = model.hidden_dim();
-    let vectors = embed(&*model, lines)?;
+    let (model, projection) = load(model_path, which)?;
+    let embedder = Embedder { model: &*model, projection: projection.as_ref() };
+    let width = embedder.dim();
+    let vectors = embedder.embed(&lines.iter().map(String::as_str).collect::<Vec<_>>())?;
     let tsv = || {
         let mut s = String::with_capacity(vectors.len() * 12);
         for row in vectors.chunks(width.max(1)) {
@@ -81,65 +75,32 @@ pub fn run(model_path: &Path, which: &str, lines: &[String], output: Option<&Pat
 }
 
 /// Translation retrieval on a user's parallel file (`source<TAB>translation` lines, no
-/// header): the model embeds both sides; accuracy@1 of each translation's nearest distinct
-/// source (cosine) being its own, and of each distinct source's nearest translation being
-/// one of its own. Returns the printed summary.
+/// header): the model embeds both sides; accuracy@1 in both directions among the file's
+/// distinct sources and translations, as a run's `retrieval.csv` scores them. Returns the
+/// printed summary.
 pub fn eval_parallel(model_path: &Path, which: &str, file: &Path) -> Result<String> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let (mut sources, mut translations): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let mut cols = line.split('\t');
         match (cols.next(), cols.next()) {
-            (Some(s), Some(t)) if !s.is_empty() && !t.is_empty() => {
-                sources.push(s.to_string());
-                translations.push(t.to_string());
-            }
+            (Some(s), Some(t)) if !s.is_empty() && !t.is_empty() => pairs.push((s, t)),
             _ => anyhow::bail!("{}:{}: expected `source<TAB>translation`, found {line:?}", file.display(), n + 1),
         }
     }
-    anyhow::ensure!(sources.len() >= 2, "{}: retrieval needs at least 2 pairs, found {}", file.display(), sources.len());
-    // Distinct sources are the candidates; a source translated twice is one candidate.
-    let mut distinct: Vec<String> = Vec::new();
-    let mut index = std::collections::HashMap::new();
-    let gold: Vec<usize> = sources
-        .iter()
-        .map(|s| {
-            *index.entry(s.clone()).or_insert_with(|| {
-                distinct.push(s.clone());
-                distinct.len() - 1
-            })
-        })
-        .collect();
-    let model = load(model_path, which)?;
-    let w = model.hidden_dim();
-    let unit = |mut v: Vec<f32>| {
-        for row in v.chunks_mut(w.max(1)) {
-            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            row.iter_mut().for_each(|x| *x /= n);
-        }
-        v
-    };
-    let s = unit(embed(&*model, &distinct)?);
-    let t = unit(embed(&*model, &translations)?);
-    let nearest = |q: &[f32], keys: &[f32]| -> usize {
-        let mut best = (f32::NEG_INFINITY, 0);
-        for (j, k) in keys.chunks(w).enumerate() {
-            let c: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
-            if c > best.0 {
-                best = (c, j);
-            }
-        }
-        best.1
-    };
-    use rayon::prelude::*;
-    let forward = t.par_chunks(w).zip(gold.par_iter()).filter(|(q, &g)| nearest(q, &s) == g).count();
-    let backward = s.par_chunks(w).enumerate().filter(|(i, q)| gold[nearest(q, &t)] == *i).count();
-    let (n, m) = (translations.len(), distinct.len());
+    anyhow::ensure!(pairs.len() >= 2, "{}: retrieval needs at least 2 pairs, found {}", file.display(), pairs.len());
+    let set = ParallelSet::new(pairs.iter().copied());
+    let (model, projection) = load(model_path, which)?;
+    let embedder = Embedder { model: &*model, projection: projection.as_ref() };
+    let side = |texts: &[String]| embedder.embed(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+    let (to_en, from_en) = set.score(&side(&set.sources)?, &side(&set.translations)?, embedder.dim());
+    let (s, t) = (set.sources.len(), set.translations.len());
     Ok(format!(
-        "pairs {n}, distinct sources {m}\ntranslation → source accuracy@1 {:.4} (chance {:.4})\nsource → translation accuracy@1 {:.4} (chance {:.4})\n",
-        forward as f64 / n as f64,
-        1.0 / m as f64,
-        backward as f64 / m as f64,
-        1.0 / n as f64
+        "pairs {}, distinct sources {s}, distinct translations {t}\n\
+         translation → source accuracy@1 {to_en:.4} (chance {:.4})\n\
+         source → translation accuracy@1 {from_en:.4} (chance {:.4})\n",
+        set.pairs.len(),
+        1.0 / s as f64,
+        1.0 / t as f64
     ))
 }

@@ -469,21 +469,35 @@ fn cross_lingual_student_learns_without_labels_and_retrieves_translations() {
     let dir = results.join("xling/run");
     #[derive(serde::Deserialize)]
     struct R {
+        model: String,
         lang: String,
-        candidates: usize,
-        student_acc: f64,
-        teacher_acc: f64,
-        chance: f64,
+        sources: usize,
+        to_en: f64,
+        from_en: f64,
+        en_cosine: Option<f64>,
     }
     let rows: Vec<R> = read(&dir.join("retrieval.csv"));
-    let langs: Vec<&str> = rows.iter().map(|r| r.lang.as_str()).collect();
+    let of = |model: &str| -> Vec<&R> { rows.iter().filter(|r| r.model == model).collect() };
+    let langs: Vec<&str> = of("student").iter().map(|r| r.lang.as_str()).collect();
     assert_eq!(langs, ["de", "es", "fr", "ja", "macro"], "the teacher's own language is not a query language");
-    let m = rows.last().unwrap();
-    assert!(m.candidates > 100 && (m.chance - 1.0 / m.candidates as f64).abs() < 1e-12);
-    // The regression puts translations near their own English source: far above chance,
-    // and above the English teacher reading the translation itself.
-    assert!(m.student_acc > 20.0 * m.chance, "retrieval {} vs chance {}", m.student_acc, m.chance);
-    assert!(m.student_acc > m.teacher_acc, "student {} vs teacher on the translation {}", m.student_acc, m.teacher_acc);
+    assert_eq!((of("mixed").len(), of("teacher").len(), of("untrained").len()), (5, 5, 5), "reference rows for every language");
+    let (s, m, t, u) = (of("student")[4], of("mixed")[4], of("teacher")[4], of("untrained")[4]);
+    let chance = of("student")[..4].iter().map(|r| 1.0 / r.sources as f64).sum::<f64>() / 4.0;
+    assert!(of("student")[..4].iter().all(|r| r.sources > 20), "each language searches among its own test messages");
+    // The regression puts translations near the teacher's embedding of their English source,
+    // in both directions: far above chance (0.0038; 0.10 and 0.13 when measured) and above
+    // the English teacher reading the translation itself (0.05). This small teacher's space
+    // is a catalog classifier's, so the figures are low; tests/transformer.rs has a real
+    // sentence encoder.
+    for (dir, acc) in [("→ en", m.to_en), ("en →", m.from_en)] {
+        assert!(acc > 10.0 * chance, "{dir}: retrieval {acc} vs chance {chance}");
+    }
+    assert!(m.to_en > t.to_en, "student {} vs teacher {}", m.to_en, t.to_en);
+    // This task has no English pairs, so the student never learned to embed English where
+    // the teacher does (the first term of Reimers & Gurevych): on both sides it is no
+    // better than untrained (0.08 both). gettext-parallel's `english_pairs` is the remedy.
+    assert!(s.to_en < u.to_en + 0.05, "student on both sides {} vs untrained {}", s.to_en, u.to_en);
+    assert!(s.en_cosine.is_some() && t.en_cosine.is_none());
 
     // A loss that reads gold labels is refused: no target-language label reaches the student.
     let r = xling_recipe(tmp.path(), "xling-ce", "[[loss]]\nplugin = \"hard-ce\"\n");

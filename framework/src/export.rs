@@ -1,6 +1,8 @@
 //! A trained model as a stand-alone artefact: `<name>.safetensors` (its parameters) plus
 //! `<name>.json` (plugin, parameters, labels, languages, featurisation), enough to load it
-//! without the recipe (`kdx predict`, `kdx eval`).
+//! without the recipe (`kdx predict`, `kdx eval`, `kdx embed`). A student distilled with an
+//! embedding loss also carries that loss's learned projection into the teacher's space
+//! (tensors `embedding.proj.*`), so its sentence vectors are the teacher's kind.
 
 use std::path::Path;
 
@@ -9,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::Task;
 use crate::model::Model;
+use crate::nn::HiddenProjection;
 use crate::registry::{self, Instance, PluginKind};
 use crate::store::{params_from_map, params_to_map, read_sealed, write_sealed, Metadata, TensorMap};
 use kdx_fsio::write_atomic;
@@ -36,12 +39,32 @@ pub struct ModelCard {
     /// vocabulary was learned from the training data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
+    /// The width of the model's sentence embedding when a learned projection (tensors
+    /// `embedding.proj.w`, `embedding.proj.b` in the weights file) maps its hidden vector
+    /// into a teacher's space; absent when the embedding is the hidden vector itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_dim: Option<usize>,
 }
 
-/// Writes `<stem>.safetensors` and `<stem>.json`.
-pub fn export(model: &dyn Model, plugin: &str, section: &toml::Value, task: &Task, stem: &Path) -> Result<()> {
+/// Prefix of the embedding projection's tensors in an exported weights file.
+const EMBEDDING: &str = "embedding.";
+
+/// Writes `<stem>.safetensors` and `<stem>.json`; `projection` is the embedding loss's map
+/// into the teacher's space, if the model was distilled with one.
+pub fn export(
+    model: &dyn Model,
+    plugin: &str,
+    section: &toml::Value,
+    task: &Task,
+    stem: &Path,
+    projection: Option<&HiddenProjection>,
+) -> Result<()> {
     let mut map = TensorMap::new();
     params_to_map("", &model.params(), &mut map);
+    let projection = projection.filter(|p| p.linear.is_some());
+    if let Some(p) = projection {
+        params_to_map(EMBEDDING, &p.params(), &mut map);
+    }
     // Sealed: a damaged weights file is refused by `load`, not silently mispredicting.
     write_sealed(&stem.with_extension("safetensors"), &map, Metadata::new())?;
     let mut params = section.clone();
@@ -66,12 +89,32 @@ pub fn export(model: &dyn Model, plugin: &str, section: &toml::Value, task: &Tas
         featurizer: model.featurizer().describe(),
         num_params: model.num_params(),
         tokenizer,
+        embedding_dim: projection.map(|p| p.output_dim(model.hidden_dim())),
     };
     write_atomic(&stem.with_extension("json"), &serde_json::to_vec_pretty(&card)?)
 }
 
 /// Loads a model written by [`export`]; `stem` without extension.
 pub fn load(stem: &Path) -> Result<(Box<dyn Model>, ModelCard)> {
+    let (model, card, _) = load_parts(stem)?;
+    Ok((model, card))
+}
+
+/// Loads a model written by [`export`] with its embedding projection, if it has one.
+pub fn load_embedder(stem: &Path) -> Result<(Box<dyn Model>, Option<HiddenProjection>)> {
+    let (model, card, map) = load_parts(stem)?;
+    let projection = match card.embedding_dim {
+        Some(out) => {
+            let mut p = HiddenProjection::for_loading(model.hidden_dim(), out);
+            params_from_map(EMBEDDING, &mut p.params_mut(), &map, &stem.with_extension("safetensors"))?;
+            Some(p)
+        }
+        None => None,
+    };
+    Ok((model, projection))
+}
+
+fn load_parts(stem: &Path) -> Result<(Box<dyn Model>, ModelCard, TensorMap)> {
     let json = stem.with_extension("json");
     let card: ModelCard = serde_json::from_slice(&std::fs::read(&json).with_context(|| format!("reading {}", json.display()))?)
         .with_context(|| format!("{} is not a kdx model card", json.display()))?;
@@ -92,5 +135,5 @@ pub fn load(stem: &Path) -> Result<(Box<dyn Model>, ModelCard)> {
     let weights = stem.with_extension("safetensors");
     let (map, _) = read_sealed(&weights)?;
     params_from_map("", &mut model.params_mut(), &map, &weights)?;
-    Ok((model, card))
+    Ok((model, card, map))
 }

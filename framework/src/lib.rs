@@ -12,6 +12,7 @@
 pub mod dataset;
 pub mod dfdx_prelude;
 pub mod dylib;
+pub mod embedding;
 pub mod engine;
 pub mod event;
 pub mod export;

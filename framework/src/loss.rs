@@ -76,12 +76,12 @@ pub trait Loss: Send {
     fn language_state(&self) -> Option<Vec<f32>> {
         None
     }
-    /// Maps student hidden representations (`batch × student_hidden_dim`) into the
-    /// teacher's hidden space, as the loss relates the two (its learned projection): the
-    /// engine uses it for translation retrieval in cross-lingual tasks. `None` for losses
-    /// that do not relate the two spaces.
-    fn embed(&self, student_hidden: &[f32], batch: usize, student_hidden_dim: usize) -> Option<Vec<f32>> {
-        let _ = (student_hidden, batch, student_hidden_dim);
+    /// How the loss maps student hidden representations into the teacher's hidden space
+    /// (its learned projection, or the identity when it has none): the student's sentence
+    /// embedding is its hidden vector through it. The engine scores translation retrieval
+    /// with it and exports it beside the student, so `kdx embed` gives vectors in the
+    /// teacher's space. `None` for losses that do not relate the two spaces.
+    fn projection(&self) -> Option<&crate::nn::HiddenProjection> {
         None
     }
 }
@@ -169,8 +169,8 @@ impl Loss for ProjectedHiddenLoss {
     fn params_mut(&mut self) -> Vec<&mut Param> {
         self.proj.params_mut()
     }
-    fn embed(&self, student_hidden: &[f32], batch: usize, student_hidden_dim: usize) -> Option<Vec<f32>> {
-        Some(self.proj.apply(student_hidden, batch, student_hidden_dim))
+    fn projection(&self) -> Option<&crate::nn::HiddenProjection> {
+        Some(&self.proj)
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let th = x.teacher_hidden.ok_or_else(|| anyhow::anyhow!("{} needs the teacher's hidden representation", self.name))?;
@@ -472,7 +472,7 @@ mod tests {
         assert!(err < 1e-2, "relative error {err}");
         let names: Vec<_> = l.params().iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
         assert_eq!(names, vec![("proj.w".to_string(), vec![5, 3]), ("proj.b".to_string(), vec![3])]);
-        assert_eq!(l.embed(&s.student_hidden[..5], 1, 5).map(|e| e.len()), Some(3), "embeds into the teacher's width");
+        assert_eq!(l.projection().map(|p| p.apply(&s.student_hidden[..5], 1, 5).len()), Some(3), "embeds into the teacher's width");
         for (mode, n) in [(ProjectionMode::Never, 0), (ProjectionMode::Always, 2)] {
             let mut l = ProjectedHiddenLoss::new("test", mode, 3, difference);
             l.compute(&s.input(0, 1)).unwrap();

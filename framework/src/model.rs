@@ -276,6 +276,13 @@ pub trait Model: Send + Sync {
     fn num_params(&self) -> usize {
         self.params().iter().map(|p| p.numel()).sum()
     }
+
+    /// Whether outputs depend on [`Bags::langs`] (a model that routes by language). When
+    /// they do not, inference computes a text once however many languages it appears under
+    /// (an English source read for each of its translations).
+    fn routes_by_language(&self) -> bool {
+        false
+    }
 }
 
 /// The per-layer shape of a layered model: what layer-wise losses check at plan time.

@@ -1,38 +1,116 @@
 //! Translation retrieval: how well embeddings line a translation up with its English source
-//! (Reimers & Gurevych 2020's evaluation of embedding-level transfer), per language.
+//! (Reimers & Gurevych 2020's evaluation of embedding-level transfer), in both directions.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A row of `retrieval.csv`: one language (or `macro`) of the test split.
+/// A row of `retrieval.csv`: one model on one language's test pairs (or `macro`, the mean
+/// over languages). Candidates are that language's test messages only: a translation is
+/// searched for among the distinct English sources of the language's test pairs, and a
+/// source among the distinct translations.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RetrievalRow {
-    /// Language of the translations (the queries).
+    /// `student` (distilled, embedding both sides), `mixed` (the student embeds the
+    /// translations, the teacher the English: the student as a query encoder for an index
+    /// the teacher built), `teacher` (the source-language model reading the translations
+    /// itself: what one gets without distillation) or `untrained` (the student before
+    /// training, both sides: what its architecture gives by itself, e.g. shared n-grams).
+    pub model: String,
+    /// Language of the translations.
     pub lang: String,
-    /// Translations searched from.
-    pub queries: usize,
-    /// English sources searched among (all distinct sources of the split).
-    pub candidates: usize,
-    /// Fraction of translations whose nearest source (cosine), in the teacher's space, is
-    /// their own: the student's embedding of the translation mapped by the loss's projection
-    /// against the teacher's embeddings of the sources.
-    pub student_acc: f64,
-    /// The same with the teacher embedding the translation itself: what the source-language
-    /// model does with the other language without distillation.
-    pub teacher_acc: f64,
-    /// 1 / candidates.
-    pub chance: f64,
+    /// Training pairs of the language.
+    pub train_pairs: usize,
+    /// Test pairs of the language.
+    pub pairs: usize,
+    /// Distinct English sources among them (translation → English candidates; chance is
+    /// 1/sources).
+    pub sources: usize,
+    /// Distinct translations among them (English → translation candidates).
+    pub translations: usize,
+    /// Accuracy@1 of translation → English: the share of distinct translations whose
+    /// nearest source (cosine) is theirs.
+    pub to_en: f64,
+    /// Accuracy@1 of English → translation: the share of distinct sources whose nearest
+    /// translation is one of theirs.
+    pub from_en: f64,
+    /// Mean cosine between the model's and the teacher's embeddings of the language's
+    /// English test sources (student rows; empty for the others).
+    pub en_cosine: Option<f64>,
+}
+
+/// Parallel pairs with their distinct sides: what retrieval ranks.
+#[derive(Clone, Debug, Default)]
+pub struct ParallelSet {
+    /// Distinct sources, in first-seen order.
+    pub sources: Vec<String>,
+    /// Distinct translations, in first-seen order.
+    pub translations: Vec<String>,
+    /// (source row, translation row) of each pair.
+    pub pairs: Vec<(usize, usize)>,
+}
+
+impl ParallelSet {
+    /// The set of `(source, translation)` pairs.
+    pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> ParallelSet {
+        let mut set = ParallelSet::default();
+        let (mut src, mut tgt) = (HashMap::new(), HashMap::new());
+        for (s, t) in pairs {
+            let si = *src.entry(s.to_string()).or_insert_with(|| {
+                set.sources.push(s.to_string());
+                set.sources.len() - 1
+            });
+            let ti = *tgt.entry(t.to_string()).or_insert_with(|| {
+                set.translations.push(t.to_string());
+                set.translations.len() - 1
+            });
+            set.pairs.push((si, ti));
+        }
+        set
+    }
+
+    /// Accuracy@1 in both directions, `(to_en, from_en)`, given `src` (`sources × d`) and
+    /// `tgt` (`translations × d`) embeddings. A side that appears in several pairs counts
+    /// once, and is right when its nearest neighbour is any of its partners.
+    pub fn score(&self, src: &[f32], tgt: &[f32], d: usize) -> (f64, f64) {
+        let (ns, nt) = (self.sources.len(), self.translations.len());
+        assert_eq!((src.len(), tgt.len()), (ns * d, nt * d), "embeddings of {ns} sources and {nt} translations of width {d}");
+        let partners = |n: usize, side: fn(&(usize, usize)) -> (usize, usize)| {
+            let mut p = vec![Vec::new(); n];
+            for pair in &self.pairs {
+                let (a, b) = side(pair);
+                p[a].push(b);
+            }
+            p
+        };
+        let of_tgt = partners(nt, |&(s, t)| (t, s));
+        let of_src = partners(ns, |&(s, t)| (s, t));
+        let hits = |queries: &[f32], keys: &[f32], gold: &[Vec<usize>]| {
+            let found = nearest(queries, keys, d);
+            found.iter().zip(gold).filter(|(f, g)| g.contains(f)).count() as f64 / gold.len().max(1) as f64
+        };
+        (hits(tgt, src, &of_tgt), hits(src, tgt, &of_src))
+    }
 }
 
 /// Rows of `x` (`n × d`) scaled to unit length (zero rows stay zero).
-fn normalise(x: &[f32], d: usize) -> Vec<f32> {
+pub fn normalise(x: &[f32], d: usize) -> Vec<f32> {
     let mut out = x.to_vec();
-    for row in out.chunks_mut(d) {
+    for row in out.chunks_mut(d.max(1)) {
         let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
         if n > 0.0 {
             row.iter_mut().for_each(|v| *v /= n);
         }
     }
     out
+}
+
+/// Mean cosine similarity of corresponding rows of `a` and `b` (`n × d` each).
+pub fn mean_cosine(a: &[f32], b: &[f32], d: usize) -> f64 {
+    let (a, b) = (normalise(a, d), normalise(b, d));
+    let n = a.len() / d.max(1);
+    let sum: f64 = a.chunks(d).zip(b.chunks(d)).map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p * q) as f64).sum::<f64>()).sum();
+    sum / n.max(1) as f64
 }
 
 /// For each query row, the index of the key row with the highest cosine similarity (the
@@ -54,50 +132,22 @@ pub fn nearest(queries: &[f32], keys: &[f32], d: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Per-language retrieval accuracy. `student` and `teacher` are `n × d` query embeddings
-/// (both in the teacher's space), `gold[i]` the row of query i's source in `keys`
-/// (`m × d`), `langs[i]` its language; only languages marked in `include` get a row, and the
-/// `macro` row averages those that have queries.
-#[allow(clippy::too_many_arguments)]
-pub fn retrieval_rows(
-    student: &[f32],
-    teacher: &[f32],
-    keys: &[f32],
-    d: usize,
-    gold: &[usize],
-    langs: &[u32],
-    names: &[String],
-    include: &[bool],
-) -> Vec<RetrievalRow> {
-    let m = keys.len() / d.max(1);
-    let (s, t) = (nearest(student, keys, d), nearest(teacher, keys, d));
-    let mut rows: Vec<RetrievalRow> = Vec::new();
-    for (l, name) in names.iter().enumerate().filter(|(l, _)| include[*l]) {
-        let idx: Vec<usize> = (0..gold.len()).filter(|&i| langs[i] as usize == l).collect();
-        if idx.is_empty() {
-            continue;
-        }
-        let acc = |pred: &[usize]| idx.iter().filter(|&&i| pred[i] == gold[i]).count() as f64 / idx.len() as f64;
-        rows.push(RetrievalRow {
-            lang: name.clone(),
-            queries: idx.len(),
-            candidates: m,
-            student_acc: acc(&s),
-            teacher_acc: acc(&t),
-            chance: 1.0 / m.max(1) as f64,
-        });
-    }
+/// The `macro` row of `rows` (one model's languages): means of the accuracies and cosines,
+/// sums of the counts.
+pub fn macro_row(model: &str, rows: &[RetrievalRow]) -> RetrievalRow {
     let k = rows.len().max(1) as f64;
-    let macro_row = RetrievalRow {
+    let cos: Vec<f64> = rows.iter().filter_map(|r| r.en_cosine).collect();
+    RetrievalRow {
+        model: model.into(),
         lang: "macro".into(),
-        queries: rows.iter().map(|r| r.queries).sum(),
-        candidates: m,
-        student_acc: rows.iter().map(|r| r.student_acc).sum::<f64>() / k,
-        teacher_acc: rows.iter().map(|r| r.teacher_acc).sum::<f64>() / k,
-        chance: 1.0 / m.max(1) as f64,
-    };
-    rows.push(macro_row);
-    rows
+        train_pairs: rows.iter().map(|r| r.train_pairs).sum(),
+        pairs: rows.iter().map(|r| r.pairs).sum(),
+        sources: rows.iter().map(|r| r.sources).sum(),
+        translations: rows.iter().map(|r| r.translations).sum(),
+        to_en: rows.iter().map(|r| r.to_en).sum::<f64>() / k,
+        from_en: rows.iter().map(|r| r.from_en).sum::<f64>() / k,
+        en_cosine: (!cos.is_empty()).then(|| cos.iter().sum::<f64>() / cos.len() as f64),
+    }
 }
 
 #[cfg(test)]
@@ -112,17 +162,36 @@ mod tests {
     }
 
     #[test]
-    fn rows_per_language_and_macro() {
-        // Three sources on the axes; queries in two languages.
-        let keys = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
-        let student = [0.9, 0.1, 0.0, 0.0, 1.0, 0.2, 0.1, 0.0, 1.0, 1.0, 0.0, 0.0];
-        let teacher = [0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0];
-        let gold = [0, 1, 2, 2];
-        let langs = [0, 0, 0, 2];
-        let names = ["de".to_string(), "en".to_string(), "fr".to_string()];
-        let rows = retrieval_rows(&student, &teacher, &keys, 3, &gold, &langs, &names, &[true, false, true]);
-        let got: Vec<(&str, usize, f64, f64)> = rows.iter().map(|r| (r.lang.as_str(), r.queries, r.student_acc, r.teacher_acc)).collect();
-        assert_eq!(got, vec![("de", 3, 1.0, 1.0 / 3.0), ("fr", 1, 0.0, 0.0), ("macro", 4, 0.5, 1.0 / 6.0)]);
-        assert!(rows.iter().all(|r| r.candidates == 3 && (r.chance - 1.0 / 3.0).abs() < 1e-12));
+    fn both_directions_count_distinct_sides() {
+        // Sources a, b, c on the axes; "b" is translated twice (x and y), so there are four
+        // pairs, three distinct sources and four distinct translations.
+        let set = ParallelSet::new([("a", "u"), ("b", "x"), ("b", "y"), ("c", "z")]);
+        assert_eq!((set.sources.len(), set.translations.len(), set.pairs.len()), (3, 4, 4));
+        let src = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+        // u → a (right), x → b (right), y → a (wrong), z → b (wrong).
+        let tgt = [1.0, 0.1, 0.0, 0.0, 1.0, 0.1, 0.9, 0.2, 0.0, 0.0, 0.9, 0.3];
+        let (to_en, from_en) = set.score(&src, &tgt, 3);
+        assert_eq!(to_en, 2.0 / 4.0);
+        // a → u (right: nearer than y), b → x (right: one of b's two), c → z (right).
+        assert_eq!(from_en, 3.0 / 3.0);
+    }
+
+    #[test]
+    fn macro_averages_languages() {
+        let row = |lang: &str, to_en: f64, cos: Option<f64>| RetrievalRow {
+            model: "student".into(),
+            lang: lang.into(),
+            train_pairs: 10,
+            pairs: 4,
+            sources: 4,
+            translations: 4,
+            to_en,
+            from_en: to_en / 2.0,
+            en_cosine: cos,
+        };
+        let m = macro_row("student", &[row("de", 1.0, Some(0.9)), row("fr", 0.5, Some(0.7))]);
+        assert_eq!((m.lang.as_str(), m.train_pairs, m.pairs, m.to_en, m.from_en), ("macro", 20, 8, 0.75, 0.375));
+        assert!((m.en_cosine.unwrap() - 0.8).abs() < 1e-12);
+        assert!((mean_cosine(&[1.0, 0.0, 0.0, 2.0], &[3.0, 0.0, 1.0, 1.0], 2) - (1.0 + 0.5f64.sqrt()) / 2.0).abs() < 1e-6);
     }
 }

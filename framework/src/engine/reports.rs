@@ -9,12 +9,12 @@ use super::monitor::Monitor;
 use super::teacher::Teacher;
 use super::train::LoopState;
 use super::{Finetuned, Inputs};
-use crate::dataset::Task;
-use crate::features::Bags;
-use crate::model::{Model, Outputs};
+use crate::dataset::{Measure, Task};
+use crate::embedding::Embedder;
+use crate::model::Model;
 use crate::plan::Plan;
 use crate::report::{write_csv, LanguageRow, MetricRow, RunRow};
-use crate::retrieval::{retrieval_rows, RetrievalRow};
+use crate::retrieval::{macro_row, mean_cosine, ParallelSet, RetrievalRow};
 
 /// Everything the stages produced.
 pub(super) struct Finished<'a> {
@@ -22,6 +22,8 @@ pub(super) struct Finished<'a> {
     pub task: &'a Task,
     pub dir: &'a Path,
     pub teacher: &'a Teacher,
+    /// The teacher's cache directory (its embeddings of the test split are kept there).
+    pub teacher_cache: &'a Path,
     /// The teacher's test logits and its featurisation of the test split.
     pub t_test: &'a [f32],
     pub t_test_inputs: &'a Inputs,
@@ -29,18 +31,38 @@ pub(super) struct Finished<'a> {
     /// The student's featurisation of the test split.
     pub s_test: &'a Inputs,
     pub baseline: Option<&'a dyn Model>,
+    /// The student as built, before any training: the reference row of translation
+    /// retrieval (parallel-data tasks only).
+    pub untrained: Option<&'a dyn Model>,
     /// The distillation stage's final loop state.
     pub distilled: &'a LoopState,
     pub finetuned: Finetuned,
 }
 
 /// Scores teacher, student and baseline on test and writes `metrics.csv`, `sampling.csv`,
-/// `languages.csv`, `retrieval.csv` (cross-lingual runs with an embedding loss), the run
-/// row's figures and the exported models.
+/// `languages.csv`, `retrieval.csv` (parallel-data runs with an embedding loss), the run
+/// row's figures and the exported models. In a parallel-data run with retrieval, the
+/// accuracies of `languages.csv` and `run.csv` are translation → English retrieval
+/// accuracy@1, the task's own measure: teacher = the teacher reading the translations,
+/// student = the distilled student, baseline = the untrained student, agreement = the
+/// student's cosine to the teacher on English.
 pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Result<()> {
-    let Finished { plan, task, dir, teacher, t_test, t_test_inputs, student, s_test, baseline, distilled, mut finetuned } = f;
+    let Finished {
+        plan,
+        task,
+        dir,
+        teacher,
+        teacher_cache,
+        t_test,
+        t_test_inputs,
+        student,
+        s_test,
+        baseline,
+        untrained,
+        distilled,
+        mut finetuned,
+    } = f;
     let classes = task.labels.len();
-    // The student's test outputs: logits for the metrics, hidden states for retrieval.
     let s_out = predict(student, &s_test.bags)?;
     let b_logits = match baseline {
         Some(b) => Some(predict(b, &s_test.bags)?.logits),
@@ -65,58 +87,92 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
     sampling.extend(finetuned.sampling);
     write_csv(&dir.join("sampling.csv"), &sampling)?;
 
-    let sizes = task.train_sizes();
-    let mut lang_rows = Vec::new();
-    for (l, name) in task.langs.iter().enumerate() {
-        let t = &teacher_rows[l];
-        let s = &student_rows[l];
-        let b = baseline_rows.as_ref().map(|r| r[l].acc);
-        lang_rows.push(LanguageRow {
-            lang: name.clone(),
-            train_size: sizes[l],
-            test_size: s.examples,
-            sampled: distilled.stats[l].drawn,
-            teacher_acc: t.acc,
-            student_acc: s.acc,
-            baseline_acc: b,
-            kd_gain: b.map(|b| s.acc - b),
-            agreement: s.agreement.unwrap_or(f64::NAN),
-        });
-    }
-    write_csv(&dir.join("languages.csv"), &lang_rows)?;
-    if let Some(rows) = translation_retrieval(plan, teacher, &s_out, task, s_test, &in_macro)? {
-        if let Some(m) = rows.last() {
+    let projection = plan.losses.iter().find_map(|l| l.loss.projection());
+    let retrieval = match (teacher.network(), projection) {
+        (Some(t), Some(p)) if task.teacher_reads_source => {
+            let models =
+                RetrievalModels { teacher: t, teacher_cache, student: Embedder { model: student, projection: Some(p) }, untrained };
+            translation_retrieval(&models, task, &in_macro)?
+        }
+        _ => None,
+    };
+    // Retrieval is the task's measure, or an extra report beside classification.
+    let scored = retrieval.as_ref().filter(|_| task.measure == Measure::Retrieval);
+    if let Some(rows) = &retrieval {
+        write_csv(&dir.join("retrieval.csv"), rows)?;
+        let find = |m: &str| rows.iter().find(|r| r.model == m && r.lang == "macro");
+        if let (Some(s), Some(t)) = (find("student"), find("teacher")) {
             monitor.note(format!(
-                "translation retrieval among {} English sources: student {:.4}, teacher reading the translation {:.4} (chance {:.4})",
-                m.candidates, m.student_acc, m.teacher_acc, m.chance
+                "translation retrieval over {} languages (accuracy@1 among each language's test messages): \
+                 student → English {:.4}, English → student {:.4}, cosine to the teacher on English {:.4}; \
+                 teacher reading the translations {:.4}{}",
+                rows.iter().filter(|r| r.model == "student").count() - 1,
+                s.to_en,
+                s.from_en,
+                s.en_cosine.unwrap_or(f64::NAN),
+                t.to_en,
+                find("untrained").map_or(String::new(), |u| format!(", untrained student {:.4}", u.to_en))
             ));
         }
-        write_csv(&dir.join("retrieval.csv"), &rows)?;
     }
+    let lang_rows = match scored {
+        Some(rows) => retrieval_languages(rows, task, distilled),
+        None => {
+            let sizes = task.train_sizes();
+            let mut lang_rows = Vec::new();
+            for (l, name) in task.langs.iter().enumerate() {
+                let t = &teacher_rows[l];
+                let s = &student_rows[l];
+                let b = baseline_rows.as_ref().map(|r| r[l].acc);
+                lang_rows.push(LanguageRow {
+                    lang: name.clone(),
+                    train_size: sizes[l],
+                    test_size: s.examples,
+                    sampled: distilled.stats[l].drawn,
+                    teacher_acc: t.acc,
+                    student_acc: s.acc,
+                    baseline_acc: b,
+                    kd_gain: b.map(|b| s.acc - b),
+                    agreement: s.agreement.unwrap_or(f64::NAN),
+                });
+            }
+            lang_rows
+        }
+    };
+    write_csv(&dir.join("languages.csv"), &lang_rows)?;
 
     let macro_of = |rows: &[MetricRow]| rows.last().map_or(f64::NAN, |r| r.acc);
-    row.teacher_macro_acc = macro_of(&teacher_rows);
-    row.student_macro_acc = macro_of(&student_rows);
-    row.baseline_macro_acc = baseline_rows.as_deref().map(macro_of);
+    // What "chance" is for the run's accuracies: one class of many, or one candidate.
+    let chance = match scored {
+        Some(rows) => {
+            let find = |m: &str| rows.iter().find(|r| r.model == m && r.lang == "macro");
+            let (s, t, u) = (find("student"), find("teacher"), find("untrained"));
+            row.student_macro_acc = s.map_or(f64::NAN, |r| r.to_en);
+            row.teacher_macro_acc = t.map_or(f64::NAN, |r| r.to_en);
+            row.baseline_macro_acc = u.map(|r| r.to_en);
+            let langs: Vec<&RetrievalRow> = rows.iter().filter(|r| r.model == "student" && r.lang != "macro").collect();
+            langs.iter().map(|r| 1.0 / r.sources.max(1) as f64).sum::<f64>() / langs.len().max(1) as f64
+        }
+        None => {
+            row.teacher_macro_acc = macro_of(&teacher_rows);
+            row.student_macro_acc = macro_of(&student_rows);
+            row.baseline_macro_acc = baseline_rows.as_deref().map(macro_of);
+            1.0 / classes.max(1) as f64
+        }
+    };
     row.kd_gain = row.baseline_macro_acc.map(|b| row.student_macro_acc - b);
     row.retention = row.student_macro_acc / row.teacher_macro_acc;
-    let chance = 1.0 / classes.max(1) as f64;
     let at_chance = |acc: f64| acc < chance + 0.05 * (1.0 - chance);
     let mut flags = Vec::new();
     for (who, acc) in [("teacher", row.teacher_macro_acc), ("student", row.student_macro_acc)] {
         if at_chance(acc) {
             flags.push(format!("{who}-at-chance"));
-            monitor.note(format!("warning: the {who} is at chance: macro accuracy {acc:.4} with {classes} classes (chance {chance:.4})"));
+            monitor.note(format!("warning: the {who} is at chance: macro accuracy {acc:.4} (chance {chance:.4})"));
         }
     }
     row.flags = flags.join(";");
-    if let Some(w) = lang_rows
-        .iter()
-        .zip(&in_macro)
-        .filter(|(r, &m)| m && r.test_size > 0)
-        .map(|(r, _)| r)
-        .min_by(|a, b| a.student_acc.total_cmp(&b.student_acc))
-    {
+    let in_report = |r: &LanguageRow| scored.is_some() || task.langs.iter().position(|l| *l == r.lang).is_some_and(|l| in_macro[l]);
+    if let Some(w) = lang_rows.iter().filter(|r| in_report(r) && r.test_size > 0).min_by(|a, b| a.student_acc.total_cmp(&b.student_acc)) {
         row.worst_lang = w.lang.clone();
         row.worst_acc = w.student_acc;
     }
@@ -127,9 +183,9 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
     };
     row.student_texts_per_s = texts_per_second(student, sample, false)?;
 
-    crate::export::export(student, &plan.student.plugin, &plan.student.section, task, &dir.join("student"))?;
+    crate::export::export(student, &plan.student.plugin, &plan.student.section, task, &dir.join("student"), projection)?;
     if let Some(t) = teacher.network() {
-        crate::export::export(t, &plan.teacher.plugin, &plan.teacher.section, task, &dir.join("teacher"))?;
+        crate::export::export(t, &plan.teacher.plugin, &plan.teacher.section, task, &dir.join("teacher"), None)?;
     }
     monitor.note(format!(
         "done: teacher {:.4}, student {:.4}{} macro accuracy on test; {}",
@@ -141,54 +197,116 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
     Ok(())
 }
 
-/// Translation retrieval on the test split (`retrieval.csv`), for cross-lingual tasks (the
-/// teacher reads sources) where a loss maps the student's hidden space into the teacher's
-/// (`hidden-mse`, `cosine-embedding`): each translation's nearest neighbour among all
-/// distinct English sources of the split, per language the student trains on.
-/// `student_out` is the student's output on the test split (`s_test`).
-fn translation_retrieval(
-    plan: &Plan,
-    teacher: &Teacher,
-    student_out: &Outputs,
-    task: &Task,
-    s_test: &Inputs,
-    in_macro: &[bool],
-) -> Result<Option<Vec<RetrievalRow>>> {
-    let Some(teacher) = teacher.network().filter(|t| task.teacher_reads_source && !task.test.is_empty() && t.hidden_dim() > 0) else {
+/// The models translation retrieval compares.
+struct RetrievalModels<'a> {
+    teacher: &'a dyn Model,
+    teacher_cache: &'a Path,
+    /// The distilled student through its loss's projection into the teacher's space.
+    student: Embedder<'a>,
+    untrained: Option<&'a dyn Model>,
+}
+
+/// Translation retrieval on the test split (`retrieval.csv`) for parallel-data tasks (the
+/// teacher reads the sources) whose loss relates the student's space to the teacher's
+/// (`hidden-mse`, `cosine-embedding`): per language the student trains on, both directions
+/// among that language's test pairs, for the distilled student on both sides, the student's
+/// translations against the teacher's English (`mixed`: the student as a query encoder for
+/// an index the teacher built), the teacher reading the translations itself and the
+/// untrained student; then the student's cosine to the teacher on English. Languages whose examples are their own sources (English self-pairs) have
+/// nothing to retrieve and get no row.
+fn translation_retrieval(m: &RetrievalModels, task: &Task, in_macro: &[bool]) -> Result<Option<Vec<RetrievalRow>>> {
+    let d = m.teacher.hidden_dim();
+    if task.test.is_empty() || d == 0 {
         return Ok(None);
-    };
-    let Some(queries) = plan.losses.iter().find_map(|l| l.loss.embed(&student_out.hidden, student_out.batch, student_out.hidden_dim))
-    else {
-        return Ok(None);
-    };
-    let d = teacher.hidden_dim();
+    }
     anyhow::ensure!(
-        queries.len() == student_out.batch * d,
-        "the loss's projection maps to width {}, the teacher's is {d}",
-        queries.len() / student_out.batch.max(1)
+        m.student.dim() == d,
+        "the student's embedding (through the loss's projection) is {} wide, the teacher's {d}",
+        m.student.dim()
     );
-    // Distinct sources, in first-seen order; each query's gold is its own source's row.
-    let mut row_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut sources: Vec<&str> = Vec::new();
-    let gold: Vec<usize> = task
-        .test
-        .iter()
-        .map(|e| {
-            let src = e.source.as_deref().unwrap_or(&e.text);
-            *row_of.entry(src).or_insert_with(|| {
-                sources.push(src);
-                sources.len() - 1
-            })
+    let sets: Vec<(usize, ParallelSet)> = (0..task.langs.len())
+        .filter(|&l| in_macro[l])
+        .map(|l| {
+            let pairs = task.test.iter().filter(|e| e.lang as usize == l).filter_map(|e| e.source.as_deref().map(|s| (s, e.text.as_str())));
+            (l, ParallelSet::new(pairs.filter(|(s, t)| s != t)))
         })
+        .filter(|(_, set)| !set.pairs.is_empty())
         .collect();
-    let featurise = |texts: Vec<&str>, langs: Vec<u32>| {
-        let mut b = Bags::build(teacher.featurizer(), texts);
-        b.langs = langs;
-        b
+    if sets.is_empty() {
+        return Ok(None);
+    }
+    // Every distinct text once per model; each language then gathers its rows.
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut texts: Vec<&str> = Vec::new();
+    for (_, set) in &sets {
+        for t in set.sources.iter().chain(&set.translations) {
+            index.entry(t.as_str()).or_insert_with(|| {
+                texts.push(t.as_str());
+                texts.len() - 1
+            });
+        }
+    }
+    let teacher = super::teacher::cached_embeddings(m.teacher_cache, m.teacher, &texts)?;
+    let student = m.student.embed(&texts)?;
+    let untrained = m.untrained.map(|u| Embedder::plain(u).embed(&texts).map(|e| (e, u.hidden_dim()))).transpose()?;
+    let gather = |e: &[f32], w: usize, side: &[String]| -> Vec<f32> {
+        side.iter().flat_map(|t| e[index[t.as_str()] * w..(index[t.as_str()] + 1) * w].iter().copied()).collect()
     };
-    let en = task.test.iter().find(|e| e.source.as_deref() == Some(e.text.as_str())).map_or(0, |e| e.lang);
-    let keys = predict(teacher, &featurise(sources.clone(), vec![en; sources.len()]))?.hidden;
-    let texts: Vec<&str> = task.test.iter().map(|e| e.text.as_str()).collect();
-    let direct = predict(teacher, &featurise(texts, s_test.langs.clone()))?.hidden;
-    Ok(Some(retrieval_rows(&queries, &direct, &keys, d, &gold, &s_test.langs, &task.langs, in_macro)))
+    let sizes = task.train_sizes();
+    let mut rows: Vec<RetrievalRow> = Vec::new();
+    // (name, English side, translation side, width).
+    let mut models: Vec<(&str, &[f32], &[f32], usize)> =
+        vec![("student", &student, &student, d), ("mixed", &teacher, &student, d), ("teacher", &teacher, &teacher, d)];
+    if let Some((u, w)) = &untrained {
+        models.push(("untrained", u, u, *w));
+    }
+    for (name, en, xx, w) in models {
+        let mut lang_rows: Vec<RetrievalRow> = sets
+            .iter()
+            .map(|(l, set)| {
+                let src = gather(en, w, &set.sources);
+                let (to_en, from_en) = set.score(&src, &gather(xx, w, &set.translations), w);
+                RetrievalRow {
+                    model: name.into(),
+                    lang: task.langs[*l].clone(),
+                    train_pairs: sizes[*l],
+                    pairs: set.pairs.len(),
+                    sources: set.sources.len(),
+                    translations: set.translations.len(),
+                    to_en,
+                    from_en,
+                    en_cosine: (name == "student").then(|| mean_cosine(&src, &gather(&teacher, d, &set.sources), d)),
+                }
+            })
+            .collect();
+        lang_rows.push(macro_row(name, &lang_rows));
+        rows.extend(lang_rows);
+    }
+    Ok(Some(rows))
+}
+
+/// `languages.csv` of a parallel-data run: per language with retrieval rows, translation →
+/// English accuracy@1 of the teacher (reading the translations), the student and the
+/// untrained student (as baseline), and the student's cosine to the teacher on English as
+/// its agreement.
+fn retrieval_languages(rows: &[RetrievalRow], task: &Task, distilled: &LoopState) -> Vec<LanguageRow> {
+    let of = |model: &str, lang: &str| rows.iter().find(|r| r.model == model && r.lang == lang);
+    rows.iter()
+        .filter(|r| r.model == "student" && r.lang != "macro")
+        .map(|s| {
+            let l = task.langs.iter().position(|x| *x == s.lang).unwrap_or(0);
+            let b = of("untrained", &s.lang).map(|u| u.to_en);
+            LanguageRow {
+                lang: s.lang.clone(),
+                train_size: s.train_pairs,
+                test_size: s.pairs,
+                sampled: distilled.stats.get(l).map_or(0, |st| st.drawn),
+                teacher_acc: of("teacher", &s.lang).map_or(f64::NAN, |t| t.to_en),
+                student_acc: s.to_en,
+                baseline_acc: b,
+                kd_gain: b.map(|b| s.to_en - b),
+                agreement: s.en_cosine.unwrap_or(f64::NAN),
+            }
+        })
+        .collect()
 }

@@ -246,3 +246,34 @@ fn lock_cache(cache: &Path, monitor: &mut Monitor) -> Result<std::fs::File> {
     }
     Ok(f)
 }
+
+/// The teacher network's hidden vectors of `texts` (`texts.len() × hidden`), read from its
+/// cache directory or computed and cached there under a hash of the texts: the runs of a
+/// sweep share one test split, and a transformer teacher takes minutes over a split's
+/// translations.
+pub(super) fn cached_embeddings(cache: &Path, teacher: &dyn Model, texts: &[&str]) -> Result<Vec<f32>> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::default();
+    h.update(format!("{}\n", texts.len()));
+    for t in texts {
+        h.update(t.as_bytes());
+        h.update([0u8]);
+    }
+    let path = cache.join(format!("embeddings-{}.safetensors", &kdx_fsio::hex(&h.finalize())[..20]));
+    let shape = vec![texts.len(), teacher.hidden_dim()];
+    if path.exists() {
+        // A damaged or mismatched file is computed again, never trusted.
+        if let Ok((map, _)) = read_sealed(&path) {
+            if let Some((s, data)) = map.get("hidden").filter(|(s, _)| *s == shape) {
+                debug_assert_eq!(s.iter().product::<usize>(), data.len());
+                return Ok(data.clone());
+            }
+        }
+    }
+    let e = crate::embedding::Embedder::plain(teacher).embed(texts)?;
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let mut map = TensorMap::new();
+    map.insert("hidden".into(), (shape, e.clone()));
+    write_sealed(&path, &map, Metadata::new())?;
+    Ok(e)
+}

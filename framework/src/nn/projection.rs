@@ -70,10 +70,31 @@ impl HiddenProjection {
     /// P (`b × ht`) for inference: through the projection once it exists, else h itself
     /// (the widths were equal, or the loss never ran).
     pub fn apply(&self, h: &[f32], b: usize, hs: usize) -> Vec<f32> {
+        use super::dense::{add_bias, matmul, threads, Mat};
         match &self.linear {
-            Some(l) => self.forward(true, h, b, hs, l.w.shape[1]).into_iter().map(|v| v as f32).collect(),
+            Some(l) => {
+                // f32 through gemm: inference over a whole split is millions of rows.
+                let ht = l.w.shape[1];
+                assert_eq!(l.w.shape[0], hs, "projection from width {} applied to width {hs}", l.w.shape[0]);
+                let mut out = vec![0f32; b * ht];
+                matmul(&mut out, ht, Mat::new(h, b, hs), Mat::new(&l.w.data, hs, ht), false, threads());
+                add_bias(&mut out, &l.b.data);
+                out
+            }
             None => h.to_vec(),
         }
+    }
+
+    /// A projection `hs → ht` whose values are about to be read from stored tensors
+    /// (`proj.w`, `proj.b`).
+    pub fn for_loading(hs: usize, ht: usize) -> HiddenProjection {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        HiddenProjection { linear: Some(Linear::new("proj", hs, ht, &mut rng)) }
+    }
+
+    /// The width of [`apply`](Self::apply)'s output for input width `hs`.
+    pub fn output_dim(&self, hs: usize) -> usize {
+        self.linear.as_ref().map_or(hs, |l| l.w.shape[1])
     }
 
     /// Given ∂L/∂P, sets the projection's gradients and returns ∂L/∂h (`b × hs`).

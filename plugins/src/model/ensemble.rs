@@ -123,6 +123,9 @@ impl Ensemble {
 }
 
 impl Model for Ensemble {
+    fn routes_by_language(&self) -> bool {
+        self.members.iter().any(|m| m.routes_by_language())
+    }
     fn describe(&self) -> String {
         let parts: Vec<String> = self.members.iter().map(|m| m.describe()).collect();
         format!("ensemble ({:?}) of [{}]", self.combine, parts.join("; "))

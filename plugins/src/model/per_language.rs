@@ -153,6 +153,9 @@ impl PerLanguage {
 }
 
 impl Model for PerLanguage {
+    fn routes_by_language(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         format!("per-language [{}] of {}", self.names.join(" | "), self.members[0].describe())
     }
