@@ -26,6 +26,10 @@ pub struct ReportArgs {
     /// Write no plots.
     #[arg(long)]
     pub no_plots: bool,
+    /// In the table across seeds, also average the student's accuracy over this many
+    /// languages with the least training data (the low-resource end).
+    #[arg(long, default_value_t = 10)]
+    pub smallest: usize,
 }
 
 /// A run found on disk.
@@ -87,6 +91,71 @@ fn params(n: usize) -> String {
         n if n >= 1_000 => format!("{:.0}k", n as f64 / 1e3),
         n => n.to_string(),
     }
+}
+
+/// Mean student accuracy over the `n` languages of a run with the least training data
+/// (ties by name); `None` without a languages.csv.
+pub fn smallest_mean(run: &FoundRun, n: usize) -> Option<f64> {
+    let mut l: Vec<&kdx_framework::report::LanguageRow> = run.csv.languages.iter().collect();
+    l.sort_by(|a, b| a.train_size.cmp(&b.train_size).then(a.lang.cmp(&b.lang)));
+    let l = &l[..n.min(l.len())];
+    (!l.is_empty()).then(|| l.iter().map(|r| r.student_acc).sum::<f64>() / l.len() as f64)
+}
+
+/// Mean and sample standard deviation (0 for a single value).
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (m, var.sqrt())
+}
+
+/// Finished runs that differ only in their `seed` setting, grouped by experiment and the
+/// other settings (in the order met); groups of one are left out.
+pub fn seed_groups(runs: &[FoundRun]) -> Vec<(String, Vec<&FoundRun>)> {
+    let mut groups: Vec<(String, Vec<&FoundRun>)> = Vec::new();
+    for r in runs.iter().filter(|r| r.row.status == RunStatus::Ok) {
+        let settings = plot::settings_of(&r.row.run);
+        if !settings.iter().any(|(k, _)| k == "seed") {
+            continue;
+        }
+        let rest: Vec<String> = settings.iter().filter(|(k, _)| k != "seed").map(|(k, v)| format!("{k}={v}")).collect();
+        let key = format!("{}/{}", r.row.experiment, if rest.is_empty() { "*".into() } else { rest.join(",") });
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(r),
+            None => groups.push((key, vec![r])),
+        }
+    }
+    groups.retain(|(_, g)| g.len() > 1);
+    groups
+}
+
+/// The table across seeds: per group, student macro accuracy and the mean over the
+/// `smallest` languages with the least training data, as mean ± sd over the seeds.
+pub fn seed_table(runs: &[FoundRun], smallest: usize) -> String {
+    let groups = seed_groups(runs);
+    if groups.is_empty() {
+        return String::new();
+    }
+    let w = groups.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(5).max(5);
+    let low = format!("smallest {smallest}");
+    let mut s = format!(
+        "\nAcross seeds (mean ± sd over runs that differ only in seed; {low} = the student's mean over the {smallest} languages with the least training data)\n  {:<w$} {:>5} {:>17} {:>17}\n",
+        "runs", "seeds", "student macro", low
+    );
+    for (key, g) in &groups {
+        let (m, sd) = mean_sd(&g.iter().map(|r| r.row.student_macro_acc).collect::<Vec<_>>());
+        let lows: Vec<f64> = g.iter().filter_map(|r| smallest_mean(r, smallest)).collect();
+        let (lm, lsd) = mean_sd(&lows);
+        let cell = |m: f64, sd: f64| format!("{m:.4} ± {sd:.4}");
+        s.push_str(&format!(
+            "  {key:<w$} {:>5} {:>17} {:>17}\n",
+            g.len(),
+            cell(m, sd),
+            if lows.len() == g.len() { cell(lm, lsd) } else { "-".into() }
+        ));
+    }
+    s
 }
 
 /// The comparison as text: one line per run, then a table per run and language.
@@ -204,7 +273,7 @@ pub fn csv(runs: &[FoundRun]) -> Result<String> {
 }
 
 /// Writes the plots of `runs` under `out`: `<experiment>/<run>/{curves,languages,sampling}.svg`
-/// per finished run and `<experiment>/sweep.svg` per experiment with several swept runs.
+/// per finished run (and `retrieval.svg` for a parallel-data run) and `<experiment>/sweep.svg` per experiment with several swept runs.
 /// Returns the files written.
 pub fn write_plots(runs: &[FoundRun], out: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
@@ -218,7 +287,13 @@ pub fn write_plots(runs: &[FoundRun], out: &Path) -> Result<Vec<PathBuf>> {
             (dir.join("languages.svg"), plot::write_language_bars, "test accuracy per language"),
             (dir.join("sampling.svg"), plot::write_sampling, "language sampling during distillation"),
         ];
-        for (path, f, what) in files {
+        let retrieval = (
+            dir.join("retrieval.svg"),
+            plot::write_retrieval as fn(&Path, &str, &RunCsvs) -> Result<()>,
+            "translation retrieval per language",
+        );
+        let has_retrieval = !r.csv.retrieval.is_empty();
+        for (path, f, what) in files.into_iter().chain(has_retrieval.then_some(retrieval)) {
             f(&path, &format!("{title}: {what}"), &r.csv).with_context(|| format!("plotting {}", path.display()))?;
             written.push(path);
         }
@@ -269,6 +344,7 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode> {
         print!("{}", csv(&runs)?);
     } else {
         print!("{}", table(&runs));
+        print!("{}", seed_table(&runs, args.smallest));
     }
     if !args.no_plots {
         let out = match &args.plots {
@@ -288,4 +364,60 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode> {
         eprintln!("kdx report: {} plot(s) written under {}", written.len(), out.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kdx_framework::report::LanguageRow;
+
+    fn run(name: &str, macro_acc: f64, langs: &[(&str, usize, f64)]) -> FoundRun {
+        let languages = langs
+            .iter()
+            .map(|&(lang, train_size, student_acc)| LanguageRow {
+                lang: lang.into(),
+                train_size,
+                test_size: 10,
+                sampled: 0,
+                teacher_acc: 1.0,
+                student_acc,
+                baseline_acc: None,
+                kd_gain: None,
+                agreement: f64::NAN,
+            })
+            .collect();
+        FoundRun {
+            dir: PathBuf::from(name),
+            row: RunRow {
+                experiment: "x".into(),
+                run: name.into(),
+                status: RunStatus::Ok,
+                student_macro_acc: macro_acc,
+                ..Default::default()
+            },
+            csv: RunCsvs { languages, ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn seeds_are_averaged_per_setting_with_the_smallest_languages() {
+        let langs = |a: f64| vec![("big", 1000, 0.9), ("mid", 100, a), ("tiny", 10, a / 2.0)];
+        let runs = vec![
+            run("sampler=p,seed=1", 0.8, &langs(0.6)),
+            run("sampler=p,seed=2", 0.6, &langs(0.4)),
+            run("sampler=t,seed=1", 0.7, &langs(0.8)),
+            run("sampler=t,seed=2", 0.7, &langs(0.8)),
+            run("sampler=u", 0.5, &langs(0.1)),
+        ];
+        let groups = seed_groups(&runs);
+        let keys: Vec<(&str, usize)> = groups.iter().map(|(k, g)| (k.as_str(), g.len())).collect();
+        assert_eq!(keys, [("x/sampler=p", 2), ("x/sampler=t", 2)], "a run without a seed setting is in no group");
+        // Smallest two of the first run: mid 0.6 and tiny 0.3.
+        assert!((smallest_mean(&runs[0], 2).unwrap() - 0.45).abs() < 1e-12);
+        let t = seed_table(&runs, 2);
+        let lines: Vec<String> = t.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+        // p: macro 0.7 ± 0.1414, smallest-2 means 0.45 and 0.30 → 0.375 ± 0.1061.
+        assert!(lines.contains(&"x/sampler=p 2 0.7000 ± 0.1414 0.3750 ± 0.1061".to_string()), "{t}");
+        assert!(lines.contains(&"x/sampler=t 2 0.7000 ± 0.0000 0.6000 ± 0.0000".to_string()), "{t}");
+    }
 }

@@ -1,5 +1,6 @@
 //! SVG plots of runs, drawn with plotters: learning curves per language, per-language
-//! accuracy bars ordered by training-set size, the sampler's distribution over training, and a
+//! accuracy bars ordered by training-set size, the sampler's distribution over training,
+//! translation retrieval per language against training pairs (parallel-data runs), and a
 //! sweep's parameters against macro and worst-language accuracy.
 //!
 //! SVG text is laid out by whatever shows the file, so no font library is needed here; text
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use kdx_framework::engine::train::SamplingRow;
 use kdx_framework::report::{read_csv, LanguageRow, MetricRow};
+use kdx_framework::retrieval::RetrievalRow;
 use kdx_fsio::write_atomic;
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
@@ -39,6 +41,8 @@ pub struct RunCsvs {
     pub languages: Vec<LanguageRow>,
     /// `sampling.csv`.
     pub sampling: Vec<SamplingRow>,
+    /// `retrieval.csv` (parallel-data runs).
+    pub retrieval: Vec<RetrievalRow>,
 }
 
 impl RunCsvs {
@@ -55,6 +59,7 @@ impl RunCsvs {
             metrics: opt(dir.join("metrics.csv"))?,
             languages: opt(dir.join("languages.csv"))?,
             sampling: opt(dir.join("sampling.csv"))?,
+            retrieval: opt(dir.join("retrieval.csv"))?,
         })
     }
 
@@ -434,6 +439,54 @@ fn draw_sampling(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
     Ok(())
 }
 
+fn retrieval_items() -> Vec<(String, Mark)> {
+    vec![
+        ("distilled student (both sides)".to_string(), Mark::Dot(STUDENT)),
+        ("teacher reading the translations".into(), Mark::Box(TEACHER)),
+        ("untrained student".into(), Mark::Triangle(BASELINE)),
+        ("one point per language; translation → English accuracy@1 among its test messages".into(), Mark::Note),
+    ]
+}
+
+/// Translation → English retrieval accuracy per language against the language's training
+/// pairs (log scale when they span a decade): where distillation pays, and whether
+/// the languages with little data keep up.
+fn draw_retrieval(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
+    let area = header(area, title, &retrieval_items())?;
+    let rows: Vec<&RetrievalRow> = csv.retrieval.iter().filter(|r| r.lang != "macro").collect();
+    if rows.is_empty() {
+        return message(&area, "no retrieval.csv: not a parallel-data run with an embedding loss");
+    }
+    let lo = rows.iter().map(|r| r.train_pairs.max(1)).min().unwrap_or(1) as f64;
+    let hi = rows.iter().map(|r| r.train_pairs.max(1)).max().unwrap_or(1) as f64;
+    let (x0, x1) = (lo / 1.25, hi * 1.25);
+    let mut chart = ChartBuilder::on(&area)
+        .margin(12)
+        .margin_right(40)
+        .x_label_area_size(42)
+        .y_label_area_size(56)
+        .build_cartesian_2d((x0..x1).log_scale(), 0f64..1.0)?;
+    chart
+        .configure_mesh()
+        .light_line_style(FAINT.mix(0.6))
+        .bold_line_style(FAINT)
+        .x_desc("training pairs of the language (log scale)")
+        .y_desc("translation → English accuracy@1")
+        .label_style(font(12.0))
+        .axis_desc_style(font(13.0))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.1}"))
+        .draw()?;
+    let at = |model: &'static str| rows.iter().filter(move |r| r.model == model).map(|r| (r.train_pairs.max(1) as f64, r.to_en));
+    chart.draw_series(at("untrained").map(|p| TriangleMarker::new(p, 5, BASELINE.mix(0.8).filled())))?;
+    chart.draw_series(at("teacher").map(|(x, y)| Rectangle::new([(x / 1.02, y - 0.008), (x * 1.02, y + 0.008)], TEACHER.filled())))?;
+    chart.draw_series(at("student").map(|p| Circle::new(p, 4, STUDENT.filled())))?;
+    chart.draw_series(rows.iter().filter(|r| r.model == "student").map(|r| {
+        Text::new(r.lang.clone(), (r.train_pairs.max(1) as f64 * 1.04, r.to_en), font(10.0).pos(Pos::new(HPos::Left, VPos::Center)))
+    }))?;
+    Ok(())
+}
+
 /// Renders into an SVG string and writes it atomically.
 fn svg_file(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area<'_>) -> Result<()>) -> Result<()> {
     let mut svg = String::new();
@@ -449,6 +502,7 @@ fn svg_file(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area<'_>) -> Resul
 const CURVES_H: u32 = 380;
 const SAMPLING_H: u32 = 340;
 const BARS_H: u32 = 330;
+const RETRIEVAL_H: u32 = 420;
 
 fn curves_height(w: u32, csv: &RunCsvs) -> u32 {
     CURVES_H + header_height(w, &curve_items(csv))
@@ -458,6 +512,16 @@ fn bars_height(w: u32, csv: &RunCsvs) -> u32 {
 }
 fn sampling_height(w: u32) -> u32 {
     SAMPLING_H + header_height(w, &sampling_items())
+}
+
+fn retrieval_height(w: u32) -> u32 {
+    RETRIEVAL_H + header_height(w, &retrieval_items())
+}
+
+/// `retrieval.svg`: translation retrieval per language against training pairs.
+pub fn write_retrieval(path: &Path, title: &str, csv: &RunCsvs) -> Result<()> {
+    let w = width_for(csv.languages.len()).min(1200);
+    svg_file(path, (w, retrieval_height(w)), |a| draw_retrieval(a, title, csv))
 }
 
 /// `curves.svg`: learning curves of a run.
@@ -486,13 +550,19 @@ pub fn write_run_plot(dir: &Path) -> Result<PathBuf> {
     let title = format!("{}/{}", name(dir.parent()), name(Some(dir)));
     let w = width_for(csv.languages.len());
     let (h1, h2, h3) = (curves_height(w, &csv), bars_height(w, &csv), sampling_height(w));
+    let h4 = if csv.retrieval.is_empty() { 0 } else { retrieval_height(w) };
     let out = dir.join("run.svg");
-    svg_file(&out, (w, h1 + h2 + h3), |root| {
+    svg_file(&out, (w, h1 + h2 + h3 + h4), |root| {
         let (a, rest) = root.split_vertically(h1);
-        let (b, c) = rest.split_vertically(h2);
+        let (b, rest) = rest.split_vertically(h2);
+        let (c, d) = rest.split_vertically(h3);
         draw_curves(&a, &format!("{title}: learning curves"), &csv)?;
         draw_language_bars(&b, &format!("{title}: test accuracy per language"), &csv)?;
-        draw_sampling(&c, &format!("{title}: language sampling during distillation"), &csv)
+        draw_sampling(&c, &format!("{title}: language sampling during distillation"), &csv)?;
+        if h4 > 0 {
+            draw_retrieval(&d, &format!("{title}: translation retrieval per language"), &csv)?;
+        }
+        Ok(())
     })?;
     Ok(out)
 }

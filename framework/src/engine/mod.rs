@@ -287,7 +287,7 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
 
     // ---- Teacher: from the cache or pre-trained; its outputs once. ----
     let reads_source = shared.task.teacher_reads_source;
-    let teacher = Teacher::build(&*plan.teacher.builder, &shared.spec(mix(&[seed, 1]), reads_source))?;
+    let teacher = Teacher::build(&*plan.teacher.builder, &shared.spec(plan.teacher_seed(), reads_source))?;
     monitor.teacher_dev = teacher.inputs(&shared.task.dev, reads_source, &shared.fcache, "dev")?;
     let ready = teacher::obtain(plan, teacher, &shared.task, &shared.fcache, &mut monitor)?;
     row.teacher_cached = ready.source == TeacherSource::Cache;
@@ -300,9 +300,9 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
         let t_out = teacher::train_outputs(plan, &ready, &shared.task, &shared.fcache)?;
         shared.t_out = any_teacher_loss.then_some(t_out);
     }
-    let t_dev = ready.teacher.outputs(&monitor.teacher_dev, &shared.task.dev, "dev")?.logits;
+    let t_dev = ready.teacher.outputs(&monitor.teacher_dev, &shared.task.dev, "dev", &ready.cache)?.logits;
     let t_test_inputs = ready.teacher.inputs(&shared.task.test, reads_source, &shared.fcache, "test")?;
-    let t_test = ready.teacher.outputs(&t_test_inputs, &shared.task.test, "test")?.logits;
+    let t_test = ready.teacher.outputs(&t_test_inputs, &shared.task.test, "test", &ready.cache)?.logits;
     monitor.teacher_dev_logits = Some(t_dev);
 
     // ---- Student: distil, then optionally fine-tune. ----

@@ -22,8 +22,9 @@ pub enum ProjectionMode {
 
 /// Student hidden representation → teacher width: P = h W + b with a learned `Linear`
 /// (`proj.w`, `proj.b`), or P = h without one. Created on first need, seeded, so a loss can
-/// create it in `Loss::prepare` before a checkpoint is restored. Gradients are computed in
-/// f64 on the host; [`HiddenProjection::backward`] *sets* the projection's gradients (a loss
+/// create it in `Loss::prepare` before a checkpoint is restored. Products run in f32
+/// through gemm, the loss's criterion in f64; [`HiddenProjection::backward`] *sets* the
+/// projection's gradients (a loss
 /// computes once per step and the optimizer clears gradients after each step).
 #[derive(Clone, Debug, Default)]
 pub struct HiddenProjection {
@@ -57,12 +58,10 @@ impl HiddenProjection {
     /// P (`b × ht`, f64) from the student hidden `h` (`b × hs`); the identity when `project` is false.
     pub fn forward(&self, project: bool, h: &[f32], b: usize, hs: usize, ht: usize) -> Vec<f64> {
         match (&self.linear, project) {
-            (Some(l), true) => (0..b)
-                .flat_map(|i| {
-                    let h = &h[i * hs..(i + 1) * hs];
-                    (0..ht).map(move |j| l.b.data[j] as f64 + (0..hs).map(|a| h[a] as f64 * l.w.data[a * ht + j] as f64).sum::<f64>())
-                })
-                .collect(),
+            (Some(l), true) => {
+                debug_assert_eq!(l.w.shape, [hs, ht]);
+                self.apply(h, b, hs).into_iter().map(f64::from).collect()
+            }
             _ => h.iter().map(|&v| v as f64).collect(),
         }
     }
@@ -103,23 +102,16 @@ impl HiddenProjection {
             (Some(l), true) => l,
             _ => return dp.iter().map(|&v| v as f32).collect(),
         };
-        let (mut gw, mut gb, mut gh) = (vec![0f64; hs * ht], vec![0f64; ht], vec![0f32; b * hs]);
-        for i in 0..b {
-            let hi = &h[i * hs..(i + 1) * hs];
-            let dpi = &dp[i * ht..(i + 1) * ht];
-            for j in 0..ht {
-                gb[j] += dpi[j];
-            }
-            for a in 0..hs {
-                let row = &l.w.data[a * ht..(a + 1) * ht];
-                gh[i * hs + a] = (0..ht).map(|j| row[j] as f64 * dpi[j]).sum::<f64>() as f32;
-                for j in 0..ht {
-                    gw[a * ht + j] += hi[a] as f64 * dpi[j];
-                }
-            }
-        }
-        l.w.grad = Grad::Dense(gw.into_iter().map(|v| v as f32).collect());
-        l.b.grad = Grad::Dense(gb.into_iter().map(|v| v as f32).collect());
+        // f32 products through gemm, as in the forward: scalar f64 loops made the projection
+        // the costliest part of an n-gram student's step.
+        use super::dense::{add_column_sums, matmul, threads, Mat};
+        let dpf: Vec<f32> = dp.iter().map(|&v| v as f32).collect();
+        let (mut gw, mut gb, mut gh) = (vec![0f32; hs * ht], vec![0f32; ht], vec![0f32; b * hs]);
+        matmul(&mut gh, hs, Mat::new(&dpf, b, ht), Mat::new(&l.w.data, hs, ht).t(), false, threads());
+        matmul(&mut gw, ht, Mat::new(h, b, hs).t(), Mat::new(&dpf, b, ht), false, threads());
+        add_column_sums(&mut gb, &dpf);
+        l.w.grad = Grad::Dense(gw);
+        l.b.grad = Grad::Dense(gb);
         gh
     }
 

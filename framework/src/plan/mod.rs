@@ -342,9 +342,19 @@ impl Plan {
         Ok(plan)
     }
 
+    /// The seed the teacher is built with. A teacher kdx does not train (a pretrained
+    /// encoder used as it is, precomputed outputs) is the same in every seed of a sweep —
+    /// the classification head a pretrained encoder gets is seeded by 0 — so the seeds share
+    /// its cache and its outputs, which for a transformer teacher take minutes.
+    pub fn teacher_seed(&self) -> u64 {
+        let seed = if self.teacher_train.is_some() { self.experiment.seed } else { 0 };
+        crate::engine::mix(&[seed, 1])
+    }
+
     /// The key of the teacher's cache (`results/.cache/teacher-<key>`): what the teacher
     /// is and what it is trained on — kdx's version, the data's fingerprint, the `[data]`
-    /// and `[teacher]` sections and the seed. The engine and `kdx batch` both use this one.
+    /// and `[teacher]` sections and the seed it is built with ([`Plan::teacher_seed`]). The
+    /// engine and `kdx batch` both use this one.
     pub fn teacher_key(&self) -> anyhow::Result<String> {
         let parts = [
             env!("CARGO_PKG_VERSION").to_string(),
@@ -352,7 +362,7 @@ impl Plan {
             self.data_section.to_string(),
             self.teacher.section.to_string(),
             toml::to_string(&self.teacher_train).unwrap_or_default(),
-            self.experiment.seed.to_string(),
+            self.teacher_seed().to_string(),
         ];
         let mut joined = Vec::new();
         for p in &parts {
