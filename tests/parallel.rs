@@ -1,7 +1,8 @@
 //! all-MiniLM-L6-v2 made multilingual end to end, small: a `gettext-parallel` recipe with
 //! the real teacher (fetched by scripts/fetch-minilm.sh) and an n-gram student, its
 //! `retrieval.csv` and `languages.csv`, then `kdx embed` and `kdx eval --parallel` on the run's
-//! exported student, whose vectors are in the teacher's space.
+//! exported student, whose vectors are in the teacher's space; and the plan-time refusal of
+//! a teacher directory that is not there, saying how to fetch it.
 
 mod common;
 
@@ -158,4 +159,15 @@ fn read_test_pairs(recipe: &Path) -> Vec<String> {
         .filter(|c| c[split] == "test" && c[lang] == "fr")
         .map(|c| format!("{}\t{}", c[src], c[txt]))
         .collect()
+}
+
+#[test]
+fn a_missing_teacher_directory_is_refused_at_plan_time_with_how_to_fetch_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = recipe(tmp.path(), &tmp.path().join("models/all-MiniLM-L6-v2"));
+    let out = kdx(&["validate", r.to_str().unwrap()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("parallel.toml:") && text.contains("teacher.path"), "located at the key: {text}");
+    assert!(text.contains("does not exist") && text.contains("scripts/fetch-minilm.sh"), "says how to fetch it: {text}");
 }

