@@ -1,7 +1,7 @@
 //! `gettext-lid`: language identification over the gettext corpus snapshot.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 pub use kdx_corpus::select::Languages;
@@ -60,13 +60,26 @@ fn default_frac() -> f64 {
 }
 
 fn build(mut p: GettextLidParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, Diagnostic> {
-    if let Err(e) = p.languages.check() {
-        return Err(ctx.error("languages", e));
-    }
-    ctx.held_out_fractions(p.dev_fraction, p.test_fraction)?;
-    p.corpus = ctx.existing_file("corpus", &p.corpus, "corpus file", " (build one with `kdx corpus build`)")?;
-    p.languages.check_in_snapshot(&p.corpus, &p.merge).map_err(|e| ctx.error("languages", e))?;
+    p.corpus = check_selection(ctx, &p.corpus, &p.languages, &p.merge, p.dev_fraction, p.test_fraction)?;
     Ok(Box::new(p))
+}
+
+/// The plan-time checks of a dataset over the corpus's translations (this one and
+/// `gettext-parallel`): the language rule, the held-out fractions, the corpus file (returned
+/// resolved) and the selection against the snapshot's locales.
+pub(crate) fn check_selection(
+    ctx: &BuildCtx,
+    corpus: &Path,
+    languages: &Languages,
+    merge: &BTreeMap<String, String>,
+    dev_fraction: f64,
+    test_fraction: f64,
+) -> Result<PathBuf, Diagnostic> {
+    languages.check().map_err(|e| ctx.error("languages", e))?;
+    ctx.held_out_fractions(dev_fraction, test_fraction)?;
+    let corpus = ctx.existing_file("corpus", corpus, "corpus file", " (build one with `kdx corpus build`)")?;
+    languages.check_in_snapshot(&corpus, merge).map_err(|e| ctx.error("languages", e))?;
+    Ok(corpus)
 }
 
 kdx_framework::register_dataset!(
@@ -76,40 +89,67 @@ kdx_framework::register_dataset!(
     build
 );
 
-impl Dataset for GettextLidParams {
-    fn fingerprint(&self) -> anyhow::Result<String> {
-        Ok(format!("gettext-lid {} {}", serde_json_like(self), file_fingerprint(&self.corpus)?))
+impl GettextLidParams {
+    fn selection(&self) -> Selection<'_> {
+        Selection {
+            corpus: &self.corpus,
+            languages: &self.languages,
+            merge: &self.merge,
+            max_train_per_language: self.max_train_per_language,
+            dev_fraction: self.dev_fraction,
+            test_fraction: self.test_fraction,
+        }
     }
+}
 
-    fn load(&self) -> anyhow::Result<Task> {
-        let corpus = kdx_corpus::load::load(&self.corpus).with_context(|| format!("loading {}", self.corpus.display()))?;
+/// The corpus's translations in the selected (merged) locales, as examples labelled with
+/// their locale: what `gettext-lid` and `gettext-parallel` both read.
+pub(crate) struct Selection<'a> {
+    pub corpus: &'a Path,
+    pub languages: &'a Languages,
+    pub merge: &'a BTreeMap<String, String>,
+    pub max_train_per_language: Option<usize>,
+    pub dev_fraction: f64,
+    pub test_fraction: f64,
+}
+
+impl Selection<'_> {
+    /// The task: one example per translation (text = translation, source = msgid), split
+    /// by the msgid's hash, the training split capped per language to the messages with the
+    /// smallest msgid hash (the same messages in every language, so a capped corpus stays
+    /// parallel). `english_lang` appends `en` to the languages, an error with this message
+    /// when the selection already has it; `english_examples` makes every distinct msgid an
+    /// example of `en` (text = source = msgid, id `en:HASH`), split and capped with its
+    /// translations. With `keep_uncapped`, also returns the training split before the cap.
+    pub fn load(
+        &self,
+        english_lang: Option<&str>,
+        english_examples: bool,
+        keep_uncapped: bool,
+    ) -> anyhow::Result<(Task, Option<Vec<Example>>)> {
+        let corpus = kdx_corpus::load::load(self.corpus).with_context(|| format!("loading {}", self.corpus.display()))?;
         let locale = |l: &str| self.merge.get(l).cloned().unwrap_or_else(|| l.to_string());
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for r in &corpus.rows {
             *counts.entry(locale(&r.locale)).or_default() += 1;
         }
         let mut langs = self.languages.select(&counts, &self.corpus.display().to_string())?;
-        anyhow::ensure!(
-            !(self.english && langs.iter().any(|l| l == ENGLISH)),
-            "english = true adds `en`, and the selection already has a locale `en` (merge or deselect it)"
-        );
         let selected = langs.len();
-        if self.english {
+        if let Some(clash) = english_lang {
+            anyhow::ensure!(!langs.iter().any(|l| l == ENGLISH), "{clash}");
             langs.push(ENGLISH.to_string());
         }
-        let index: BTreeMap<&str, u32> = langs.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
+        let en = selected as u32;
+        let index: BTreeMap<&str, u32> = langs[..selected].iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
         let mut task = Task { labels: langs.clone(), langs: langs.clone(), ..Default::default() };
         let mut train_by_lang: Vec<Vec<(u64, Example)>> = vec![Vec::new(); langs.len()];
         let mut english = std::collections::BTreeSet::new();
         for (row, r) in corpus.rows.iter().enumerate() {
-            let l = locale(&r.locale);
-            let Some(&li) = index.get(l.as_str()).filter(|&&i| (i as usize) < selected) else { continue };
-            let e =
-                Example { id: kdx_corpus::load::row_id(r, row), text: r.text.clone(), source: Some(r.msgid.clone()), lang: li, label: li };
-            let mut examples = vec![e];
+            let Some(&li) = index.get(locale(&r.locale).as_str()) else { continue };
             let h = stable_hash64(r.msgid.as_bytes());
-            if self.english && english.insert(r.msgid.as_str()) {
-                let en = selected as u32;
+            let mut examples =
+                vec![Example { id: kdx_corpus::load::row_id(r, row), text: r.text.clone(), source: Some(r.msgid.clone()), lang: li, label: li }];
+            if english_examples && english.insert(r.msgid.as_str()) {
                 examples.push(Example { id: format!("{ENGLISH}:{h:016x}"), text: r.msgid.clone(), source: Some(r.msgid.clone()), lang: en, label: en });
             }
             for e in examples {
@@ -120,23 +160,33 @@ impl Dataset for GettextLidParams {
                 }
             }
         }
-        let mut full = Vec::new();
+        let mut uncapped = keep_uncapped.then(Vec::new);
         for mut v in train_by_lang {
+            if let Some(full) = &mut uncapped {
+                full.extend(v.iter().map(|(_, e)| e.clone()));
+            }
             if let Some(cap) = self.max_train_per_language {
-                if !self.cap_teacher {
-                    full.extend(v.iter().map(|(_, e)| e.clone()));
-                }
-                // Keep the messages with the smallest msgid hash: the same messages in every
-                // language, so a capped corpus stays parallel.
                 v.sort_by_key(|(h, _)| *h);
                 v.truncate(cap);
             }
             task.train.extend(v.into_iter().map(|(_, e)| e));
         }
-        if self.max_train_per_language.is_some() && !self.cap_teacher {
-            task.teacher_train = Some(full);
-        }
-        Ok(task)
+        Ok((task, uncapped))
+    }
+}
+
+impl Dataset for GettextLidParams {
+    fn fingerprint(&self) -> anyhow::Result<String> {
+        Ok(format!("gettext-lid {} {}", serde_json_like(self), file_fingerprint(&self.corpus)?))
+    }
+
+    fn load(&self) -> anyhow::Result<Task> {
+        let english = self.english.then_some(
+            "english = true adds `en`, and the selection already has a locale `en` (merge or deselect it)",
+        );
+        let keep_uncapped = self.max_train_per_language.is_some() && !self.cap_teacher;
+        let (task, uncapped) = self.selection().load(english, self.english, keep_uncapped)?;
+        Ok(Task { teacher_train: uncapped, ..task })
     }
 }
 

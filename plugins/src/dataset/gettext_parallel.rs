@@ -1,20 +1,18 @@
 //! `gettext-parallel`: (English msgid, translation, locale) pairs from the corpus snapshot,
 //! for embedding-level cross-lingual distillation (Reimers & Gurevych 2020).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Context;
 pub use kdx_corpus::select::Languages;
-use kdx_corpus::split::{split_of, stable_hash64, Split};
 use kdx_framework::dataset::{file_fingerprint, Dataset, Example, Measure, Task};
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::registry::BuildCtx;
+
+use super::gettext_lid::{check_selection, Selection};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The language code of the English side (the msgids).
-const ENGLISH: &str = "en";
 
 /// Parallel sentences: each translation of a message is an example whose `text` is the
 /// translation and whose `source` is its English msgid; the teacher reads the source, the
@@ -67,12 +65,7 @@ fn yes() -> bool {
 }
 
 fn build(mut p: GettextParallelParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, Diagnostic> {
-    if let Err(e) = p.languages.check() {
-        return Err(ctx.error("languages", e));
-    }
-    ctx.held_out_fractions(p.dev_fraction, p.test_fraction)?;
-    p.corpus = ctx.existing_file("corpus", &p.corpus, "corpus file", " (build one with `kdx corpus build`)")?;
-    p.languages.check_in_snapshot(&p.corpus, &p.merge).map_err(|e| ctx.error("languages", e))?;
+    p.corpus = check_selection(ctx, &p.corpus, &p.languages, &p.merge, p.dev_fraction, p.test_fraction)?;
     Ok(Box::new(p))
 }
 
@@ -94,50 +87,21 @@ impl Dataset for GettextParallelParams {
     }
 
     fn load(&self) -> anyhow::Result<Task> {
-        let corpus = kdx_corpus::load::load(&self.corpus).with_context(|| format!("loading {}", self.corpus.display()))?;
-        let locale = |l: &str| self.merge.get(l).cloned().unwrap_or_else(|| l.to_string());
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for r in &corpus.rows {
-            *counts.entry(locale(&r.locale)).or_default() += 1;
-        }
-        let mut langs = self.languages.select(&counts, &self.corpus.display().to_string())?;
-        anyhow::ensure!(!langs.iter().any(|l| l == ENGLISH), "the selection has a locale `en`; the English side is the msgids (deselect it)");
-        let selected = langs.len();
-        langs.push(ENGLISH.to_string());
-        let index: BTreeMap<&str, u32> = langs[..selected].iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
-        let en = selected as u32;
-        let mut task = Task {
-            labels: langs.clone(),
-            langs: langs.clone(),
-            teacher_reads_source: true,
-            measure: Measure::Retrieval,
-            ..Default::default()
+        // gettext-lid's examples with its English side: the same selection, splits, ids and
+        // cap; here the teacher reads each translation's source.
+        let selection = Selection {
+            corpus: &self.corpus,
+            languages: &self.languages,
+            merge: &self.merge,
+            max_train_per_language: self.max_train_per_language,
+            dev_fraction: self.dev_fraction,
+            test_fraction: self.test_fraction,
         };
-        let mut train_by_lang: Vec<Vec<(u64, Example)>> = vec![Vec::new(); langs.len()];
-        let mut seen = BTreeSet::new();
-        for (row, r) in corpus.rows.iter().enumerate() {
-            let Some(&li) = index.get(locale(&r.locale).as_str()) else { continue };
-            let h = stable_hash64(r.msgid.as_bytes());
-            let mut examples =
-                vec![Example { id: kdx_corpus::load::row_id(r, row), text: r.text.clone(), source: Some(r.msgid.clone()), lang: li, label: li }];
-            if self.english_pairs && seen.insert(r.msgid.as_str()) {
-                examples.push(Example { id: format!("{ENGLISH}:{h:016x}"), text: r.msgid.clone(), source: Some(r.msgid.clone()), lang: en, label: en });
-            }
-            for e in examples {
-                match split_of(&r.msgid, self.dev_fraction, self.test_fraction) {
-                    Split::Train => train_by_lang[e.lang as usize].push((h, e)),
-                    Split::Dev => task.dev.push(e),
-                    Split::Test => task.test.push(e),
-                }
-            }
-        }
-        for mut v in train_by_lang {
-            if let Some(cap) = self.max_train_per_language {
-                v.sort_by_key(|(h, _)| *h);
-                v.truncate(cap);
-            }
-            task.train.extend(v.into_iter().map(|(_, e)| e));
-        }
+        let clash = "the selection has a locale `en`; the English side is the msgids (deselect it)";
+        let (mut task, _) = selection.load(Some(clash), self.english_pairs, false)?;
+        task.teacher_reads_source = true;
+        task.measure = Measure::Retrieval;
+        let en = (task.langs.len() - 1) as u32;
         // The teacher is never trained here (a pretrained encoder reads the sources); its
         // own training set, were it given a `train` stage, is the English side.
         task.teacher_train = Some(task.train.iter().filter(|e| e.lang == en).cloned().collect()).filter(|v: &Vec<Example>| !v.is_empty());
@@ -148,6 +112,7 @@ impl Dataset for GettextParallelParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn params(cap: Option<usize>) -> GettextParallelParams {
         GettextParallelParams {
