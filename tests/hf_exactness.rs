@@ -135,8 +135,42 @@ fn unsupported_or_mismatched_directories_are_named() {
     config["hidden_size"] = 48.into();
     config["num_attention_heads"] = 4.into();
     std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
+    // Checked against the checkpoint's header when the directory is opened, before any
+    // weight is read: the key and both shapes are named.
+    let e = HfDir::open(tmp.path()).unwrap_err();
+    assert!(e.contains("`hidden_size`") && e.contains("[800, 32]") && e.contains("[800, 48]"), "{e}");
+    let write = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(data("tiny-bert").join("config.json")).unwrap()).unwrap();
+        edit(&mut c);
+        std::fs::write(tmp.path().join("config.json"), c.to_string()).unwrap();
+    };
+    // A layer count that disagrees with the weights is refused, not silently cut.
+    write(&|c| c["num_hidden_layers"] = 1.into());
+    let e = HfDir::open(tmp.path()).unwrap_err();
+    assert!(e.contains("`num_hidden_layers` = 1") && e.contains("holds 2 layers"), "{e}");
+    // A value of the wrong type names its key instead of becoming a default.
+    write(&|c| c["layer_norm_eps"] = "x".into());
+    let e = HfDir::open(tmp.path()).unwrap_err();
+    assert!(e.contains("`layer_norm_eps`") && e.contains("invalid type"), "{e}");
+    // A size no encoder has is refused before anything is allocated.
+    write(&|c| c["vocab_size"] = 1_000_000_000u64.into());
+    let t0 = std::time::Instant::now();
+    let e = HfDir::open(tmp.path()).unwrap_err();
+    assert!(e.contains("`vocab_size` = 1000000000") && t0.elapsed().as_secs_f64() < 1.0, "{e}");
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(data("tiny-bert").join(f), tmp.path().join(f)).unwrap();
+    }
+    let mut map = kdx_framework::store::read_safetensors(&data("tiny-bert").join("model.safetensors")).unwrap();
+    let (_, w) = map.get_mut("encoder.layer.1.output.dense.weight").expect("tiny-bert has this tensor");
+    w[5] = f32::NAN;
+    std::fs::write(tmp.path().join("model.safetensors"), kdx_framework::store::to_safetensors(&map).unwrap()).unwrap();
     let e = HfDir::open(tmp.path()).unwrap().encoder(None, 0.0).unwrap_err().to_string();
-    assert!(e.contains("embeddings.word_embeddings.weight") && e.contains("[800, 32]") && e.contains("[800, 48]"), "{e}");
+    assert!(e.contains("`encoder.layer.1.output.dense.weight` holds NaN or infinite weights"), "{e}");
 }
 
 #[test]
@@ -145,9 +179,9 @@ fn a_student_from_chosen_teacher_layers_reuses_their_weights() {
     let full = hf.encoder(None, 0.0).unwrap();
     let one = hf.encoder(Some(&[1]), 0.0).unwrap();
     assert_eq!(one.layers.len(), 1);
-    assert_eq!(one.layers[0].qkv.w.data, full.layers[1].qkv.w.data);
-    assert_eq!(one.layers[0].ffn_norm.bias.data, full.layers[1].ffn_norm.bias.data);
-    assert_eq!(one.tokens.data, full.tokens.data);
+    assert_eq!(one.layers[0].attention.qkv.w.data, full.layers[1].attention.qkv.w.data);
+    assert_eq!(one.layers[0].ffn.norm.bias.data, full.layers[1].ffn.norm.bias.data);
+    assert_eq!(one.embeddings.tokens.data, full.embeddings.tokens.data);
 }
 
 /// Where `scripts/fetch-minilm.sh` puts the model.

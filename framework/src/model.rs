@@ -92,12 +92,66 @@ pub struct Param {
     /// Rows are looked up by id (an embedding table): only these get sparse updates, and
     /// weight transfer requires the row count (the hash buckets) to match exactly.
     pub table: bool,
+    /// The dense gradient buffer of the previous step, handed back by the optimizer so the
+    /// next step reuses it instead of allocating (and page-faulting) a new one.
+    pub spare: SpareBuffer,
+}
+
+/// A buffer kept for reuse. It is scratch space, not state: it clones empty and compares
+/// equal to any other, so it never makes two parameters differ.
+#[derive(Default, Debug)]
+pub struct SpareBuffer(pub Vec<f32>);
+
+impl Clone for SpareBuffer {
+    fn clone(&self) -> SpareBuffer {
+        SpareBuffer::default()
+    }
+}
+
+impl PartialEq for SpareBuffer {
+    fn eq(&self, _: &SpareBuffer) -> bool {
+        true
+    }
 }
 
 impl Param {
     /// A parameter filled with zeros.
     pub fn zeros(name: impl Into<String>, shape: &[usize], decay: bool) -> Param {
-        Param { name: name.into(), shape: shape.to_vec(), data: vec![0.0; shape.iter().product()], grad: Grad::None, decay, table: false }
+        let data = vec![0.0; shape.iter().product()];
+        Param { name: name.into(), shape: shape.to_vec(), data, grad: Grad::None, decay, table: false, spare: SpareBuffer::default() }
+    }
+
+    /// The dense gradient buffer to accumulate into, created at zero when this step has
+    /// none yet (from the spare buffer of the last step when there is one). A touched-rows
+    /// gradient already present is made dense.
+    pub fn grad_buffer(&mut self) -> &mut Vec<f32> {
+        let n = self.data.len();
+        match std::mem::take(&mut self.grad) {
+            Grad::Dense(g) => self.grad = Grad::Dense(g),
+            Grad::Rows(r) => {
+                let mut g = self.take_spare();
+                let w = r.width();
+                for (k, &row) in r.rows().iter().enumerate() {
+                    let row = row as usize;
+                    g[row * w..(row + 1) * w].iter_mut().zip(&r.values()[k * w..(k + 1) * w]).for_each(|(a, b)| *a += b);
+                }
+                self.grad = Grad::Dense(g);
+            }
+            Grad::None => self.grad = Grad::Dense(self.take_spare()),
+        }
+        debug_assert!(matches!(&self.grad, Grad::Dense(g) if g.len() == n));
+        match &mut self.grad {
+            Grad::Dense(g) => g,
+            _ => unreachable!("made dense just above"),
+        }
+    }
+
+    /// A zeroed buffer of the parameter's size, reusing the spare one.
+    fn take_spare(&mut self) -> Vec<f32> {
+        let mut g = std::mem::take(&mut self.spare.0);
+        g.clear();
+        g.resize(self.data.len(), 0.0);
+        g
     }
 
     /// Number of elements.

@@ -263,6 +263,8 @@ impl Optimizer {
                         .zip(st.m.par_chunks_mut(CHUNK))
                         .zip(par_chunks_or_empty(&mut st.v, CHUNK, n))
                         .for_each(|(((w, g), m), v)| upd.apply(w, g, m, v));
+                    // The buffer serves the next step's gradient (Param::grad_buffer).
+                    p.spare.0 = g;
                 }
                 Grad::Rows(rg) if c.sparse => {
                     let (rows, values) = (rg.rows(), rg.values());
@@ -405,7 +407,7 @@ mod tests {
     fn param(data: &[f32], grad: Grad, table: bool) -> Param {
         let rows = if table { data.len() / 2 } else { 1 };
         let shape = if table { vec![rows, 2] } else { vec![data.len()] };
-        Param { name: "p".into(), shape, data: data.to_vec(), grad, decay: true, table }
+        Param { name: "p".into(), shape, data: data.to_vec(), grad, decay: true, table, spare: Default::default() }
     }
 
     /// A touched-rows gradient of the 3 × 2 test table.

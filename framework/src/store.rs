@@ -76,6 +76,17 @@ fn to_safetensors_with(tensors: &TensorMap, metadata: Option<Metadata>) -> Resul
     safetensors::serialize(views, &metadata).map_err(|e| anyhow::anyhow!("serialising safetensors: {e:?}"))
 }
 
+/// Maps a file read-only into memory (a checkpoint: only the pages that are read are
+/// loaded).
+pub fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: the map is read-only and private to this process. Its contents are undefined
+    // only if another process truncates or rewrites the file while it is mapped; kdx never
+    // writes a checkpoint in place (writes go to a temporary and are renamed over it), so a
+    // file kdx maps is replaced, not changed, and the old contents stay mapped.
+    unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))
+}
+
 /// Reads all f32 tensors of a safetensors file.
 pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
     read_safetensors_with(path).map(|(t, _)| t)

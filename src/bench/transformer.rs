@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use kdx_framework::features::Bags;
 use kdx_framework::model::{Model, OutputGrads, StepCtx};
-use kdx_framework::nn::dense::FfnActivation;
+use kdx_framework::nn::kernels::FfnActivation;
 use kdx_framework::nn::{Encoder, EncoderConfig, Pooling, TransformerModel};
 use kdx_framework::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use kdx_framework::tokenize::TextTokenizer;

@@ -11,6 +11,8 @@ pub struct LayerNorm {
     pub bias: Param,
 }
 
+crate::module!(LayerNorm { gain, bias });
+
 impl LayerNorm {
     /// Gain one and bias zero over `width` features, named `{name}.gain` and `{name}.bias`.
     pub fn new(name: &str, width: usize) -> LayerNorm {

@@ -14,6 +14,8 @@ pub struct Linear {
     pub b: Param,
 }
 
+crate::module!(Linear { w, b });
+
 impl Linear {
     /// Kaiming-uniform-like initialisation (±1/√in), as PyTorch's `nn.Linear`.
     pub fn new(name: &str, input: usize, output: usize, rng: &mut impl Rng) -> Linear {
@@ -23,6 +25,11 @@ impl Linear {
         init_uniform(&mut w, bound, rng);
         init_uniform(&mut b, bound, rng);
         Linear { w, b }
+    }
+
+    /// A layer of zeros (to be filled from a checkpoint), named `{name}.w` and `{name}.b`.
+    pub fn zeros(name: &str, input: usize, output: usize) -> Linear {
+        Linear { w: Param::zeros(format!("{name}.w"), &[input, output], true), b: Param::zeros(format!("{name}.b"), &[output], false) }
     }
 
     /// Output width.

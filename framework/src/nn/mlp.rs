@@ -1,10 +1,13 @@
-//! A feed-forward head on dfdx: hidden layers and an output layer, with autodiff.
+//! A feed-forward head: hidden layers and an output layer, forward and backward by hand on
+//! the transformer's kernels (`gemm` with run-time AVX-512/AVX2 dispatch). It ran on dfdx's
+//! autodiff before; at the n-gram student's sizes dfdx's per-op allocations and its older
+//! `gemm` cost more than the products.
 
 use rand::{Rng, SeedableRng};
 
-use super::{Activation, LayerNorm, Linear};
-use crate::dfdx_prelude::*;
-use crate::model::{OutputGrads, Outputs, Param, StepCtx};
+use super::kernels::{add_bias, add_column_sums, layer_norm, layer_norm_backward, matmul, threads, FfnActivation, Mat};
+use super::{Activation, LayerNorm, Linear, Module};
+use crate::model::{Grad, OutputGrads, Outputs, Param, StepCtx};
 
 /// A feed-forward head: hidden layers (linear → optional layer norm → activation →
 /// dropout) and an output layer. The representation after the last hidden layer (or the
@@ -25,8 +28,42 @@ pub struct Mlp {
     pub input: usize,
 }
 
-/// dfdx tensors bound to the head's parameters for one pass, in [`Mlp::params`] order.
-struct Bound(Vec<Tensor<(usize, usize), f32, Dev>>);
+/// What the backward pass of one hidden layer reads.
+struct HiddenSaved {
+    /// The layer's input.
+    input: Vec<f32>,
+    /// The activation's input (after the norm, when there is one).
+    pre: Vec<f32>,
+    /// x̂ and 1/σ of the layer norm.
+    norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// The inverted-dropout mask.
+    mask: Option<Vec<f32>>,
+}
+
+/// Layer norm's epsilon (dfdx's `normalize`, which this head used before it ran on kernels).
+const EPS: f32 = 1e-5;
+
+impl Activation {
+    /// The activation of one value.
+    #[inline(always)]
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Tanh => x.tanh(),
+            Activation::Gelu => FfnActivation::GeluTanh.apply(x),
+        }
+    }
+
+    /// Its derivative at `x`.
+    #[inline(always)]
+    fn derivative(self, x: f32) -> f32 {
+        match self {
+            Activation::Relu => FfnActivation::Relu.derivative(x),
+            Activation::Tanh => 1.0 - x.tanh().powi(2),
+            Activation::Gelu => FfnActivation::GeluTanh.derivative(x),
+        }
+    }
+}
 
 impl Mlp {
     /// A head `input → hidden[0] → … → classes`.
@@ -63,19 +100,15 @@ impl Mlp {
         self.out.out_dim()
     }
 
-    /// The parameters, in a fixed order.
+    /// The parameters, in a fixed order (each hidden layer's weight, bias, then its norm's
+    /// gain and bias; the output layer last).
     pub fn params(&self) -> Vec<&Param> {
         let mut v = Vec::new();
         for (i, l) in self.hidden.iter().enumerate() {
-            v.push(&l.w);
-            v.push(&l.b);
-            if let Some(n) = self.norms.get(i) {
-                v.push(&n.gain);
-                v.push(&n.bias);
-            }
+            v.extend(l.params());
+            v.extend(self.norms.get(i).map(|n| n.params()).unwrap_or_default());
         }
-        v.push(&self.out.w);
-        v.push(&self.out.b);
+        v.extend(self.out.params());
         v
     }
 
@@ -84,90 +117,60 @@ impl Mlp {
         let mut v = Vec::new();
         let mut norms = self.norms.iter_mut();
         for l in self.hidden.iter_mut() {
-            v.push(&mut l.w);
-            v.push(&mut l.b);
-            if let Some(n) = norms.next() {
-                v.push(&mut n.gain);
-                v.push(&mut n.bias);
-            }
+            v.extend(l.params_mut());
+            v.extend(norms.next().map(|n| n.params_mut()).unwrap_or_default());
         }
-        v.push(&mut self.out.w);
-        v.push(&mut self.out.b);
+        v.extend(self.out.params_mut());
         v
     }
 
-    /// Binds the parameters to tensors (biases as `1 × n` rows, broadcast over the batch).
-    fn bind(&self, dev: &Dev) -> Bound {
-        Bound(
-            self.params()
-                .into_iter()
-                .map(|p| {
-                    let (r, c) = if p.shape.len() == 2 { (p.shape[0], p.shape[1]) } else { (1, p.shape[0]) };
-                    dev.tensor_from_vec(p.data.clone(), (r, c))
-                })
-                .collect(),
-        )
+    /// `x·W + b` for `batch` rows.
+    fn linear(l: &Linear, x: &[f32], batch: usize) -> Vec<f32> {
+        let (i, o) = (l.w.shape[0], l.w.shape[1]);
+        let mut y = vec![0.0f32; batch * o];
+        matmul(&mut y, o, Mat::new(x, batch, i), Mat::new(&l.w.data, i, o), false, threads());
+        add_bias(&mut y, &l.b.data);
+        y
     }
 
-    /// The forward pass on any tape. Returns (hidden, logits). `mask_seed` enables dropout.
-    fn run<T: Tape<f32, Dev> + Merge<NoneTape>>(
-        &self,
-        bound: &Bound,
-        x: Tensor<(usize, usize), f32, Dev, T>,
-        mask_seed: Option<u64>,
-    ) -> Tensor<(usize, usize), f32, Dev, T> {
-        let dev = device();
-        let batch = x.shape().0;
-        let mut k = 0;
-        let mut h = x;
+    /// The hidden layers: returns the hidden representation and, when `train`, what the
+    /// backward pass reads. `mask_seed` enables dropout.
+    fn run(&self, x: Vec<f32>, batch: usize, mask_seed: Option<u64>, train: bool) -> (Vec<f32>, Vec<HiddenSaved>) {
         let mut rng = mask_seed.map(rand::rngs::StdRng::seed_from_u64);
-        for i in 0..self.hidden.len() {
-            let (w, b) = (&bound.0[k], &bound.0[k + 1]);
-            k += 2;
-            let width = w.shape().1;
-            h = h.matmul(w.clone()) + b.clone().reshape_like(&(width,)).broadcast_like::<_, Axis<0>>(&(batch, width));
-            if !self.norms.is_empty() && i < self.norms.len() {
-                let (g, bb) = (&bound.0[k], &bound.0[k + 1]);
-                k += 2;
-                h = h.normalize::<Axis<1>>(1e-5) * g.clone().reshape_like(&(width,)).broadcast_like::<_, Axis<0>>(&(batch, width))
-                    + bb.clone().reshape_like(&(width,)).broadcast_like::<_, Axis<0>>(&(batch, width));
-            }
-            h = match self.activation {
-                Activation::Relu => h.relu(),
-                Activation::Tanh => h.tanh(),
-                Activation::Gelu => h.fast_gelu(),
+        let mut h = x;
+        let mut saved = Vec::new();
+        for (i, l) in self.hidden.iter().enumerate() {
+            let mut z = Self::linear(l, &h, batch);
+            let norm = self.norms.get(i).map(|n| {
+                let mut hat = vec![0.0f32; z.len()];
+                let mut rstd = vec![0.0f32; batch];
+                layer_norm(&mut z, &mut hat, &mut rstd, &n.gain.data, &n.bias.data, EPS);
+                (hat, rstd)
+            });
+            let act = self.activation;
+            let mut a: Vec<f32> = z.iter().map(|&v| act.apply(v)).collect();
+            let mask = match (rng.as_mut(), self.dropout > 0.0) {
+                (Some(rng), true) => {
+                    // Our own seeded mask: resumed runs draw identical masks.
+                    let keep = 1.0 - self.dropout;
+                    let mask: Vec<f32> = (0..a.len()).map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
+                    a.iter_mut().zip(&mask).for_each(|(v, m)| *v *= m);
+                    Some(mask)
+                }
+                _ => None,
             };
-            if let (Some(rng), true) = (rng.as_mut(), self.dropout > 0.0) {
-                // Our own seeded mask (not the device RNG): resumed runs draw identical masks.
-                let keep = 1.0 - self.dropout;
-                let mask: Vec<f32> = (0..batch * width).map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
-                h = h * dev.tensor_from_vec(mask, (batch, width));
+            let input = std::mem::replace(&mut h, a);
+            if train {
+                saved.push(HiddenSaved { input, pre: z, norm, mask });
             }
         }
-        h
-    }
-
-    /// Output layer on the hidden representation.
-    fn output<T: Tape<f32, Dev> + Merge<NoneTape>>(
-        &self,
-        bound: &Bound,
-        h: Tensor<(usize, usize), f32, Dev, T>,
-    ) -> Tensor<(usize, usize), f32, Dev, T> {
-        let n = bound.0.len();
-        let (w, b) = (&bound.0[n - 2], &bound.0[n - 1]);
-        let batch = h.shape().0;
-        let c = w.shape().1;
-        h.matmul(w.clone()) + b.clone().reshape_like(&(c,)).broadcast_like::<_, Axis<0>>(&(batch, c))
+        (h, saved)
     }
 
     /// Inference: `x` is `B × input`.
     pub fn forward(&self, x: Vec<f32>, batch: usize) -> Outputs {
-        let dev = device();
-        let bound = self.bind(&dev);
-        let x: T2 = dev.tensor_from_vec(x, (batch, self.input));
-        let h = self.run(&bound, x, None);
-        let hidden = h.as_vec();
-        let logits = self.output(&bound, h).as_vec();
+        let (hidden, _) = self.run(x, batch, None, false);
+        let logits = Self::linear(&self.out, &hidden, batch);
         Outputs { batch, logits, classes: self.classes(), hidden, hidden_dim: self.hidden_dim(), layers: None }
     }
 
@@ -180,34 +183,53 @@ impl Mlp {
         ctx: StepCtx,
         objective: &mut dyn FnMut(&Outputs) -> anyhow::Result<OutputGrads>,
     ) -> anyhow::Result<(Outputs, Vec<f32>)> {
-        let dev = device();
-        let bound = self.bind(&dev);
-        let x_leaf: T2 = dev.tensor_from_vec(x, (batch, self.input));
-        let h = self.run(&bound, x_leaf.leaky_trace(), Some(ctx.seed));
-        // A second handle on the hidden representation with its own tape: the hidden-state
-        // gradient enters through it and the tapes merge in the final sum.
-        let h_branch = h.with_empty_tape();
-        let hidden = h.as_vec();
-        let logits = self.output(&bound, h);
-        let outputs =
-            Outputs { batch, logits: logits.as_vec(), classes: self.classes(), hidden, hidden_dim: self.hidden_dim(), layers: None };
+        anyhow::ensure!(x.len() == batch * self.input, "the head's input has {} numbers, expected {}", x.len(), batch * self.input);
+        let (hidden, saved) = self.run(x, batch, Some(ctx.seed), true);
+        let logits = Self::linear(&self.out, &hidden, batch);
+        let outputs = Outputs { batch, logits, classes: self.classes(), hidden, hidden_dim: self.hidden_dim(), layers: None };
         let g = objective(&outputs)?;
+        let hd = self.hidden_dim();
         anyhow::ensure!(g.logits.len() == outputs.logits.len(), "logit gradient has the wrong size");
-        // Surrogate objective: sum(z ⊙ g) has gradient g with respect to z.
-        let gl: T2 = dev.tensor_from_vec(g.logits, (batch, self.classes()));
-        let mut surrogate = (logits * gl).sum::<(), _>();
-        if let Some(gh) = g.hidden {
-            anyhow::ensure!(gh.len() == outputs.hidden.len(), "hidden gradient has the wrong size");
-            let gh: T2 = dev.tensor_from_vec(gh, (batch, self.hidden_dim()));
-            surrogate = surrogate + (h_branch * gh).sum::<(), _>();
+        // Output layer.
+        let mut dh = match g.hidden {
+            Some(gh) => {
+                anyhow::ensure!(gh.len() == outputs.hidden.len(), "hidden gradient has the wrong size");
+                gh
+            }
+            None => vec![0.0f32; batch * hd],
+        };
+        linear_backward(&mut self.out, &outputs.hidden, &g.logits, batch, &mut dh, true);
+        // Hidden layers, last first.
+        for (i, s) in saved.iter().enumerate().rev() {
+            if let Some(m) = &s.mask {
+                dh.iter_mut().zip(m).for_each(|(d, m)| *d *= m);
+            }
+            let act = self.activation;
+            dh.iter_mut().zip(&s.pre).for_each(|(d, &z)| *d *= act.derivative(z));
+            if let (Some((hat, rstd)), Some(n)) = (&s.norm, self.norms.get_mut(i)) {
+                n.gain.grad_buffer();
+                n.bias.grad_buffer();
+                let (Grad::Dense(dg), Grad::Dense(db)) = (&mut n.gain.grad, &mut n.bias.grad) else {
+                    unreachable!("dense gradients were created just above")
+                };
+                layer_norm_backward(&mut dh, hat, rstd, &n.gain.data, dg, db);
+            }
+            let width_in = self.hidden[i].w.shape[0];
+            let mut dx = vec![0.0f32; batch * width_in];
+            linear_backward(&mut self.hidden[i], &s.input, &dh, batch, &mut dx, false);
+            dh = dx;
         }
-        let grads = surrogate.backward();
-        for (p, t) in self.params_mut().into_iter().zip(&bound.0) {
-            p.add_dense_grad(&grads.get(t).as_vec());
-        }
-        let dx = grads.get(&x_leaf).as_vec();
-        Ok((outputs, dx))
+        Ok((outputs, dh))
     }
+}
+
+/// Back through `y = x·W + b` over `rows` rows: adds the weight and bias gradients, and the
+/// gradient of `x` into `dx` (or writes it there when not `accumulate`).
+fn linear_backward(l: &mut Linear, x: &[f32], dy: &[f32], rows: usize, dx: &mut [f32], accumulate: bool) {
+    let (i, o) = (l.w.shape[0], l.w.shape[1]);
+    matmul(l.w.grad_buffer(), o, Mat::new(x, rows, i).t(), Mat::new(dy, rows, o), true, threads());
+    add_column_sums(l.b.grad_buffer(), dy);
+    matmul(dx, i, Mat::new(dy, rows, o), Mat::new(&l.w.data, i, o).t(), accumulate, threads());
 }
 
 #[cfg(test)]

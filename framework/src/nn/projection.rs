@@ -69,7 +69,7 @@ impl HiddenProjection {
     /// P (`b × ht`) for inference: through the projection once it exists, else h itself
     /// (the widths were equal, or the loss never ran).
     pub fn apply(&self, h: &[f32], b: usize, hs: usize) -> Vec<f32> {
-        use super::dense::{add_bias, matmul, threads, Mat};
+        use super::kernels::{add_bias, matmul, threads, Mat};
         match &self.linear {
             Some(l) => {
                 // f32 through gemm: inference over a whole split is millions of rows.
@@ -104,7 +104,7 @@ impl HiddenProjection {
         };
         // f32 products through gemm, as in the forward: scalar f64 loops made the projection
         // the costliest part of an n-gram student's step.
-        use super::dense::{add_column_sums, matmul, threads, Mat};
+        use super::kernels::{add_column_sums, matmul, threads, Mat};
         let dpf: Vec<f32> = dp.iter().map(|&v| v as f32).collect();
         let (mut gw, mut gb, mut gh) = (vec![0f32; hs * ht], vec![0f32; ht], vec![0f32; b * hs]);
         matmul(&mut gh, hs, Mat::new(&dpf, b, ht), Mat::new(&l.w.data, hs, ht).t(), false, threads());

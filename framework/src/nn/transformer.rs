@@ -6,8 +6,8 @@
 use rand::SeedableRng;
 use rayon::prelude::*;
 
-use super::dense::{matmul, threads, Mat};
-use super::encoder::{dense_grad, Encoder, TokenBatch, Trace};
+use super::encoder::{Encoder, TokenBatch};
+use super::kernels::{matmul, threads, Mat};
 use super::Linear;
 use crate::features::{Bags, Featurizer};
 use crate::model::{Model, OutputGrads, Outputs, Param, StepCtx};
@@ -23,8 +23,11 @@ pub enum Pooling {
     Cls,
 }
 
-/// Sequences per chunk in inference: bounds the activations kept at once.
-const INFER_CHUNK: usize = 64;
+/// Tokens per chunk in inference. Sequences are packed (no padding), so the activations
+/// of a chunk are proportional to its tokens, not to its longest sequence: a token budget
+/// bounds memory whatever the lengths (about 100 MB at all-MiniLM-L6-v2's width), and keeps
+/// the products large enough to run near the kernel's peak.
+const TOKEN_BUDGET: usize = 8192;
 
 /// A transformer encoder with pooling and a classification head.
 #[derive(Clone, Debug)]
@@ -42,6 +45,7 @@ pub struct TransformerModel {
     /// Name shown in logs (`transformer`, `hf-encoder <dir>`).
     pub name: String,
 }
+crate::module!(TransformerModel { encoder, head });
 
 /// The pooled vectors of a batch, and their norms before normalisation.
 struct Pooled {
@@ -73,24 +77,24 @@ impl TransformerModel {
         TokenBatch::new(rows.map(|i| x.bag(i)), self.encoder.cfg.max_len())
     }
 
-    fn pool(&self, trace: &Trace) -> Pooled {
-        let (h, tb) = (self.width(), trace.batch());
-        let last = trace.last();
-        let mut vectors = vec![0.0f32; tb.batch() * h];
+    /// Pools the packed last hidden state of `x` into one vector per sequence.
+    fn pool(&self, x: &TokenBatch, last: &[f32]) -> Pooled {
+        let h = self.width();
+        let mut vectors = vec![0.0f32; x.batch() * h];
         for (b, out) in vectors.chunks_exact_mut(h).enumerate() {
-            let rows = &last[b * tb.seq * h..];
+            let rows = &last[x.offsets[b] * h..x.offsets[b + 1] * h];
             match self.pooling {
                 Pooling::Cls => out.copy_from_slice(&rows[..h]),
                 Pooling::Mean => {
-                    let n = tb.lens[b];
-                    for r in rows[..n * h].chunks_exact(h) {
+                    for r in rows.chunks_exact(h) {
                         out.iter_mut().zip(r).for_each(|(o, v)| *o += v);
                     }
-                    out.iter_mut().for_each(|o| *o /= n as f32);
+                    let n = x.len(b) as f32;
+                    out.iter_mut().for_each(|o| *o /= n);
                 }
             }
         }
-        let mut norms = vec![1.0f32; tb.batch()];
+        let mut norms = vec![1.0f32; x.batch()];
         if self.normalize {
             for (v, n) in vectors.chunks_exact_mut(h).zip(&mut norms) {
                 // sentence-transformers' Normalize: x / max(‖x‖, 1e-12).
@@ -105,22 +109,22 @@ impl TransformerModel {
         let c = self.head.out_dim();
         let mut out = vec![0.0f32; batch * c];
         matmul(&mut out, c, Mat::new(emb, batch, self.width()), Mat::new(&self.head.w.data, self.width(), c), false, threads());
-        super::dense::add_bias(&mut out, &self.head.b.data);
+        super::kernels::add_bias(&mut out, &self.head.b.data);
         out
     }
 
-    /// The outputs of a pass, and the pooled vectors' norms before normalisation (the
-    /// backward pass through the normalisation needs them).
-    fn outputs(&self, trace: &Trace, layers: bool) -> (Outputs, Vec<f32>) {
-        let batch = trace.batch().batch();
-        let Pooled { vectors: emb, norms } = self.pool(trace);
+    /// The outputs of a pass from its packed last hidden state, and the pooled vectors'
+    /// norms before normalisation (the backward pass through the normalisation needs them).
+    fn outputs(&self, x: &TokenBatch, last: &[f32]) -> (Outputs, Vec<f32>) {
+        let batch = x.batch();
+        let Pooled { vectors: emb, norms } = self.pool(x, last);
         let out = Outputs {
             batch,
             logits: self.logits(&emb, batch),
             classes: self.head.out_dim(),
             hidden: emb,
             hidden_dim: self.width(),
-            layers: layers.then(|| trace.states(self.encoder.cfg.heads)),
+            layers: None,
         };
         (out, norms)
     }
@@ -172,7 +176,10 @@ impl Model for TransformerModel {
     ) -> anyhow::Result<Outputs> {
         let tb = self.batch(x, 0..x.len())?;
         let trace = self.encoder.forward(tb, Some(ctx.seed))?;
-        let (outputs, norms) = self.outputs(&trace, ctx.layers);
+        let (mut outputs, norms) = self.outputs(trace.batch(), trace.last());
+        if ctx.layers {
+            outputs.layers = Some(trace.states());
+        }
         let g = objective(&outputs)?;
         let (b, h, c) = (outputs.batch, self.width(), self.head.out_dim());
         anyhow::ensure!(g.logits.len() == b * c, "logit gradient has {} numbers, expected {}", g.logits.len(), b * c);
@@ -184,8 +191,8 @@ impl Model for TransformerModel {
             }
             None => vec![0.0f32; b * h],
         };
-        matmul(dense_grad(&mut self.head.w), c, Mat::new(&outputs.hidden, b, h).t(), Mat::new(&g.logits, b, c), true, threads());
-        super::dense::add_column_sums(dense_grad(&mut self.head.b), &g.logits);
+        matmul(self.head.w.grad_buffer(), c, Mat::new(&outputs.hidden, b, h).t(), Mat::new(&g.logits, b, c), true, threads());
+        super::kernels::add_column_sums(self.head.b.grad_buffer(), &g.logits);
         matmul(&mut de, h, Mat::new(&g.logits, b, c), Mat::new(&self.head.w.data, h, c).t(), true, threads());
         // Normalisation: e = p/‖p‖ ⇒ dp = (de − e·(e·de))/‖p‖.
         if self.normalize {
@@ -195,63 +202,70 @@ impl Model for TransformerModel {
             }
         }
         // Pooling.
-        let tbt = trace.batch();
-        let mut dlast = vec![0.0f32; tbt.batch() * tbt.seq * h];
+        let x = trace.batch();
+        let mut dlast = vec![0.0f32; x.tokens() * h];
         for (bi, d) in de.chunks_exact(h).enumerate() {
-            let rows = &mut dlast[bi * tbt.seq * h..(bi + 1) * tbt.seq * h];
+            let rows = &mut dlast[x.offsets[bi] * h..x.offsets[bi + 1] * h];
             match self.pooling {
                 Pooling::Cls => rows[..h].copy_from_slice(d),
                 Pooling::Mean => {
-                    let n = tbt.lens[bi];
-                    for r in rows[..n * h].chunks_exact_mut(h) {
-                        r.iter_mut().zip(d).for_each(|(r, d)| *r = d / n as f32);
+                    let n = x.len(bi) as f32;
+                    for r in rows.chunks_exact_mut(h) {
+                        r.iter_mut().zip(d).for_each(|(r, d)| *r = d / n);
                     }
                 }
             }
         }
-        self.encoder.backward(&trace, dlast, g.layers.as_ref())?;
+        let result = self.encoder.backward(&trace, &mut dlast, g.layers.as_ref());
+        self.encoder.recycle(trace);
+        result?;
         Ok(outputs)
     }
     fn params(&self) -> Vec<&Param> {
-        let mut v = self.encoder.params();
-        v.extend([&self.head.w, &self.head.b]);
-        v
+        super::Module::params(self)
     }
     fn params_mut(&mut self) -> Vec<&mut Param> {
-        let mut v = self.encoder.params_mut();
-        v.extend([&mut self.head.w, &mut self.head.b]);
-        v
+        super::Module::params_mut(self)
     }
 }
 
-/// Inference in chunks of similar length (sorted, so little padding), in input order.
+/// Inference in chunks of at most [`TOKEN_BUDGET`] tokens, in input order. Layer states
+/// come back for the whole batch at once (a teacher's per-step batch), from a training-style
+/// pass that keeps them; otherwise the lean pass keeps nothing.
 fn infer(m: &TransformerModel, x: &Bags, layers: bool) -> anyhow::Result<Outputs> {
     let n = x.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    if !layers {
-        order.sort_by_key(|&i| x.bag(i).len());
+    if layers {
+        let trace = m.encoder.forward(m.batch(x, 0..n)?, None)?;
+        let (mut out, _) = m.outputs(trace.batch(), trace.last());
+        out.layers = Some(trace.states());
+        m.encoder.recycle(trace);
+        return Ok(out);
     }
     let (h, c) = (m.width(), m.head.out_dim());
-    let mut out = Outputs { batch: n, logits: vec![0.0; n * c], classes: c, hidden: vec![0.0; n * h], hidden_dim: h, layers: None };
-    // Layer states come back for the whole batch at once (a teacher's per-step batch).
-    let chunk = if layers { n.max(1) } else { INFER_CHUNK };
-    for idx in order.chunks(chunk) {
-        let trace = m.encoder.forward(m.batch(x, idx.iter().copied())?, None)?;
-        let (o, _) = m.outputs(&trace, layers);
-        for (k, &i) in idx.iter().enumerate() {
-            out.logits[i * c..(i + 1) * c].copy_from_slice(&o.logits[k * c..(k + 1) * c]);
-            out.hidden[i * h..(i + 1) * h].copy_from_slice(&o.hidden[k * h..(k + 1) * h]);
+    let mut out =
+        Outputs { batch: n, logits: Vec::with_capacity(n * c), classes: c, hidden: Vec::with_capacity(n * h), hidden_dim: h, layers: None };
+    let max_len = m.encoder.cfg.max_len();
+    let mut start = 0;
+    while start < n {
+        let (mut end, mut tokens) = (start, 0);
+        while end < n && (end == start || tokens + x.bag(end).len().min(max_len) <= TOKEN_BUDGET) {
+            tokens += x.bag(end).len().min(max_len);
+            end += 1;
         }
-        if layers {
-            out.layers = o.layers;
-        }
+        let tb = m.batch(x, start..end)?;
+        let last = m.encoder.encode(&tb)?;
+        let (o, _) = m.outputs(&tb, &last);
+        m.encoder.give(last);
+        out.logits.extend_from_slice(&o.logits);
+        out.hidden.extend_from_slice(&o.hidden);
+        start = end;
     }
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::dense::FfnActivation;
+    use super::super::kernels::FfnActivation;
     use super::super::EncoderConfig;
     use super::*;
     use crate::model::{Grad, LayerGrads};
@@ -272,7 +286,7 @@ mod tests {
         };
         let mut enc = Encoder::new(cfg, 7);
         // Norms away from their identity initialisation, so their gradients are exercised.
-        for p in enc.params_mut() {
+        for p in crate::nn::Module::params_mut(&mut enc) {
             if p.name.contains("norm") {
                 p.data.iter_mut().enumerate().for_each(|(i, x)| *x += 0.1 * ((i * 7 % 5) as f32 - 2.0));
             }
@@ -284,7 +298,7 @@ mod tests {
     #[test]
     fn parameter_counts_are_exact() {
         let m = tiny(Pooling::Mean, false);
-        let counted: usize = m.encoder.params().iter().map(|p| p.numel()).sum();
+        let counted: usize = crate::nn::Module::params(&m.encoder).iter().map(|p| p.numel()).sum();
         assert_eq!(counted, m.encoder.cfg.num_params());
         assert_eq!(m.num_params(), counted + 8 * 3 + 3);
         // all-MiniLM-L6-v2's encoder (its unused pooler's 147,840 aside: 22,713,216 in all).
@@ -402,9 +416,38 @@ mod tests {
         let padded = Bags::build(&m.tokenizer, ["ab", "a much longer one"].into_par_iter());
         let fold = |b: Bags| Bags { ids: b.ids.iter().map(|&i| i % 20).collect(), ..b };
         let a = m.forward_layers(&fold(alone)).unwrap();
-        let b = m.forward_layers(&fold(padded)).unwrap();
+        let b = m.forward_layers(&fold(padded.clone())).unwrap();
         for (x, y) in a.hidden.iter().zip(&b.hidden[..8]) {
             assert!((x - y).abs() < 1e-5, "{x} vs {y}");
         }
+        // The lean inference pass computes what the training-style pass does.
+        let lean = m.forward(&fold(padded)).unwrap();
+        for (x, y) in lean.hidden.iter().zip(&b.hidden) {
+            assert!((x - y).abs() < 1e-6, "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn steps_of_a_size_seen_before_allocate_no_activation_or_gradient() {
+        use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+        let mut m = tiny(Pooling::Mean, true);
+        let x = Bags::build(&m.tokenizer, ["ab", "hello", "xyz!"].into_par_iter());
+        let x = Bags { ids: x.ids.iter().map(|&i| i % 20).collect(), ..x };
+        let mut opt = Optimizer::new(OptimizerConfig { kind: OptimizerKind::Adam, lr: 1e-3, ..OptimizerConfig::default() });
+        let mut step = |m: &mut TransformerModel| {
+            let ctx = StepCtx { step: 0, seed: 0, layers: false };
+            m.forward_backward(&x, ctx, &mut |o| Ok(OutputGrads { logits: vec![0.1; o.logits.len()], hidden: None, layers: None }))
+                .unwrap();
+            opt.step(&mut Model::params_mut(m), 1e-3).unwrap();
+        };
+        step(&mut m);
+        step(&mut m);
+        let held = m.encoder.workspace_held();
+        let spare: Vec<*const f32> = Model::params(&m).iter().map(|p| p.spare.0.as_ptr()).collect();
+        assert!(held > 0 && Model::params(&m).iter().filter(|p| !p.spare.0.is_empty()).count() > 20);
+        step(&mut m);
+        assert_eq!(m.encoder.workspace_held(), held, "the step took every buffer from the workspace and gave it back");
+        let again: Vec<*const f32> = Model::params(&m).iter().map(|p| p.spare.0.as_ptr()).collect();
+        assert_eq!(spare, again, "each gradient buffer is the previous step's");
     }
 }

@@ -3,8 +3,8 @@
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput};
 use kdx_framework::model::{LayerGrads, LayerShape, LayerStates, Param};
-use kdx_framework::nn::dense::{matmul, Mat};
-use kdx_framework::nn::encoder::dense_grad;
+use kdx_framework::nn::kernels::{matmul, Mat};
+
 use kdx_framework::nn::{Linear, ProjectionMode};
 use kdx_framework::registry::BuildCtx;
 use rand::SeedableRng;
@@ -97,8 +97,8 @@ impl Loss for LayerMse {
         self.prepare(hs, ht)?;
         if let Some(p) = &mut self.proj {
             anyhow::ensure!(p.w.shape == [hs, ht], "the projection is {:?}, the widths are {hs} → {ht}", p.w.shape);
-            dense_grad(&mut p.w).fill(0.0);
-            dense_grad(&mut p.b).fill(0.0);
+            p.w.grad_buffer().fill(0.0);
+            p.b.grad_buffer().fill(0.0);
         }
         anyhow::ensure!(self.proj.is_some() || hs == ht, "widths differ (student {hs}, teacher {ht}) and there is no projection");
         let (b, seq) = (s.lens.len(), s.seq);
@@ -132,8 +132,8 @@ impl Loss for LayerMse {
             }
             let dh = match &mut self.proj {
                 Some(l) => {
-                    matmul(dense_grad(&mut l.w), ht, Mat::new(hsi, rows, hs).t(), Mat::new(&dp, rows, ht), true, 1);
-                    let db = dense_grad(&mut l.b);
+                    matmul(l.w.grad_buffer(), ht, Mat::new(hsi, rows, hs).t(), Mat::new(&dp, rows, ht), true, 1);
+                    let db = l.b.grad_buffer();
                     dp.chunks_exact(ht).for_each(|r| db.iter_mut().zip(r).for_each(|(a, v)| *a += v));
                     let mut dh = vec![0.0f32; rows * hs];
                     matmul(&mut dh, hs, Mat::new(&dp, rows, ht), Mat::new(&l.w.data, hs, ht).t(), false, 1);

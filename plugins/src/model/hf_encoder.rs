@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::model::{LayerShape, Model, ModelBuilder, ModelKind, ModelSpec};
-use kdx_framework::nn::dense::FfnActivation;
-use kdx_framework::nn::{Encoder, EncoderConfig, Pooling, TransformerModel};
+use kdx_framework::nn::kernels::FfnActivation;
+use kdx_framework::nn::{Encoder, EncoderConfig, LayerNorm, Linear, Pooling, TransformerModel};
 use kdx_framework::registry::BuildCtx;
 use kdx_framework::tokenize::TextTokenizer;
 use schemars::JsonSchema;
@@ -71,6 +71,184 @@ fn read_json(path: &Path) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))
 }
 
+/// `config.json` of each supported `model_type`, typed: a missing key or a value of the
+/// wrong type is an error naming the key (keys kdx does not use are ignored).
+enum HfConfig {
+    /// bert, roberta and xlm-roberta.
+    Bert(BertConfig),
+    /// distilbert.
+    DistilBert(DistilBertConfig),
+}
+
+/// BERT's configuration (also MiniLM, LaBSE, RoBERTa and XLM-R).
+#[derive(Deserialize)]
+struct BertConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "two")]
+    type_vocab_size: usize,
+    #[serde(default = "gelu")]
+    hidden_act: String,
+    #[serde(default = "bert_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "bert_dropout")]
+    hidden_dropout_prob: f64,
+    /// RoBERTa's positions start after the padding id.
+    #[serde(default = "one")]
+    pad_token_id: usize,
+}
+
+/// DistilBERT's configuration.
+#[derive(Deserialize)]
+struct DistilBertConfig {
+    vocab_size: usize,
+    dim: usize,
+    n_layers: usize,
+    n_heads: usize,
+    hidden_dim: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "gelu")]
+    activation: String,
+    #[serde(default = "bert_dropout")]
+    dropout: f64,
+}
+
+fn two() -> usize {
+    2
+}
+fn one() -> usize {
+    1
+}
+fn gelu() -> String {
+    "gelu".into()
+}
+fn bert_eps() -> f64 {
+    1e-12
+}
+fn bert_dropout() -> f64 {
+    0.1
+}
+
+/// The largest size any one dimension may claim: checked before anything is allocated.
+const MAX_DIM: usize = 1 << 24;
+
+impl HfConfig {
+    /// Reads and types `path`, returning the `model_type` and the encoder's shape.
+    fn read(path: &Path) -> Result<(String, EncoderConfig), String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
+        let model_type = value.get("model_type").and_then(Value::as_str).unwrap_or("(none)").to_string();
+        if !SUPPORTED.contains(&model_type.as_str()) {
+            return Err(format!("{}: model_type \"{model_type}\" is not supported; supported: {}", path.display(), SUPPORTED.join(", ")));
+        }
+        let located = |e: serde_path_to_error::Error<serde_json::Error>| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // serde names a missing field itself; a wrong one is named by its path.
+            if key == "." || key.is_empty() {
+                format!("{}: {inner} (a {model_type} config has it)", path.display())
+            } else {
+                format!("{}: `{key}`: {inner}", path.display())
+            }
+        };
+        let typed = if model_type == "distilbert" {
+            HfConfig::DistilBert(serde_path_to_error::deserialize(value).map_err(located)?)
+        } else {
+            HfConfig::Bert(serde_path_to_error::deserialize(value).map_err(located)?)
+        };
+        let activation = |key: &str, act: &str| match act {
+            "gelu" => Ok(FfnActivation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(FfnActivation::GeluTanh),
+            "relu" => Ok(FfnActivation::Relu),
+            other => Err(format!("{}: `{key}`: activation \"{other}\" is not supported (gelu, gelu_new, relu)", path.display())),
+        };
+        let cfg = match typed {
+            HfConfig::Bert(c) => {
+                let roberta = model_type != "bert";
+                EncoderConfig {
+                    vocab: c.vocab_size,
+                    width: c.hidden_size,
+                    layers: c.num_hidden_layers,
+                    heads: c.num_attention_heads,
+                    ffn: c.intermediate_size,
+                    max_positions: c.max_position_embeddings,
+                    type_vocab: c.type_vocab_size,
+                    position_offset: if roberta { c.pad_token_id + 1 } else { 0 },
+                    eps: c.layer_norm_eps as f32,
+                    activation: activation("hidden_act", &c.hidden_act)?,
+                    dropout: c.hidden_dropout_prob as f32,
+                }
+            }
+            HfConfig::DistilBert(c) => EncoderConfig {
+                vocab: c.vocab_size,
+                width: c.dim,
+                layers: c.n_layers,
+                heads: c.n_heads,
+                ffn: c.hidden_dim,
+                max_positions: c.max_position_embeddings,
+                type_vocab: 0,
+                position_offset: 0,
+                eps: 1e-12,
+                activation: activation("activation", &c.activation)?,
+                dropout: c.dropout as f32,
+            },
+        };
+        let distil = model_type == "distilbert";
+        let sizes = [
+            ("vocab_size", cfg.vocab),
+            (if distil { "dim" } else { "hidden_size" }, cfg.width),
+            (if distil { "n_layers" } else { "num_hidden_layers" }, cfg.layers),
+            (if distil { "hidden_dim" } else { "intermediate_size" }, cfg.ffn),
+            ("max_position_embeddings", cfg.max_positions),
+            ("type_vocab_size", cfg.type_vocab),
+        ];
+        if let Some((key, v)) = sizes.iter().find(|(_, v)| *v > MAX_DIM) {
+            return Err(format!("{}: `{key}` = {v} is beyond any encoder kdx reads (at most {MAX_DIM})", path.display()));
+        }
+        Ok((model_type, cfg))
+    }
+}
+
+/// Checks the config's sizes against the checkpoint's header (no weight is read): the token
+/// table's shape and the number of layers must agree, naming the key that does not.
+fn check_against_weights(weights: &Path, config: &Path, model_type: &str, cfg: &EncoderConfig) -> Result<(), String> {
+    let map = kdx_framework::store::map_file(weights).map_err(|e| format!("{e:#}"))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| format!("{}: not a safetensors file: {e}", weights.display()))?;
+    let tensors = meta.tensors();
+    let distil = model_type == "distilbert";
+    let table = tensors.iter().find(|(n, _)| n.ends_with("embeddings.word_embeddings.weight")).map(|(_, t)| t.shape.clone());
+    let Some(table) = table else {
+        return Err(format!("{}: no `embeddings.word_embeddings.weight` tensor (with or without a model prefix)", weights.display()));
+    };
+    let width_key = if distil { "dim" } else { "hidden_size" };
+    if table != [cfg.vocab, cfg.width] {
+        let key = if table.first() != Some(&cfg.vocab) { "vocab_size" } else { width_key };
+        return Err(format!(
+            "{}: `{key}` disagrees with the weights: the token table in {} is {table:?}, the config implies [{}, {}]",
+            config.display(),
+            weights.display(),
+            cfg.vocab,
+            cfg.width
+        ));
+    }
+    let layer_marker = if distil { "transformer.layer." } else { "encoder.layer." };
+    let in_file = tensors
+        .keys()
+        .filter_map(|n| n.split(layer_marker).nth(1))
+        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |m| m + 1);
+    if in_file != cfg.layers {
+        let key = if distil { "n_layers" } else { "num_hidden_layers" };
+        return Err(format!("{}: `{key}` = {} but {} holds {in_file} layers", config.display(), cfg.layers, weights.display()));
+    }
+    Ok(())
+}
+
 impl HfDir {
     /// Reads `dir`'s configuration; the error names the file and what is wrong.
     pub fn open(dir: &Path) -> Result<HfDir, String> {
@@ -83,39 +261,9 @@ impl HfDir {
             }
         }
         let config_path = dir.join("config.json");
-        let c = read_json(&config_path)?;
-        let model_type = c.get("model_type").and_then(Value::as_str).unwrap_or("(none)").to_string();
-        if !SUPPORTED.contains(&model_type.as_str()) {
-            return Err(format!("{}: model_type \"{model_type}\" is not supported; supported: {}", config_path.display(), SUPPORTED.join(", ")));
-        }
-        let num = |keys: &[&str]| -> Result<usize, String> {
-            keys.iter().find_map(|k| c.get(*k).and_then(Value::as_u64)).map(|v| v as usize).ok_or_else(|| {
-                format!("{}: missing `{}` (a {model_type} config has it)", config_path.display(), keys[0])
-            })
-        };
-        let distil = model_type == "distilbert";
-        let act = c.get(if distil { "activation" } else { "hidden_act" }).and_then(Value::as_str).unwrap_or("gelu");
-        let activation = match act {
-            "gelu" => FfnActivation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => FfnActivation::GeluTanh,
-            "relu" => FfnActivation::Relu,
-            other => return Err(format!("{}: activation \"{other}\" is not supported (gelu, gelu_new, relu)", config_path.display())),
-        };
-        let roberta = model_type == "roberta" || model_type == "xlm-roberta";
-        let cfg = EncoderConfig {
-            vocab: num(&["vocab_size"])?,
-            width: num(if distil { &["dim"] } else { &["hidden_size"] })?,
-            layers: num(if distil { &["n_layers"] } else { &["num_hidden_layers"] })?,
-            heads: num(if distil { &["n_heads"] } else { &["num_attention_heads"] })?,
-            ffn: num(if distil { &["hidden_dim"] } else { &["intermediate_size"] })?,
-            max_positions: num(&["max_position_embeddings"])?,
-            type_vocab: if distil { 0 } else { num(&["type_vocab_size"]).unwrap_or(2) },
-            position_offset: if roberta { num(&["pad_token_id"]).unwrap_or(1) + 1 } else { 0 },
-            eps: if distil { 1e-12 } else { c.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12) as f32 },
-            activation,
-            dropout: c.get(if distil { "dropout" } else { "hidden_dropout_prob" }).and_then(Value::as_f64).unwrap_or(0.1) as f32,
-        };
+        let (model_type, cfg) = HfConfig::read(&config_path)?;
         cfg.validate().map_err(|e| format!("{}: {e}", config_path.display()))?;
+        check_against_weights(&dir.join("model.safetensors"), &config_path, &model_type, &cfg)?;
         let (pooling, normalize) = sentence_modules(dir)?;
         let max_len = match dir.join("sentence_bert_config.json") {
             p if p.is_file() => read_json(&p)?.get("max_seq_length").and_then(Value::as_u64).map(|v| v as usize),
@@ -127,41 +275,29 @@ impl HfDir {
     }
 
     /// Reads the weights of `layers` (all when `None`) into an encoder, checking every
-    /// tensor's shape against the config.
+    /// tensor's shape against the config and every weight for NaN or infinity. The file is
+    /// mapped, not read: only the tensors of the kept layers are paged in.
     pub fn encoder(&self, layers: Option<&[usize]>, dropout: f32) -> anyhow::Result<Encoder> {
         let path = self.dir.join("model.safetensors");
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
+        let map = kdx_framework::store::map_file(&path)?;
+        let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
         let names = st.names();
         let prefix = ["", "bert.", "roberta.", "distilbert.", "model."]
             .into_iter()
             .find(|p| names.iter().any(|n| **n == format!("{p}embeddings.word_embeddings.weight")))
             .with_context(|| format!("{}: no `embeddings.word_embeddings.weight` tensor (with or without a model prefix)", path.display()))?;
-        let get = |name: &str, shape: &[usize]| -> anyhow::Result<Vec<f32>> {
-            let full = format!("{prefix}{name}");
-            let t = st.tensor(&full).map_err(|_| anyhow::anyhow!("{}: no tensor `{full}` (the {} layout has it)", path.display(), self.model_type))?;
-            anyhow::ensure!(t.shape() == shape, "{}: tensor `{full}` has shape {:?}, but config.json implies {shape:?}", path.display(), t.shape());
-            anyhow::ensure!(t.dtype() == safetensors::Dtype::F32, "{}: tensor `{full}` is {:?}; only F32 checkpoints are read", path.display(), t.dtype());
-            Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-        };
-        let norm = |base: &str, h: usize| -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-            match get(&format!("{base}.weight"), &[h]) {
-                Ok(w) => Ok((w, get(&format!("{base}.bias"), &[h])?)),
-                Err(_) if st.tensor(&format!("{prefix}{base}.gamma")).is_ok() => Ok((get(&format!("{base}.gamma"), &[h])?, get(&format!("{base}.beta"), &[h])?)),
-                Err(e) => Err(e),
-            }
-        };
+        let tensors = Tensors { st: &st, prefix, path: &path, model_type: &self.model_type };
         let c = &self.cfg;
         let keep: Vec<usize> = layers.map(<[usize]>::to_vec).unwrap_or_else(|| (0..c.layers).collect());
-        let cfg = EncoderConfig { layers: keep.len(), dropout, ..c.clone() };
-        let mut enc = Encoder::new(cfg, 0);
+        let mut enc = Encoder::zeroed(EncoderConfig { layers: keep.len(), dropout, ..c.clone() });
         let h = c.width;
-        enc.tokens.data = get("embeddings.word_embeddings.weight", &[c.vocab, h])?;
-        enc.positions.data = get("embeddings.position_embeddings.weight", &[c.max_positions, h])?;
-        if let Some(t) = &mut enc.types {
-            t.data = get("embeddings.token_type_embeddings.weight", &[c.type_vocab, h])?;
+        let e = &mut enc.embeddings;
+        tensors.read("embeddings.word_embeddings.weight", &[c.vocab, h], &mut e.tokens.data)?;
+        tensors.read("embeddings.position_embeddings.weight", &[c.max_positions, h], &mut e.positions.data)?;
+        if let Some(t) = &mut e.types {
+            tensors.read("embeddings.token_type_embeddings.weight", &[c.type_vocab, h], &mut t.data)?;
         }
-        (enc.emb_norm.gain.data, enc.emb_norm.bias.data) = norm("embeddings.LayerNorm", h)?;
+        tensors.norm("embeddings.LayerNorm", &mut e.norm)?;
         let distil = self.model_type == "distilbert";
         for (k, &src) in keep.iter().enumerate() {
             let l = &mut enc.layers[k];
@@ -172,24 +308,19 @@ impl HfDir {
                     format!("encoder.layer.{src}.{bert}")
                 }
             };
-            // PyTorch stores Linear weights as out × in; kdx as in × out.
-            let linear = |name: String, i: usize, o: usize| -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-                Ok((transpose(&get(&format!("{name}.weight"), &[o, i])?, o, i), get(&format!("{name}.bias"), &[o])?))
-            };
-            let (wq, bq) = linear(n("attention.self.query", "attention.q_lin"), h, h)?;
-            let (wk, bk) = linear(n("attention.self.key", "attention.k_lin"), h, h)?;
-            let (wv, bv) = linear(n("attention.self.value", "attention.v_lin"), h, h)?;
-            for r in 0..h {
-                for (j, w) in [&wq, &wk, &wv].into_iter().enumerate() {
-                    l.qkv.w.data[r * 3 * h + j * h..r * 3 * h + (j + 1) * h].copy_from_slice(&w[r * h..(r + 1) * h]);
-                }
+            // Q, K and V side by side in one `H × 3H` weight and one `3H` bias.
+            let a = &mut l.attention;
+            for (j, (bert, distilbert)) in [("query", "q_lin"), ("key", "k_lin"), ("value", "v_lin")].into_iter().enumerate() {
+                let name = n(&format!("attention.self.{bert}"), &format!("attention.{distilbert}"));
+                tensors.read_transposed(&format!("{name}.weight"), h, h, &mut a.qkv.w.data, 3 * h, j * h)?;
+                tensors.read(&format!("{name}.bias"), &[h], &mut a.qkv.b.data[j * h..(j + 1) * h])?;
             }
-            l.qkv.b.data = [bq, bk, bv].concat();
-            (l.attn_out.w.data, l.attn_out.b.data) = linear(n("attention.output.dense", "attention.out_lin"), h, h)?;
-            (l.attn_norm.gain.data, l.attn_norm.bias.data) = norm(&n("attention.output.LayerNorm", "sa_layer_norm"), h)?;
-            (l.ffn_in.w.data, l.ffn_in.b.data) = linear(n("intermediate.dense", "ffn.lin1"), h, c.ffn)?;
-            (l.ffn_out.w.data, l.ffn_out.b.data) = linear(n("output.dense", "ffn.lin2"), c.ffn, h)?;
-            (l.ffn_norm.gain.data, l.ffn_norm.bias.data) = norm(&n("output.LayerNorm", "output_layer_norm"), h)?;
+            tensors.linear(&n("attention.output.dense", "attention.out_lin"), &mut a.out)?;
+            tensors.norm(&n("attention.output.LayerNorm", "sa_layer_norm"), &mut a.norm)?;
+            let f = &mut l.ffn;
+            tensors.linear(&n("intermediate.dense", "ffn.lin1"), &mut f.input)?;
+            tensors.linear(&n("output.dense", "ffn.lin2"), &mut f.output)?;
+            tensors.norm(&n("output.LayerNorm", "output_layer_norm"), &mut f.norm)?;
         }
         Ok(enc)
     }
@@ -211,15 +342,73 @@ impl HfDir {
     }
 }
 
-/// `rows × cols` row-major → `cols × rows`.
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = x[r * cols + c];
-        }
+/// The tensors of a mapped checkpoint, read into kdx's parameters.
+struct Tensors<'a> {
+    st: &'a safetensors::SafeTensors<'a>,
+    prefix: &'a str,
+    path: &'a Path,
+    model_type: &'a str,
+}
+
+impl Tensors<'_> {
+    /// The F32 data of `name` (under the model prefix), checked to have `shape`.
+    fn view(&self, name: &str, shape: &[usize]) -> anyhow::Result<&[u8]> {
+        let full = format!("{}{name}", self.prefix);
+        let t = self.st.tensor(&full).map_err(|_| anyhow::anyhow!("{}: no tensor `{full}` (the {} layout has it)", self.path.display(), self.model_type))?;
+        anyhow::ensure!(t.shape() == shape, "{}: tensor `{full}` has shape {:?}, but config.json implies {shape:?}", self.path.display(), t.shape());
+        anyhow::ensure!(t.dtype() == safetensors::Dtype::F32, "{}: tensor `{full}` is {:?}; only F32 checkpoints are read", self.path.display(), t.dtype());
+        Ok(t.data())
     }
-    out
+
+    fn has(&self, name: &str) -> bool {
+        self.st.tensor(&format!("{}{name}", self.prefix)).is_ok()
+    }
+
+    fn finite(&self, name: &str, bad: bool) -> anyhow::Result<()> {
+        anyhow::ensure!(!bad, "{}: tensor `{}{name}` holds NaN or infinite weights", self.path.display(), self.prefix);
+        Ok(())
+    }
+
+    /// Copies `name` (of `shape`) into `dst`.
+    fn read(&self, name: &str, shape: &[usize], dst: &mut [f32]) -> anyhow::Result<()> {
+        let src = self.view(name, shape)?;
+        let mut bad = false;
+        for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+            *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            bad |= !d.is_finite();
+        }
+        self.finite(name, bad)
+    }
+
+    /// Copies PyTorch's `out × in` weight `name` transposed into columns `col..col + out` of
+    /// `dst`, an `in × ld` matrix (kdx stores `x·W` weights as `in × out`).
+    fn read_transposed(&self, name: &str, out: usize, inp: usize, dst: &mut [f32], ld: usize, col: usize) -> anyhow::Result<()> {
+        let src = self.view(name, &[out, inp])?;
+        let mut bad = false;
+        for (o, row) in src.chunks_exact(4 * inp).enumerate() {
+            for (i, b) in row.chunks_exact(4).enumerate() {
+                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                bad |= !v.is_finite();
+                dst[i * ld + col + o] = v;
+            }
+        }
+        self.finite(name, bad)
+    }
+
+    /// A dense layer `{base}.weight` / `{base}.bias`.
+    fn linear(&self, base: &str, l: &mut Linear) -> anyhow::Result<()> {
+        let (i, o) = (l.w.shape[0], l.w.shape[1]);
+        self.read_transposed(&format!("{base}.weight"), o, i, &mut l.w.data, o, 0)?;
+        self.read(&format!("{base}.bias"), &[o], &mut l.b.data)
+    }
+
+    /// A layer norm: `weight`/`bias`, or the older `gamma`/`beta`.
+    fn norm(&self, base: &str, n: &mut LayerNorm) -> anyhow::Result<()> {
+        let h = n.gain.data.len();
+        let (g, b) = if self.has(&format!("{base}.weight")) || !self.has(&format!("{base}.gamma")) { ("weight", "bias") } else { ("gamma", "beta") };
+        self.read(&format!("{base}.{g}"), &[h], &mut n.gain.data)?;
+        self.read(&format!("{base}.{b}"), &[h], &mut n.bias.data)
+    }
 }
 
 /// Pooling and normalisation from sentence-transformers' modules.json (mean and no

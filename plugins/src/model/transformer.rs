@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::model::{check_memory, LayerShape, Model, ModelBuilder, ModelSpec};
-use kdx_framework::nn::dense::FfnActivation;
+use kdx_framework::nn::kernels::FfnActivation;
 use kdx_framework::nn::{Encoder, EncoderConfig, Pooling, TransformerModel};
 use kdx_framework::registry::BuildCtx;
 use kdx_framework::tokenize::{Learned, TextTokenizer};

@@ -1,4 +1,4 @@
-//! Dense kernels for the hand-differentiated transformer: matrix products on `gemm` (the
+//! Kernels for the hand-differentiated transformer and the n-gram MLP: matrix products on `gemm` (the
 //! kernel dfdx itself uses), row-wise layer norm, GELU and softmax, each with its backward.
 //!
 //! Why not dfdx's autodiff here: a transformer step is a few dozen matrix products; dfdx
@@ -286,6 +286,39 @@ pub fn layer_norm(x: &mut [f32], xhat: &mut [f32], rstd: &mut [f32], gain: &[f32
     });
 }
 
+/// [`layer_norm`] for inference: normalises each row in place and keeps nothing for a
+/// backward pass.
+pub fn layer_norm_inplace(x: &mut [f32], gain: &[f32], bias: &[f32], eps: f32) {
+    let w = gain.len();
+    x.par_chunks_mut(w * 16).for_each(|block| {
+        for row in block.chunks_exact_mut(w) {
+            let mean = row.iter().sum::<f32>() / w as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
+            let s = 1.0 / (var + eps).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(gain).zip(bias) {
+                *v = (*v - mean) * s * g + b;
+            }
+        }
+    });
+}
+
+/// `x = activation(x + bias)` row-wise, in place: [`bias_activation`] for inference.
+pub fn bias_activation_inplace(x: &mut [f32], bias: &[f32], f: FfnActivation) {
+    fn run(x: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32 + Sync + Send + Copy) {
+        let w = bias.len();
+        x.par_chunks_mut(w * 16).for_each(|block| {
+            for row in block.chunks_exact_mut(w) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v = f(*v + b));
+            }
+        });
+    }
+    match f {
+        FfnActivation::Gelu => run(x, bias, |x| FfnActivation::Gelu.apply(x)),
+        FfnActivation::GeluTanh => run(x, bias, |x| FfnActivation::GeluTanh.apply(x)),
+        FfnActivation::Relu => run(x, bias, |x| FfnActivation::Relu.apply(x)),
+    }
+}
+
 /// Back through [`layer_norm`]: `dy` (the gradient of its output) becomes the gradient of
 /// its input, in place; the gain and bias gradients are added into `dgain` and `dbias`.
 pub fn layer_norm_backward(dy: &mut [f32], xhat: &[f32], rstd: &[f32], gain: &[f32], dgain: &mut [f32], dbias: &mut [f32]) {
@@ -326,17 +359,16 @@ pub fn layer_norm_backward(dy: &mut [f32], xhat: &[f32], rstd: &[f32], gain: &[f
     dbias.iter_mut().zip(&partial.1).for_each(|(a, p)| *a += p);
 }
 
-/// Softmax of `row[..n]` in place, leaving `row[n..]` at zero (masked positions).
-pub fn softmax_prefix(row: &mut [f32], n: usize) {
-    let max = row[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+/// Softmax of `scale · row` in place (attention scores with their 1/√d folded in).
+pub fn softmax_scaled(row: &mut [f32], scale: f32) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sum = 0.0;
-    for v in &mut row[..n] {
-        *v = (*v - max).exp();
+    for v in row.iter_mut() {
+        *v = ((*v - max) * scale).exp();
         sum += *v;
     }
     let inv = 1.0 / sum;
-    row[..n].iter_mut().for_each(|v| *v *= inv);
-    row[n..].fill(0.0);
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 #[cfg(test)]
