@@ -40,7 +40,9 @@ for f in sorted(os.listdir(root)):
 if got < n:
     sys.exit(f"only {got} paragraphs of 20-60 words")
 PY
-echo "bench-embed: $(wc -l <"$work/sentences.txt") sentences, $(wc -w <"$work/sentences.txt") words, $threads threads, $(grep -o -m1 -E 'avx512f|avx2' /proc/cpuinfo || echo 'no AVX2')"
+isa="no AVX2"
+if grep -q -m1 avx512f /proc/cpuinfo; then isa="AVX-512"; elif grep -q -m1 avx2 /proc/cpuinfo; then isa="AVX2"; fi
+echo "bench-embed: $(wc -l <"$work/sentences.txt") sentences, $(wc -w <"$work/sentences.txt") words, $threads threads, $isa"
 /usr/bin/time -f "%e %M" -o "$work/kdx.time" env RAYON_NUM_THREADS="$threads" "$kdx" embed "$model" "$work/sentences.txt" -o "$work/kdx.npy"
 /usr/bin/time -f "%e %M" -o "$work/st.time" "$python" - "$model" "$work/sentences.txt" "$threads" >"$work/st.out" <<'PY'
 import sys, time, torch

@@ -375,7 +375,7 @@ fn examples(recipe: &Path, out: Option<&Path>) -> Result<()> {
     }
     let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("writing the table: {e}"))?;
     match out {
-        Some(path) => kdx_fsio::write_atomic(path, &bytes)?,
+        Some(path) => kdx_fsio::write_output(path, &bytes)?,
         None => std::io::stdout().lock().write_all(&bytes)?,
     }
     eprintln!("classes, in the order of the logit columns ({}): {}", task.labels.len(), task.labels.join(" "));
@@ -605,7 +605,7 @@ fn eval(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_out: 
         }
         let mut out: Vec<Row> = rows.iter().filter(|r| r.3).map(|r| Row { lang: &r.0, examples: r.1, accuracy: r.2 }).collect();
         out.push(Row { lang: "macro", examples: known.iter().map(|r| r.1).sum(), accuracy: macro_acc });
-        kdx_framework::report::write_csv(p, &out)?;
+        kdx_fsio::write_output(p, &kdx_framework::report::csv_bytes(&out)?)?;
     }
     Ok(())
 }

@@ -63,8 +63,8 @@ pub fn run(model_path: &Path, which: &str, lines: &[String], output: Option<&Pat
         s
     };
     match output {
-        Some(p) if p.extension().is_some_and(|e| e == "npy") => kdx_fsio::write_atomic(p, &npy(&vectors, lines.len(), width)),
-        Some(p) => kdx_fsio::write_atomic(p, tsv().as_bytes()),
+        Some(p) if p.extension().is_some_and(|e| e == "npy") => kdx_fsio::write_output(p, &npy(&vectors, lines.len(), width)),
+        Some(p) => kdx_fsio::write_output(p, tsv().as_bytes()),
         None => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());

@@ -130,7 +130,7 @@ pub fn new_loss(name: &str, dir: Option<&Path>) -> Result<Scaffold> {
     let files = [("Cargo.toml", CARGO_TOML), ("src/lib.rs", LIB_RS), ("README.md", README), (".gitignore", "/target\n")];
     for (f, t) in files {
         let p = dir.join(f);
-        std::fs::write(&p, fill(t)).with_context(|| format!("writing {}", p.display()))?;
+        kdx_fsio::write_atomic(&p, fill(t).as_bytes())?;
     }
     Ok(Scaffold { dir, name: name.to_string(), type_name: ty, library_file, sdk_dependency })
 }
@@ -160,7 +160,7 @@ fn vendor_sdk(dir: &Path) -> Result<()> {
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+        kdx_fsio::write_atomic(&p, text.as_ref())?;
     }
     Ok(())
 }

@@ -75,3 +75,39 @@ fn core_names_no_built_in_plugin() {
         }
     }
 }
+
+/// Every file kdx writes goes through `kdx_fsio` (an exclusive, unpredictable temporary
+/// renamed over a regular file, or a user's output written as `>` would): no other way of
+/// creating a file appears outside tests. Locks and the batch log are opened in place on
+/// purpose (a lock is never replaced; a log is appended to); they are listed here by file.
+#[test]
+fn every_file_is_written_through_fsio() {
+    const OPENED_IN_PLACE: [(&str, usize); 3] = [
+        ("framework/src/engine/mod.rs", 1),     // the run lock
+        ("framework/src/engine/teacher.rs", 1), // the teacher cache lock
+        ("src/batch.rs", 2),                    // the summary lock, batch.log (appended)
+    ];
+    let mut files = Vec::new();
+    for dir in ["framework/src", "plugins/src", "src", "corpus/src", "recipe/src", "sdk/src"] {
+        rust_files(&root().join(dir), &mut files);
+    }
+    let mut found = Vec::new();
+    for f in &files {
+        if f.file_name().is_some_and(|n| n == "tests.rs") {
+            continue; // a module of unit tests
+        }
+        let text = std::fs::read_to_string(f).unwrap();
+        // Unit tests sit at the end of a file, after `#[cfg(test)]`.
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        let rel = f.strip_prefix(root()).unwrap().to_string_lossy().into_owned();
+        for pattern in ["fs::write(", "File::create(", "copy(", ".create(true)"] {
+            let n = code.matches(pattern).count();
+            let allowed = OPENED_IN_PLACE.iter().find(|(p, _)| *p == rel).map_or(0, |(_, k)| *k);
+            let allowed = if pattern == ".create(true)" { allowed } else { 0 };
+            if n > allowed {
+                found.push(format!("{rel}: {n} × `{pattern}`"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "files written outside kdx_fsio: {found:?}");
+}

@@ -150,12 +150,16 @@ impl RunRow {
 
 /// Serialises rows as CSV (with a header) and writes them atomically.
 pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    write_atomic(path, &csv_bytes(rows)?)
+}
+
+/// Rows as CSV text with a header.
+pub fn csv_bytes<T: Serialize>(rows: &[T]) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     for r in rows {
         w.serialize(r)?;
     }
-    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?;
-    write_atomic(path, &bytes)
+    w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
 }
 
 /// Reads rows written by [`write_csv`].

@@ -16,35 +16,114 @@ use sha2::{Digest, Sha256};
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory (created with
 /// its parents), flushed to disk, then renamed over `path`. On any error the temporary file is
 /// removed and the error names `path` (not the temporary name) and what failed.
+///
+/// The temporary is created exclusively (`O_CREAT | O_EXCL`, so never through a link planted
+/// at its name) under an unpredictable name, and the rename only ever replaces a regular
+/// file: a `path` that is a symbolic link, a device, a FIFO or a directory is refused,
+/// naming what it is. Files a user names on the command line go through [`write_output`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_file() {
+            bail!("cannot write {}: it is {}, not a regular file (kdx replaces only regular files here)", path.display(), kind(&m));
+        }
+    }
+    replace_regular(path, bytes)
+}
+
+/// Writes `bytes` to an output the user named, as the shell's `>` would: a regular file (or a
+/// new one) is replaced atomically as by [`write_atomic`]; a symbolic link is followed (the
+/// file it points to is replaced, the link stays); a device, FIFO or socket (`/dev/stdout`,
+/// `/dev/null`, a named pipe) is written through and stays what it is.
+pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    let context = || format!("writing {} ({} bytes)", path.display(), bytes.len());
+    let Ok(link) = std::fs::symlink_metadata(path) else {
+        return replace_regular(path, bytes);
+    };
+    if link.is_dir() {
+        bail!("cannot write {}: it is a directory", path.display());
+    }
+    // What the path resolves to: a link to a regular file is replaced at its target.
+    let target = std::fs::metadata(path).with_context(|| format!("cannot write {}: it is a symbolic link to nothing", path.display()))?;
+    if target.is_file() {
+        let real = std::fs::canonicalize(path).with_context(context)?;
+        return replace_regular(&real, bytes);
+    }
+    if target.is_dir() {
+        bail!("cannot write {}: it leads to a directory", path.display());
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).with_context(context)?;
+    f.write_all(bytes).and_then(|_| f.flush()).with_context(context)
+}
+
+/// What a non-regular file is, for messages.
+fn kind(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// A name no other process can predict: the pid, and 64 bits from the standard library's
+/// randomly keyed hasher (seeded from the operating system's random source).
+fn unpredictable_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    format!("{}-{:016x}", std::process::id(), h.finish())
+}
+
+/// The temporary-and-rename write of a path that is absent or a regular file.
+fn replace_regular(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let Some(name) = path.file_name() else {
         bail!("cannot write {}: the path has no file name", path.display());
     };
     std::fs::create_dir_all(dir).with_context(|| format!("writing {}: creating its directory", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), unpredictable_suffix()));
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        // create_new is O_CREAT | O_EXCL: it fails on anything already at the name, a link
+        // included, instead of following it. O_NOFOLLOW says the same for the last component.
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
+        // Remove only what this call created: a name that was taken is not ours.
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            let _ = std::fs::remove_file(&tmp);
+        }
         return Err(e).with_context(|| format!("writing {} ({} bytes)", path.display(), bytes.len()));
     }
     Ok(())
 }
 
 /// Removes the temporary files that [`write_atomic`] left in `dir` when its process was
-/// killed mid-write (`.<name>.tmp<pid>` of a process that no longer runs). Returns how many.
+/// killed mid-write (`.<name>.tmp<pid>-<random>`, or the older `.<name>.tmp<pid>`, of a
+/// process that no longer runs). Returns how many.
 /// Temporaries of a live process are left alone: it may be writing them now.
 pub fn remove_stale_temporaries(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp")).and_then(|(_, pid)| pid.parse::<u32>().ok()) else {
+        let pid = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp")).map(|(_, rest)| rest.split('-').next().unwrap_or(rest));
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
         let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
@@ -109,12 +188,98 @@ mod tests {
     #[test]
     fn a_failed_write_names_the_destination_and_cleans_up() {
         let dir = tempfile::tempdir().unwrap();
-        // The destination is a non-empty directory: the rename fails.
+        // The destination is a non-empty directory: write_atomic refuses it up front, and
+        // the rename underneath fails (and cleans up) if it ever got that far.
         let p = dir.path().join("taken");
         std::fs::create_dir_all(p.join("inside")).unwrap();
         let e = format!("{:#}", write_atomic(&p, b"x").unwrap_err());
+        assert!(e.starts_with(&format!("cannot write {}: it is a directory", p.display())), "{e}");
+        let e = format!("{:#}", replace_regular(&p, b"x").unwrap_err());
         assert!(e.starts_with(&format!("writing {} (1 bytes)", p.display())), "{e}");
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("taken")], "no temporary file left");
+    }
+
+    #[test]
+    fn links_planted_at_temporary_names_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // The names the old write path used: `.<name>.tmp<pid>` for the next pids.
+        let pid = std::process::id();
+        for p in pid..pid + 20 {
+            std::os::unix::fs::symlink(&victim, dir.path().join(format!(".out.csv.tmp{p}"))).unwrap();
+        }
+        write_atomic(&dir.path().join("out.csv"), b"result").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(dir.path().join("out.csv")).unwrap(), b"result");
+        // A write that meets a taken name leaves the name to its owner.
+        let e = format!("{:#}", replace_on_taken_name(dir.path()));
+        assert!(e.contains("exists"), "{e}");
+    }
+
+    /// Forces a collision with an existing temporary name (as a planted link would make).
+    fn replace_on_taken_name(dir: &Path) -> anyhow::Error {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = dir.join("taken");
+        std::os::unix::fs::symlink(dir.join("victim"), &tmp).unwrap();
+        let e = std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).open(&tmp).unwrap_err();
+        assert!(tmp.symlink_metadata().unwrap().file_type().is_symlink(), "the planted link is still there");
+        anyhow::Error::from(e)
+    }
+
+    fn mkfifo(p: &Path) {
+        let ok = std::process::Command::new("mkfifo").arg(p).status().unwrap().success();
+        assert!(ok, "mkfifo {}", p.display());
+    }
+
+    #[test]
+    fn internal_writes_refuse_links_fifos_and_directories_and_leave_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let link = dir.path().join("link.csv");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = format!("{:#}", write_atomic(&link, b"x").unwrap_err());
+        assert!(e.contains("link.csv") && e.contains("a symbolic link"), "{e}");
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let e = format!("{:#}", write_atomic(&fifo, b"x").unwrap_err());
+        assert!(e.contains("a FIFO"), "{e}");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(fifo.symlink_metadata().unwrap().file_type().is_fifo());
+    }
+
+    #[test]
+    fn user_outputs_follow_links_and_write_through_fifos_as_the_shell_would() {
+        let dir = tempfile::tempdir().unwrap();
+        // A link to a regular file: the file is replaced, the link stays.
+        let real = dir.path().join("real.tsv");
+        std::fs::write(&real, "old").unwrap();
+        let link = dir.path().join("link.tsv");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_output(&link, b"new").unwrap();
+        assert_eq!(std::fs::read(&real).unwrap(), b"new");
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        // A FIFO is written through and is still a FIFO afterwards.
+        let fifo = dir.path().join("pipe");
+        mkfifo(&fifo);
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(&fifo).unwrap())
+        };
+        write_output(&fifo, b"through the pipe").unwrap();
+        assert_eq!(reader.join().unwrap(), b"through the pipe");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(fifo.symlink_metadata().unwrap().file_type().is_fifo());
+        // A directory and a dangling link are refused, naming them.
+        let e = format!("{:#}", write_output(dir.path(), b"x").unwrap_err());
+        assert!(e.contains("is a directory"), "{e}");
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        let e = format!("{:#}", write_output(&dangling, b"x").unwrap_err());
+        assert!(e.contains("a symbolic link to nothing"), "{e}");
     }
 }

@@ -64,7 +64,7 @@ pub struct EncoderLayer {
 }
 crate::module!(EncoderLayer { attention, ffn });
 
-/// One forward pass's settings and buffers.
+/// One pass's settings and buffers (a backward pass has no random stream).
 pub(super) struct Pass<'a> {
     pub(super) cfg: &'a EncoderConfig,
     pub(super) batch: &'a TokenBatch,
@@ -199,13 +199,8 @@ impl Embeddings {
     }
 
     /// Back from `d`, the gradient of the block's output. Tables get touched-row gradients.
-    pub(super) fn backward(
-        &mut self,
-        saved: &EmbeddingsSaved,
-        batch: &TokenBatch,
-        cfg: &EncoderConfig,
-        d: &mut [f32],
-    ) -> anyhow::Result<()> {
+    pub(super) fn backward(&mut self, saved: &EmbeddingsSaved, p: &Pass, d: &mut [f32]) -> anyhow::Result<()> {
+        let (batch, cfg) = (p.batch, p.cfg);
         let h = cfg.width;
         apply_mask(d, &saved.mask);
         saved.norm.backward(d, &mut self.norm);
@@ -270,16 +265,8 @@ impl SelfAttention {
     }
 
     /// Back from `d` (the gradient of the block's output; on return, of its input `x`).
-    pub(super) fn backward(
-        &mut self,
-        s: &AttentionSaved,
-        x: &[f32],
-        dprobs: Option<&[f32]>,
-        batch: &TokenBatch,
-        cfg: &EncoderConfig,
-        ws: &Workspace,
-        d: &mut [f32],
-    ) {
+    pub(super) fn backward(&mut self, s: &AttentionSaved, x: &[f32], dprobs: Option<&[f32]>, p: &Pass, d: &mut [f32]) {
+        let (batch, cfg, ws) = (p.batch, p.cfg, p.ws);
         let (n, h) = (batch.tokens(), cfg.width);
         s.norm.backward(d, &mut self.norm);
         let mut da = ws.take(n * h);
@@ -322,7 +309,8 @@ impl FeedForward {
     }
 
     /// Back from `d` (the gradient of the block's output; on return, of its input `x`).
-    pub(super) fn backward(&mut self, s: &FeedForwardSaved, x: &[f32], cfg: &EncoderConfig, ws: &Workspace, d: &mut [f32]) {
+    pub(super) fn backward(&mut self, s: &FeedForwardSaved, x: &[f32], p: &Pass, d: &mut [f32]) {
+        let (cfg, ws) = (p.cfg, p.ws);
         let n = d.len() / cfg.width;
         s.norm.backward(d, &mut self.norm);
         let mut df = ws.take(d.len());

@@ -397,11 +397,13 @@ impl Encoder {
         add_extra(cfg.layers, d, &self.ws)?;
         for (i, l) in self.layers.iter_mut().enumerate().rev() {
             let s = &trace.layers[i];
-            l.ffn.backward(&s.ffn, &s.h1, &cfg, &self.ws, d);
+            let p = Pass { cfg: &cfg, batch, ws: &self.ws, rng: None };
+            l.ffn.backward(&s.ffn, &s.h1, &p, d);
             let dprobs = extra.and_then(|g| g.attention.get(i)).and_then(Option::as_deref).map(|g| unpad_probs(batch, cfg.heads, g));
-            l.attention.backward(&s.attention, &trace.hidden[i], dprobs.as_deref(), batch, &cfg, &self.ws, d);
+            l.attention.backward(&s.attention, &trace.hidden[i], dprobs.as_deref(), &p, d);
             add_extra(i, d, &self.ws)?;
         }
-        self.embeddings.backward(&trace.embeddings, batch, &cfg, d)
+        let p = Pass { cfg: &cfg, batch, ws: &self.ws, rng: None };
+        self.embeddings.backward(&trace.embeddings, &p, d)
     }
 }
