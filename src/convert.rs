@@ -81,7 +81,7 @@ impl Entry<'_> {
             return Ok(self.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
         }
         ensure!(
-            self.elements % QK == 0 && self.data.len() == self.elements / QK * 18,
+            self.elements.is_multiple_of(QK) && self.data.len() == self.elements / QK * 18,
             "tensor `{name}`: {} bytes for {} elements is neither F32 nor Q4_0",
             self.data.len(),
             self.elements
