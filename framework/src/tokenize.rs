@@ -47,6 +47,8 @@ pub struct TextTokenizer {
     describe: String,
     /// Whether the vocabulary was learned from the training data (exports carry it).
     learned: bool,
+    /// Text put before every input (e5's `query: `), part of the model's pipeline.
+    prefix: Option<String>,
 }
 
 #[derive(Clone)]
@@ -65,13 +67,19 @@ impl std::fmt::Debug for TextTokenizer {
 impl TextTokenizer {
     /// UTF-8 bytes: ids 4..260, after the four special tokens.
     pub fn bytes(max_len: usize) -> TextTokenizer {
-        TextTokenizer { kind: Kind::Bytes, max_len, describe: format!("bytes:max{max_len}"), learned: false }
+        TextTokenizer { kind: Kind::Bytes, max_len, describe: format!("bytes:max{max_len}"), learned: false, prefix: None }
     }
 
     /// Characters: code point `c` is id `4 + c` when that is below `vocab`; rarer code
     /// points are hashed into the same range (collisions among them are possible).
     pub fn chars(vocab: usize, max_len: usize) -> TextTokenizer {
-        TextTokenizer { kind: Kind::Chars { vocab: vocab.max(5) }, max_len, describe: format!("chars{vocab}:max{max_len}"), learned: false }
+        TextTokenizer {
+            kind: Kind::Chars { vocab: vocab.max(5) },
+            max_len,
+            describe: format!("chars{vocab}:max{max_len}"),
+            learned: false,
+            prefix: None,
+        }
     }
 
     /// What identifies a tokenizer.json's tokenisation (its content hash), as
@@ -95,7 +103,22 @@ impl TextTokenizer {
         tk.with_padding(None);
         tk.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
             .map_err(|e| anyhow::anyhow!("setting the tokenizer's truncation to {max_len}: {e}"))?;
-        Ok(TextTokenizer { kind: Kind::Hf(Arc::new(tk)), max_len, describe, learned: false })
+        Ok(TextTokenizer { kind: Kind::Hf(Arc::new(tk)), max_len, describe, learned: false, prefix: None })
+    }
+
+    /// The same tokenizer putting `prefix` before every text (an instruction prefix such as
+    /// e5's `query: `); it is part of what identifies the tokenisation in caches.
+    pub fn with_prefix(mut self, prefix: &str) -> TextTokenizer {
+        if !prefix.is_empty() {
+            self.describe = format!("{}:prefix{prefix:?}", self.describe);
+            self.prefix = Some(prefix.to_string());
+        }
+        self
+    }
+
+    /// The prefix put before every text, if any.
+    pub fn prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
     }
 
     /// A BPE or Unigram vocabulary of `vocab` tokens learned from `texts`, cached in
@@ -146,6 +169,14 @@ impl TextTokenizer {
 
     /// The token ids of `text`, or an error from the tokenizer.
     pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let prefixed;
+        let text = match &self.prefix {
+            Some(p) => {
+                prefixed = format!("{p}{text}");
+                prefixed.as_str()
+            }
+            None => text,
+        };
         let body_max = self.max_len.saturating_sub(2);
         match &self.kind {
             Kind::Bytes => Ok(wrap(text.bytes().take(body_max).map(|b| 4 + b as u32))),

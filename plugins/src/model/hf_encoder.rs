@@ -44,6 +44,10 @@ pub struct HfEncoderParams {
     /// Dropout when it trains. Default: the config's hidden dropout.
     #[serde(default)]
     pub dropout: Option<f32>,
+    /// Text put before every input (e5's `query: `; "" for none). Default: the prompt that
+    /// config_sentence_transformers.json names as `default_prompt_name`, else none.
+    #[serde(default)]
+    pub prefix: Option<String>,
 }
 
 /// The architectures this plugin reads.
@@ -64,6 +68,9 @@ pub struct HfDir {
     pub normalize: bool,
     /// Truncation length.
     pub max_len: usize,
+    /// The directory's default prompt (config_sentence_transformers.json), put before every
+    /// input.
+    pub prefix: String,
 }
 
 fn read_json(path: &Path) -> Result<Value, String> {
@@ -271,7 +278,8 @@ impl HfDir {
         }
         .unwrap_or(cfg.max_len())
         .min(cfg.max_len());
-        Ok(HfDir { dir: dir.to_path_buf(), model_type, cfg, pooling, normalize, max_len })
+        let prefix = default_prompt(dir)?;
+        Ok(HfDir { dir: dir.to_path_buf(), model_type, cfg, pooling, normalize, max_len, prefix })
     }
 
     /// Reads the weights of `layers` (all when `None`) into an encoder, checking every
@@ -325,9 +333,9 @@ impl HfDir {
         Ok(enc)
     }
 
-    /// The directory's tokenizer, truncating at `max_len`.
+    /// The directory's tokenizer, truncating at `max_len`, with its default prompt.
     pub fn tokenizer(&self, max_len: usize) -> anyhow::Result<TextTokenizer> {
-        TextTokenizer::from_file(&self.dir.join("tokenizer.json"), max_len)
+        Ok(TextTokenizer::from_file(&self.dir.join("tokenizer.json"), max_len)?.with_prefix(&self.prefix))
     }
 
     /// The whole pipeline (all layers, the directory's pooling and normalisation) with a
@@ -409,6 +417,23 @@ impl Tensors<'_> {
         self.read(&format!("{base}.{g}"), &[h], &mut n.gain.data)?;
         self.read(&format!("{base}.{b}"), &[h], &mut n.bias.data)
     }
+}
+
+/// The prompt sentence-transformers puts before every input by default:
+/// `prompts[default_prompt_name]` of config_sentence_transformers.json ("" without one).
+fn default_prompt(dir: &Path) -> Result<String, String> {
+    let path = dir.join("config_sentence_transformers.json");
+    if !path.is_file() {
+        return Ok(String::new());
+    }
+    let c = read_json(&path)?;
+    let Some(name) = c.get("default_prompt_name").and_then(Value::as_str) else {
+        return Ok(String::new());
+    };
+    c.pointer(&format!("/prompts/{name}"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| format!("{}: `default_prompt_name` is \"{name}\" but `prompts` has no such prompt", path.display()))
 }
 
 /// Pooling and normalisation from sentence-transformers' modules.json (mean and no
@@ -505,7 +530,8 @@ impl ModelBuilder for HfEncoder {
         let hf = &self.hf;
         let enc = hf.encoder(self.p.layers.as_deref(), self.p.dropout.unwrap_or(hf.cfg.dropout))?;
         let max_len = self.p.max_len.unwrap_or(hf.max_len);
-        let tokenizer = hf.tokenizer(max_len)?;
+        let mut tokenizer = TextTokenizer::from_file(&hf.dir.join("tokenizer.json"), max_len)?;
+        tokenizer = tokenizer.with_prefix(self.p.prefix.as_deref().unwrap_or(&hf.prefix));
         let pooling = self.p.pooling.unwrap_or(hf.pooling);
         let normalize = self.p.normalize.unwrap_or(hf.normalize);
         let mut name = hf.name();
