@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::attention;
 use super::encoder::{EncoderConfig, TokenBatch};
-use super::kernels::{self, add_bias, add_column_sums, matmul, threads, Mat};
+use super::kernels::{self, matmul, threads, Mat};
 use super::workspace::Workspace;
 use super::{LayerNorm, Linear};
 use crate::model::{Grad, Param, RowGrad};
@@ -91,10 +91,8 @@ impl Pass<'_> {
 
     /// `out = x·W + b` for every row, into a workspace buffer.
     fn linear(&self, x: &[f32], l: &Linear) -> Vec<f32> {
-        let (i, o) = (l.w.shape[0], l.w.shape[1]);
-        let mut out = self.ws.take(self.rows() * o);
-        matmul(&mut out, o, Mat::new(x, self.rows(), i), Mat::new(&l.w.data, i, o), false, threads());
-        add_bias(&mut out, &l.b.data);
+        let mut out = self.ws.take(self.rows() * l.out_dim());
+        l.forward_into(x, self.rows(), &mut out);
         out
     }
 
@@ -167,15 +165,6 @@ fn apply_mask(x: &mut [f32], mask: &Option<Vec<f32>>) {
     if let Some(m) = mask {
         x.iter_mut().zip(m).for_each(|(v, m)| *v *= m);
     }
-}
-
-/// Back through `y = x·W + b` over `rows` rows: adds the weight and bias gradients, and the
-/// gradient of `x` into `dx` (or writes it there when not `accumulate`).
-fn linear_backward(l: &mut Linear, x: &[f32], dy: &[f32], rows: usize, dx: &mut [f32], accumulate: bool) {
-    let (i, o) = (l.w.shape[0], l.w.shape[1]);
-    matmul(l.w.grad_buffer(), o, Mat::new(x, rows, i).t(), Mat::new(dy, rows, o), true, threads());
-    add_column_sums(l.b.grad_buffer(), dy);
-    matmul(dx, i, Mat::new(dy, rows, o), Mat::new(&l.w.data, i, o).t(), accumulate, threads());
 }
 
 impl Embeddings {
@@ -273,11 +262,11 @@ impl SelfAttention {
         da.copy_from_slice(d);
         apply_mask(&mut da, &s.mask);
         let mut dctx = ws.take(n * h);
-        linear_backward(&mut self.out, &s.ctx, &da, n, &mut dctx, false);
+        self.out.backward(&s.ctx, &da, n, &mut dctx, false);
         let mut dqkv = ws.take(n * 3 * h);
         attention::backward(batch.shape(cfg), &s.qkv, &s.probs, &dctx, dprobs, &mut dqkv);
         // d holds the residual's share of dx; add the projection's.
-        linear_backward(&mut self.qkv, x, &dqkv, n, d, true);
+        self.qkv.backward(x, &dqkv, n, d, true);
         ws.give_all([da, dctx, dqkv]);
     }
 }
@@ -317,9 +306,9 @@ impl FeedForward {
         df.copy_from_slice(d);
         apply_mask(&mut df, &s.mask);
         let mut dact = ws.take(n * cfg.ffn);
-        linear_backward(&mut self.output, &s.act, &df, n, &mut dact, false);
+        self.output.backward(&s.act, &df, n, &mut dact, false);
         kernels::activation_backward(&mut dact, &s.pre_act, cfg.activation);
-        linear_backward(&mut self.input, x, &dact, n, d, true);
+        self.input.backward(x, &dact, n, d, true);
         ws.give_all([df, dact]);
     }
 }

@@ -5,7 +5,7 @@
 
 use rand::{Rng, SeedableRng};
 
-use super::kernels::{add_bias, add_column_sums, layer_norm, layer_norm_backward, matmul, threads, FfnActivation, Mat};
+use super::kernels::{layer_norm, layer_norm_backward, FfnActivation};
 use super::{Activation, LayerNorm, Linear, Module};
 use crate::model::{Grad, OutputGrads, Outputs, Param, StepCtx};
 
@@ -126,10 +126,8 @@ impl Mlp {
 
     /// `x·W + b` for `batch` rows.
     fn linear(l: &Linear, x: &[f32], batch: usize) -> Vec<f32> {
-        let (i, o) = (l.w.shape[0], l.w.shape[1]);
-        let mut y = vec![0.0f32; batch * o];
-        matmul(&mut y, o, Mat::new(x, batch, i), Mat::new(&l.w.data, i, o), false, threads());
-        add_bias(&mut y, &l.b.data);
+        let mut y = vec![0.0f32; batch * l.out_dim()];
+        l.forward_into(x, batch, &mut y);
         y
     }
 
@@ -198,7 +196,7 @@ impl Mlp {
             }
             None => vec![0.0f32; batch * hd],
         };
-        linear_backward(&mut self.out, &outputs.hidden, &g.logits, batch, &mut dh, true);
+        self.out.backward(&outputs.hidden, &g.logits, batch, &mut dh, true);
         // Hidden layers, last first.
         for (i, s) in saved.iter().enumerate().rev() {
             if let Some(m) = &s.mask {
@@ -216,20 +214,11 @@ impl Mlp {
             }
             let width_in = self.hidden[i].w.shape[0];
             let mut dx = vec![0.0f32; batch * width_in];
-            linear_backward(&mut self.hidden[i], &s.input, &dh, batch, &mut dx, false);
+            self.hidden[i].backward(&s.input, &dh, batch, &mut dx, false);
             dh = dx;
         }
         Ok((outputs, dh))
     }
-}
-
-/// Back through `y = x·W + b` over `rows` rows: adds the weight and bias gradients, and the
-/// gradient of `x` into `dx` (or writes it there when not `accumulate`).
-fn linear_backward(l: &mut Linear, x: &[f32], dy: &[f32], rows: usize, dx: &mut [f32], accumulate: bool) {
-    let (i, o) = (l.w.shape[0], l.w.shape[1]);
-    matmul(l.w.grad_buffer(), o, Mat::new(x, rows, i).t(), Mat::new(dy, rows, o), true, threads());
-    add_column_sums(l.b.grad_buffer(), dy);
-    matmul(dx, i, Mat::new(dy, rows, o), Mat::new(&l.w.data, i, o).t(), accumulate, threads());
 }
 
 #[cfg(test)]
