@@ -243,6 +243,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { recipe, results, resume, quiet, threads, interrupt_after, kill_after_steps, only, plugins, events } => {
             if let Some(n) = threads {
+                let n = capped_threads(n)?;
                 rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
             }
             let plans = match &only {
@@ -627,4 +628,16 @@ fn eval(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_out: 
         kdx_fsio::write_output(p, &kdx_framework::report::csv_bytes(&out)?)?;
     }
     Ok(())
+}
+
+/// `--threads N` checked against the machine: 0 is an error, more than the cores it has is
+/// clamped to them with a warning (thousands of threads on two cores only thrash).
+fn capped_threads(n: usize) -> Result<usize> {
+    anyhow::ensure!(n > 0, "--threads must be at least 1");
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    if n > cores {
+        eprintln!("kdx: --threads {n} is more than the {cores} cores this machine has; using {cores}");
+        return Ok(cores);
+    }
+    Ok(n)
 }

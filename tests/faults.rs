@@ -286,3 +286,17 @@ fn a_run_killed_anywhere_resumes_to_the_same_csvs() {
     assert_eq!(same(&x[0]), same(&y[0]));
     assert_eq!(y[0].status.as_str(), "ok");
 }
+
+/// `--threads` is checked against the machine before anything starts: 0 is refused, more
+/// than the machine's cores is clamped to them with a warning (it used to start thousands of
+/// threads and never finish).
+#[test]
+fn threads_beyond_the_machine_are_clamped_and_zero_is_refused() {
+    let out = kdx(&["run", "no-such-recipe.toml", "--threads", "0"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--threads must be at least 1"));
+    let out = kdx(&["run", "no-such-recipe.toml", "--threads", "100000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(err.contains(&format!("--threads 100000 is more than the {cores} cores this machine has; using {cores}")), "{err}");
+    assert!(err.contains("no-such-recipe.toml"), "then the run goes on (here: to the missing recipe): {err}");
+}
