@@ -114,7 +114,20 @@ fn layerwise_distillation_between_transformers_trains_and_exports() {
 #[test]
 fn a_pretrained_teacher_is_fine_tuned_and_distilled_into_one_of_its_layers() {
     let tmp = tempfile::tempdir().unwrap();
-    let bert = common::root().join("tests/data/hf/tiny-bert");
+    // The model directory is named relative to the recipe, as a user writes it.
+    let bert = tmp.path().join("models/tiny-bert");
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.path().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    copy_dir(&common::root().join("tests/data/hf/tiny-bert"), &bert);
     let sections = format!(
         r#"
 [teacher]
@@ -138,7 +151,7 @@ map = [[0, 0], [1, 2]]
 plugin = "attention-kl"
 layers = [[0, 1]]
 "#,
-        bert.display()
+        "models/tiny-bert"
     );
     let r =
         recipe(tmp.path(), "pretrained", &sections, "steps = 80\nbatch = 32\neval_every = 40\noptimizer = { kind = \"adamw\", lr = 3e-3 }");
@@ -147,6 +160,18 @@ layers = [[0, 1]]
     assert!(row.teacher_macro_acc > 0.5, "teacher {}", row.teacher_macro_acc);
     assert!(row.student_macro_acc > 0.4, "student {}", row.student_macro_acc);
     assert!(row.compression > 1.0 && row.compression < 2.0, "one layer of two: {}", row.compression);
+    // The run's student is usable from anywhere: its card names the model directory as
+    // resolved against the recipe, not relative to the run directory.
+    let run = tmp.path().join("results/pretrained/run");
+    let input = tmp.path().join("texts.txt");
+    std::fs::write(&input, "Impossible d'ouvrir le fichier\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kdx"))
+        .args(["embed", run.to_str().unwrap(), input.to_str().unwrap()])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end().split('\t').count(), 32);
 }
 
 #[test]

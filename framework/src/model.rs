@@ -447,6 +447,13 @@ pub trait ModelBuilder: Send + Sync {
         None
     }
 
+    /// The section an exported model card records for this model, from the recipe's
+    /// `section`. A card is read back from the run directory, not the recipe's, so a plugin
+    /// whose parameters name files returns them resolved to absolute paths.
+    fn card_section(&self, section: &toml::Value) -> toml::Value {
+        section.clone()
+    }
+
     /// Reads the table of outputs for the spec ([`ModelKind::Precomputed`] plugins).
     fn build_table(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn OutputTable>> {
         let _ = spec;

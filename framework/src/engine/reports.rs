@@ -183,9 +183,10 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
     };
     row.student_texts_per_s = texts_per_second(student, sample, false)?;
 
-    crate::export::export(student, &plan.student.plugin, &plan.student.section, task, &dir.join("student"), projection)?;
+    let card = |m: &crate::plan::ModelPlan| m.builder.card_section(&m.section);
+    crate::export::export(student, &plan.student.plugin, &card(&plan.student), task, &dir.join("student"), projection)?;
     if let Some(t) = teacher.network() {
-        crate::export::export(t, &plan.teacher.plugin, &plan.teacher.section, task, &dir.join("teacher"), None)?;
+        crate::export::export(t, &plan.teacher.plugin, &card(&plan.teacher), task, &dir.join("teacher"), None)?;
     }
     monitor.note(format!(
         "done: teacher {:.4}, student {:.4}{} macro accuracy on test; {}",

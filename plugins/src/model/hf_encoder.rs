@@ -520,6 +520,15 @@ impl ModelBuilder for HfEncoder {
     fn kind(&self) -> ModelKind {
         ModelKind::Pretrained
     }
+    fn card_section(&self, section: &toml::Value) -> toml::Value {
+        // The directory as resolved against the recipe (and `~`), so the run's exported
+        // model finds it from anywhere.
+        let mut s = section.clone();
+        if let Some(t) = s.as_table_mut() {
+            t.insert("path".into(), toml::Value::String(self.hf.dir.display().to_string()));
+        }
+        s
+    }
     fn layer_shape(&self) -> Option<LayerShape> {
         let c = &self.hf.cfg;
         let layers = self.p.layers.as_ref().map_or(c.layers, Vec::len);
