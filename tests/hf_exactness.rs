@@ -274,3 +274,41 @@ fn kdx_eval_scores_translation_retrieval_on_a_parallel_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pairs.tsv:2: expected `source<TAB>translation`"));
 }
+
+/// Vocabulary pruning: the token table shrinks to the kept pieces, a text whose pieces are
+/// all kept embeds exactly as with the whole vocabulary, and an exported run's pruned
+/// tokenizer.json rebuilds the same model.
+#[test]
+fn a_pruned_vocabulary_embeds_texts_of_kept_pieces_exactly() {
+    use kdx_framework::model::ModelSpec;
+    use kdx_framework::registry::{build_standalone, Instance, PluginKind};
+    let dir = data("tiny-xlmr");
+    let texts: Vec<String> = ["hello world", "the cat sat", "a small test", "world of cats"].iter().map(|s| s.to_string()).collect();
+    let build = |budget: Option<i64>, tokenizer_file: Option<PathBuf>| -> Box<dyn Model> {
+        let mut p = toml::Table::new();
+        p.insert("path".into(), dir.display().to_string().into());
+        if let Some(b) = budget {
+            p.insert("max_vocabulary".into(), b.into());
+        }
+        let Ok(Instance::Model(b)) = build_standalone(PluginKind::Model, "hf-encoder", p, "test") else { panic!("hf-encoder builds") };
+        let spec = ModelSpec { classes: 2, train_texts: std::sync::Arc::new(texts.clone()), tokenizer_file, ..Default::default() };
+        b.build(&spec).unwrap()
+    };
+    let full = build(None, None);
+    let pruned = build(Some(60), None);
+    let table = |m: &dyn Model| m.params().iter().find(|p| p.name == "tokens").unwrap().shape.clone();
+    assert_eq!(table(&*full)[0], 600);
+    assert_eq!(table(&*pruned)[0], 60, "{}", pruned.describe());
+    let embed = |m: &dyn Model, t: &[String]| {
+        m.forward(&Bags::build(m.featurizer(), t.iter().map(String::as_str).collect::<Vec<_>>())).unwrap().hidden
+    };
+    // The training texts' pieces are all kept: the same vectors.
+    let d = max_abs_diff(&embed(&*pruned, &texts), &embed(&*full, &texts));
+    assert!(d <= 1e-5, "pruned and whole vocabularies differ by {d}");
+    // The exported tokenizer.json rebuilds the pruned model (its rows found by piece).
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("student.tokenizer.json");
+    std::fs::write(&file, pruned.featurizer().tokenizer_json().expect("a pruned vocabulary is exported")).unwrap();
+    let again = build(Some(60), Some(file));
+    assert_eq!(embed(&*again, &texts), embed(&*pruned, &texts));
+}

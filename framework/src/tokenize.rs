@@ -98,6 +98,14 @@ impl TextTokenizer {
         Self::hf(tk, max_len, format!("tokenizer.json:{}:max{max_len}", &hash[..16]))
     }
 
+    /// A tokenizer.json made by kdx from the data (a pruned vocabulary): like a learned one,
+    /// an exported model carries it.
+    pub fn derived(json: &str, max_len: usize) -> anyhow::Result<TextTokenizer> {
+        let tk = Tokenizer::from_bytes(json.as_bytes()).map_err(|e| anyhow::anyhow!("a derived tokenizer.json does not load: {e}"))?;
+        let hash = kdx_fsio::sha256_hex(json.as_bytes());
+        Ok(TextTokenizer { learned: true, ..Self::hf(tk, max_len, format!("tokenizer.json:{}:max{max_len}", &hash[..16]))? })
+    }
+
     fn hf(mut tk: Tokenizer, max_len: usize, describe: String) -> anyhow::Result<TextTokenizer> {
         // Padding is the model's business (it masks); truncation keeps the special tokens.
         tk.with_padding(None);

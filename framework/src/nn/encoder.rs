@@ -316,6 +316,25 @@ impl Encoder {
         Encoder { embeddings, layers, cfg, ws: Workspace::default() }
     }
 
+    /// Keeps only these rows of the token table, in this order (a pruned vocabulary: new id
+    /// `k` is old row `rows[k]`).
+    pub fn keep_token_rows(&mut self, rows: &[u32]) -> anyhow::Result<()> {
+        let (h, old) = (self.cfg.width, &self.embeddings.tokens);
+        if let Some(&bad) = rows.iter().find(|&&r| r as usize >= self.cfg.vocab) {
+            anyhow::bail!("row {bad} is outside the token table of {} rows", self.cfg.vocab);
+        }
+        let mut data = Vec::with_capacity(rows.len() * h);
+        for &r in rows {
+            data.extend_from_slice(&old.data[r as usize * h..(r as usize + 1) * h]);
+        }
+        let t = &mut self.embeddings.tokens;
+        t.data = data;
+        t.shape = vec![rows.len(), h];
+        t.grad = Default::default();
+        self.cfg.vocab = rows.len();
+        Ok(())
+    }
+
     /// Checks a batch against the model: positions and vocabulary.
     fn check(&self, x: &TokenBatch) -> anyhow::Result<()> {
         let cfg = &self.cfg;

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use rayon::prelude::*;
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::model::{LayerShape, Model, ModelBuilder, ModelKind, ModelSpec};
 use kdx_framework::nn::kernels::FfnActivation;
@@ -48,6 +49,12 @@ pub struct HfEncoderParams {
     /// config_sentence_transformers.json names as `default_prompt_name`, else none.
     #[serde(default)]
     pub prefix: Option<String>,
+    /// Prune a Unigram vocabulary (XLM-R, multilingual-e5) to at most this many pieces: the
+    /// special tokens, every piece the training text uses, then the best-scored pieces of
+    /// the scripts it is written in. The token table shrinks to match and the pruned
+    /// tokenizer.json is exported with the run. All pieces when absent.
+    #[serde(default)]
+    pub max_vocabulary: Option<usize>,
 }
 
 /// The architectures this plugin reads.
@@ -539,14 +546,33 @@ impl ModelBuilder for HfEncoder {
         let hf = &self.hf;
         let enc = hf.encoder(self.p.layers.as_deref(), self.p.dropout.unwrap_or(hf.cfg.dropout))?;
         let max_len = self.p.max_len.unwrap_or(hf.max_len);
-        let mut tokenizer = TextTokenizer::from_file(&hf.dir.join("tokenizer.json"), max_len)?;
-        tokenizer = tokenizer.with_prefix(self.p.prefix.as_deref().unwrap_or(&hf.prefix));
+        let prefix = self.p.prefix.as_deref().unwrap_or(&hf.prefix);
+        let tokenizer_path = hf.dir.join("tokenizer.json");
+        let mut tokenizer = TextTokenizer::from_file(&tokenizer_path, max_len)?.with_prefix(prefix);
+        let mut enc = enc;
+        let mut vocabulary_note = String::new();
+        if let Some(budget) = self.p.max_vocabulary {
+            let full = std::fs::read(&tokenizer_path).with_context(|| format!("reading {}", tokenizer_path.display()))?;
+            let pruned = match &spec.tokenizer_file {
+                // An exported run: its own pruned tokenizer.json says which pieces it kept.
+                Some(f) => super::prune::reload(&full, &std::fs::read(f).with_context(|| format!("reading {}", f.display()))?)?,
+                None => {
+                    anyhow::ensure!(!spec.train_texts.is_empty(), "max_vocabulary: no training texts to choose the vocabulary from");
+                    let ids: Vec<Vec<u32>> = spec.train_texts.par_iter().map(|t| tokenizer.encode(t)).collect::<anyhow::Result<_>>()?;
+                    super::prune::choose(&full, &ids, &spec.train_texts, budget)?
+                }
+            };
+            vocabulary_note = format!(", vocabulary {} of {} pieces", pruned.rows.len(), hf.cfg.vocab);
+            enc.keep_token_rows(&pruned.rows)?;
+            tokenizer = TextTokenizer::derived(&pruned.json, max_len)?.with_prefix(prefix);
+        }
         let pooling = self.p.pooling.unwrap_or(hf.pooling);
         let normalize = self.p.normalize.unwrap_or(hf.normalize);
         let mut name = hf.name();
         if let Some(l) = &self.p.layers {
             name = format!("{name}, layers {l:?} of {}", hf.cfg.layers);
         }
+        name.push_str(&vocabulary_note);
         Ok(Box::new(TransformerModel::new(enc, tokenizer, pooling, normalize, spec.classes, spec.seed, name)))
     }
 }
