@@ -590,8 +590,18 @@ fn eval(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_out: 
         texts.push(r.text.as_str());
         gold.push((li, label));
     }
+    let shown: Vec<&str> = unknown_labels.iter().take(8).copied().collect();
+    if gold.iter().all(|g| g.1.is_none()) {
+        let model_labels: Vec<&str> = card.labels.iter().take(8).map(String::as_str).collect();
+        anyhow::bail!(
+            "{}: no row has a label this model predicts, so there is nothing to score (labels found: {}; the model's: {}{})",
+            data.display(),
+            if shown.is_empty() { "none".to_string() } else { shown.join(", ") },
+            model_labels.join(", "),
+            if card.labels.len() > 8 { ", …" } else { "" }
+        );
+    }
     if !unknown_labels.is_empty() {
-        let shown: Vec<&str> = unknown_labels.iter().take(8).copied().collect();
         eprintln!("note: labels this model does not predict are not scored: {}", shown.join(", "));
     }
     let mut bags = kdx_framework::features::Bags::build(model.featurizer(), texts);

@@ -83,6 +83,11 @@ pub fn eval_parallel(model_path: &Path, which: &str, file: &Path) -> Result<Stri
     let mut pairs: Vec<(&str, &str)> = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let mut cols = line.split('\t');
+        // A header row (`source<TAB>translation`, as spreadsheets and pandas write) names
+        // the columns; scored as a pair it would be a free hit.
+        if n == 0 && line.trim_start_matches('\u{feff}').eq_ignore_ascii_case("source\ttranslation") {
+            continue;
+        }
         match (cols.next(), cols.next()) {
             (Some(s), Some(t)) if !s.is_empty() && !t.is_empty() => pairs.push((s, t)),
             _ => anyhow::bail!("{}:{}: expected `source<TAB>translation`, found {line:?}", file.display(), n + 1),

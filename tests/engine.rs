@@ -266,6 +266,13 @@ fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
     let out = kdx(&["eval", dir.to_str().unwrap(), "--data", bom.to_str().unwrap(), "--split", "test", "--csv", csv_bom.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&csv_bom).unwrap(), std::fs::read_to_string(&csv_out).unwrap());
+
+    // A file none of whose labels the model predicts is an error, not `macro 0 -0.0000`.
+    let alien = tmp.path().join("alien.tsv");
+    std::fs::write(&alien, "text\tlang\tlabel\nbonjour\tfr\tklingon\n").unwrap();
+    let out = kdx(&["eval", dir.to_str().unwrap(), "--data", alien.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no row has a label this model predicts") && err.contains("klingon"), "{err}");
 }
 
 #[test]

@@ -268,6 +268,11 @@ fn kdx_eval_scores_translation_retrieval_on_a_parallel_file() {
     // all-MiniLM-L6-v2 is English, yet finds most French, German and Spanish translations
     // (chance 0.05 and 0.0167): 0.63 and 0.75 when measured.
     assert!(acc("translation → source") > 0.5 && acc("source → translation") > 0.5, "{text}");
+    // A header row names the columns; it is not scored as a pair.
+    std::fs::write(&file, format!("source\ttranslation\n{}", std::fs::read_to_string(&file).unwrap())).unwrap();
+    let out = eval(&common::minilm_dir(), &file);
+    let with_header = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(with_header, text, "the header changes nothing");
     // A malformed line is named.
     std::fs::write(&file, "a\tb\nno tab here\n").unwrap();
     let out = eval(&data("tiny-bert"), &file);
