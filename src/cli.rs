@@ -4,6 +4,8 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -255,7 +257,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 (Some(_), Some(plan)) => crate::batch::inherited_run_lock(&engine::run_dir(plan, &results)),
                 _ => None,
             };
-            let opts = RunOptions { results, resume, interrupt_after, lock_held: inherited.is_some() };
+            catch_stop_signals();
+            let opts = RunOptions { results, resume, interrupt_after, lock_held: inherited.is_some(), stop: Some(&STOP) };
             let mut failed = 0;
             let n = plans.len();
             let mut console: Box<dyn Observer> = if quiet { Box::new(Silent) } else { Box::new(Console::new()) };
@@ -264,6 +267,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             let mut jsonl = events.map(|EventsFormat::Jsonl| JsonLines::new(std::io::stdout()));
             for mut plan in plans {
+                if STOP.load(Ordering::SeqCst) {
+                    break; // the runs of a sweep not yet started stay as they are
+                }
                 if n > 1 && !quiet {
                     eprintln!("kdx: run {}", plan.run_name);
                 }
@@ -297,7 +303,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            match STOP_SIGNAL.load(Ordering::SeqCst) {
+                // As a shell reports a process its signal ended: 130 for SIGINT, 143 for SIGTERM.
+                0 => Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+                sig => Ok(ExitCode::from((128 + sig) as u8)),
+            }
         }
         Command::Validate { paths, plugins } => validate(&paths, &plugins),
         Command::Examples { recipe, out } => {
@@ -650,4 +660,28 @@ fn capped_threads(n: usize) -> Result<usize> {
         return Ok(cores);
     }
     Ok(n)
+}
+
+/// Set by SIGTERM or SIGINT: `kdx run` finishes the step it is in, checkpoints it and stops.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// The signal that set [`STOP`] (its number), for the exit status.
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    if STOP.swap(true, Ordering::SeqCst) {
+        // A second signal: leave at once.
+        // SAFETY: `_exit` is async-signal-safe; nothing else runs in this handler.
+        unsafe { libc::_exit(128 + sig) };
+    }
+    STOP_SIGNAL.store(sig, Ordering::SeqCst);
+}
+
+/// SIGTERM (Slurm, batch systems, `kill`) and SIGINT (Ctrl-C) stop `kdx run` at the end of
+/// the current step with a checkpoint, instead of killing it mid-step.
+fn catch_stop_signals() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only touches atomics and calls `_exit`, both async-signal-safe;
+        // `signal` replaces the default disposition of a signal this process owns.
+        unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
+    }
 }

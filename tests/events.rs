@@ -19,7 +19,7 @@ fn a_run_tells_its_stages_in_order_to_any_observer() {
     let text = good_recipe("events");
     std::fs::write(&recipe, text).unwrap();
     let mut plan = load_plans(&recipe).unwrap().remove(0);
-    let opts = RunOptions { results: tmp.path().join("lib"), resume: false, interrupt_after: None, lock_held: false };
+    let opts = RunOptions { results: tmp.path().join("lib"), resume: false, interrupt_after: None, lock_held: false, stop: None };
     let mut rec = Recorder::default();
     let row = engine::run(&mut plan, &opts, &mut rec).unwrap();
     assert_eq!(row.status, RunStatus::Ok);

@@ -300,3 +300,64 @@ fn threads_beyond_the_machine_are_clamped_and_zero_is_refused() {
     assert!(err.contains(&format!("--threads 100000 is more than the {cores} cores this machine has; using {cores}")), "{err}");
     assert!(err.contains("no-such-recipe.toml"), "then the run goes on (here: to the missing recipe): {err}");
 }
+
+/// SIGTERM (what Slurm and batch systems send) in the distill stage: the run finishes the
+/// step it is in, checkpoints it — between two evaluations —, records `interrupted` and exits
+/// 143; `--resume` continues from that very step and ends with the CSVs of a run that was
+/// never stopped, byte for byte.
+#[test]
+fn sigterm_checkpoints_the_current_step_and_the_resumed_run_is_exact() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let r = recipe(
+        tmp.path(),
+        "term",
+        &[
+            ("train = { steps = 120,", "train = { steps = 30,"),
+            ("steps = 80\nbatch = 64\neval_every = 40", "steps = 3000\nbatch = 64\neval_every = 1000"),
+        ],
+    );
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert!(run(&r, &a, &[]).status.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kdx"))
+        .args(["run", r.to_str().unwrap(), "--results", b.to_str().unwrap(), "--quiet", "--events", "jsonl"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let event = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap();
+    // The first reported step of the distill stage: the signal lands while it trains.
+    let seen = loop {
+        let e = event(&lines.next().expect("the run reaches the distill stage").unwrap());
+        if e["type"] == "step" && e["stage"] == "distill" && e["step"].as_u64().unwrap() < 900 {
+            break e["step"].as_u64().unwrap();
+        }
+    };
+    // SAFETY: a plain kill(2) of the child this test spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let rest: Vec<serde_json::Value> = lines.map(|l| event(&l.unwrap())).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "exit status of a run stopped by SIGTERM");
+    let finished = rest.iter().find(|e| e["type"] == "run_finished").expect("a run_finished event");
+    assert_eq!(finished["status"], "interrupted");
+    let row: RunRow = read_csv::<RunRow>(&b.join("term/run/run.csv")).unwrap().remove(0);
+    assert_eq!(row.status.as_str(), "interrupted");
+    assert!(b.join("term/run/checkpoints/distill.safetensors").is_file());
+    // Resumed: it starts at the step the signal found done (no step is redone), never at
+    // the last evaluation's.
+    let out = run(&r, &b, &["--resume", "--events", "jsonl"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let from = text(&out.stdout)
+        .lines()
+        .map(event)
+        .find(|e| e["type"] == "stage_started" && e["stage"] == "distill")
+        .map(|e| e["from_step"].as_u64().unwrap())
+        .unwrap();
+    assert!(from >= seen && from % 1000 != 0, "resumed from step {from}; the signal came after step {seen}");
+    for f in ["languages.csv", "metrics.csv", "sampling.csv"] {
+        let x = std::fs::read_to_string(a.join("term/run").join(f)).unwrap();
+        let y = std::fs::read_to_string(b.join("term/run").join(f)).unwrap();
+        assert!(x == y, "{f} differs after SIGTERM at step {from} and --resume");
+    }
+}

@@ -102,6 +102,9 @@ pub struct RunOptions {
     /// The caller already holds the run directory's lock ([`lock_run`]) for this run, as a
     /// `kdx batch` child does through the lock file it inherits; otherwise [`run`] takes it.
     pub lock_held: bool,
+    /// Set (by the application's SIGTERM/SIGINT handler) to stop at the end of the current
+    /// step: a stage with checkpoints writes one at that step, and the run ends interrupted.
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 /// Takes the OS lock of a run directory (`DIR/.lock`, held while the returned file stays

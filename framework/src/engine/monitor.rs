@@ -38,6 +38,7 @@ pub(super) struct Monitor<'o> {
     pub metrics: Vec<MetricRow>,
     steps_run: u64,
     interrupt_after: Option<u64>,
+    stop: Option<&'static std::sync::atomic::AtomicBool>,
     resume: bool,
     /// Hash of the resolved recipe: a checkpoint is resumed only by the recipe that wrote it.
     recipe_hash: String,
@@ -77,6 +78,7 @@ impl<'o> Monitor<'o> {
             metrics: Vec::new(),
             steps_run: 0,
             interrupt_after: opts.interrupt_after,
+            stop: opts.stop,
             resume: opts.resume,
             recipe_hash: recipe_hash.to_string(),
         }
@@ -142,6 +144,9 @@ impl StageHooks for Monitor<'_> {
     fn checkpoint(&mut self, stage: Stage, params: &[(String, &Param)], opt: &Optimizer, state: &LoopState) -> Result<()> {
         if stage == Stage::Teacher {
             // The teacher is cached as a whole once trained; an interrupted pre-training restarts.
+            if self.stop_requested() {
+                return Err(Interrupted(self.steps_run).into());
+            }
             return Ok(());
         }
         let mut map = TensorMap::new();
@@ -172,7 +177,14 @@ impl StageHooks for Monitor<'_> {
                 return Err(Interrupted(self.steps_run).into());
             }
         }
+        if self.stop_requested() {
+            return Err(Interrupted(self.steps_run).into());
+        }
         Ok(())
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     fn load_checkpoint(&mut self, stage: Stage) -> Result<Option<(TensorMap, LoopState)>> {

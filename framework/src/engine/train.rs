@@ -106,6 +106,12 @@ pub trait StageHooks {
     fn started(&mut self, stage: Stage, from_step: u64, steps: u64);
     /// Progress report after each step.
     fn progress(&mut self, stage: Stage, step: u64, total: u64, loss: f32);
+    /// Whether the run was asked to stop (a signal): the loop then checkpoints at the step it
+    /// has just finished, without an evaluation that was not due, and [`StageHooks::checkpoint`]
+    /// ends the run as interrupted.
+    fn stop_requested(&self) -> bool {
+        false
+    }
 }
 
 /// Runs a stage to its end, from `resume` if given. Returns the final loop state.
@@ -288,10 +294,15 @@ pub fn run_stage(
         state.opt_t = opt.t;
         hooks.progress(stage.stage, state.step, cfg.steps, total_loss);
         let due = state.step == cfg.steps || (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every));
-        if due {
+        // A stop between evaluations checkpoints this step as it is: the resumed run then
+        // evaluates at the same steps as one that was never stopped.
+        let stop = hooks.stop_requested();
+        if due || stop {
             state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
-            let gates = losses.iter().find_map(|l| l.loss.language_state());
-            hooks.evaluate(stage.stage, state.step, &*model, &mut state.stats, gates)?;
+            if due {
+                let gates = losses.iter().find_map(|l| l.loss.language_state());
+                hooks.evaluate(stage.stage, state.step, &*model, &mut state.stats, gates)?;
+            }
             state.cursor = queues.cursor.clone();
             state.pass = queues.pass.clone();
             state.sampler_state = sampler.state();
