@@ -160,6 +160,21 @@ fn unsupported_or_mismatched_directories_are_named() {
 }
 
 #[test]
+fn a_tokenizer_without_a_vocabulary_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(data("tiny-bert").join(f), tmp.path().join(f)).unwrap();
+    }
+    let mut t: serde_json::Value = serde_json::from_slice(&std::fs::read(data("tiny-bert").join("tokenizer.json")).unwrap()).unwrap();
+    let specials: serde_json::Map<String, serde_json::Value> =
+        t["added_tokens"].as_array().unwrap().iter().map(|a| (a["content"].as_str().unwrap().to_string(), a["id"].clone())).collect();
+    t["model"]["vocab"] = serde_json::Value::Object(specials);
+    std::fs::write(tmp.path().join("tokenizer.json"), t.to_string()).unwrap();
+    let e = format!("{:#}", HfDir::open(tmp.path()).unwrap().model(2).unwrap_err());
+    assert!(e.contains("no vocabulary beyond its") && e.contains("special tokens"), "{e}");
+}
+
+#[test]
 fn non_finite_weights_are_refused_naming_the_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     for f in ["config.json", "tokenizer.json"] {

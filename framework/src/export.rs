@@ -118,6 +118,11 @@ fn load_parts(stem: &Path) -> Result<(Box<dyn Model>, ModelCard, TensorMap)> {
     let json = stem.with_extension("json");
     let card: ModelCard = serde_json::from_slice(&std::fs::read(&json).with_context(|| format!("reading {}", json.display()))?)
         .with_context(|| format!("{} is not a kdx model card", json.display()))?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = card.labels.iter().find(|l| !seen.insert(l.as_str())) {
+        // Outputs are read by position in `labels`: a repeated name would relabel them.
+        anyhow::bail!("{}: label `{dup}` appears twice in `labels`; the card does not match its model", json.display());
+    }
     let params: toml::Value = serde_json::from_value(card.params.clone())?;
     let params = params.as_table().cloned().unwrap_or_default();
     let what = json.display().to_string();

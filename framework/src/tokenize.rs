@@ -107,6 +107,13 @@ impl TextTokenizer {
     }
 
     fn hf(mut tk: Tokenizer, max_len: usize, describe: String) -> anyhow::Result<TextTokenizer> {
+        // Special tokens alone would map every text to the same sequence, and so every text
+        // to one vector.
+        let specials = tk.get_added_tokens_decoder().len();
+        anyhow::ensure!(
+            tk.get_vocab_size(false) > 0 && tk.get_vocab_size(true) > specials,
+            "the tokenizer has no vocabulary beyond its {specials} special tokens: every text would be the same sequence"
+        );
         // Padding is the model's business (it masks); truncation keeps the special tokens.
         tk.with_padding(None);
         tk.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))

@@ -25,7 +25,7 @@ pub enum Pooling {
 
 /// Tokens per chunk in inference. Sequences are packed (no padding), so the activations
 /// of a chunk are proportional to its tokens, not to its longest sequence: a token budget
-/// bounds memory whatever the lengths (about 100 MB at all-MiniLM-L6-v2's width), and keeps
+/// bounds memory whatever the lengths (about 130 MB of activations at all-MiniLM-L6-v2's widths), and keeps
 /// the products large enough to run near the kernel's peak.
 const TOKEN_BUDGET: usize = 8192;
 

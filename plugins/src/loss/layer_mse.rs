@@ -42,7 +42,11 @@ pub struct LayerMse {
     proj: Option<Linear>,
 }
 
-fn build(p: LayerMseParams, _: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
+fn build(p: LayerMseParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
+    if p.map.as_ref().is_some_and(Vec::is_empty) {
+        // An empty map compares nothing: the term would be zero and train nothing.
+        return Err(ctx.error("map", "an empty map compares no layer; give pairs [student_state, teacher_state], or leave it out for TinyBERT's uniform map"));
+    }
     Ok(Box::new(LayerMse { map: p.map, mode: p.projection, seed: p.seed, proj: None }))
 }
 
@@ -156,6 +160,16 @@ impl Loss for LayerMse {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_empty_map_is_refused_at_its_key() {
+        use kdx_framework::registry::{build_standalone, PluginKind};
+        let mut p = toml::Table::new();
+        p.insert("map".into(), toml::Value::Array(Vec::new()));
+        let e = build_standalone(PluginKind::Loss, "layer-mse", p, "recipe.toml").err().expect("refused").to_string();
+        assert!(e.contains("map") && e.contains("empty map compares no layer"), "{e}");
+    }
+
     use super::*;
     use kdx_framework::loss::{layer_gradient_check, sample_layers, SampleBatch};
 
