@@ -102,8 +102,7 @@ impl Entry<'_> {
 pub fn e5s1(bin: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
     ensure!(!out.exists(), "{} exists already: convert into a new directory", out.display());
     let map = kdx_framework::store::map_file(bin)?;
-    let tensors_and_config = read(&map).with_context(|| format!("{}: not a readable E5S1 model", bin.display()))?;
-    let (tensors, config) = tensors_and_config;
+    let (tensors, config) = read(&map).with_context(|| format!("{}: not a readable E5S1 model", bin.display()))?;
     let tok = std::fs::read(tokenizer).with_context(|| format!("reading {}", tokenizer.display()))?;
     let pieces = serde_json::from_slice::<serde_json::Value>(&tok)
         .ok()

@@ -88,13 +88,19 @@ fn unpredictable_suffix() -> String {
 
 /// The temporary-and-rename write of a path that is absent or a regular file.
 fn replace_regular(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_regular_via(path, bytes, &unpredictable_suffix())
+}
+
+/// [`replace_regular`] through the temporary `.<name>.tmp<suffix>` (tests choose the
+/// suffix to collide with a planted link).
+fn replace_regular_via(path: &Path, bytes: &[u8], suffix: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let Some(name) = path.file_name() else {
         bail!("cannot write {}: the path has no file name", path.display());
     };
     std::fs::create_dir_all(dir).with_context(|| format!("writing {}: creating its directory", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), unpredictable_suffix()));
+    let tmp = dir.join(format!(".{}.tmp{suffix}", name.to_string_lossy()));
     let result = (|| -> std::io::Result<()> {
         // create_new is O_CREAT | O_EXCL: it fails on anything already at the name, a link
         // included, instead of following it. O_NOFOLLOW says the same for the last component.
@@ -213,19 +219,15 @@ mod tests {
         write_atomic(&dir.path().join("out.csv"), b"result").unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert_eq!(std::fs::read(dir.path().join("out.csv")).unwrap(), b"result");
-        // A write that meets a taken name leaves the name to its owner.
-        let e = format!("{:#}", replace_on_taken_name(dir.path()));
-        assert!(e.contains("exists"), "{e}");
-    }
-
-    /// Forces a collision with an existing temporary name (as a planted link would make).
-    fn replace_on_taken_name(dir: &Path) -> anyhow::Error {
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = dir.join("taken");
-        std::os::unix::fs::symlink(dir.join("victim"), &tmp).unwrap();
-        let e = std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).open(&tmp).unwrap_err();
-        assert!(tmp.symlink_metadata().unwrap().file_type().is_symlink(), "the planted link is still there");
-        anyhow::Error::from(e)
+        // Even a link planted at the very temporary name is not followed: the write fails,
+        // the victim keeps its contents and the link stays (it is not this write's to remove).
+        let planted = dir.path().join(".out.csv.tmpguessed");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let e = format!("{:#}", replace_regular_via(&dir.path().join("out.csv"), b"evil", "guessed").unwrap_err());
+        assert!(e.contains("writing") && e.contains("exists"), "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(planted.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(dir.path().join("out.csv")).unwrap(), b"result");
     }
 
     fn mkfifo(p: &Path) {

@@ -548,24 +548,27 @@ impl ModelBuilder for HfEncoder {
         let max_len = self.p.max_len.unwrap_or(hf.max_len);
         let prefix = self.p.prefix.as_deref().unwrap_or(&hf.prefix);
         let tokenizer_path = hf.dir.join("tokenizer.json");
-        let mut tokenizer = TextTokenizer::from_file(&tokenizer_path, max_len)?.with_prefix(prefix);
+        let whole = || -> anyhow::Result<TextTokenizer> { Ok(TextTokenizer::from_file(&tokenizer_path, max_len)?.with_prefix(prefix)) };
         let mut enc = enc;
-        let mut vocabulary_note = String::new();
-        if let Some(budget) = self.p.max_vocabulary {
-            let full = std::fs::read(&tokenizer_path).with_context(|| format!("reading {}", tokenizer_path.display()))?;
-            let pruned = match &spec.tokenizer_file {
-                // An exported run: its own pruned tokenizer.json says which pieces it kept.
-                Some(f) => super::prune::reload(&full, &std::fs::read(f).with_context(|| format!("reading {}", f.display()))?)?,
-                None => {
-                    anyhow::ensure!(!spec.train_texts.is_empty(), "max_vocabulary: no training texts to choose the vocabulary from");
-                    let ids: Vec<Vec<u32>> = spec.train_texts.par_iter().map(|t| tokenizer.encode(t)).collect::<anyhow::Result<_>>()?;
-                    super::prune::choose(&full, &ids, &spec.train_texts, budget)?
-                }
-            };
-            vocabulary_note = format!(", vocabulary {} of {} pieces", pruned.rows.len(), hf.cfg.vocab);
-            enc.keep_token_rows(&pruned.rows)?;
-            tokenizer = TextTokenizer::derived(&pruned.json, max_len)?.with_prefix(prefix);
-        }
+        let (tokenizer, vocabulary_note) = match self.p.max_vocabulary {
+            None => (whole()?, String::new()),
+            Some(budget) => {
+                let full = std::fs::read(&tokenizer_path).with_context(|| format!("reading {}", tokenizer_path.display()))?;
+                let pruned = match &spec.tokenizer_file {
+                    // An exported run: its own pruned tokenizer.json says which pieces it kept.
+                    Some(f) => super::prune::reload(&full, &std::fs::read(f).with_context(|| format!("reading {}", f.display()))?)?,
+                    None => {
+                        anyhow::ensure!(!spec.train_texts.is_empty(), "max_vocabulary: no training texts to choose the vocabulary from");
+                        let tokenizer = whole()?;
+                        let ids: Vec<Vec<u32>> = spec.train_texts.par_iter().map(|t| tokenizer.encode(t)).collect::<anyhow::Result<_>>()?;
+                        super::prune::choose(&full, &ids, &spec.train_texts, budget)?
+                    }
+                };
+                enc.keep_token_rows(&pruned.rows)?;
+                let note = format!(", vocabulary {} of {} pieces", pruned.rows.len(), hf.cfg.vocab);
+                (TextTokenizer::derived(&pruned.json, max_len)?.with_prefix(prefix), note)
+            }
+        };
         let pooling = self.p.pooling.unwrap_or(hf.pooling);
         let normalize = self.p.normalize.unwrap_or(hf.normalize);
         let mut name = hf.name();
