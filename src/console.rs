@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use kdx_framework::event::{Event, Observer, TeacherSource};
+use kdx_framework::stage::Stage;
 
 /// Renders events for a person on stderr: a progress bar per stage on a terminal, a line
 /// every ten seconds otherwise, and every note and evaluation as a `kdx: …` line.
@@ -83,11 +84,13 @@ impl Observer for Console {
 /// Writes each event as one JSON object per line (the format of `docs/events.md`).
 ///
 /// `step` events are rate-limited to one per [`JsonLines::STEP_INTERVAL`] per stage, plus
-/// every stage's last step, so a long run does not write a line per step; every other
-/// event is written as it happens and flushed at once.
+/// every stage's first and last step, so a long run does not write a line per step and a
+/// reader always sees a stage's training begin; every other event is written as it
+/// happens and flushed at once.
 pub struct JsonLines<W: Write> {
     out: W,
-    last_step: Option<Instant>,
+    /// The stage and time of the last `step` written.
+    last_step: Option<(Stage, Instant)>,
     /// Set once a write failed (a closed pipe): later events are dropped silently.
     closed: bool,
 }
@@ -107,12 +110,13 @@ impl<W: Write> Observer for JsonLines<W> {
         if self.closed {
             return;
         }
-        if let Event::Step { step, steps, .. } = event {
-            let due = step == steps || self.last_step.is_none_or(|t| t.elapsed() >= Self::STEP_INTERVAL);
+        if let Event::Step { stage, step, steps, .. } = event {
+            let due = step == steps
+                || self.last_step.is_none_or(|(s, t)| s != *stage || t.elapsed() >= Self::STEP_INTERVAL);
             if !due {
                 return;
             }
-            self.last_step = Some(Instant::now());
+            self.last_step = Some((*stage, Instant::now()));
         }
         let Ok(line) = serde_json::to_string(event) else { return };
         if writeln!(self.out, "{line}").and_then(|_| self.out.flush()).is_err() {
@@ -166,13 +170,13 @@ impl Observer for Both<'_> {
 mod tests {
     use super::*;
     use kdx_framework::event::RunStatus;
-    use kdx_framework::stage::Stage;
 
     #[test]
     fn json_lines_rate_limit_steps_but_keep_each_stage_end() {
         let mut buf = Vec::new();
         {
             let mut j = JsonLines::new(&mut buf);
+            j.event(&Event::Step { stage: Stage::Teacher, step: 1, steps: 2000, loss: 1.0 });
             for step in 1..=1000 {
                 j.event(&Event::Step { stage: Stage::Distill, step, steps: 1000, loss: 1.0 });
             }
@@ -180,7 +184,8 @@ mod tests {
         }
         let lines: Vec<Event> = String::from_utf8(buf).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert!(lines.len() < 10, "{} lines", lines.len());
-        assert_eq!(lines[0], Event::Step { stage: Stage::Distill, step: 1, steps: 1000, loss: 1.0 });
+        // A new stage's first step is written even right after another stage's.
+        assert_eq!(lines[1], Event::Step { stage: Stage::Distill, step: 1, steps: 1000, loss: 1.0 });
         assert_eq!(lines[lines.len() - 2], Event::Step { stage: Stage::Distill, step: 1000, steps: 1000, loss: 1.0 });
         assert!(matches!(lines.last(), Some(Event::RunFinished { status: RunStatus::Ok, .. })));
     }

@@ -329,7 +329,12 @@ fn sigterm_checkpoints_the_current_step_and_the_resumed_run_is_exact() {
     let event = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap();
     // The first reported step of the distill stage: the signal lands while it trains.
     let seen = loop {
-        let e = event(&lines.next().expect("the run reaches the distill stage").unwrap());
+        let Some(line) = lines.next() else {
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            panic!("the run ended before its distill stage reported a step: {:?}\n{err}", child.wait());
+        };
+        let e = event(&line.unwrap());
         if e["type"] == "step" && e["stage"] == "distill" && e["step"].as_u64().unwrap() < 900 {
             break e["step"].as_u64().unwrap();
         }
