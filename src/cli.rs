@@ -172,6 +172,19 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a run's transformer model as a Hugging Face / sentence-transformers directory
+    /// (config.json, model.safetensors, tokenizer.json, modules.json with its pooling,
+    /// normalisation and projection), which `SentenceTransformer(DIR)` and kdx both load.
+    Export {
+        /// A run directory (results/<experiment>/<run>).
+        run_dir: PathBuf,
+        /// Which model of the run.
+        #[arg(long, default_value = "student", value_parser = ["student", "teacher"])]
+        model: String,
+        /// The directory to create (it must not exist, or be empty).
+        #[arg(long)]
+        hf: PathBuf,
+    },
     /// Score a trained model on a labelled file, per language.
     Eval {
         /// A run directory.
@@ -369,6 +382,19 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Convert { format: _, input, tokenizer, out } => {
             crate::convert::e5s1(&input, &tokenizer, &out)?;
             eprintln!("kdx: converted {} into {}", input.display(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { run_dir, model, hf } => {
+            let (m, projection) = kdx_framework::export::load_embedder(&run_dir.join(&model))?;
+            let t = m.as_transformer().with_context(|| {
+                format!(
+                    "the {model} of {} is {}: only transformer models export to the Hugging Face format",
+                    run_dir.display(),
+                    m.describe()
+                )
+            })?;
+            kdx_plugins::model::hf_export::write(t, projection.as_ref(), &hf)?;
+            eprintln!("kdx: wrote {} ({}); load it with SentenceTransformer({:?})", hf.display(), m.describe(), hf.display().to_string());
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { run_dir, data, parallel, split, model, csv } => {

@@ -18,7 +18,8 @@ use kdx_plugins::model::hf_encoder::HfDir;
 pub fn load(path: &Path, which: &str) -> Result<(Box<dyn Model>, Option<HiddenProjection>)> {
     if path.join("config.json").is_file() {
         let hf = HfDir::open(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        return Ok((Box::new(hf.model(1)?), None));
+        let projection = hf.projection()?;
+        return Ok((Box::new(hf.model(1)?), projection));
     }
     let stem = path.join(which);
     anyhow::ensure!(
@@ -79,22 +80,7 @@ pub fn run(model_path: &Path, which: &str, lines: &[String], output: Option<&Pat
 /// distinct sources and translations, as a run's `retrieval.csv` scores them. Returns the
 /// printed summary.
 pub fn eval_parallel(model_path: &Path, which: &str, file: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut pairs: Vec<(&str, &str)> = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let mut cols = line.split('\t');
-        // A header row (`source<TAB>translation`, as spreadsheets and pandas write) names
-        // the columns; scored as a pair it would be a free hit.
-        if n == 0 && line.trim_start_matches('\u{feff}').eq_ignore_ascii_case("source\ttranslation") {
-            continue;
-        }
-        match (cols.next(), cols.next()) {
-            (Some(s), Some(t)) if !s.is_empty() && !t.is_empty() => pairs.push((s, t)),
-            _ => anyhow::bail!("{}:{}: expected `source<TAB>translation`, found {line:?}", file.display(), n + 1),
-        }
-    }
-    anyhow::ensure!(pairs.len() >= 2, "{}: retrieval needs at least 2 pairs, found {}", file.display(), pairs.len());
-    let set = ParallelSet::new(pairs.iter().copied());
+    let set = ParallelSet::read(file)?;
     let (model, projection) = load(model_path, which)?;
     let embedder = Embedder { model: &*model, projection: projection.as_ref() };
     let side = |texts: &[String]| embedder.embed(&texts.iter().map(String::as_str).collect::<Vec<_>>());

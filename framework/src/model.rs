@@ -331,6 +331,12 @@ pub trait Model: Send + Sync {
         self.params().iter().map(|p| p.numel()).sum()
     }
 
+    /// The model as a transformer encoder with pooling ([`crate::nn::TransformerModel`]),
+    /// for what reads its blocks directly (`kdx export --hf`); `None` for other models.
+    fn as_transformer(&self) -> Option<&crate::nn::TransformerModel> {
+        None
+    }
+
     /// Whether outputs depend on [`Bags::langs`] (a model that routes by language). When
     /// they do not, inference computes a text once however many languages it appears under
     /// (an English source read for each of its translations).

@@ -131,6 +131,15 @@ impl TextTokenizer {
         self
     }
 
+    /// The tokenizer.json of a Hugging Face vocabulary (learned, read or pruned), as the
+    /// `tokenizers` library writes it; `None` for bytes and characters.
+    pub fn hf_json(&self) -> Option<String> {
+        match &self.kind {
+            Kind::Hf(tk) => tk.to_string(false).ok(),
+            Kind::Bytes | Kind::Chars { .. } => None,
+        }
+    }
+
     /// The prefix put before every text, if any.
     pub fn prefix(&self) -> Option<&str> {
         self.prefix.as_deref()
@@ -230,6 +239,15 @@ impl Featurizer for TextTokenizer {
         match &self.kind {
             Kind::Hf(tk) if self.learned => tk.to_string(false).ok(),
             _ => None,
+        }
+    }
+    fn vocabulary(&self) -> Option<crate::features::Vocabulary> {
+        match &self.kind {
+            Kind::Hf(tk) => Some(crate::features::Vocabulary {
+                size: tk.get_vocab_size(true),
+                unknown: ["<unk>", "[UNK]"].iter().find_map(|t| tk.token_to_id(t)),
+            }),
+            Kind::Bytes | Kind::Chars { .. } => None,
         }
     }
 }

@@ -55,6 +55,41 @@ pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).and_then(|_| f.flush()).with_context(context)
 }
 
+/// Writes a new directory `dir` holding `files` (relative paths, subdirectories created)
+/// all at once: they are written into a fresh directory `.<name>.tmp<pid>-<random>` beside
+/// it (created exclusively, so nothing planted there is followed) and that is renamed to
+/// `dir`. A reader, or a crash, sees no `dir` or the whole of it. An existing `dir` is
+/// refused unless it is an empty directory, so nothing already written is replaced.
+pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    if let Ok(m) = std::fs::symlink_metadata(dir) {
+        let empty = m.is_dir() && std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !empty {
+            bail!("cannot write {}: it exists already (remove it, or choose another directory)", dir.display());
+        }
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Some(name) = dir.file_name() else {
+        bail!("cannot write {}: the path has no directory name", dir.display());
+    };
+    std::fs::create_dir_all(parent).with_context(|| format!("writing {}: creating {}", dir.display(), parent.display()))?;
+    let tmp = parent.join(format!(".{}.tmp{}", name.to_string_lossy(), unpredictable_suffix()));
+    std::fs::create_dir(&tmp).with_context(|| format!("writing {}: creating {}", dir.display(), tmp.display()))?;
+    let result = (|| -> Result<()> {
+        for (rel, bytes) in files {
+            anyhow::ensure!(
+                Path::new(rel).components().all(|c| matches!(c, std::path::Component::Normal(_))),
+                "`{rel}` is not a plain relative path"
+            );
+            replace_regular(&tmp.join(rel), bytes)?;
+        }
+        std::fs::rename(&tmp, dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.with_context(|| format!("writing {}", dir.display()))
+}
+
 /// What a non-regular file is, for messages.
 fn kind(m: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
@@ -159,6 +194,24 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_is_written_whole_and_never_over_another() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("export");
+        write_dir_atomic(&dir, &[("a.json", b"{}".to_vec()), ("sub/b.bin", vec![1, 2])]).unwrap();
+        assert_eq!(std::fs::read(dir.join("sub/b.bin")).unwrap(), [1, 2]);
+        // Only the directory itself is left: no temporary beside it.
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+        let err = write_dir_atomic(&dir, &[("a.json", b"[]".to_vec())]).unwrap_err();
+        assert!(format!("{err:#}").contains("exists already"), "{err:#}");
+        assert_eq!(std::fs::read(dir.join("a.json")).unwrap(), b"{}");
+        // A path that leaves the directory is refused and nothing is left behind.
+        let other = tmp.path().join("other");
+        assert!(write_dir_atomic(&other, &[("../escape", vec![0])]).is_err());
+        assert!(!other.exists() && !tmp.path().join("escape").exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn hex_and_sha256() {

@@ -138,6 +138,9 @@ impl TransformerModel {
 }
 
 impl Model for TransformerModel {
+    fn as_transformer(&self) -> Option<&TransformerModel> {
+        Some(self)
+    }
     fn describe(&self) -> String {
         let c = &self.encoder.cfg;
         format!(

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::model::{LayerShape, Model, ModelBuilder, ModelKind, ModelSpec};
 use kdx_framework::nn::kernels::FfnActivation;
-use kdx_framework::nn::{Encoder, EncoderConfig, LayerNorm, Linear, Pooling, TransformerModel};
+use kdx_framework::nn::{Encoder, EncoderConfig, HiddenProjection, LayerNorm, Linear, Pooling, TransformerModel};
 use kdx_framework::registry::BuildCtx;
 use kdx_framework::tokenize::TextTokenizer;
 use schemars::JsonSchema;
@@ -78,6 +78,10 @@ pub struct HfDir {
     /// The directory's default prompt (config_sentence_transformers.json), put before every
     /// input.
     pub prefix: String,
+    /// A sentence-transformers `Dense` module after the pooling (identity activation): its
+    /// directory. `kdx export --hf` writes one for a student's projection into its
+    /// teacher's space; [`HfDir::projection`] reads it.
+    pub dense: Option<PathBuf>,
 }
 
 fn read_json(path: &Path) -> Result<Value, String> {
@@ -278,7 +282,7 @@ impl HfDir {
         let (model_type, cfg) = HfConfig::read(&config_path)?;
         cfg.validate().map_err(|e| format!("{}: {e}", config_path.display()))?;
         check_against_weights(&dir.join("model.safetensors"), &config_path, &model_type, &cfg)?;
-        let (pooling, normalize) = sentence_modules(dir)?;
+        let (pooling, normalize, dense) = sentence_modules(dir)?;
         let max_len = match dir.join("sentence_bert_config.json") {
             p if p.is_file() => read_json(&p)?.get("max_seq_length").and_then(Value::as_u64).map(|v| v as usize),
             _ => None,
@@ -286,7 +290,39 @@ impl HfDir {
         .unwrap_or(cfg.max_len())
         .min(cfg.max_len());
         let prefix = default_prompt(dir)?;
-        Ok(HfDir { dir: dir.to_path_buf(), model_type, cfg, pooling, normalize, max_len, prefix })
+        Ok(HfDir { dir: dir.to_path_buf(), model_type, cfg, pooling, normalize, max_len, prefix, dense })
+    }
+
+    /// The `Dense` module's map (`None` without one), as the projection kdx applies after
+    /// the pooled (and normalised) vector.
+    pub fn projection(&self) -> anyhow::Result<Option<HiddenProjection>> {
+        let Some(dense) = &self.dense else { return Ok(None) };
+        let path = dense.join("model.safetensors");
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
+        let tensor = |name: &str| -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
+            let t = st.tensor(name).map_err(|e| anyhow::anyhow!("{}: `{name}`: {e}", path.display()))?;
+            anyhow::ensure!(t.dtype() == safetensors::Dtype::F32, "{}: `{name}` is {:?}, kdx reads F32", path.display(), t.dtype());
+            Ok((t.shape().to_vec(), t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+        };
+        let ((ws, w), (bs, b)) = (tensor("linear.weight")?, tensor("linear.bias")?);
+        let (o, i) = (ws[0], ws.get(1).copied().unwrap_or(0));
+        anyhow::ensure!(
+            ws.len() == 2 && i == self.cfg.width && bs == [o],
+            "{}: a Dense module from {} to {o} wide (bias {bs:?}) after a {}-wide pooling",
+            path.display(),
+            i,
+            self.cfg.width
+        );
+        let mut p = HiddenProjection::for_loading(i, o);
+        let l = p.linear.as_mut().expect("for_loading makes the projection");
+        for r in 0..o {
+            for c in 0..i {
+                l.w.data[c * o + r] = w[r * i + c];
+            }
+        }
+        l.b.data.copy_from_slice(&b);
+        Ok(Some(p))
     }
 
     /// Reads the weights of `layers` (all when `None`) into an encoder, checking every
@@ -443,19 +479,23 @@ fn default_prompt(dir: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("{}: `default_prompt_name` is \"{name}\" but `prompts` has no such prompt", path.display()))
 }
 
-/// Pooling and normalisation from sentence-transformers' modules.json (mean and no
-/// normalisation without one).
-fn sentence_modules(dir: &Path) -> Result<(Pooling, bool), String> {
+/// Pooling, normalisation and a `Dense` projection's directory from sentence-transformers'
+/// modules.json (mean, no normalisation and no projection without one). A `Dense` module
+/// must come last and map linearly (identity activation).
+fn sentence_modules(dir: &Path) -> Result<(Pooling, bool, Option<PathBuf>), String> {
     let modules_path = dir.join("modules.json");
     if !modules_path.is_file() {
-        return Ok((Pooling::Mean, false));
+        return Ok((Pooling::Mean, false, None));
     }
     let modules = read_json(&modules_path)?;
     let list = modules.as_array().ok_or_else(|| format!("{}: expected a list of modules", modules_path.display()))?;
-    let (mut pooling, mut normalize) = (Pooling::Mean, false);
+    let (mut pooling, mut normalize, mut dense) = (Pooling::Mean, false, None);
     for m in list {
         let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
         let sub = m.get("path").and_then(Value::as_str).unwrap_or("");
+        if dense.is_some() {
+            return Err(format!("{}: `{ty}` after a Dense module: kdx reads a Dense module only as the last one", modules_path.display()));
+        }
         match ty.rsplit('.').next().unwrap_or("") {
             "Transformer" => {}
             "Normalize" => normalize = true,
@@ -472,10 +512,23 @@ fn sentence_modules(dir: &Path) -> Result<(Pooling, bool), String> {
                     return Err(format!("{}: only mean or cls pooling is supported", p.display()));
                 }
             }
-            other => return Err(format!("{}: module type `{ty}` ({other}) is not supported (Transformer, Pooling, Normalize)", modules_path.display())),
+            "Dense" => {
+                let p = dir.join(sub).join("config.json");
+                let act = read_json(&p)?.get("activation_function").and_then(Value::as_str).unwrap_or("").to_string();
+                if !act.ends_with("Identity") {
+                    return Err(format!("{}: activation `{act}`: kdx reads a Dense module with the identity activation only", p.display()));
+                }
+                dense = Some(dir.join(sub));
+            }
+            other => {
+                return Err(format!(
+                    "{}: module type `{ty}` ({other}) is not supported (Transformer, Pooling, Normalize, Dense)",
+                    modules_path.display()
+                ))
+            }
         }
     }
-    Ok((pooling, normalize))
+    Ok((pooling, normalize, dense))
 }
 
 /// The checked plugin: the directory's configuration plus the recipe's choices.
@@ -502,6 +555,17 @@ fn build(mut p: HfEncoderParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>
         ));
     }
     let hf = HfDir::open(&p.path).map_err(|e| ctx.error("path", e))?;
+    if let Some(d) = &hf.dense {
+        // Its vectors would silently lack the projection: refuse rather than differ.
+        return Err(ctx.error(
+            "path",
+            format!(
+                "{} ends in a Dense projection ({}): `kdx embed` and `kdx eval` read it, a recipe's hf-encoder does not yet",
+                p.path.display(),
+                d.display()
+            ),
+        ));
+    }
     if let Some(layers) = &p.layers {
         if layers.is_empty() {
             return Err(ctx.error("layers", "keep at least one layer"));
@@ -539,7 +603,14 @@ impl ModelBuilder for HfEncoder {
     fn layer_shape(&self) -> Option<LayerShape> {
         let c = &self.hf.cfg;
         let layers = self.p.layers.as_ref().map_or(c.layers, Vec::len);
-        let tokenizer = TextTokenizer::file_identity(&self.hf.dir.join("tokenizer.json")).ok()?;
+        // The prefix and the length limit change the token sequence as much as the vocabulary:
+        // two models compare token by token only when all three agree. A pruned vocabulary
+        // keeps every piece of the training text (within its budget), so it segments that
+        // text as the whole one does; the losses check the token counts at each step.
+        let file = TextTokenizer::file_identity(&self.hf.dir.join("tokenizer.json")).ok()?;
+        let max_len = self.p.max_len.unwrap_or(self.hf.max_len);
+        let prefix = self.p.prefix.as_deref().unwrap_or(&self.hf.prefix);
+        let tokenizer = format!("{file} (max_len {max_len}, prefix {prefix:?})");
         Some(LayerShape { layers, width: c.width, heads: c.heads, tokenizer })
     }
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
