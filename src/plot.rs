@@ -453,7 +453,7 @@ fn retrieval_items() -> Vec<(String, Mark)> {
 /// the languages with little data keep up.
 fn draw_retrieval(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
     let area = header(area, title, &retrieval_items())?;
-    let rows: Vec<&RetrievalRow> = csv.retrieval.iter().filter(|r| r.lang != "macro").collect();
+    let rows: Vec<&RetrievalRow> = csv.retrieval.iter().filter(|r| r.set == "test" && r.lang != "macro").collect();
     if rows.is_empty() {
         return message(&area, "no retrieval.csv: not a parallel-data run with an embedding loss");
     }

@@ -59,6 +59,14 @@ pub enum Measure {
 }
 
 impl Task {
+    /// Whether the test examples are translations with their English sources, so
+    /// `retrieval.csv` can score translation retrieval: the teacher reads the sources
+    /// (cross-lingual distillation), or the task is measured by retrieval (parallel data,
+    /// whichever side the teacher reads).
+    pub fn is_parallel(&self) -> bool {
+        self.teacher_reads_source || self.measure == Measure::Retrieval
+    }
+
     /// Checks the invariants the engine relies on; returns a message naming what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if self.labels.len() < 2 {

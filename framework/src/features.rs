@@ -17,6 +17,31 @@ pub trait Featurizer: Send + Sync {
     fn tokenizer_json(&self) -> Option<String> {
         None
     }
+    /// The size of a token vocabulary and its unknown token's id, for tokenizers that have
+    /// them (`run.csv` reports the size and the unknown-token rate on test); `None` for
+    /// hashed features.
+    fn vocabulary(&self) -> Option<Vocabulary> {
+        None
+    }
+}
+
+/// A tokenizer's vocabulary, as the reports see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vocabulary {
+    /// Number of tokens (specials included).
+    pub size: usize,
+    /// The id a piece outside the vocabulary becomes, if the tokenizer has one.
+    pub unknown: Option<u32>,
+}
+
+impl Vocabulary {
+    /// The share of `bags`' ids that are the unknown token (0 without one).
+    pub fn unknown_rate(&self, bags: &Bags) -> f64 {
+        match self.unknown {
+            Some(u) => bags.ids.iter().filter(|&&i| i == u).count() as f64 / bags.ids.len().max(1) as f64,
+            None => 0.0,
+        }
+    }
 }
 
 /// Many bags of ids in compressed-sparse-row form: bag `i` is `ids[offsets[i]..offsets[i+1]]`.

