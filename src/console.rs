@@ -76,7 +76,12 @@ impl Observer for Console {
                     eprintln!("kdx: [{stage}] step {step}/{steps} loss {loss:.4}");
                 }
             }
-            Event::Evaluated { stage, step, macro_acc } => self.line(&format!("[{stage}] step {step}: dev macro accuracy {macro_acc:.4}")),
+            Event::Evaluated { stage, step, macro_acc, measure } if measure == "retrieval" => {
+                self.line(&format!("[{stage}] step {step}: dev translation → English retrieval {macro_acc:.4}"))
+            }
+            Event::Evaluated { stage, step, macro_acc, .. } => {
+                self.line(&format!("[{stage}] step {step}: dev macro accuracy {macro_acc:.4}"))
+            }
         }
     }
 }
@@ -111,8 +116,7 @@ impl<W: Write> Observer for JsonLines<W> {
             return;
         }
         if let Event::Step { stage, step, steps, .. } = event {
-            let due = step == steps
-                || self.last_step.is_none_or(|(s, t)| s != *stage || t.elapsed() >= Self::STEP_INTERVAL);
+            let due = step == steps || self.last_step.is_none_or(|(s, t)| s != *stage || t.elapsed() >= Self::STEP_INTERVAL);
             if !due {
                 return;
             }

@@ -51,7 +51,7 @@ fn a_run_tells_its_stages_in_order_to_any_observer() {
     let evals: Vec<(Stage, u64)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Evaluated { stage, step, macro_acc } if (0.0..=1.0).contains(macro_acc) => Some((*stage, *step)),
+            Event::Evaluated { stage, step, macro_acc, .. } if (0.0..=1.0).contains(macro_acc) => Some((*stage, *step)),
             _ => None,
         })
         .collect();

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kdx_framework::report::{read_csv, LanguageRow, RunRow};
+use kdx_framework::report::{read_csv, LanguageRow, MetricRow, RunRow};
 use kdx_framework::retrieval::RetrievalRow;
 
 fn kdx(args: &[&str]) -> std::process::Output {
@@ -74,6 +74,7 @@ fn minilm_distilled_into_an_ngram_student_retrieves_translations_and_embeds_in_i
     let dir = results.join("parallel/run");
 
     let rows: Vec<RetrievalRow> = read_csv(&dir.join("retrieval.csv")).unwrap();
+    assert!(rows.iter().all(|r| r.set == "test"), "no [retrieval] sets: the test split only");
     let of = |model: &str, lang: &str| rows.iter().find(|r| r.model == model && r.lang == lang).unwrap();
     let langs = ["ar", "de", "fr", "hi", "ja", "ru"];
     for model in ["student", "mixed", "teacher", "untrained"] {
@@ -98,6 +99,15 @@ fn minilm_distilled_into_an_ngram_student_retrieves_translations_and_embeds_in_i
     // flagship recipe's; an unrelated vector would be near 0.
     assert!(s.en_cosine.unwrap() > 0.3, "student–teacher cosine on English {:?}", s.en_cosine);
     assert!(s.to_en > t.to_en);
+
+    // The dev curve is the task's: translation → English retrieval on the dev pairs through
+    // the projection (among each language's dev messages: fewer candidates than test has),
+    // far above the chance of the untrained language-label head, and rising.
+    let metrics: Vec<MetricRow> = read_csv(&dir.join("metrics.csv")).unwrap();
+    let dev: Vec<&MetricRow> = metrics.iter().filter(|m| m.split == "dev" && m.stage == "distill" && m.lang == "macro").collect();
+    assert_eq!(dev.iter().map(|m| m.step).collect::<Vec<_>>(), [400, 800]);
+    assert!(dev.iter().all(|m| m.loss.is_nan() && m.teacher_acc.is_none()), "retrieval rows have no cross-entropy");
+    assert!(dev[1].acc > 0.3 && dev[1].acc >= dev[0].acc - 0.02, "dev retrieval {} then {}", dev[0].acc, dev[1].acc);
 
     // languages.csv and run.csv carry translation → English accuracy: teacher = the teacher
     // on translations, baseline = untrained, agreement = cosine to the teacher on English.

@@ -136,8 +136,12 @@ pub enum Event {
         stage: Stage,
         /// Steps done in the stage.
         step: u64,
-        /// Macro accuracy over the languages the student trains on.
+        /// Macro accuracy over the languages the student trains on: classification
+        /// accuracy, or translation → English retrieval accuracy@1 (`measure`).
         macro_acc: f64,
+        /// What `macro_acc` measures: `accuracy` or `retrieval` (parallel-data runs).
+        #[serde(default = "accuracy")]
+        measure: String,
     },
     /// Information for a person (what was chosen and why, a skipped stage, a summary).
     Note {
@@ -181,6 +185,10 @@ impl Observer for Recorder {
     fn event(&mut self, event: &Event) {
         self.events.push(event.clone());
     }
+}
+
+fn accuracy() -> String {
+    "accuracy".into()
 }
 
 #[cfg(test)]

@@ -72,6 +72,18 @@ pub trait Loss: Send {
     fn params_mut(&mut self) -> Vec<&mut Param> {
         Vec::new()
     }
+    /// Whether the loss fits something to the data before the first step of a fresh stage
+    /// ([`Loss::fit`]), e.g. its projection in closed form.
+    fn wants_fit(&self) -> bool {
+        false
+    }
+    /// Called once before the first step of a stage that starts fresh (never on resume:
+    /// the checkpoint holds the fitted values), after [`Loss::prepare`], with the student's
+    /// and the teacher's hidden vectors of up to 4096 training examples (`n × Hₛ`, `n × Hₜ`).
+    fn fit(&mut self, student_hidden: &[f32], teacher_hidden: &[f32], n: usize) -> anyhow::Result<()> {
+        let _ = (student_hidden, teacher_hidden, n);
+        Ok(())
+    }
     /// Per-language state to report in `metrics.csv` (e.g. a selective gate), if any.
     fn language_state(&self) -> Option<Vec<f32>> {
         None
@@ -138,12 +150,33 @@ pub struct ProjectedHiddenLoss {
     pub proj: crate::nn::HiddenProjection,
     /// The per-example loss.
     pub criterion: HiddenCriterion,
+    /// How the projection starts.
+    pub init: ProjectionInit,
+}
+
+/// How a learned projection between hidden spaces starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProjectionInit {
+    /// Random (±1/√Hₛ), from the loss's seed.
+    #[default]
+    Random,
+    /// The ridge least-squares map from the student's hidden vectors to the teacher's on
+    /// 4096 training examples, before the first step: a pretrained student trains from the
+    /// best linear reading of its own space rather than a random one.
+    LeastSquares,
 }
 
 impl ProjectedHiddenLoss {
-    /// A loss without a projection yet.
+    /// A loss without a projection yet, which starts at random.
     pub fn new(name: &'static str, mode: crate::nn::ProjectionMode, seed: u64, criterion: HiddenCriterion) -> Self {
-        ProjectedHiddenLoss { name, mode, seed, proj: Default::default(), criterion }
+        ProjectedHiddenLoss { name, mode, seed, proj: Default::default(), criterion, init: ProjectionInit::Random }
+    }
+
+    /// The same, with the projection started as `init` says.
+    pub fn with_init(mut self, init: ProjectionInit) -> Self {
+        self.init = init;
+        self
     }
 }
 
@@ -171,6 +204,14 @@ impl Loss for ProjectedHiddenLoss {
     }
     fn projection(&self) -> Option<&crate::nn::HiddenProjection> {
         Some(&self.proj)
+    }
+    fn wants_fit(&self) -> bool {
+        self.init == ProjectionInit::LeastSquares
+    }
+    fn fit(&mut self, student_hidden: &[f32], teacher_hidden: &[f32], n: usize) -> anyhow::Result<()> {
+        // A small ridge: the fit is the projection's start, not its last word.
+        const RIDGE: f64 = 1e-3;
+        self.proj.fit_least_squares(student_hidden, teacher_hidden, n, RIDGE)
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let th = x.teacher_hidden.ok_or_else(|| anyhow::anyhow!("{} needs the teacher's hidden representation", self.name))?;

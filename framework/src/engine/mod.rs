@@ -4,6 +4,7 @@
 //! One function per stage, called in order by [`run`]. The engine reports what happens as
 //! [`Event`]s to an [`Observer`] and never prints: presentation belongs to the application.
 
+mod fit;
 pub mod metrics;
 mod monitor;
 pub mod objective;
@@ -283,6 +284,9 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
         test: task.test.len(),
     });
     let mut monitor = Monitor::new(opts, dir, &task, plan.train.eval_fraction, &row.hash, observer);
+    if task.measure == crate::dataset::Measure::Retrieval {
+        monitor.retrieval_on_dev(&task);
+    }
     let fcache = FeatureCache { dir: Some(opts.results.join(".cache").join("features")), data_key: plan.dataset.fingerprint()? };
     let labels_visible = !task.teacher_reads_source;
     let vocab_cache = opts.results.join(".cache").join("vocabularies");
@@ -338,7 +342,7 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
     let baseline = baseline(plan, &shared, &mut monitor)?;
     // Parallel data has no labels to train a baseline on; the student as built (the same
     // seed gives the same initial weights) is retrieval's reference instead.
-    let untrained = match shared.task.teacher_reads_source {
+    let untrained = match shared.task.is_parallel() {
         true => {
             let mut u = plan.student.builder.build(&shared.spec(mix(&[seed, 2]), false))?;
             if let Some(network) = ready.teacher.network().filter(|_| plan.init == Init::FromTeacher) {

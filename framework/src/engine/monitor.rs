@@ -9,10 +9,13 @@ use super::metrics::{metric_rows, select_rows};
 use super::train::{LoopState, StageHooks};
 use super::{predict, Inputs, Interrupted, RunOptions};
 use crate::dataset::Task;
+use crate::embedding::Embedder;
 use crate::event::{Event, Observer};
 use crate::model::{Model, Param};
+use crate::nn::HiddenProjection;
 use crate::optim::Optimizer;
 use crate::report::{write_csv, MetricRow};
+use crate::retrieval::ParallelSet;
 use crate::sampler::LangStat;
 use crate::stage::Stage;
 use crate::store::{read_sealed, write_sealed, Metadata, TensorMap};
@@ -36,6 +39,10 @@ pub(super) struct Monitor<'o> {
     pub student_dev: Inputs,
     /// Every metric row so far, in order.
     pub metrics: Vec<MetricRow>,
+    /// A parallel-data run's dev pairs per language (language index, pairs): its dev
+    /// evaluation is translation retrieval through the embedding loss's projection, the
+    /// task's own measure, not the untrained language-label head. Empty otherwise.
+    pub dev_retrieval: Vec<(usize, ParallelSet)>,
     steps_run: u64,
     interrupt_after: Option<u64>,
     stop: Option<&'static std::sync::atomic::AtomicBool>,
@@ -76,6 +83,7 @@ impl<'o> Monitor<'o> {
             teacher_dev_logits: None,
             student_dev: Inputs::default(),
             metrics: Vec::new(),
+            dev_retrieval: Vec::new(),
             steps_run: 0,
             interrupt_after: opts.interrupt_after,
             stop: opts.stop,
@@ -95,8 +103,13 @@ impl<'o> Monitor<'o> {
     }
 
     fn dev_subset(&self, inputs: &Inputs) -> Vec<usize> {
+        self.dev_subset_of(inputs.labels.len())
+    }
+
+    /// Every `1/eval_fraction`-th of `n` dev examples.
+    fn dev_subset_of(&self, n: usize) -> Vec<usize> {
         let stride = (1.0 / self.eval_fraction).round().max(1.0) as usize;
-        (0..inputs.labels.len()).step_by(stride).collect()
+        (0..n).step_by(stride).collect()
     }
 
     /// A stage's checkpoint: one file holding its tensors and loop state, written atomically
@@ -106,8 +119,88 @@ impl<'o> Monitor<'o> {
     }
 }
 
+impl Monitor<'_> {
+    /// Sets the dev pairs of a parallel-data task (every `1/eval_fraction`-th dev example),
+    /// so that dev evaluations score translation retrieval.
+    pub fn retrieval_on_dev(&mut self, task: &Task) {
+        let idx = self.dev_subset_of(task.dev.len());
+        self.dev_retrieval = (0..self.langs.len())
+            .filter(|&l| self.in_macro[l])
+            .map(|l| {
+                let pairs = idx
+                    .iter()
+                    .map(|&i| &task.dev[i])
+                    .filter(|e| e.lang as usize == l)
+                    .filter_map(|e| e.source.as_deref().map(|s| (s, e.text.as_str())))
+                    .filter(|(s, t)| s != t);
+                (l, ParallelSet::new(pairs))
+            })
+            .filter(|(_, set)| set.pairs.len() >= 2)
+            .collect();
+    }
+
+    /// Translation → English retrieval on the dev pairs, through `projection`: one metric
+    /// row per language (`acc` is accuracy@1, `examples` the pairs) and `macro`.
+    fn dev_retrieval_rows(&self, stage: Stage, step: u64, model: &dyn Model, projection: &HiddenProjection) -> Result<Vec<MetricRow>> {
+        let mut texts: Vec<&str> = Vec::new();
+        let mut index = std::collections::HashMap::new();
+        for (_, set) in &self.dev_retrieval {
+            for t in set.sources.iter().chain(&set.translations) {
+                index.entry(t.as_str()).or_insert_with(|| {
+                    texts.push(t.as_str());
+                    texts.len() - 1
+                });
+            }
+        }
+        let embedder = Embedder { model, projection: Some(projection) };
+        let (vectors, d) = (embedder.embed(&texts)?, embedder.dim());
+        let side = |xs: &[String]| -> Vec<f32> { xs.iter().flat_map(|t| vectors[index[t.as_str()] * d..][..d].iter().copied()).collect() };
+        let row = |lang: &str, examples: usize, acc: f64| MetricRow {
+            step,
+            stage: stage.name().into(),
+            split: "dev".into(),
+            lang: lang.into(),
+            examples,
+            loss: f64::NAN,
+            acc,
+            teacher_acc: None,
+            agreement: None,
+            kl: None,
+            gate: None,
+        };
+        let mut rows: Vec<MetricRow> = self
+            .dev_retrieval
+            .iter()
+            .map(|(l, set)| row(&self.langs[*l], set.pairs.len(), set.score(&side(&set.sources), &side(&set.translations), d).0))
+            .collect();
+        let k = rows.len().max(1) as f64;
+        let mean = rows.iter().map(|r| r.acc).sum::<f64>() / k;
+        rows.push(row("macro", rows.iter().map(|r| r.examples).sum(), mean));
+        Ok(rows)
+    }
+}
+
 impl StageHooks for Monitor<'_> {
-    fn evaluate(&mut self, stage: Stage, step: u64, model: &dyn Model, stats: &mut [LangStat], gates: Option<Vec<f32>>) -> Result<()> {
+    fn evaluate(
+        &mut self,
+        stage: Stage,
+        step: u64,
+        model: &dyn Model,
+        projection: Option<&HiddenProjection>,
+        stats: &mut [LangStat],
+        gates: Option<Vec<f32>>,
+    ) -> Result<()> {
+        if let (false, Some(p), true) = (self.dev_retrieval.is_empty(), projection, stage != Stage::Teacher) {
+            let rows = self.dev_retrieval_rows(stage, step, model, p)?;
+            for (r, &(l, _)) in rows.iter().zip(&self.dev_retrieval) {
+                stats[l].dev_acc = r.acc;
+            }
+            if let Some(m) = rows.last() {
+                self.emit(Event::Evaluated { stage, step, macro_acc: m.acc, measure: "retrieval".into() });
+            }
+            self.metrics.extend(rows);
+            return Ok(());
+        }
         let inputs = if stage == Stage::Teacher { &self.teacher_dev } else { &self.student_dev };
         if inputs.labels.is_empty() {
             return Ok(());
@@ -135,7 +228,7 @@ impl StageHooks for Monitor<'_> {
         }
         if let Some(m) = rows.last() {
             let macro_acc = m.acc;
-            self.emit(Event::Evaluated { stage, step, macro_acc });
+            self.emit(Event::Evaluated { stage, step, macro_acc, measure: "accuracy".into() });
         }
         self.metrics.extend(rows);
         Ok(())

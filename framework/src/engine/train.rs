@@ -96,7 +96,17 @@ pub trait StageHooks {
     /// Called after step `step` (1-based count of steps done) when an evaluation is due;
     /// fills per-language dev accuracies (student, teacher) into the statistics.
     /// `gates` is the per-language state a loss reports (e.g. the selective gate).
-    fn evaluate(&mut self, stage: Stage, step: u64, model: &dyn Model, stats: &mut [LangStat], gates: Option<Vec<f32>>) -> Result<()>;
+    /// `projection` is the embedding loss's map into the teacher's space, if any: a
+    /// parallel-data run scores translation retrieval through it.
+    fn evaluate(
+        &mut self,
+        stage: Stage,
+        step: u64,
+        model: &dyn Model,
+        projection: Option<&crate::nn::HiddenProjection>,
+        stats: &mut [LangStat],
+        gates: Option<Vec<f32>>,
+    ) -> Result<()>;
     /// Persists a checkpoint of the stage: every trained parameter (model and losses) by
     /// name, the optimizer and the loop state.
     fn checkpoint(&mut self, stage: Stage, params: &[(String, &Param)], opt: &Optimizer, state: &LoopState) -> Result<()>;
@@ -147,7 +157,11 @@ pub fn run_stage(
     for l in losses.iter_mut() {
         l.loss.prepare(model.hidden_dim(), teacher_hidden_dim).with_context(|| format!("preparing loss `{}`", l.name))?;
     }
-    if let Some((map, s)) = hooks.load_checkpoint(stage.stage)? {
+    let restored = hooks.load_checkpoint(stage.stage)?;
+    if restored.is_none() {
+        super::fit::fit_losses(stage, model, losses)?;
+    }
+    if let Some((map, s)) = restored {
         let mut params = named_params_mut(model, losses);
         let mut moments = Vec::new();
         for (name, p) in params.iter_mut() {
@@ -301,7 +315,8 @@ pub fn run_stage(
             state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
             if due {
                 let gates = losses.iter().find_map(|l| l.loss.language_state());
-                hooks.evaluate(stage.stage, state.step, &*model, &mut state.stats, gates)?;
+                let projection = losses.iter().find_map(|l| l.loss.projection());
+                hooks.evaluate(stage.stage, state.step, &*model, projection, &mut state.stats, gates)?;
             }
             state.cursor = queues.cursor.clone();
             state.pass = queues.pass.clone();
@@ -480,7 +495,15 @@ mod tests {
     }
 
     impl StageHooks for Recording {
-        fn evaluate(&mut self, stage: Stage, step: u64, _: &dyn Model, _: &mut [LangStat], _: Option<Vec<f32>>) -> Result<()> {
+        fn evaluate(
+            &mut self,
+            stage: Stage,
+            step: u64,
+            _: &dyn Model,
+            _: Option<&crate::nn::HiddenProjection>,
+            _: &mut [LangStat],
+            _: Option<Vec<f32>>,
+        ) -> Result<()> {
             self.calls.push(format!("evaluate {stage} {step}"));
             Ok(())
         }

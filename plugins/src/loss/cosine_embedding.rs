@@ -1,7 +1,7 @@
 //! `cosine-embedding`: align the direction of student and teacher hidden representations.
 
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, ProjectedHiddenLoss};
+use kdx_framework::loss::{Loss, ProjectedHiddenLoss, ProjectionInit};
 use kdx_framework::registry::BuildCtx;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -24,6 +24,11 @@ pub struct CosineEmbeddingParams {
     /// Seed of the projection's initialisation.
     #[serde(default)]
     pub seed: u64,
+    /// How the projection starts: "random", or "least-squares" (the best linear map from
+    /// the student's hidden vectors to the teacher's on 4096 training examples, fitted
+    /// before the first step: for a pretrained student, whose space is worth keeping).
+    #[serde(default)]
+    pub projection_init: ProjectionInit,
 }
 
 /// When to put a learned linear projection between student and teacher hidden states.
@@ -33,7 +38,7 @@ pub use kdx_framework::nn::ProjectionMode as Projection;
 const EPS: f64 = 1e-8;
 
 fn build(p: CosineEmbeddingParams, _: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
-    Ok(Box::new(ProjectedHiddenLoss::new("cosine-embedding", p.projection, p.seed, one_minus_cosine)))
+    Ok(Box::new(ProjectedHiddenLoss::new("cosine-embedding", p.projection, p.seed, one_minus_cosine).with_init(p.projection_init)))
 }
 
 kdx_framework::register_loss!(

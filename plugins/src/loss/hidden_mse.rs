@@ -1,7 +1,7 @@
 //! `hidden-mse`: match the teacher's hidden representation through a learned projection.
 
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, ProjectedHiddenLoss};
+use kdx_framework::loss::{Loss, ProjectedHiddenLoss, ProjectionInit};
 use kdx_framework::registry::BuildCtx;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -24,13 +24,18 @@ pub struct HiddenMseParams {
     /// Seed of the projection's initialisation.
     #[serde(default)]
     pub seed: u64,
+    /// How the projection starts: "random", or "least-squares" (the best linear map from
+    /// the student's hidden vectors to the teacher's on 4096 training examples, fitted
+    /// before the first step: for a pretrained student, whose space is worth keeping).
+    #[serde(default)]
+    pub projection_init: ProjectionInit,
 }
 
 /// When to put a learned linear projection between student and teacher hidden states.
 pub use kdx_framework::nn::ProjectionMode as Projection;
 
 fn build(p: HiddenMseParams, _: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
-    Ok(Box::new(ProjectedHiddenLoss::new("hidden-mse", p.projection, p.seed, squared_error)))
+    Ok(Box::new(ProjectedHiddenLoss::new("hidden-mse", p.projection, p.seed, squared_error).with_init(p.projection_init)))
 }
 
 kdx_framework::register_loss!("hidden-mse", "MSE between projected student and teacher hidden representations", HiddenMseParams, build);
