@@ -303,6 +303,13 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
     // With a layer-wise loss the teacher network runs on every batch anyway, and its outputs
     // come from there: no pass over the whole training set first.
     let layered = plan.losses.iter().any(|l| l.loss.needs_layers());
+    // A pretrained encoder reading every split can take minutes the first time: say so, and
+    // how long it took (cached outputs come back at once).
+    let encoding = std::time::Instant::now();
+    if ready.teacher.network().is_some() {
+        let (n, t) = (if layered { 0 } else { shared.task.train.len() }, shared.task.dev.len() + shared.task.test.len());
+        monitor.note(format!("teacher: outputs on {n} training and {t} dev and test examples (cached in {})", ready.cache.display()));
+    }
     if !layered {
         let t_out = teacher::train_outputs(plan, &ready, &shared.task, &shared.fcache)?;
         shared.t_out = any_teacher_loss.then_some(t_out);
@@ -311,6 +318,9 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
     let t_test_inputs = ready.teacher.inputs(&shared.task.test, reads_source, &shared.fcache, "test")?;
     let t_test = ready.teacher.outputs(&t_test_inputs, &shared.task.test, "test", &ready.cache)?.logits;
     monitor.teacher_dev_logits = Some(t_dev);
+    if ready.teacher.network().is_some() {
+        monitor.note(format!("teacher: outputs ready in {:.1} s", encoding.elapsed().as_secs_f64()));
+    }
 
     // ---- Student: distil, then optionally fine-tune. ----
     let mut student = plan.student.builder.build(&shared.spec(mix(&[seed, 2]), false))?;
