@@ -4,6 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use kdx_framework::dataset::Measure;
 use kdx_framework::event::{Event, Observer, TeacherSource};
 use kdx_framework::stage::Stage;
 
@@ -76,7 +77,7 @@ impl Observer for Console {
                     eprintln!("kdx: [{stage}] step {step}/{steps} loss {loss:.4}");
                 }
             }
-            Event::Evaluated { stage, step, macro_acc, measure } if measure == "retrieval" => {
+            Event::Evaluated { stage, step, macro_acc, measure: Measure::Retrieval } => {
                 self.line(&format!("[{stage}] step {step}: dev translation → English retrieval {macro_acc:.4}"))
             }
             Event::Evaluated { stage, step, macro_acc, .. } => {

@@ -149,6 +149,10 @@ files = {{ fr = "fra.tsv", de = "deu_1996.tsv", ru = "rus.tsv", ja = "jpn.tsv", 
         assert!(of("student", l).to_en > of("teacher", l).to_en + 0.05, "{l}: the student reads this script, MiniLM hardly does");
     }
     assert!(s.en_cosine.unwrap() > 0.2, "student–teacher cosine on English {:?}", s.en_cosine);
+    // run.csv says what the pruned student kept, and that the test text hardly needs more.
+    let run: kdx_framework::report::RunRow = kdx_framework::report::read_csv(&dir.join("run.csv")).unwrap().remove(0);
+    assert_eq!(run.student_vocabulary, Some(20000));
+    assert!(run.student_unknown_rate.is_some_and(|r| r < 0.01), "unknown-token rate {:?}", run.student_unknown_rate);
     // The exported student (its pruned tokenizer.json mapped back by piece) embeds.
     let input = tmp.path().join("texts.txt");
     std::fs::write(&input, "Open the file\nОткрыть файл\n").unwrap();

@@ -45,11 +45,14 @@ pub struct Task {
     pub measure: Measure,
 }
 
-/// What a task is scored by: the accuracy columns of `languages.csv` and `run.csv`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a task is scored by: the accuracy columns of `languages.csv` and `run.csv` (and,
+/// in events, `accuracy` or `retrieval`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Measure {
     /// Classification accuracy of the model's labels.
     #[default]
+    #[serde(rename = "accuracy")]
     Classification,
     /// Translation → English retrieval accuracy@1 of the model's sentence embeddings, for
     /// parallel data whose labels only name each pair's language (`retrieval.csv` has both

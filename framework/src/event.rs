@@ -140,8 +140,8 @@ pub enum Event {
         /// accuracy, or translation → English retrieval accuracy@1 (`measure`).
         macro_acc: f64,
         /// What `macro_acc` measures: `accuracy` or `retrieval` (parallel-data runs).
-        #[serde(default = "accuracy")]
-        measure: String,
+        #[serde(default)]
+        measure: crate::dataset::Measure,
     },
     /// Information for a person (what was chosen and why, a skipped stage, a summary).
     Note {
@@ -187,10 +187,6 @@ impl Observer for Recorder {
     }
 }
 
-fn accuracy() -> String {
-    "accuracy".into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +202,11 @@ mod tests {
         assert_eq!(s, r#"{"type":"teacher_ready","source":"cache","cache":"results/.cache/teacher-ab"}"#);
         let e = Event::RunFinished { status: RunStatus::Interrupted, error: None, wall_s: 1.5 };
         assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"type":"run_finished","status":"interrupted","error":null,"wall_s":1.5}"#);
+        let e = Event::Evaluated { stage: Stage::Distill, step: 5, macro_acc: 0.5, measure: crate::dataset::Measure::Retrieval };
+        let s = serde_json::to_string(&e).unwrap();
+        assert_eq!(s, r#"{"type":"evaluated","stage":"distill","step":5,"macro_acc":0.5,"measure":"retrieval"}"#);
+        // A reader of events written before `measure` existed reads classification accuracy.
+        let old: Event = serde_json::from_str(r#"{"type":"evaluated","stage":"distill","step":5,"macro_acc":0.5}"#).unwrap();
+        assert!(matches!(old, Event::Evaluated { measure: crate::dataset::Measure::Classification, .. }));
     }
 }

@@ -119,6 +119,41 @@ impl ParallelSet {
     }
 }
 
+/// Per language `l` with `keep[l]`, the (source, translation) pairs among `examples` (a
+/// pair whose sides are equal — an English self-pair — has nothing to retrieve); languages
+/// left with no pair are left out.
+pub fn language_sets<'a>(examples: impl Iterator<Item = &'a crate::dataset::Example> + Clone, keep: &[bool]) -> Vec<(usize, ParallelSet)> {
+    (0..keep.len())
+        .filter(|&l| keep[l])
+        .map(|l| {
+            let pairs = examples.clone().filter(|e| e.lang as usize == l).filter_map(|e| e.source.as_deref().map(|s| (s, e.text.as_str())));
+            (l, ParallelSet::new(pairs.filter(|(s, t)| s != t)))
+        })
+        .filter(|(_, set)| !set.pairs.is_empty())
+        .collect()
+}
+
+/// Every distinct text of `sets` once, in first-seen order, with each text's row: what a
+/// model embeds once for all of a set's languages.
+pub fn distinct_texts(sets: &[(usize, ParallelSet)]) -> (Vec<&str>, HashMap<&str, usize>) {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut texts: Vec<&str> = Vec::new();
+    for (_, set) in sets {
+        for t in set.sources.iter().chain(&set.translations) {
+            index.entry(t.as_str()).or_insert_with(|| {
+                texts.push(t.as_str());
+                texts.len() - 1
+            });
+        }
+    }
+    (texts, index)
+}
+
+/// The rows of `embeddings` (`n × w`, one per text of [`distinct_texts`]) of `side`'s texts.
+pub fn gather(embeddings: &[f32], w: usize, side: &[String], index: &HashMap<&str, usize>) -> Vec<f32> {
+    side.iter().flat_map(|t| embeddings[index[t.as_str()] * w..][..w].iter().copied()).collect()
+}
+
 /// Rows of `x` (`n × d`) scaled to unit length (zero rows stay zero).
 pub fn normalise(x: &[f32], d: usize) -> Vec<f32> {
     let mut out = x.to_vec();

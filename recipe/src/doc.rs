@@ -188,10 +188,14 @@ impl RecipeDoc {
 
     /// Resolves a path string found at `key` against the directory of the file
     /// that defined `key`, so a base recipe in another directory keeps pointing
-    /// at its own data. Absolute paths are returned unchanged; a key with no
-    /// known file resolves against the top recipe's directory.
+    /// at its own data. Absolute paths are returned unchanged, `~/…` is taken from
+    /// `$HOME`; a key with no known file resolves against the top recipe's directory.
     pub fn resolve_path(&self, key: &KeyPath, rel: &str) -> PathBuf {
         let rel = Path::new(rel);
+        // `~/…` is the home directory, as in a shell: where the fetch scripts cache models and data.
+        if let (Ok(rest), Some(home)) = (rel.strip_prefix("~"), std::env::var_os("HOME")) {
+            return PathBuf::from(home).join(rest);
+        }
         if rel.is_absolute() {
             return rel.to_path_buf();
         }

@@ -192,6 +192,9 @@ fn relative_paths_resolve_against_defining_file() {
     // Absolute paths pass through; unknown keys fall back to the top file.
     assert_eq!(doc.resolve_path(&corpus, "/abs/x"), PathBuf::from("/abs/x"));
     assert_eq!(doc.resolve_path(&kp("nowhere"), "x"), dir.path().join("recipes/lid/x"));
+    // `~/` is the home directory, wherever the key was set.
+    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"));
+    assert_eq!(doc.resolve_path(&corpus, "~/.cache/kdx/models/m"), home.join(".cache/kdx/models/m"));
 }
 
 #[test]

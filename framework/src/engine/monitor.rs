@@ -8,14 +8,14 @@ use anyhow::{Context, Result};
 use super::metrics::{metric_rows, select_rows};
 use super::train::{LoopState, StageHooks};
 use super::{predict, Inputs, Interrupted, RunOptions};
-use crate::dataset::Task;
+use crate::dataset::{Measure, Task};
 use crate::embedding::Embedder;
 use crate::event::{Event, Observer};
 use crate::model::{Model, Param};
 use crate::nn::HiddenProjection;
 use crate::optim::Optimizer;
 use crate::report::{write_csv, MetricRow};
-use crate::retrieval::ParallelSet;
+use crate::retrieval::{distinct_texts, gather, language_sets, ParallelSet};
 use crate::sampler::LangStat;
 use crate::stage::Stage;
 use crate::store::{read_sealed, write_sealed, Metadata, TensorMap};
@@ -124,37 +124,16 @@ impl Monitor<'_> {
     /// so that dev evaluations score translation retrieval.
     pub fn retrieval_on_dev(&mut self, task: &Task) {
         let idx = self.dev_subset_of(task.dev.len());
-        self.dev_retrieval = (0..self.langs.len())
-            .filter(|&l| self.in_macro[l])
-            .map(|l| {
-                let pairs = idx
-                    .iter()
-                    .map(|&i| &task.dev[i])
-                    .filter(|e| e.lang as usize == l)
-                    .filter_map(|e| e.source.as_deref().map(|s| (s, e.text.as_str())))
-                    .filter(|(s, t)| s != t);
-                (l, ParallelSet::new(pairs))
-            })
-            .filter(|(_, set)| set.pairs.len() >= 2)
-            .collect();
+        self.dev_retrieval = language_sets(idx.iter().map(|&i| &task.dev[i]), &self.in_macro);
     }
 
     /// Translation → English retrieval on the dev pairs, through `projection`: one metric
     /// row per language (`acc` is accuracy@1, `examples` the pairs) and `macro`.
     fn dev_retrieval_rows(&self, stage: Stage, step: u64, model: &dyn Model, projection: &HiddenProjection) -> Result<Vec<MetricRow>> {
-        let mut texts: Vec<&str> = Vec::new();
-        let mut index = std::collections::HashMap::new();
-        for (_, set) in &self.dev_retrieval {
-            for t in set.sources.iter().chain(&set.translations) {
-                index.entry(t.as_str()).or_insert_with(|| {
-                    texts.push(t.as_str());
-                    texts.len() - 1
-                });
-            }
-        }
+        let (texts, index) = distinct_texts(&self.dev_retrieval);
         let embedder = Embedder { model, projection: Some(projection) };
         let (vectors, d) = (embedder.embed(&texts)?, embedder.dim());
-        let side = |xs: &[String]| -> Vec<f32> { xs.iter().flat_map(|t| vectors[index[t.as_str()] * d..][..d].iter().copied()).collect() };
+        let side = |xs: &[String]| gather(&vectors, d, xs, &index);
         let row = |lang: &str, examples: usize, acc: f64| MetricRow {
             step,
             stage: stage.name().into(),
@@ -196,7 +175,7 @@ impl StageHooks for Monitor<'_> {
                 stats[l].dev_acc = r.acc;
             }
             if let Some(m) = rows.last() {
-                self.emit(Event::Evaluated { stage, step, macro_acc: m.acc, measure: "retrieval".into() });
+                self.emit(Event::Evaluated { stage, step, macro_acc: m.acc, measure: Measure::Retrieval });
             }
             self.metrics.extend(rows);
             return Ok(());
@@ -228,7 +207,7 @@ impl StageHooks for Monitor<'_> {
         }
         if let Some(m) = rows.last() {
             let macro_acc = m.acc;
-            self.emit(Event::Evaluated { stage, step, macro_acc, measure: "accuracy".into() });
+            self.emit(Event::Evaluated { stage, step, macro_acc, measure: Measure::Classification });
         }
         self.metrics.extend(rows);
         Ok(())

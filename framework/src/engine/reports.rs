@@ -14,7 +14,7 @@ use crate::embedding::Embedder;
 use crate::model::Model;
 use crate::plan::{EvalSet, Plan, TEST_SET};
 use crate::report::{write_csv, LanguageRow, MetricRow, RunRow};
-use crate::retrieval::{macro_row, mean_cosine, ParallelSet, RetrievalRow};
+use crate::retrieval::{distinct_texts, gather, language_sets, macro_row, mean_cosine, ParallelSet, RetrievalRow};
 
 /// Everything the stages produced.
 pub(super) struct Finished<'a> {
@@ -256,15 +256,7 @@ type Languages = Vec<(usize, ParallelSet)>;
 /// `[retrieval.sets]`, each read from its files (for the run's languages only). Languages whose examples are their own
 /// sources (English self-pairs) have nothing to retrieve and get no row.
 fn retrieval_sets(task: &Task, in_macro: &[bool], extra: &[EvalSet]) -> Result<Vec<(String, Languages)>> {
-    let test: Languages = (0..task.langs.len())
-        .filter(|&l| in_macro[l])
-        .map(|l| {
-            let pairs = task.test.iter().filter(|e| e.lang as usize == l).filter_map(|e| e.source.as_deref().map(|s| (s, e.text.as_str())));
-            (l, ParallelSet::new(pairs.filter(|(s, t)| s != t)))
-        })
-        .filter(|(_, set)| !set.pairs.is_empty())
-        .collect();
-    let mut sets = vec![(TEST_SET.to_string(), test)];
+    let mut sets = vec![(TEST_SET.to_string(), language_sets(task.test.iter(), in_macro))];
     for set in extra {
         let mut langs = Languages::new();
         for (lang, file) in &set.files {
@@ -304,16 +296,7 @@ fn translation_retrieval(m: &RetrievalModels, task: &Task, in_macro: &[bool], ex
     let mut rows: Vec<RetrievalRow> = Vec::new();
     for (set_name, langs) in &sets {
         // Every distinct text of the set once per model; each language then gathers its rows.
-        let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        let mut texts: Vec<&str> = Vec::new();
-        for (_, set) in langs {
-            for t in set.sources.iter().chain(&set.translations) {
-                index.entry(t.as_str()).or_insert_with(|| {
-                    texts.push(t.as_str());
-                    texts.len() - 1
-                });
-            }
-        }
+        let (texts, index) = distinct_texts(langs);
         let teacher = super::teacher::cached_embeddings(m.teacher_cache, m.teacher, &texts)?;
         let student = m.student.embed(&texts)?;
         let untrained = m.untrained.map(|u| Embedder::plain(u).embed(&texts).map(|e| (e, u.hidden_dim()))).transpose()?;
@@ -322,9 +305,7 @@ fn translation_retrieval(m: &RetrievalModels, task: &Task, in_macro: &[bool], ex
             .iter()
             .map(|(name, r)| Ok((name.as_str(), super::teacher::cached_embeddings(m.teacher_cache, &**r, &texts)?, r.hidden_dim())))
             .collect::<Result<Vec<_>>>()?;
-        let gather = |e: &[f32], w: usize, side: &[String]| -> Vec<f32> {
-            side.iter().flat_map(|t| e[index[t.as_str()] * w..(index[t.as_str()] + 1) * w].iter().copied()).collect()
-        };
+        let gather = |e: &[f32], w: usize, side: &[String]| gather(e, w, side, &index);
         // (name, English side, translation side, width).
         let mut models: Vec<(&str, &[f32], &[f32], usize)> =
             vec![("student", &student, &student, d), ("mixed", &teacher, &student, d), ("teacher", &teacher, &teacher, d)];

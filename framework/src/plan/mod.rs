@@ -15,7 +15,7 @@ use crate::schedule::Schedule;
 
 mod retrieval;
 mod sections;
-pub use retrieval::{expand_path, EvalSet, RetrievalPlan, RetrievalSection, SetSection, TEST_SET};
+pub use retrieval::{EvalSet, RetrievalPlan, RetrievalSection, SetSection, TEST_SET};
 pub use sections::{ExperimentSection, FinetuneSection, Init, StageConfig, TrainSection};
 
 /// A model section resolved: the plugin and its framework-owned settings.

@@ -12,7 +12,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use kdx_recipe::{Diagnostics, KeyPath, RecipeDoc};
 use schemars::JsonSchema;
@@ -69,15 +69,6 @@ pub struct RetrievalPlan {
 /// The name the test split has in `retrieval.csv`'s `set` column.
 pub const TEST_SET: &str = "test";
 
-/// `rel` with a leading `~/` taken from `$HOME`, else resolved against the recipe file that
-/// wrote `key`.
-pub fn expand_path(doc: &RecipeDoc, key: &KeyPath, rel: &str) -> PathBuf {
-    match (Path::new(rel).strip_prefix("~"), std::env::var_os("HOME")) {
-        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => doc.resolve_path(key, rel),
-    }
-}
-
 /// Resolves `[retrieval]`: each set's files must exist (a missing one names the script
 /// that fetches it); each reference is built through the model registry.
 pub(super) fn resolve(doc: &RecipeDoc, value: toml::Value, diags: &mut Diagnostics) -> Option<RetrievalPlan> {
@@ -94,7 +85,7 @@ pub(super) fn resolve(doc: &RecipeDoc, value: toml::Value, diags: &mut Diagnosti
             diags.push(doc.diag(&at, e, None));
             continue;
         }
-        let dir = expand_path(doc, &at.key("dir"), &set.dir);
+        let dir = doc.resolve_path(&at.key("dir"), &set.dir);
         if !dir.is_dir() {
             diags.push(doc.diag(
                 &at.key("dir"),

@@ -539,10 +539,7 @@ struct HfEncoder {
 }
 
 fn build(mut p: HfEncoderParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Diagnostic> {
-    p.path = match (p.path.strip_prefix("~"), std::env::var_os("HOME")) {
-        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => ctx.resolve_path("path", &p.path),
-    };
+    p.path = ctx.resolve_path("path", &p.path);
     if !p.path.exists() {
         return Err(ctx.error(
             "path",
