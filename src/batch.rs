@@ -8,8 +8,9 @@
 //! - Two batches may share a results directory: a run is started only under an OS lock on
 //!   `results/<experiment>/<run>/.lock`, and `results/summary.csv` is rewritten (atomically)
 //!   only under a lock on `results/.summary.lock`, one row per (recipe, run).
-//! - Ctrl-C (or SIGTERM) stops the children and records their runs as interrupted, so the
-//!   next batch resumes them.
+//! - Ctrl-C (or SIGTERM) stops the children as a signal stops `kdx run` (each checkpoints the
+//!   step it is in) and records their runs as interrupted, so the next batch resumes them
+//!   without redoing a step; a second Ctrl-C leaves at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -544,6 +545,30 @@ struct Job {
     /// The threads reading its stdout and stderr: joined once it exits, so that everything
     /// it said is observed before its outcome is decided.
     readers: Vec<std::thread::JoinHandle<()>>,
+    /// When the batch, stopping, sent it SIGTERM.
+    stop_sent: Option<Instant>,
+}
+
+/// How long a child has, after the batch's SIGTERM, to checkpoint the step it is in and exit
+/// before it is killed. Under Slurm, `KillWait` (30 s by default) ends it sooner.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
+/// Stops a child as a signal stops `kdx run`: SIGTERM first, so it checkpoints the step it is
+/// in and records the run as interrupted (its resume redoes no step); SIGKILL only if it has
+/// not exited within [`STOP_GRACE`].
+fn stop_child(job: &mut Job) {
+    match job.stop_sent {
+        None => {
+            // SAFETY: kill(2) of a child this process spawned and has not yet reaped, so its
+            // pid cannot have been reused.
+            unsafe { libc::kill(job.child.id() as libc::pid_t, libc::SIGTERM) };
+            job.stop_sent = Some(Instant::now());
+        }
+        Some(sent) if sent.elapsed() > STOP_GRACE => {
+            let _ = job.child.kill();
+        }
+        Some(_) => {}
+    }
 }
 
 impl Job {
@@ -782,6 +807,7 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
                         finished: None,
                         tail: VecDeque::new(),
                         readers,
+                        stop_sent: None,
                     });
                 }
                 Err(e) => {
@@ -807,7 +833,7 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
 
         if stopping {
             for job in &mut running {
-                let _ = job.child.kill();
+                stop_child(job);
             }
         }
         let mut i = 0;

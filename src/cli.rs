@@ -1,10 +1,10 @@
 //! The `kdx` command line.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -15,6 +15,7 @@ use kdx_framework::plan::{load_plans, load_plans_with_libraries};
 use kdx_framework::registry::{self, PluginKind};
 
 use crate::console::{Both, Console, JsonLines};
+use crate::input::TextLines;
 
 /// kdx — knowledge-distillation experiments on multilingual models.
 ///
@@ -376,7 +377,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Embed { model_dir, model, file, output } => {
-            crate::embed::run(&model_dir, &model, &input_lines(file.as_deref())?, output.as_deref())?;
+            crate::embed::run(&model_dir, &model, &mut TextLines::open(file.as_deref())?, output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Convert { format: _, input, tokenizer, out } => {
@@ -400,7 +401,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Eval { run_dir, data, parallel, split, model, csv } => {
             match (data, parallel) {
                 (_, Some(p)) => print!("{}", crate::embed::eval_parallel(&run_dir, &model, &p)?),
-                (Some(d), None) => eval(&run_dir, &model, &d, split.as_deref(), csv.as_deref())?,
+                (Some(d), None) => crate::eval::run(&run_dir, &model, &d, split.as_deref(), csv.as_deref())?,
                 (None, None) => anyhow::bail!("kdx eval needs --data FILE (labelled texts) or --parallel FILE (source<TAB>translation)"),
             }
             Ok(ExitCode::SUCCESS)
@@ -519,21 +520,18 @@ pub fn plugins_help_with(
     Ok(s)
 }
 
-/// The lines of `file`, or of stdin without one: the texts `kdx predict` and `kdx embed` read.
-fn input_lines(file: Option<&Path>) -> Result<Vec<String>> {
-    let input: Box<dyn BufRead> = match file {
-        Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?)),
-        None => Box::new(std::io::BufReader::new(std::io::stdin())),
-    };
-    input.lines().collect::<std::io::Result<_>>().context("reading the texts")
-}
-
+/// `kdx predict`: labels of the lines of `file` (or stdin), predicted and written a chunk at
+/// a time, so memory does not grow with the input.
 fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Result<()> {
     let (model, card) = kdx_framework::export::load(&run_dir.join(which))?;
-    let lines = input_lines(file)?;
+    let mut lines = TextLines::open(file)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for chunk in lines.chunks(512) {
+    loop {
+        let chunk = lines.next_chunk(512)?;
+        if chunk.is_empty() {
+            break;
+        }
         let bags = kdx_framework::features::Bags::build(model.featurizer(), chunk.iter().map(String::as_str).collect::<Vec<_>>());
         let o = model.forward(&bags)?;
         for z in o.logits.chunks(o.classes) {
@@ -547,132 +545,6 @@ fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Resu
         }
     }
     out.flush()?;
-    Ok(())
-}
-
-/// One labelled row of an evaluation file.
-struct EvalRow {
-    lang: String,
-    label: String,
-    text: String,
-}
-
-/// Reads an evaluation file: a header naming `text`, `lang` and `label` (any order, other
-/// columns ignored; `split` filters when `split` is given), or headerless `lang<TAB>text`
-/// lines labelled with their language. Fields are split on TABs; quotes are ordinary
-/// characters, as in the `tsv` dataset and `kdx examples` output.
-fn read_eval_rows(data: &Path, split: Option<&str>) -> Result<Vec<EvalRow>> {
-    let text = std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
-    // Spreadsheet exports often start with a byte-order mark; it is not part of the header.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let mut lines = text.lines().enumerate().map(|(n, l)| (n + 1, l.strip_suffix('\r').unwrap_or(l))).filter(|(_, l)| !l.trim().is_empty());
-    let Some((_, first)) = lines.next() else { anyhow::bail!("{}: the file is empty", data.display()) };
-    let header: Vec<&str> = first.split('\t').map(str::trim).collect();
-    let col = |name: &str| header.iter().position(|h| *h == name);
-    let mut rows = Vec::new();
-    if let (Some(t), Some(l), Some(y)) = (col("text"), col("lang"), col("label")) {
-        let s = match (split, col("split")) {
-            (Some(_), None) => {
-                anyhow::bail!("{}:1: --split needs a `split` column (the header has: {})", data.display(), header.join(", "))
-            }
-            (_, c) => c,
-        };
-        for (n, line) in lines {
-            let f: Vec<&str> = line.split('\t').collect();
-            anyhow::ensure!(
-                f.len() == header.len(),
-                "{}:{n}: expected {} columns, as in the header, found {}",
-                data.display(),
-                header.len(),
-                f.len()
-            );
-            if split.is_some_and(|want| s.is_some_and(|c| f[c] != want)) {
-                continue;
-            }
-            rows.push(EvalRow { lang: f[l].trim().to_string(), label: f[y].trim().to_string(), text: f[t].to_string() });
-        }
-        anyhow::ensure!(!rows.is_empty(), "{}: no rows{}", data.display(), split.map_or(String::new(), |s| format!(" with split `{s}`")));
-    } else {
-        anyhow::ensure!(split.is_none(), "{}: --split needs a header with `text`, `lang`, `label` and `split` columns", data.display());
-        for (n, line) in std::iter::once((1, first)).chain(lines) {
-            let (lang, t) = line.split_once('\t').with_context(|| {
-                format!("{}:{n}: expected `lang<TAB>text`, or a header row naming `text`, `lang` and `label`", data.display())
-            })?;
-            rows.push(EvalRow { lang: lang.trim().to_string(), label: lang.trim().to_string(), text: t.to_string() });
-        }
-    }
-    Ok(rows)
-}
-
-fn eval(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_out: Option<&Path>) -> Result<()> {
-    let (model, card) = kdx_framework::export::load(&run_dir.join(which))?;
-    let data_rows = read_eval_rows(data, split)?;
-    let mut langs: Vec<String> = Vec::new();
-    let mut texts = Vec::new();
-    let mut gold = Vec::new();
-    let mut unknown_labels = std::collections::BTreeSet::new();
-    for r in &data_rows {
-        let li = match langs.iter().position(|l| *l == r.lang) {
-            Some(i) => i,
-            None => {
-                langs.push(r.lang.clone());
-                langs.len() - 1
-            }
-        };
-        let label = card.labels.iter().position(|l| *l == r.label);
-        if label.is_none() {
-            unknown_labels.insert(r.label.as_str());
-        }
-        texts.push(r.text.as_str());
-        gold.push((li, label));
-    }
-    let shown: Vec<&str> = unknown_labels.iter().take(8).copied().collect();
-    if gold.iter().all(|g| g.1.is_none()) {
-        let model_labels: Vec<&str> = card.labels.iter().take(8).map(String::as_str).collect();
-        anyhow::bail!(
-            "{}: no row has a label this model predicts, so there is nothing to score (labels found: {}; the model's: {}{})",
-            data.display(),
-            if shown.is_empty() { "none".to_string() } else { shown.join(", ") },
-            model_labels.join(", "),
-            if card.labels.len() > 8 { ", …" } else { "" }
-        );
-    }
-    if !unknown_labels.is_empty() {
-        eprintln!("note: labels this model does not predict are not scored: {}", shown.join(", "));
-    }
-    let mut bags = kdx_framework::features::Bags::build(model.featurizer(), texts);
-    // Models that route by language read it; a language the model was not trained on gets
-    // index 0 (its rows are scored all the same).
-    bags.langs = data_rows.iter().map(|r| card.languages.iter().position(|l| *l == r.lang).unwrap_or(0) as u32).collect();
-    let logits = engine::predict(&*model, &bags)?.logits;
-    let pred = engine::train::argmax_rows(&logits, card.labels.len());
-    let mut rows = Vec::new();
-    for (li, lang) in langs.iter().enumerate() {
-        // Only rows whose label the model knows are scored.
-        let idx: Vec<usize> = (0..gold.len()).filter(|&i| gold[i].0 == li && gold[i].1.is_some()).collect();
-        let correct = idx.iter().filter(|&&i| gold[i].1 == Some(pred[i])).count();
-        rows.push((lang.clone(), idx.len(), correct as f64 / idx.len().max(1) as f64, !idx.is_empty()));
-    }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    let known: Vec<&(String, usize, f64, bool)> = rows.iter().filter(|r| r.3).collect();
-    let macro_acc = known.iter().map(|r| r.2).sum::<f64>() / known.len().max(1) as f64;
-    println!("{:<16} {:>8} {:>9}", "lang", "examples", "accuracy");
-    for r in &rows {
-        let note = if r.3 { "" } else { "  (no row with a label of this model)" };
-        println!("{:<16} {:>8} {:>9.4}{note}", r.0, r.1, r.2);
-    }
-    println!("{:<16} {:>8} {:>9.4}", "macro", known.iter().map(|r| r.1).sum::<usize>(), macro_acc);
-    if let Some(p) = csv_out {
-        #[derive(serde::Serialize)]
-        struct Row<'a> {
-            lang: &'a str,
-            examples: usize,
-            accuracy: f64,
-        }
-        let mut out: Vec<Row> = rows.iter().filter(|r| r.3).map(|r| Row { lang: &r.0, examples: r.1, accuracy: r.2 }).collect();
-        out.push(Row { lang: "macro", examples: known.iter().map(|r| r.1).sum(), accuracy: macro_acc });
-        kdx_fsio::write_output(p, &kdx_framework::report::csv_bytes(&out)?)?;
-    }
     Ok(())
 }
 
@@ -692,13 +564,33 @@ fn capped_threads(n: usize) -> Result<usize> {
 static STOP: AtomicBool = AtomicBool::new(false);
 /// The signal that set [`STOP`] (its number), for the exit status.
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// When the first signal came (`CLOCK_MONOTONIC`, whole seconds).
+static STOP_AT: AtomicI64 = AtomicI64::new(0);
+
+/// A second signal within this many seconds of the first is the same request delivered
+/// twice: Slurm's `scancel` signals every process of a task, and `kdx batch` forwards its own
+/// SIGTERM to its children, so a child of a batch under Slurm gets two at once.
+const SAME_REQUEST_S: i64 = 2;
+
+/// Seconds on the monotonic clock; `clock_gettime` is async-signal-safe.
+fn monotonic_s() -> i64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid pointer to a timespec this function owns.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as i64
+}
 
 extern "C" fn on_stop_signal(sig: libc::c_int) {
+    let now = monotonic_s();
     if STOP.swap(true, Ordering::SeqCst) {
-        // A second signal: leave at once.
+        if now - STOP_AT.load(Ordering::SeqCst) <= SAME_REQUEST_S {
+            return;
+        }
+        // A second signal, later: leave at once.
         // SAFETY: `_exit` is async-signal-safe; nothing else runs in this handler.
         unsafe { libc::_exit(128 + sig) };
     }
+    STOP_AT.store(now, Ordering::SeqCst);
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
 }
 

@@ -39,7 +39,7 @@ impl Default for Console {
 impl Observer for Console {
     fn event(&mut self, event: &Event) {
         match event {
-            Event::RunStarted { .. } | Event::RunFinished { .. } | Event::TeacherWaiting { .. } => {}
+            Event::RunStarted { .. } | Event::RunFinished { .. } | Event::TeacherWaiting { .. } | Event::Checkpointed { .. } => {}
             Event::TaskLoaded { languages, classes, train, dev, test } => {
                 self.line(&format!("task: {languages} languages, {classes} classes, {train} train / {dev} dev / {test} test examples"))
             }

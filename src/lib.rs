@@ -13,5 +13,7 @@ pub mod console;
 pub mod convert;
 pub mod corpus_build;
 pub mod embed;
+pub mod eval;
+pub mod input;
 pub mod plot;
 pub mod scaffold;

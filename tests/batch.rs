@@ -240,6 +240,19 @@ fn ctrl_c_stops_the_runs_and_the_next_batch_resumes_them() {
     let rows: Vec<SummaryRow> = read_csv(&results.join("summary.csv")).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status.as_str(), "interrupted");
+    // The batch stopped its child as a signal stops `kdx run`: it checkpointed the step it
+    // was in, past every step it reported, so its resume redoes none.
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let own: Vec<RunRow> = read_csv(&results.join("batch-long/run/run.csv")).expect("the child's own run.csv (a killed child writes none)");
+    assert_eq!(own[0].status.as_str(), "interrupted");
+    let saved = events.iter().rev().find(|e| e["type"] == "checkpointed").expect("a checkpointed event");
+    let done = events.iter().filter(|e| e["type"] == "step" && e["stage"] == "distill").map(|e| e["step"].as_u64().unwrap()).max();
+    assert!(saved["stage"] == "distill" && done.is_some_and(|d| saved["step"].as_u64().unwrap() >= d), "{saved} after step {done:?}");
     // The child is gone: its run is not locked any more, and the next batch resumes it.
     let dry = kdx(&["batch", dir.to_str().unwrap(), "--results", results.to_str().unwrap(), "--dry-run"]);
     let dry = text(&dry.stdout);

@@ -97,14 +97,18 @@ fn checkpoints_resume_only_the_recipe_that_wrote_them_and_only_whole() {
     assert!(ckpt.exists());
     let files: Vec<String> =
         std::fs::read_dir(ckpt.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    // The teacher's checkpoint went when the teacher was cached (the cache holds it).
     assert_eq!(files, vec!["distill.safetensors"], "one file per checkpoint: weights and loop state together");
 
-    // The recipe changed since: refused, with the way out.
+    // The recipe changed since: refused, with the way out, and before anything is written
+    // (the run's recipe.toml is still the one its checkpoints belong to).
+    let recorded = std::fs::read(results.join("ckpt/run/recipe.toml")).unwrap();
     let edited = recipe(tmp.path(), "ckpt", &[("temperature = 2.0", "temperature = 3.0")]);
     let out = run(&edited, &results, &["--resume"]);
     let err = text(&out.stderr);
     assert!(!out.status.success() && err.contains("was written by another recipe") && err.contains("run without --resume"), "{err}");
     no_panic(&out);
+    assert_eq!(std::fs::read(results.join("ckpt/run/recipe.toml")).unwrap(), recorded, "a refused resume rewrote recipe.toml");
     let r = recipe(tmp.path(), "ckpt", &[]);
 
     // A damaged checkpoint: refused, never loaded, never a crash.
@@ -136,10 +140,16 @@ fn a_damaged_teacher_cache_is_rebuilt_and_a_cached_teacher_keeps_its_dev_rows() 
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("teacher-"));
-    let weights = cache.unwrap().join("teacher.safetensors");
+    let cache = cache.unwrap();
+    let weights = cache.join("teacher.safetensors");
+    // What a writer killed mid-write left in the shared cache (a pid above any the kernel gives) is
+    // removed by the next run.
+    let stale = cache.join(".teacher.safetensors.tmp4194305-00000000deadbeef");
+    std::fs::write(&stale, "half").unwrap();
     // From the cache: the same metrics.csv, teacher dev rows included.
     assert!(run(&r, &results, &[]).status.success());
     assert_eq!(metrics(&results), first);
+    assert!(!stale.exists(), "a dead writer's temporary is still in the teacher cache");
     let row: RunRow = read_csv::<RunRow>(&results.join("cache/run/run.csv")).unwrap().remove(0);
     assert!(row.teacher_cached);
     // Damaged: reported, trained again, and the run is the same.
@@ -313,56 +323,152 @@ fn sigterm_checkpoints_the_current_step_and_the_resumed_run_is_exact() {
         tmp.path(),
         "term",
         &[
-            ("train = { steps = 120,", "train = { steps = 30,"),
+            ("train = { steps = 120,", "train = { steps = 3000, eval_every = 1000,"),
             ("steps = 80\nbatch = 64\neval_every = 40", "steps = 3000\nbatch = 64\neval_every = 1000"),
         ],
     );
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     assert!(run(&r, &a, &[]).status.success());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kdx"))
-        .args(["run", r.to_str().unwrap(), "--results", b.to_str().unwrap(), "--quiet", "--events", "jsonl"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let event = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap();
-    // The first reported step of the distill stage: the signal lands while it trains.
-    let seen = loop {
-        let Some(line) = lines.next() else {
-            let mut err = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-            panic!("the run ended before its distill stage reported a step: {:?}\n{err}", child.wait());
-        };
-        let e = event(&line.unwrap());
-        if e["type"] == "step" && e["stage"] == "distill" && e["step"].as_u64().unwrap() < 900 {
-            break e["step"].as_u64().unwrap();
+    let step_of = |e: &serde_json::Value| e["step"].as_u64().unwrap();
+    // Five signals, each to the run the previous one left: twice while the teacher
+    // pre-trains, three times while the student distills, each as the stage (re)starts.
+    let points = ["teacher", "teacher", "distill", "distill", "distill"];
+    let mut last: Option<(&str, u64)> = None;
+    for (k, &stage) in points.iter().enumerate() {
+        let mut args = vec!["run", r.to_str().unwrap(), "--results", b.to_str().unwrap(), "--quiet", "--events", "jsonl"];
+        if k > 0 {
+            args.push("--resume");
         }
-    };
-    // SAFETY: a plain kill(2) of the child this test spawned.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let rest: Vec<serde_json::Value> = lines.map(|l| event(&l.unwrap())).collect();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(143), "exit status of a run stopped by SIGTERM");
-    let finished = rest.iter().find(|e| e["type"] == "run_finished").expect("a run_finished event");
-    assert_eq!(finished["status"], "interrupted");
-    let row: RunRow = read_csv::<RunRow>(&b.join("term/run/run.csv")).unwrap().remove(0);
-    assert_eq!(row.status.as_str(), "interrupted");
-    assert!(b.join("term/run/checkpoints/distill.safetensors").is_file());
-    // Resumed: it starts at the step the signal found done (no step is redone), never at
-    // the last evaluation's.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kdx")).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen_events = Vec::new();
+        let seen = loop {
+            let Some(line) = lines.next() else {
+                let mut err = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                panic!("signal {k}: the run ended before its {stage} stage started: {:?}\n{err}", child.wait());
+            };
+            let e = event(&line.unwrap());
+            seen_events.push(e.clone());
+            if e["type"] == "stage_started" && e["stage"] == stage {
+                break e["from_step"].as_u64().unwrap();
+            }
+        };
+        // SAFETY: a plain kill(2) of the child this test spawned.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        seen_events.extend(lines.map(|l| event(&l.unwrap())));
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(143), "signal {k}: exit status of a run stopped by SIGTERM");
+        // Resumed where the last signal left it: at the step its checkpoint recorded, not at
+        // the last evaluation's, so no step is done twice.
+        if let Some((stage, step)) = last {
+            let from = seen_events.iter().find(|e| e["type"] == "stage_started" && e["stage"] == stage).map(|e| e["from_step"].clone());
+            assert_eq!(from, Some(step.into()), "signal {k}: the {stage} stage resumed from {from:?}, its checkpoint was at {step}");
+        }
+        let finished = seen_events.iter().find(|e| e["type"] == "run_finished").expect("a run_finished event");
+        assert_eq!(finished["status"], "interrupted");
+        let row: RunRow = read_csv::<RunRow>(&b.join("term/run/run.csv")).unwrap().remove(0);
+        assert_eq!(row.status.as_str(), "interrupted");
+        let saved = seen_events.iter().rev().find(|e| e["type"] == "checkpointed").expect("a checkpointed event");
+        assert_eq!(saved["stage"], stage, "signal {k}");
+        let at = step_of(saved);
+        assert!(at > seen && at % 1000 != 0, "signal {k}: checkpointed at step {at} of {stage}, which started at step {seen}");
+        assert!(b.join(format!("term/run/checkpoints/{stage}.safetensors")).is_file());
+        last = Some((stage, at));
+    }
     let out = run(&r, &b, &["--resume", "--events", "jsonl"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let from = text(&out.stdout)
-        .lines()
-        .map(event)
-        .find(|e| e["type"] == "stage_started" && e["stage"] == "distill")
-        .map(|e| e["from_step"].as_u64().unwrap())
-        .unwrap();
-    assert!(from >= seen && from % 1000 != 0, "resumed from step {from}; the signal came after step {seen}");
+    let (stage, step) = last.unwrap();
+    let from =
+        text(&out.stdout).lines().map(event).find(|e| e["type"] == "stage_started" && e["stage"] == stage).map(|e| e["from_step"].clone());
+    assert_eq!(from, Some(step.into()));
     for f in ["languages.csv", "metrics.csv", "sampling.csv"] {
         let x = std::fs::read_to_string(a.join("term/run").join(f)).unwrap();
         let y = std::fs::read_to_string(b.join("term/run").join(f)).unwrap();
-        assert!(x == y, "{f} differs after SIGTERM at step {from} and --resume");
+        assert!(x == y, "{f} differs after five SIGTERMs and --resume");
     }
+}
+
+/// Runs `kdx args…` with `stdin` as its standard input and output to `stdout`; returns its
+/// exit status and its peak resident memory in MiB (`wait4`'s own accounting of this child).
+fn peak_rss(args: &[&str], stdin: &Path, stdout: &Path) -> (i32, f64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_kdx"))
+        .args(args)
+        .stdin(std::fs::File::open(stdin).unwrap())
+        .stdout(std::fs::File::create(stdout).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waits for the child this test spawned (and never waits for it again).
+    assert_eq!(unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) }, child.id() as i32);
+    (libc::WEXITSTATUS(status), usage.ru_maxrss as f64 / 1024.0)
+}
+
+/// `kdx predict` and `kdx embed` read, predict and write a chunk at a time: their memory
+/// does not follow the input (50 MB of text took 1.2 and 5.0 GB), and a line without end is
+/// an error at its number, not the whole file in memory.
+#[test]
+fn predict_and_embed_stream_in_bounded_memory_and_refuse_endless_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let r = recipe(tmp.path(), "stream", &[]);
+    assert!(run(&r, &results, &[]).status.success());
+    let model = results.join("stream/run");
+    // 64 MiB of short lines in six scripts: more than the bound below, so a reader that
+    // holds its input cannot pass.
+    // (This process never holds the file: a child started by vfork inherits its parent's
+    // peak in the count wait4 reports.)
+    let big = tmp.path().join("big.txt");
+    let mut lines = 0usize;
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
+        let words = ["bonjour le monde", "guten Tag", "привет мир", "helló", "Góðan dag", "Prynhawn da"];
+        let mut n = 0usize;
+        while n < 64 << 20 {
+            let line = format!("{} {lines}\n", words[lines % words.len()]);
+            f.write_all(line.as_bytes()).unwrap();
+            n += line.len();
+            lines += 1;
+        }
+    }
+    let count = |p: &Path| {
+        use std::io::BufRead;
+        std::io::BufReader::new(std::fs::File::open(p).unwrap()).lines().count()
+    };
+    let bound = 48.0;
+    let (code, mb) = peak_rss(&["predict", model.to_str().unwrap()], &big, &tmp.path().join("labels.txt"));
+    assert_eq!(code, 0);
+    assert_eq!(count(&tmp.path().join("labels.txt")), lines);
+    assert!(mb < bound, "kdx predict on 64 MiB of text peaked at {mb:.0} MiB (bound {bound})");
+    let npy = tmp.path().join("vectors.npy");
+    let (code, mb) = peak_rss(&["embed", model.to_str().unwrap(), "-o", npy.to_str().unwrap()], &big, &tmp.path().join("none.txt"));
+    assert_eq!(code, 0);
+    assert!(mb < bound, "kdx embed on 64 MiB of text peaked at {mb:.0} MiB (bound {bound})");
+    // The .npy's header, written last, holds every row.
+    let mut head = [0u8; 128];
+    std::fs::File::open(&npy).unwrap().read_exact(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.contains(&format!("'shape': ({lines}, ")), "{head}");
+
+    // A line without end: refused at its number, quickly, with the output left as it was.
+    let endless = tmp.path().join("endless.txt");
+    std::fs::write(&endless, "fine\n".to_string() + &"x".repeat(3 << 20)).unwrap();
+    std::fs::write(&npy, "old").unwrap();
+    for args in [vec!["predict", model.to_str().unwrap()], vec!["embed", model.to_str().unwrap(), "-o", npy.to_str().unwrap()]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kdx")).args(&args).stdin(std::fs::File::open(&endless).unwrap()).output().unwrap();
+        let err = text(&out.stderr);
+        assert!(!out.status.success() && err.contains("stdin:2: a line longer than 1048576 bytes"), "{args:?}: {err}");
+        no_panic(&out);
+    }
+    assert_eq!(std::fs::read(&npy).unwrap(), b"old");
+    let labelled = tmp.path().join("labelled.tsv");
+    std::fs::write(&labelled, "fr\tbonjour\nde\t".to_string() + &"x".repeat(3 << 20)).unwrap();
+    let out = kdx(&["eval", model.to_str().unwrap(), "--data", labelled.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("labelled.tsv:2: a line longer than"), "{err}");
+    let out = kdx(&["embed", model.to_str().unwrap(), "/dev/zero"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("/dev/zero:1: a line longer than"), "{}", text(&out.stderr));
 }

@@ -176,3 +176,70 @@ fn mutated_artefacts_give_errors_never_panics() {
     let _ = std::panic::take_hook();
     eprintln!("fuzz: {} cases tried, no panic", CASES.load(Ordering::Relaxed));
 }
+
+/// The hostile places a shared machine has, each against a real run: a results file, a run
+/// directory, an experiment directory or `checkpoints` that is a symbolic link someone
+/// planted to a file or folder outside. kdx refuses each, naming the link, and what the link
+/// points to is left as it was. (Temporary names, device and FIFO outputs: the `kdx-fsio`
+/// unit tests; endless lines: `tests/faults.rs`; huge declared sizes: `tests/hf_exactness.rs`;
+/// signals: `tests/faults.rs`. docs/guarantees.md lists them.)
+#[test]
+fn planted_links_in_the_results_directory_are_refused_and_their_targets_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let recipe = tmp.path().join("links.toml");
+    std::fs::write(&recipe, good_recipe("links")).unwrap();
+    let kdx = |extra: &[&str]| {
+        let mut args = vec!["run", recipe.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_kdx")).args(&args).output().unwrap()
+    };
+    let out = kdx(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = results.join("links/run");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(outside.join("run/checkpoints")).unwrap();
+    std::fs::write(outside.join("victim.csv"), "precious").unwrap();
+    std::fs::write(outside.join("run/checkpoints/keep.txt"), "precious").unwrap();
+    let untouched = || {
+        assert_eq!(std::fs::read(outside.join("victim.csv")).unwrap(), b"precious");
+        assert_eq!(std::fs::read(outside.join("run/checkpoints/keep.txt")).unwrap(), b"precious");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 2, "nothing new outside");
+    };
+    let refused = |what: &str, link: &Path| {
+        let out = kdx(&[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: the run was not refused");
+        assert!(err.contains(&link.display().to_string()) && err.contains("symbolic link"), "{what}: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        untouched();
+    };
+    // A report file that is a link to someone's file.
+    let metrics = run.join("metrics.csv");
+    std::fs::remove_file(&metrics).unwrap();
+    std::os::unix::fs::symlink(outside.join("victim.csv"), &metrics).unwrap();
+    refused("metrics.csv", &metrics);
+    std::fs::remove_file(&metrics).unwrap();
+    // `checkpoints`, the run directory and the experiment directory as links to a folder
+    // outside (whose checkpoints a run would clear).
+    let checkpoints = run.join("checkpoints");
+    std::fs::remove_dir_all(&checkpoints).unwrap();
+    std::os::unix::fs::symlink(outside.join("run/checkpoints"), &checkpoints).unwrap();
+    refused("checkpoints", &checkpoints);
+    std::fs::remove_file(&checkpoints).unwrap();
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&run, &moved).unwrap();
+    std::os::unix::fs::symlink(outside.join("run"), &run).unwrap();
+    refused("run directory", &run);
+    std::fs::remove_file(&run).unwrap();
+    std::fs::rename(&moved, &run).unwrap();
+    let experiment = results.join("links");
+    std::fs::rename(&experiment, &moved).unwrap();
+    std::os::unix::fs::symlink(&outside, &experiment).unwrap();
+    refused("experiment directory", &experiment);
+    std::fs::remove_file(&experiment).unwrap();
+    std::fs::rename(&moved, &experiment).unwrap();
+    // Without the links, the same run goes through again.
+    let out = kdx(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

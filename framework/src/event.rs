@@ -143,6 +143,14 @@ pub enum Event {
         #[serde(default)]
         measure: crate::dataset::Measure,
     },
+    /// A checkpoint of the stage at `step` is on disk: `--resume` continues from there. Written
+    /// at each evaluation and at the step a stop signal found done.
+    Checkpointed {
+        /// The stage.
+        stage: Stage,
+        /// Steps done in the stage.
+        step: u64,
+    },
     /// Information for a person (what was chosen and why, a skipped stage, a summary).
     Note {
         /// The message.

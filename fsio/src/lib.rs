@@ -35,24 +35,96 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// file it points to is replaced, the link stays); a device, FIFO or socket (`/dev/stdout`,
 /// `/dev/null`, a named pipe) is written through and stays what it is.
 pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
-    let context = || format!("writing {} ({} bytes)", path.display(), bytes.len());
-    let Ok(link) = std::fs::symlink_metadata(path) else {
-        return replace_regular(path, bytes);
-    };
-    if link.is_dir() {
-        bail!("cannot write {}: it is a directory", path.display());
+    let mut out = Output::create(path)?;
+    out.write_all(bytes).with_context(|| format!("writing {} ({} bytes)", path.display(), bytes.len()))?;
+    out.commit()
+}
+
+/// An output the user named, written as a stream (`kdx embed -o`, whose input may be larger
+/// than memory), under the rules of [`write_output`]: a regular file (or a new one, or the
+/// file a link points to) is written to an exclusive temporary beside it and renamed into
+/// place by [`Output::commit`] (dropped without a commit, the temporary is removed and the
+/// old file stays); a device or FIFO is written through.
+pub struct Output {
+    file: std::fs::File,
+    /// The temporary and the file it becomes; `None` when written through.
+    rename: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The path the user gave, for messages.
+    path: std::path::PathBuf,
+}
+
+impl Output {
+    /// Opens `path` for writing (see [`Output`]).
+    pub fn create(path: &Path) -> Result<Output> {
+        let context = || format!("writing {}", path.display());
+        let regular = |target: &Path| -> Result<Output> {
+            let (file, tmp) = create_temporary(target, &unpredictable_suffix()).with_context(context)?;
+            Ok(Output { file, rename: Some((tmp, target.to_path_buf())), path: path.to_path_buf() })
+        };
+        let Ok(link) = std::fs::symlink_metadata(path) else {
+            return regular(path);
+        };
+        if link.is_dir() {
+            bail!("cannot write {}: it is a directory", path.display());
+        }
+        // What the path resolves to: a link to a regular file is replaced at its target.
+        let target =
+            std::fs::metadata(path).with_context(|| format!("cannot write {}: it is a symbolic link to nothing", path.display()))?;
+        if target.is_file() {
+            return regular(&std::fs::canonicalize(path).with_context(context)?);
+        }
+        if target.is_dir() {
+            bail!("cannot write {}: it leads to a directory", path.display());
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(path).with_context(context)?;
+        Ok(Output { file, rename: None, path: path.to_path_buf() })
     }
-    // What the path resolves to: a link to a regular file is replaced at its target.
-    let target = std::fs::metadata(path).with_context(|| format!("cannot write {}: it is a symbolic link to nothing", path.display()))?;
-    if target.is_file() {
-        let real = std::fs::canonicalize(path).with_context(context)?;
-        return replace_regular(&real, bytes);
+
+    /// Whether the output can be rewound (a file, a device such as `/dev/null`), which a
+    /// format whose header is written last needs; a FIFO cannot.
+    pub fn seekable(&mut self) -> bool {
+        use std::io::Seek;
+        self.file.stream_position().is_ok()
     }
-    if target.is_dir() {
-        bail!("cannot write {}: it leads to a directory", path.display());
+
+    /// The open file, to rewind it (see [`Output::seekable`]).
+    pub fn file(&mut self) -> &mut std::fs::File {
+        &mut self.file
     }
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).with_context(context)?;
-    f.write_all(bytes).and_then(|_| f.flush()).with_context(context)
+
+    /// Finishes the output: flushed to disk and renamed into place (or, written through,
+    /// flushed).
+    pub fn commit(mut self) -> Result<()> {
+        let context = || format!("writing {}", self.path.display());
+        self.file.flush().with_context(context)?;
+        if let Some((tmp, target)) = self.rename.take() {
+            let done = self.file.sync_all().and_then(|_| std::fs::rename(&tmp, &target));
+            if done.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            done.with_context(context)?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // Not committed (an error on the way): the old file stays, the temporary goes.
+        if let Some((tmp, _)) = self.rename.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 /// Writes a new directory `dir` holding `files` (relative paths, subdirectories created)
@@ -129,29 +201,34 @@ fn replace_regular(path: &Path, bytes: &[u8]) -> Result<()> {
 /// [`replace_regular`] through the temporary `.<name>.tmp<suffix>` (tests choose the
 /// suffix to collide with a planted link).
 fn replace_regular_via(path: &Path, bytes: &[u8], suffix: &str) -> Result<()> {
+    let context = || format!("writing {} ({} bytes)", path.display(), bytes.len());
+    let (mut f, tmp) = create_temporary(path, suffix).with_context(context)?;
+    let result = f.write_all(bytes).and_then(|_| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(context)
+}
+
+/// Creates `.<name>.tmp<suffix>` beside `path` (and `path`'s directory), exclusively: never
+/// through anything already at that name, a planted link included.
+fn create_temporary(path: &Path, suffix: &str) -> Result<(std::fs::File, std::path::PathBuf)> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let Some(name) = path.file_name() else {
         bail!("cannot write {}: the path has no file name", path.display());
     };
-    std::fs::create_dir_all(dir).with_context(|| format!("writing {}: creating its directory", path.display()))?;
+    std::fs::create_dir_all(dir).context("creating its directory")?;
     let tmp = dir.join(format!(".{}.tmp{suffix}", name.to_string_lossy()));
-    let result = (|| -> std::io::Result<()> {
-        // create_new is O_CREAT | O_EXCL: it fails on anything already at the name, a link
-        // included, instead of following it. O_NOFOLLOW says the same for the last component.
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        // Remove only what this call created: a name that was taken is not ours.
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        return Err(e).with_context(|| format!("writing {} ({} bytes)", path.display(), bytes.len()));
-    }
-    Ok(())
+    // create_new is O_CREAT | O_EXCL: it fails on anything already at the name, a link
+    // included, instead of following it. O_NOFOLLOW says the same for the last component.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    Ok((f, tmp))
 }
 
 /// Removes the temporary files that [`write_atomic`] left in `dir` when its process was
@@ -257,6 +334,31 @@ mod tests {
         assert!(e.starts_with(&format!("writing {} (1 bytes)", p.display())), "{e}");
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("taken")], "no temporary file left");
+    }
+
+    #[test]
+    fn a_streamed_output_appears_whole_on_commit_and_not_at_all_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.tsv");
+        std::fs::write(&p, "old").unwrap();
+        let names = || std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
+        // Dropped half-written (an error on the way): the old file stays, nothing else.
+        let mut o = Output::create(&p).unwrap();
+        o.write_all(b"half").unwrap();
+        drop(o);
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(names(), vec![std::ffi::OsString::from("out.tsv")]);
+        // Written in pieces, rewound, committed.
+        let mut o = Output::create(&p).unwrap();
+        assert!(o.seekable());
+        o.write_all(b"xx, ").unwrap();
+        o.write_all(b"rows").unwrap();
+        use std::io::Seek;
+        o.file().seek(std::io::SeekFrom::Start(0)).unwrap();
+        o.write_all(b"2").unwrap();
+        o.commit().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"2x, rows");
+        assert_eq!(names(), vec![std::ffi::OsString::from("out.tsv")]);
     }
 
     #[test]

@@ -156,6 +156,15 @@ def main():
                   and (stages.get("distill") or 0) > 0,
                   f"{key}: resumed from its checkpoint (teacher not retrained, distillation not from step 0)",
                   f"run_started {started}, stages {stages}")
+            # The cancel's SIGTERM reached the run through its batch: it checkpointed the step it
+            # was in, and the resumed run starts exactly there, redoing no step.
+            saved = [e for e in segs[-2][2] if e.get("type") == "checkpointed"]
+            last = saved[-1] if saved else {}
+            done = max((e.get("step", 0) for e in segs[-2][2]
+                        if e.get("type") == "step" and e.get("stage") == last.get("stage")), default=0)
+            check(last and stages.get(last.get("stage")) == last.get("step") and done <= last.get("step"),
+                  f"{key}: resumed at the step its cancelled go checkpointed last, past every step it did (none redone)",
+                  f"last checkpoint {last}, last step reported {done}, resumed stages {stages}")
     again = {c: n for c, n in trained.items() if n != 1}
     check(trained and not again, f"array: each of {len(trained)} teacher(s) trained once",
           f"trained more than once: {again}")

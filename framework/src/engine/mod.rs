@@ -114,6 +114,7 @@ pub struct RunOptions {
 pub fn lock_run(dir: &Path) -> Result<Option<std::fs::File>> {
     use fs2::FileExt;
     use std::io::Write;
+    no_links_below(dir.parent().and_then(Path::parent).unwrap_or(dir), dir)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let p = dir.join(".lock");
     let mut f = std::fs::OpenOptions::new()
@@ -141,6 +142,39 @@ fn contained(root: &Path, path: &Path) -> bool {
         .is_ok_and(|rest| rest.components().all(|c| matches!(c, Component::Normal(n) if !n.to_string_lossy().starts_with('.'))))
 }
 
+/// Refuses a path below `root` that passes through a symbolic link (an experiment or run
+/// directory, or `checkpoints`, that is a link): kdx would write, and clear checkpoints,
+/// wherever it points. Checked on what is on disk, component by component, before anything
+/// is written or deleted; the results directory itself may be a link (the user chose it).
+pub fn no_links_below(root: &Path, path: &Path) -> Result<()> {
+    let Ok(rest) = path.strip_prefix(root) else { return Ok(()) };
+    let mut at = root.to_path_buf();
+    for c in rest.components() {
+        at.push(c);
+        if let Ok(m) = std::fs::symlink_metadata(&at) {
+            anyhow::ensure!(
+                !m.file_type().is_symlink(),
+                "refusing to write to {}: {} is a symbolic link (to {}), and kdx writes and deletes only inside {} itself; \
+                 remove the link, or give the experiment another name",
+                path.display(),
+                at.display(),
+                std::fs::read_link(&at).map(|t| t.display().to_string()).unwrap_or_else(|_| "?".into()),
+                root.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The hash in the first line of a run's `recipe.toml` (`# resolved recipe of … (hash H)`).
+fn recorded_hash(recipe: &Path) -> Option<String> {
+    use std::io::{BufRead, Read};
+    let mut first = String::new();
+    std::io::BufReader::new(std::fs::File::open(recipe).ok()?).take(4096).read_line(&mut first).ok()?;
+    let hash = first.trim_end().strip_suffix(')')?.rsplit_once("(hash ")?.1;
+    Some(hash.to_string())
+}
+
 /// Where a plan's run writes.
 pub fn run_dir(plan: &Plan, results: &Path) -> PathBuf {
     results.join(&plan.experiment.name).join(&plan.run_name)
@@ -164,6 +198,7 @@ pub fn run(plan: &mut Plan, opts: &RunOptions, observer: &mut dyn Observer) -> R
         dir.display(),
         opts.results.display()
     );
+    no_links_below(&opts.results, &ckpt)?;
     let _lock = match opts.lock_held {
         true => None,
         false => Some(lock_run(&dir)?.with_context(|| {
@@ -179,11 +214,29 @@ pub fn run(plan: &mut Plan, opts: &RunOptions, observer: &mut dyn Observer) -> R
     for d in [dir.clone(), ckpt.clone()] {
         kdx_fsio::remove_stale_temporaries(&d);
     }
+    // And in the shared caches (teachers, their outputs, features), which a run killed while
+    // writing one leaves too.
+    let cache = opts.results.join(".cache");
+    let cache_dirs = std::fs::read_dir(&cache).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir());
+    for d in std::iter::once(cache.clone()).chain(cache_dirs) {
+        kdx_fsio::remove_stale_temporaries(&d);
+    }
     if !opts.resume && ckpt.exists() {
         std::fs::remove_dir_all(&ckpt).with_context(|| format!("clearing {}", ckpt.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let hash = plan.doc.content_hash();
+    // A resume of another recipe is refused before anything is written: the interrupted
+    // run's recipe.toml stays the one its checkpoints belong to.
+    let recorded = dir.join("recipe.toml");
+    if let Some(old) = opts.resume.then(|| recorded_hash(&recorded)).flatten() {
+        anyhow::ensure!(
+            old == hash,
+            "{} was written by another recipe (hash {old}; this one is {hash}): the recipe changed since the run was interrupted; \
+             run without --resume to start this run over",
+            recorded.display()
+        );
+    }
     observer.event(&Event::RunStarted {
         experiment: plan.experiment.name.clone(),
         run: plan.run_name.clone(),

@@ -114,6 +114,16 @@ impl<'o> Monitor<'o> {
 
     /// A stage's checkpoint: one file holding its tensors and loop state, written atomically
     /// and sealed with a checksum, so weights and state are committed together or not at all.
+    /// Removes the stage's checkpoint: the teacher's, once the teacher is in its cache
+    /// (which holds the same weights), so a large teacher is not kept twice.
+    pub(super) fn remove_checkpoint(&self, stage: Stage) -> Result<()> {
+        let path = self.checkpoint_path(stage);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
+            _ => Ok(()),
+        }
+    }
+
     fn checkpoint_path(&self, stage: Stage) -> PathBuf {
         self.dir.join("checkpoints").join(format!("{}.safetensors", stage.name()))
     }
@@ -214,13 +224,6 @@ impl StageHooks for Monitor<'_> {
     }
 
     fn checkpoint(&mut self, stage: Stage, params: &[(String, &Param)], opt: &Optimizer, state: &LoopState) -> Result<()> {
-        if stage == Stage::Teacher {
-            // The teacher is cached as a whole once trained; an interrupted pre-training restarts.
-            if self.stop_requested() {
-                return Err(Interrupted(self.steps_run).into());
-            }
-            return Ok(());
-        }
         let mut map = TensorMap::new();
         for ((name, p), s) in params.iter().zip(&opt.state) {
             map.insert(format!("param/{name}"), (p.shape.clone(), p.data.clone()));
@@ -244,6 +247,7 @@ impl StageHooks for Monitor<'_> {
         .collect();
         write_sealed(&self.checkpoint_path(stage), &map, metadata)?;
         write_csv(&self.dir.join("metrics.csv"), &self.metrics)?;
+        self.emit(Event::Checkpointed { stage, step: state.step });
         if let Some(limit) = self.interrupt_after {
             if self.steps_run >= limit {
                 return Err(Interrupted(self.steps_run).into());

@@ -164,6 +164,7 @@ pub(super) fn obtain(plan: &Plan, mut teacher: Teacher, task: &Task, fcache: &Fe
         let rows: Vec<&MetricRow> = monitor.metrics.iter().filter(|r| r.stage == Stage::Teacher.name()).collect();
         let metadata: Metadata = [("metrics".to_string(), serde_json::to_string(&rows)?)].into_iter().collect();
         write_sealed(&weights, &map, metadata)?;
+        monitor.remove_checkpoint(Stage::Teacher)?;
         TeacherSource::Trained
     };
     drop(lock);

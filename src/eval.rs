@@ -1,0 +1,212 @@
+//! `kdx eval RUN --data FILE`: a trained model's accuracy per language on a labelled file,
+//! read and predicted a chunk at a time (memory does not grow with the file).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use kdx_framework::engine;
+
+use crate::input::TextLines;
+
+/// One labelled row of an evaluation file.
+struct EvalRow {
+    lang: String,
+    label: String,
+    text: String,
+}
+
+/// Where the fields of a row are.
+enum Layout {
+    /// A header named them: the columns of `text`, `lang`, `label` and (to filter on) `split`.
+    Header { width: usize, text: usize, lang: usize, label: usize, split: Option<(usize, String)> },
+    /// `lang<TAB>text` lines, labelled with their language.
+    LangText,
+}
+
+/// Reads an evaluation file a row at a time: a header naming `text`, `lang` and `label` (any
+/// order, other columns ignored; `split` filters when `--split` is given), or headerless
+/// `lang<TAB>text` lines labelled with their language. Fields are split on TABs; quotes are
+/// ordinary characters, as in the `tsv` dataset and `kdx examples` output. Blank lines are
+/// skipped.
+struct EvalReader {
+    lines: TextLines,
+    layout: Layout,
+    /// A headerless file's first line, read to tell it from a header.
+    pending: Option<String>,
+}
+
+impl EvalReader {
+    fn open(data: &Path, split: Option<&str>) -> Result<EvalReader> {
+        let mut lines = TextLines::open(Some(data))?;
+        let first = loop {
+            match lines.next_line()? {
+                None => anyhow::bail!("{}: the file is empty", data.display()),
+                Some(l) if l.trim().is_empty() => continue,
+                // Spreadsheet exports often start with a byte-order mark; it is not part of the header.
+                Some(l) => break l.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(l),
+            }
+        };
+        let header: Vec<&str> = first.split('\t').map(str::trim).collect();
+        let col = |name: &str| header.iter().position(|h| *h == name);
+        let layout = match (col("text"), col("lang"), col("label")) {
+            (Some(text), Some(lang), Some(label)) => {
+                let split = match (split, col("split")) {
+                    (Some(_), None) => {
+                        anyhow::bail!(
+                            "{}:{}: --split needs a `split` column (the header has: {})",
+                            data.display(),
+                            lines.number,
+                            header.join(", ")
+                        )
+                    }
+                    (Some(want), Some(c)) => Some((c, want.to_string())),
+                    (None, _) => None,
+                };
+                Layout::Header { width: header.len(), text, lang, label, split }
+            }
+            _ => {
+                anyhow::ensure!(
+                    split.is_none(),
+                    "{}: --split needs a header with `text`, `lang`, `label` and `split` columns",
+                    data.display()
+                );
+                Layout::LangText
+            }
+        };
+        let pending = matches!(layout, Layout::LangText).then_some(first);
+        Ok(EvalReader { lines, layout, pending })
+    }
+
+    /// The next row, `None` at the end.
+    fn next_row(&mut self) -> Result<Option<EvalRow>> {
+        loop {
+            let line = match self.pending.take() {
+                Some(l) => l,
+                None => match self.lines.next_line()? {
+                    Some(l) => l,
+                    None => return Ok(None),
+                },
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (name, n) = (self.lines.name(), self.lines.number);
+            match &self.layout {
+                Layout::Header { width, text, lang, label, split } => {
+                    let f: Vec<&str> = line.split('\t').collect();
+                    anyhow::ensure!(f.len() == *width, "{name}:{n}: expected {width} columns, as in the header, found {}", f.len());
+                    if split.as_ref().is_some_and(|(c, want)| f[*c] != want) {
+                        continue;
+                    }
+                    return Ok(Some(EvalRow { lang: f[*lang].trim().into(), label: f[*label].trim().into(), text: f[*text].into() }));
+                }
+                Layout::LangText => {
+                    let (lang, text) = line.split_once('\t').with_context(|| {
+                        format!("{name}:{n}: expected `lang<TAB>text`, or a header row naming `text`, `lang` and `label`")
+                    })?;
+                    return Ok(Some(EvalRow { lang: lang.trim().into(), label: lang.trim().into(), text: text.into() }));
+                }
+            }
+        }
+    }
+}
+
+/// Counts of one language.
+#[derive(Default)]
+struct Tally {
+    /// Rows whose label the model predicts.
+    scored: usize,
+    correct: usize,
+}
+
+/// Rows predicted at a time.
+const CHUNK: usize = 4096;
+
+/// `kdx eval RUN --data FILE`: prints accuracy per language and the macro average, and
+/// writes them to `csv_out` when given.
+pub fn run(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_out: Option<&Path>) -> Result<()> {
+    let (model, card) = kdx_framework::export::load(&run_dir.join(which))?;
+    let mut reader = EvalReader::open(data, split)?;
+    let mut langs: Vec<(String, Tally)> = Vec::new();
+    // The first few labels the model does not know, for the messages.
+    let mut unknown_labels = BTreeSet::new();
+    let mut rows_read = 0;
+    loop {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        while chunk.len() < CHUNK {
+            match reader.next_row()? {
+                Some(r) => chunk.push(r),
+                None => break,
+            }
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        rows_read += chunk.len();
+        let mut bags = kdx_framework::features::Bags::build(model.featurizer(), chunk.iter().map(|r| r.text.as_str()).collect::<Vec<_>>());
+        // Models that route by language read it; a language the model was not trained on gets
+        // index 0 (its rows are scored all the same).
+        bags.langs = chunk.iter().map(|r| card.languages.iter().position(|l| *l == r.lang).unwrap_or(0) as u32).collect();
+        let logits = engine::predict(&*model, &bags)?.logits;
+        let pred = engine::train::argmax_rows(&logits, card.labels.len());
+        for (r, p) in chunk.iter().zip(pred) {
+            let li = match langs.iter().position(|(l, _)| *l == r.lang) {
+                Some(i) => i,
+                None => {
+                    langs.push((r.lang.clone(), Tally::default()));
+                    langs.len() - 1
+                }
+            };
+            // Only rows whose label the model knows are scored.
+            match card.labels.iter().position(|l| *l == r.label) {
+                Some(y) => {
+                    langs[li].1.scored += 1;
+                    langs[li].1.correct += usize::from(y == p);
+                }
+                None if unknown_labels.len() < 9 => {
+                    unknown_labels.insert(r.label.clone());
+                }
+                None => {}
+            }
+        }
+    }
+    anyhow::ensure!(rows_read > 0, "{}: no rows{}", data.display(), split.map_or(String::new(), |s| format!(" with split `{s}`")));
+    let shown: Vec<&str> = unknown_labels.iter().take(8).map(String::as_str).collect();
+    if langs.iter().all(|(_, t)| t.scored == 0) {
+        let model_labels: Vec<&str> = card.labels.iter().take(8).map(String::as_str).collect();
+        anyhow::bail!(
+            "{}: no row has a label this model predicts, so there is nothing to score (labels found: {}; the model's: {}{})",
+            data.display(),
+            if shown.is_empty() { "none".to_string() } else { shown.join(", ") },
+            model_labels.join(", "),
+            if card.labels.len() > 8 { ", …" } else { "" }
+        );
+    }
+    if !unknown_labels.is_empty() {
+        eprintln!("note: labels this model does not predict are not scored: {}", shown.join(", "));
+    }
+    langs.sort_by(|a, b| a.0.cmp(&b.0));
+    let accuracy = |t: &Tally| t.correct as f64 / t.scored.max(1) as f64;
+    let known: Vec<&(String, Tally)> = langs.iter().filter(|(_, t)| t.scored > 0).collect();
+    let macro_acc = known.iter().map(|(_, t)| accuracy(t)).sum::<f64>() / known.len().max(1) as f64;
+    let scored: usize = known.iter().map(|(_, t)| t.scored).sum();
+    println!("{:<16} {:>8} {:>9}", "lang", "examples", "accuracy");
+    for (lang, t) in &langs {
+        let note = if t.scored > 0 { "" } else { "  (no row with a label of this model)" };
+        println!("{lang:<16} {:>8} {:>9.4}{note}", t.scored, accuracy(t));
+    }
+    println!("{:<16} {scored:>8} {macro_acc:>9.4}", "macro");
+    if let Some(p) = csv_out {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            lang: &'a str,
+            examples: usize,
+            accuracy: f64,
+        }
+        let mut out: Vec<Row> = known.iter().map(|(l, t)| Row { lang: l, examples: t.scored, accuracy: accuracy(t) }).collect();
+        out.push(Row { lang: "macro", examples: scored, accuracy: macro_acc });
+        kdx_fsio::write_output(p, &kdx_framework::report::csv_bytes(&out)?)?;
+    }
+    Ok(())
+}
