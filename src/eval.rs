@@ -121,7 +121,7 @@ struct Tally {
 }
 
 /// Rows predicted at a time.
-const CHUNK: usize = 4096;
+const CHUNK: usize = 512;
 
 /// `kdx eval RUN --data FILE`: prints accuracy per language and the macro average, and
 /// writes them to `csv_out` when given.

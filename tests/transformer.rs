@@ -172,6 +172,14 @@ layers = [[0, 1]]
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end().split('\t').count(), 32);
+    // The model directory is read again at load: once its config changed, the run's model
+    // is refused, naming the directory and the file.
+    let config = bert.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"layer_norm_eps\": 1e-12", "\"layer_norm_eps\": 1e-05")).unwrap();
+    let out = kdx(&["embed", run.to_str().unwrap(), input.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("{}: config.json has changed since the run", bert.display())), "{err}");
 }
 
 #[test]

@@ -354,6 +354,8 @@ pub struct LayerShape {
     pub width: usize,
     /// Attention heads per layer.
     pub heads: usize,
+    /// Longest sequence in tokens: longer texts are truncated there.
+    pub max_len: usize,
     /// What identifies the tokenisation (a tokenizer file's hash, `bytes`…): token-level
     /// losses compare only models that tokenise alike.
     pub tokenizer: String,
@@ -363,6 +365,14 @@ impl LayerShape {
     /// Whether `teacher` tokenises as this student does, which token-level losses need;
     /// the error says what the loss `compares` and names both tokenisations.
     pub fn same_tokens(&self, teacher: &LayerShape, compares: &str) -> Result<(), String> {
+        if self.max_len != teacher.max_len {
+            // Texts longer than the shorter limit would be cut at different tokens: the run
+            // would stop at its first such batch, after the teacher has trained.
+            return Err(format!(
+                "{compares}, so student and teacher must truncate texts alike; the student's max_len is {}, the teacher's {}",
+                self.max_len, teacher.max_len
+            ));
+        }
         if self.tokenizer == teacher.tokenizer {
             return Ok(());
         }
@@ -458,6 +468,23 @@ pub trait ModelBuilder: Send + Sync {
     /// whose parameters name files returns them resolved to absolute paths.
     fn card_section(&self, section: &toml::Value) -> toml::Value {
         section.clone()
+    }
+
+    /// Files outside the run that [`ModelBuilder::build`] reads again when the run's
+    /// exported model is loaded (a model directory's configuration and tokenizer; not the
+    /// weights the run saves itself), listed whether or not each exists now. The export
+    /// records their content hashes and loading refuses the model once one has changed: it
+    /// was trained with those files.
+    fn inputs(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+
+    /// What one example holds while a training step runs (activations and their
+    /// gradients, in bytes) and the parameter that sizes it most; `None` when the model
+    /// does not estimate it. The plan multiplies it by each of the model's stages' batch
+    /// and refuses, at that parameter, a batch that cannot fit in memory.
+    fn example_bytes(&self) -> Option<(&'static str, u128)> {
+        None
     }
 
     /// Reads the table of outputs for the spec ([`ModelKind::Precomputed`] plugins).

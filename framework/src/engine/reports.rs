@@ -205,10 +205,9 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
         row.student_unknown_rate = Some(v.unknown_rate(&s_test.bags));
     }
 
-    let card = |m: &crate::plan::ModelPlan| m.builder.card_section(&m.section);
-    crate::export::export(student, &plan.student.plugin, &card(&plan.student), task, &dir.join("student"), projection)?;
+    crate::export::export(student, &plan.student, task, &dir.join("student"), projection)?;
     if let Some(t) = teacher.network() {
-        crate::export::export(t, &plan.teacher.plugin, &card(&plan.teacher), task, &dir.join("teacher"), None)?;
+        crate::export::export(t, &plan.teacher, task, &dir.join("teacher"), None)?;
     }
     monitor.note(format!(
         "done: teacher {:.4}, student {:.4}{} macro accuracy on test; {}",

@@ -402,10 +402,11 @@ impl Plan {
         if let Err(e) = sections::plain_name(&self.run_name, "+=,~") {
             d.push(root_diag(&self.doc, format!("run name: {e}"), Some("the run names of a `[sweep]` come from its values".into())));
         }
-        let mut stages: Vec<(KeyPath, StageConfig)> = vec![(root.key("train"), self.train.stage())];
-        stages.extend(self.teacher_train.iter().map(|t| (root.key("teacher").key("train"), t.clone())));
-        stages.extend(self.finetune.iter().map(|f| (root.key("finetune"), f.stage())));
-        for (key, cfg) in &stages {
+        // Each stage with the model it trains.
+        let mut stages: Vec<(KeyPath, StageConfig, &str)> = vec![(root.key("train"), self.train.stage(), "student")];
+        stages.extend(self.teacher_train.iter().map(|t| (root.key("teacher").key("train"), t.clone(), "teacher")));
+        stages.extend(self.finetune.iter().map(|f| (root.key("finetune"), f.stage(), "student")));
+        for (key, cfg, _) in &stages {
             // A step holds at least this much per example (ids, logits, gradients, indices).
             const PER_EXAMPLE: u128 = 1024;
             let what = format!("a batch of {} examples", cfg.batch);
@@ -416,6 +417,15 @@ impl Plan {
             if !(lr.is_finite() && lr > 0.0) {
                 let at = lr_key.split('.').fold(key.clone(), |k, part| k.key(part));
                 d.push(self.doc.diag(&at, format!("the learning rate must be a positive number, found {lr}"), None));
+            }
+        }
+        // Each model's activations at the largest batch it trains with, located at the parameter that sizes them.
+        for (role, model) in [("teacher", &self.teacher), ("student", &self.student)] {
+            let largest = stages.iter().filter(|s| s.2 == role).max_by_key(|s| s.1.batch);
+            let (Some((param, per)), Some((key, cfg, _))) = (model.builder.example_bytes(), largest) else { continue };
+            let what = format!("a `{key}` batch of {} examples through this model ({per} bytes each while it trains)", cfg.batch);
+            if let Err(e) = crate::model::check_memory(&what, cfg.batch as u128 * per) {
+                d.push(self.doc.diag(&root.key(role).key(param), e, Some(format!("a smaller `{param}` or `{key}.batch`"))));
             }
         }
         for (i, l) in self.losses.iter().enumerate() {

@@ -134,10 +134,12 @@ mod tests {
 
     #[test]
     fn unequal_heads_or_tokenisations_are_refused_before_training() {
-        let shape = |heads: usize, tok: &str| LayerShape { layers: 2, width: 8, heads, tokenizer: tok.into() };
+        let shape = |heads: usize, tok: &str| LayerShape { layers: 2, width: 8, heads, max_len: 32, tokenizer: tok.into() };
         let l = AttentionKl { layers: None };
         assert!(l.check_layers(&shape(2, "bytes"), &shape(4, "bytes")).unwrap_err().contains("2 heads, the teacher 4"));
         assert!(l.check_layers(&shape(2, "bytes"), &shape(2, "bpe")).unwrap_err().contains("tokenise alike"));
         assert!(l.check_layers(&shape(2, "bytes"), &shape(2, "bytes")).is_ok());
+        let long = LayerShape { max_len: 64, ..shape(2, "bytes") };
+        assert!(l.check_layers(&long, &shape(2, "bytes")).unwrap_err().contains("max_len is 64, the teacher's 32"));
     }
 }

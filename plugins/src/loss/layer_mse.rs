@@ -207,10 +207,14 @@ mod tests {
 
     #[test]
     fn different_tokenisations_are_refused_before_training() {
-        let shape = |tok: &str| LayerShape { layers: 2, width: 8, heads: 2, tokenizer: tok.into() };
+        let shape = |tok: &str| LayerShape { layers: 2, width: 8, heads: 2, max_len: 32, tokenizer: tok.into() };
         let e = loss(None, ProjectionMode::Auto).check_layers(&shape("bytes"), &shape("tokenizer.json:ab")).unwrap_err();
         assert!(e.contains("tokenise alike") && e.contains("bytes") && e.contains("tokenizer.json:ab"), "{e}");
         let e = loss(Some(vec![[1, 5]]), ProjectionMode::Auto).check_layers(&shape("bytes"), &shape("bytes")).unwrap_err();
         assert!(e.contains("[1, 5]"), "{e}");
+        // Equal tokenizers that truncate at different lengths cut long texts differently.
+        let short = LayerShape { max_len: 16, ..shape("bytes") };
+        let e = loss(None, ProjectionMode::Auto).check_layers(&short, &shape("bytes")).unwrap_err();
+        assert!(e.contains("max_len is 16, the teacher's 32"), "{e}");
     }
 }

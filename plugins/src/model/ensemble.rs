@@ -57,6 +57,14 @@ fn build(p: EnsembleParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Dia
 kdx_framework::register_model!("ensemble", "several models averaged (logits or probabilities)", EnsembleParams, build);
 
 impl ModelBuilder for EnsembleBuilder {
+    fn inputs(&self) -> Vec<std::path::PathBuf> {
+        self.members.iter().flat_map(|m| m.inputs()).collect()
+    }
+    fn example_bytes(&self) -> Option<(&'static str, u128)> {
+        // Every example goes through every member.
+        let each: Vec<u128> = self.members.iter().filter_map(|m| m.example_bytes().map(|(_, b)| b)).collect();
+        (!each.is_empty()).then(|| ("members", each.iter().sum()))
+    }
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
         let mut members = Vec::new();
         for (i, b) in self.members.iter().enumerate() {

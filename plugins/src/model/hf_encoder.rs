@@ -82,7 +82,17 @@ pub struct HfDir {
     /// directory. `kdx export --hf` writes one for a student's projection into its
     /// teacher's space; [`HfDir::projection`] reads it.
     pub dense: Option<PathBuf>,
+    /// The files besides the weights that this directory's model is read from, listed
+    /// whether or not each exists (an added modules.json changes the pooling as much as an
+    /// edited one): config.json, tokenizer.json, sentence-transformers' files and the
+    /// configs of the modules modules.json names.
+    pub files: Vec<PathBuf>,
 }
+
+/// The files of a model directory kdx reads besides the weights, when they exist (the
+/// configs of modules.json's modules aside).
+const DIRECTORY_FILES: [&str; 5] =
+    ["config.json", "tokenizer.json", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"];
 
 fn read_json(path: &Path) -> Result<Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -282,7 +292,8 @@ impl HfDir {
         let (model_type, cfg) = HfConfig::read(&config_path)?;
         cfg.validate().map_err(|e| format!("{}: {e}", config_path.display()))?;
         check_against_weights(&dir.join("model.safetensors"), &config_path, &model_type, &cfg)?;
-        let (pooling, normalize, dense) = sentence_modules(dir)?;
+        let mut files: Vec<PathBuf> = DIRECTORY_FILES.iter().map(|f| dir.join(f)).collect();
+        let (pooling, normalize, dense) = sentence_modules(dir, &mut files)?;
         let max_len = match dir.join("sentence_bert_config.json") {
             p if p.is_file() => read_json(&p)?.get("max_seq_length").and_then(Value::as_u64).map(|v| v as usize),
             _ => None,
@@ -290,7 +301,7 @@ impl HfDir {
         .unwrap_or(cfg.max_len())
         .min(cfg.max_len());
         let prefix = default_prompt(dir)?;
-        Ok(HfDir { dir: dir.to_path_buf(), model_type, cfg, pooling, normalize, max_len, prefix, dense })
+        Ok(HfDir { dir: dir.to_path_buf(), model_type, cfg, pooling, normalize, max_len, prefix, dense, files })
     }
 
     /// The `Dense` module's map (`None` without one), as the projection kdx applies after
@@ -481,8 +492,9 @@ fn default_prompt(dir: &Path) -> Result<String, String> {
 
 /// Pooling, normalisation and a `Dense` projection's directory from sentence-transformers'
 /// modules.json (mean, no normalisation and no projection without one). A `Dense` module
-/// must come last and map linearly (identity activation).
-fn sentence_modules(dir: &Path) -> Result<(Pooling, bool, Option<PathBuf>), String> {
+/// must come last and map linearly (identity activation). The module configs it reads are
+/// added to `files`.
+fn sentence_modules(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(Pooling, bool, Option<PathBuf>), String> {
     let modules_path = dir.join("modules.json");
     if !modules_path.is_file() {
         return Ok((Pooling::Mean, false, None));
@@ -501,6 +513,7 @@ fn sentence_modules(dir: &Path) -> Result<(Pooling, bool, Option<PathBuf>), Stri
             "Normalize" => normalize = true,
             "Pooling" => {
                 let p = dir.join(sub).join("config.json");
+                files.push(p.clone());
                 let c = read_json(&p)?;
                 let on = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
                 pooling = match (on("pooling_mode_mean_tokens"), on("pooling_mode_cls_token")) {
@@ -514,6 +527,7 @@ fn sentence_modules(dir: &Path) -> Result<(Pooling, bool, Option<PathBuf>), Stri
             }
             "Dense" => {
                 let p = dir.join(sub).join("config.json");
+                files.push(p.clone());
                 let act = read_json(&p)?.get("activation_function").and_then(Value::as_str).unwrap_or("").to_string();
                 if !act.ends_with("Identity") {
                     return Err(format!("{}: activation `{act}`: kdx reads a Dense module with the identity activation only", p.display()));
@@ -597,6 +611,9 @@ impl ModelBuilder for HfEncoder {
         }
         s
     }
+    fn inputs(&self) -> Vec<PathBuf> {
+        self.hf.files.clone()
+    }
     fn layer_shape(&self) -> Option<LayerShape> {
         let c = &self.hf.cfg;
         let layers = self.p.layers.as_ref().map_or(c.layers, Vec::len);
@@ -607,8 +624,8 @@ impl ModelBuilder for HfEncoder {
         let file = TextTokenizer::file_identity(&self.hf.dir.join("tokenizer.json")).ok()?;
         let max_len = self.p.max_len.unwrap_or(self.hf.max_len);
         let prefix = self.p.prefix.as_deref().unwrap_or(&self.hf.prefix);
-        let tokenizer = format!("{file} (max_len {max_len}, prefix {prefix:?})");
-        Some(LayerShape { layers, width: c.width, heads: c.heads, tokenizer })
+        let tokenizer = format!("{file} (prefix {prefix:?})");
+        Some(LayerShape { layers, width: c.width, heads: c.heads, max_len, tokenizer })
     }
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
         let hf = &self.hf;
@@ -645,5 +662,77 @@ impl ModelBuilder for HfEncoder {
         }
         name.push_str(&vocabulary_note);
         Ok(Box::new(TransformerModel::new(enc, tokenizer, pooling, normalize, spec.classes, spec.seed, name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kdx_framework::dataset::Task;
+    use kdx_framework::model::ModelSpec;
+    use kdx_framework::plan::ModelPlan;
+    use kdx_framework::registry::{build_standalone, Instance, PluginKind};
+    use std::path::{Path, PathBuf};
+
+    /// A copy of the test model directory in `to`.
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.path().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    /// Exports an `hf-encoder` student read from `dir`; returns the stem.
+    fn exported(dir: &Path, run: &Path) -> PathBuf {
+        let mut params = toml::Table::new();
+        params.insert("path".into(), toml::Value::String(dir.display().to_string()));
+        let Instance::Model(builder) = build_standalone(PluginKind::Model, "hf-encoder", params.clone(), "test").unwrap() else {
+            unreachable!()
+        };
+        let model = builder.build(&ModelSpec::new(2, 0)).unwrap();
+        params.insert("plugin".into(), toml::Value::String("hf-encoder".into()));
+        let source = ModelPlan { plugin: "hf-encoder".into(), builder, section: toml::Value::Table(params) };
+        let task = Task { labels: vec!["de".into(), "fr".into()], langs: vec!["de".into(), "fr".into()], ..Default::default() };
+        std::fs::create_dir_all(run).unwrap();
+        let stem = run.join("student");
+        kdx_framework::export::export(model.as_ref(), &source, &task, &stem, None).unwrap();
+        stem
+    }
+
+    #[test]
+    fn an_exported_model_is_refused_once_its_directory_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tiny-bert");
+        copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/hf/tiny-bert"), &dir);
+        let stem = exported(&dir, &tmp.path().join("run"));
+        kdx_framework::export::load(&stem).unwrap();
+        let refused = |path: &Path| {
+            let e = format!("{:#}", kdx_framework::export::load(&stem).err().expect("loaded a model whose directory changed"));
+            let (parent, name) = (path.parent().unwrap().display(), path.file_name().unwrap().to_string_lossy());
+            assert!(e.starts_with(&format!("{parent}: {name} has changed since the run")), "{e}");
+        };
+        // Each file the model reads besides the weights, edited and then restored.
+        for (file, from, to) in [
+            ("config.json", "\"hidden_dropout_prob\": 0.1", "\"hidden_dropout_prob\": 0.2"),
+            ("tokenizer.json", "\"[UNK]\"", "\"[UNKNOWN]\""),
+            ("1_Pooling/config.json", "true", "false"),
+        ] {
+            let path = dir.join(file);
+            let original = std::fs::read_to_string(&path).unwrap();
+            let edited = original.replacen(from, to, 1);
+            assert_ne!(edited, original, "{file}");
+            std::fs::write(&path, edited).unwrap();
+            refused(&path);
+            std::fs::write(&path, original).unwrap();
+            kdx_framework::export::load(&stem).unwrap();
+        }
+        // A file the model would read, added after the run: it would change the model.
+        std::fs::write(dir.join("config_sentence_transformers.json"), "{}").unwrap();
+        let e = format!("{:#}", kdx_framework::export::load(&stem).err().unwrap());
+        assert!(e.contains("config_sentence_transformers.json did not exist when the run"), "{e}");
     }
 }

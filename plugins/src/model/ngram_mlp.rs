@@ -67,21 +67,39 @@ fn build(p: NgramMlpParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Dia
     if !(0.0..1.0).contains(&p.dropout) {
         return Err(ctx.error("dropout", format!("must be in [0, 1), found {}", p.dropout)));
     }
-    // Parameters, their gradients and two Adam moments, in f32 (the output layer aside).
-    let mut scalars = p.buckets as u128 * p.dim as u128;
+    // Every parameter tensor, with its gradient and two Adam moments, in f32: the table,
+    // then the layers (the output layer's classes counted as the fewest a task has).
+    let table = p.buckets as u128 * p.dim as u128;
+    let mut layers = 0u128;
     let mut width = p.dim as u128;
     for &h in &p.hidden {
-        scalars += width * h as u128 + h as u128;
-        width = h as u128;
+        let h = h as u128;
+        layers += width * h + h + if p.layer_norm { 2 * h } else { 0 };
+        width = h;
     }
-    let what = format!("this model ({scalars} parameters, with gradients and optimizer moments)");
-    kdx_framework::model::check_memory(&what, scalars * 4 * 4).map_err(|e| ctx.error("dim", e))?;
+    layers += width * MIN_CLASSES + MIN_CLASSES;
+    let scalars = table + layers;
+    let key = if !p.hidden.is_empty() && layers > table { "hidden" } else { "dim" };
+    let what = format!("this model (at least {scalars} parameters, with gradients and optimizer moments)");
+    kdx_framework::model::check_memory(&what, scalars * 4 * 4).map_err(|e| ctx.error(key, e))?;
     Ok(Box::new(p))
 }
+
+/// The fewest classes a task has: the output layer's size before the data is loaded.
+const MIN_CLASSES: u128 = 2;
 
 kdx_framework::register_model!("ngram-mlp", "hashed character n-grams → embedding bag → MLP (fastText/CLD3-like)", NgramMlpParams, build);
 
 impl ModelBuilder for NgramMlpParams {
+    fn example_bytes(&self) -> Option<(&'static str, u128)> {
+        // f32s one example holds in a step: the bag mean and its gradient; per hidden unit
+        // the pre-activation, the activation and its gradient (a norm's output and a
+        // dropout mask besides); the logits and their gradient.
+        let per_unit = 3 + u128::from(self.layer_norm) + u128::from(self.dropout > 0.0);
+        let hidden: u128 = self.hidden.iter().map(|&h| h as u128).sum();
+        let floats = 2 * self.dim as u128 + per_unit * hidden + 2 * MIN_CLASSES;
+        Some((if self.hidden.is_empty() { "dim" } else { "hidden" }, floats * 4))
+    }
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
         let (classes, seed) = (spec.classes, spec.seed);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

@@ -70,6 +70,13 @@ kdx_framework::register_model!(
 );
 
 impl ModelBuilder for PerLanguageBuilder {
+    fn inputs(&self) -> Vec<std::path::PathBuf> {
+        self.member.inputs()
+    }
+    fn example_bytes(&self) -> Option<(&'static str, u128)> {
+        // Each example goes through one group's model, built as `member` says.
+        self.member.example_bytes().map(|(_, bytes)| ("member", bytes))
+    }
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
         anyhow::ensure!(!spec.langs.is_empty(), "per-language needs the task's languages to route examples");
         let mut route = vec![usize::MAX; spec.langs.len()];

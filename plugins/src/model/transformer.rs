@@ -110,6 +110,9 @@ fn build(mut p: TransformerParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilde
             if !path.is_file() {
                 return Err(ctx.error("tokenizer_file", format!("{} does not exist", path.display())));
             }
+            // Read now, so that `kdx validate` refuses a file that is not a tokenizer rather
+            // than the run after its teacher has trained.
+            TextTokenizer::from_file(&path, p.max_len).map_err(|e| ctx.error("tokenizer_file", format!("{e:#}")))?;
             p.tokenizer_file = Some(path);
         }
         (_, Some(_)) => return Err(ctx.error("tokenizer_file", "only read with `tokenizer = \"file\"`")),
@@ -172,7 +175,19 @@ impl ModelBuilder for TransformerParams {
             TokenizerKind::Unigram => format!("unigram{} learned from the training text", self.vocab),
             TokenizerKind::File => TextTokenizer::file_identity(self.tokenizer_file.as_deref()?).ok()?,
         };
-        Some(LayerShape { layers: self.layers, width: self.width, heads: self.heads, tokenizer })
+        Some(LayerShape { layers: self.layers, width: self.width, heads: self.heads, max_len: self.max_len, tokenizer })
+    }
+    fn card_section(&self, section: &toml::Value) -> toml::Value {
+        // The tokenizer file as resolved against the recipe, so that the run's exported
+        // model finds it from anywhere.
+        let mut s = section.clone();
+        if let (Some(t), Some(f)) = (s.as_table_mut(), &self.tokenizer_file) {
+            t.insert("tokenizer_file".into(), toml::Value::String(f.display().to_string()));
+        }
+        s
+    }
+    fn inputs(&self) -> Vec<PathBuf> {
+        self.tokenizer_file.iter().cloned().collect()
     }
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
         let tokenizer = self.tokenizer(spec)?;
@@ -187,9 +202,26 @@ mod tests {
     use kdx_framework::features::Bags;
     use kdx_framework::model::{OutputGrads, StepCtx};
     use kdx_framework::optim::Optimizer;
+    use kdx_framework::registry::{build_standalone, PluginKind};
 
     fn params(toml: &str) -> TransformerParams {
         toml::from_str(toml).unwrap()
+    }
+
+    #[test]
+    fn a_tokenizer_file_that_is_not_a_tokenizer_is_refused_when_planned() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (name, bytes) in [("empty.json", &b"{}"[..]), ("random.json", &[0x8f, 0x01, 0xff, 0x7b, 0x00][..])] {
+            let path = tmp.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let file = path.display().to_string();
+            let params: toml::Table = toml::from_str(&format!("tokenizer = \"file\"\ntokenizer_file = {file:?}")).unwrap();
+            let e = build_standalone(PluginKind::Model, "transformer", params, "recipe.toml")
+                .err()
+                .expect("a file that is not a tokenizer was accepted")
+                .to_string();
+            assert!(e.contains("model.tokenizer_file") && e.contains(&format!("{name}: not a Hugging Face tokenizer.json")), "{e}");
+        }
     }
 
     #[test]
