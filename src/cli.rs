@@ -577,7 +577,7 @@ fn monotonic_s() -> i64 {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid pointer to a timespec this function owns.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as i64
+    t.tv_sec
 }
 
 extern "C" fn on_stop_signal(sig: libc::c_int) {

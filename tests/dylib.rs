@@ -579,6 +579,22 @@ fn kdx_new_loss_makes_a_crate_that_builds_passes_its_test_and_trains() {
     let row = run_row(&results, "scaffold", "run");
     assert_eq!(row.status.as_str(), "ok");
     assert!(row.student_macro_acc > 0.4, "student {} (chance 0.33)", row.student_macro_acc);
+
+    // Its parameters are published as generated: documented in `kdx plugins` with their
+    // default, and a value out of range is reported at its key's line, not at the table.
+    let lib = lib.to_str().unwrap();
+    let out = kdx(&["plugins", "loss", "my-kd", "--plugin", lib], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("temperature: number = 2.0") && text.contains("Temperature T > 0 of both softmaxes"), "{text}");
+    let r = recipe(&run_dir, "range", "plugin = \"my-kd\"\ntemperature = -1.0", "", 1);
+    let out = kdx(&["validate", r.to_str().unwrap(), "--plugin", lib], &[]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    let line = std::fs::read_to_string(&r).unwrap().lines().position(|l| l.starts_with("temperature = -1.0")).unwrap() + 1;
+    assert!(
+        e.contains(&format!("{}:{line}:1: loss[0].temperature:", r.display())) && e.contains("must be a positive number, found -1"),
+        "{e}"
+    );
 }
 
 #[test]

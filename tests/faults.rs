@@ -63,16 +63,20 @@ fn experiment_names_cannot_leave_the_results_directory() {
 }
 
 #[test]
-fn learning_rates_and_loss_weights_must_be_positive() {
+fn learning_rates_must_be_positive_and_loss_weights_not_negative() {
     let tmp = tempfile::tempdir().unwrap();
     for (from, to, want) in [
         ("lr = 2e-2, weight_decay", "lr = 0.0, weight_decay", "train.optimizer.lr: the learning rate must be a positive number, found 0"),
         ("lr = 2e-2 } }", "lr = -1.0 } }", "teacher.train.optimizer.lr: the learning rate must be a positive number, found -1"),
-        ("weight = 0.7", "weight = 0.0", "loss[0].weight: a loss weight must be a positive number, found 0"),
+        (
+            "weight = 0.7",
+            "weight = -0.5",
+            "loss[0].weight: a loss weight must be a number of at least 0 (0 switches the term off), found -0.5",
+        ),
         (
             "weight = 0.3",
-            "weight = { kind = \"linear\", start = 0.0, end = 0.0 }",
-            "loss[1].weight: this loss weight schedule is 0 throughout",
+            "weight = { kind = \"linear\", start = 1.0, end = -1.0 }",
+            "loss[1].weight: a loss weight must be a number of at least 0 (0 switches the term off); `end` is -1",
         ),
     ] {
         let r = recipe(tmp.path(), "w", &[(from, to)]);
@@ -83,6 +87,25 @@ fn learning_rates_and_loss_weights_must_be_positive() {
     // A warm-up from 0 is a weight that starts off: fine.
     let r = recipe(tmp.path(), "w", &[("weight = 0.3", "weight = { kind = \"linear\", start = 0.0, end = 1.0 }")]);
     assert!(kdx(&["validate", r.to_str().unwrap()]).status.success());
+}
+
+/// A loss of weight 0 is switched off, not computed: the run trains exactly as the recipe
+/// without that `[[loss]]`, so an ablation needs no 0.001 stand-in.
+#[test]
+fn a_loss_of_weight_zero_is_an_exact_ablation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let off = recipe(tmp.path(), "ablation", &[("weight = 0.7", "weight = 0.0")]);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let out = run(&off, &a, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let without = recipe(tmp.path(), "ablation", &[("[[loss]]\nplugin = \"soft-kl\"\nweight = 0.7\ntemperature = 2.0\n", "")]);
+    let out = run(&without, &b, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for f in ["languages.csv", "metrics.csv", "sampling.csv"] {
+        let x = std::fs::read_to_string(a.join("ablation/run").join(f)).unwrap();
+        let y = std::fs::read_to_string(b.join("ablation/run").join(f)).unwrap();
+        assert!(x == y, "{f} differs between soft-kl at weight 0 and no soft-kl");
+    }
 }
 
 #[test]
@@ -393,6 +416,8 @@ fn sigterm_checkpoints_the_current_step_and_the_resumed_run_is_exact() {
 /// Runs `kdx args…` with `stdin` as its standard input and output to `stdout`; returns its
 /// exit status and its peak resident memory in MiB (`wait4`'s own accounting of this child).
 fn peak_rss(args: &[&str], stdin: &Path, stdout: &Path) -> (i32, f64) {
+    // Reaped by wait4 below, not by `Child::wait`: wait4 reports this child's own peak.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_kdx"))
         .args(args)
         .stdin(std::fs::File::open(stdin).unwrap())
@@ -400,6 +425,7 @@ fn peak_rss(args: &[&str], stdin: &Path, stdout: &Path) -> (i32, f64) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // SAFETY: `rusage` is plain integers, for which all zero bytes is a valid value.
     let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
     // SAFETY: waits for the child this test spawned (and never waits for it again).
     assert_eq!(unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) }, child.id() as i32);

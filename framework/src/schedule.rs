@@ -91,30 +91,25 @@ pub enum CurveKind {
 }
 
 impl Schedule {
-    /// Whether it can weight a loss: a constant > 0, or a curve that never goes negative
-    /// and is not 0 throughout (a warm-up from 0 is fine). The error says why not.
+    /// Whether it can weight a loss: every value it takes is finite and not negative. A
+    /// weight of 0 switches the term off (the engine does not compute it, so an ablation is
+    /// exact); a warm-up from 0 starts it off. The error says why not.
     pub fn check_weight(&self) -> Result<(), String> {
         let non_negative = |what: &str, v: f32| {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(format!("a loss weight must be a non-negative number; `{what}` is {v}"))
+                Err(format!("a loss weight must be a number of at least 0 (0 switches the term off); `{what}` is {v}"))
             }
         };
         match self {
-            Schedule::Constant(v) if v.is_finite() && *v > 0.0 => Ok(()),
-            Schedule::Constant(v) => Err(format!("a loss weight must be a positive number, found {v}")),
+            Schedule::Constant(v) if v.is_finite() && *v >= 0.0 => Ok(()),
+            Schedule::Constant(v) => Err(format!("a loss weight must be a number of at least 0 (0 switches the term off), found {v}")),
             Schedule::Curve(c) => {
                 non_negative("start", c.start)?;
-                if c.kind == CurveKind::Step {
-                    non_negative("factor", c.factor)?;
-                    return if c.start > 0.0 { Ok(()) } else { Err("a step schedule of a loss weight must start above 0".into()) };
-                }
-                non_negative("end", c.end)?;
-                if c.start > 0.0 || c.end > 0.0 {
-                    Ok(())
-                } else {
-                    Err("this loss weight schedule is 0 throughout".into())
+                match c.kind {
+                    CurveKind::Step => non_negative("factor", c.factor),
+                    _ => non_negative("end", c.end),
                 }
             }
         }

@@ -62,6 +62,13 @@ impl Error {
         Error(message.to_string())
     }
 
+    /// An error about one parameter: kdx points at that key of the recipe's `[[loss]]` table
+    /// (`loss[0].temperature: must be a positive number, found -1`), not at the table.
+    /// [`ensure_param!`] builds it from a condition.
+    pub fn param(key: &str, message: impl fmt::Display) -> Error {
+        Error(format!("`{key}`: {message}"))
+    }
+
     /// The message.
     pub fn message(&self) -> &str {
         &self.0
@@ -105,6 +112,21 @@ macro_rules! ensure {
     ($cond:expr, $($arg:tt)*) => {
         if !$cond {
             $crate::bail!($($arg)*);
+        }
+    };
+}
+
+/// Returns early with an [`Error::param`] about `key` (built like `format!`) unless the
+/// condition holds: `ensure_param!(p.temperature > 0.0, "temperature", "must be a positive
+/// number, found {}", p.temperature)` is reported at `loss[i].temperature` in the recipe.
+#[macro_export]
+macro_rules! ensure_param {
+    ($cond:expr, $key:expr, $($arg:tt)*) => {
+        // Not `if !cond`: a float comparison in `cond` would trip clippy's
+        // `neg_cmp_op_on_partial_ord` in the plugin's crate.
+        if $cond {
+        } else {
+            return ::core::result::Result::Err($crate::Error::param($key, ::std::format!($($arg)*)));
         }
     };
 }

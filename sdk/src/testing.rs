@@ -33,8 +33,10 @@ pub struct SampleBatch {
     pub batch: usize,
     /// `C`.
     pub classes: usize,
-    /// `H`, for the student and the teacher.
+    /// `H`, the student's width.
     pub hidden_dim: usize,
+    /// `H_t`, the teacher's width (`H` unless [`SampleBatch::with_teacher_width`] set another).
+    pub teacher_hidden_dim: usize,
     /// Student logits.
     pub student_logits: Vec<f32>,
     /// Student hidden representation.
@@ -85,6 +87,7 @@ impl SampleBatch {
             batch,
             classes,
             hidden_dim,
+            teacher_hidden_dim: hidden_dim,
             student_logits,
             student_hidden,
             teacher_logits,
@@ -99,6 +102,15 @@ impl SampleBatch {
         }
     }
 
+    /// The same batch with a teacher of another width `H_t` (its hidden states drawn anew
+    /// from `seed`): a feature loss between models of different widths is tested this way.
+    pub fn with_teacher_width(mut self, teacher_hidden_dim: usize, scale: f32, seed: u64) -> SampleBatch {
+        let mut rng = Rng(seed);
+        self.teacher_hidden = (0..self.batch * teacher_hidden_dim).map(|_| rng.uniform(scale)).collect();
+        self.teacher_hidden_dim = teacher_hidden_dim;
+        self
+    }
+
     /// Borrows the batch as a loss input at `step` of `total_steps`.
     pub fn input(&self, step: u64, total_steps: u64) -> LossInput<'_> {
         LossInput {
@@ -109,7 +121,7 @@ impl SampleBatch {
             student_hidden_dim: self.hidden_dim,
             teacher_logits: Some(&self.teacher_logits),
             teacher_hidden: Some(&self.teacher_hidden),
-            teacher_hidden_dim: self.hidden_dim,
+            teacher_hidden_dim: self.teacher_hidden_dim,
             labels: Some(&self.labels),
             langs: &self.langs,
             weights: &self.weights,
@@ -236,5 +248,20 @@ mod tests {
         assert_ne!(a.student_logits, SampleBatch::random(5, 6, 2, 3.0, 5).student_logits);
         assert!(a.student_logits.iter().all(|v| v.abs() <= 3.0));
         a.input(0, 1).check().unwrap();
+        // A teacher of another width: its hidden states are sized by it, the student's not.
+        let w = a.with_teacher_width(7, 1.0, 9);
+        let x = w.input(0, 1);
+        assert_eq!((x.student_hidden.len(), x.teacher_hidden.map(<[f32]>::len), x.teacher_hidden_dim), (10, Some(35), 7));
+        x.check().unwrap();
+    }
+
+    #[test]
+    fn a_parameter_error_names_its_key() {
+        fn create(t: f32) -> Result<()> {
+            crate::ensure_param!(t > 0.0, "temperature", "must be a positive number, found {t}");
+            Ok(())
+        }
+        assert!(create(1.0).is_ok());
+        assert_eq!(create(-1.0).unwrap_err().message(), "`temperature`: must be a positive number, found -1");
     }
 }

@@ -26,6 +26,15 @@ pub fn combine_losses<'a>(
     let mut terms = Vec::new();
     for l in losses.iter_mut() {
         let w = l.weight.at(step, total_steps);
+        if w == 0.0 {
+            // Switched off at this step: not computed at all, so the loss's own state (a
+            // gate, a moving average) and parameters stay as they were and an ablation with
+            // weight 0 trains exactly as the recipe without the term.
+            for p in l.loss.params_mut() {
+                p.grad = Grad::None;
+            }
+            continue;
+        }
         let (r, layer_grads) = if l.loss.needs_layers() {
             let s = student_layers.with_context(|| format!("loss `{}` reads per-layer states, and the student returned none", l.name))?;
             let (r, g) = l.loss.compute_layers(input, s, teacher_layers).with_context(|| format!("loss `{}` at step {step}", l.name))?;
@@ -51,14 +60,9 @@ pub fn combine_losses<'a>(
         terms.push((l.name, w, r.value));
         // The loss's own parameters (a projection) are part of the weighted objective too.
         for p in l.loss.params_mut() {
-            match &mut p.grad {
-                Grad::Dense(g) if w != 0.0 => g.iter_mut().for_each(|x| *x *= w),
-                _ if w == 0.0 => p.grad = Grad::None,
-                _ => {}
+            if let Grad::Dense(g) = &mut p.grad {
+                g.iter_mut().for_each(|x| *x *= w);
             }
-        }
-        if w == 0.0 {
-            continue;
         }
         total += w * r.value;
         anyhow::ensure!(r.grad_logits.len() == g.logits.len(), "loss `{}` returned a logit gradient of the wrong size", l.name);
