@@ -7,7 +7,8 @@
 //!   ([`clean::clean_pair`] cleans a msgid and its translation together, as the build does);
 //! - [`build`] walks a locale tree and writes the reproducible `.tsv.gz` snapshot + MANIFEST;
 //! - [`load`] reads a snapshot back (done at the start of every run, so it is fast);
-//! - [`split`] assigns train/dev/test by a stable hash of the msgid.
+//! - [`split`] assigns train/dev/test by a stable hash of the msgid;
+//! - [`snapshot`] holds what the others share: build options and report, the columns.
 
 pub mod build;
 pub mod clean;
@@ -15,6 +16,7 @@ pub mod load;
 mod manifest;
 pub mod mo;
 pub mod select;
+pub mod snapshot;
 pub mod split;
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use flate2::read::MultiGzDecoder;
 
-use crate::build::HEADER;
 use crate::manifest::LOCALE_TABLE_HEADING;
+use crate::snapshot::HEADER;
 
 /// One parallel pair.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::build::{BuildOptions, BuildReport, LocaleRows, HEADER};
 use crate::clean::MIN_CHARS;
+use crate::snapshot::{BuildOptions, BuildReport, LocaleRows, HEADER};
 
 /// Heading of the rows-per-locale table (read back by `read_manifest_counts`).
 pub(crate) const LOCALE_TABLE_HEADING: &str = "## Rows per locale";

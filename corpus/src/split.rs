@@ -7,19 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// FNV-1a 64-bit offset basis.
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-/// FNV-1a 64-bit prime.
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// FNV-1a, 64-bit: for each byte, `h = (h ^ byte) * 0x100000001b3` (wrapping), starting from
-/// `0xcbf29ce484222325`. Stable by definition; the framework also uses it for n-gram hashing.
-///
-/// `stable_hash64(b"")` is `0xcbf29ce484222325` and `stable_hash64(b"a")` is
-/// `0xaf63dc4c8601ec8c` (the published FNV-1a test vectors).
-pub fn stable_hash64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(FNV_OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
-}
+/// FNV-1a, 64-bit (it lives in `kdx-fsio`, with the project's other content hashes, so the
+/// framework's n-gram hashing shares it without depending on the corpus).
+pub use kdx_fsio::stable_hash64;
 
 /// MurmurHash3's 64-bit finaliser. FNV-1a's top bits barely depend on the last bytes, so two
 /// messages that differ only at the end would fall in nearby fractions; this spreads every

@@ -208,7 +208,7 @@ impl Featurizer for CharIds {
     fn featurize(&self, text: &str, out: &mut Vec<u32>) {
         let mut buf = [0u8; 4];
         let mut push = |c: char| {
-            let h = kdx_corpus::split::stable_hash64(c.encode_utf8(&mut buf).as_bytes());
+            let h = kdx_fsio::stable_hash64(c.encode_utf8(&mut buf).as_bytes());
             out.push((h % self.vocab as u64) as u32);
         };
         if self.lowercase {
@@ -265,7 +265,7 @@ impl Featurizer for NgramHasher {
                         }
                         len += c.encode_utf8(&mut buf[len..]).len();
                     }
-                    let h = kdx_corpus::split::stable_hash64(&buf[..len]);
+                    let h = kdx_fsio::stable_hash64(&buf[..len]);
                     out.push((h % self.buckets as u64) as u32);
                 }
             }

@@ -36,7 +36,6 @@ pub mod tokenize;
 // Re-exported for the registration macros and for plugin crates.
 #[doc(hidden)]
 pub use inventory;
-pub use kdx_corpus;
 pub use kdx_recipe;
 #[doc(hidden)]
 pub use schemars;

@@ -252,6 +252,19 @@ pub fn remove_stale_temporaries(dir: &Path) -> usize {
     removed
 }
 
+/// FNV-1a, 64-bit: for each byte, `h = (h ^ byte) * 0x100000001b3` (wrapping), starting from
+/// `0xcbf29ce484222325`. Stable by definition — the same value on every machine and Rust
+/// version forever, which std's `DefaultHasher` is not — so the corpus's splits and the
+/// framework's n-gram buckets can depend on it.
+///
+/// `stable_hash64(b"")` is `0xcbf29ce484222325` and `stable_hash64(b"a")` is
+/// `0xaf63dc4c8601ec8c` (the published FNV-1a test vectors).
+pub fn stable_hash64(bytes: &[u8]) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(FNV_OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+}
+
 /// Lowercase hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
