@@ -387,7 +387,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Export { run_dir, model, hf } => {
             let (m, projection) = kdx_framework::export::load_embedder(&run_dir.join(&model))?;
-            let t = m.as_transformer().with_context(|| {
+            let any: &dyn std::any::Any = &*m;
+            let t = any.downcast_ref::<kdx_framework::nn::TransformerModel>().with_context(|| {
                 format!(
                     "the {model} of {} is {}: only transformer models export to the Hugging Face format",
                     run_dir.display(),

@@ -5,8 +5,8 @@
 
 use anyhow::Result;
 
-use crate::engine::metrics::predict;
 use crate::features::Bags;
+use crate::infer::predict;
 use crate::model::Model;
 use crate::nn::HiddenProjection;
 

@@ -10,10 +10,11 @@
 //! `--suite transformer` times the transformer workloads of `torch_transformer_step.py`
 //! ([`transformer`]).
 
+mod torch;
 pub mod transformer;
+pub use torch::torch_result;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -125,15 +126,6 @@ fn torch_steps_per_s(
     ];
     let v = torch_result(python, script, &args)?;
     v.get("steps_per_s").or_else(|| v.get("steps_per_sec")).and_then(|x| x.as_f64()).with_context(|| format!("no steps_per_s in {v}"))
-}
-
-/// Runs a PyTorch reference script and returns the JSON of its `RESULT {json}` line.
-pub fn torch_result(python: &str, script: &Path, args: &[&str]) -> Result<serde_json::Value> {
-    let out = Command::new(python).arg(script).args(args).output().with_context(|| format!("running {python} {}", script.display()))?;
-    anyhow::ensure!(out.status.success(), "the PyTorch reference failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find_map(|l| l.strip_prefix("RESULT ")).context("no RESULT line from the PyTorch reference")?;
-    Ok(serde_json::from_str(line)?)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -144,7 +144,7 @@ pub fn torch(python: &str, script: &Path, s: &Shape, train: bool, threads: usize
     } else {
         args.extend(["--workload", "encode"]);
     }
-    let v = super::torch_result(python, script, &args)?;
+    let v = super::torch::torch_result(python, script, &args)?;
     let seqs = v.get("sequences_per_s").and_then(|x| x.as_f64()).with_context(|| format!("no sequences_per_s in {v}"))?;
     let per = if train { 2.0 * s.batch as f64 } else { s.batch as f64 };
     Ok(Rate { per_s: seqs / per, sequences_per_s: seqs })

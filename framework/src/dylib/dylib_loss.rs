@@ -3,9 +3,11 @@
 use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
+use kdx_recipe::{Diagnostic, KeyPath, RecipeDoc};
 use kdx_sdk::abi::{self, RawLossInput, RawLossOutput};
 
-use super::PluginLibrary;
+use super::boundary::parameter_error;
+use super::library::PluginLibrary;
 use crate::loss::{Loss, LossInput, LossOutput};
 
 /// A loss living in a plugin library; calls through the library's C functions.
@@ -129,5 +131,36 @@ impl Loss for DylibLoss {
             cap = len;
         }
         None
+    }
+}
+
+impl PluginLibrary {
+    /// Creates a loss from its parameters (a JSON object). The error is the plugin's message;
+    /// a panic inside the plugin is reported as one.
+    pub fn create_loss(self: &Arc<Self>, params_json: &str) -> Result<DylibLoss, String> {
+        let mut handle: *mut c_void = std::ptr::null_mut();
+        let mut flags = 0u32;
+        let mut err: *mut c_char = std::ptr::null_mut();
+        // SAFETY: valid pointers to locals; the JSON outlives the call.
+        let status = unsafe { (self.api.create)(params_json.as_ptr(), params_json.len(), &mut handle, &mut flags, &mut err) };
+        match status {
+            abi::STATUS_OK if !handle.is_null() => {
+                Ok(DylibLoss { handle, flags, failed: None, n_langs: 0, plugin: self.clone(), _lib: self.lib.clone() })
+            }
+            abi::STATUS_OK => Err("the plugin reported success but returned no loss".into()),
+            abi::STATUS_PANIC => Err(format!("the plugin panicked: {}", self.take_message(err))),
+            _ => Err(self.take_message(err)),
+        }
+    }
+
+    /// Builds a loss for the `[[loss]]` table at `key`: `params` is the table without
+    /// `plugin` and `weight`. The plugin's refusal is located at `key`.
+    pub fn build_loss(self: &Arc<Self>, doc: &RecipeDoc, key: &KeyPath, params: &toml::Table) -> Result<Box<dyn Loss>, Diagnostic> {
+        let json =
+            serde_json::to_string(params).map_err(|e| doc.diag(key, format!("cannot pass the parameters to the plugin: {e}"), None))?;
+        match self.create_loss(&json) {
+            Ok(l) => Ok(Box::new(l)),
+            Err(msg) => Err(parameter_error(doc, key, params, &msg, &format!("loss plugin `{}` ({}): ", self.name, self.path.display()))),
+        }
     }
 }

@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result};
 
-use super::metrics::predict;
-use super::train::{StageLoss, StageRun};
+use super::stage_run::{StageLoss, StageRun};
+use crate::infer::predict;
 use crate::model::Model;
 
 /// Rows the losses that ask for it ([`crate::loss::Loss::wants_fit`]) are fitted on.

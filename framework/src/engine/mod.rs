@@ -5,12 +5,16 @@
 //! [`Event`]s to an [`Observer`] and never prints: presentation belongs to the application.
 
 mod fit;
+pub mod inputs;
 pub mod metrics;
 mod monitor;
 pub mod objective;
+mod options;
 pub mod preview;
 pub mod queues;
 mod reports;
+pub mod rows;
+pub mod stage_run;
 pub mod teacher;
 pub mod train;
 
@@ -19,94 +23,24 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::dataset::{Example, Task};
+use crate::dataset::Task;
 use crate::event::{Event, Observer, RunStatus, TeacherSource};
-use crate::features::{Bags, FeatureCache};
+use crate::features::FeatureCache;
+pub use crate::infer::predict;
 use crate::loss::CrossEntropy;
 use crate::model::{init_from, Model, ModelSpec};
 use crate::plan::{Init, Plan};
-use crate::report::{peak_rss_mb, write_csv, MetricRow, RunRow};
+use crate::report::{peak_rss_mb, write_csv, RunRow};
 use crate::schedule::Schedule;
+pub use crate::seed::mix;
 use crate::stage::Stage;
-pub use metrics::{metric_rows, predict};
+pub use inputs::{Inputs, TeacherOut};
+pub use metrics::metric_rows;
 use monitor::Monitor;
+pub use options::{Interrupted, RunOptions};
+use reports::Finetuned;
 use teacher::Teacher;
-use train::{run_stage, LoopState, SamplingRow, StageLoss, StageRun};
-
-/// Mixes integers into one well-spread 64-bit seed (splitmix64 steps).
-pub fn mix(parts: &[u64]) -> u64 {
-    let mut h = 0x9E37_79B9_7F4A_7C15u64;
-    for &p in parts {
-        h ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(h << 6).wrapping_add(h >> 2);
-        let mut z = h;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        h = z ^ (z >> 31);
-    }
-    h
-}
-
-/// One split featurised for one model.
-#[derive(Clone, Debug, Default)]
-pub struct Inputs {
-    /// Feature bags.
-    pub bags: Bags,
-    /// Gold labels.
-    pub labels: Vec<u32>,
-    /// Languages.
-    pub langs: Vec<u32>,
-}
-
-impl Inputs {
-    /// Featurises `examples` (their `source` when `source` is true) through `cache`;
-    /// `split` names the examples in the cache key.
-    pub fn new(model: &dyn Model, examples: &[Example], source: bool, cache: &FeatureCache, split: &str) -> Result<Inputs> {
-        let texts: Vec<&str> =
-            examples.iter().map(|e| if source { e.source.as_deref().unwrap_or(&e.text) } else { e.text.as_str() }).collect();
-        let tag = format!("{split}/{}", if source { "source" } else { "text" });
-        let mut bags = cache.bags(model.featurizer(), texts, &tag)?;
-        bags.langs = examples.iter().map(|e| e.lang).collect();
-        Ok(Inputs { bags, ..Inputs::labels_only(examples) })
-    }
-
-    /// Labels and languages without features (for outputs looked up by example id).
-    pub fn labels_only(examples: &[Example]) -> Inputs {
-        Inputs {
-            bags: Bags::default(),
-            labels: examples.iter().map(|e| e.label).collect(),
-            langs: examples.iter().map(|e| e.lang).collect(),
-        }
-    }
-}
-
-/// Teacher outputs on the student's training examples, computed once (offline distillation).
-#[derive(Clone, Debug, Default)]
-pub struct TeacherOut {
-    /// `N × C` logits.
-    pub logits: Vec<f32>,
-    /// `N × H_t` hidden representations (empty unless a loss reads them).
-    pub hidden: Vec<f32>,
-    /// `H_t` (0 when `hidden` is empty).
-    pub hidden_dim: usize,
-}
-
-/// How to run.
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    /// Results root (`results/`).
-    pub results: PathBuf,
-    /// Continue an interrupted run from its checkpoints.
-    pub resume: bool,
-    /// Stop (as if interrupted) once this many training steps have run in this process;
-    /// used by the tests of `--resume`.
-    pub interrupt_after: Option<u64>,
-    /// The caller already holds the run directory's lock ([`lock_run`]) for this run, as a
-    /// `kdx batch` child does through the lock file it inherits; otherwise [`run`] takes it.
-    pub lock_held: bool,
-    /// Set (by the application's SIGTERM/SIGINT handler) to stop at the end of the current
-    /// step: a stage with checkpoints writes one at that step, and the run ends interrupted.
-    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
-}
+use train::{run_stage, LoopState, StageLoss, StageRun};
 
 /// Takes the OS lock of a run directory (`DIR/.lock`, held while the returned file stays
 /// open, released by the OS when the process dies), or `None` when another process holds
@@ -179,11 +113,6 @@ fn recorded_hash(recipe: &Path) -> Option<String> {
 pub fn run_dir(plan: &Plan, results: &Path) -> PathBuf {
     results.join(&plan.experiment.name).join(&plan.run_name)
 }
-
-/// The run stopped before its end on purpose (it can be resumed).
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted after {0} training steps; `kdx run --resume` continues")]
-pub struct Interrupted(pub u64);
 
 /// Runs a plan and writes its reports, telling `observer` what happens. On failure
 /// `run.csv` records the error too.
@@ -454,15 +383,6 @@ fn distill(plan: &mut Plan, shared: &Shared, student: &mut dyn Model, teacher_ne
     let mut losses: Vec<StageLoss> =
         plan.losses.iter_mut().map(|l| StageLoss { name: &l.plugin, weight: &l.weight, loss: &mut *l.loss }).collect();
     run_stage(&run, student, &mut losses, &mut *plan.samplers.distill, &shared.task.langs, monitor)
-}
-
-/// What fine-tuning leaves for the reports.
-#[derive(Default)]
-struct Finetuned {
-    /// Its rows of `sampling.csv`.
-    sampling: Vec<SamplingRow>,
-    /// The student's test rows before fine-tuning (stage `distill`).
-    distilled_test_rows: Vec<MetricRow>,
 }
 
 /// The optional fine-tuning stage (`[finetune]`): a language subset, the distillation

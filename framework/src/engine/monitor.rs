@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::inputs::Inputs;
 use super::metrics::{metric_rows, select_rows};
+use super::options::{Interrupted, RunOptions};
 use super::train::{LoopState, StageHooks};
-use super::{predict, Inputs, Interrupted, RunOptions};
 use crate::dataset::{Measure, Task};
 use crate::embedding::Embedder;
 use crate::event::{Event, Observer};
+use crate::infer::predict;
 use crate::model::{Model, Param};
 use crate::nn::HiddenProjection;
 use crate::optim::Optimizer;

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 
-use super::train::StageLoss;
+use super::stage_run::StageLoss;
 use crate::loss::LossInput;
 use crate::model::{Grad, LayerStates, OutputGrads};
 

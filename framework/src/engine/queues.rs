@@ -5,7 +5,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::mix;
+use crate::seed::mix;
 
 /// Per-language example queues: each language's examples are drawn without replacement
 /// and reshuffled at every pass.

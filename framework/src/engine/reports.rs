@@ -4,17 +4,27 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::metrics::{metric_rows, predict, texts_per_second};
+use super::inputs::Inputs;
+use super::metrics::{metric_rows, texts_per_second};
 use super::monitor::Monitor;
 use super::teacher::Teacher;
-use super::train::LoopState;
-use super::{Finetuned, Inputs};
+use super::train::{LoopState, SamplingRow};
 use crate::dataset::{Measure, Task};
 use crate::embedding::Embedder;
+use crate::infer::predict;
 use crate::model::Model;
 use crate::plan::{EvalSet, Plan, TEST_SET};
 use crate::report::{write_csv, LanguageRow, MetricRow, RunRow};
 use crate::retrieval::{distinct_texts, gather, language_sets, macro_row, mean_cosine, ParallelSet, RetrievalRow};
+
+/// What fine-tuning leaves for the reports.
+#[derive(Default)]
+pub(super) struct Finetuned {
+    /// Its rows of `sampling.csv`.
+    pub(super) sampling: Vec<SamplingRow>,
+    /// The student's test rows before fine-tuning (stage `distill`).
+    pub(super) distilled_test_rows: Vec<MetricRow>,
+}
 
 /// Everything the stages produced.
 pub(super) struct Finished<'a> {

@@ -6,18 +6,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::inputs::{Inputs, TeacherOut};
 use super::monitor::Monitor;
-use super::train::{run_stage, StageLoss, StageRun};
-use super::{mix, predict, Inputs, TeacherOut};
+use super::stage_run::{StageLoss, StageRun};
+use super::train::run_stage;
 use crate::dataset::{Example, Task};
 use crate::event::{Event, TeacherSource};
 use crate::features::{Bags, FeatureCache};
+use crate::infer::predict;
 use crate::loss::CrossEntropy;
 use crate::model::{Model, ModelBuilder, ModelKind, ModelSpec, OutputTable, Outputs};
 use crate::plan::Plan;
 use crate::report::MetricRow;
 use crate::sampler::Proportional;
 use crate::schedule::Schedule;
+use crate::seed::mix;
 use crate::stage::Stage;
 use crate::store::{params_from_map, params_to_map, read_sealed, write_sealed, Metadata, TensorMap};
 

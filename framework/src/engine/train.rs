@@ -8,48 +8,15 @@ use serde::{Deserialize, Serialize};
 
 pub use super::objective::{combine_losses, Term};
 use super::queues::Queues;
-use crate::engine::{mix, Inputs, TeacherOut};
-use crate::loss::{Loss, LossInput};
+pub use super::rows::{argmax_rows, row_ce};
+pub use super::stage_run::{StageLoss, StageRun};
+use crate::loss::LossInput;
 use crate::model::{Model, Param, StepCtx};
 use crate::optim::{Optimizer, ParamState};
-use crate::plan::StageConfig;
 use crate::sampler::{normalise, LangStat, Sampler, SamplerCtx};
-use crate::schedule::Schedule;
+use crate::seed::mix;
 use crate::stage::Stage;
 use crate::store::TensorMap;
-
-/// A loss with its weight, as a stage uses it.
-pub struct StageLoss<'a> {
-    /// Plugin name (for messages).
-    pub name: &'a str,
-    /// Weight schedule.
-    pub weight: &'a Schedule,
-    /// The loss.
-    pub loss: &'a mut dyn Loss,
-}
-
-/// Everything a stage needs besides the model.
-pub struct StageRun<'a> {
-    /// The stage.
-    pub stage: Stage,
-    /// Settings.
-    pub cfg: &'a StageConfig,
-    /// The model's own featurisation of the training examples.
-    pub train: &'a Inputs,
-    /// Teacher outputs aligned with `train`, when a loss needs them.
-    pub teacher: Option<&'a TeacherOut>,
-    /// The teacher network and its featurisation of the same examples, when a layer-wise
-    /// loss reads its per-layer states (computed batch by batch).
-    pub teacher_net: Option<(&'a dyn Model, &'a Inputs)>,
-    /// Whether gold labels may reach the losses (false in cross-lingual distillation).
-    pub labels_visible: bool,
-    /// Languages the stage trains on (all when `None`).
-    pub allowed: Option<Vec<bool>>,
-    /// The stage's seed (the run seed mixed with [`Stage::seed_tag`]).
-    pub seed: u64,
-    /// Number of languages.
-    pub n_langs: usize,
-}
 
 /// A row of `sampling.csv`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -354,27 +321,6 @@ fn gather_rows(m: &[f32], width: usize, idx: &[usize]) -> Vec<f32> {
     v
 }
 
-/// Cross-entropy of each row of `logits` against `target`.
-pub fn row_ce(logits: &[f32], classes: usize, target: impl Fn(usize) -> usize) -> Vec<f64> {
-    logits
-        .chunks(classes)
-        .enumerate()
-        .map(|(i, z)| {
-            let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = m + z.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-            lse - z[target(i)] as f64
-        })
-        .collect()
-}
-
-/// Index of the largest entry of each row.
-pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
-    logits
-        .chunks(classes)
-        .map(|z| z.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0)
-        .collect()
-}
-
 const EMA: f64 = 0.02;
 
 /// Updates the running per-language losses with this batch's examples.
@@ -409,11 +355,14 @@ fn update_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::inputs::Inputs;
     use crate::features::{Bags, Featurizer, NgramHasher};
-    use crate::loss::CrossEntropy;
+    use crate::loss::{CrossEntropy, Loss};
     use crate::model::{OutputGrads, Outputs};
     use crate::optim::{OptimizerConfig, OptimizerKind};
+    use crate::plan::StageConfig;
     use crate::sampler::Proportional;
+    use crate::schedule::Schedule;
 
     /// A model whose logits are one learned row per feature id, summed over the bag: small
     /// enough to follow by hand, real enough to learn the labels of separable bags.

@@ -8,11 +8,13 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use super::attention;
-use super::encoder::{EncoderConfig, TokenBatch};
+use super::config::EncoderConfig;
 use super::kernels::{self, matmul, threads, Mat};
+use super::layer_norm::LayerNorm;
+use super::linear::Linear;
+use super::token_batch::TokenBatch;
 use super::workspace::Workspace;
-use super::{LayerNorm, Linear};
-use crate::model::{Grad, Param, RowGrad};
+use crate::param::{Grad, Param, RowGrad};
 
 /// The embeddings block: token + position (+ token type 0) embeddings, then a layer norm.
 #[derive(Clone, Debug)]

@@ -8,9 +8,9 @@
 use rand::Rng;
 use rayon::prelude::*;
 
-use super::init_uniform;
+use super::init::init_uniform;
 use crate::features::Bags;
-use crate::model::{Grad, Param, RowGrad};
+use crate::param::{Grad, Param, RowGrad};
 
 /// An embedding bag: each example is the mean of the table rows of its ids (the zero vector
 /// for an empty bag).

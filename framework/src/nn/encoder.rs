@@ -20,75 +20,16 @@
 
 use rand::SeedableRng;
 
-use super::attention::AttentionShape;
 pub use super::blocks::{Embeddings, EncoderLayer, FeedForward, SelfAttention};
 use super::blocks::{EmbeddingsSaved, LayerSaved, Pass};
-use super::kernels::FfnActivation;
+pub use super::config::EncoderConfig;
+use super::init::init_uniform;
+use super::layer_norm::LayerNorm;
+use super::linear::Linear;
+pub use super::token_batch::TokenBatch;
 use super::workspace::Workspace;
-use super::{init_uniform, LayerNorm, Linear};
-use crate::model::{LayerGrads, LayerStates, Param};
-
-/// Sizes and flavour of an encoder.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EncoderConfig {
-    /// Rows of the token embedding table.
-    pub vocab: usize,
-    /// Model width H.
-    pub width: usize,
-    /// Encoder layers.
-    pub layers: usize,
-    /// Attention heads (H must be a multiple).
-    pub heads: usize,
-    /// Inner width of the feed-forward block.
-    pub ffn: usize,
-    /// Rows of the position table.
-    pub max_positions: usize,
-    /// Rows of the token-type table (0: none, as DistilBERT); type 0 is added everywhere.
-    pub type_vocab: usize,
-    /// Position of the first token: 0 for BERT, `padding_idx + 1` for RoBERTa / XLM-R.
-    pub position_offset: usize,
-    /// Layer-norm epsilon.
-    pub eps: f32,
-    /// Feed-forward activation.
-    pub activation: FfnActivation,
-    /// Dropout on the embeddings and on each sublayer's output (training only).
-    pub dropout: f32,
-}
-
-impl EncoderConfig {
-    /// Longest sequence the position table allows.
-    pub fn max_len(&self) -> usize {
-        self.max_positions.saturating_sub(self.position_offset)
-    }
-
-    /// Number of parameters of an encoder of this shape (without a head).
-    pub fn num_params(&self) -> usize {
-        let (h, f) = (self.width, self.ffn);
-        let emb = (self.vocab + self.max_positions + self.type_vocab) * h + 2 * h;
-        let layer = (h * 3 * h + 3 * h) + (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h;
-        emb + self.layers * layer
-    }
-
-    /// Checks the shape, naming what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.width == 0 || self.heads == 0 || !self.width.is_multiple_of(self.heads) {
-            return Err(format!("the width ({}) must be a positive multiple of the heads ({})", self.width, self.heads));
-        }
-        if self.vocab == 0 || self.ffn == 0 || self.layers == 0 {
-            return Err(format!(
-                "vocabulary ({}), feed-forward width ({}) and layers ({}) must be positive",
-                self.vocab, self.ffn, self.layers
-            ));
-        }
-        if self.max_len() == 0 {
-            return Err(format!("{} positions leave no room after the offset {}", self.max_positions, self.position_offset));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("dropout must be in [0, 1), found {}", self.dropout));
-        }
-        Ok(())
-    }
-}
+use crate::outputs::{LayerGrads, LayerStates};
+use crate::param::Param;
 
 /// The encoder: embeddings and a stack of layers.
 #[derive(Clone, Debug)]
@@ -103,67 +44,6 @@ pub struct Encoder {
     ws: Workspace,
 }
 crate::module!(Encoder { embeddings, layers });
-
-/// A packed batch of token sequences: sequence `b` is rows `offsets[b]..offsets[b + 1]`.
-#[derive(Clone, Debug)]
-pub struct TokenBatch {
-    /// Token ids of every sequence, one after another.
-    pub ids: Vec<u32>,
-    /// Row offsets, `batch + 1` of them.
-    pub offsets: Vec<usize>,
-    /// Position of each row within its sequence.
-    pub(super) positions: Vec<u32>,
-}
-
-impl TokenBatch {
-    /// Packs `seqs`; an empty sequence or one longer than `max_len` is an error that names
-    /// it.
-    pub fn new<'a>(seqs: impl Iterator<Item = &'a [u32]>, max_len: usize) -> anyhow::Result<TokenBatch> {
-        let (mut ids, mut offsets, mut positions) = (Vec::new(), vec![0usize], Vec::new());
-        for (b, s) in seqs.enumerate() {
-            anyhow::ensure!(!s.is_empty(), "sequence {b} of the batch has no tokens");
-            anyhow::ensure!(s.len() <= max_len, "sequence {b} has {} tokens, more than the model's {max_len} positions", s.len());
-            ids.extend_from_slice(s);
-            positions.extend(0..s.len() as u32);
-            offsets.push(ids.len());
-        }
-        Ok(TokenBatch { ids, offsets, positions })
-    }
-
-    /// Number of sequences.
-    pub fn batch(&self) -> usize {
-        self.offsets.len() - 1
-    }
-
-    /// Number of tokens (rows).
-    pub fn tokens(&self) -> usize {
-        self.ids.len()
-    }
-
-    /// Length of sequence `b`.
-    pub fn len(&self, b: usize) -> usize {
-        self.offsets[b + 1] - self.offsets[b]
-    }
-
-    /// Whether the batch has no sequence.
-    pub fn is_empty(&self) -> bool {
-        self.batch() == 0
-    }
-
-    /// Lengths of all sequences.
-    pub fn lens(&self) -> Vec<usize> {
-        (0..self.batch()).map(|b| self.len(b)).collect()
-    }
-
-    /// The longest sequence (the padded length of [`Trace::states`]).
-    pub fn max_len(&self) -> usize {
-        (0..self.batch()).map(|b| self.len(b)).max().unwrap_or(0)
-    }
-
-    pub(super) fn shape(&self, cfg: &EncoderConfig) -> AttentionShape<'_> {
-        AttentionShape { width: cfg.width, heads: cfg.heads, offsets: &self.offsets }
-    }
-}
 
 /// The activations of one forward pass: everything the backward pass reads.
 pub struct Trace {

@@ -1,6 +1,6 @@
 //! Layer normalisation's parameters (the arithmetic is dfdx's `normalize`).
 
-use crate::model::Param;
+use crate::param::Param;
 
 /// Layer norm parameters (gain and bias over the feature axis).
 #[derive(Clone, Debug)]

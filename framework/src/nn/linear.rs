@@ -2,9 +2,9 @@
 
 use rand::Rng;
 
-use super::init_uniform;
+use super::init::init_uniform;
 use super::kernels::{add_bias, add_column_sums, matmul, threads, Mat};
-use crate::model::Param;
+use crate::param::Param;
 
 /// A dense layer `y = x W + b` with `W: in × out`.
 #[derive(Clone, Debug)]

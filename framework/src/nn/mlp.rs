@@ -5,9 +5,13 @@
 
 use rand::{Rng, SeedableRng};
 
+use super::activation::Activation;
 use super::kernels::{layer_norm, layer_norm_backward, FfnActivation};
-use super::{Activation, LayerNorm, Linear, Module};
-use crate::model::{Grad, OutputGrads, Outputs, Param, StepCtx};
+use super::layer_norm::LayerNorm;
+use super::linear::Linear;
+use super::module::Module;
+use crate::outputs::{OutputGrads, Outputs, StepCtx};
+use crate::param::{Grad, Param};
 
 /// A feed-forward head: hidden layers (linear → optional layer norm → activation →
 /// dropout) and an output layer. The representation after the last hidden layer (or the

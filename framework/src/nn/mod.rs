@@ -8,21 +8,25 @@
 mod activation;
 pub mod attention;
 mod blocks;
+mod config;
 mod embedding_bag;
 pub mod encoder;
+mod init;
 pub mod kernels;
 mod layer_norm;
 mod linear;
 mod mlp;
 #[macro_use]
-mod module;
+pub mod module;
 mod projection;
+mod token_batch;
 pub mod transformer;
 mod workspace;
 
 pub use activation::Activation;
 pub use embedding_bag::EmbeddingBag;
 pub use encoder::{Embeddings, Encoder, EncoderConfig, EncoderLayer, FeedForward, SelfAttention, TokenBatch};
+pub use init::init_uniform;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::Mlp;
@@ -30,14 +34,3 @@ pub use module::Module;
 pub use projection::{HiddenProjection, ProjectionMode};
 pub use transformer::{Pooling, TransformerModel};
 pub use workspace::Workspace;
-
-use rand::Rng;
-
-use crate::model::Param;
-
-/// Initialises a parameter uniformly in ±`bound` from a seeded RNG.
-pub fn init_uniform(p: &mut Param, bound: f32, rng: &mut impl Rng) {
-    for x in &mut p.data {
-        *x = rng.gen_range(-bound..=bound);
-    }
-}

@@ -2,7 +2,7 @@
 //! macro writes both visitors from that one list), and `params` / `params_mut` of every
 //! composite are derived from the visitors, in the same order, as burn's `Module` does.
 
-use crate::model::Param;
+use crate::param::Param;
 
 /// Something that holds parameters, visited in a fixed order.
 pub trait Module {
@@ -62,12 +62,12 @@ impl<M: Module> Module for Vec<M> {
 #[macro_export]
 macro_rules! module {
     ($ty:ty { $($field:ident),* $(,)? }) => {
-        impl $crate::nn::Module for $ty {
-            fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a $crate::model::Param)) {
-                $( $crate::nn::Module::visit(&self.$field, f); )*
+        impl $crate::nn::module::Module for $ty {
+            fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a $crate::param::Param)) {
+                $( $crate::nn::module::Module::visit(&self.$field, f); )*
             }
-            fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut $crate::model::Param)) {
-                $( $crate::nn::Module::visit_mut(&mut self.$field, f); )*
+            fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut $crate::param::Param)) {
+                $( $crate::nn::module::Module::visit_mut(&mut self.$field, f); )*
             }
         }
     };

@@ -3,8 +3,8 @@
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::Linear;
-use crate::model::{Grad, Param};
+use super::linear::Linear;
+use crate::param::{Grad, Param};
 
 /// When a loss on hidden representations puts a learned projection between the student's
 /// and the teacher's widths.

@@ -8,9 +8,11 @@ use rayon::prelude::*;
 
 use super::encoder::{Encoder, TokenBatch};
 use super::kernels::{matmul, threads, Mat};
-use super::Linear;
+use super::linear::Linear;
 use crate::features::{Bags, Featurizer};
-use crate::model::{Model, OutputGrads, Outputs, Param, StepCtx};
+use crate::model::Model;
+use crate::outputs::{OutputGrads, Outputs, StepCtx};
+use crate::param::Param;
 use crate::tokenize::TextTokenizer;
 
 /// How token states become one sentence vector.
@@ -138,9 +140,6 @@ impl TransformerModel {
 }
 
 impl Model for TransformerModel {
-    fn as_transformer(&self) -> Option<&TransformerModel> {
-        Some(self)
-    }
     fn describe(&self) -> String {
         let c = &self.encoder.cfg;
         format!(
@@ -225,10 +224,10 @@ impl Model for TransformerModel {
         Ok(outputs)
     }
     fn params(&self) -> Vec<&Param> {
-        super::Module::params(self)
+        super::module::Module::params(self)
     }
     fn params_mut(&mut self) -> Vec<&mut Param> {
-        super::Module::params_mut(self)
+        super::module::Module::params_mut(self)
     }
 }
 

@@ -3,30 +3,23 @@
 
 use std::path::PathBuf;
 
-use kdx_recipe::{did_you_mean, unknown_key_help, Diagnostic, Diagnostics, KeyPath, RecipeDoc};
+use kdx_recipe::{unknown_key_help, Diagnostic, Diagnostics, KeyPath, RecipeDoc};
 
 use crate::dataset::Dataset;
 use crate::dylib::{Origin, PluginSet};
 use crate::loss::Loss;
-use crate::model::{ModelBuilder, ModelKind};
-use crate::registry::{self, BuildCtx, Builder, Instance as Built, PluginKind};
+use crate::model::ModelKind;
+use crate::registry::{self, Instance as Built, PluginKind};
 use crate::sampler::Sampler;
 use crate::schedule::Schedule;
 
+mod resolve;
 mod retrieval;
 mod sections;
+pub use resolve::ModelPlan;
+use resolve::{build, known_keys, ok, split_plugin};
 pub use retrieval::{EvalSet, RetrievalPlan, RetrievalSection, SetSection, TEST_SET};
 pub use sections::{ExperimentSection, FinetuneSection, Init, StageConfig, TrainSection};
-
-/// A model section resolved: the plugin and its framework-owned settings.
-pub struct ModelPlan {
-    /// Plugin name.
-    pub plugin: String,
-    /// The plugin instance.
-    pub builder: Box<dyn ModelBuilder>,
-    /// The section as written (resolved), for cache keys.
-    pub section: toml::Value,
-}
 
 /// One `[[loss]]` resolved.
 pub struct LossPlan {
@@ -358,7 +351,7 @@ impl Plan {
     /// its cache and its outputs, which for a transformer teacher take minutes.
     pub fn teacher_seed(&self) -> u64 {
         let seed = if self.teacher_train.is_some() { self.experiment.seed } else { 0 };
-        crate::engine::mix(&[seed, 1])
+        crate::seed::mix(&[seed, 1])
     }
 
     /// The key of the teacher's cache (`results/.cache/teacher-<key>`): what the teacher
@@ -457,40 +450,6 @@ fn root_diag(doc: &RecipeDoc, message: impl Into<String>, help: Option<String>) 
     d
 }
 
-fn ok<T>(diags: &mut Diagnostics, r: Result<T, Diagnostic>) -> Option<T> {
-    match r {
-        Ok(v) => Some(v),
-        Err(e) => {
-            diags.push(e);
-            None
-        }
-    }
-}
-
-/// Splits the `plugin` key off a section; the rest are the plugin's parameters.
-fn split_plugin(doc: &RecipeDoc, key: &KeyPath, mut t: toml::Table, diags: &mut Diagnostics) -> Option<(String, toml::Table)> {
-    match t.remove("plugin") {
-        Some(toml::Value::String(s)) => Some((s, t)),
-        Some(other) => {
-            diags.push(doc.diag(&key.key("plugin"), format!("expected a plugin name (a string), found {}", other.type_str()), None));
-            None
-        }
-        None => {
-            // A misspelt `plugin` is the likeliest cause: point at it.
-            let near = t.keys().find(|k| did_you_mean(k, &["plugin"]).is_some());
-            match near {
-                Some(k) => diags.push(doc.diag(
-                    &key.key(k.as_str()),
-                    format!("unknown key `{k}`"),
-                    Some("did you mean `plugin`? every section names its plugin with `plugin = \"…\"`".into()),
-                )),
-                None => diags.push(doc.diag(key, "missing key `plugin`", None)),
-            }
-            None
-        }
-    }
-}
-
 /// Builds the `[data]` section: its plugin name, dataset and parameters.
 fn data_section(doc: &RecipeDoc, t: toml::Table, diags: &mut Diagnostics) -> Option<(String, Box<dyn Dataset>, toml::Value)> {
     let key = KeyPath::root().key("data");
@@ -522,66 +481,6 @@ pub fn load_dataset(path: &std::path::Path) -> Result<Box<dyn Dataset>, Diagnost
         // Every `None` pushed a diagnostic.
         _ => Err(diags),
     }
-}
-
-fn build(
-    doc: &RecipeDoc,
-    key: &KeyPath,
-    kind: PluginKind,
-    name: &str,
-    params: toml::Table,
-    reserved: &[&str],
-    diags: &mut Diagnostics,
-) -> Option<Built> {
-    let Some(reg) = registry::find(kind, name) else {
-        let names = registry::names(kind);
-        let mut help = String::new();
-        if let Some(s) = did_you_mean(name, &names) {
-            help.push_str(&format!("did you mean `{s}`? "));
-        }
-        help.push_str(&format!("registered {kind} plugins: {}", names.join(", ")));
-        diags.push(doc.diag(&key.key("plugin"), format!("unknown {kind} plugin `{name}`"), Some(help)));
-        return None;
-    };
-    let schema = serde_json::to_value((reg.schema)()).unwrap_or_default();
-    if !known_keys(doc, key, &schema, &params, reserved, diags) {
-        return None;
-    }
-    let ctx = BuildCtx { doc, key: key.clone(), params: toml::Value::Table(params) };
-    let r = match reg.builder {
-        Builder::Dataset(f) => f(&ctx).map(Built::Dataset),
-        Builder::Model(f) => f(&ctx).map(Built::Model),
-        Builder::Loss(f) => f(&ctx).map(Built::Loss),
-        Builder::Sampler(f) => f(&ctx).map(Built::Sampler),
-    };
-    ok(diags, r)
-}
-
-/// Reports every key of `params` that a plugin's `schema` does not accept (when it accepts
-/// no others), each located with a suggestion, before the plugin sees its parameters: serde
-/// would stop at the first, in alphabetical order — not necessarily the one misspelt.
-/// Framework keys of the section (`reserved`) count as known. Whether all were known.
-fn known_keys(
-    doc: &RecipeDoc,
-    key: &KeyPath,
-    schema: &serde_json::Value,
-    params: &toml::Table,
-    reserved: &[&str],
-    diags: &mut Diagnostics,
-) -> bool {
-    if schema.get("additionalProperties") == Some(&serde_json::Value::Bool(false)) {
-        let mut valid: Vec<String> = reserved.iter().map(|s| s.to_string()).collect();
-        if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
-            valid.extend(props.keys().cloned());
-        }
-        let valid: Vec<&str> = valid.iter().map(String::as_str).collect();
-        let unknown: Vec<&String> = params.keys().filter(|k| !valid.contains(&k.as_str())).collect();
-        for k in &unknown {
-            diags.push(doc.diag(&key.key(k.as_str()), format!("unknown key `{k}`"), Some(unknown_key_help(k, &valid))));
-        }
-        return unknown.is_empty();
-    }
-    true
 }
 
 /// Loads a recipe file and expands its sweep: one plan per run.

@@ -18,7 +18,8 @@ use kdx_recipe::{Diagnostics, KeyPath, RecipeDoc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{build, ok, split_plugin, Built, ModelPlan};
+use super::resolve::{build, ok, split_plugin, ModelPlan};
+use crate::registry::Instance as Built;
 use crate::registry::PluginKind;
 
 /// `[retrieval]` as written.
