@@ -10,7 +10,10 @@ fn main() {
         println!("cargo:rerun-if-changed={dir}");
         let mut files: Vec<String> = std::fs::read_dir(&dir)
             .map(|rd| {
-                rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".rs")).collect()
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".rs"))
+                    .collect()
             })
             .unwrap_or_default();
         files.sort();

@@ -75,7 +75,10 @@ impl Shard {
             return Err("the shard count must be at least 1".into());
         }
         if index >= count {
-            return Err(format!("shard {index} of {count} does not exist: shards are numbered 0 to {}", count - 1));
+            return Err(format!(
+                "shard {index} of {count} does not exist: shards are numbered 0 to {}",
+                count - 1
+            ));
         }
         Ok(Shard { index, count })
     }
@@ -88,7 +91,11 @@ impl Shard {
 
 /// `hash` (hex) as a number, modulo `n`; other strings are hashed first.
 pub fn hash_mod(hash: &str, n: u64) -> u64 {
-    let hex = if !hash.is_empty() && hash.bytes().all(|b| b.is_ascii_hexdigit()) { hash.to_string() } else { sha_hex(hash) };
+    let hex = if !hash.is_empty() && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hash.to_string()
+    } else {
+        sha_hex(hash)
+    };
     hex.bytes().fold(0u64, |r, b| (r * 16 + (b as char).to_digit(16).unwrap_or(0) as u64) % n)
 }
 
@@ -120,7 +127,14 @@ pub struct BatchRun {
 }
 
 impl BatchRun {
-    fn invalid(recipe: &Path, recipe_key: &str, experiment: String, run: String, hash: String, problem: String) -> BatchRun {
+    fn invalid(
+        recipe: &Path,
+        recipe_key: &str,
+        experiment: String,
+        run: String,
+        hash: String,
+        problem: String,
+    ) -> BatchRun {
         BatchRun {
             recipe: recipe.to_path_buf(),
             recipe_key: recipe_key.to_string(),
@@ -210,22 +224,41 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<BatchRun>> {
             Ok((_, runs)) => runs,
             Err(d) => {
                 // Without a resolved recipe there is no run hash: shard by the path.
-                out.push(BatchRun::invalid(&file, &key, String::new(), String::new(), sha_hex(&key), d.to_string()));
+                out.push(BatchRun::invalid(
+                    &file,
+                    &key,
+                    String::new(),
+                    String::new(),
+                    sha_hex(&key),
+                    d.to_string(),
+                ));
                 continue;
             }
         };
         for r in runs {
             let name = if r.name.is_empty() { "run".to_string() } else { r.name.clone() };
             let hash = r.doc.content_hash();
-            let params = r.settings.iter().map(|(k, v)| format!("{k}={}", render_value(v))).collect::<Vec<_>>().join(";");
-            let experiment =
-                r.doc.root().get("experiment").and_then(|e| e.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_string();
+            let params = r
+                .settings
+                .iter()
+                .map(|(k, v)| format!("{k}={}", render_value(v)))
+                .collect::<Vec<_>>()
+                .join(";");
+            let experiment = r
+                .doc
+                .root()
+                .get("experiment")
+                .and_then(|e| e.get("name"))
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string();
             let planned = Plan::from_doc(r.doc, &name)
                 .map_err(|d| d.to_string())
                 .and_then(|plan| plan.teacher_key().map(|k| (plan, k)).map_err(|e| format!("{e:#}")));
             match planned {
                 Ok((plan, teacher_key)) => {
-                    let mut stages: Vec<(Stage, u64)> = plan.teacher_train.iter().map(|t| (Stage::Teacher, t.steps)).collect();
+                    let mut stages: Vec<(Stage, u64)> =
+                        plan.teacher_train.iter().map(|t| (Stage::Teacher, t.steps)).collect();
                     stages.push((Stage::Distill, plan.train.steps));
                     if let Some(ft) = &plan.finetune {
                         stages.push((Stage::Finetune, ft.steps));
@@ -278,11 +311,11 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<BatchRun>> {
 pub fn load_run(recipe: &Path, name: &str, libraries: &[PathBuf]) -> Result<Plan> {
     let doc = RecipeDoc::load(recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
     let runs = doc.expand_sweep().map_err(|d| anyhow::anyhow!("{d}"))?;
-    let names: Vec<String> = runs.iter().map(|r| if r.name.is_empty() { "run".to_string() } else { r.name.clone() }).collect();
-    let i = names
-        .iter()
-        .position(|n| n == name)
-        .with_context(|| format!("{}: no run `{name}`; its runs are: {}", recipe.display(), names.join(", ")))?;
+    let names: Vec<String> =
+        runs.iter().map(|r| if r.name.is_empty() { "run".to_string() } else { r.name.clone() }).collect();
+    let i = names.iter().position(|n| n == name).with_context(|| {
+        format!("{}: no run `{name}`; its runs are: {}", recipe.display(), names.join(", "))
+    })?;
     let run = runs.into_iter().nth(i).context("run vanished")?;
     Plan::from_doc_with_libraries(run.doc, &names[i], libraries).map_err(|d| anyhow::anyhow!("{d}"))
 }
@@ -494,7 +527,10 @@ pub fn update_summary(results: &Path, rows: &[SummaryRow]) -> Result<()> {
             // Never lose a summary that cannot be read (edited by hand, older format): keep it aside.
             let p = summary_path(results);
             let aside = results.join(format!("summary.csv.unreadable-{}", std::process::id()));
-            eprintln!("kdx batch: warning: {e:#}; keeping it as {} and starting a new summary", aside.display());
+            eprintln!(
+                "kdx batch: warning: {e:#}; keeping it as {} and starting a new summary",
+                aside.display()
+            );
             std::fs::rename(&p, &aside).with_context(|| format!("renaming {}", p.display()))?;
             Vec::new()
         }
@@ -602,9 +638,11 @@ impl Console {
         let multi = MultiProgress::new();
         let overall = multi.add(ProgressBar::new(total_steps.max(1)));
         overall.set_style(
-            ProgressStyle::with_template("{prefix:>24} [{bar:30}] {percent:>3}% {msg} elapsed {elapsed} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>24} [{bar:30}] {percent:>3}% {msg} elapsed {elapsed} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         overall.set_prefix("batch");
         Console { multi: Some(multi), overall: Some(overall) }
@@ -639,7 +677,10 @@ impl Console {
                 .progress_chars("=> "),
         );
         let short: String = if label.chars().count() > 24 {
-            format!("…{}", label.chars().rev().take(23).collect::<Vec<_>>().into_iter().rev().collect::<String>())
+            format!(
+                "…{}",
+                label.chars().rev().take(23).collect::<Vec<_>>().into_iter().rev().collect::<String>()
+            )
         } else {
             label.into()
         };
@@ -666,11 +707,16 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
         for (r, a) in runs.iter().zip(&actions) {
             let short = &r.hash[..r.hash.len().min(12)];
             let (what, why) = match a {
-                Action::Run if lock_held(&r.dir(&args.results)) => ("skip", "running in another batch".to_string()),
+                Action::Run if lock_held(&r.dir(&args.results)) => {
+                    ("skip", "running in another batch".to_string())
+                }
                 Action::Run => ("run", String::new()),
                 Action::Resume => ("resume", "interrupted; continues from its checkpoints".to_string()),
                 Action::Skip(why) => ("skip", why.clone()),
-                Action::Invalid => ("invalid", r.problem.as_deref().unwrap_or_default().lines().next().unwrap_or_default().to_string()),
+                Action::Invalid => (
+                    "invalid",
+                    r.problem.as_deref().unwrap_or_default().lines().next().unwrap_or_default().to_string(),
+                ),
             };
             println!(
                 "{what:<8} {}  {}  {short}{}",
@@ -704,7 +750,12 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
             Action::Invalid => {
                 early.push(SummaryRow::new(r, Outcome::Failed, r.problem.clone().unwrap_or_default()));
                 *counts.entry(Outcome::Failed).or_default() += 1;
-                println!("{:<11} {}  invalid recipe: {}", "failed", r.label(), first_line(r.problem.as_deref().unwrap_or_default()));
+                println!(
+                    "{:<11} {}  invalid recipe: {}",
+                    "failed",
+                    r.label(),
+                    first_line(r.problem.as_deref().unwrap_or_default())
+                );
             }
             Action::Skip(why) => {
                 let mut row = SummaryRow::new(r, Outcome::Skipped, why.clone());
@@ -721,12 +772,17 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
     update_summary(&args.results, &early)?;
 
     // Under Slurm, the task's CPUs (the node may have more than the task was given).
-    let slurm_cpus = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(slurm_cpus.unwrap_or(usize::MAX));
+    let slurm_cpus =
+        std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0);
+    let cores =
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(slurm_cpus.unwrap_or(usize::MAX));
     let jobs = args.jobs.min(pending.len()).max(1);
     let threads = (cores / jobs).max(1);
     if args.jobs > cores {
-        eprintln!("kdx batch: warning: {} jobs on {cores} cores: each job gets 1 thread and they compete", args.jobs);
+        eprintln!(
+            "kdx batch: warning: {} jobs on {cores} cores: each job gets 1 thread and they compete",
+            args.jobs
+        );
     }
     if !pending.is_empty() {
         let _ = ctrlc::set_handler(|| {
@@ -737,8 +793,10 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
         });
     }
     let exe = std::env::current_exe().context("locating the kdx executable")?;
-    let console =
-        Console::new(std::io::stderr().is_terminal() && !pending.is_empty(), pending.iter().map(|&i| runs[i].total_steps()).sum());
+    let console = Console::new(
+        std::io::stderr().is_terminal() && !pending.is_empty(),
+        pending.iter().map(|&i| runs[i].total_steps()).sum(),
+    );
     let (tx, rx) = mpsc::channel::<(usize, Said)>();
     let mut running: Vec<Job> = Vec::new();
     let mut done_runs = 0usize;
@@ -755,9 +813,9 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
         // Start what may start: a run waits while another run training its teacher is in
         // that stage, so the teacher is trained once and then loaded from the cache.
         while !stopping && running.len() < jobs {
-            let Some(pos) =
-                pending.iter().position(|&i| !running.iter().any(|j| j.in_teacher && runs[j.idx].teacher_key == runs[i].teacher_key))
-            else {
+            let Some(pos) = pending.iter().position(|&i| {
+                !running.iter().any(|j| j.in_teacher && runs[j.idx].teacher_key == runs[i].teacher_key)
+            }) else {
                 break;
             };
             let idx = pending.remove(pos).unwrap_or_default();
@@ -791,7 +849,12 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
                 Ok((child, readers)) => {
                     let bar = console.job_bar(&r.label(), r.total_steps());
                     if console.multi.is_none() {
-                        console.log(&format!("{} {} ({})", if resume { "resuming" } else { "starting" }, r.label(), r.recipe_key));
+                        console.log(&format!(
+                            "{} {} ({})",
+                            if resume { "resuming" } else { "starting" },
+                            r.label(),
+                            r.recipe_key
+                        ));
                     }
                     running.push(Job {
                         idx,
@@ -885,7 +948,11 @@ pub fn run(args: &BatchArgs) -> Result<ExitCode> {
         c(Outcome::Failed),
         c(Outcome::Interrupted),
         c(Outcome::Skipped),
-        if interrupted && !pending.is_empty() { format!(", {} not started", pending.len()) } else { String::new() },
+        if interrupted && !pending.is_empty() {
+            format!(", {} not started", pending.len())
+        } else {
+            String::new()
+        },
         match args.shard {
             Some(s) => format!(" (shard {}/{}; {elsewhere} in other shards)", s.index, s.count),
             None => String::new(),
@@ -935,15 +1002,26 @@ fn spawn(
     // A stale report must not be mistaken for this run's if the child dies without one.
     let _ = std::fs::remove_file(dir.join("run.csv"));
     let log_path = dir.join("batch.log");
-    let mut log =
-        OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("run").arg(&r.recipe).arg("--only").arg(&r.run).arg("--results").arg(results).arg("--threads").arg(threads.to_string());
+    cmd.arg("run")
+        .arg(&r.recipe)
+        .arg("--only")
+        .arg(&r.run)
+        .arg("--results")
+        .arg(results)
+        .arg("--threads")
+        .arg(threads.to_string());
     cmd.arg("--events").arg("jsonl");
     if resume {
         cmd.arg("--resume");
     }
-    let unix_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let unix_s =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     writeln!(
         log,
         "==== kdx batch (pid {}) {} {} at unix time {unix_s}: {:?}",
@@ -1132,13 +1210,19 @@ fn outcome(r: &BatchRun, results: &Path, job: &Job, status: ExitStatus, stopping
                 None => row,
             }
         }
-        (None, _) if stopping => SummaryRow::new(r, Outcome::Interrupted, "stopped by the batch; the next batch resumes it".into()),
+        (None, _) if stopping => {
+            SummaryRow::new(r, Outcome::Interrupted, "stopped by the batch; the next batch resumes it".into())
+        }
         (None, _) => {
             let tail: Vec<&str> = job.tail.iter().map(String::as_str).collect();
             SummaryRow::new(
                 r,
                 Outcome::Failed,
-                format!("kdx run {} before it finished; its last lines: {}", describe(status), tail.join(" | ")),
+                format!(
+                    "kdx run {} before it finished; its last lines: {}",
+                    describe(status),
+                    tail.join(" | ")
+                ),
             )
         }
     };
@@ -1196,12 +1280,22 @@ mod tests {
     #[test]
     fn summary_rows_are_replaced_by_recipe_and_run() {
         let tmp = tempfile::tempdir().unwrap();
-        let row =
-            |recipe: &str, run: &str, status: Outcome| SummaryRow { recipe: recipe.into(), run: run.into(), status, ..Default::default() };
-        update_summary(tmp.path(), &[row("a.toml", "run", Outcome::Failed), row("b.toml", "x=1", Outcome::Ok)]).unwrap();
-        update_summary(tmp.path(), &[row("a.toml", "run", Outcome::Ok), row("b.toml", "x=2", Outcome::Ok)]).unwrap();
+        let row = |recipe: &str, run: &str, status: Outcome| SummaryRow {
+            recipe: recipe.into(),
+            run: run.into(),
+            status,
+            ..Default::default()
+        };
+        update_summary(
+            tmp.path(),
+            &[row("a.toml", "run", Outcome::Failed), row("b.toml", "x=1", Outcome::Ok)],
+        )
+        .unwrap();
+        update_summary(tmp.path(), &[row("a.toml", "run", Outcome::Ok), row("b.toml", "x=2", Outcome::Ok)])
+            .unwrap();
         let all = read_summary(tmp.path()).unwrap();
-        let got: Vec<(&str, &str, &str)> = all.iter().map(|r| (r.recipe.as_str(), r.run.as_str(), r.status.as_str())).collect();
+        let got: Vec<(&str, &str, &str)> =
+            all.iter().map(|r| (r.recipe.as_str(), r.run.as_str(), r.status.as_str())).collect();
         assert_eq!(got, vec![("a.toml", "run", "ok"), ("b.toml", "x=1", "ok"), ("b.toml", "x=2", "ok")]);
     }
 
@@ -1209,7 +1303,10 @@ mod tests {
     fn a_run_lock_excludes_a_second_holder_until_released() {
         let tmp = tempfile::tempdir().unwrap();
         let a = lock_run(tmp.path()).unwrap().expect("first lock");
-        assert!(lock_run(tmp.path()).unwrap().is_none(), "second open file description must not get the lock");
+        assert!(
+            lock_run(tmp.path()).unwrap().is_none(),
+            "second open file description must not get the lock"
+        );
         assert!(lock_held(tmp.path()));
         drop(a);
         assert!(lock_run(tmp.path()).unwrap().is_some());

@@ -257,7 +257,18 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { recipe, results, resume, quiet, threads, interrupt_after, kill_after_steps, only, plugins, events } => {
+        Command::Run {
+            recipe,
+            results,
+            resume,
+            quiet,
+            threads,
+            interrupt_after,
+            kill_after_steps,
+            only,
+            plugins,
+            events,
+        } => {
             if let Some(n) = threads {
                 let n = capped_threads(n)?;
                 rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
@@ -272,10 +283,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 _ => None,
             };
             catch_stop_signals();
-            let opts = RunOptions { results, resume, interrupt_after, lock_held: inherited.is_some(), stop: Some(&STOP) };
+            let opts = RunOptions {
+                results,
+                resume,
+                interrupt_after,
+                lock_held: inherited.is_some(),
+                stop: Some(&STOP),
+            };
             let mut failed = 0;
             let n = plans.len();
-            let mut console: Box<dyn Observer> = if quiet { Box::new(Silent) } else { Box::new(Console::new()) };
+            let mut console: Box<dyn Observer> =
+                if quiet { Box::new(Silent) } else { Box::new(Console::new()) };
             if let Some(n) = kill_after_steps {
                 console = Box::new(crate::console::KillAfter::new(n, console));
             }
@@ -335,9 +353,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 let rows = engine::preview::sampling_preview(&mut plan)?;
                 println!(
                     "{} / {} — sampler `{}`, {} steps × {} examples",
-                    plan.experiment.name, plan.run_name, plan.sampler_plugin, plan.train.steps, plan.train.batch
+                    plan.experiment.name,
+                    plan.run_name,
+                    plan.sampler_plugin,
+                    plan.train.steps,
+                    plan.train.batch
                 );
-                println!("{:<14} {:>8} {:>11} {:>14} {:>9}", "lang", "train", "probability", "expected draws", "passes");
+                println!(
+                    "{:<14} {:>8} {:>11} {:>14} {:>9}",
+                    "lang", "train", "probability", "expected draws", "passes"
+                );
                 for r in rows {
                     println!(
                         "{:<14} {:>8} {:>11.4} {:>14.0} {:>9.2}",
@@ -352,7 +377,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema { plugins } => {
-            println!("{}", serde_json::to_string_pretty(&kdx_framework::schema::recipe_schema_with(&open_libraries(&plugins)?))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&kdx_framework::schema::recipe_schema_with(&open_libraries(
+                    &plugins
+                )?))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
@@ -396,14 +426,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 )
             })?;
             kdx_plugins::model::hf_export::write(t, projection.as_ref(), &hf)?;
-            eprintln!("kdx: wrote {} ({}); load it with SentenceTransformer({:?})", hf.display(), m.describe(), hf.display().to_string());
+            eprintln!(
+                "kdx: wrote {} ({}); load it with SentenceTransformer({:?})",
+                hf.display(),
+                m.describe(),
+                hf.display().to_string()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { run_dir, data, parallel, split, model, csv } => {
             match (data, parallel) {
                 (_, Some(p)) => print!("{}", crate::embed::eval_parallel(&run_dir, &model, &p)?),
                 (Some(d), None) => crate::eval::run(&run_dir, &model, &d, split.as_deref(), csv.as_deref())?,
-                (None, None) => anyhow::bail!("kdx eval needs --data FILE (labelled texts) or --parallel FILE (source<TAB>translation)"),
+                (None, None) => anyhow::bail!(
+                    "kdx eval needs --data FILE (labelled texts) or --parallel FILE (source<TAB>translation)"
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -416,17 +453,25 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 fn examples(recipe: &Path, out: Option<&Path>) -> Result<()> {
     let dataset = kdx_framework::plan::load_dataset(recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
     let task = dataset.load().context("loading the dataset")?;
-    let mut w = csv::WriterBuilder::new().delimiter(b'\t').quote_style(csv::QuoteStyle::Never).from_writer(Vec::new());
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(b'\t')
+        .quote_style(csv::QuoteStyle::Never)
+        .from_writer(Vec::new());
     w.write_record(["id", "split", "lang", "label", "text", "source"])?;
     // The teacher's own training set, where the task has one, comes first: a program that
     // trains the teacher elsewhere needs it; its rows repeat ids of `train`.
     let teacher_train = task.teacher_train.as_deref().unwrap_or(&[]);
-    for (split, xs) in [("teacher-train", teacher_train), ("train", &task.train), ("dev", &task.dev), ("test", &task.test)] {
+    for (split, xs) in
+        [("teacher-train", teacher_train), ("train", &task.train), ("dev", &task.dev), ("test", &task.test)]
+    {
         for e in xs.iter() {
             let (lang, label) = (&task.langs[e.lang as usize], &task.labels[e.label as usize]);
             let fields = [e.id.as_str(), split, lang, label, &e.text, e.source.as_deref().unwrap_or("")];
             if let Some(f) = fields.iter().find(|f| f.contains(['\t', '\n', '\r'])) {
-                anyhow::bail!("example `{}`: a field holds a TAB or a line break, which this TSV cannot carry: {f:?}", e.id);
+                anyhow::bail!(
+                    "example `{}`: a field holds a TAB or a line break, which this TSV cannot carry: {f:?}",
+                    e.id
+                );
             }
             w.write_record(fields)?;
         }
@@ -436,7 +481,11 @@ fn examples(recipe: &Path, out: Option<&Path>) -> Result<()> {
         Some(path) => kdx_fsio::write_output(path, &bytes)?,
         None => std::io::stdout().lock().write_all(&bytes)?,
     }
-    eprintln!("classes, in the order of the logit columns ({}): {}", task.labels.len(), task.labels.join(" "));
+    eprintln!(
+        "classes, in the order of the logit columns ({}): {}",
+        task.labels.len(),
+        task.labels.join(" ")
+    );
     if task.teacher_reads_source {
         eprintln!("the teacher of this task reads the `source` column");
     }
@@ -450,7 +499,12 @@ fn validate(paths: &[PathBuf], plugins: &[PathBuf]) -> Result<ExitCode> {
     let mut bad = 0;
     for f in &files {
         match load_plans_with_libraries(f, plugins) {
-            Ok(plans) => println!("ok: {} ({} run{})", f.display(), plans.len(), if plans.len() == 1 { "" } else { "s" }),
+            Ok(plans) => println!(
+                "ok: {} ({} run{})",
+                f.display(),
+                plans.len(),
+                if plans.len() == 1 { "" } else { "s" }
+            ),
             Err(d) => {
                 bad += 1;
                 eprintln!("{d}");
@@ -491,7 +545,9 @@ pub fn plugins_help_with(
     let kinds: Vec<PluginKind> = match kind {
         None => PluginKind::ALL.to_vec(),
         Some(k) => {
-            vec![PluginKind::parse(k).with_context(|| format!("unknown plugin kind `{k}`; kinds are: dataset, model, loss, sampler"))?]
+            vec![PluginKind::parse(k).with_context(|| {
+                format!("unknown plugin kind `{k}`; kinds are: dataset, model, loss, sampler")
+            })?]
         }
     };
     let mut s = String::new();
@@ -505,7 +561,10 @@ pub fn plugins_help_with(
             }
             let mut names: Vec<&str> = registry::names(k);
             names.extend(libs.iter().map(|l| l.name()));
-            let r = regs.iter().find(|r| r.name == n).with_context(|| format!("no {k} plugin `{n}`; registered: {}", names.join(", ")))?;
+            let r = regs
+                .iter()
+                .find(|r| r.name == n)
+                .with_context(|| format!("no {k} plugin `{n}`; registered: {}", names.join(", ")))?;
             s.push_str(&kdx_framework::schema::describe(r, true));
             continue;
         }
@@ -533,7 +592,10 @@ fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Resu
         if chunk.is_empty() {
             break;
         }
-        let bags = kdx_framework::features::Bags::build(model.featurizer(), chunk.iter().map(String::as_str).collect::<Vec<_>>());
+        let bags = kdx_framework::features::Bags::build(
+            model.featurizer(),
+            chunk.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
         let o = model.forward(&bags)?;
         for z in o.logits.chunks(o.classes) {
             let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -541,7 +603,11 @@ fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Resu
             let sum: f32 = e.iter().sum();
             let mut idx: Vec<usize> = (0..z.len()).collect();
             idx.sort_by(|a, b| e[*b].total_cmp(&e[*a]));
-            let parts: Vec<String> = idx.iter().take(top.max(1)).map(|&k| format!("{}\t{:.4}", card.labels[k], e[k] / sum)).collect();
+            let parts: Vec<String> = idx
+                .iter()
+                .take(top.max(1))
+                .map(|&k| format!("{}\t{:.4}", card.labels[k], e[k] / sum))
+                .collect();
             writeln!(out, "{}", parts.join("\t"))?;
         }
     }

@@ -71,7 +71,9 @@ pub fn find_runs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 fn load(dir: &Path) -> Result<FoundRun> {
-    let row = read_csv::<RunRow>(&dir.join("run.csv"))?.pop().with_context(|| format!("{}: empty run.csv", dir.display()))?;
+    let row = read_csv::<RunRow>(&dir.join("run.csv"))?
+        .pop()
+        .with_context(|| format!("{}: empty run.csv", dir.display()))?;
     let csv = RunCsvs::load(dir)?;
     Ok(FoundRun { dir: dir.to_path_buf(), row, csv })
 }
@@ -119,8 +121,10 @@ pub fn seed_groups(runs: &[FoundRun]) -> Vec<(String, Vec<&FoundRun>)> {
         if !settings.iter().any(|(k, _)| k == "seed") {
             continue;
         }
-        let rest: Vec<String> = settings.iter().filter(|(k, _)| k != "seed").map(|(k, v)| format!("{k}={v}")).collect();
-        let key = format!("{}/{}", r.row.experiment, if rest.is_empty() { "*".into() } else { rest.join(",") });
+        let rest: Vec<String> =
+            settings.iter().filter(|(k, _)| k != "seed").map(|(k, v)| format!("{k}={v}")).collect();
+        let key =
+            format!("{}/{}", r.row.experiment, if rest.is_empty() { "*".into() } else { rest.join(",") });
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, g)) => g.push(r),
             None => groups.push((key, vec![r])),
@@ -197,7 +201,10 @@ pub fn table(runs: &[FoundRun]) -> String {
             x.compression
         ));
         let lw = r.csv.languages.iter().map(|l| l.lang.chars().count()).max().unwrap_or(4).max(5);
-        s.push_str(&format!("  {:<lw$} {:>8} {:>8} {:>8} {:>8} {:>8}\n", "lang", "train", "teacher", "student", "baseline", "KD gain"));
+        s.push_str(&format!(
+            "  {:<lw$} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+            "lang", "train", "teacher", "student", "baseline", "KD gain"
+        ));
         let mut langs: Vec<_> = r.csv.languages.iter().collect();
         langs.sort_by(|a, b| b.train_size.cmp(&a.train_size).then(a.lang.cmp(&b.lang)));
         for l in langs {
@@ -283,7 +290,11 @@ pub fn write_plots(runs: &[FoundRun], out: &Path) -> Result<Vec<PathBuf>> {
         let dir = out.join(&x.experiment).join(&x.run);
         let title = format!("{}/{}", x.experiment, x.run);
         let files = [
-            (dir.join("curves.svg"), plot::write_curves as fn(&Path, &str, &RunCsvs) -> Result<()>, "learning curves"),
+            (
+                dir.join("curves.svg"),
+                plot::write_curves as fn(&Path, &str, &RunCsvs) -> Result<()>,
+                "learning curves",
+            ),
             (dir.join("languages.svg"), plot::write_language_bars, "test accuracy per language"),
             (dir.join("sampling.svg"), plot::write_sampling, "language sampling during distillation"),
         ];
@@ -294,7 +305,8 @@ pub fn write_plots(runs: &[FoundRun], out: &Path) -> Result<Vec<PathBuf>> {
         );
         let has_retrieval = !r.csv.retrieval.is_empty();
         for (path, f, what) in files.into_iter().chain(has_retrieval.then_some(retrieval)) {
-            f(&path, &format!("{title}: {what}"), &r.csv).with_context(|| format!("plotting {}", path.display()))?;
+            f(&path, &format!("{title}: {what}"), &r.csv)
+                .with_context(|| format!("plotting {}", path.display()))?;
             written.push(path);
         }
         let settings = plot::settings_of(&x.run);
@@ -320,7 +332,9 @@ pub fn write_plots(runs: &[FoundRun], out: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     for (exp, points) in sweeps.iter_mut() {
-        points.sort_by_key(|p| (order.get(&(exp.to_string(), p.run.clone())).copied().unwrap_or(usize::MAX), p.run.clone()));
+        points.sort_by_key(|p| {
+            (order.get(&(exp.to_string(), p.run.clone())).copied().unwrap_or(usize::MAX), p.run.clone())
+        });
     }
     for (exp, points) in sweeps.iter().filter(|(_, p)| p.len() > 1) {
         let path = out.join(exp).join("sweep.svg");
@@ -411,11 +425,16 @@ mod tests {
         ];
         let groups = seed_groups(&runs);
         let keys: Vec<(&str, usize)> = groups.iter().map(|(k, g)| (k.as_str(), g.len())).collect();
-        assert_eq!(keys, [("x/sampler=p", 2), ("x/sampler=t", 2)], "a run without a seed setting is in no group");
+        assert_eq!(
+            keys,
+            [("x/sampler=p", 2), ("x/sampler=t", 2)],
+            "a run without a seed setting is in no group"
+        );
         // Smallest two of the first run: mid 0.6 and tiny 0.3.
         assert!((smallest_mean(&runs[0], 2).unwrap() - 0.45).abs() < 1e-12);
         let t = seed_table(&runs, 2);
-        let lines: Vec<String> = t.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+        let lines: Vec<String> =
+            t.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
         // p: macro 0.7 ± 0.1414, smallest-2 means 0.45 and 0.30 → 0.375 ± 0.1061.
         assert!(lines.contains(&"x/sampler=p 2 0.7000 ± 0.1414 0.3750 ± 0.1061".to_string()), "{t}");
         assert!(lines.contains(&"x/sampler=t 2 0.7000 ± 0.0000 0.6000 ± 0.0000".to_string()), "{t}");

@@ -117,7 +117,8 @@ impl<W: Write> Observer for JsonLines<W> {
             return;
         }
         if let Event::Step { stage, step, steps, .. } = event {
-            let due = step == steps || self.last_step.is_none_or(|(s, t)| s != *stage || t.elapsed() >= Self::STEP_INTERVAL);
+            let due = step == steps
+                || self.last_step.is_none_or(|(s, t)| s != *stage || t.elapsed() >= Self::STEP_INTERVAL);
             if !due {
                 return;
             }
@@ -187,11 +188,15 @@ mod tests {
             }
             j.event(&Event::RunFinished { status: RunStatus::Ok, error: None, wall_s: 0.1 });
         }
-        let lines: Vec<Event> = String::from_utf8(buf).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Event> =
+            String::from_utf8(buf).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert!(lines.len() < 10, "{} lines", lines.len());
         // A new stage's first step is written even right after another stage's.
         assert_eq!(lines[1], Event::Step { stage: Stage::Distill, step: 1, steps: 1000, loss: 1.0 });
-        assert_eq!(lines[lines.len() - 2], Event::Step { stage: Stage::Distill, step: 1000, steps: 1000, loss: 1.0 });
+        assert_eq!(
+            lines[lines.len() - 2],
+            Event::Step { stage: Stage::Distill, step: 1000, steps: 1000, loss: 1.0 }
+        );
         assert!(matches!(lines.last(), Some(Event::RunFinished { status: RunStatus::Ok, .. })));
     }
 }

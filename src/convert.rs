@@ -78,7 +78,11 @@ impl Entry<'_> {
     /// The tensor as F32: Q4_0 blocks are dequantised, F32 data read as it is.
     fn values(&self, name: &str) -> Result<Vec<f32>> {
         if self.data.len() == self.elements * 4 {
-            return Ok(self.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
+            return Ok(self
+                .data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect());
         }
         ensure!(
             self.elements.is_multiple_of(QK) && self.data.len() == self.elements / QK * 18,
@@ -102,14 +106,19 @@ impl Entry<'_> {
 pub fn e5s1(bin: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
     ensure!(!out.exists(), "{} exists already: convert into a new directory", out.display());
     let map = kdx_framework::store::map_file(bin)?;
-    let (tensors, config) = read(&map).with_context(|| format!("{}: not a readable E5S1 model", bin.display()))?;
+    let (tensors, config) =
+        read(&map).with_context(|| format!("{}: not a readable E5S1 model", bin.display()))?;
     let tok = std::fs::read(tokenizer).with_context(|| format!("reading {}", tokenizer.display()))?;
     let pieces = serde_json::from_slice::<serde_json::Value>(&tok)
         .ok()
         .and_then(|v| v.pointer("/model/vocab").and_then(|v| v.as_array()).map(Vec::len))
         .with_context(|| format!("{}: not a tokenizer.json with a vocabulary", tokenizer.display()))?;
     let vocab = config["vocab_size"].as_u64().unwrap_or(0) as usize;
-    ensure!(pieces <= vocab, "{} has {pieces} pieces, more than the model's {vocab} embeddings", tokenizer.display());
+    ensure!(
+        pieces <= vocab,
+        "{} has {pieces} pieces, more than the model's {vocab} embeddings",
+        tokenizer.display()
+    );
     let write = |name: &str, bytes: &[u8]| kdx_fsio::write_atomic(&out.join(name), bytes);
     write("model.safetensors", &to_safetensors(&tensors)?)?;
     write("config.json", serde_json::to_string_pretty(&config)?.as_bytes())?;
@@ -123,7 +132,8 @@ pub fn e5s1(bin: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
     let pooling = serde_json::json!({"word_embedding_dimension": config["hidden_size"], "pooling_mode_cls_token": false,
         "pooling_mode_mean_tokens": true, "pooling_mode_max_tokens": false, "pooling_mode_mean_sqrt_len_tokens": false});
     write("1_Pooling/config.json", serde_json::to_string_pretty(&pooling)?.as_bytes())?;
-    std::fs::create_dir_all(out.join("2_Normalize")).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::create_dir_all(out.join("2_Normalize"))
+        .with_context(|| format!("creating {}", out.display()))?;
     // e5 reads `query: ` before every text of a symmetric task: the default prompt, as
     // sentence-transformers and kdx's hf-encoder apply it.
     let prompts = serde_json::json!({"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": "query"});
@@ -138,11 +148,16 @@ fn read(bytes: &[u8]) -> Result<(TensorMap, serde_json::Value)> {
     ensure!(c.take(4, "the magic number")? == b"E5S1", "the file does not start with E5S1");
     let version = c.u32("the version")?;
     ensure!(version == 1, "version {version}; this converter reads version 1");
-    let (h, layers, heads, ffn) = (c.dim("the width")?, c.dim("the layer count")?, c.dim("the head count")?, c.dim("the FFN width")?);
-    let (vocab, positions, types) = (c.dim("the vocabulary")?, c.dim("the positions")?, c.dim("the token types")?);
+    let (h, layers, heads, ffn) =
+        (c.dim("the width")?, c.dim("the layer count")?, c.dim("the head count")?, c.dim("the FFN width")?);
+    let (vocab, positions, types) =
+        (c.dim("the vocabulary")?, c.dim("the positions")?, c.dim("the token types")?);
     let eps = f32::from_le_bytes(c.take(4, "eps")?.try_into()?);
     let qk = c.dim("the block size")?;
-    ensure!(qk == QK && h % QK == 0 && ffn % QK == 0, "block size {qk} (expected {QK}) or widths not multiples of it");
+    ensure!(
+        qk == QK && h % QK == 0 && ffn % QK == 0,
+        "block size {qk} (expected {QK}) or widths not multiples of it"
+    );
     // The tokenizer section: pieces and scores (tokenizer.json carries them for kdx).
     let pieces = c.dim("the piece count")?;
     for what in ["bos", "eos", "pad", "unk"] {
@@ -214,7 +229,14 @@ mod tests {
 
     #[test]
     fn halves_convert_exactly() {
-        for (h, f) in [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x3555, 0.333_251_95), (0x0001, 5.960_464_5e-8), (0x7bff, 65504.0), (0, 0.0)] {
+        for (h, f) in [
+            (0x3c00u16, 1.0f32),
+            (0xc000, -2.0),
+            (0x3555, 0.333_251_95),
+            (0x0001, 5.960_464_5e-8),
+            (0x7bff, 65504.0),
+            (0, 0.0),
+        ] {
             assert_eq!(f16_to_f32(h), f, "{h:#06x}");
         }
     }

@@ -24,8 +24,13 @@ pub struct BuildArgs {
 
 /// Builds the corpus and prints a short summary (warnings go to stderr).
 pub fn run_build(args: &BuildArgs) -> Result<()> {
-    let opts = BuildOptions { locale_dir: args.locale_dir.clone(), out: args.out.clone(), max_per_locale: args.max_per_locale };
-    let report = build(&opts).with_context(|| format!("building the gettext corpus from {}", args.locale_dir.display()))?;
+    let opts = BuildOptions {
+        locale_dir: args.locale_dir.clone(),
+        out: args.out.clone(),
+        max_per_locale: args.max_per_locale,
+    };
+    let report = build(&opts)
+        .with_context(|| format!("building the gettext corpus from {}", args.locale_dir.display()))?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
@@ -38,14 +43,19 @@ pub fn run_build(args: &BuildArgs) -> Result<()> {
         report.bytes,
         report.sha256
     );
-    let show = |v: &[(String, usize)]| v.iter().map(|(l, n)| format!("{l} {n}")).collect::<Vec<_>>().join(", ");
+    let show =
+        |v: &[(String, usize)]| v.iter().map(|(l, n)| format!("{l} {n}")).collect::<Vec<_>>().join(", ");
     let n = report.per_locale.len();
     println!("largest: {}", show(&report.per_locale[..n.min(5)]));
     println!("smallest: {}", show(&report.per_locale[n.saturating_sub(5)..]));
     println!(
         "manifest: {}{}",
         manifest_path(&args.out).display(),
-        if report.warnings.is_empty() { String::new() } else { format!(" ({} warnings, listed there too)", report.warnings.len()) }
+        if report.warnings.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} warnings, listed there too)", report.warnings.len())
+        }
     );
     Ok(())
 }

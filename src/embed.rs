@@ -98,9 +98,13 @@ pub fn run(model_path: &Path, which: &str, lines: &mut TextLines, output: Option
         file.write_all(&npy_header(0, width))?;
     }
     let mut out = std::io::BufWriter::new(file);
-    let rows = embed_lines(&embedder, lines, |v| out.write_all(&if npy { npy_rows(v) } else { tsv_rows(v, width) }))
-        .with_context(|| format!("{} is left as it was", path.display()))?;
-    let mut file = out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", path.display()))?;
+    let rows =
+        embed_lines(&embedder, lines, |v| out.write_all(&if npy { npy_rows(v) } else { tsv_rows(v, width) }))
+            .with_context(|| format!("{} is left as it was", path.display()))?;
+    let mut file = out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", path.display()))?;
     if npy {
         use std::io::Seek;
         file.file()
@@ -113,7 +117,11 @@ pub fn run(model_path: &Path, which: &str, lines: &mut TextLines, output: Option
 
 /// Embeds `lines` a chunk at a time, giving each chunk's vectors to `write`; returns how
 /// many lines there were.
-fn embed_lines(embedder: &Embedder, lines: &mut TextLines, mut write: impl FnMut(&[f32]) -> std::io::Result<()>) -> Result<usize> {
+fn embed_lines(
+    embedder: &Embedder,
+    lines: &mut TextLines,
+    mut write: impl FnMut(&[f32]) -> std::io::Result<()>,
+) -> Result<usize> {
     let mut rows = 0;
     loop {
         let chunk = lines.next_chunk(CHUNK)?;

@@ -95,17 +95,29 @@ impl EvalReader {
             match &self.layout {
                 Layout::Header { width, text, lang, label, split } => {
                     let f: Vec<&str> = line.split('\t').collect();
-                    anyhow::ensure!(f.len() == *width, "{name}:{n}: expected {width} columns, as in the header, found {}", f.len());
+                    anyhow::ensure!(
+                        f.len() == *width,
+                        "{name}:{n}: expected {width} columns, as in the header, found {}",
+                        f.len()
+                    );
                     if split.as_ref().is_some_and(|(c, want)| f[*c] != want) {
                         continue;
                     }
-                    return Ok(Some(EvalRow { lang: f[*lang].trim().into(), label: f[*label].trim().into(), text: f[*text].into() }));
+                    return Ok(Some(EvalRow {
+                        lang: f[*lang].trim().into(),
+                        label: f[*label].trim().into(),
+                        text: f[*text].into(),
+                    }));
                 }
                 Layout::LangText => {
                     let (lang, text) = line.split_once('\t').with_context(|| {
                         format!("{name}:{n}: expected `lang<TAB>text`, or a header row naming `text`, `lang` and `label`")
                     })?;
-                    return Ok(Some(EvalRow { lang: lang.trim().into(), label: lang.trim().into(), text: text.into() }));
+                    return Ok(Some(EvalRow {
+                        lang: lang.trim().into(),
+                        label: lang.trim().into(),
+                        text: text.into(),
+                    }));
                 }
             }
         }
@@ -125,7 +137,13 @@ const CHUNK: usize = 512;
 
 /// `kdx eval RUN --data FILE`: prints accuracy per language and the macro average, and
 /// writes them to `csv_out` when given.
-pub fn run(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_out: Option<&Path>) -> Result<()> {
+pub fn run(
+    run_dir: &Path,
+    which: &str,
+    data: &Path,
+    split: Option<&str>,
+    csv_out: Option<&Path>,
+) -> Result<()> {
     let (model, card) = kdx_framework::export::load(&run_dir.join(which))?;
     let mut reader = EvalReader::open(data, split)?;
     let mut langs: Vec<(String, Tally)> = Vec::new();
@@ -144,10 +162,16 @@ pub fn run(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_ou
             break;
         }
         rows_read += chunk.len();
-        let mut bags = kdx_framework::features::Bags::build(model.featurizer(), chunk.iter().map(|r| r.text.as_str()).collect::<Vec<_>>());
+        let mut bags = kdx_framework::features::Bags::build(
+            model.featurizer(),
+            chunk.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(),
+        );
         // Models that route by language read it; a language the model was not trained on gets
         // index 0 (its rows are scored all the same).
-        bags.langs = chunk.iter().map(|r| card.languages.iter().position(|l| *l == r.lang).unwrap_or(0) as u32).collect();
+        bags.langs = chunk
+            .iter()
+            .map(|r| card.languages.iter().position(|l| *l == r.lang).unwrap_or(0) as u32)
+            .collect();
         let logits = engine::predict(&*model, &bags)?.logits;
         let pred = engine::train::argmax_rows(&logits, card.labels.len());
         for (r, p) in chunk.iter().zip(pred) {
@@ -171,7 +195,12 @@ pub fn run(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_ou
             }
         }
     }
-    anyhow::ensure!(rows_read > 0, "{}: no rows{}", data.display(), split.map_or(String::new(), |s| format!(" with split `{s}`")));
+    anyhow::ensure!(
+        rows_read > 0,
+        "{}: no rows{}",
+        data.display(),
+        split.map_or(String::new(), |s| format!(" with split `{s}`"))
+    );
     let shown: Vec<&str> = unknown_labels.iter().take(8).map(String::as_str).collect();
     if langs.iter().all(|(_, t)| t.scored == 0) {
         let model_labels: Vec<&str> = card.labels.iter().take(8).map(String::as_str).collect();
@@ -204,7 +233,8 @@ pub fn run(run_dir: &Path, which: &str, data: &Path, split: Option<&str>, csv_ou
             examples: usize,
             accuracy: f64,
         }
-        let mut out: Vec<Row> = known.iter().map(|(l, t)| Row { lang: l, examples: t.scored, accuracy: accuracy(t) }).collect();
+        let mut out: Vec<Row> =
+            known.iter().map(|(l, t)| Row { lang: l, examples: t.scored, accuracy: accuracy(t) }).collect();
         out.push(Row { lang: "macro", examples: scored, accuracy: macro_acc });
         kdx_fsio::write_output(p, &kdx_framework::report::csv_bytes(&out)?)?;
     }

@@ -27,7 +27,9 @@ impl TextLines {
     pub fn open(file: Option<&Path>) -> Result<TextLines> {
         let (reader, name): (Box<dyn BufRead>, String) = match file {
             Some(f) => (
-                Box::new(std::io::BufReader::new(std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?)),
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?,
+                )),
                 f.display().to_string(),
             ),
             None => (Box::new(std::io::BufReader::new(std::io::stdin())), "stdin".to_string()),
@@ -77,7 +79,9 @@ impl TextLines {
                 line.pop();
             }
         }
-        String::from_utf8(line).map(Some).map_err(|_| anyhow::anyhow!("{}:{}: the line is not UTF-8 text", self.name, self.number))
+        String::from_utf8(line)
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("{}:{}: the line is not UTF-8 text", self.name, self.number))
     }
 
     /// Up to `n` next lines (fewer only at the end).

@@ -27,7 +27,8 @@ fn main() -> std::process::ExitCode {
 /// anyway when `KDX_PLUGIN_PANIC_OUTPUT` is set; panics of kdx itself always are.
 fn quiet_plugin_panics() {
     let default = std::panic::take_hook();
-    let show_plugin_panics = std::env::var_os(kdx_framework::dylib::kdx_sdk::export::PANIC_OUTPUT_VAR).is_some();
+    let show_plugin_panics =
+        std::env::var_os(kdx_framework::dylib::kdx_sdk::export::PANIC_OUTPUT_VAR).is_some();
     std::panic::set_hook(Box::new(move |info| {
         if show_plugin_panics || !kdx_framework::dylib::in_plugin_call() {
             default(info);

@@ -89,7 +89,8 @@ impl RunCsvs {
 /// Colour of the language at `rank` of `n` (by training-set size), viridis-like: dark purple
 /// for the most data, through teal, to yellow-green for the least.
 fn ramp(rank: usize, n: usize) -> RGBColor {
-    const STOPS: [(f64, (f64, f64, f64)); 3] = [(0.0, (68.0, 1.0, 84.0)), (0.5, (33.0, 145.0, 140.0)), (1.0, (180.0, 222.0, 44.0))];
+    const STOPS: [(f64, (f64, f64, f64)); 3] =
+        [(0.0, (68.0, 1.0, 84.0)), (0.5, (33.0, 145.0, 140.0)), (1.0, (180.0, 222.0, 44.0))];
     let t = if n <= 1 { 0.0 } else { rank as f64 / (n - 1) as f64 };
     let (a, b) = if t <= 0.5 { (STOPS[0], STOPS[1]) } else { (STOPS[1], STOPS[2]) };
     let u = ((t - a.0) / (b.0 - a.0)).clamp(0.0, 1.0);
@@ -172,10 +173,15 @@ fn header<'a>(area: &Area<'a>, title: &str, items: &[(String, Mark)]) -> Result<
     let (at, height) = legend_layout(w, items);
     for ((label, mark), &(x, y)) in items.iter().zip(&at) {
         match *mark {
-            Mark::Line(c, sw) => area.draw(&PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(sw)))?,
+            Mark::Line(c, sw) => {
+                area.draw(&PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(sw)))?
+            }
             Mark::Dashed(c) => {
                 for k in 0..3 {
-                    area.draw(&PathElement::new(vec![(x + k * 8, y), (x + k * 8 + 5, y)], c.stroke_width(2)))?;
+                    area.draw(&PathElement::new(
+                        vec![(x + k * 8, y), (x + k * 8 + 5, y)],
+                        c.stroke_width(2),
+                    ))?;
                 }
             }
             Mark::Box(c) => area.draw(&Rectangle::new([(x + 4, y - 6), (x + 18, y + 6)], c.filled()))?,
@@ -197,7 +203,11 @@ fn header_height(width: u32, items: &[(String, Mark)]) -> u32 {
 
 fn message(area: &Area, text: &str) -> Result<()> {
     let (w, h) = area.dim_in_pixel();
-    area.draw(&Text::new(text.to_string(), (w as i32 / 2, h as i32 / 2), font(13.0).pos(Pos::new(HPos::Center, VPos::Center))))?;
+    area.draw(&Text::new(
+        text.to_string(),
+        (w as i32 / 2, h as i32 / 2),
+        font(13.0).pos(Pos::new(HPos::Center, VPos::Center)),
+    ))?;
     Ok(())
 }
 
@@ -216,7 +226,10 @@ fn curve_items(csv: &RunCsvs) -> Vec<(String, Mark)> {
         }
     } else {
         items.push((
-            format!("one thin line per language ({}): dark purple = most training data, yellow-green = least", order.len()),
+            format!(
+                "one thin line per language ({}): dark purple = most training data, yellow-green = least",
+                order.len()
+            ),
             Mark::Line(ramp(order.len() / 2, order.len()), 1),
         ));
     }
@@ -230,16 +243,32 @@ fn draw_curves(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
     let dev: Vec<&MetricRow> = csv.metrics.iter().filter(|m| m.split == "dev" && m.acc.is_finite()).collect();
     let distill_end = dev.iter().filter(|m| m.stage == "distill").map(|m| m.step).max().unwrap_or(0);
     let x_of = |m: &MetricRow| (if m.stage == "finetune" { distill_end + m.step } else { m.step }) as f64;
-    let student: Vec<&&MetricRow> = dev.iter().filter(|m| m.stage == "distill" || m.stage == "finetune").collect();
+    let student: Vec<&&MetricRow> =
+        dev.iter().filter(|m| m.stage == "distill" || m.stage == "finetune").collect();
     if student.is_empty() {
-        return message(&area, "no dev evaluations of the student (set [train] eval_every to draw learning curves)");
+        return message(
+            &area,
+            "no dev evaluations of the student (set [train] eval_every to draw learning curves)",
+        );
     }
     let has_finetune = student.iter().any(|m| m.stage == "finetune");
-    let teacher_test = csv.metrics.iter().find(|m| m.stage == "teacher" && m.split == "test" && m.lang == "macro").map(|m| m.acc);
-    let baseline: Vec<(f64, f64)> =
-        dev.iter().filter(|m| m.stage == "baseline" && m.lang == "macro").map(|m| (m.step as f64, m.acc)).collect();
+    let teacher_test = csv
+        .metrics
+        .iter()
+        .find(|m| m.stage == "teacher" && m.split == "test" && m.lang == "macro")
+        .map(|m| m.acc);
+    let baseline: Vec<(f64, f64)> = dev
+        .iter()
+        .filter(|m| m.stage == "baseline" && m.lang == "macro")
+        .map(|m| (m.step as f64, m.acc))
+        .collect();
     let x_max = student.iter().map(|m| x_of(m)).chain(baseline.iter().map(|p| p.0)).fold(1.0, f64::max);
-    let y_min_data = student.iter().map(|m| m.acc).chain(baseline.iter().map(|p| p.1)).chain(teacher_test).fold(1.0, f64::min);
+    let y_min_data = student
+        .iter()
+        .map(|m| m.acc)
+        .chain(baseline.iter().map(|p| p.1))
+        .chain(teacher_test)
+        .fold(1.0, f64::min);
     let y_min = ((y_min_data - 0.02) * 10.0).floor().clamp(0.0, 9.0) / 10.0;
 
     let mut chart = ChartBuilder::on(&area)
@@ -252,7 +281,11 @@ fn draw_curves(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
         .configure_mesh()
         .light_line_style(FAINT.mix(0.6))
         .bold_line_style(FAINT)
-        .x_desc(if has_finetune { "training step (distillation, then fine-tuning)" } else { "distillation step" })
+        .x_desc(if has_finetune {
+            "training step (distillation, then fine-tuning)"
+        } else {
+            "distillation step"
+        })
         .y_desc("dev accuracy")
         .label_style(font(12.0))
         .axis_desc_style(font(13.0))
@@ -260,12 +293,18 @@ fn draw_curves(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
         .y_label_formatter(&|v| format!("{v:.2}"))
         .draw()?;
     if let Some(t) = teacher_test {
-        chart.draw_series(DashedLineSeries::new(vec![(0.0, t), (x_max, t)], 6, 4, TEACHER.stroke_width(2)))?;
+        chart.draw_series(DashedLineSeries::new(
+            vec![(0.0, t), (x_max, t)],
+            6,
+            4,
+            TEACHER.stroke_width(2),
+        ))?;
     }
     let order = csv.language_order();
     let thin = if order.len() <= 10 { 2 } else { 1 };
     for (i, lang) in order.iter().enumerate() {
-        let pts: Vec<(f64, f64)> = student.iter().filter(|m| &m.lang == lang).map(|m| (x_of(m), m.acc)).collect();
+        let pts: Vec<(f64, f64)> =
+            student.iter().filter(|m| &m.lang == lang).map(|m| (x_of(m), m.acc)).collect();
         let c = lang_color(i, order.len());
         chart.draw_series(LineSeries::new(pts.clone(), c.mix(0.85).stroke_width(thin)))?;
         if pts.len() == 1 {
@@ -276,18 +315,25 @@ fn draw_curves(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
         chart.draw_series(DashedLineSeries::new(baseline.clone(), 7, 4, BASELINE.stroke_width(2)))?;
     }
     chart.draw_series(baseline.iter().map(|&p| Circle::new(p, 3, BASELINE.filled())))?;
-    let macro_pts: Vec<(f64, f64)> = student.iter().filter(|m| m.lang == "macro").map(|m| (x_of(m), m.acc)).collect();
+    let macro_pts: Vec<(f64, f64)> =
+        student.iter().filter(|m| m.lang == "macro").map(|m| (x_of(m), m.acc)).collect();
     chart.draw_series(LineSeries::new(macro_pts.clone(), BLACK.stroke_width(3)))?;
     chart.draw_series(macro_pts.iter().map(|&p| Circle::new(p, 3, BLACK.filled())))?;
     Ok(())
 }
 
 fn bar_items(csv: &RunCsvs) -> Vec<(String, Mark)> {
-    let mut items = vec![("teacher".to_string(), Mark::Box(TEACHER)), ("distilled student".to_string(), Mark::Box(STUDENT))];
+    let mut items = vec![
+        ("teacher".to_string(), Mark::Box(TEACHER)),
+        ("distilled student".to_string(), Mark::Box(STUDENT)),
+    ];
     if csv.languages.iter().any(|l| l.baseline_acc.is_some()) {
         items.push(("baseline (same student, no teacher)".into(), Mark::Box(BASELINE)));
     }
-    items.push(("languages from most to least training data (training examples in brackets)".into(), Mark::Note));
+    items.push((
+        "languages from most to least training data (training examples in brackets)".into(),
+        Mark::Note,
+    ));
     items
 }
 
@@ -341,7 +387,8 @@ fn draw_language_bars(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
                 continue;
             }
             let x0 = i as f64 + 0.1 + k as f64 * w;
-            chart.draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x0 + w * 0.92, v)], c.filled())))?;
+            chart
+                .draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x0 + w * 0.92, v)], c.filled())))?;
         }
     }
     // Labels under the groups, read bottom to top.
@@ -359,7 +406,11 @@ fn draw_language_bars(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
 }
 
 fn sampling_items() -> Vec<(String, Mark)> {
-    vec![("share of each batch drawn from each language, stacked from most (bottom) to least training data".to_string(), Mark::Note)]
+    vec![(
+        "share of each batch drawn from each language, stacked from most (bottom) to least training data"
+            .to_string(),
+        Mark::Note,
+    )]
 }
 
 /// The sampler's distribution over languages during distillation, as stacked bands.
@@ -373,12 +424,23 @@ fn draw_sampling(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
     let mut steps: Vec<u64> = rows.iter().map(|r| r.step).collect();
     steps.sort_unstable();
     steps.dedup();
-    let end =
-        csv.metrics.iter().filter(|m| m.stage == "distill").map(|m| m.step).max().unwrap_or(0).max(steps.last().copied().unwrap_or(0) + 1);
+    let end = csv
+        .metrics
+        .iter()
+        .filter(|m| m.stage == "distill")
+        .map(|m| m.step)
+        .max()
+        .unwrap_or(0)
+        .max(steps.last().copied().unwrap_or(0) + 1);
     // dist[t][l]: probability of language l from steps[t] to the next change.
     let dist: Vec<Vec<f64>> = steps
         .iter()
-        .map(|&s| order.iter().map(|l| rows.iter().find(|r| r.step == s && &r.lang == l).map_or(0.0, |r| r.probability)).collect())
+        .map(|&s| {
+            order
+                .iter()
+                .map(|l| rows.iter().find(|r| r.step == s && &r.lang == l).map_or(0.0, |r| r.probability))
+                .collect()
+        })
         .collect();
     let label_w = order.iter().map(|l| text_width(l, 11.0)).max().unwrap_or(0) as u32 + 16;
     let mut chart = ChartBuilder::on(&area)
@@ -432,7 +494,11 @@ fn draw_sampling(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
         let (_, py_hi) = chart.backend_coord(&(end as f64, hi));
         let tall_enough = py_lo - py_hi >= 4;
         if tall_enough && (prev_y == i32::MIN || prev_y - py >= 12) {
-            area.draw(&Text::new(name.clone(), (px - base.0 + 6, py - base.1), font(11.0).pos(Pos::new(HPos::Left, VPos::Center))))?;
+            area.draw(&Text::new(
+                name.clone(),
+                (px - base.0 + 6, py - base.1),
+                font(11.0).pos(Pos::new(HPos::Left, VPos::Center)),
+            ))?;
             prev_y = py;
         }
     }
@@ -444,7 +510,10 @@ fn retrieval_items() -> Vec<(String, Mark)> {
         ("distilled student (both sides)".to_string(), Mark::Dot(STUDENT)),
         ("teacher reading the translations".into(), Mark::Box(TEACHER)),
         ("untrained student".into(), Mark::Triangle(BASELINE)),
-        ("one point per language; translation → English accuracy@1 among its test messages".into(), Mark::Note),
+        (
+            "one point per language; translation → English accuracy@1 among its test messages".into(),
+            Mark::Note,
+        ),
     ]
 }
 
@@ -453,7 +522,8 @@ fn retrieval_items() -> Vec<(String, Mark)> {
 /// the languages with little data keep up.
 fn draw_retrieval(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
     let area = header(area, title, &retrieval_items())?;
-    let rows: Vec<&RetrievalRow> = csv.retrieval.iter().filter(|r| r.set == "test" && r.lang != "macro").collect();
+    let rows: Vec<&RetrievalRow> =
+        csv.retrieval.iter().filter(|r| r.set == "test" && r.lang != "macro").collect();
     if rows.is_empty() {
         return message(&area, "no retrieval.csv: not a parallel-data run with an embedding loss");
     }
@@ -477,12 +547,21 @@ fn draw_retrieval(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
         .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| format!("{v:.1}"))
         .draw()?;
-    let at = |model: &'static str| rows.iter().filter(move |r| r.model == model).map(|r| (r.train_pairs.max(1) as f64, r.to_en));
+    let at = |model: &'static str| {
+        rows.iter().filter(move |r| r.model == model).map(|r| (r.train_pairs.max(1) as f64, r.to_en))
+    };
     chart.draw_series(at("untrained").map(|p| TriangleMarker::new(p, 5, BASELINE.mix(0.8).filled())))?;
-    chart.draw_series(at("teacher").map(|(x, y)| Rectangle::new([(x / 1.02, y - 0.008), (x * 1.02, y + 0.008)], TEACHER.filled())))?;
+    chart
+        .draw_series(at("teacher").map(|(x, y)| {
+            Rectangle::new([(x / 1.02, y - 0.008), (x * 1.02, y + 0.008)], TEACHER.filled())
+        }))?;
     chart.draw_series(at("student").map(|p| Circle::new(p, 4, STUDENT.filled())))?;
     chart.draw_series(rows.iter().filter(|r| r.model == "student").map(|r| {
-        Text::new(r.lang.clone(), (r.train_pairs.max(1) as f64 * 1.04, r.to_en), font(10.0).pos(Pos::new(HPos::Left, VPos::Center)))
+        Text::new(
+            r.lang.clone(),
+            (r.train_pairs.max(1) as f64 * 1.04, r.to_en),
+            font(10.0).pos(Pos::new(HPos::Left, VPos::Center)),
+        )
     }))?;
     Ok(())
 }
@@ -546,7 +625,9 @@ pub fn write_sampling(path: &Path, title: &str, csv: &RunCsvs) -> Result<()> {
 /// distribution, one above the other. Called at the end of every `kdx run`.
 pub fn write_run_plot(dir: &Path) -> Result<PathBuf> {
     let csv = RunCsvs::load(dir)?;
-    let name = |p: Option<&Path>| p.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = |p: Option<&Path>| {
+        p.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    };
     let title = format!("{}/{}", name(dir.parent()), name(Some(dir)));
     let w = width_for(csv.languages.len());
     let (h1, h2, h3) = (curves_height(w, &csv), bars_height(w, &csv), sampling_height(w));
@@ -624,7 +705,12 @@ pub fn write_sweep(path: &Path, title: &str, points: &[SweepPoint]) -> Result<()
         ("student macro accuracy (test)".to_string(), Mark::Dot(STUDENT)),
         ("worst-language accuracy (test)".to_string(), Mark::Triangle(WORST)),
         (
-            if params.len() > 1 { "lines: means over the other swept parameters" } else { "lines join the runs" }.to_string(),
+            if params.len() > 1 {
+                "lines: means over the other swept parameters"
+            } else {
+                "lines join the runs"
+            }
+            .to_string(),
             Mark::Line(BLACK, 1),
         ),
     ];
@@ -649,7 +735,10 @@ pub fn write_sweep(path: &Path, title: &str, points: &[SweepPoint]) -> Result<()
     // Wide enough for the values to sit side by side, up to a limit (then they are turned).
     let w = values
         .iter()
-        .map(|v| 120 + v.len() as u32 * (v.iter().map(|s| text_width(s, 12.0)).max().unwrap_or(0) as u32 + 24).max(90))
+        .map(|v| {
+            120 + v.len() as u32
+                * (v.iter().map(|s| text_width(s, 12.0)).max().unwrap_or(0) as u32 + 24).max(90)
+        })
         .max()
         .unwrap_or(760)
         .clamp(760, 2000);
@@ -666,7 +755,8 @@ pub fn write_sweep(path: &Path, title: &str, points: &[SweepPoint]) -> Result<()
     };
     let head = header_height(w, &items);
     let panel_h: Vec<u32> = values.iter().map(|v| 300 + label_area(v)).collect();
-    let finite: Vec<f64> = points.iter().flat_map(|p| [p.macro_acc, p.worst_acc]).filter(|x| x.is_finite()).collect();
+    let finite: Vec<f64> =
+        points.iter().flat_map(|p| [p.macro_acc, p.worst_acc]).filter(|x| x.is_finite()).collect();
     let lo = finite.iter().cloned().fold(1.0, f64::min);
     let hi = finite.iter().cloned().fold(0.0, f64::max);
     let y_lo = ((lo - 0.03) * 20.0).floor().max(0.0) / 20.0;
@@ -695,7 +785,9 @@ pub fn write_sweep(path: &Path, title: &str, points: &[SweepPoint]) -> Result<()
                 .axis_desc_style(font(13.0))
                 .y_label_formatter(&|v| format!("{v:.2}"))
                 .draw()?;
-            let at = |p: &SweepPoint| p.settings.iter().find(|(kk, _)| kk == k).and_then(|(_, v)| vals.iter().position(|x| x == v));
+            let at = |p: &SweepPoint| {
+                p.settings.iter().find(|(kk, _)| kk == k).and_then(|(_, v)| vals.iter().position(|x| x == v))
+            };
             let mut mean_macro = Vec::new();
             let mut mean_worst = Vec::new();
             for (xi, _) in vals.iter().enumerate() {
@@ -730,10 +822,18 @@ pub fn write_sweep(path: &Path, title: &str, points: &[SweepPoint]) -> Result<()
                     }
                 }
                 if p.macro_acc.is_finite() {
-                    chart.draw_series(std::iter::once(Circle::new((xi as f64 - 0.06, p.macro_acc), 5, STUDENT.filled())))?;
+                    chart.draw_series(std::iter::once(Circle::new(
+                        (xi as f64 - 0.06, p.macro_acc),
+                        5,
+                        STUDENT.filled(),
+                    )))?;
                 }
                 if p.worst_acc.is_finite() {
-                    chart.draw_series(std::iter::once(TriangleMarker::new((xi as f64 + 0.06, p.worst_acc), 6, WORST.filled())))?;
+                    chart.draw_series(std::iter::once(TriangleMarker::new(
+                        (xi as f64 + 0.06, p.worst_acc),
+                        6,
+                        WORST.filled(),
+                    )))?;
                 }
             }
             let base = panel.get_base_pixel();
@@ -767,7 +867,10 @@ mod tests {
             vec![("temperature".to_string(), "4".to_string()), ("lr".to_string(), "0.003".to_string())]
         );
         assert_eq!(settings_of("sampler=plugin-temperature+tau-5,seed=2")[0].1, "temperature tau=5");
-        assert_eq!(settings_of("sampler=eta-1+every-50+plugin-teacher-gap")[0].1, "teacher-gap eta=1 every=50");
+        assert_eq!(
+            settings_of("sampler=eta-1+every-50+plugin-teacher-gap")[0].1,
+            "teacher-gap eta=1 every=50"
+        );
         assert!(settings_of("run").is_empty());
     }
 

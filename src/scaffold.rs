@@ -53,7 +53,9 @@ fn type_name(name: &str) -> String {
             c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
         })
         .collect();
-    if ["Loss", "LossInput", "LossOutput", "Params", "Result", "Deserialize"].contains(&s.as_str()) || s.ends_with("Params") {
+    if ["Loss", "LossInput", "LossOutput", "Params", "Result", "Deserialize"].contains(&s.as_str())
+        || s.ends_with("Params")
+    {
         s.push_str("Plugin");
     }
     s
@@ -77,7 +79,8 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 }
 
 fn is_sdk(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|s| s.lines().any(|l| l.trim() == "name = \"kdx-sdk\""))
+    std::fs::read_to_string(dir.join("Cargo.toml"))
+        .is_ok_and(|s| s.lines().any(|l| l.trim() == "name = \"kdx-sdk\""))
 }
 
 /// The kdx-sdk crate of the kdx checkout `dir` is inside, if it is inside one.
@@ -95,13 +98,18 @@ pub fn new_loss(name: &str, dir: Option<&Path>) -> Result<Scaffold> {
         bail!("`{name}` cannot name a Rust crate; choose another name");
     }
     if let Some(r) = registry::find(PluginKind::Loss, name) {
-        bail!("a built-in loss is already named `{name}` (registered in {}); plugin names must be unique", r.file);
+        bail!(
+            "a built-in loss is already named `{name}` (registered in {}); plugin names must be unique",
+            r.file
+        );
     }
     let dir = match dir {
         Some(d) => d.to_path_buf(),
         None => PathBuf::from(name),
     };
-    if dir.exists() && std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.next().is_some() {
+    if dir.exists()
+        && std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.next().is_some()
+    {
         bail!("{} already exists and is not empty", dir.display());
     }
     std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
@@ -109,7 +117,9 @@ pub fn new_loss(name: &str, dir: Option<&Path>) -> Result<Scaffold> {
     let version = format!("version = \"={FRAMEWORK_VERSION}\"");
     let sdk_dependency = match find_sdk(&abs) {
         // Inside a kdx checkout: its SDK, by a relative path.
-        Some(sdk) => format!("{version}, path = \"{}\"", relative(&abs, &std::fs::canonicalize(&sdk)?).display()),
+        Some(sdk) => {
+            format!("{version}, path = \"{}\"", relative(&abs, &std::fs::canonicalize(&sdk)?).display())
+        }
         // Anywhere else: a copy of this kdx's SDK inside the crate, so the crate builds on
         // its own and can be shared as one directory.
         None => {
@@ -127,7 +137,12 @@ pub fn new_loss(name: &str, dir: Option<&Path>) -> Result<Scaffold> {
             .replace("__SDK__", &sdk_dependency)
             .replace("__VERSION__", FRAMEWORK_VERSION)
     };
-    let files = [("Cargo.toml", CARGO_TOML), ("src/lib.rs", LIB_RS), ("README.md", README), (".gitignore", "/target\n")];
+    let files = [
+        ("Cargo.toml", CARGO_TOML),
+        ("src/lib.rs", LIB_RS),
+        ("README.md", README),
+        (".gitignore", "/target\n"),
+    ];
     for (f, t) in files {
         let p = dir.join(f);
         kdx_fsio::write_atomic(&p, fill(t).as_bytes())?;
@@ -361,18 +376,31 @@ mod tests {
     #[test]
     fn refuses_bad_names_and_non_empty_directories() {
         let tmp = tempfile::tempdir().unwrap();
-        assert!(new_loss("Bad_Name", Some(&tmp.path().join("x"))).unwrap_err().to_string().contains("not a valid plugin name"));
+        assert!(new_loss("Bad_Name", Some(&tmp.path().join("x")))
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid plugin name"));
         assert!(new_loss("loop", Some(&tmp.path().join("x"))).is_err());
         std::fs::write(tmp.path().join("f"), "").unwrap();
         assert!(new_loss("ok-name", Some(tmp.path())).unwrap_err().to_string().contains("not empty"));
         let s = new_loss("ok-name", Some(&tmp.path().join("ok"))).unwrap();
         let toml = std::fs::read_to_string(s.dir.join("Cargo.toml")).unwrap();
         assert!(toml.contains(&format!("version = \"={FRAMEWORK_VERSION}\"")), "{toml}");
-        assert!(toml.contains("path = \"kdx-sdk\""), "outside a checkout: a copy of the SDK in the crate\n{toml}");
+        assert!(
+            toml.contains("path = \"kdx-sdk\""),
+            "outside a checkout: a copy of the SDK in the crate\n{toml}"
+        );
         let sdk = std::fs::read_to_string(s.dir.join("kdx-sdk/Cargo.toml")).unwrap();
-        assert!(sdk.contains(&format!("version = \"{FRAMEWORK_VERSION}\"")) && !sdk.contains("workspace = true"), "{sdk}");
+        assert!(
+            sdk.contains(&format!("version = \"{FRAMEWORK_VERSION}\"")) && !sdk.contains("workspace = true"),
+            "{sdk}"
+        );
         assert!(s.dir.join("kdx-sdk/src/export.rs").exists());
         let lib = std::fs::read_to_string(s.dir.join("src/lib.rs")).unwrap();
-        assert!(lib.contains("pub struct OkName {") && lib.contains("export_loss!(OkName)") && !lib.contains("__"));
+        assert!(
+            lib.contains("pub struct OkName {")
+                && lib.contains("export_loss!(OkName)")
+                && !lib.contains("__")
+        );
     }
 }

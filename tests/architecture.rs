@@ -12,7 +12,18 @@ fn root() -> PathBuf {
 #[test]
 fn core_has_no_application_dependencies() {
     let out = Command::new(env!("CARGO"))
-        .args(["tree", "--offline", "-p", "kdx-framework", "-e", "normal", "--prefix", "none", "--format", "{p}"])
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            "kdx-framework",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
         .current_dir(root())
         .output()
         .expect("running cargo tree");
@@ -77,9 +88,12 @@ fn core_names_no_built_in_plugin() {
             .join("\n");
         let code = code.as_str();
         for p in &plugins {
-            for needle in
-                [format!("loss(\"{p}\""), format!("sampler(\"{p}\""), format!("find(PluginKind::Loss, \"{p}\""), format!("\"{p}\", toml")]
-            {
+            for needle in [
+                format!("loss(\"{p}\""),
+                format!("sampler(\"{p}\""),
+                format!("find(PluginKind::Loss, \"{p}\""),
+                format!("\"{p}\", toml"),
+            ] {
                 assert!(!code.contains(&needle), "{} names the plugin `{p}` ({needle})", f.display());
             }
         }
@@ -244,15 +258,20 @@ fn module_graph(src: &Path) -> std::collections::BTreeMap<Module, std::collectio
         let children = modules.iter().filter(|c| c.len() == m.len() + 1 && c.starts_with(&m));
         let bytes = code.as_bytes();
         for c in children {
-            let named = code
-                .match_indices(&format!("{}::", c[m.len()]))
-                .any(|(i, _)| i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b':'));
+            let named = code.match_indices(&format!("{}::", c[m.len()])).any(|(i, _)| {
+                i == 0
+                    || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b':')
+            });
             if named {
                 deps.insert(c.clone());
             }
         }
         for p in named_paths(code, &m) {
-            let target = (0..=p.len()).rev().map(|k| p[..k].to_vec()).find(|q| modules.contains(q)).unwrap_or_default();
+            let target = (0..=p.len())
+                .rev()
+                .map(|k| p[..k].to_vec())
+                .find(|q| modules.contains(q))
+                .unwrap_or_default();
             if !target.is_empty() && target != m {
                 deps.insert(target);
             }
@@ -328,7 +347,11 @@ fn the_cycle_check_finds_a_planted_cycle() {
     std::fs::write(src.join("lib.rs"), "mod a;\nmod b;\n").unwrap();
     std::fs::write(src.join("a.rs"), "use crate::{b::c::Thing, b};\n").unwrap();
     std::fs::write(src.join("b/mod.rs"), "pub mod c;\n").unwrap();
-    std::fs::write(src.join("b/c.rs"), "pub struct Thing;\nfn f() { super::super::a::g(); }\n#[cfg(test)]\nuse crate::a;\n").unwrap();
+    std::fs::write(
+        src.join("b/c.rs"),
+        "pub struct Thing;\nfn f() { super::super::a::g(); }\n#[cfg(test)]\nuse crate::a;\n",
+    )
+    .unwrap();
     let found = cycles(&module_graph(src));
     assert_eq!(found, vec!["a → b::c → a".to_string()]);
     // A parent that uses its child by name, and the child that reaches back for an item of
@@ -338,6 +361,10 @@ fn the_cycle_check_finds_a_planted_cycle() {
     std::fs::write(src.join("a.rs"), "").unwrap();
     assert_eq!(cycles(&module_graph(src)), vec!["b → b::c → b".to_string()]);
     // Without the reach back, no cycle (a comment or a test module's `use` is not counted).
-    std::fs::write(src.join("b/c.rs"), "// see super::Shared\npub fn g() {}\n#[cfg(test)]\nuse super::Shared;\n").unwrap();
+    std::fs::write(
+        src.join("b/c.rs"),
+        "// see super::Shared\npub fn g() {}\n#[cfg(test)]\nuse super::Shared;\n",
+    )
+    .unwrap();
     assert!(cycles(&module_graph(src)).is_empty());
 }

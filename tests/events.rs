@@ -19,13 +19,21 @@ fn a_run_tells_its_stages_in_order_to_any_observer() {
     let text = good_recipe("events");
     std::fs::write(&recipe, text).unwrap();
     let mut plan = load_plans(&recipe).unwrap().remove(0);
-    let opts = RunOptions { results: tmp.path().join("lib"), resume: false, interrupt_after: None, lock_held: false, stop: None };
+    let opts = RunOptions {
+        results: tmp.path().join("lib"),
+        resume: false,
+        interrupt_after: None,
+        lock_held: false,
+        stop: None,
+    };
     let mut rec = Recorder::default();
     let row = engine::run(&mut plan, &opts, &mut rec).unwrap();
     assert_eq!(row.status, RunStatus::Ok);
 
     let events = &rec.events;
-    assert!(matches!(events.first(), Some(Event::RunStarted { experiment, resume: false, .. }) if experiment == "events"));
+    assert!(
+        matches!(events.first(), Some(Event::RunStarted { experiment, resume: false, .. }) if experiment == "events")
+    );
     assert!(matches!(events.last(), Some(Event::RunFinished { status: RunStatus::Ok, error: None, .. })));
     let stages: Vec<(Stage, u64)> = events
         .iter()
@@ -36,7 +44,10 @@ fn a_run_tells_its_stages_in_order_to_any_observer() {
         .collect();
     assert_eq!(stages, [(Stage::Teacher, 120), (Stage::Distill, 80), (Stage::Baseline, 80)]);
     let ready: Vec<&Event> = events.iter().filter(|e| matches!(e, Event::TeacherReady { .. })).collect();
-    assert!(matches!(ready[..], [Event::TeacherReady { source: TeacherSource::Trained, cache: Some(_) }]), "{ready:?}");
+    assert!(
+        matches!(ready[..], [Event::TeacherReady { source: TeacherSource::Trained, cache: Some(_) }]),
+        "{ready:?}"
+    );
     // Every step of every stage, in order, then the stage's evaluations at 40 and 80.
     for (stage, steps) in stages {
         let seen: Vec<u64> = events
@@ -51,19 +62,33 @@ fn a_run_tells_its_stages_in_order_to_any_observer() {
     let evals: Vec<(Stage, u64)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Evaluated { stage, step, macro_acc, .. } if (0.0..=1.0).contains(macro_acc) => Some((*stage, *step)),
+            Event::Evaluated { stage, step, macro_acc, .. } if (0.0..=1.0).contains(macro_acc) => {
+                Some((*stage, *step))
+            }
             _ => None,
         })
         .collect();
-    assert_eq!(evals.iter().filter(|(s, _)| *s == Stage::Distill).map(|(_, n)| *n).collect::<Vec<_>>(), [40, 80]);
+    assert_eq!(
+        evals.iter().filter(|(s, _)| *s == Stage::Distill).map(|(_, n)| *n).collect::<Vec<_>>(),
+        [40, 80]
+    );
 
     // `kdx run --events jsonl` prints the same events (steps aside: rate-limited there).
     let out = Command::new(env!("CARGO_BIN_EXE_kdx"))
-        .args(["run", recipe.to_str().unwrap(), "--results", tmp.path().join("cli").to_str().unwrap(), "--quiet", "--events", "jsonl"])
+        .args([
+            "run",
+            recipe.to_str().unwrap(),
+            "--results",
+            tmp.path().join("cli").to_str().unwrap(),
+            "--quiet",
+            "--events",
+            "jsonl",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let printed: Vec<Event> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let printed: Vec<Event> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let kinds = |v: &[Event]| -> Vec<String> {
         v.iter()
             .filter(|e| !matches!(e, Event::Step { .. }))

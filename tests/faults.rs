@@ -48,7 +48,9 @@ fn experiment_names_cannot_leave_the_results_directory() {
     let outside = tmp.path().join("outside");
     std::fs::create_dir_all(outside.join("run/checkpoints")).unwrap();
     std::fs::write(outside.join("run/checkpoints/keep.txt"), "precious").unwrap();
-    for bad in [outside.display().to_string(), "../outside".to_string(), ".cache".to_string(), "a/b".to_string()] {
+    for bad in
+        [outside.display().to_string(), "../outside".to_string(), ".cache".to_string(), "a/b".to_string()]
+    {
         let r = recipe(tmp.path(), "x", &[("name = \"x\"", &format!("name = {bad:?}"))]);
         let v = kdx(&["validate", r.to_str().unwrap()]);
         let err = text(&v.stderr);
@@ -58,8 +60,15 @@ fn experiment_names_cannot_leave_the_results_directory() {
         assert!(!out.status.success());
         no_panic(&out);
     }
-    assert_eq!(std::fs::read_to_string(outside.join("run/checkpoints/keep.txt")).unwrap(), "precious", "nothing outside was deleted");
-    assert!(!tmp.path().join("results").exists() || std::fs::read_dir(tmp.path().join("results")).unwrap().count() == 0);
+    assert_eq!(
+        std::fs::read_to_string(outside.join("run/checkpoints/keep.txt")).unwrap(),
+        "precious",
+        "nothing outside was deleted"
+    );
+    assert!(
+        !tmp.path().join("results").exists()
+            || std::fs::read_dir(tmp.path().join("results")).unwrap().count() == 0
+    );
 }
 
 #[test]
@@ -85,7 +94,11 @@ fn learning_rates_must_be_positive_and_loss_weights_not_negative() {
         assert!(!v.status.success() && err.contains(want), "expected `{want}`:\n{err}");
     }
     // A warm-up from 0 is a weight that starts off: fine.
-    let r = recipe(tmp.path(), "w", &[("weight = 0.3", "weight = { kind = \"linear\", start = 0.0, end = 1.0 }")]);
+    let r = recipe(
+        tmp.path(),
+        "w",
+        &[("weight = 0.3", "weight = { kind = \"linear\", start = 0.0, end = 1.0 }")],
+    );
     assert!(kdx(&["validate", r.to_str().unwrap()]).status.success());
 }
 
@@ -98,7 +111,11 @@ fn a_loss_of_weight_zero_is_an_exact_ablation() {
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let out = run(&off, &a, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let without = recipe(tmp.path(), "ablation", &[("[[loss]]\nplugin = \"soft-kl\"\nweight = 0.7\ntemperature = 2.0\n", "")]);
+    let without = recipe(
+        tmp.path(),
+        "ablation",
+        &[("[[loss]]\nplugin = \"soft-kl\"\nweight = 0.7\ntemperature = 2.0\n", "")],
+    );
     let out = run(&without, &b, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     for f in ["languages.csv", "metrics.csv", "sampling.csv"] {
@@ -118,10 +135,16 @@ fn checkpoints_resume_only_the_recipe_that_wrote_them_and_only_whole() {
     assert!(!out.status.success());
     let ckpt = results.join("ckpt/run/checkpoints/distill.safetensors");
     assert!(ckpt.exists());
-    let files: Vec<String> =
-        std::fs::read_dir(ckpt.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let files: Vec<String> = std::fs::read_dir(ckpt.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     // The teacher's checkpoint went when the teacher was cached (the cache holds it).
-    assert_eq!(files, vec!["distill.safetensors"], "one file per checkpoint: weights and loop state together");
+    assert_eq!(
+        files,
+        vec!["distill.safetensors"],
+        "one file per checkpoint: weights and loop state together"
+    );
 
     // The recipe changed since: refused, with the way out, and before anything is written
     // (the run's recipe.toml is still the one its checkpoints belong to).
@@ -129,9 +152,18 @@ fn checkpoints_resume_only_the_recipe_that_wrote_them_and_only_whole() {
     let edited = recipe(tmp.path(), "ckpt", &[("temperature = 2.0", "temperature = 3.0")]);
     let out = run(&edited, &results, &["--resume"]);
     let err = text(&out.stderr);
-    assert!(!out.status.success() && err.contains("was written by another recipe") && err.contains("run without --resume"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("was written by another recipe")
+            && err.contains("run without --resume"),
+        "{err}"
+    );
     no_panic(&out);
-    assert_eq!(std::fs::read(results.join("ckpt/run/recipe.toml")).unwrap(), recorded, "a refused resume rewrote recipe.toml");
+    assert_eq!(
+        std::fs::read(results.join("ckpt/run/recipe.toml")).unwrap(),
+        recorded,
+        "a refused resume rewrote recipe.toml"
+    );
     let r = recipe(tmp.path(), "ckpt", &[]);
 
     // A damaged checkpoint: refused, never loaded, never a crash.
@@ -142,7 +174,12 @@ fn checkpoints_resume_only_the_recipe_that_wrote_them_and_only_whole() {
         std::fs::write(&ckpt, &bad).unwrap();
         let out = run(&r, &results, &["--resume"]);
         let err = text(&out.stderr);
-        assert!(!out.status.success() && err.contains("cannot resume from") && err.contains("run without --resume"), "{err}");
+        assert!(
+            !out.status.success()
+                && err.contains("cannot resume from")
+                && err.contains("run without --resume"),
+            "{err}"
+        );
         no_panic(&out);
     }
     std::fs::write(&ckpt, &bytes).unwrap();
@@ -182,7 +219,12 @@ fn a_damaged_teacher_cache_is_rebuilt_and_a_cached_teacher_keeps_its_dev_rows() 
     std::fs::write(&weights, &bytes).unwrap();
     let out = kdx(&["run", r.to_str().unwrap(), "--results", results.to_str().unwrap()]);
     let err = text(&out.stderr);
-    assert!(out.status.success() && err.contains("the cache is unusable") && err.contains("training the teacher again"), "{err}");
+    assert!(
+        out.status.success()
+            && err.contains("the cache is unusable")
+            && err.contains("training the teacher again"),
+        "{err}"
+    );
     let row: RunRow = read_csv::<RunRow>(&results.join("cache/run/run.csv")).unwrap().remove(0);
     assert!(!row.teacher_cached);
     assert_eq!(metrics(&results), first);
@@ -213,8 +255,12 @@ fn one_run_directory_one_process() {
 #[test]
 fn a_closed_pipe_ends_kdx_quietly() {
     // `kdx plugins | head -1`: the reader goes away; kdx must neither panic nor complain.
-    let mut child =
-        Command::new(env!("CARGO_BIN_EXE_kdx")).args(["plugins"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kdx"))
+        .args(["plugins"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut first = [0u8; 16];
     stdout.read_exact(&mut first).unwrap();
@@ -276,7 +322,15 @@ fn a_run_killed_anywhere_resumes_to_the_same_csvs() {
     loop {
         let k = plan.pop().unwrap_or_else(|| next(11, 24));
         let resume: &[&str] = if kills.is_empty() { &[] } else { &["--resume"] };
-        let mut args = vec!["run", r.to_str().unwrap(), "--results", b.to_str().unwrap(), "--quiet", "--events", "jsonl"];
+        let mut args = vec![
+            "run",
+            r.to_str().unwrap(),
+            "--results",
+            b.to_str().unwrap(),
+            "--quiet",
+            "--events",
+            "jsonl",
+        ];
         args.extend_from_slice(resume);
         let k_text = k.to_string();
         args.extend_from_slice(&["--kill-after-steps", &k_text]);
@@ -297,13 +351,20 @@ fn a_run_killed_anywhere_resumes_to_the_same_csvs() {
     eprintln!("{} kills (steps run before each, stage): {kills:?}", kills.len());
     let stages: std::collections::BTreeSet<&str> = kills.iter().map(|(_, s)| s.as_str()).collect();
     assert!(kills.len() >= 10, "only {} kills: {kills:?}", kills.len());
-    assert_eq!(stages.into_iter().collect::<Vec<_>>(), ["baseline", "distill", "finetune", "teacher"], "{kills:?}");
+    assert_eq!(
+        stages.into_iter().collect::<Vec<_>>(),
+        ["baseline", "distill", "finetune", "teacher"],
+        "{kills:?}"
+    );
     for f in ["languages.csv", "metrics.csv", "sampling.csv"] {
         let x = std::fs::read_to_string(a.join("crash/run").join(f)).unwrap();
         let y = std::fs::read_to_string(b.join("crash/run").join(f)).unwrap();
         assert!(x == y, "{f} differs after {} kills ({kills:?})", kills.len());
     }
-    let (x, y) = (read_csv::<RunRow>(&a.join("crash/run/run.csv")).unwrap(), read_csv::<RunRow>(&b.join("crash/run/run.csv")).unwrap());
+    let (x, y) = (
+        read_csv::<RunRow>(&a.join("crash/run/run.csv")).unwrap(),
+        read_csv::<RunRow>(&b.join("crash/run/run.csv")).unwrap(),
+    );
     let same = |r: &RunRow| {
         (
             r.teacher_macro_acc,
@@ -326,11 +387,19 @@ fn a_run_killed_anywhere_resumes_to_the_same_csvs() {
 #[test]
 fn threads_beyond_the_machine_are_clamped_and_zero_is_refused() {
     let out = kdx(&["run", "no-such-recipe.toml", "--threads", "0"]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--threads must be at least 1"));
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("--threads must be at least 1")
+    );
     let out = kdx(&["run", "no-such-recipe.toml", "--threads", "100000"]);
     let err = String::from_utf8_lossy(&out.stderr);
     let cores = std::thread::available_parallelism().unwrap().get();
-    assert!(err.contains(&format!("--threads 100000 is more than the {cores} cores this machine has; using {cores}")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--threads 100000 is more than the {cores} cores this machine has; using {cores}"
+        )),
+        "{err}"
+    );
     assert!(err.contains("no-such-recipe.toml"), "then the run goes on (here: to the missing recipe): {err}");
 }
 
@@ -359,18 +428,34 @@ fn sigterm_checkpoints_the_current_step_and_the_resumed_run_is_exact() {
     let points = ["teacher", "teacher", "distill", "distill", "distill"];
     let mut last: Option<(&str, u64)> = None;
     for (k, &stage) in points.iter().enumerate() {
-        let mut args = vec!["run", r.to_str().unwrap(), "--results", b.to_str().unwrap(), "--quiet", "--events", "jsonl"];
+        let mut args = vec![
+            "run",
+            r.to_str().unwrap(),
+            "--results",
+            b.to_str().unwrap(),
+            "--quiet",
+            "--events",
+            "jsonl",
+        ];
         if k > 0 {
             args.push("--resume");
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kdx")).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kdx"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let mut seen_events = Vec::new();
         let seen = loop {
             let Some(line) = lines.next() else {
                 let mut err = String::new();
                 child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-                panic!("signal {k}: the run ended before its {stage} stage started: {:?}\n{err}", child.wait());
+                panic!(
+                    "signal {k}: the run ended before its {stage} stage started: {:?}\n{err}",
+                    child.wait()
+                );
             };
             let e = event(&line.unwrap());
             seen_events.push(e.clone());
@@ -386,25 +471,40 @@ fn sigterm_checkpoints_the_current_step_and_the_resumed_run_is_exact() {
         // Resumed where the last signal left it: at the step its checkpoint recorded, not at
         // the last evaluation's, so no step is done twice.
         if let Some((stage, step)) = last {
-            let from = seen_events.iter().find(|e| e["type"] == "stage_started" && e["stage"] == stage).map(|e| e["from_step"].clone());
-            assert_eq!(from, Some(step.into()), "signal {k}: the {stage} stage resumed from {from:?}, its checkpoint was at {step}");
+            let from = seen_events
+                .iter()
+                .find(|e| e["type"] == "stage_started" && e["stage"] == stage)
+                .map(|e| e["from_step"].clone());
+            assert_eq!(
+                from,
+                Some(step.into()),
+                "signal {k}: the {stage} stage resumed from {from:?}, its checkpoint was at {step}"
+            );
         }
-        let finished = seen_events.iter().find(|e| e["type"] == "run_finished").expect("a run_finished event");
+        let finished =
+            seen_events.iter().find(|e| e["type"] == "run_finished").expect("a run_finished event");
         assert_eq!(finished["status"], "interrupted");
         let row: RunRow = read_csv::<RunRow>(&b.join("term/run/run.csv")).unwrap().remove(0);
         assert_eq!(row.status.as_str(), "interrupted");
-        let saved = seen_events.iter().rev().find(|e| e["type"] == "checkpointed").expect("a checkpointed event");
+        let saved =
+            seen_events.iter().rev().find(|e| e["type"] == "checkpointed").expect("a checkpointed event");
         assert_eq!(saved["stage"], stage, "signal {k}");
         let at = step_of(saved);
-        assert!(at > seen && at % 1000 != 0, "signal {k}: checkpointed at step {at} of {stage}, which started at step {seen}");
+        assert!(
+            at > seen && at % 1000 != 0,
+            "signal {k}: checkpointed at step {at} of {stage}, which started at step {seen}"
+        );
         assert!(b.join(format!("term/run/checkpoints/{stage}.safetensors")).is_file());
         last = Some((stage, at));
     }
     let out = run(&r, &b, &["--resume", "--events", "jsonl"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let (stage, step) = last.unwrap();
-    let from =
-        text(&out.stdout).lines().map(event).find(|e| e["type"] == "stage_started" && e["stage"] == stage).map(|e| e["from_step"].clone());
+    let from = text(&out.stdout)
+        .lines()
+        .map(event)
+        .find(|e| e["type"] == "stage_started" && e["stage"] == stage)
+        .map(|e| e["from_step"].clone());
     assert_eq!(from, Some(step.into()));
     for f in ["languages.csv", "metrics.csv", "sampling.csv"] {
         let x = std::fs::read_to_string(a.join("term/run").join(f)).unwrap();
@@ -470,7 +570,11 @@ fn predict_and_embed_stream_in_bounded_memory_and_refuse_endless_lines() {
     assert_eq!(count(&tmp.path().join("labels.txt")), lines);
     assert!(mb < bound, "kdx predict on 64 MiB of text peaked at {mb:.0} MiB (bound {bound})");
     let npy = tmp.path().join("vectors.npy");
-    let (code, mb) = peak_rss(&["embed", model.to_str().unwrap(), "-o", npy.to_str().unwrap()], &big, &tmp.path().join("none.txt"));
+    let (code, mb) = peak_rss(
+        &["embed", model.to_str().unwrap(), "-o", npy.to_str().unwrap()],
+        &big,
+        &tmp.path().join("none.txt"),
+    );
     assert_eq!(code, 0);
     assert!(mb < bound, "kdx embed on 64 MiB of text peaked at {mb:.0} MiB (bound {bound})");
     // The .npy's header, written last, holds every row.
@@ -483,10 +587,20 @@ fn predict_and_embed_stream_in_bounded_memory_and_refuse_endless_lines() {
     let endless = tmp.path().join("endless.txt");
     std::fs::write(&endless, "fine\n".to_string() + &"x".repeat(3 << 20)).unwrap();
     std::fs::write(&npy, "old").unwrap();
-    for args in [vec!["predict", model.to_str().unwrap()], vec!["embed", model.to_str().unwrap(), "-o", npy.to_str().unwrap()]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_kdx")).args(&args).stdin(std::fs::File::open(&endless).unwrap()).output().unwrap();
+    for args in [
+        vec!["predict", model.to_str().unwrap()],
+        vec!["embed", model.to_str().unwrap(), "-o", npy.to_str().unwrap()],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kdx"))
+            .args(&args)
+            .stdin(std::fs::File::open(&endless).unwrap())
+            .output()
+            .unwrap();
         let err = text(&out.stderr);
-        assert!(!out.status.success() && err.contains("stdin:2: a line longer than 1048576 bytes"), "{args:?}: {err}");
+        assert!(
+            !out.status.success() && err.contains("stdin:2: a line longer than 1048576 bytes"),
+            "{args:?}: {err}"
+        );
         no_panic(&out);
     }
     assert_eq!(std::fs::read(&npy).unwrap(), b"old");
@@ -496,5 +610,9 @@ fn predict_and_embed_stream_in_bounded_memory_and_refuse_endless_lines() {
     let err = text(&out.stderr);
     assert!(!out.status.success() && err.contains("labelled.tsv:2: a line longer than"), "{err}");
     let out = kdx(&["embed", model.to_str().unwrap(), "/dev/zero"]);
-    assert!(!out.status.success() && text(&out.stderr).contains("/dev/zero:1: a line longer than"), "{}", text(&out.stderr));
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("/dev/zero:1: a line longer than"),
+        "{}",
+        text(&out.stderr)
+    );
 }

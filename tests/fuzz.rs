@@ -68,10 +68,21 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
         }
         _ => {
             // A number of the text: its digits replaced.
-            let digits: Vec<usize> = (0..b.len()).filter(|&i| b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_digit())).collect();
+            let digits: Vec<usize> = (0..b.len())
+                .filter(|&i| b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_digit()))
+                .collect();
             if let Some(&start) = digits.get(rng.below(digits.len())) {
                 let end = (start..b.len()).find(|&i| !b[i].is_ascii_digit()).unwrap_or(b.len());
-                let choices = ["0", "-1", "99999999999999999999", "4294967296", "1e308", "nan", "18446744073709551615", "3"];
+                let choices = [
+                    "0",
+                    "-1",
+                    "99999999999999999999",
+                    "4294967296",
+                    "1e308",
+                    "nan",
+                    "18446744073709551615",
+                    "3",
+                ];
                 b.splice(start..end, choices[rng.below(choices.len())].bytes());
             }
         }
@@ -190,7 +201,8 @@ fn planted_links_in_the_results_directory_are_refused_and_their_targets_untouche
     let recipe = tmp.path().join("links.toml");
     std::fs::write(&recipe, good_recipe("links")).unwrap();
     let kdx = |extra: &[&str]| {
-        let mut args = vec!["run", recipe.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"];
+        let mut args =
+            vec!["run", recipe.to_str().unwrap(), "--results", results.to_str().unwrap(), "--quiet"];
         args.extend_from_slice(extra);
         Command::new(env!("CARGO_BIN_EXE_kdx")).args(&args).output().unwrap()
     };

@@ -23,8 +23,10 @@ struct Reference {
 }
 
 fn reference(dir: &Path) -> Reference {
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
-    let sentences = json["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+    let sentences =
+        json["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
     let token_ids = json["token_ids"]
         .as_array()
         .unwrap()
@@ -36,7 +38,9 @@ fn reference(dir: &Path) -> Reference {
     let tensors = st
         .tensors()
         .into_iter()
-        .map(|(name, t)| (name, t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+        .map(|(name, t)| {
+            (name, t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        })
         .collect();
     Reference { sentences, token_ids, tensors }
 }
@@ -67,7 +71,8 @@ fn check_tiny(name: &str) {
     let s = out.layers.as_ref().unwrap();
     let (w, t) = (s.width, s.seq);
     for (k, h) in s.hidden.iter().enumerate() {
-        let real: Vec<f32> = (0..s.lens.len()).flat_map(|b| h[b * t * w..(b * t + s.lens[b]) * w].iter().copied()).collect();
+        let real: Vec<f32> =
+            (0..s.lens.len()).flat_map(|b| h[b * t * w..(b * t + s.lens[b]) * w].iter().copied()).collect();
         let d = max_abs_diff(&real, &r.tensors[&format!("hidden.{k}")]);
         eprintln!("{name}: hidden state {k}: max |kdx − transformers| = {d:.2e}");
         assert!(d <= TOLERANCE, "{name}: hidden state {k} differs by {d}");
@@ -131,7 +136,8 @@ fn unsupported_or_mismatched_directories_are_named() {
     let e = HfDir::open(tmp.path()).unwrap_err();
     assert!(e.contains("\"gpt2\"") && e.contains("bert, distilbert, roberta, xlm-roberta"), "{e}");
     // A config that says 48 wide for 32-wide tensors: the tensor and both shapes are named.
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(data("tiny-bert").join("config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data("tiny-bert").join("config.json")).unwrap()).unwrap();
     config["hidden_size"] = 48.into();
     config["num_attention_heads"] = 4.into();
     std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
@@ -140,7 +146,8 @@ fn unsupported_or_mismatched_directories_are_named() {
     let e = HfDir::open(tmp.path()).unwrap_err();
     assert!(e.contains("`hidden_size`") && e.contains("[800, 32]") && e.contains("[800, 48]"), "{e}");
     let write = |edit: &dyn Fn(&mut serde_json::Value)| {
-        let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(data("tiny-bert").join("config.json")).unwrap()).unwrap();
+        let mut c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(data("tiny-bert").join("config.json")).unwrap()).unwrap();
         edit(&mut c);
         std::fs::write(tmp.path().join("config.json"), c.to_string()).unwrap();
     };
@@ -165,9 +172,14 @@ fn a_tokenizer_without_a_vocabulary_is_refused() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(data("tiny-bert").join(f), tmp.path().join(f)).unwrap();
     }
-    let mut t: serde_json::Value = serde_json::from_slice(&std::fs::read(data("tiny-bert").join("tokenizer.json")).unwrap()).unwrap();
-    let specials: serde_json::Map<String, serde_json::Value> =
-        t["added_tokens"].as_array().unwrap().iter().map(|a| (a["content"].as_str().unwrap().to_string(), a["id"].clone())).collect();
+    let mut t: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data("tiny-bert").join("tokenizer.json")).unwrap()).unwrap();
+    let specials: serde_json::Map<String, serde_json::Value> = t["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["content"].as_str().unwrap().to_string(), a["id"].clone()))
+        .collect();
     t["model"]["vocab"] = serde_json::Value::Object(specials);
     std::fs::write(tmp.path().join("tokenizer.json"), t.to_string()).unwrap();
     let e = format!("{:#}", HfDir::open(tmp.path()).unwrap().model(2).unwrap_err());
@@ -180,10 +192,12 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(data("tiny-bert").join(f), tmp.path().join(f)).unwrap();
     }
-    let mut map = kdx_framework::store::read_safetensors(&data("tiny-bert").join("model.safetensors")).unwrap();
+    let mut map =
+        kdx_framework::store::read_safetensors(&data("tiny-bert").join("model.safetensors")).unwrap();
     let (_, w) = map.get_mut("encoder.layer.1.output.dense.weight").expect("tiny-bert has this tensor");
     w[5] = f32::NAN;
-    std::fs::write(tmp.path().join("model.safetensors"), kdx_framework::store::to_safetensors(&map).unwrap()).unwrap();
+    std::fs::write(tmp.path().join("model.safetensors"), kdx_framework::store::to_safetensors(&map).unwrap())
+        .unwrap();
     let e = HfDir::open(tmp.path()).unwrap().encoder(None, 0.0).unwrap_err().to_string();
     assert!(e.contains("`encoder.layer.1.output.dense.weight` holds NaN or infinite weights"), "{e}");
 }
@@ -249,7 +263,10 @@ fn kdx_embed_prints_the_pipeline_vectors_of_a_model_directory() {
     assert!(bytes.starts_with(b"\x93NUMPY\x01\x00"));
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (16, 32)"));
-    let body: Vec<f32> = bytes[10 + header_len..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let body: Vec<f32> = bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     assert_eq!(body, printed);
 }
 
@@ -257,7 +274,8 @@ fn kdx_embed_prints_the_pipeline_vectors_of_a_model_directory() {
 fn kdx_eval_scores_translation_retrieval_on_a_parallel_file() {
     // tests/data/tiny-lid.tsv: 60 translations (fr, de, es) of 20 English messages.
     let tmp = tempfile::tempdir().unwrap();
-    let tsv = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-lid.tsv")).unwrap();
+    let tsv = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-lid.tsv"))
+        .unwrap();
     let pairs: String = tsv
         .lines()
         .skip(1)
@@ -278,13 +296,22 @@ fn kdx_eval_scores_translation_retrieval_on_a_parallel_file() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.starts_with("pairs 60, distinct sources 20"), "{text}");
-    let acc =
-        |prefix: &str| -> f64 { text.lines().find(|l| l.starts_with(prefix)).unwrap().split_whitespace().nth(4).unwrap().parse().unwrap() };
+    let acc = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap()
+            .split_whitespace()
+            .nth(4)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
     // all-MiniLM-L6-v2 is English, yet finds most French, German and Spanish translations
     // (chance 0.05 and 0.0167): 0.63 and 0.75 when measured.
     assert!(acc("translation → source") > 0.5 && acc("source → translation") > 0.5, "{text}");
     // A header row names the columns; it is not scored as a pair.
-    std::fs::write(&file, format!("source\ttranslation\n{}", std::fs::read_to_string(&file).unwrap())).unwrap();
+    std::fs::write(&file, format!("source\ttranslation\n{}", std::fs::read_to_string(&file).unwrap()))
+        .unwrap();
     let out = eval(&common::minilm_dir(), &file);
     let with_header = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(with_header, text, "the header changes nothing");
@@ -303,15 +330,25 @@ fn a_pruned_vocabulary_embeds_texts_of_kept_pieces_exactly() {
     use kdx_framework::model::ModelSpec;
     use kdx_framework::registry::{build_standalone, Instance, PluginKind};
     let dir = data("tiny-xlmr");
-    let texts: Vec<String> = ["hello world", "the cat sat", "a small test", "world of cats"].iter().map(|s| s.to_string()).collect();
+    let texts: Vec<String> = ["hello world", "the cat sat", "a small test", "world of cats"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let build = |budget: Option<i64>, tokenizer_file: Option<PathBuf>| -> Box<dyn Model> {
         let mut p = toml::Table::new();
         p.insert("path".into(), dir.display().to_string().into());
         if let Some(b) = budget {
             p.insert("max_vocabulary".into(), b.into());
         }
-        let Ok(Instance::Model(b)) = build_standalone(PluginKind::Model, "hf-encoder", p, "test") else { panic!("hf-encoder builds") };
-        let spec = ModelSpec { classes: 2, train_texts: std::sync::Arc::new(texts.clone()), tokenizer_file, ..Default::default() };
+        let Ok(Instance::Model(b)) = build_standalone(PluginKind::Model, "hf-encoder", p, "test") else {
+            panic!("hf-encoder builds")
+        };
+        let spec = ModelSpec {
+            classes: 2,
+            train_texts: std::sync::Arc::new(texts.clone()),
+            tokenizer_file,
+            ..Default::default()
+        };
         b.build(&spec).unwrap()
     };
     let full = build(None, None);
@@ -320,7 +357,9 @@ fn a_pruned_vocabulary_embeds_texts_of_kept_pieces_exactly() {
     assert_eq!(table(&*full)[0], 600);
     assert_eq!(table(&*pruned)[0], 60, "{}", pruned.describe());
     let embed = |m: &dyn Model, t: &[String]| {
-        m.forward(&Bags::build(m.featurizer(), t.iter().map(String::as_str).collect::<Vec<_>>())).unwrap().hidden
+        m.forward(&Bags::build(m.featurizer(), t.iter().map(String::as_str).collect::<Vec<_>>()))
+            .unwrap()
+            .hidden
     };
     // The training texts' pieces are all kept: the same vectors.
     let d = max_abs_diff(&embed(&*pruned, &texts), &embed(&*full, &texts));
@@ -328,7 +367,8 @@ fn a_pruned_vocabulary_embeds_texts_of_kept_pieces_exactly() {
     // The exported tokenizer.json rebuilds the pruned model (its rows found by piece).
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("student.tokenizer.json");
-    std::fs::write(&file, pruned.featurizer().tokenizer_json().expect("a pruned vocabulary is exported")).unwrap();
+    std::fs::write(&file, pruned.featurizer().tokenizer_json().expect("a pruned vocabulary is exported"))
+        .unwrap();
     let again = build(Some(60), Some(file));
     assert_eq!(embed(&*again, &texts), embed(&*pruned, &texts));
 }

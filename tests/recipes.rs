@@ -56,8 +56,12 @@ fn every_plugin_is_used_by_a_shipped_recipe() {
         }
     }
     use kdx_framework::registry::{list, PluginKind};
-    let unused: Vec<String> =
-        PluginKind::ALL.iter().flat_map(|&k| list(k)).map(|r| r.name.to_string()).filter(|n| !used.contains(n)).collect();
+    let unused: Vec<String> = PluginKind::ALL
+        .iter()
+        .flat_map(|&k| list(k))
+        .map(|r| r.name.to_string())
+        .filter(|n| !used.contains(n))
+        .collect();
     assert!(unused.is_empty(), "no shipped recipe uses: {}", unused.join(", "));
 }
 
@@ -98,7 +102,10 @@ fn misspelling_any_key_of_a_shipped_recipe_is_located_with_a_suggestion() {
         for (i, line) in text.lines().enumerate() {
             let Some((key, _)) = line.split_once('=') else { continue };
             let key = key.trim();
-            if key.is_empty() || key.starts_with('#') || key.starts_with('"') || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            if key.is_empty()
+                || key.starts_with('#')
+                || key.starts_with('"')
+                || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             {
                 continue;
             }
@@ -119,8 +126,17 @@ fn misspelling_any_key_of_a_shipped_recipe_is_located_with_a_suggestion() {
                 Err(d) => d.to_string(),
             };
             let loc = format!(":{}:", i + 1);
-            assert!(err.contains(&loc), "{}: typo `{typo}` not located at line {}: {err}", f.display(), i + 1);
-            assert!(err.contains(&format!("did you mean `{key}`")), "{}: no suggestion for `{typo}`: {err}", f.display());
+            assert!(
+                err.contains(&loc),
+                "{}: typo `{typo}` not located at line {}: {err}",
+                f.display(),
+                i + 1
+            );
+            assert!(
+                err.contains(&format!("did you mean `{key}`")),
+                "{}: no suggestion for `{typo}`: {err}",
+                f.display()
+            );
             checked += 1;
         }
     }
@@ -135,7 +151,8 @@ fn schema_accepts_every_shipped_recipe() {
     for f in shipped() {
         let doc = RecipeDoc::load(&f).unwrap();
         let json = serde_json::to_value(doc.root()).unwrap();
-        let errors: Vec<String> = validator.iter_errors(&json).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        let errors: Vec<String> =
+            validator.iter_errors(&json).map(|e| format!("{e} at {}", e.instance_path())).collect();
         assert!(errors.is_empty(), "{}: schema rejects it: {errors:#?}", f.display());
     }
     // And it rejects what `kdx validate` rejects, e.g. an unknown key.
@@ -150,10 +167,18 @@ fn every_plugin_is_documented() {
         for r in list(kind) {
             assert!(!r.summary.is_empty(), "{kind} `{}` has no summary", r.name);
             let schema = serde_json::to_value((r.schema)()).unwrap();
-            assert!(schema.get("description").is_some(), "{kind} `{}`: its params struct has no doc comment", r.name);
+            assert!(
+                schema.get("description").is_some(),
+                "{kind} `{}`: its params struct has no doc comment",
+                r.name
+            );
             if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
                 for (k, p) in props {
-                    assert!(p.get("description").is_some(), "{kind} `{}`: parameter `{k}` has no doc comment", r.name);
+                    assert!(
+                        p.get("description").is_some(),
+                        "{kind} `{}`: parameter `{k}` has no doc comment",
+                        r.name
+                    );
                 }
             }
             let help = kdx::cli::plugins_help(Some(kind.as_str()), Some(r.name)).unwrap();
@@ -211,7 +236,9 @@ fn no_mangled_recipe_makes_kdx_panic() {
             std::fs::remove_file(&copy).unwrap();
             match r {
                 Ok(Ok(())) => {}
-                Ok(Err(msg)) => assert!(!msg.trim().is_empty(), "{}: empty diagnostics for variant {k}", f.display()),
+                Ok(Err(msg)) => {
+                    assert!(!msg.trim().is_empty(), "{}: empty diagnostics for variant {k}", f.display())
+                }
                 Err(_) => panic!("{}: variant {k} panicked:\n{m}", f.display()),
             }
             variants += 1;

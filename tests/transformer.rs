@@ -86,8 +86,12 @@ plugin = "attention-kl"
 #[test]
 fn layerwise_distillation_between_transformers_trains_and_exports() {
     let tmp = tempfile::tempdir().unwrap();
-    let r =
-        recipe(tmp.path(), "layerwise", LAYERWISE, "steps = 120\nbatch = 32\neval_every = 60\noptimizer = { kind = \"adamw\", lr = 3e-3 }");
+    let r = recipe(
+        tmp.path(),
+        "layerwise",
+        LAYERWISE,
+        "steps = 120\nbatch = 32\neval_every = 60\noptimizer = { kind = \"adamw\", lr = 3e-3 }",
+    );
     let results = tmp.path().join("results");
     let row = run_ok(&r, &results);
     eprintln!("layer-wise: teacher {:.3}, student {:.3}", row.teacher_macro_acc, row.student_macro_acc);
@@ -95,7 +99,9 @@ fn layerwise_distillation_between_transformers_trains_and_exports() {
     assert!(row.teacher_macro_acc > 0.6, "teacher {}", row.teacher_macro_acc);
     assert!(row.student_macro_acc > 0.45, "student {}", row.student_macro_acc);
     // Exact sizes: bytes (260 ids) + 32 positions, documented formula.
-    let size = |w: usize, l: usize, f: usize| (260 + 32) * w + 2 * w + l * (4 * w * w + 2 * w * f + f + 9 * w) + w * 6 + 6;
+    let size = |w: usize, l: usize, f: usize| {
+        (260 + 32) * w + 2 * w + l * (4 * w * w + 2 * w * f + f + 9 * w) + w * 6 + 6
+    };
     assert_eq!(row.teacher_params, size(32, 2, 64));
     assert_eq!(row.student_params, size(16, 1, 32));
     let dir = results.join("layerwise/run");
@@ -153,8 +159,12 @@ layers = [[0, 1]]
 "#,
         "models/tiny-bert"
     );
-    let r =
-        recipe(tmp.path(), "pretrained", &sections, "steps = 80\nbatch = 32\neval_every = 40\noptimizer = { kind = \"adamw\", lr = 3e-3 }");
+    let r = recipe(
+        tmp.path(),
+        "pretrained",
+        &sections,
+        "steps = 80\nbatch = 32\neval_every = 40\noptimizer = { kind = \"adamw\", lr = 3e-3 }",
+    );
     let row = run_ok(&r, &tmp.path().join("results"));
     eprintln!("pretrained: teacher {:.3}, student {:.3}", row.teacher_macro_acc, row.student_macro_acc);
     assert!(row.teacher_macro_acc > 0.5, "teacher {}", row.teacher_macro_acc);
@@ -179,18 +189,32 @@ layers = [[0, 1]]
     std::fs::write(&config, text.replace("\"layer_norm_eps\": 1e-12", "\"layer_norm_eps\": 1e-05")).unwrap();
     let out = kdx(&["embed", run.to_str().unwrap(), input.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains(&format!("{}: config.json has changed since the run", bert.display())), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains(&format!("{}: config.json has changed since the run", bert.display())),
+        "{err}"
+    );
 }
 
 #[test]
 fn token_level_losses_between_different_tokenisations_are_refused_at_plan_time() {
     let tmp = tempfile::tempdir().unwrap();
-    let chars = LAYERWISE.replacen("tokenizer = \"bytes\"\nmax_len = 32\nwidth = 16", "tokenizer = \"chars\"\nmax_len = 32\nwidth = 16", 1);
+    let chars = LAYERWISE.replacen(
+        "tokenizer = \"bytes\"\nmax_len = 32\nwidth = 16",
+        "tokenizer = \"chars\"\nmax_len = 32\nwidth = 16",
+        1,
+    );
     let r = recipe(tmp.path(), "mismatch", &chars, "steps = 10\nbatch = 8");
     let out = kdx(&["validate", r.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("layer-mse") && err.contains("tokenise alike") && err.contains("chars8000") && err.contains("bytes"), "{err}");
+    assert!(
+        err.contains("layer-mse")
+            && err.contains("tokenise alike")
+            && err.contains("chars8000")
+            && err.contains("bytes"),
+        "{err}"
+    );
     assert!(err.contains("mismatch.toml:"), "located: {err}");
     // A student without layers.
     let ngram = LAYERWISE.replace(

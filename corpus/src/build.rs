@@ -65,9 +65,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 
     // Largest first; capped locales tie on rows, so their size before the cap orders them.
     let mut order: Vec<&LocaleRows> = locales.iter().collect();
-    order.sort_by(|a, b| (b.rows.len(), b.available).cmp(&(a.rows.len(), a.available)).then_with(|| a.locale.cmp(&b.locale)));
+    order.sort_by(|a, b| {
+        (b.rows.len(), b.available).cmp(&(a.rows.len(), a.available)).then_with(|| a.locale.cmp(&b.locale))
+    });
     let per_locale: Vec<(String, usize)> = order.iter().map(|l| (l.locale.clone(), l.rows.len())).collect();
-    let domains: BTreeSet<&str> = locales.iter().flat_map(|l| l.rows.iter().map(|r| l.domains[r.0].as_str())).collect();
+    let domains: BTreeSet<&str> =
+        locales.iter().flat_map(|l| l.rows.iter().map(|r| l.domains[r.0].as_str())).collect();
     let report = BuildReport {
         locales: locales.len(),
         rows: locales.iter().map(|l| l.rows.len()).sum(),
@@ -79,7 +82,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     };
 
     let manifest_path = manifest_path(&opts.out);
-    let text = manifest::render(&ManifestInput { opts, report: &report, locales: &locales, sources: &sources });
+    let text =
+        manifest::render(&ManifestInput { opts, report: &report, locales: &locales, sources: &sources });
     if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).with_context(|| format!("creating output directory {}", dir.display()))?;
     }
@@ -105,7 +109,8 @@ fn safe_name(name: &std::ffi::OsStr) -> Option<&str> {
 
 /// Sorted `(locale, <locale>/LC_MESSAGES)` pairs, English variants left out.
 fn list_locales(root: &Path, warnings: &mut Vec<String>) -> Result<Vec<(String, PathBuf)>> {
-    let entries = fs::read_dir(root).with_context(|| format!("reading locale directory {}", root.display()))?;
+    let entries =
+        fs::read_dir(root).with_context(|| format!("reading locale directory {}", root.display()))?;
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", root.display()))?;
@@ -117,7 +122,10 @@ fn list_locales(root: &Path, warnings: &mut Vec<String>) -> Result<Vec<(String, 
         match safe_name(&name) {
             Some(locale) if is_english_variant(locale) => {}
             Some(locale) => out.push((locale.to_owned(), lc)),
-            None => warnings.push(format!("{}: locale name is not usable as a TSV field, skipped", entry.path().display())),
+            None => warnings.push(format!(
+                "{}: locale name is not usable as a TSV field, skipped",
+                entry.path().display()
+            )),
         }
     }
     out.sort();
@@ -149,7 +157,8 @@ fn list_catalogs(dir: &Path, warnings: &mut Vec<String>) -> Vec<(String, PathBuf
         match path.file_stem().and_then(safe_name) {
             Some(d) if d.starts_with("iso_") => {}
             Some(d) => out.push((d.to_owned(), path)),
-            None => warnings.push(format!("{}: catalog name is not usable as a TSV field, skipped", path.display())),
+            None => warnings
+                .push(format!("{}: catalog name is not usable as a TSV field, skipped", path.display())),
         }
     }
     out.sort();
@@ -157,7 +166,12 @@ fn list_catalogs(dir: &Path, warnings: &mut Vec<String>) -> Vec<(String, PathBuf
 }
 
 /// Reads, cleans, filters, dedupes and caps the catalogs of one locale.
-fn read_locale(locale: &str, catalogs: &[(String, PathBuf)], cap: Option<usize>, warnings: &mut Vec<String>) -> LocaleRows {
+fn read_locale(
+    locale: &str,
+    catalogs: &[(String, PathBuf)],
+    cap: Option<usize>,
+    warnings: &mut Vec<String>,
+) -> LocaleRows {
     let mut rows: Vec<LocaleRow> = Vec::new();
     let mut domains = Vec::with_capacity(catalogs.len());
     for (domain, path) in catalogs {
@@ -178,7 +192,12 @@ fn read_locale(locale: &str, catalogs: &[(String, PathBuf)], cap: Option<usize>,
             }
         };
         if catalog.skipped > 0 {
-            warnings.push(format!("{}: {} entries not valid in charset {}, skipped", path.display(), catalog.skipped, catalog.charset));
+            warnings.push(format!(
+                "{}: {} entries not valid in charset {}, skipped",
+                path.display(),
+                catalog.skipped,
+                catalog.charset
+            ));
         }
         for entry in catalog.entries {
             let (msgid, text) = clean_pair(&entry.msgid, &entry.msgstr);
@@ -237,7 +256,10 @@ fn render_tsv(locales: &[LocaleRows]) -> Result<String> {
 
 /// Gzip with a fixed header (mtime 0, no name, OS "unknown") and level, for identical bytes.
 fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut enc = GzBuilder::new().mtime(0).operating_system(255).write(Vec::with_capacity(data.len() / 3), Compression::best());
+    let mut enc = GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(Vec::with_capacity(data.len() / 3), Compression::best());
     enc.write_all(data)?;
     enc.finish()
 }
@@ -281,11 +303,27 @@ mod tests {
             &root,
             "fr",
             "alpha",
-            &write_mo(&fr(&[("Open the file", "Ouvrir le fichier"), ("Delete everything", "Tout supprimer définitivement")]), Endian::Big),
+            &write_mo(
+                &fr(&[
+                    ("Open the file", "Ouvrir le fichier"),
+                    ("Delete everything", "Tout supprimer définitivement"),
+                ]),
+                Endian::Big,
+            ),
         );
-        put(&root, "fr", "iso_639", &write_mo(&fr(&[("French language", "langue française")]), Endian::Little));
+        put(
+            &root,
+            "fr",
+            "iso_639",
+            &write_mo(&fr(&[("French language", "langue française")]), Endian::Little),
+        );
         put(&root, "fr", "broken", b"this is not a catalog at all, sorry");
-        put(&root, "en_GB", "alpha", &write_mo(&fr(&[("Color settings", "Colour settings")]), Endian::Little));
+        put(
+            &root,
+            "en_GB",
+            "alpha",
+            &write_mo(&fr(&[("Color settings", "Colour settings")]), Endian::Little),
+        );
         put(
             &root,
             "de",
@@ -330,7 +368,8 @@ mod tests {
         assert!(ma.contains("broken.mo"));
 
         let corpus = load(&tmp.path().join("a/corpus.tsv.gz")).unwrap();
-        let rows: Vec<[&str; 4]> = corpus.rows.iter().map(|r| [r.locale.as_str(), &r.domain, &r.msgid, &r.text]).collect();
+        let rows: Vec<[&str; 4]> =
+            corpus.rows.iter().map(|r| [r.locale.as_str(), &r.domain, &r.msgid, &r.text]).collect();
         assert_eq!(
             rows,
             vec![
@@ -355,18 +394,27 @@ mod tests {
         let msgids: Vec<String> = (0..40).map(|i| format!("Message number {i} here")).collect();
         for (locale, n) in [("de", 40), ("fr", 30), ("ga", 5)] {
             let mut e = vec![RawEntry::header("UTF-8")];
-            e.extend(msgids[..n].iter().map(|m| RawEntry::simple(m, &format!("{locale} translation of {m}"))));
+            e.extend(
+                msgids[..n].iter().map(|m| RawEntry::simple(m, &format!("{locale} translation of {m}"))),
+            );
             put(&root, locale, "app", &write_mo(&e, Endian::Little));
         }
         let out = tmp.path().join("out/c.tsv.gz");
-        let report = build(&BuildOptions { locale_dir: root, out: out.clone(), max_per_locale: Some(10) }).unwrap();
-        assert_eq!(report.per_locale, vec![("de".to_string(), 10), ("fr".to_string(), 10), ("ga".to_string(), 5)]);
+        let report =
+            build(&BuildOptions { locale_dir: root, out: out.clone(), max_per_locale: Some(10) }).unwrap();
+        assert_eq!(
+            report.per_locale,
+            vec![("de".to_string(), 10), ("fr".to_string(), 10), ("ga".to_string(), 5)]
+        );
         let corpus = load(&out).unwrap();
-        let ids = |loc: &str| -> BTreeSet<String> { corpus.rows.iter().filter(|r| r.locale == loc).map(|r| r.msgid.clone()).collect() };
+        let ids = |loc: &str| -> BTreeSet<String> {
+            corpus.rows.iter().filter(|r| r.locale == loc).map(|r| r.msgid.clone()).collect()
+        };
         // fr's 30 are a subset of de's 40, so fr keeps whatever de keeps among them.
         let de = ids("de");
         let fr = ids("fr");
-        let de_in_fr_range: BTreeSet<String> = de.iter().filter(|m| msgids[..30].contains(m)).cloned().collect();
+        let de_in_fr_range: BTreeSet<String> =
+            de.iter().filter(|m| msgids[..30].contains(m)).cloned().collect();
         assert!(de_in_fr_range.is_subset(&fr), "{de_in_fr_range:?} vs {fr:?}");
         let manifest = fs::read_to_string(tmp.path().join("out/MANIFEST.md")).unwrap();
         assert!(manifest.contains("--max-per-locale 10"));
@@ -375,8 +423,12 @@ mod tests {
     #[test]
     fn missing_locale_dir_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = build(&BuildOptions { locale_dir: tmp.path().join("nope"), out: tmp.path().join("x.tsv.gz"), max_per_locale: None })
-            .unwrap_err();
+        let err = build(&BuildOptions {
+            locale_dir: tmp.path().join("nope"),
+            out: tmp.path().join("x.tsv.gz"),
+            max_per_locale: None,
+        })
+        .unwrap_err();
         assert!(format!("{err:#}").contains("nope"), "{err:#}");
     }
 

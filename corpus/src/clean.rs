@@ -59,8 +59,10 @@ pub fn keep(msgid_clean: &str, text_clean: &str) -> bool {
 }
 
 /// Tags whose removal must leave a space, because they separate words visually.
-const BREAK_TAGS: &[&str] =
-    &["br", "p", "div", "li", "ul", "ol", "tr", "td", "th", "table", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "para", "title"];
+const BREAK_TAGS: &[&str] = &[
+    "br", "p", "div", "li", "ul", "ol", "tr", "td", "th", "table", "h1", "h2", "h3", "h4", "h5", "h6", "hr",
+    "para", "title",
+];
 
 /// Step 1: removes `<tag ...>`, `</tag>` and `<tag/>`. A `<` must be followed by a letter (or
 /// `/` and a letter) to start a tag, so `a < b` survives; `%<PRIu64>` is a printf conversion,
@@ -207,7 +209,8 @@ fn strip_mnemonics(s: &str, label: bool) -> (String, bool) {
                 continue;
             }
             '&' if chars.get(i + 1).is_some_and(|n| n.is_alphanumeric()) => {
-                let between_caps = i > 0 && chars[i - 1].is_ascii_uppercase() && chars[i + 1].is_ascii_uppercase();
+                let between_caps =
+                    i > 0 && chars[i - 1].is_ascii_uppercase() && chars[i + 1].is_ascii_uppercase();
                 if between_caps {
                     out.push('&');
                 }
@@ -421,7 +424,12 @@ fn printf_len(b: &[u8]) -> Option<usize> {
     }
     match b.get(i) {
         // Pointer extensions of the kernel and binutils: %pA, %pB.
-        Some(b'p') if b.get(i + 1).is_some_and(u8::is_ascii_uppercase) && !b.get(i + 2).is_some_and(u8::is_ascii_alphabetic) => Some(i + 2),
+        Some(b'p')
+            if b.get(i + 1).is_some_and(u8::is_ascii_uppercase)
+                && !b.get(i + 2).is_some_and(u8::is_ascii_alphabetic) =>
+        {
+            Some(i + 2)
+        }
         Some(c) if b"diouxXeEfFgGaAcspnCSm".contains(c) => Some(i + 1),
         // System-dependent conversion: %<PRIu64>, the macro name includes the conversion.
         Some(b'<') => {
@@ -434,7 +442,9 @@ fn printf_len(b: &[u8]) -> Option<usize> {
         // Anything else that is `%` and one letter alone: strftime (`%H:%M`, `%Y`) and
         // binutils' own directives (`%P:`, `%B`).
         _ => match (b.get(1), b.get(2)) {
-            (Some(l), next) if l.is_ascii_alphabetic() && !next.is_some_and(u8::is_ascii_alphabetic) => Some(2),
+            (Some(l), next) if l.is_ascii_alphabetic() && !next.is_some_and(u8::is_ascii_alphabetic) => {
+                Some(2)
+            }
             _ => None,
         },
     }
@@ -456,7 +466,9 @@ fn shell_len(b: &[u8]) -> Option<usize> {
             let close = b.iter().take(64).position(|&c| c == closer)?;
             (close > 2 && b[2..close].iter().all(ident)).then_some(close + 1)
         }
-        c if c.is_ascii_alphabetic() || *c == b'_' => Some(1 + b[1..].iter().take_while(|c| ident(c)).count()),
+        c if c.is_ascii_alphabetic() || *c == b'_' => {
+            Some(1 + b[1..].iter().take_while(|c| ident(c)).count())
+        }
         _ => None,
     }
 }
@@ -580,9 +592,15 @@ mod tests {
 
     #[test]
     fn labels_lend_their_mnemonic_to_the_translation() {
-        assert_eq!(clean_pair("Create _Folder", "Crea una ca_rpeta"), ("Create Folder".to_string(), "Crea una carpeta".to_string()));
+        assert_eq!(
+            clean_pair("Create _Folder", "Crea una ca_rpeta"),
+            ("Create Folder".to_string(), "Crea una carpeta".to_string())
+        );
         // No mnemonic in the msgid: a lower-case word keeps its `_` (a metavariable).
-        assert_eq!(clean_pair("source filename", "source nume_fișier"), ("source filename".to_string(), "source nume_fișier".to_string()));
+        assert_eq!(
+            clean_pair("source filename", "source nume_fișier"),
+            ("source filename".to_string(), "source nume_fișier".to_string())
+        );
         assert_eq!(clean_pair("E_xit", "Be_enden").1, "Beenden");
     }
 
@@ -596,7 +614,9 @@ mod tests {
 
     #[test]
     fn odd_input_never_panics() {
-        for s in ["%", "%1$", "%.*", "%<PRI", "${", "{", "<", "</", "&#", "&#x110000;", "_", "(_", "é%é{é$é<é&é_é"] {
+        for s in
+            ["%", "%1$", "%.*", "%<PRI", "${", "{", "<", "</", "&#", "&#x110000;", "_", "(_", "é%é{é$é<é&é_é"]
+        {
             let _ = clean(s);
         }
     }

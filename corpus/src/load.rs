@@ -52,7 +52,11 @@ fn parse(bytes: &[u8]) -> Result<Corpus> {
     let mut lines = body.split(|&b| b == b'\n');
     let header = lines.next().unwrap_or_default();
     if header != HEADER.as_bytes() {
-        bail!("line 1: expected the header {:?}, found {:?}", HEADER, String::from_utf8_lossy(&header[..header.len().min(80)]));
+        bail!(
+            "line 1: expected the header {:?}, found {:?}",
+            HEADER,
+            String::from_utf8_lossy(&header[..header.len().min(80)])
+        );
     }
     // About 100 bytes a row: reserving up front avoids regrowing a large vector.
     let mut rows = Vec::with_capacity(bytes.len() / 100);
@@ -61,7 +65,8 @@ fn parse(bytes: &[u8]) -> Result<Corpus> {
         if line.is_empty() {
             bail!("line {lineno}: empty line");
         }
-        let line = std::str::from_utf8(line).map_err(|e| anyhow::anyhow!("line {lineno}: not valid UTF-8 ({e})"))?;
+        let line =
+            std::str::from_utf8(line).map_err(|e| anyhow::anyhow!("line {lineno}: not valid UTF-8 ({e})"))?;
         let mut fields = line.split('\t');
         let mut next = |name: &str| -> Result<String> {
             match fields.next() {
@@ -72,7 +77,12 @@ fn parse(bytes: &[u8]) -> Result<Corpus> {
                 }
             }
         };
-        let row = Row { locale: next("locale")?, domain: next("domain")?, msgid: next("msgid")?, text: next("text")? };
+        let row = Row {
+            locale: next("locale")?,
+            domain: next("domain")?,
+            msgid: next("msgid")?,
+            text: next("text")?,
+        };
         if fields.next().is_some() {
             bail!("line {lineno}: more than 4 TAB-separated fields");
         }
@@ -95,7 +105,8 @@ pub fn row_id(row: &Row, index: usize) -> String {
 /// Rows per locale as stated in a snapshot's `MANIFEST.md` (its "Rows per locale" table), so
 /// a test can check that the snapshot and its manifest agree.
 pub fn read_manifest_counts(manifest: &Path) -> Result<BTreeMap<String, usize>> {
-    let text = fs::read_to_string(manifest).with_context(|| format!("reading manifest {}", manifest.display()))?;
+    let text =
+        fs::read_to_string(manifest).with_context(|| format!("reading manifest {}", manifest.display()))?;
     parse_manifest_counts(&text).with_context(|| format!("reading manifest {}", manifest.display()))
 }
 
@@ -126,7 +137,8 @@ fn parse_manifest_counts(text: &str) -> Result<BTreeMap<String, usize>> {
             continue; // header and separator rows
         }
         let locale = locale.trim_matches('`');
-        let rows: usize = rows.parse().with_context(|| format!("line {}: row count {rows:?} is not a number", i + 1))?;
+        let rows: usize =
+            rows.parse().with_context(|| format!("line {}: row count {rows:?} is not a number", i + 1))?;
         if counts.insert(locale.to_owned(), rows).is_some() {
             bail!("line {}: locale {locale} listed twice", i + 1);
         }
@@ -157,10 +169,16 @@ mod tests {
 
     #[test]
     fn loads_good_file() {
-        let c = load_text("locale\tdomain\tmsgid\ttext\nfr\tapp\tOpen the file\tOuvrir le fichier\n").unwrap();
+        let c =
+            load_text("locale\tdomain\tmsgid\ttext\nfr\tapp\tOpen the file\tOuvrir le fichier\n").unwrap();
         assert_eq!(
             c.rows,
-            vec![Row { locale: "fr".into(), domain: "app".into(), msgid: "Open the file".into(), text: "Ouvrir le fichier".into() }]
+            vec![Row {
+                locale: "fr".into(),
+                domain: "app".into(),
+                msgid: "Open the file".into(),
+                text: "Ouvrir le fichier".into()
+            }]
         );
         // No final newline is fine too.
         assert_eq!(load_text("locale\tdomain\tmsgid\ttext\nfr\ta\tb\tc").unwrap().rows.len(), 1);

@@ -37,7 +37,10 @@ pub(crate) struct ManifestInput<'a> {
 pub(crate) fn render(input: &ManifestInput) -> String {
     let ManifestInput { opts, report, locales, sources } = input;
     let mut m = String::new();
-    let file = opts.out.file_name().map_or_else(|| opts.out.display().to_string(), |f| f.to_string_lossy().into_owned());
+    let file = opts
+        .out
+        .file_name()
+        .map_or_else(|| opts.out.display().to_string(), |f| f.to_string_lossy().into_owned());
 
     // `writeln!` into a String cannot fail; the results are ignored for that reason.
     let _ = writeln!(m, "# gettext corpus snapshot\n");
@@ -47,7 +50,10 @@ pub(crate) fn render(input: &ManifestInput) -> String {
          (`<locale>/LC_MESSAGES/*.mo`) installed on a Debian system. Built by:\n"
     );
     let _ = writeln!(m, "    {}\n", command_line(opts));
-    let _ = writeln!(m, "Rebuilding from the same catalogs gives byte-identical files (no timestamps anywhere).\n");
+    let _ = writeln!(
+        m,
+        "Rebuilding from the same catalogs gives byte-identical files (no timestamps anywhere).\n"
+    );
 
     let _ = writeln!(m, "## File\n");
     let _ = writeln!(
@@ -62,7 +68,11 @@ pub(crate) fn render(input: &ManifestInput) -> String {
     let _ = writeln!(m, "## Totals\n");
     let _ = writeln!(m, "| locales | rows | domains | bytes | rows before cap |");
     let _ = writeln!(m, "|---:|---:|---:|---:|---:|");
-    let _ = writeln!(m, "| {} | {} | {} | {} | {} |\n", report.locales, report.rows, report.domains, report.bytes, available);
+    let _ = writeln!(
+        m,
+        "| {} | {} | {} | {} | {} |\n",
+        report.locales, report.rows, report.domains, report.bytes, available
+    );
 
     let _ = writeln!(m, "## What is in it\n");
     let _ = writeln!(
@@ -89,7 +99,8 @@ pub(crate) fn render(input: &ManifestInput) -> String {
             let capped = locales.iter().filter(|l| l.available > cap).count();
             let smallest = report.per_locale.last().map_or(0, |p| p.1);
             let median = report.per_locale.get(report.per_locale.len() / 2).map_or(0, |p| p.1);
-            let largest_whole = locales.iter().filter(|l| l.available <= cap).map(|l| l.available).max().unwrap_or(0);
+            let largest_whole =
+                locales.iter().filter(|l| l.available <= cap).map(|l| l.available).max().unwrap_or(0);
             let _ = writeln!(
                 m,
                 "At most {cap} rows per locale. {capped} of {} locales had more and keep the {cap} \
@@ -117,7 +128,8 @@ pub(crate) fn render(input: &ManifestInput) -> String {
     let _ = writeln!(m, "Largest first. `before cap` counts the rows after cleaning and dedupe.\n");
     let _ = writeln!(m, "| locale | rows | before cap |");
     let _ = writeln!(m, "|---|---:|---:|");
-    let available_of: BTreeMap<&str, usize> = locales.iter().map(|l| (l.locale.as_str(), l.available)).collect();
+    let available_of: BTreeMap<&str, usize> =
+        locales.iter().map(|l| (l.locale.as_str(), l.available)).collect();
     for (locale, rows) in &report.per_locale {
         let before = available_of.get(locale.as_str()).copied().unwrap_or(*rows);
         let _ = writeln!(m, "| `{locale}` | {rows} | {before} |");
@@ -142,7 +154,10 @@ pub(crate) fn render(input: &ManifestInput) -> String {
     let _ = writeln!(m, "| domain | rows | source package |");
     let _ = writeln!(m, "|---|---:|---|");
     for (domain, rows) in &domains {
-        let pkgs = packages.get(*domain).map(|s| s.iter().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_else(|| "unknown".into());
+        let pkgs = packages
+            .get(*domain)
+            .map(|s| s.iter().cloned().collect::<Vec<_>>().join(", "))
+            .unwrap_or_else(|| "unknown".into());
         let _ = writeln!(m, "| `{domain}` | {rows} | {pkgs} |");
     }
     let _ = writeln!(m);
@@ -234,8 +249,10 @@ fn dpkg_owners(wanted: &BTreeMap<PathBuf, &str>) -> BTreeMap<PathBuf, BTreeSet<S
     let Ok(entries) = fs::read_dir(DPKG_INFO) else {
         return owners;
     };
-    let mut lists: Vec<PathBuf> =
-        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "list")).collect();
+    let mut lists: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "list"))
+        .collect();
     lists.sort();
     for list in lists {
         let Some(pkg) = list.file_stem().and_then(|s| s.to_str()) else {
@@ -262,7 +279,8 @@ fn dpkg_versions() -> BTreeMap<String, String> {
         return BTreeMap::new();
     };
     for para in status.split("\n\n") {
-        let field = |name: &str| para.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim));
+        let field =
+            |name: &str| para.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim));
         if let (Some(p), Some(v)) = (field("Package"), field("Version")) {
             versions.entry(p.to_owned()).or_default().insert(v.to_owned());
         }
@@ -283,8 +301,11 @@ mod tests {
 
     #[test]
     fn command_is_as_given() {
-        let opts =
-            BuildOptions { locale_dir: "/usr/share/locale".into(), out: "data/gettext-corpus.tsv.gz".into(), max_per_locale: Some(5000) };
+        let opts = BuildOptions {
+            locale_dir: "/usr/share/locale".into(),
+            out: "data/gettext-corpus.tsv.gz".into(),
+            max_per_locale: Some(5000),
+        };
         assert_eq!(
             command_line(&opts),
             "kdx corpus build --locale-dir /usr/share/locale --out data/gettext-corpus.tsv.gz --max-per-locale 5000"

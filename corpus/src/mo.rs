@@ -40,7 +40,9 @@ pub enum MoError {
     #[error("unsupported .mo major revision {0}")]
     UnsupportedRevision(u32),
     /// A string table does not fit inside the file.
-    #[error("{table} table ({count} entries at offset {offset}) runs past the end of the file ({len} bytes)")]
+    #[error(
+        "{table} table ({count} entries at offset {offset}) runs past the end of the file ({len} bytes)"
+    )]
     TableOutOfBounds {
         /// "original" or "translation".
         table: &'static str,
@@ -116,7 +118,10 @@ impl<'a> Reader<'a> {
 
     /// Checks that a table of `count` (length, offset) pairs at `offset` fits in the file.
     fn check_table(&self, table: &'static str, count: u32, offset: u32) -> Result<(), MoError> {
-        let fits = (count as usize).checked_mul(8).and_then(|n| n.checked_add(offset as usize)).is_some_and(|end| end <= self.bytes.len());
+        let fits = (count as usize)
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(offset as usize))
+            .is_some_and(|end| end <= self.bytes.len());
         if fits {
             Ok(())
         } else {
@@ -131,16 +136,15 @@ impl<'a> Reader<'a> {
         // `check_table` guarantees the slot is inside the file; stay defensive anyway.
         let (length, offset) = match (self.u32_at(slot), self.u32_at(slot + 4)) {
             (Some(l), Some(o)) => (l, o),
-            _ => return Err(MoError::TableOutOfBounds { table, count: index + 1, offset: table_offset, len }),
+            _ => {
+                return Err(MoError::TableOutOfBounds { table, count: index + 1, offset: table_offset, len })
+            }
         };
         let start = offset as usize;
-        start.checked_add(length as usize).and_then(|end| self.bytes.get(start..end)).ok_or(MoError::StringOutOfBounds {
-            table,
-            index,
-            offset,
-            length,
-            len,
-        })
+        start
+            .checked_add(length as usize)
+            .and_then(|end| self.bytes.get(start..end))
+            .ok_or(MoError::StringOutOfBounds { table, index, offset, length, len })
     }
 }
 
@@ -185,8 +189,11 @@ pub fn parse_mo(bytes: &[u8]) -> Result<Catalog, MoError> {
     for i in 0..count {
         raw.push((r.string("original", orig_off, i)?, r.string("translation", trans_off, i)?));
     }
-    let charset =
-        raw.iter().find(|(id, _)| id.is_empty()).and_then(|(_, header)| charset_of_header(header)).unwrap_or_else(|| "UTF-8".to_string());
+    let charset = raw
+        .iter()
+        .find(|(id, _)| id.is_empty())
+        .and_then(|(_, header)| charset_of_header(header))
+        .unwrap_or_else(|| "UTF-8".to_string());
     let decoder = Decoder::new(&charset);
 
     let mut catalog = Catalog { charset, entries: Vec::new(), skipped: 0 };
@@ -206,12 +213,14 @@ pub fn parse_mo(bytes: &[u8]) -> Result<Catalog, MoError> {
 fn charset_of_header(header: &[u8]) -> Option<String> {
     // Header fields are ASCII; a lossy view is enough to find the line.
     let text = String::from_utf8_lossy(header);
-    text.lines().find(|l| l.get(..13).is_some_and(|k| k.eq_ignore_ascii_case("content-type:"))).and_then(|l| {
-        let lower = l.to_ascii_lowercase();
-        let at = lower.find("charset=")? + "charset=".len();
-        let value: String = l[at..].chars().take_while(|c| !c.is_whitespace() && *c != ';').collect();
-        (!value.is_empty()).then_some(value)
-    })
+    text.lines().find(|l| l.get(..13).is_some_and(|k| k.eq_ignore_ascii_case("content-type:"))).and_then(
+        |l| {
+            let lower = l.to_ascii_lowercase();
+            let at = lower.find("charset=")? + "charset=".len();
+            let value: String = l[at..].chars().take_while(|c| !c.is_whitespace() && *c != ';').collect();
+            (!value.is_empty()).then_some(value)
+        },
+    )
 }
 
 /// Strict decoding in one charset.
@@ -230,7 +239,9 @@ impl Decoder {
     fn decode(&self, bytes: &[u8]) -> Option<String> {
         match self.encoding {
             None => std::str::from_utf8(bytes).ok().map(str::to_owned),
-            Some(enc) => enc.decode_without_bom_handling_and_without_replacement(bytes).map(|c| c.into_owned()),
+            Some(enc) => {
+                enc.decode_without_bom_handling_and_without_replacement(bytes).map(|c| c.into_owned())
+            }
         }
     }
 }
@@ -310,7 +321,10 @@ mod tests {
             RawEntry::plural("%d dir", "%d dirs", &["", "%d Verzeichnisse"]),
         ];
         let cat = parse_mo(&write_mo(&entries, Endian::Little)).expect("valid");
-        assert_eq!(cat.entries, vec![entry(None, "%d dirs", "%d Verzeichnisse"), entry(None, "%d file", "%d 个文件"),]);
+        assert_eq!(
+            cat.entries,
+            vec![entry(None, "%d dirs", "%d Verzeichnisse"), entry(None, "%d file", "%d 个文件"),]
+        );
     }
 
     #[test]
@@ -335,7 +349,8 @@ mod tests {
 
     #[test]
     fn no_header_means_utf8_and_invalid_utf8_is_skipped() {
-        let entries = vec![RawEntry::simple("Hello", "Bonjour"), RawEntry::raw(b"Bad".to_vec(), b"\xff\xfe".to_vec())];
+        let entries =
+            vec![RawEntry::simple("Hello", "Bonjour"), RawEntry::raw(b"Bad".to_vec(), b"\xff\xfe".to_vec())];
         let cat = parse_mo(&write_mo(&entries, Endian::Little)).expect("valid");
         assert_eq!(cat.charset, "UTF-8");
         assert_eq!(cat.skipped, 1);
@@ -354,7 +369,10 @@ mod tests {
     fn corrupt_files_are_errors_not_panics() {
         let good = write_mo(&sample(), Endian::Little);
         assert!(matches!(parse_mo(&[]), Err(MoError::TooShort { len: 0 })));
-        assert!(matches!(parse_mo(b"garbage that is long enough to have a header"), Err(MoError::BadMagic(_))));
+        assert!(matches!(
+            parse_mo(b"garbage that is long enough to have a header"),
+            Err(MoError::BadMagic(_))
+        ));
         // Every truncation of a valid file must fail cleanly (or, past the string data, parse).
         for cut in 0..good.len() {
             let _ = parse_mo(&good[..cut]);

@@ -30,11 +30,14 @@ impl Languages {
             Languages::List(v) => Ok(Rule::List(v)),
             Languages::Rule(s) if s == "all" => Ok(Rule::All),
             Languages::Rule(s) => {
-                let num = |p: &str| s.strip_prefix(p).and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
+                let num =
+                    |p: &str| s.strip_prefix(p).and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
                 match (num("top-"), num("min-")) {
                     (Some(n), _) => Ok(Rule::Top(n)),
                     (_, Some(k)) => Ok(Rule::Min(k)),
-                    _ => Err(format!("expected \"top-N\", \"min-K\", \"all\" or a list of locales, found \"{s}\"")),
+                    _ => Err(format!(
+                        "expected \"top-N\", \"min-K\", \"all\" or a list of locales, found \"{s}\""
+                    )),
                 }
             }
         }
@@ -55,24 +58,37 @@ impl Languages {
     /// Checks the selection against the MANIFEST beside a snapshot (its locales, after
     /// `merge`), so an unknown locale is found when the recipe is planned, not at run time.
     /// Without a readable MANIFEST there is nothing to check against (loading reports it).
-    pub fn check_in_snapshot(&self, corpus: &std::path::Path, merge: &BTreeMap<String, String>) -> Result<(), String> {
+    pub fn check_in_snapshot(
+        &self,
+        corpus: &std::path::Path,
+        merge: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
         let manifest = crate::build::manifest_path(corpus);
         let Ok(counts) = crate::load::read_manifest_counts(&manifest) else { return Ok(()) };
-        let merged: Vec<String> = counts.keys().map(|l| merge.get(l).cloned().unwrap_or_else(|| l.clone())).collect();
+        let merged: Vec<String> =
+            counts.keys().map(|l| merge.get(l).cloned().unwrap_or_else(|| l.clone())).collect();
         self.check_available(merged.iter().map(String::as_str), &manifest.display().to_string())
     }
 
     /// Checks that every listed locale is one of `available` (a corpus's locales, e.g. from
     /// its MANIFEST), so `kdx validate` finds an unknown locale without loading the corpus.
-    pub fn check_available<'a>(&self, available: impl IntoIterator<Item = &'a str>, source: &str) -> Result<(), String> {
+    pub fn check_available<'a>(
+        &self,
+        available: impl IntoIterator<Item = &'a str>,
+        source: &str,
+    ) -> Result<(), String> {
         let Languages::List(v) = self else { return Ok(()) };
         let available: std::collections::BTreeSet<&str> = available.into_iter().collect();
         match v.iter().find(|l| !available.contains(l.as_str())) {
             None => Ok(()),
             Some(l) => {
                 let lower = l.to_lowercase();
-                let near: Vec<&str> =
-                    available.iter().copied().filter(|a| a.to_lowercase().starts_with(&lower[..lower.len().min(2)])).take(8).collect();
+                let near: Vec<&str> = available
+                    .iter()
+                    .copied()
+                    .filter(|a| a.to_lowercase().starts_with(&lower[..lower.len().min(2)]))
+                    .take(8)
+                    .collect();
                 Err(format!(
                     "locale `{l}` is not in {source}{}",
                     if near.is_empty() { String::new() } else { format!("; similar: {}", near.join(", ")) }
@@ -120,7 +136,10 @@ mod tests {
         assert_eq!(sel(Languages::Rule("top-2".into())).unwrap(), vec!["de", "fr"]);
         assert_eq!(sel(Languages::Rule("min-5".into())).unwrap(), vec!["de", "fr", "ja"]);
         assert_eq!(sel(Languages::Rule("all".into())).unwrap().len(), 4);
-        assert_eq!(sel(Languages::List(vec!["ja".into(), "de".into(), "ja".into()])).unwrap(), vec!["de", "ja"]);
+        assert_eq!(
+            sel(Languages::List(vec!["ja".into(), "de".into(), "ja".into()])).unwrap(),
+            vec!["de", "ja"]
+        );
         assert!(sel(Languages::List(vec!["zz".into()])).unwrap_err().contains("`zz` is not in c"));
         assert!(Languages::Rule("top40".into()).check().unwrap_err().contains("\"top-N\""));
         assert!(Languages::List(vec![]).check().is_err());

@@ -91,18 +91,27 @@ impl Task {
         for (split, xs) in [("train", &self.train[..]), ("dev", &self.dev[..]), ("test", &self.test[..])] {
             for e in xs {
                 if let Some(first) = seen.insert(&e.id, split) {
-                    return Err(format!("example id `{}` appears twice (in {first} and in {split}); ids must be unique", e.id));
+                    return Err(format!(
+                        "example id `{}` appears twice (in {first} and in {split}); ids must be unique",
+                        e.id
+                    ));
                 }
             }
         }
-        for (split, xs) in [("train", &self.train[..]), ("dev", &self.dev[..]), ("test", &self.test[..]), ("teacher-train", teacher_train)]
-        {
+        for (split, xs) in [
+            ("train", &self.train[..]),
+            ("dev", &self.dev[..]),
+            ("test", &self.test[..]),
+            ("teacher-train", teacher_train),
+        ] {
             for (i, e) in xs.iter().enumerate() {
                 if e.lang as usize >= self.langs.len() || e.label as usize >= self.labels.len() {
                     return Err(format!("{split} example {i} has an out-of-range language or label"));
                 }
                 if self.teacher_reads_source && split != "teacher-train" && e.source.is_none() {
-                    return Err(format!("{split} example {i} has no source text, but the teacher reads sources"));
+                    return Err(format!(
+                        "{split} example {i} has no source text, but the teacher reads sources"
+                    ));
                 }
             }
         }

@@ -205,16 +205,32 @@ mod tests {
         let s = serde_json::to_string(&e).unwrap();
         assert_eq!(s, r#"{"type":"step","stage":"distill","step":3,"steps":10,"loss":0.5}"#);
         assert_eq!(serde_json::from_str::<Event>(&s).unwrap(), e);
-        let e = Event::TeacherReady { source: TeacherSource::Cache, cache: Some("results/.cache/teacher-ab".into()) };
+        let e = Event::TeacherReady {
+            source: TeacherSource::Cache,
+            cache: Some("results/.cache/teacher-ab".into()),
+        };
         let s = serde_json::to_string(&e).unwrap();
         assert_eq!(s, r#"{"type":"teacher_ready","source":"cache","cache":"results/.cache/teacher-ab"}"#);
         let e = Event::RunFinished { status: RunStatus::Interrupted, error: None, wall_s: 1.5 };
-        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"type":"run_finished","status":"interrupted","error":null,"wall_s":1.5}"#);
-        let e = Event::Evaluated { stage: Stage::Distill, step: 5, macro_acc: 0.5, measure: crate::dataset::Measure::Retrieval };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"type":"run_finished","status":"interrupted","error":null,"wall_s":1.5}"#
+        );
+        let e = Event::Evaluated {
+            stage: Stage::Distill,
+            step: 5,
+            macro_acc: 0.5,
+            measure: crate::dataset::Measure::Retrieval,
+        };
         let s = serde_json::to_string(&e).unwrap();
-        assert_eq!(s, r#"{"type":"evaluated","stage":"distill","step":5,"macro_acc":0.5,"measure":"retrieval"}"#);
+        assert_eq!(
+            s,
+            r#"{"type":"evaluated","stage":"distill","step":5,"macro_acc":0.5,"measure":"retrieval"}"#
+        );
         // A reader of events written before `measure` existed reads classification accuracy.
-        let old: Event = serde_json::from_str(r#"{"type":"evaluated","stage":"distill","step":5,"macro_acc":0.5}"#).unwrap();
+        let old: Event =
+            serde_json::from_str(r#"{"type":"evaluated","stage":"distill","step":5,"macro_acc":0.5}"#)
+                .unwrap();
         assert!(matches!(old, Event::Evaluated { measure: crate::dataset::Measure::Classification, .. }));
     }
 }

@@ -68,7 +68,13 @@ const INPUTS: &str = "kdx.inputs";
 /// Writes `<stem>.safetensors` and `<stem>.json` for `model`, built from `source`;
 /// `projection` is the embedding loss's map into the teacher's space, if the model was
 /// distilled with one.
-pub fn export(model: &dyn Model, source: &ModelPlan, task: &Task, stem: &Path, projection: Option<&HiddenProjection>) -> Result<()> {
+pub fn export(
+    model: &dyn Model,
+    source: &ModelPlan,
+    task: &Task,
+    stem: &Path,
+    projection: Option<&HiddenProjection>,
+) -> Result<()> {
     let mut map = TensorMap::new();
     params_to_map("", &model.params(), &mut map);
     let projection = projection.filter(|p| p.linear.is_some());
@@ -162,8 +168,8 @@ fn unchanged(path: &Path, bytes: &[u8], sealed: &str, weights: &Path) -> Result<
 
 /// Refuses a model whose inputs outside the run (`recorded`: [`INPUTS`]) changed since.
 fn check_inputs(stem: &Path, recorded: &str, weights: &Path) -> Result<()> {
-    let recorded: BTreeMap<String, Option<String>> =
-        serde_json::from_str(recorded).with_context(|| format!("{}: `{INPUTS}` in its metadata is not readable", weights.display()))?;
+    let recorded: BTreeMap<String, Option<String>> = serde_json::from_str(recorded)
+        .with_context(|| format!("{}: `{INPUTS}` in its metadata is not readable", weights.display()))?;
     for (file, sealed) in recorded {
         let path = PathBuf::from(&file);
         let now = match std::fs::read(&path) {
@@ -200,11 +206,15 @@ fn load_parts(stem: &Path) -> Result<(Box<dyn Model>, ModelCard, TensorMap)> {
     if let Some(sealed) = metadata.get(CARD_SHA256) {
         unchanged(&json, &bytes, sealed, &weights)?;
     }
-    let card: ModelCard = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a kdx model card", json.display()))?;
+    let card: ModelCard = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a kdx model card", json.display()))?;
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = card.labels.iter().find(|l| !seen.insert(l.as_str())) {
         // Outputs are read by position in `labels`: a repeated name would relabel them.
-        anyhow::bail!("{}: label `{dup}` appears twice in `labels`; the card does not match its model", json.display());
+        anyhow::bail!(
+            "{}: label `{dup}` appears twice in `labels`; the card does not match its model",
+            json.display()
+        );
     }
     let tokenizer_file = card.tokenizer.as_ref().map(|t| json.with_file_name(t));
     if let (Some(path), Some(sealed)) = (&tokenizer_file, metadata.get(TOKENIZER_SHA256)) {
@@ -217,7 +227,9 @@ fn load_parts(stem: &Path) -> Result<(Box<dyn Model>, ModelCard, TensorMap)> {
     let params: toml::Value = serde_json::from_value(card.params.clone())?;
     let params = params.as_table().cloned().unwrap_or_default();
     let what = json.display().to_string();
-    let Instance::Model(builder) = registry::build_standalone(PluginKind::Model, &card.plugin, params, &what)? else {
+    let Instance::Model(builder) =
+        registry::build_standalone(PluginKind::Model, &card.plugin, params, &what)?
+    else {
         unreachable!("a model registration builds a model")
     };
     let mut model = builder.build(&crate::model::ModelSpec {
@@ -280,7 +292,7 @@ mod tests {
                 type_vocab: 0,
                 position_offset: 0,
                 eps: 1e-12,
-                activation: FfnActivation::Gelu,
+                activation: FfnActivation::GeluErf,
                 dropout: 0.0,
             };
             Ok(Box::new(TransformerModel::new(
@@ -305,10 +317,16 @@ mod tests {
         let mut section = params.clone();
         section.insert("plugin".into(), toml::Value::String("export-test".into()));
         let section = toml::Value::Table(section);
-        let Instance::Model(builder) = registry::build_standalone(PluginKind::Model, "export-test", params, "test").unwrap() else {
+        let Instance::Model(builder) =
+            registry::build_standalone(PluginKind::Model, "export-test", params, "test").unwrap()
+        else {
             unreachable!()
         };
-        let task = Task { labels: vec!["de".into(), "fr".into()], langs: vec!["de".into(), "fr".into()], ..Default::default() };
+        let task = Task {
+            labels: vec!["de".into(), "fr".into()],
+            langs: vec!["de".into(), "fr".into()],
+            ..Default::default()
+        };
         let model = builder.build(&ModelSpec::new(2, 3)).unwrap();
         let source = ModelPlan { plugin: "export-test".into(), builder, section };
         std::fs::create_dir_all(dir.join("run")).unwrap();

@@ -102,7 +102,8 @@ impl Bags {
             ids.extend_from_slice(self.bag(i));
             offsets.push(ids.len() as u32);
         }
-        let langs = if self.langs.is_empty() { Vec::new() } else { idx.iter().map(|&i| self.langs[i]).collect() };
+        let langs =
+            if self.langs.is_empty() { Vec::new() } else { idx.iter().map(|&i| self.langs[i]).collect() };
         Bags { offsets, ids, langs }
     }
 
@@ -130,7 +131,10 @@ impl FeatureCache {
     /// The bags of `texts` under `tag` (e.g. `train/source`), from the cache or built.
     pub fn bags(&self, f: &dyn Featurizer, texts: Vec<&str>, tag: &str) -> anyhow::Result<Bags> {
         let Some(dir) = &self.dir else { return Ok(Bags::build(f, texts)) };
-        let key = kdx_fsio::sha256_hex(format!("{}\0{}\0{tag}\0{}", self.data_key, f.describe(), texts.len()).as_bytes())[..24].to_string();
+        let key = kdx_fsio::sha256_hex(
+            format!("{}\0{}\0{tag}\0{}", self.data_key, f.describe(), texts.len()).as_bytes(),
+        )[..24]
+            .to_string();
         let path = dir.join(format!("{key}.bags"));
         if let Ok(bytes) = std::fs::read(&path) {
             if let Some(b) = Bags::from_bytes(&bytes).filter(|b| b.len() == texts.len()) {
@@ -172,10 +176,12 @@ impl Bags {
         if b.len() != 24 + 4 * n_off.checked_add(n_ids)? {
             return None;
         }
-        let words: Vec<u32> = b[24..].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let words: Vec<u32> =
+            b[24..].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let (offsets, ids) = words.split_at(n_off);
-        let ok =
-            offsets.first() == Some(&0) && offsets.windows(2).all(|w| w[0] <= w[1]) && offsets.last().map(|&l| l as usize) == Some(n_ids);
+        let ok = offsets.first() == Some(&0)
+            && offsets.windows(2).all(|w| w[0] <= w[1])
+            && offsets.last().map(|&l| l as usize) == Some(n_ids);
         ok.then(|| Bags { offsets: offsets.to_vec(), ids: ids.to_vec(), langs: Vec::new() })
     }
 }
@@ -273,7 +279,10 @@ impl Featurizer for NgramHasher {
     }
 
     fn describe(&self) -> String {
-        format!("char-ngrams n={}..={} buckets={} fnv1a64 lowercase word-markers", self.n_min, self.n_max, self.buckets)
+        format!(
+            "char-ngrams n={}..={} buckets={} fnv1a64 lowercase word-markers",
+            self.n_min, self.n_max, self.buckets
+        )
     }
 }
 

@@ -10,7 +10,8 @@ use crate::model::{Model, Outputs};
 /// of its translations) are computed once; for a model that routes by language, identical
 /// means the same ids and language.
 pub fn predict(model: &dyn Model, x: &Bags) -> Result<Outputs> {
-    let mut row_of: std::collections::HashMap<(Option<u32>, &[u32]), usize> = std::collections::HashMap::new();
+    let mut row_of: std::collections::HashMap<(Option<u32>, &[u32]), usize> =
+        std::collections::HashMap::new();
     let mut unique = Vec::new();
     let routed = model.routes_by_language();
     let slot: Vec<usize> = (0..x.len())

@@ -114,7 +114,9 @@ impl Loss for CrossEntropy {
         false
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
-        let labels = x.labels.ok_or_else(|| anyhow::anyhow!("cross-entropy needs gold labels, and this stage has none"))?;
+        let labels = x
+            .labels
+            .ok_or_else(|| anyhow::anyhow!("cross-entropy needs gold labels, and this stage has none"))?;
         let (b, c) = (x.batch, x.classes);
         let eps = self.label_smoothing;
         let mut q = vec![eps / c as f32; b * c];
@@ -123,7 +125,9 @@ impl Loss for CrossEntropy {
             q[i * c + y as usize] += 1.0 - eps;
         }
         let target = tensor2(b, c, &q) * row_weights(b, c, x.weights);
-        let (value, grad) = autodiff_logits(b, c, x.student_logits, |z| (z.log_softmax::<Axis<1>>() * target).sum::<(), _>().negate());
+        let (value, grad) = autodiff_logits(b, c, x.student_logits, |z| {
+            (z.log_softmax::<Axis<1>>() * target).sum::<(), _>().negate()
+        });
         Ok(LossOutput { value, grad_logits: grad, grad_hidden: None })
     }
 }
@@ -155,7 +159,9 @@ pub struct ProjectedHiddenLoss {
 }
 
 /// How a learned projection between hidden spaces starts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProjectionInit {
     /// Random (±1/√Hₛ), from the loss's seed.
@@ -169,8 +175,20 @@ pub enum ProjectionInit {
 
 impl ProjectedHiddenLoss {
     /// A loss without a projection yet, which starts at random.
-    pub fn new(name: &'static str, mode: crate::nn::ProjectionMode, seed: u64, criterion: HiddenCriterion) -> Self {
-        ProjectedHiddenLoss { name, mode, seed, proj: Default::default(), criterion, init: ProjectionInit::Random }
+    pub fn new(
+        name: &'static str,
+        mode: crate::nn::ProjectionMode,
+        seed: u64,
+        criterion: HiddenCriterion,
+    ) -> Self {
+        ProjectedHiddenLoss {
+            name,
+            mode,
+            seed,
+            proj: Default::default(),
+            criterion,
+            init: ProjectionInit::Random,
+        }
     }
 
     /// The same, with the projection started as `init` says.
@@ -214,7 +232,9 @@ impl Loss for ProjectedHiddenLoss {
         self.proj.fit_least_squares(student_hidden, teacher_hidden, n, RIDGE)
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
-        let th = x.teacher_hidden.ok_or_else(|| anyhow::anyhow!("{} needs the teacher's hidden representation", self.name))?;
+        let th = x
+            .teacher_hidden
+            .ok_or_else(|| anyhow::anyhow!("{} needs the teacher's hidden representation", self.name))?;
         let (b, hs, ht) = (x.batch, x.student_hidden_dim, x.teacher_hidden_dim);
         let project = self.proj.ensure(self.mode, self.seed, hs, ht, self.name)?;
         // P = hₛ W + b (or hₛ), dP = ∂L/∂P.
@@ -227,13 +247,22 @@ impl Loss for ProjectedHiddenLoss {
             value += (self.criterion)(&p[rows.clone()], &th[rows.clone()], w, &mut dp[rows]);
         }
         let grad_hidden = self.proj.backward(project, x.student_hidden, &dp, b, hs, ht);
-        Ok(LossOutput { value: value as f32, grad_logits: vec![0.0; b * x.classes], grad_hidden: Some(grad_hidden) })
+        Ok(LossOutput {
+            value: value as f32,
+            grad_logits: vec![0.0; b * x.classes],
+            grad_hidden: Some(grad_hidden),
+        })
     }
 }
 
 /// Evaluates a scalar function of the student logits with dfdx autodiff: `f` receives the
 /// logits as a traced `B × C` tensor and returns a traced scalar. Returns value and gradient.
-pub fn autodiff_logits(batch: usize, classes: usize, logits: &[f32], f: impl FnOnce(Traced2) -> Traced0) -> (f32, Vec<f32>) {
+pub fn autodiff_logits(
+    batch: usize,
+    classes: usize,
+    logits: &[f32],
+    f: impl FnOnce(Traced2) -> Traced0,
+) -> (f32, Vec<f32>) {
     let dev = device();
     let z: T2 = dev.tensor_from_vec(logits.to_vec(), (batch, classes));
     let out = f(z.leaky_trace());
@@ -295,7 +324,9 @@ pub fn gradient_check(loss: &mut dyn Loss, x: &LossInput, eps: f32) -> anyhow::R
         .iter()
         .map(|p| match &p.grad {
             crate::model::Grad::Dense(g) => Ok(g.clone()),
-            other => Err(anyhow::anyhow!("parameter `{}` has no dense gradient after compute: {other:?}", p.name)),
+            other => {
+                Err(anyhow::anyhow!("parameter `{}` has no dense gradient after compute: {other:?}", p.name))
+            }
         })
         .collect::<anyhow::Result<_>>()?;
     for (pi, g) in grads.iter().enumerate() {
@@ -417,7 +448,8 @@ pub fn sample_layers(lens: &[usize], layers: usize, width: usize, heads: usize, 
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (b, t) = (lens.len(), lens.iter().copied().max().unwrap_or(1));
-    let hidden = (0..=layers).map(|_| (0..b * t * width).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
+    let hidden =
+        (0..=layers).map(|_| (0..b * t * width).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
     let attention = (0..layers)
         .map(|_| {
             let mut a = vec![0.0f32; b * heads * t * t];
@@ -436,7 +468,13 @@ pub fn sample_layers(lens: &[usize], layers: usize, width: usize, heads: usize, 
 /// The largest relative difference between a layer-wise loss's gradients (with respect to
 /// the student's real hidden states and attention entries, and the loss's own parameters)
 /// and central finite differences of step `eps`.
-pub fn layer_gradient_check(loss: &mut dyn Loss, x: &LossInput, s: &LayerStates, t: Option<&LayerStates>, eps: f32) -> anyhow::Result<f32> {
+pub fn layer_gradient_check(
+    loss: &mut dyn Loss,
+    x: &LossInput,
+    s: &LayerStates,
+    t: Option<&LayerStates>,
+    eps: f32,
+) -> anyhow::Result<f32> {
     let rel = |a: f64, n: f64| ((a - n).abs() / 1f64.max(a.abs()).max(n.abs())) as f32;
     let (_, g) = loss.compute_layers(x, s, t)?;
     let own: Vec<Vec<f32>> = loss
@@ -447,10 +485,13 @@ pub fn layer_gradient_check(loss: &mut dyn Loss, x: &LossInput, s: &LayerStates,
             _ => vec![0.0; p.numel()],
         })
         .collect();
-    let value = |loss: &mut dyn Loss, s: &LayerStates| loss.compute_layers(x, s, t).map(|(o, _)| o.value as f64);
+    let value =
+        |loss: &mut dyn Loss, s: &LayerStates| loss.compute_layers(x, s, t).map(|(o, _)| o.value as f64);
     let mut worst = 0f32;
     let (tt, w, h) = (s.seq, s.width, s.heads);
-    for (attention, k) in (0..s.hidden.len()).map(|k| (false, k)).chain((0..s.attention.len()).map(|k| (true, k))) {
+    for (attention, k) in
+        (0..s.hidden.len()).map(|k| (false, k)).chain((0..s.attention.len()).map(|k| (true, k)))
+    {
         let slot = if attention { g.attention.get(k) } else { g.hidden.get(k) };
         let zero = Vec::new();
         let an = slot.and_then(Option::as_ref).unwrap_or(&zero);
@@ -473,7 +514,8 @@ pub fn layer_gradient_check(loss: &mut dyn Loss, x: &LossInput, s: &LayerStates,
             let buf = if attention { &mut p.attention[k] } else { &mut p.hidden[k] };
             buf[i] = orig - eps;
             let down = value(loss, &p)?;
-            worst = worst.max(rel(an.get(i).copied().unwrap_or(0.0) as f64, (up - down) / (2.0 * eps as f64)));
+            worst =
+                worst.max(rel(an.get(i).copied().unwrap_or(0.0) as f64, (up - down) / (2.0 * eps as f64)));
         }
     }
     for (pi, g) in own.iter().enumerate() {
@@ -513,13 +555,18 @@ mod tests {
         assert!(err < 1e-2, "relative error {err}");
         let names: Vec<_> = l.params().iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
         assert_eq!(names, vec![("proj.w".to_string(), vec![5, 3]), ("proj.b".to_string(), vec![3])]);
-        assert_eq!(l.projection().map(|p| p.apply(&s.student_hidden[..5], 1, 5).len()), Some(3), "embeds into the teacher's width");
+        assert_eq!(
+            l.projection().map(|p| p.apply(&s.student_hidden[..5], 1, 5).len()),
+            Some(3),
+            "embeds into the teacher's width"
+        );
         for (mode, n) in [(ProjectionMode::Never, 0), (ProjectionMode::Always, 2)] {
             let mut l = ProjectedHiddenLoss::new("test", mode, 3, difference);
             l.compute(&s.input(0, 1)).unwrap();
             assert_eq!(l.params().len(), n, "{mode:?}");
         }
-        let err = ProjectedHiddenLoss::new("test", ProjectionMode::Never, 3, difference).compute(&x).unwrap_err();
+        let err =
+            ProjectedHiddenLoss::new("test", ProjectionMode::Never, 3, difference).compute(&x).unwrap_err();
         assert!(err.to_string().contains("test with projection = \"never\" needs equal widths"), "{err}");
         // The same seed, the same projection.
         let (mut a, mut b) = (

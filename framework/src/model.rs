@@ -208,7 +208,8 @@ pub trait ModelBuilder: Send + Sync {
 /// This machine's memory in bytes (`MemTotal` of /proc/meminfo), if it can be read.
 pub fn machine_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: u64 =
+        info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
 
@@ -218,9 +219,11 @@ pub fn machine_memory() -> Option<u64> {
 pub fn check_memory(what: &str, bytes: u128) -> Result<(), String> {
     let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
     match machine_memory() {
-        Some(total) if bytes > total as u128 => {
-            Err(format!("{what} needs about {:.1} GiB, more than this machine's {:.1} GiB", gib(bytes), gib(total as u128)))
-        }
+        Some(total) if bytes > total as u128 => Err(format!(
+            "{what} needs about {:.1} GiB, more than this machine's {:.1} GiB",
+            gib(bytes),
+            gib(total as u128)
+        )),
         _ => Ok(()),
     }
 }
@@ -262,7 +265,10 @@ pub fn init_from(student: &mut dyn Model, teacher: &dyn Model) -> anyhow::Result
             }
             copied.push(format!("{} (leading block)", sp.name));
         } else {
-            problems.push(format!("`{}`: student shape {:?} does not fit in teacher shape {:?}", sp.name, sp.shape, tp.shape));
+            problems.push(format!(
+                "`{}`: student shape {:?} does not fit in teacher shape {:?}",
+                sp.name, sp.shape, tp.shape
+            ));
         }
     }
     if problems.is_empty() {
@@ -329,8 +335,12 @@ mod tests {
 
     #[test]
     fn init_from_copies_equal_shapes_and_leading_blocks() {
-        let teacher = toy(&[("emb", &[4, 3], true), ("hidden.0.w", &[3, 4], false), ("hidden.0.b", &[4], false)], 100.0);
-        let mut student = toy(&[("emb", &[4, 2], true), ("hidden.0.w", &[2, 2], false), ("hidden.0.b", &[2], false)], 0.0);
+        let teacher = toy(
+            &[("emb", &[4, 3], true), ("hidden.0.w", &[3, 4], false), ("hidden.0.b", &[4], false)],
+            100.0,
+        );
+        let mut student =
+            toy(&[("emb", &[4, 2], true), ("hidden.0.w", &[2, 2], false), ("hidden.0.b", &[2], false)], 0.0);
         init_from(&mut student, &teacher).unwrap();
         assert_eq!(student.params[0].data, vec![100.0, 101.0, 103.0, 104.0, 106.0, 107.0, 109.0, 110.0]);
         assert_eq!(student.params[1].data, vec![100.0, 101.0, 104.0, 105.0]);
@@ -340,9 +350,16 @@ mod tests {
     #[test]
     fn init_from_names_each_tensor_that_does_not_fit() {
         let teacher = toy(&[("emb", &[8, 3], true), ("out.w", &[3, 2], false)], 1.0);
-        let mut student = toy(&[("emb", &[4, 3], true), ("out.w", &[5, 2], false), ("extra", &[2], false)], 0.0);
+        let mut student =
+            toy(&[("emb", &[4, 3], true), ("out.w", &[5, 2], false), ("extra", &[2], false)], 0.0);
         let err = init_from(&mut student, &teacher).unwrap_err().to_string();
-        assert!(err.contains("`emb`") && err.contains("[4, 3]") && err.contains("[8, 3]") && err.contains("bucket"), "{err}");
+        assert!(
+            err.contains("`emb`")
+                && err.contains("[4, 3]")
+                && err.contains("[8, 3]")
+                && err.contains("bucket"),
+            "{err}"
+        );
         assert!(err.contains("`out.w`") && err.contains("[5, 2]") && err.contains("[3, 2]"), "{err}");
         assert!(err.contains("`extra`") && err.contains("no tensor of that name"), "{err}");
     }

@@ -154,14 +154,23 @@ impl Optimizer {
         Optimizer { config, state: Vec::new(), t: 0 }
     }
 
-    /// Global L2 norm of all gradients.
+    /// Global L2 norm of all gradients. Summed in parallel over fixed blocks whose partial
+    /// sums are added in order (rayon's `sum` adds in an order that follows work stealing),
+    /// so the same step gives the same bits every time.
     pub fn grad_norm(params: &[&mut Param]) -> f32 {
+        let squares = |v: &[f32]| -> f64 {
+            let blocks: Vec<f64> = v
+                .par_chunks(1 << 14)
+                .map(|b| b.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                .collect();
+            blocks.iter().sum()
+        };
         let mut s = 0f64;
         for p in params {
             s += match &p.grad {
                 Grad::None => 0.0,
-                Grad::Rows(r) => r.values().par_iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>(),
-                Grad::Dense(g) => g.par_iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>(),
+                Grad::Rows(r) => squares(r.values()),
+                Grad::Dense(g) => squares(g),
             };
         }
         s.sqrt() as f32
@@ -198,7 +207,12 @@ impl Optimizer {
             match &p.grad {
                 Grad::None => {}
                 Grad::Dense(g) => {
-                    anyhow::ensure!(g.len() == n, "gradient of `{}` has {} values, the parameter {n}", p.name, g.len())
+                    anyhow::ensure!(
+                        g.len() == n,
+                        "gradient of `{}` has {} values, the parameter {n}",
+                        p.name,
+                        g.len()
+                    )
                 }
                 Grad::Rows(r) => anyhow::ensure!(
                     p.shape.len() == 2 && p.shape[0] == r.table_rows() && p.shape[1] == r.width(),
@@ -284,7 +298,11 @@ impl Optimizer {
                         unsafe {
                             let w = std::slice::from_raw_parts_mut(data.get().add(off), width);
                             let mm = std::slice::from_raw_parts_mut(m.get().add(off), width);
-                            let vv: &mut [f32] = if adam { std::slice::from_raw_parts_mut(v.get().add(off), width) } else { &mut [] };
+                            let vv: &mut [f32] = if adam {
+                                std::slice::from_raw_parts_mut(v.get().add(off), width)
+                            } else {
+                                &mut []
+                            };
                             upd.apply(w, &values[k * width..(k + 1) * width], mm, vv);
                         }
                     });
@@ -316,8 +334,14 @@ impl Optimizer {
                                     u32::MAX => &zeros[..],
                                     k => &values[k as usize * width..(k as usize + 1) * width],
                                 };
-                                let vv: &mut [f32] = if v.is_empty() { &mut [] } else { &mut v[j * width..(j + 1) * width] };
-                                upd.apply(&mut w[j * width..(j + 1) * width], g, &mut m[j * width..(j + 1) * width], vv);
+                                let vv: &mut [f32] =
+                                    if v.is_empty() { &mut [] } else { &mut v[j * width..(j + 1) * width] };
+                                upd.apply(
+                                    &mut w[j * width..(j + 1) * width],
+                                    g,
+                                    &mut m[j * width..(j + 1) * width],
+                                    vv,
+                                );
                             }
                         });
                 }
@@ -387,7 +411,8 @@ impl Update<'_> {
                 let step_size = lr / self.bc1;
                 let inv_sqrt_bc2 = 1.0 / self.bc2.sqrt();
                 // AdamW decays the weight itself; Adam adds the decay to the gradient.
-                let (shrink, l2) = if c.kind == OptimizerKind::Adamw { (1.0 - lr * wd, 0.0) } else { (1.0, wd) };
+                let (shrink, l2) =
+                    if c.kind == OptimizerKind::Adamw { (1.0 - lr * wd, 0.0) } else { (1.0, wd) };
                 for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                     let gi = g * scale + l2 * *w;
                     *w *= shrink;
@@ -407,7 +432,15 @@ mod tests {
     fn param(data: &[f32], grad: Grad, table: bool) -> Param {
         let rows = if table { data.len() / 2 } else { 1 };
         let shape = if table { vec![rows, 2] } else { vec![data.len()] };
-        Param { name: "p".into(), shape, data: data.to_vec(), grad, decay: true, table, spare: Default::default() }
+        Param {
+            name: "p".into(),
+            shape,
+            data: data.to_vec(),
+            grad,
+            decay: true,
+            table,
+            spare: Default::default(),
+        }
     }
 
     /// A touched-rows gradient of the 3 × 2 test table.
@@ -486,9 +519,18 @@ mod tests {
     #[test]
     fn row_gradients_and_damaged_state_are_refused_before_any_write() {
         use crate::model::RowGrad;
-        assert!(RowGrad::new(vec![0, 0], vec![0.0; 4], 3, 2).unwrap_err().to_string().contains("row 0 twice"));
-        assert!(RowGrad::new(vec![3], vec![0.0; 2], 3, 2).unwrap_err().to_string().contains("row 3 of a table of 3 rows"));
-        assert!(RowGrad::new(vec![1], vec![0.0; 3], 3, 2).unwrap_err().to_string().contains("3 values for 1 rows of width 2"));
+        assert!(RowGrad::new(vec![0, 0], vec![0.0; 4], 3, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("row 0 twice"));
+        assert!(RowGrad::new(vec![3], vec![0.0; 2], 3, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("row 3 of a table of 3 rows"));
+        assert!(RowGrad::new(vec![1], vec![0.0; 3], 3, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("3 values for 1 rows of width 2"));
         let data = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         // A gradient for a table of another shape.
         let mut p = param(&data, Grad::Rows(RowGrad::new(vec![3], vec![1.0, 1.0], 4, 2).unwrap()), true);

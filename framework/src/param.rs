@@ -113,7 +113,15 @@ impl Param {
     /// A parameter filled with zeros.
     pub fn zeros(name: impl Into<String>, shape: &[usize], decay: bool) -> Param {
         let data = vec![0.0; shape.iter().product()];
-        Param { name: name.into(), shape: shape.to_vec(), data, grad: Grad::None, decay, table: false, spare: SpareBuffer::default() }
+        Param {
+            name: name.into(),
+            shape: shape.to_vec(),
+            data,
+            grad: Grad::None,
+            decay,
+            table: false,
+            spare: SpareBuffer::default(),
+        }
     }
 
     /// The dense gradient buffer to accumulate into, created at zero when this step has
@@ -128,7 +136,10 @@ impl Param {
                 let w = r.width();
                 for (k, &row) in r.rows().iter().enumerate() {
                     let row = row as usize;
-                    g[row * w..(row + 1) * w].iter_mut().zip(&r.values()[k * w..(k + 1) * w]).for_each(|(a, b)| *a += b);
+                    g[row * w..(row + 1) * w]
+                        .iter_mut()
+                        .zip(&r.values()[k * w..(k + 1) * w])
+                        .for_each(|(a, b)| *a += b);
                 }
                 self.grad = Grad::Dense(g);
             }

@@ -4,8 +4,14 @@
 
 pub use crate::dataset::{file_fingerprint, Dataset, Example, Task};
 pub use crate::features::{Bags, Featurizer};
-pub use crate::loss::{autodiff_logits, gradient_check, row_weights, softmax_rows, tensor2, Loss, LossInput, LossOutput, SampleBatch};
-pub use crate::model::{Grad, Model, ModelBuilder, ModelKind, ModelSpec, OutputGrads, OutputTable, Outputs, Param, RowGrad, StepCtx};
+pub use crate::loss::{
+    autodiff_logits, gradient_check, row_weights, softmax_rows, tensor2, Loss, LossInput, LossOutput,
+    SampleBatch,
+};
+pub use crate::model::{
+    Grad, Model, ModelBuilder, ModelKind, ModelSpec, OutputGrads, OutputTable, Outputs, Param, RowGrad,
+    StepCtx,
+};
 pub use crate::registry::BuildCtx;
 pub use crate::sampler::{normalise, LangStat, Sampler, SamplerCtx};
 pub use crate::schedule::Schedule;

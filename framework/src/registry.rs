@@ -31,7 +31,8 @@ pub enum PluginKind {
 
 impl PluginKind {
     /// All kinds, in display order.
-    pub const ALL: [PluginKind; 4] = [PluginKind::Dataset, PluginKind::Model, PluginKind::Loss, PluginKind::Sampler];
+    pub const ALL: [PluginKind; 4] =
+        [PluginKind::Dataset, PluginKind::Model, PluginKind::Loss, PluginKind::Sampler];
 
     /// The lowercase name used on the command line (`kdx plugins loss`).
     pub fn as_str(self) -> &'static str {
@@ -87,12 +88,23 @@ impl BuildCtx<'_> {
 
     /// Resolves a file parameter against the recipe's directory and checks the file is
     /// there: otherwise "`what` PATH does not exist`hint`", located at the parameter.
-    pub fn existing_file(&self, param: &str, value: &std::path::Path, what: &str, hint: &str) -> Result<PathBuf, Diagnostic> {
+    pub fn existing_file(
+        &self,
+        param: &str,
+        value: &std::path::Path,
+        what: &str,
+        hint: &str,
+    ) -> Result<PathBuf, Diagnostic> {
         let path = self.resolve_path(param, value);
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => Ok(path),
-            Ok(m) if m.is_dir() => Err(self.error(param, format!("{what} {} is a directory, not a file", path.display()))),
-            Ok(_) => Err(self.error(param, format!("{what} {} is not a regular file (a device or a pipe)", path.display()))),
+            Ok(m) if m.is_dir() => {
+                Err(self.error(param, format!("{what} {} is a directory, not a file", path.display())))
+            }
+            Ok(_) => Err(self.error(
+                param,
+                format!("{what} {} is not a regular file (a device or a pipe)", path.display()),
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(self.error(param, format!("{what} {} does not exist{hint}", path.display())))
             }
@@ -181,10 +193,18 @@ pub fn names(kind: PluginKind) -> Vec<&'static str> {
 impl BuildCtx<'_> {
     /// Builds a model nested in this plugin's parameters (`member = { plugin = "…", … }`),
     /// errors located under `param` (e.g. `teacher.members[1].dim`).
-    pub fn nested_model(&self, param: KeyPath, table: &toml::Value) -> Result<Box<dyn ModelBuilder>, Diagnostic> {
+    pub fn nested_model(
+        &self,
+        param: KeyPath,
+        table: &toml::Value,
+    ) -> Result<Box<dyn ModelBuilder>, Diagnostic> {
         let key = self.key.join(&param);
         let Some(t) = table.as_table() else {
-            return Err(self.doc.diag(&key, "expected a model table such as { plugin = \"ngram-mlp\", dim = 16 }", None));
+            return Err(self.doc.diag(
+                &key,
+                "expected a model table such as { plugin = \"ngram-mlp\", dim = 16 }",
+                None,
+            ));
         };
         let mut t = t.clone();
         let name = match t.remove("plugin") {
@@ -206,11 +226,18 @@ impl BuildCtx<'_> {
 
 /// Builds a registered plugin from parameters given in code (benchmarks, tools), outside any
 /// recipe: `what` names the caller in error messages.
-pub fn build_standalone(kind: PluginKind, name: &str, params: toml::Table, what: &str) -> anyhow::Result<Instance> {
-    let reg = find(kind, name).ok_or_else(|| anyhow::anyhow!("{what}: no {kind} plugin `{name}` is registered"))?;
+pub fn build_standalone(
+    kind: PluginKind,
+    name: &str,
+    params: toml::Table,
+    what: &str,
+) -> anyhow::Result<Instance> {
+    let reg =
+        find(kind, name).ok_or_else(|| anyhow::anyhow!("{what}: no {kind} plugin `{name}` is registered"))?;
     let text = format!("[{}]\n{}", kind.as_str(), toml::to_string(&params)?);
     let doc = RecipeDoc::from_str(&text, std::path::Path::new(what)).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let ctx = BuildCtx { doc: &doc, key: KeyPath::root().key(kind.as_str()), params: toml::Value::Table(params) };
+    let ctx =
+        BuildCtx { doc: &doc, key: KeyPath::root().key(kind.as_str()), params: toml::Value::Table(params) };
     let e = |d: Diagnostic| anyhow::anyhow!("{d}");
     Ok(match reg.builder {
         Builder::Dataset(f) => Instance::Dataset(f(&ctx).map_err(e)?),
@@ -238,7 +265,13 @@ pub fn check_unique() -> Result<(), String> {
     let mut errors = Vec::new();
     for r in inventory::iter::<Registration> {
         if let Some(prev) = seen.insert((r.kind(), r.name), r) {
-            errors.push(format!("two {} plugins are named `{}`: one registered in {}, one in {}", r.kind(), r.name, prev.file, r.file));
+            errors.push(format!(
+                "two {} plugins are named `{}`: one registered in {}, one in {}",
+                r.kind(),
+                r.name,
+                prev.file,
+                r.file
+            ));
         }
     }
     if errors.is_empty() {

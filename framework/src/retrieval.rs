@@ -78,7 +78,8 @@ impl ParallelSet {
     /// A malformed line is an error naming the file and line; fewer than 2 pairs leave
     /// nothing to rank.
     pub fn read(file: &std::path::Path) -> anyhow::Result<ParallelSet> {
-        let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
         let mut pairs: Vec<(&str, &str)> = Vec::new();
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             // Scored as a pair, a header would be a free hit.
@@ -88,10 +89,19 @@ impl ParallelSet {
             let mut cols = line.split('\t');
             match (cols.next(), cols.next()) {
                 (Some(s), Some(t)) if !s.is_empty() && !t.is_empty() => pairs.push((s, t)),
-                _ => anyhow::bail!("{}:{}: expected `source<TAB>translation`, found {line:?}", file.display(), n + 1),
+                _ => anyhow::bail!(
+                    "{}:{}: expected `source<TAB>translation`, found {line:?}",
+                    file.display(),
+                    n + 1
+                ),
             }
         }
-        anyhow::ensure!(pairs.len() >= 2, "{}: retrieval needs at least 2 pairs, found {}", file.display(), pairs.len());
+        anyhow::ensure!(
+            pairs.len() >= 2,
+            "{}: retrieval needs at least 2 pairs, found {}",
+            file.display(),
+            pairs.len()
+        );
         Ok(ParallelSet::new(pairs))
     }
 
@@ -100,7 +110,11 @@ impl ParallelSet {
     /// once, and is right when its nearest neighbour is any of its partners.
     pub fn score(&self, src: &[f32], tgt: &[f32], d: usize) -> (f64, f64) {
         let (ns, nt) = (self.sources.len(), self.translations.len());
-        assert_eq!((src.len(), tgt.len()), (ns * d, nt * d), "embeddings of {ns} sources and {nt} translations of width {d}");
+        assert_eq!(
+            (src.len(), tgt.len()),
+            (ns * d, nt * d),
+            "embeddings of {ns} sources and {nt} translations of width {d}"
+        );
         let partners = |n: usize, side: fn(&(usize, usize)) -> (usize, usize)| {
             let mut p = vec![Vec::new(); n];
             for pair in &self.pairs {
@@ -122,11 +136,17 @@ impl ParallelSet {
 /// Per language `l` with `keep[l]`, the (source, translation) pairs among `examples` (a
 /// pair whose sides are equal — an English self-pair — has nothing to retrieve); languages
 /// left with no pair are left out.
-pub fn language_sets<'a>(examples: impl Iterator<Item = &'a crate::dataset::Example> + Clone, keep: &[bool]) -> Vec<(usize, ParallelSet)> {
+pub fn language_sets<'a>(
+    examples: impl Iterator<Item = &'a crate::dataset::Example> + Clone,
+    keep: &[bool],
+) -> Vec<(usize, ParallelSet)> {
     (0..keep.len())
         .filter(|&l| keep[l])
         .map(|l| {
-            let pairs = examples.clone().filter(|e| e.lang as usize == l).filter_map(|e| e.source.as_deref().map(|s| (s, e.text.as_str())));
+            let pairs = examples
+                .clone()
+                .filter(|e| e.lang as usize == l)
+                .filter_map(|e| e.source.as_deref().map(|s| (s, e.text.as_str())));
             (l, ParallelSet::new(pairs.filter(|(s, t)| s != t)))
         })
         .filter(|(_, set)| !set.pairs.is_empty())
@@ -170,7 +190,11 @@ pub fn normalise(x: &[f32], d: usize) -> Vec<f32> {
 pub fn mean_cosine(a: &[f32], b: &[f32], d: usize) -> f64 {
     let (a, b) = (normalise(a, d), normalise(b, d));
     let n = a.len() / d.max(1);
-    let sum: f64 = a.chunks(d).zip(b.chunks(d)).map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p * q) as f64).sum::<f64>()).sum();
+    let sum: f64 = a
+        .chunks(d)
+        .zip(b.chunks(d))
+        .map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p * q) as f64).sum::<f64>())
+        .sum();
     sum / n.max(1) as f64
 }
 
@@ -253,8 +277,15 @@ mod tests {
             en_cosine: cos,
         };
         let m = macro_row("test", "student", &[row("de", 1.0, Some(0.9)), row("fr", 0.5, Some(0.7))]);
-        assert_eq!((m.lang.as_str(), m.train_pairs, m.pairs, m.to_en, m.from_en), ("macro", 20, 8, 0.75, 0.375));
+        assert_eq!(
+            (m.lang.as_str(), m.train_pairs, m.pairs, m.to_en, m.from_en),
+            ("macro", 20, 8, 0.75, 0.375)
+        );
         assert!((m.en_cosine.unwrap() - 0.8).abs() < 1e-12);
-        assert!((mean_cosine(&[1.0, 0.0, 0.0, 2.0], &[3.0, 0.0, 1.0, 1.0], 2) - (1.0 + 0.5f64.sqrt()) / 2.0).abs() < 1e-6);
+        assert!(
+            (mean_cosine(&[1.0, 0.0, 0.0, 2.0], &[3.0, 0.0, 1.0, 1.0], 2) - (1.0 + 0.5f64.sqrt()) / 2.0)
+                .abs()
+                < 1e-6
+        );
     }
 }

@@ -59,7 +59,10 @@ impl Sampler for Proportional {
 /// entry, or sums to zero.
 pub fn normalise(w: &[f64]) -> anyhow::Result<Vec<f64>> {
     anyhow::ensure!(!w.is_empty(), "the sampler returned an empty distribution");
-    anyhow::ensure!(w.iter().all(|x| x.is_finite() && *x >= 0.0), "the sampler returned a negative or non-finite weight: {w:?}");
+    anyhow::ensure!(
+        w.iter().all(|x| x.is_finite() && *x >= 0.0),
+        "the sampler returned a negative or non-finite weight: {w:?}"
+    );
     let s: f64 = w.iter().sum();
     anyhow::ensure!(s > 0.0, "the sampler's weights sum to zero");
     Ok(w.iter().map(|x| x / s).collect())

@@ -27,7 +27,9 @@ impl<'de> Deserialize<'de> for Schedule {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = Schedule;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a number or a schedule table such as { kind = \"linear\", start = 0.0, end = 1.0 }")
+                f.write_str(
+                    "a number or a schedule table such as { kind = \"linear\", start = 0.0, end = 1.0 }",
+                )
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Schedule, E> {
                 Ok(Schedule::Constant(v as f32))
@@ -99,12 +101,16 @@ impl Schedule {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(format!("a loss weight must be a number of at least 0 (0 switches the term off); `{what}` is {v}"))
+                Err(format!(
+                    "a loss weight must be a number of at least 0 (0 switches the term off); `{what}` is {v}"
+                ))
             }
         };
         match self {
             Schedule::Constant(v) if v.is_finite() && *v >= 0.0 => Ok(()),
-            Schedule::Constant(v) => Err(format!("a loss weight must be a number of at least 0 (0 switches the term off), found {v}")),
+            Schedule::Constant(v) => Err(format!(
+                "a loss weight must be a number of at least 0 (0 switches the term off), found {v}"
+            )),
             Schedule::Curve(c) => {
                 non_negative("start", c.start)?;
                 match c.kind {
@@ -135,7 +141,9 @@ impl Schedule {
                 let t = if total <= 1 { 1.0 } else { (step as f32 / (total - 1) as f32).clamp(0.0, 1.0) };
                 match c.kind {
                     CurveKind::Linear => c.start + (c.end - c.start) * t,
-                    CurveKind::Cosine => c.end + (c.start - c.end) * 0.5 * (1.0 + (std::f32::consts::PI * t).cos()),
+                    CurveKind::Cosine => {
+                        c.end + (c.start - c.end) * 0.5 * (1.0 + (std::f32::consts::PI * t).cos())
+                    }
                     CurveKind::Step => c.start * c.factor.powi((step / c.every.max(1)) as i32),
                     CurveKind::Warmup => {
                         if step >= c.steps {
@@ -184,8 +192,11 @@ mod tests {
     fn parses_number_or_table() {
         let s: Schedule = toml::from_str::<toml::Table>("w = 0.5").unwrap()["w"].clone().try_into().unwrap();
         assert_eq!(s, Schedule::Constant(0.5));
-        let s: Schedule =
-            toml::from_str::<toml::Table>("w = { kind = \"linear\", start = 0.0, end = 1.0 }").unwrap()["w"].clone().try_into().unwrap();
+        let s: Schedule = toml::from_str::<toml::Table>("w = { kind = \"linear\", start = 0.0, end = 1.0 }")
+            .unwrap()["w"]
+            .clone()
+            .try_into()
+            .unwrap();
         assert!(matches!(s, Schedule::Curve(Curve { kind: CurveKind::Linear, .. })));
     }
 }

@@ -33,7 +33,9 @@ fn type_name(p: &Value) -> String {
             format!("[{}]", p.get("items").map(type_name).unwrap_or_else(|| "any".into()))
         }
         Some(Value::String(t)) => t.clone(),
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect::<Vec<_>>().join(" | "),
+        Some(Value::Array(ts)) => {
+            ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect::<Vec<_>>().join(" | ")
+        }
         _ => "any".into(),
     }
 }
@@ -52,8 +54,11 @@ pub fn describe(r: &Registration, full: bool) -> String {
 fn parameters(schema: &Value, full: bool) -> String {
     let mut s = String::new();
     let props = schema.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
-    let required: Vec<&str> =
-        schema.get("required").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     if full {
         if let Some(d) = schema.get("description").and_then(Value::as_str) {
             s.push('\n');
@@ -91,7 +96,8 @@ fn parameters(schema: &Value, full: bool) -> String {
 /// and origin, and its parameters when it publishes their schema (otherwise the plugin alone
 /// checks them).
 pub fn describe_library(lib: &crate::dylib::PluginLibrary, full: bool) -> String {
-    let origin = format!("dynamic library {} (built for kdx {})", lib.path().display(), lib.framework_version());
+    let origin =
+        format!("dynamic library {} (built for kdx {})", lib.path().display(), lib.framework_version());
     let head = match full {
         true => format!("{} (loss plugin)\n  {}\n\n  from the {origin}\n", lib.name(), lib.summary()),
         false => format!("  {:<18} {}\n      from the {origin}\n", lib.name(), lib.summary()),
@@ -158,7 +164,11 @@ fn plugin_section(
 /// Schema variants for dynamic-library losses (name, summary, published schema): their name,
 /// the framework keys, and their own parameters when they publish a schema (any other key
 /// otherwise: the plugin checks its own parameters).
-fn library_losses(libraries: &[(&str, &str, Option<&Value>)], extra: &Map<String, Value>, defs: &mut Map<String, Value>) -> Vec<Value> {
+fn library_losses(
+    libraries: &[(&str, &str, Option<&Value>)],
+    extra: &Map<String, Value>,
+    defs: &mut Map<String, Value>,
+) -> Vec<Value> {
     libraries
         .iter()
         .map(|(name, summary, schema)| {
@@ -189,7 +199,8 @@ pub fn recipe_schema() -> Value {
 
 /// [`recipe_schema`], also accepting the losses of some dynamic libraries in `[[loss]]`.
 pub fn recipe_schema_with(libraries: &[std::sync::Arc<crate::dylib::PluginLibrary>]) -> Value {
-    let libs: Vec<(&str, &str, Option<&Value>)> = libraries.iter().map(|l| (l.name(), l.summary(), l.params_schema())).collect();
+    let libs: Vec<(&str, &str, Option<&Value>)> =
+        libraries.iter().map(|l| (l.name(), l.summary(), l.params_schema())).collect();
     let mut defs = Map::new();
     let stage = hoist(schema_json::<StageConfig>(), &mut defs);
     let schedule = hoist(schema_json::<Schedule>(), &mut defs);
@@ -209,7 +220,10 @@ pub fn recipe_schema_with(libraries: &[std::sync::Arc<crate::dylib::PluginLibrar
     let loss = plugin_section(PluginKind::Loss, &loss_extra, &mut defs, &libs);
     let sampler = plugin_section(PluginKind::Sampler, &Map::new(), &mut defs, &[]);
     let mut reference_extra = Map::new();
-    reference_extra.insert("name".into(), json!({ "description": "The reference's rows in retrieval.csv.", "type": "string" }));
+    reference_extra.insert(
+        "name".into(),
+        json!({ "description": "The reference's rows in retrieval.csv.", "type": "string" }),
+    );
     let reference = plugin_section(PluginKind::Model, &reference_extra, &mut defs, &[]);
     let set = hoist(schema_json::<SetSection>(), &mut defs);
     let retrieval = json!({

@@ -58,18 +58,30 @@ pub fn write_sealed(path: &Path, tensors: &TensorMap, mut metadata: Metadata) ->
 /// contents do not match its checksum (a damaged or edited file).
 pub fn read_sealed(path: &Path) -> Result<(TensorMap, Metadata)> {
     let (tensors, mut metadata) = read_safetensors_with(path)?;
-    let seal = metadata.remove(SEAL).with_context(|| format!("{}: no checksum (not written by this version of kdx)", path.display()))?;
-    anyhow::ensure!(digest(&tensors, &metadata) == seal, "{} is damaged: its contents do not match its checksum", path.display());
+    let seal = metadata
+        .remove(SEAL)
+        .with_context(|| format!("{}: no checksum (not written by this version of kdx)", path.display()))?;
+    anyhow::ensure!(
+        digest(&tensors, &metadata) == seal,
+        "{} is damaged: its contents do not match its checksum",
+        path.display()
+    );
     Ok((tensors, metadata))
 }
 
 fn to_safetensors_with(tensors: &TensorMap, metadata: Option<Metadata>) -> Result<Vec<u8>> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(k, (shape, data))| (k.clone(), shape.clone(), data.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, (shape, data))| {
+            (k.clone(), shape.clone(), data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect();
     let views: Vec<(String, TensorView)> = bytes
         .iter()
         .map(|(k, shape, b)| {
-            TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (k.clone(), v)).map_err(|e| anyhow::anyhow!("tensor `{k}`: {e:?}"))
+            TensorView::new(Dtype::F32, shape.clone(), b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| anyhow::anyhow!("tensor `{k}`: {e:?}"))
         })
         .collect::<Result<_>>()?;
     let metadata = metadata.map(|m| m.into_iter().collect());
@@ -102,8 +114,14 @@ pub fn read_safetensors_with(path: &Path) -> Result<(TensorMap, Metadata)> {
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e:?}", path.display()))?;
     let mut out = TensorMap::new();
     for (name, view) in st.tensors() {
-        anyhow::ensure!(view.dtype() == Dtype::F32, "{}: tensor `{name}` is {:?}, expected F32", path.display(), view.dtype());
-        let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        anyhow::ensure!(
+            view.dtype() == Dtype::F32,
+            "{}: tensor `{name}` is {:?}, expected F32",
+            path.display(),
+            view.dtype()
+        );
+        let data =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         out.insert(name, (view.shape().to_vec(), data));
     }
     Ok((out, metadata))
@@ -123,7 +141,8 @@ pub fn params_from_map(prefix: &str, params: &mut [&mut Param], map: &TensorMap,
     let mut found = Vec::with_capacity(params.len());
     for p in params.iter() {
         let key = format!("{prefix}{}", p.name);
-        let (shape, data) = map.get(&key).with_context(|| format!("{}: tensor `{key}` is missing", what.display()))?;
+        let (shape, data) =
+            map.get(&key).with_context(|| format!("{}: tensor `{key}` is missing", what.display()))?;
         anyhow::ensure!(
             *shape == p.shape && data.len() == p.numel(),
             "{}: tensor `{key}` has shape {:?}, the model expects {:?}",

@@ -67,7 +67,13 @@ impl std::fmt::Debug for TextTokenizer {
 impl TextTokenizer {
     /// UTF-8 bytes: ids 4..260, after the four special tokens.
     pub fn bytes(max_len: usize) -> TextTokenizer {
-        TextTokenizer { kind: Kind::Bytes, max_len, describe: format!("bytes:max{max_len}"), learned: false, prefix: None }
+        TextTokenizer {
+            kind: Kind::Bytes,
+            max_len,
+            describe: format!("bytes:max{max_len}"),
+            learned: false,
+            prefix: None,
+        }
     }
 
     /// Characters: code point `c` is id `4 + c` when that is below `vocab`; rarer code
@@ -85,15 +91,17 @@ impl TextTokenizer {
     /// What identifies a tokenizer.json's tokenisation (its content hash), as
     /// [`crate::model::LayerShape::tokenizer`] compares it, without loading it.
     pub fn file_identity(path: &Path) -> anyhow::Result<String> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading the tokenizer {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading the tokenizer {}", path.display()))?;
         Ok(format!("tokenizer.json:{}", &kdx_fsio::sha256_hex(&bytes)[..16]))
     }
 
     /// A Hugging Face `tokenizer.json`; `describe` identifies it in caches (its content hash).
     pub fn from_file(path: &Path, max_len: usize) -> anyhow::Result<TextTokenizer> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading the tokenizer {}", path.display()))?;
-        let tk =
-            Tokenizer::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: not a Hugging Face tokenizer.json: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading the tokenizer {}", path.display()))?;
+        let tk = Tokenizer::from_bytes(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: not a Hugging Face tokenizer.json: {e}", path.display()))?;
         let hash = kdx_fsio::sha256_hex(&bytes);
         Self::hf(tk, max_len, format!("tokenizer.json:{}:max{max_len}", &hash[..16]))
     }
@@ -101,9 +109,13 @@ impl TextTokenizer {
     /// A tokenizer.json made by kdx from the data (a pruned vocabulary): like a learned one,
     /// an exported model carries it.
     pub fn derived(json: &str, max_len: usize) -> anyhow::Result<TextTokenizer> {
-        let tk = Tokenizer::from_bytes(json.as_bytes()).map_err(|e| anyhow::anyhow!("a derived tokenizer.json does not load: {e}"))?;
+        let tk = Tokenizer::from_bytes(json.as_bytes())
+            .map_err(|e| anyhow::anyhow!("a derived tokenizer.json does not load: {e}"))?;
         let hash = kdx_fsio::sha256_hex(json.as_bytes());
-        Ok(TextTokenizer { learned: true, ..Self::hf(tk, max_len, format!("tokenizer.json:{}:max{max_len}", &hash[..16]))? })
+        Ok(TextTokenizer {
+            learned: true,
+            ..Self::hf(tk, max_len, format!("tokenizer.json:{}:max{max_len}", &hash[..16]))?
+        })
     }
 
     fn hf(mut tk: Tokenizer, max_len: usize, describe: String) -> anyhow::Result<TextTokenizer> {
@@ -147,8 +159,17 @@ impl TextTokenizer {
 
     /// A BPE or Unigram vocabulary of `vocab` tokens learned from `texts`, cached in
     /// `cache_dir` under the hash of the texts and settings (trained once, then read).
-    pub fn learn(kind: Learned, vocab: usize, texts: &[String], max_len: usize, cache_dir: Option<&Path>) -> anyhow::Result<TextTokenizer> {
-        anyhow::ensure!(!texts.is_empty(), "learning a {kind:?} vocabulary needs training text, and the task has none");
+    pub fn learn(
+        kind: Learned,
+        vocab: usize,
+        texts: &[String],
+        max_len: usize,
+        cache_dir: Option<&Path>,
+    ) -> anyhow::Result<TextTokenizer> {
+        anyhow::ensure!(
+            !texts.is_empty(),
+            "learning a {kind:?} vocabulary needs training text, and the task has none"
+        );
         let mut h = sha2::Sha256::default();
         use sha2::Digest;
         h.update(format!("{kind:?}:{vocab}:{}\n", texts.len()));
@@ -158,8 +179,8 @@ impl TextTokenizer {
         }
         let key = kdx_fsio::hex(&h.finalize());
         let describe = format!("{kind:?}{vocab}:{}:max{max_len}", &key[..16]).to_lowercase();
-        let path: Option<PathBuf> =
-            cache_dir.map(|d| d.join(format!("{}-{vocab}-{}.json", format!("{kind:?}").to_lowercase(), &key[..32])));
+        let path: Option<PathBuf> = cache_dir
+            .map(|d| d.join(format!("{}-{vocab}-{}.json", format!("{kind:?}").to_lowercase(), &key[..32])));
         if let Some(p) = path.as_ref().filter(|p| p.exists()) {
             if let Ok(tk) = Tokenizer::from_file(p) {
                 return Ok(TextTokenizer { learned: true, ..Self::hf(tk, max_len, describe)? });
@@ -173,7 +194,8 @@ impl TextTokenizer {
             }
             kdx_fsio::write_atomic(p, json.as_bytes())?;
         }
-        let tk = Tokenizer::from_bytes(json.as_bytes()).map_err(|e| anyhow::anyhow!("reading back the learned vocabulary: {e}"))?;
+        let tk = Tokenizer::from_bytes(json.as_bytes())
+            .map_err(|e| anyhow::anyhow!("reading back the learned vocabulary: {e}"))?;
         Ok(TextTokenizer { learned: true, ..Self::hf(tk, max_len, describe)? })
     }
 
@@ -211,7 +233,11 @@ impl TextTokenizer {
                     4 + if c < room { c } else { (c.wrapping_mul(0x9E37_79B1) >> 7) % room }
                 })))
             }
-            Kind::Hf(tk) => Ok(tk.encode(text, true).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?.get_ids().to_vec()),
+            Kind::Hf(tk) => Ok(tk
+                .encode(text, true)
+                .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?
+                .get_ids()
+                .to_vec()),
         }
     }
 }
@@ -257,8 +283,18 @@ fn train(kind: Learned, vocab: usize, texts: &[String]) -> anyhow::Result<String
     let specials: Vec<AddedToken> = SPECIALS.iter().map(|s| AddedToken::from(s.to_string(), true)).collect();
     let (model, mut trainer): (ModelWrapper, TrainerWrapper) = match kind {
         Learned::Bpe => (
-            tokenizers::models::bpe::BPE::builder().unk_token("[UNK]".into()).build().map_err(|e| anyhow::anyhow!("{e}"))?.into(),
-            BpeTrainer::builder().show_progress(false).vocab_size(vocab).min_frequency(2).special_tokens(specials).build().into(),
+            tokenizers::models::bpe::BPE::builder()
+                .unk_token("[UNK]".into())
+                .build()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .into(),
+            BpeTrainer::builder()
+                .show_progress(false)
+                .vocab_size(vocab)
+                .min_frequency(2)
+                .special_tokens(specials)
+                .build()
+                .into(),
         ),
         Learned::Unigram => (
             tokenizers::models::unigram::Unigram::default().into(),
@@ -287,9 +323,14 @@ fn train(kind: Learned, vocab: usize, texts: &[String]) -> anyhow::Result<String
         .with_decoder(Some(tokenizers::decoders::DecoderWrapper::from(Metaspace::default())))
         .build()
         .map_err(|e| anyhow::anyhow!("building the tokenizer: {e}"))?;
-    tk.train(&mut trainer, texts.iter()).map_err(|e| anyhow::anyhow!("learning the {kind:?} vocabulary: {e}"))?;
+    tk.train(&mut trainer, texts.iter())
+        .map_err(|e| anyhow::anyhow!("learning the {kind:?} vocabulary: {e}"))?;
     for (i, s) in SPECIALS.iter().enumerate() {
-        anyhow::ensure!(tk.token_to_id(s) == Some(i as u32), "the learned vocabulary put {s} at {:?}, not {i}", tk.token_to_id(s));
+        anyhow::ensure!(
+            tk.token_to_id(s) == Some(i as u32),
+            "the learned vocabulary put {s} at {:?}, not {i}",
+            tk.token_to_id(s)
+        );
     }
     tk.to_string(false).map_err(|e| anyhow::anyhow!("serialising the learned vocabulary: {e}"))
 }
@@ -310,7 +351,8 @@ mod tests {
 
     #[test]
     fn a_learned_vocabulary_is_cached_and_reused() {
-        let texts: Vec<String> = (0..200).map(|i| format!("hello world {} привет мир {} 你好世界", i % 7, i % 5)).collect();
+        let texts: Vec<String> =
+            (0..200).map(|i| format!("hello world {} привет мир {} 你好世界", i % 7, i % 5)).collect();
         let dir = tempfile::tempdir().unwrap();
         for kind in [Learned::Bpe, Learned::Unigram] {
             let a = TextTokenizer::learn(kind, 60, &texts, 32, Some(dir.path())).unwrap();

@@ -24,7 +24,11 @@ use sha2::{Digest, Sha256};
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_file() {
-            bail!("cannot write {}: it is {}, not a regular file (kdx replaces only regular files here)", path.display(), kind(&m));
+            bail!(
+                "cannot write {}: it is {}, not a regular file (kdx replaces only regular files here)",
+                path.display(),
+                kind(&m)
+            );
         }
     }
     replace_regular(path, bytes)
@@ -68,8 +72,8 @@ impl Output {
             bail!("cannot write {}: it is a directory", path.display());
         }
         // What the path resolves to: a link to a regular file is replaced at its target.
-        let target =
-            std::fs::metadata(path).with_context(|| format!("cannot write {}: it is a symbolic link to nothing", path.display()))?;
+        let target = std::fs::metadata(path)
+            .with_context(|| format!("cannot write {}: it is a symbolic link to nothing", path.display()))?;
         if target.is_file() {
             return regular(&std::fs::canonicalize(path).with_context(context)?);
         }
@@ -136,16 +140,21 @@ pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
     if let Ok(m) = std::fs::symlink_metadata(dir) {
         let empty = m.is_dir() && std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
         if !empty {
-            bail!("cannot write {}: it exists already (remove it, or choose another directory)", dir.display());
+            bail!(
+                "cannot write {}: it exists already (remove it, or choose another directory)",
+                dir.display()
+            );
         }
     }
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let Some(name) = dir.file_name() else {
         bail!("cannot write {}: the path has no directory name", dir.display());
     };
-    std::fs::create_dir_all(parent).with_context(|| format!("writing {}: creating {}", dir.display(), parent.display()))?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("writing {}: creating {}", dir.display(), parent.display()))?;
     let tmp = parent.join(format!(".{}.tmp{}", name.to_string_lossy(), unpredictable_suffix()));
-    std::fs::create_dir(&tmp).with_context(|| format!("writing {}: creating {}", dir.display(), tmp.display()))?;
+    std::fs::create_dir(&tmp)
+        .with_context(|| format!("writing {}: creating {}", dir.display(), tmp.display()))?;
     let result = (|| -> Result<()> {
         for (rel, bytes) in files {
             anyhow::ensure!(
@@ -189,7 +198,9 @@ fn unpredictable_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+    );
     format!("{}-{:016x}", std::process::id(), h.finish())
 }
 
@@ -240,7 +251,10 @@ pub fn remove_stale_temporaries(dir: &Path) -> usize {
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let pid = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp")).map(|(_, rest)| rest.split('-').next().unwrap_or(rest));
+        let pid = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp"))
+            .map(|(_, rest)| rest.split('-').next().unwrap_or(rest));
         let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
@@ -316,7 +330,8 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("out.csv")]);
     }
 
@@ -328,8 +343,10 @@ mod tests {
             std::fs::write(dir.path().join(name), "x").unwrap();
         }
         assert_eq!(remove_stale_temporaries(dir.path()), 1);
-        let mut left: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         left.sort();
         assert_eq!(left, vec![own, ".b.json.tmpx".to_string(), "a.csv".to_string()]);
     }
@@ -354,7 +371,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("out.tsv");
         std::fs::write(&p, "old").unwrap();
-        let names = || std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
+        let names =
+            || std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
         // Dropped half-written (an error on the way): the old file stays, nothing else.
         let mut o = Output::create(&p).unwrap();
         o.write_all(b"half").unwrap();
@@ -391,7 +409,10 @@ mod tests {
         // the victim keeps its contents and the link stays (it is not this write's to remove).
         let planted = dir.path().join(".out.csv.tmpguessed");
         std::os::unix::fs::symlink(&victim, &planted).unwrap();
-        let e = format!("{:#}", replace_regular_via(&dir.path().join("out.csv"), b"evil", "guessed").unwrap_err());
+        let e = format!(
+            "{:#}",
+            replace_regular_via(&dir.path().join("out.csv"), b"evil", "guessed").unwrap_err()
+        );
         assert!(e.contains("writing") && e.contains("exists"), "{e}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert!(planted.symlink_metadata().unwrap().file_type().is_symlink());

@@ -33,7 +33,9 @@ fn main() {
     match shape.as_str() {
         // Not a big sweep but a wide one: N keys of one value each, one member.
         "keys" => (0..n).for_each(|i| top.push_str(&format!("\"train.k{i}\" = [{i}]\n"))),
-        "line" => top.push_str(&format!("\"train.optimizer.lr\" = [{}]\n", list(n, &|i| format!("{}e-5", i + 1)))),
+        "line" => {
+            top.push_str(&format!("\"train.optimizer.lr\" = [{}]\n", list(n, &|i| format!("{}e-5", i + 1))))
+        }
         _ => {
             // Two factors as close to sqrt(n) as divide it.
             let a = (1..=n).take_while(|a| a * a <= n).filter(|a| n % a == 0).last().unwrap_or(1);
@@ -51,7 +53,11 @@ fn main() {
     if n > kdx_recipe::MAX_SWEEP_RUNS {
         // Past the limit only loading can be measured.
         let _ = std::fs::remove_dir_all(&dir);
-        println!("shape={shape} values={n}: load {:.3} s  peak RSS {}", t_load.as_secs_f64(), peak_rss().unwrap_or_default());
+        println!(
+            "shape={shape} values={n}: load {:.3} s  peak RSS {}",
+            t_load.as_secs_f64(),
+            peak_rss().unwrap_or_default()
+        );
         return;
     }
     let t1 = Instant::now();
@@ -78,7 +84,10 @@ fn main() {
 }
 
 fn loc(doc: &RecipeDoc, key: &KeyPath) -> String {
-    doc.locate(key).map_or_else(|| "?".into(), |l| l.to_string().replace(&*std::env::temp_dir().to_string_lossy(), "$TMP"))
+    doc.locate(key).map_or_else(
+        || "?".into(),
+        |l| l.to_string().replace(&*std::env::temp_dir().to_string_lossy(), "$TMP"),
+    )
 }
 
 /// `VmHWM` from `/proc/self/status` (Linux only).

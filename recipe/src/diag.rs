@@ -190,7 +190,11 @@ pub fn unknown_key_help(word: &str, valid: &[&str]) -> String {
 
 /// Shared by unknown keys and unknown enum values.
 fn choice_help(word: &str, valid: &[&str], what: &str) -> String {
-    let list = if valid.is_empty() { format!("no {what} are accepted here") } else { format!("valid {what}: {}", valid.join(", ")) };
+    let list = if valid.is_empty() {
+        format!("no {what} are accepted here")
+    } else {
+        format!("valid {what}: {}", valid.join(", "))
+    };
     match did_you_mean(word, valid) {
         Some(s) => format!("did you mean `{s}`? {list}"),
         None => list,
@@ -310,13 +314,17 @@ mod tests {
         assert_eq!(did_you_mean("weight", &keys), None);
         assert_eq!(did_you_mean("anything", &[]), None);
         assert_eq!(did_you_mean("lrr", &["lr", "steps"]), Some("lr"));
-        assert_eq!(unknown_key_help("temprature", &keys), "did you mean `temperature`? valid keys: weight, temperature, plugin");
+        assert_eq!(
+            unknown_key_help("temprature", &keys),
+            "did you mean `temperature`? valid keys: weight, temperature, plugin"
+        );
         assert_eq!(unknown_key_help("zzz", &["a", "b"]), "valid keys: a, b");
     }
 
     #[test]
     fn serde_messages() {
-        let (m, h) = humanize_serde_message("unknown field `temprature`, expected one of `weight`, `temperature`");
+        let (m, h) =
+            humanize_serde_message("unknown field `temprature`, expected one of `weight`, `temperature`");
         assert_eq!(m, "unknown key `temprature`");
         assert_eq!(h.as_deref(), Some("did you mean `temperature`? valid keys: weight, temperature"));
         let (m, _) = humanize_serde_message("invalid type: string \"x\", expected f32");

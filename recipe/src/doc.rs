@@ -101,7 +101,8 @@ impl Locs {
 /// Removes `key` and every path below it. Paths sort directly before the paths
 /// below them, so these form one range of the map.
 fn remove_subtree<V>(map: &mut BTreeMap<KeyPath, V>, key: &KeyPath) {
-    let below: Vec<KeyPath> = map.range(key..).take_while(|(k, _)| k.starts_with(key)).map(|(k, _)| k.clone()).collect();
+    let below: Vec<KeyPath> =
+        map.range(key..).take_while(|(k, _)| k.starts_with(key)).map(|(k, _)| k.clone()).collect();
     for k in below {
         map.remove(&k);
     }
@@ -126,7 +127,8 @@ impl RecipeDoc {
     /// Syntax errors are located at the line and column the parser reports; a
     /// base that cannot be read is reported at the `extends` entry naming it.
     pub fn load(path: &Path) -> Result<RecipeDoc, Diagnostics> {
-        let text = fs::read_to_string(path).map_err(|e| Diagnostic::new(format!("cannot read recipe `{}`: {e}", path.display())))?;
+        let text = fs::read_to_string(path)
+            .map_err(|e| Diagnostic::new(format!("cannot read recipe `{}`: {e}", path.display())))?;
         Self::from_str(&text, path)
     }
 
@@ -138,7 +140,13 @@ impl RecipeDoc {
         let mut loader = Loader { stack: vec![(identity(&path), path.clone())] };
         let mut layer = loader.load_text(text, &path)?;
         let sweep = layer.root.remove(SWEEP);
-        Ok(RecipeDoc { path, root: layer.root, locs: Locs::new(layer.locs), sweep, sweep_order: layer.sweep_order })
+        Ok(RecipeDoc {
+            path,
+            root: layer.root,
+            locs: Locs::new(layer.locs),
+            sweep,
+            sweep_order: layer.sweep_order,
+        })
     }
 
     /// The top recipe file, as given to [`RecipeDoc::load`] / [`RecipeDoc::from_str`].
@@ -380,18 +388,24 @@ impl Loader {
                     match item {
                         Value::String(s) => bases.push((s, extends_key.index(i))),
                         other => diags.push(
-                            Diagnostic::new(format!("`extends` entries must be file names, found {}", type_name(&other)))
-                                .with_key(extends_key.index(i))
-                                .with_loc(locate_in(&locs, &extends_key.index(i))),
+                            Diagnostic::new(format!(
+                                "`extends` entries must be file names, found {}",
+                                type_name(&other)
+                            ))
+                            .with_key(extends_key.index(i))
+                            .with_loc(locate_in(&locs, &extends_key.index(i))),
                         ),
                     }
                 }
             }
             Some(other) => diags.push(
-                Diagnostic::new(format!("`extends` must be a file name or an array of file names, found {}", type_name(&other)))
-                    .with_key(extends_key.clone())
-                    .with_loc(locate_in(&locs, &extends_key))
-                    .with_help("e.g. `extends = \"base.toml\"` or `extends = [\"a.toml\", \"b.toml\"]`"),
+                Diagnostic::new(format!(
+                    "`extends` must be a file name or an array of file names, found {}",
+                    type_name(&other)
+                ))
+                .with_key(extends_key.clone())
+                .with_loc(locate_in(&locs, &extends_key))
+                .with_help("e.g. `extends = \"base.toml\"` or `extends = [\"a.toml\", \"b.toml\"]`"),
             ),
         }
 
@@ -439,9 +453,12 @@ impl Loader {
                 .into());
         }
         let text = fs::read_to_string(&path).map_err(|e| {
-            let d = Diagnostic::new(format!("cannot read base recipe `{rel}` (looked for `{}`): {e}", path.display()))
-                .with_key(KeyPath::root().key(EXTENDS))
-                .with_loc(loc.clone());
+            let d = Diagnostic::new(format!(
+                "cannot read base recipe `{rel}` (looked for `{}`): {e}",
+                path.display()
+            ))
+            .with_key(KeyPath::root().key(EXTENDS))
+            .with_loc(loc.clone());
             if e.kind() == std::io::ErrorKind::NotFound {
                 d.with_help("`extends` paths are relative to the directory of the recipe that names them")
             } else {
@@ -479,7 +496,9 @@ fn merge_tables(base: &mut Table, over: Table, prefix: &KeyPath, replaced: &mut 
         match (base.get_mut(&k), v) {
             // A table that names a different `plugin` is a different thing: the base's
             // parameters belong to the base's plugin, so the table is replaced, not merged.
-            (Some(Value::Table(b)), Value::Table(o)) if !switches_plugin(b, &o) => merge_tables(b, o, &path, replaced),
+            (Some(Value::Table(b)), Value::Table(o)) if !switches_plugin(b, &o) => {
+                merge_tables(b, o, &path, replaced)
+            }
             (_, v) => {
                 replaced.push(path);
                 base.insert(k, v);
@@ -557,7 +576,8 @@ impl<'a> LineIndex<'a> {
         let start = self.starts.get(line - 1).copied().unwrap_or(0);
         let (last_offset, last_col) = self.last.get();
         // From the last offset when it lies on this line, before `offset`.
-        let (from, from_col) = if (start..=offset).contains(&last_offset) { (last_offset, last_col) } else { (start, 1) };
+        let (from, from_col) =
+            if (start..=offset).contains(&last_offset) { (last_offset, last_col) } else { (start, 1) };
         let col = match self.text.get(from..offset) {
             Some(s) => {
                 let col = from_col + s.chars().count();

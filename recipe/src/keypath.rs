@@ -85,7 +85,9 @@ impl KeyPath {
         if s.is_empty() || s == "." {
             return KeyPath::root();
         }
-        parse(s, false).unwrap_or_else(|_| KeyPath(s.split('.').filter(|p| !p.is_empty()).map(|p| Seg::Key(p.to_owned())).collect()))
+        parse(s, false).unwrap_or_else(|_| {
+            KeyPath(s.split('.').filter(|p| !p.is_empty()).map(|p| Seg::Key(p.to_owned())).collect())
+        })
     }
 
     /// Converts the structured path of a `serde_path_to_error` error. Preferred

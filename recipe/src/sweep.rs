@@ -47,20 +47,22 @@ impl RecipeDoc {
     /// problems are reported together.
     pub fn expand_sweep(&self) -> Result<Vec<SweepRun>, Diagnostics> {
         let sweep_path = KeyPath::root().key(SWEEP);
-        let table = match &self.sweep {
-            None => return Ok(vec![self.single_run()]),
-            Some(Value::Table(t)) if t.is_empty() => return Ok(vec![self.single_run()]),
-            Some(Value::Table(t)) => t,
-            Some(other) => {
-                return Err(self
+        let table =
+            match &self.sweep {
+                None => return Ok(vec![self.single_run()]),
+                Some(Value::Table(t)) if t.is_empty() => return Ok(vec![self.single_run()]),
+                Some(Value::Table(t)) => t,
+                Some(other) => return Err(self
                     .diag(
                         &sweep_path,
                         format!("`sweep` must be a table, found {}", type_name(other)),
-                        Some("write `[sweep]` followed by lines such as `\"loss.0.temperature\" = [1, 2, 4]`".into()),
+                        Some(
+                            "write `[sweep]` followed by lines such as `\"loss.0.temperature\" = [1, 2, 4]`"
+                                .into(),
+                        ),
                     )
-                    .into())
-            }
-        };
+                    .into()),
+            };
 
         let mut diags = Diagnostics::default();
         let mut entries: Vec<Entry> = Vec::new();
@@ -88,7 +90,10 @@ impl RecipeDoc {
             if let Some(prev) = swept.get(&key).map(|&i| &entries[i]) {
                 diags.push(self.diag(
                     &at,
-                    format!("`{key}` is swept twice (also as `{}`)", prev.at.last().map_or(String::new(), seg_text)),
+                    format!(
+                        "`{key}` is swept twice (also as `{}`)",
+                        prev.at.last().map_or(String::new(), seg_text)
+                    ),
                     None,
                 ));
                 continue;
@@ -148,8 +153,13 @@ impl RecipeDoc {
         let mut reported: HashSet<KeyPath> = HashSet::new();
         let mut idx = vec![0usize; entries.len()];
         for _ in 0..total {
-            let mut doc =
-                RecipeDoc { path: self.path.clone(), root: self.root.clone(), locs: locs.clone(), sweep: None, sweep_order: Vec::new() };
+            let mut doc = RecipeDoc {
+                path: self.path.clone(),
+                root: self.root.clone(),
+                locs: locs.clone(),
+                sweep: None,
+                sweep_order: Vec::new(),
+            };
             let mut settings = Vec::with_capacity(entries.len());
             let mut parts = Vec::with_capacity(entries.len());
             for (e, (&i, label)) in entries.iter().zip(idx.iter().zip(&labels)) {
@@ -160,7 +170,8 @@ impl RecipeDoc {
                     Ok(()) => {}
                     Err((message, help)) => {
                         if reported.insert(e.key.clone()) {
-                            let mut d = self.diag(&e.at, format!("cannot sweep `{}`: {message}", e.key), help);
+                            let mut d =
+                                self.diag(&e.at, format!("cannot sweep `{}`: {message}", e.key), help);
                             d.key_path = Some(e.key.clone());
                             errors.push(d);
                         }
@@ -209,7 +220,12 @@ fn set_value(root: &mut toml::Table, key: &KeyPath, value: Value) -> Result<(), 
     r
 }
 
-fn set_in(cur: &mut Value, segs: &[Seg], here: &KeyPath, value: Value) -> Result<(), (String, Option<String>)> {
+fn set_in(
+    cur: &mut Value,
+    segs: &[Seg],
+    here: &KeyPath,
+    value: Value,
+) -> Result<(), (String, Option<String>)> {
     let Some((seg, rest)) = segs.split_first() else {
         *cur = value;
         return Ok(());
@@ -235,7 +251,8 @@ fn set_in(cur: &mut Value, segs: &[Seg], here: &KeyPath, value: Value) -> Result
         }
         (Value::Array(a), Seg::Index(i)) => {
             let len = a.len();
-            a.get_mut(*i).ok_or_else(|| (format!("`{here}` has {len} element(s), so there is no `{next}`"), None))?
+            a.get_mut(*i)
+                .ok_or_else(|| (format!("`{here}` has {len} element(s), so there is no `{next}`"), None))?
         }
         (Value::Array(_), Seg::Key(k)) => {
             return Err((
@@ -310,7 +327,9 @@ fn render_value(v: &Value) -> String {
         Value::Boolean(b) => b.to_string(),
         Value::Datetime(d) => d.to_string(),
         Value::Array(a) => a.iter().map(render_value).collect::<Vec<_>>().join("x"),
-        Value::Table(t) => t.iter().map(|(k, v)| format!("{k}-{}", render_value(v))).collect::<Vec<_>>().join("+"),
+        Value::Table(t) => {
+            t.iter().map(|(k, v)| format!("{k}-{}", render_value(v))).collect::<Vec<_>>().join("+")
+        }
     }
 }
 
@@ -335,7 +354,9 @@ fn render_float(f: f64) -> String {
 /// Keeps ASCII letters, digits, `.`, `_`, `-`, `+`; anything else (path
 /// separators, spaces, the `=` and `,` of the name syntax) becomes `_`.
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+') { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+') { c } else { '_' })
+        .collect()
 }
 
 /// The run names given so far.
@@ -433,11 +454,13 @@ mod tests {
     #[test]
     fn unique_names_skip_taken_suffixes() {
         let mut names = super::UniqueNames::default();
-        let got: Vec<String> = ["a", "a", "a~2", "a", "-x", "-x", "a"].into_iter().map(|s| names.make(s.to_owned())).collect();
+        let got: Vec<String> =
+            ["a", "a", "a~2", "a", "-x", "-x", "a"].into_iter().map(|s| names.make(s.to_owned())).collect();
         assert_eq!(got, ["a", "a~2", "a~2~2", "a~3", "_-x", "_-x~2", "a~4"]);
         // Many runs with one name stay unique (and quick).
         let mut names = super::UniqueNames::default();
-        let many: std::collections::HashSet<String> = (0..10_000).map(|_| names.make("same".into())).collect();
+        let many: std::collections::HashSet<String> =
+            (0..10_000).map(|_| names.make("same".into())).collect();
         assert_eq!(many.len(), 10_000);
         assert!(many.contains("same~10000"));
     }
@@ -456,7 +479,10 @@ mod tests {
                         let suffix = &segs[n - len..];
                         let starts_at_index = matches!(suffix.first(), Some(Seg::Index(_)));
                         (!starts_at_index || len == n)
-                            && keys.iter().enumerate().all(|(j, other)| j == i || !other.segments().ends_with(suffix))
+                            && keys
+                                .iter()
+                                .enumerate()
+                                .all(|(j, other)| j == i || !other.segments().ends_with(suffix))
                     });
                     super::render_segs(&segs[n - unique.unwrap_or(n)..])
                 })
@@ -474,7 +500,10 @@ mod tests {
             let keys: Vec<KeyPath> = case.iter().map(|k| kp(k)).chain([KeyPath::root()]).collect();
             assert_eq!(super::labels(&keys), pairwise(&keys), "{case:?}");
         }
-        assert_eq!(super::labels(&[kp("loss.0.weight"), kp("loss.1.weight")]), ["loss0.weight", "loss1.weight"]);
+        assert_eq!(
+            super::labels(&[kp("loss.0.weight"), kp("loss.1.weight")]),
+            ["loss0.weight", "loss1.weight"]
+        );
     }
 
     /// The locations a run had before they were shared: the loaded map
@@ -515,7 +544,8 @@ mod tests {
         ];
         for sweep in sweeps {
             let top = dir.path().join("top.toml");
-            std::fs::write(&top, format!("extends = \"base.toml\"\n[train]\nsteps = 5\n[sweep]\n{sweep}")).expect("write");
+            std::fs::write(&top, format!("extends = \"base.toml\"\n[train]\nsteps = 5\n[sweep]\n{sweep}"))
+                .expect("write");
             let doc = RecipeDoc::load(&top).expect("load");
             let expected = copied_locs(&doc);
             let runs = doc.expand_sweep().expect("expand");

@@ -128,7 +128,8 @@ fn cycle_is_reported_with_chain() {
     let err = RecipeDoc::load(&a).expect_err("cycle");
     assert_eq!(err.0.len(), 1);
     let d = &err.0[0];
-    let (sa, sb) = (dir.path().join("a.toml").display().to_string(), dir.path().join("b.toml").display().to_string());
+    let (sa, sb) =
+        (dir.path().join("a.toml").display().to_string(), dir.path().join("b.toml").display().to_string());
     assert_eq!(d.message, format!("`extends` cycle: {sa} → {sb} → {sa}"));
     // Located at the `extends` that closes the cycle.
     let loc = d.loc.clone().expect("located");
@@ -161,7 +162,10 @@ fn missing_base_is_located_at_extends() {
     assert!(d.message.contains("`nope.toml`"), "{}", d.message);
     assert!(d.help.is_some());
     let shown = err.to_string();
-    assert!(shown.starts_with(&format!("{}:2:1: extends: cannot read base recipe", top.display())), "{shown}");
+    assert!(
+        shown.starts_with(&format!("{}:2:1: extends: cannot read base recipe", top.display())),
+        "{shown}"
+    );
 
     // In an array: located at the entry.
     let top = write(dir.path(), "top2.toml", "extends = [\n  \"top.toml\",\n  \"gone.toml\",\n]\n");
@@ -186,8 +190,14 @@ fn relative_paths_resolve_against_defining_file() {
     );
     let doc = load(&top);
     let corpus = kp("data.corpus");
-    assert_eq!(doc.defining_file(&corpus), Some(dir.path().join("recipes/lid/../../shared/base.toml").as_path()));
-    assert_eq!(doc.resolve_path(&corpus, "../data/c.tsv"), dir.path().join("recipes/lid/../../shared/../data/c.tsv"));
+    assert_eq!(
+        doc.defining_file(&corpus),
+        Some(dir.path().join("recipes/lid/../../shared/base.toml").as_path())
+    );
+    assert_eq!(
+        doc.resolve_path(&corpus, "../data/c.tsv"),
+        dir.path().join("recipes/lid/../../shared/../data/c.tsv")
+    );
     assert_eq!(doc.resolve_path(&kp("data.extra"), "more.tsv"), dir.path().join("recipes/lid/more.tsv"));
     // Absolute paths pass through; unknown keys fall back to the top file.
     assert_eq!(doc.resolve_path(&corpus, "/abs/x"), PathBuf::from("/abs/x"));
@@ -288,7 +298,8 @@ fn deserialize_ok() {
     let key = kp("train");
     let t: Train = doc.deserialize_at(&key, doc.get(&key).cloned().expect("train")).expect("ok");
     assert_eq!(t.steps, 3000);
-    let losses: Vec<Loss> = doc.deserialize_at(&kp("loss"), doc.get(&kp("loss")).cloned().expect("loss")).expect("ok");
+    let losses: Vec<Loss> =
+        doc.deserialize_at(&kp("loss"), doc.get(&kp("loss")).cloned().expect("loss")).expect("ok");
     assert_eq!(losses.len(), 2);
 }
 
@@ -297,7 +308,10 @@ fn deserialize_unknown_field() {
     let text = RECIPE.replace("temperature = 4.0", "temprature = 4.0");
     let d = de_err::<Loss>(&text, "loss.0");
     assert_eq!(d.message, "unknown key `temprature`");
-    assert_eq!(d.help.as_deref(), Some("did you mean `temperature`? valid keys: plugin, weight, temperature"));
+    assert_eq!(
+        d.help.as_deref(),
+        Some("did you mean `temperature`? valid keys: plugin, weight, temperature")
+    );
     assert_eq!(d.key_path.as_ref().map(|k| k.to_string()).as_deref(), Some("loss[0].temprature"));
     assert_eq!(line_col(d.loc.clone()), (7, 1));
     assert_eq!(
@@ -399,11 +413,17 @@ fn sweep_order_is_file_order() {
 
 #[test]
 fn sweep_ambiguous_suffix_and_new_leaf() {
-    let text = format!("{}\n\"loss.0.weight\" = [0.5, 0.25]\n\"loss.1.weight\" = [0.5]\n\"loss.1.temperature\" = [2.0]\n", SWEEP);
+    let text = format!(
+        "{}\n\"loss.0.weight\" = [0.5, 0.25]\n\"loss.1.weight\" = [0.5]\n\"loss.1.temperature\" = [2.0]\n",
+        SWEEP
+    );
     let doc = RecipeDoc::from_str(&text, Path::new("r.toml")).expect("parse");
     let runs = doc.expand_sweep().expect("expand");
     assert_eq!(runs.len(), 3 * 2 * 2);
-    assert_eq!(runs[0].name, "loss0.temperature=1,lr=0.001,loss0.weight=0.5,loss1.weight=0.5,loss1.temperature=2");
+    assert_eq!(
+        runs[0].name,
+        "loss0.temperature=1,lr=0.001,loss0.weight=0.5,loss1.weight=0.5,loss1.temperature=2"
+    );
     // A key that was left at its default is added, located at the sweep entry.
     assert_eq!(runs[0].doc.get(&kp("loss.1.temperature")), Some(&Value::Float(2.0)));
     assert_eq!(line_col(runs[0].doc.locate(&kp("loss.1.temperature"))), (19, 1));
@@ -437,7 +457,8 @@ weight = 1.0
 "#;
     let doc = RecipeDoc::from_str(text, Path::new("r.toml")).expect("parse");
     let err = doc.expand_sweep().expect_err("errors");
-    let lines: Vec<(usize, &str)> = err.0.iter().map(|d| (d.loc.as_ref().map_or(0, |l| l.line), d.message.as_str())).collect();
+    let lines: Vec<(usize, &str)> =
+        err.0.iter().map(|d| (d.loc.as_ref().map_or(0, |l| l.line), d.message.as_str())).collect();
     // Value-shape problems first (all found in one pass), in file order.
     assert_eq!(lines[0].0, 7);
     assert!(lines[0].1.contains("must be an array, found an integer"), "{err}");
@@ -461,11 +482,20 @@ weight = 1.0
     assert_eq!(err.0.len(), 3, "{err}");
     let d = &err.0[0];
     assert_eq!(line_col(d.loc.clone()), (6, 1));
-    assert_eq!(d.message, "cannot sweep `train.optimizer.lr`: `train.optimizer` does not exist in the recipe");
+    assert_eq!(
+        d.message,
+        "cannot sweep `train.optimizer.lr`: `train.optimizer` does not exist in the recipe"
+    );
     assert!(d.help.is_some());
     assert_eq!(line_col(err.0[1].loc.clone()), (7, 1));
-    assert_eq!(err.0[1].message, "cannot sweep `loss[3].weight`: `loss` has 1 element(s), so there is no `loss[3]`");
-    assert_eq!(err.0[2].message, "cannot sweep `train.steps.x`: `train.steps` is an integer, not a table or array");
+    assert_eq!(
+        err.0[1].message,
+        "cannot sweep `loss[3].weight`: `loss` has 1 element(s), so there is no `loss[3]`"
+    );
+    assert_eq!(
+        err.0[2].message,
+        "cannot sweep `train.steps.x`: `train.steps` is an integer, not a table or array"
+    );
 
     let doc = RecipeDoc::from_str("sweep = 3\n", Path::new("r.toml")).expect("parse");
     assert!(doc.has_sweep());
@@ -516,10 +546,13 @@ fn to_toml_round_trips_and_hash_is_stable() {
     let again = RecipeDoc::from_str(&text, Path::new("r.toml")).expect("reparse");
     assert_eq!(again.root(), doc.root());
     assert_eq!(again.content_hash(), doc.content_hash());
-    let names = |d: &RecipeDoc| -> Vec<String> { d.expand_sweep().expect("expand").into_iter().map(|r| r.name).collect() };
+    let names = |d: &RecipeDoc| -> Vec<String> {
+        d.expand_sweep().expect("expand").into_iter().map(|r| r.name).collect()
+    };
     assert_eq!(names(&again), names(&doc));
     // Formatting and comments do not change the hash; content does.
-    let reformatted = RecipeDoc::from_str(&format!("# hi\n{SWEEP}\n\n"), Path::new("other.toml")).expect("parse");
+    let reformatted =
+        RecipeDoc::from_str(&format!("# hi\n{SWEEP}\n\n"), Path::new("other.toml")).expect("parse");
     assert_eq!(reformatted.content_hash(), doc.content_hash());
     let changed = RecipeDoc::from_str(&SWEEP.replace("0.9", "0.8"), Path::new("r.toml")).expect("parse");
     assert_ne!(changed.content_hash(), doc.content_hash());
@@ -547,7 +580,11 @@ fn no_panic_on_odd_input() {
             let _ = doc.get(&KeyPath::root());
         }
     }
-    let doc = RecipeDoc::from_str("a = [[1], {}]\n[sweep]\n\"a.0.0\" = [2]\n\"a.1.k\" = [3]\n", Path::new("r.toml")).expect("parse");
+    let doc = RecipeDoc::from_str(
+        "a = [[1], {}]\n[sweep]\n\"a.0.0\" = [2]\n\"a.1.k\" = [3]\n",
+        Path::new("r.toml"),
+    )
+    .expect("parse");
     let runs = doc.expand_sweep().expect("expand");
     assert_eq!(runs[0].doc.get(&kp("a.0.0")), Some(&Value::Integer(2)));
     assert_eq!(runs[0].name, "a0.0=2,k=3");
@@ -558,7 +595,11 @@ fn no_panic_on_odd_input() {
 #[test]
 fn a_table_naming_another_plugin_replaces_its_base() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "base.toml", "[teacher]\nplugin = \"ngram-mlp\"\nbuckets = 1024\n\n[student]\nplugin = \"ngram-mlp\"\ndim = 8\n");
+    write(
+        dir.path(),
+        "base.toml",
+        "[teacher]\nplugin = \"ngram-mlp\"\nbuckets = 1024\n\n[student]\nplugin = \"ngram-mlp\"\ndim = 8\n",
+    );
     let child = write(
         dir.path(),
         "child.toml",

@@ -86,14 +86,23 @@ pub type CreateFn = unsafe extern "C" fn(
 /// Computes the loss on one batch: reads `*input`, writes `output.value` and the gradients
 /// into the host's zero-filled buffers; sets `output.has_grad_hidden` when it wrote
 /// `grad_hidden`.
-pub type ComputeFn =
-    unsafe extern "C" fn(handle: *mut c_void, input: *const RawLossInput, output: *mut RawLossOutput, out_error: *mut *mut c_char) -> i32;
+pub type ComputeFn = unsafe extern "C" fn(
+    handle: *mut c_void,
+    input: *const RawLossInput,
+    output: *mut RawLossOutput,
+    out_error: *mut *mut c_char,
+) -> i32;
 
 /// Reports per-language state (e.g. a gate) for `metrics.csv`: stores its length in
 /// `*out_len` ([`NO_LANGUAGE_STATE`] for none) and, when it is at most `cap`, the values in
 /// `buf`. The host calls again with a larger buffer when `cap` was too small.
-pub type LanguageStateFn =
-    unsafe extern "C" fn(handle: *mut c_void, buf: *mut f32, cap: usize, out_len: *mut usize, out_error: *mut *mut c_char) -> i32;
+pub type LanguageStateFn = unsafe extern "C" fn(
+    handle: *mut c_void,
+    buf: *mut f32,
+    cap: usize,
+    out_len: *mut usize,
+    out_error: *mut *mut c_char,
+) -> i32;
 
 /// Destroys a handle made by [`CreateFn`]. Called exactly once per handle.
 pub type DestroyFn = unsafe extern "C" fn(handle: *mut c_void);
@@ -184,7 +193,14 @@ pub mod nan_as_null {
 impl LangStat {
     /// A language with `train_size` training examples, before any step.
     pub fn new(train_size: u64) -> LangStat {
-        LangStat { train_size, drawn: 0, student_loss: 0.0, teacher_loss: 0.0, dev_acc: f64::NAN, teacher_dev_acc: f64::NAN }
+        LangStat {
+            train_size,
+            drawn: 0,
+            student_loss: 0.0,
+            teacher_loss: 0.0,
+            dev_acc: f64::NAN,
+            teacher_dev_acc: f64::NAN,
+        }
     }
 
     /// The student's dev accuracy, if it has been evaluated.

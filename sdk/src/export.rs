@@ -52,9 +52,11 @@ impl SchemaCell {
 
     /// `L`'s schema (null when it publishes none, or its schema cannot be made).
     pub fn get<L: Loss>(&self) -> *const c_char {
-        let r = catch_unwind(|| match self.0.get_or_init(|| L::params_schema().and_then(|s| CString::new(s).ok())) {
-            Some(s) => s.as_ptr(),
-            None => std::ptr::null(),
+        let r = catch_unwind(|| {
+            match self.0.get_or_init(|| L::params_schema().and_then(|s| CString::new(s).ok())) {
+                Some(s) => s.as_ptr(),
+                None => std::ptr::null(),
+            }
         });
         r.unwrap_or_else(|p| {
             forget_payload(p);
@@ -154,7 +156,8 @@ unsafe fn guard(out_error: *mut *mut c_char, f: impl FnOnce() -> Result<()>) -> 
             STATUS_ERROR
         }
         Err(p) => {
-            let msg = catch_unwind(AssertUnwindSafe(|| panic_message(&*p))).unwrap_or_else(|_| "a panic".into());
+            let msg =
+                catch_unwind(AssertUnwindSafe(|| panic_message(&*p))).unwrap_or_else(|_| "a panic".into());
             forget_payload(p);
             // SAFETY: as above.
             unsafe { store_error(out_error, &msg) };
@@ -228,7 +231,10 @@ pub unsafe extern "C" fn create<L: Loss>(
             let bytes = slice(params_json, params_len, "parameter")?;
             let text = std::str::from_utf8(bytes).map_err(|_| Error::msg("the parameters are not UTF-8"))?;
             let loss = L::create(&Params::from_json(text))?;
-            crate::ensure!(!out_handle.is_null() && !out_flags.is_null(), "the host passed no place for the handle");
+            crate::ensure!(
+                !out_handle.is_null() && !out_flags.is_null(),
+                "the host passed no place for the handle"
+            );
             *out_flags = need_flags(&loss);
             *out_handle = Box::into_raw(Box::new(loss)) as *mut c_void;
             Ok(())
@@ -247,14 +253,20 @@ pub unsafe extern "C" fn compute<L: Loss>(
     // and `output` are valid for the call, the output buffers sized as the input says.
     unsafe {
         guard(out_error, || {
-            crate::ensure!(!handle.is_null() && !input.is_null() && !output.is_null(), "null pointer passed to compute");
+            crate::ensure!(
+                !handle.is_null() && !input.is_null() && !output.is_null(),
+                "null pointer passed to compute"
+            );
             let loss = &mut *(handle as *mut L);
             let raw = &*input;
             let x = LossInput::from_raw(raw)?;
             let out = loss.compute(&x)?;
             out.check(&x)?;
             let o = &mut *output;
-            crate::ensure!(!o.grad_logits.is_null() || out.grad_logits.is_empty(), "the host passed no gradient buffer");
+            crate::ensure!(
+                !o.grad_logits.is_null() || out.grad_logits.is_empty(),
+                "the host passed no gradient buffer"
+            );
             if !out.grad_logits.is_empty() {
                 std::ptr::copy_nonoverlapping(out.grad_logits.as_ptr(), o.grad_logits, out.grad_logits.len());
             }

@@ -212,12 +212,15 @@ pub struct LossInput<'a> {
 impl<'a> LossInput<'a> {
     /// The teacher logits, or an error naming what is missing.
     pub fn teacher_logits(&self) -> Result<&'a [f32]> {
-        self.teacher_logits.ok_or_else(|| Error::msg("this loss needs teacher logits, and this stage has no teacher"))
+        self.teacher_logits
+            .ok_or_else(|| Error::msg("this loss needs teacher logits, and this stage has no teacher"))
     }
 
     /// The gold labels, or an error naming what is missing.
     pub fn labels(&self) -> Result<&'a [u32]> {
-        self.labels.ok_or_else(|| Error::msg("this loss needs gold labels, and the student may not see them in this task"))
+        self.labels.ok_or_else(|| {
+            Error::msg("this loss needs gold labels, and the student may not see them in this task")
+        })
     }
 
     /// Fraction of the stage done, in `[0, 1]`: `step / (total_steps - 1)`. Use it for your
@@ -276,7 +279,11 @@ impl LossOutput {
     /// Checks the gradient sizes against the input's.
     pub fn check(&self, x: &LossInput) -> Result<()> {
         let want = x.batch * x.classes;
-        ensure!(self.grad_logits.len() == want, "the loss returned {} logit gradients, expected {want}", self.grad_logits.len());
+        ensure!(
+            self.grad_logits.len() == want,
+            "the loss returned {} logit gradients, expected {want}",
+            self.grad_logits.len()
+        );
         if let Some(g) = &self.grad_hidden {
             let want = x.batch * x.student_hidden_dim;
             ensure!(g.len() == want, "the loss returned {} hidden gradients, expected {want}", g.len());

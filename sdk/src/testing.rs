@@ -96,8 +96,22 @@ impl SampleBatch {
             langs: (0..batch).map(|i| (i % 2) as u32).collect(),
             weights: (0..batch).map(|i| 0.5 + (i % 3) as f32 * 0.25).collect(),
             stats: vec![
-                LangStat { train_size: 100, drawn: 40, student_loss: 1.2, teacher_loss: 0.3, dev_acc: 0.5, teacher_dev_acc: 0.9 },
-                LangStat { train_size: 10, drawn: 4, student_loss: 0.2, teacher_loss: 0.25, dev_acc: 0.95, teacher_dev_acc: 0.9 },
+                LangStat {
+                    train_size: 100,
+                    drawn: 40,
+                    student_loss: 1.2,
+                    teacher_loss: 0.3,
+                    dev_acc: 0.5,
+                    teacher_dev_acc: 0.9,
+                },
+                LangStat {
+                    train_size: 10,
+                    drawn: 4,
+                    student_loss: 0.2,
+                    teacher_loss: 0.25,
+                    dev_acc: 0.95,
+                    teacher_dev_acc: 0.9,
+                },
             ],
         }
     }
@@ -167,12 +181,20 @@ pub fn gradient_check<L: Loss>(loss: &mut L, x: &LossInput, eps: f32) -> Result<
     x.check()?;
     let base = loss.compute(x)?;
     base.check(x)?;
-    let mut report = GradientCheck { max_error: 0.0, buffer: "logits", index: 0, analytic: 0.0, numeric: 0.0, checked: 0 };
+    let mut report =
+        GradientCheck { max_error: 0.0, buffer: "logits", index: 0, analytic: 0.0, numeric: 0.0, checked: 0 };
     let note = |report: &mut GradientCheck, buffer: &'static str, i: usize, a: f32, n: f32| {
         let err = (a - n).abs() / 1f32.max(a.abs()).max(n.abs());
         report.checked += 1;
         if err > report.max_error || err.is_nan() {
-            *report = GradientCheck { max_error: err, buffer, index: i, analytic: a, numeric: n, checked: report.checked };
+            *report = GradientCheck {
+                max_error: err,
+                buffer,
+                index: i,
+                analytic: a,
+                numeric: n,
+                checked: report.checked,
+            };
         }
     };
     let mut z = x.student_logits.to_vec();
@@ -220,12 +242,17 @@ mod tests {
             false
         }
         fn compute(&mut self, x: &LossInput) -> Result<LossOutput> {
-            let v: f32 = x.student_logits.iter().map(|z| z * z * z).sum::<f32>() + x.student_hidden.iter().map(|h| h.sin()).sum::<f32>();
+            let v: f32 = x.student_logits.iter().map(|z| z * z * z).sum::<f32>()
+                + x.student_hidden.iter().map(|h| h.sin()).sum::<f32>();
             let mut g: Vec<f32> = x.student_logits.iter().map(|z| 3.0 * z * z).collect();
             if self.wrong {
                 g[3] += 0.5;
             }
-            Ok(LossOutput { value: v, grad_logits: g, grad_hidden: Some(x.student_hidden.iter().map(|h| h.cos()).collect()) })
+            Ok(LossOutput {
+                value: v,
+                grad_logits: g,
+                grad_hidden: Some(x.student_hidden.iter().map(|h| h.cos()).collect()),
+            })
         }
     }
 
@@ -251,7 +278,10 @@ mod tests {
         // A teacher of another width: its hidden states are sized by it, the student's not.
         let w = a.with_teacher_width(7, 1.0, 9);
         let x = w.input(0, 1);
-        assert_eq!((x.student_hidden.len(), x.teacher_hidden.map(<[f32]>::len), x.teacher_hidden_dim), (10, Some(35), 7));
+        assert_eq!(
+            (x.student_hidden.len(), x.teacher_hidden.map(<[f32]>::len), x.teacher_hidden_dim),
+            (10, Some(35), 7)
+        );
         x.check().unwrap();
     }
 

@@ -50,14 +50,22 @@ pub fn kdx_steps_per_s(variant_name: &str, sparse: bool, steps: usize, warmup: u
     params.insert("buckets".into(), (v as i64).into());
     params.insert("dim".into(), (d as i64).into());
     params.insert("hidden".into(), toml::Value::Array(vec![(h as i64).into()]));
-    let Instance::Model(builder) = build_standalone(PluginKind::Model, "ngram-mlp", params, "kdx bench")? else {
+    let Instance::Model(builder) = build_standalone(PluginKind::Model, "ngram-mlp", params, "kdx bench")?
+    else {
         unreachable!("a model registration builds a model")
     };
     let mut model = builder.build(&kdx_framework::model::ModelSpec::new(C, 0))?;
     let mut kl_params = toml::Table::new();
     kl_params.insert("temperature".into(), (T as f64).into());
-    let Instance::Loss(mut kl) = build_standalone(PluginKind::Loss, "soft-kl", kl_params, "kdx bench")? else { unreachable!() };
-    let Instance::Loss(mut ce) = build_standalone(PluginKind::Loss, "hard-ce", toml::Table::new(), "kdx bench")? else { unreachable!() };
+    let Instance::Loss(mut kl) = build_standalone(PluginKind::Loss, "soft-kl", kl_params, "kdx bench")?
+    else {
+        unreachable!()
+    };
+    let Instance::Loss(mut ce) =
+        build_standalone(PluginKind::Loss, "hard-ce", toml::Table::new(), "kdx bench")?
+    else {
+        unreachable!()
+    };
     let half = Schedule::Constant(0.5);
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
@@ -67,14 +75,17 @@ pub fn kdx_steps_per_s(variant_name: &str, sparse: bool, steps: usize, warmup: u
     let teacher: Vec<f32> = (0..B * C).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
     let langs = vec![0u32; B];
     let weights = vec![1f32; B];
-    let mut opt = Optimizer::new(OptimizerConfig { kind: OptimizerKind::Adam, lr: 1e-3, sparse, ..Default::default() });
+    let mut opt =
+        Optimizer::new(OptimizerConfig { kind: OptimizerKind::Adam, lr: 1e-3, sparse, ..Default::default() });
     let mut t0 = Instant::now();
     for step in 0..warmup + steps {
         if step == warmup {
             t0 = Instant::now();
         }
-        let mut losses =
-            [StageLoss { name: "soft-kl", weight: &half, loss: &mut *kl }, StageLoss { name: "hard-ce", weight: &half, loss: &mut *ce }];
+        let mut losses = [
+            StageLoss { name: "soft-kl", weight: &half, loss: &mut *kl },
+            StageLoss { name: "hard-ce", weight: &half, loss: &mut *ce },
+        ];
         model.forward_backward(&bags, StepCtx::new(step as u64, 0), &mut |out| {
             let input = LossInput {
                 batch: B,
@@ -125,7 +136,10 @@ fn torch_steps_per_s(
         "1",
     ];
     let v = torch_result(python, script, &args)?;
-    v.get("steps_per_s").or_else(|| v.get("steps_per_sec")).and_then(|x| x.as_f64()).with_context(|| format!("no steps_per_s in {v}"))
+    v.get("steps_per_s")
+        .or_else(|| v.get("steps_per_sec"))
+        .and_then(|x| x.as_f64())
+        .with_context(|| format!("no steps_per_s in {v}"))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -194,24 +208,43 @@ fn run_transformer(args: &BenchArgs) -> Result<()> {
         "{:<8} {:<10} {:>10} {:>10} {:>10} {:>10} {:>8}",
         "workload", "variant", "kdx seq/s", "torch seq/s", "kdx GF/s", "torch GF/s", "ratio"
     );
-    let work: Vec<(&transformer::Shape, bool)> = STEP_SHAPES.iter().map(|s| (s, true)).chain([(&MINILM, false)]).collect();
+    let work: Vec<(&transformer::Shape, bool)> =
+        STEP_SHAPES.iter().map(|s| (s, true)).chain([(&MINILM, false)]).collect();
     let (steps, warmup) = (args.transformer_steps, 3);
     for (shape, train) in work {
         let (mut k, mut t) = (Vec::new(), Vec::new());
         for _ in 0..args.reps.max(1) {
-            k.push(if train { kdx_step(shape, steps, warmup)? } else { kdx_encode(shape, steps, warmup)? }.sequences_per_s);
+            k.push(
+                if train { kdx_step(shape, steps, warmup)? } else { kdx_encode(shape, steps, warmup)? }
+                    .sequences_per_s,
+            );
             if let Some(script) = &args.torch_transformer_script {
-                t.push(torch(&args.python, script, shape, train, args.threads, steps, warmup)?.sequences_per_s);
+                t.push(
+                    torch(&args.python, script, shape, train, args.threads, steps, warmup)?.sequences_per_s,
+                );
             }
         }
         let gf = |seqs: f64| seqs * shape.flops_per_seq(train) / 1e9;
         let km = median(k);
         let name = if train { "step" } else { "encode" };
         if t.is_empty() {
-            println!("{name:<8} {:<10} {km:>10.1} {:>10} {:>10.1} {:>10} {:>8}", shape.name, "-", gf(km), "-", "-");
+            println!(
+                "{name:<8} {:<10} {km:>10.1} {:>10} {:>10.1} {:>10} {:>8}",
+                shape.name,
+                "-",
+                gf(km),
+                "-",
+                "-"
+            );
         } else {
             let tm = median(t);
-            println!("{name:<8} {:<10} {km:>10.1} {tm:>10.1} {:>10.1} {:>10.1} {:>7.2}×", shape.name, gf(km), gf(tm), km / tm);
+            println!(
+                "{name:<8} {:<10} {km:>10.1} {tm:>10.1} {:>10.1} {:>10.1} {:>7.2}×",
+                shape.name,
+                gf(km),
+                gf(tm),
+                km / tm
+            );
         }
     }
     Ok(())
@@ -219,7 +252,8 @@ fn run_transformer(args: &BenchArgs) -> Result<()> {
 
 /// The n-gram distillation step, one line per (variant, mode).
 fn run_ngram(args: &BenchArgs) -> Result<()> {
-    let variants: Vec<&str> = if args.variant == "all" { vec!["base", "smallv", "bigmlp"] } else { vec![args.variant.as_str()] };
+    let variants: Vec<&str> =
+        if args.variant == "all" { vec!["base", "smallv", "bigmlp"] } else { vec![args.variant.as_str()] };
     let modes: Vec<bool> = match args.mode.as_str() {
         "all" => vec![false, true],
         "dense" => vec![false],
@@ -234,7 +268,15 @@ fn run_ngram(args: &BenchArgs) -> Result<()> {
             for _ in 0..args.reps.max(1) {
                 k.push(kdx_steps_per_s(v, sparse, args.steps, args.warmup)?);
                 if let Some(script) = &args.torch_script {
-                    t.push(torch_steps_per_s(&args.python, script, v, sparse, args.threads, args.steps, args.warmup)?);
+                    t.push(torch_steps_per_s(
+                        &args.python,
+                        script,
+                        v,
+                        sparse,
+                        args.threads,
+                        args.steps,
+                        args.warmup,
+                    )?);
                 }
             }
             let km = median(k);

@@ -8,9 +8,20 @@ use anyhow::{Context, Result};
 
 /// Runs a PyTorch reference script and returns the JSON of its `RESULT {json}` line.
 pub fn torch_result(python: &str, script: &Path, args: &[&str]) -> Result<serde_json::Value> {
-    let out = Command::new(python).arg(script).args(args).output().with_context(|| format!("running {python} {}", script.display()))?;
-    anyhow::ensure!(out.status.success(), "the PyTorch reference failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {python} {}", script.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the PyTorch reference failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find_map(|l| l.strip_prefix("RESULT ")).context("no RESULT line from the PyTorch reference")?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .context("no RESULT line from the PyTorch reference")?;
     Ok(serde_json::from_str(line)?)
 }

@@ -35,7 +35,8 @@ pub const STEP_SHAPES: [Shape; 2] = [
     Shape { name: "small", vocab: 8192, d: 256, layers: 4, heads: 4, ffn: 1024, seq: 32, batch: 32 },
 ];
 /// all-MiniLM-L6-v2's shape for `encode`.
-pub const MINILM: Shape = Shape { name: "minilm-l6", vocab: 30522, d: 384, layers: 6, heads: 12, ffn: 1536, seq: 32, batch: 64 };
+pub const MINILM: Shape =
+    Shape { name: "minilm-l6", vocab: 30522, d: 384, layers: 6, heads: 12, ffn: 1536, seq: 32, batch: 64 };
 const TEACHER_DIM: usize = 384;
 
 impl Shape {
@@ -62,10 +63,18 @@ impl Shape {
             type_vocab: 0,
             position_offset: 0,
             eps: 1e-12,
-            activation: FfnActivation::Gelu,
+            activation: FfnActivation::GeluErf,
             dropout: 0.0,
         };
-        TransformerModel::new(Encoder::new(cfg, 0), TextTokenizer::bytes(self.seq), Pooling::Mean, false, out, 0, "bench".into())
+        TransformerModel::new(
+            Encoder::new(cfg, 0),
+            TextTokenizer::bytes(self.seq),
+            Pooling::Mean,
+            false,
+            out,
+            0,
+            "bench".into(),
+        )
     }
 
     /// `n` sequences of random ids with lengths uniform in [seq/4, seq], as the reference.
@@ -97,7 +106,8 @@ pub fn kdx_step(s: &Shape, steps: usize, warmup: usize) -> Result<Rate> {
     let mut model = s.model(s.seq, TEACHER_DIM);
     let bags = s.batch(2 * s.batch, &mut rng);
     let target: Vec<f32> = (0..2 * s.batch * TEACHER_DIM).map(|_| rng.gen_range(-0.05f32..0.05)).collect();
-    let config = OptimizerConfig { kind: OptimizerKind::Adam, lr: 1e-4, sparse: false, ..OptimizerConfig::default() };
+    let config =
+        OptimizerConfig { kind: OptimizerKind::Adam, lr: 1e-4, sparse: false, ..OptimizerConfig::default() };
     let mut opt = Optimizer::new(config);
     let n = target.len() as f32;
     let mut step = |i: usize| -> Result<()> {
@@ -136,7 +146,15 @@ pub fn kdx_encode(s: &Shape, steps: usize, warmup: usize) -> Result<Rate> {
 }
 
 /// One run of the PyTorch reference for one workload.
-pub fn torch(python: &str, script: &Path, s: &Shape, train: bool, threads: usize, steps: usize, warmup: usize) -> Result<Rate> {
+pub fn torch(
+    python: &str,
+    script: &Path,
+    s: &Shape,
+    train: bool,
+    threads: usize,
+    steps: usize,
+    warmup: usize,
+) -> Result<Rate> {
     let (threads, steps, warmup) = (threads.to_string(), steps.to_string(), warmup.to_string());
     let mut args = vec!["--threads", &threads, "--steps", &steps, "--warmup", &warmup];
     if train {
@@ -145,7 +163,10 @@ pub fn torch(python: &str, script: &Path, s: &Shape, train: bool, threads: usize
         args.extend(["--workload", "encode"]);
     }
     let v = super::torch::torch_result(python, script, &args)?;
-    let seqs = v.get("sequences_per_s").and_then(|x| x.as_f64()).with_context(|| format!("no sequences_per_s in {v}"))?;
+    let seqs = v
+        .get("sequences_per_s")
+        .and_then(|x| x.as_f64())
+        .with_context(|| format!("no sequences_per_s in {v}"))?;
     let per = if train { 2.0 * s.batch as f64 } else { s.batch as f64 };
     Ok(Rate { per_s: seqs / per, sequences_per_s: seqs })
 }

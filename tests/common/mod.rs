@@ -14,7 +14,10 @@ pub fn good_recipe(name: &str) -> String {
     std::fs::read_to_string(root().join("tests/batch/good.toml"))
         .unwrap()
         .replace("name = \"batch-good\"", &format!("name = \"{name}\""))
-        .replace("../../data/gettext-corpus.tsv.gz", &root().join("data/gettext-corpus.tsv.gz").display().to_string())
+        .replace(
+            "../../data/gettext-corpus.tsv.gz",
+            &root().join("data/gettext-corpus.tsv.gz").display().to_string(),
+        )
 }
 
 /// all-MiniLM-L6-v2 as `scripts/fetch-minilm.sh` leaves it (`$KDX_MODEL_DIR`, default

@@ -7,7 +7,13 @@ use kdx_recipe::{Diagnostic, KeyPath, RecipeDoc};
 /// A plugin's refusal of its parameters as a diagnostic: at the offending key when the message
 /// names one (`` `temperature`: … ``, as `kdx_sdk::Params::parse` writes it), worded as for
 /// built-in plugins (`expected a number, found string "hot"`); at the table otherwise.
-pub fn parameter_error(doc: &RecipeDoc, key: &KeyPath, params: &toml::Table, msg: &str, prefix: &str) -> Diagnostic {
+pub fn parameter_error(
+    doc: &RecipeDoc,
+    key: &KeyPath,
+    params: &toml::Table,
+    msg: &str,
+    prefix: &str,
+) -> Diagnostic {
     let named = msg.strip_prefix('`').and_then(|r| r.split_once("`: ")).filter(|(k, _)| {
         let first = k.split(['.', '[']).next().unwrap_or_default();
         params.contains_key(first)

@@ -87,15 +87,21 @@ impl Loss for DylibLoss {
         self.n_langs = stats.len();
         let mut grad_logits = vec![0f32; b * c];
         let mut grad_hidden = vec![0f32; b * h];
-        let mut out =
-            RawLossOutput { value: 0.0, has_grad_hidden: 0, grad_logits: grad_logits.as_mut_ptr(), grad_hidden: grad_hidden.as_mut_ptr() };
+        let mut out = RawLossOutput {
+            value: 0.0,
+            has_grad_hidden: 0,
+            grad_logits: grad_logits.as_mut_ptr(),
+            grad_hidden: grad_hidden.as_mut_ptr(),
+        };
         let mut err: *mut c_char = std::ptr::null_mut();
         // SAFETY: every buffer is sized as `raw` says (checked above) and outlives the call.
         let status = unsafe { (self.plugin.api.compute)(self.handle, &raw, &mut out, &mut err) };
         match status {
-            abi::STATUS_OK => {
-                Ok(LossOutput { value: out.value, grad_logits, grad_hidden: (out.has_grad_hidden != 0).then_some(grad_hidden) })
-            }
+            abi::STATUS_OK => Ok(LossOutput {
+                value: out.value,
+                grad_logits,
+                grad_hidden: (out.has_grad_hidden != 0).then_some(grad_hidden),
+            }),
             abi::STATUS_PANIC => {
                 let msg = self.plugin.take_message(err);
                 self.failed = Some(msg.clone());
@@ -115,7 +121,9 @@ impl Loss for DylibLoss {
             let mut len = 0usize;
             let mut err: *mut c_char = std::ptr::null_mut();
             // SAFETY: `buf` holds `cap` values.
-            let status = unsafe { (self.plugin.api.language_state)(self.handle, buf.as_mut_ptr(), cap, &mut len, &mut err) };
+            let status = unsafe {
+                (self.plugin.api.language_state)(self.handle, buf.as_mut_ptr(), cap, &mut len, &mut err)
+            };
             if status != abi::STATUS_OK {
                 let msg = self.plugin.take_message(err);
                 eprintln!("warning: {}: language state: {msg}", self.what());
@@ -142,11 +150,18 @@ impl PluginLibrary {
         let mut flags = 0u32;
         let mut err: *mut c_char = std::ptr::null_mut();
         // SAFETY: valid pointers to locals; the JSON outlives the call.
-        let status = unsafe { (self.api.create)(params_json.as_ptr(), params_json.len(), &mut handle, &mut flags, &mut err) };
+        let status = unsafe {
+            (self.api.create)(params_json.as_ptr(), params_json.len(), &mut handle, &mut flags, &mut err)
+        };
         match status {
-            abi::STATUS_OK if !handle.is_null() => {
-                Ok(DylibLoss { handle, flags, failed: None, n_langs: 0, plugin: self.clone(), _lib: self.lib.clone() })
-            }
+            abi::STATUS_OK if !handle.is_null() => Ok(DylibLoss {
+                handle,
+                flags,
+                failed: None,
+                n_langs: 0,
+                plugin: self.clone(),
+                _lib: self.lib.clone(),
+            }),
             abi::STATUS_OK => Err("the plugin reported success but returned no loss".into()),
             abi::STATUS_PANIC => Err(format!("the plugin panicked: {}", self.take_message(err))),
             _ => Err(self.take_message(err)),
@@ -155,12 +170,23 @@ impl PluginLibrary {
 
     /// Builds a loss for the `[[loss]]` table at `key`: `params` is the table without
     /// `plugin` and `weight`. The plugin's refusal is located at `key`.
-    pub fn build_loss(self: &Arc<Self>, doc: &RecipeDoc, key: &KeyPath, params: &toml::Table) -> Result<Box<dyn Loss>, Diagnostic> {
-        let json =
-            serde_json::to_string(params).map_err(|e| doc.diag(key, format!("cannot pass the parameters to the plugin: {e}"), None))?;
+    pub fn build_loss(
+        self: &Arc<Self>,
+        doc: &RecipeDoc,
+        key: &KeyPath,
+        params: &toml::Table,
+    ) -> Result<Box<dyn Loss>, Diagnostic> {
+        let json = serde_json::to_string(params)
+            .map_err(|e| doc.diag(key, format!("cannot pass the parameters to the plugin: {e}"), None))?;
         match self.create_loss(&json) {
             Ok(l) => Ok(Box::new(l)),
-            Err(msg) => Err(parameter_error(doc, key, params, &msg, &format!("loss plugin `{}` ({}): ", self.name, self.path.display()))),
+            Err(msg) => Err(parameter_error(
+                doc,
+                key,
+                params,
+                &msg,
+                &format!("loss plugin `{}` ({}): ", self.name, self.path.display()),
+            )),
         }
     }
 }

@@ -29,7 +29,9 @@ pub enum PluginError {
     #[error("{0} is not a kdx plugin: it exports no `{sym}` function", sym = abi::ENTRY_SYMBOL)]
     NotAPlugin(PathBuf),
     /// The entry point gave no descriptor (it panicked or could not describe itself).
-    #[error("{0}: the plugin's entry point returned no descriptor (it panicked or could not describe itself)")]
+    #[error(
+        "{0}: the plugin's entry point returned no descriptor (it panicked or could not describe itself)"
+    )]
     NoDescriptor(PathBuf),
     /// Another ABI version.
     #[error("{path} was built for plugin ABI version {found}, but this kdx ({host}) speaks version {want}", want = abi::ABI_VERSION, host = FRAMEWORK_VERSION)]
@@ -150,7 +152,8 @@ impl PluginLibrary {
         let Ok(absolute) = std::fs::canonicalize(path) else {
             return Err(PluginError::Missing(path.to_path_buf()));
         };
-        let lib = open_library(&absolute).map_err(|e| PluginError::NotALibrary { path: path.to_path_buf(), reason: e.to_string() })?;
+        let lib = open_library(&absolute)
+            .map_err(|e| PluginError::NotALibrary { path: path.to_path_buf(), reason: e.to_string() })?;
         // SAFETY: the symbol, if present, is an `EntryFn` (the ABI's contract for this name).
         let entry: abi::EntryFn = unsafe {
             match lib.get::<abi::EntryFn>(abi::ENTRY_SYMBOL.as_bytes()) {
@@ -179,18 +182,30 @@ impl PluginLibrary {
         }
         let invalid = |reason: String| PluginError::Invalid { path: path.to_path_buf(), reason };
         if d.kind != abi::KIND_LOSS {
-            return Err(invalid(format!("the plugin is of kind {}, which this kdx cannot load (it loads loss plugins)", d.kind)));
+            return Err(invalid(format!(
+                "the plugin is of kind {}, which this kdx cannot load (it loads loss plugins)",
+                d.kind
+            )));
         }
         // SAFETY: as above.
-        let (name, summary) = unsafe { (descriptor_str(d.name, "name", path)?, descriptor_str(d.summary, "summary", path)?) };
+        let (name, summary) =
+            unsafe { (descriptor_str(d.name, "name", path)?, descriptor_str(d.summary, "summary", path)?) };
         if !valid_name(&name) {
-            return Err(invalid(format!("the plugin's name `{name}` is not a valid plugin name (lowercase letters, digits and `-`)")));
+            return Err(invalid(format!(
+                "the plugin's name `{name}` is not a valid plugin name (lowercase letters, digits and `-`)"
+            )));
         }
-        let api =
-            Api { create: d.create, compute: d.compute, language_state: d.language_state, destroy: d.destroy, free_string: d.free_string };
+        let api = Api {
+            create: d.create,
+            compute: d.compute,
+            language_state: d.language_state,
+            destroy: d.destroy,
+            free_string: d.free_string,
+        };
         // SAFETY: the symbol, when present, is a `SchemaFn` (exported by `export_loss!` of an
         // SDK whose ABI version was checked above).
-        let schema_fn: Option<abi::SchemaFn> = unsafe { lib.get::<abi::SchemaFn>(abi::SCHEMA_SYMBOL.as_bytes()).ok().map(|s| *s) };
+        let schema_fn: Option<abi::SchemaFn> =
+            unsafe { lib.get::<abi::SchemaFn>(abi::SCHEMA_SYMBOL.as_bytes()).ok().map(|s| *s) };
         let params_schema = match schema_fn {
             None => None,
             // SAFETY: it returns null or a NUL-terminated string that lives as long as the library.
@@ -203,7 +218,15 @@ impl PluginLibrary {
                     .map_err(|e| invalid(format!("its parameter schema is not JSON: {e}")))?,
             },
         };
-        Ok(Arc::new(PluginLibrary { path: path.to_path_buf(), name, summary, framework_version, params_schema, api, lib: Arc::new(lib) }))
+        Ok(Arc::new(PluginLibrary {
+            path: path.to_path_buf(),
+            name,
+            summary,
+            framework_version,
+            params_schema,
+            api,
+            lib: Arc::new(lib),
+        }))
     }
 
     /// The JSON Schema of its parameters, when it publishes one ([`kdx_sdk::Loss::params_schema`]).
@@ -249,5 +272,7 @@ impl PluginLibrary {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.split('-').all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+        && name
+            .split('-')
+            .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
 }

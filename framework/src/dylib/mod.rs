@@ -174,7 +174,10 @@ mod tests {
         assert!(!versions_compatible("0.2.0", "0.1.0"));
         assert!(!versions_compatible("99.0.0", "0.1.0"));
         assert!(!versions_compatible("garbage", "0.1.0"));
-        assert!(versions_compatible(kdx_sdk::FRAMEWORK_VERSION, FRAMEWORK_VERSION), "the SDK is versioned with the framework");
+        assert!(
+            versions_compatible(kdx_sdk::FRAMEWORK_VERSION, FRAMEWORK_VERSION),
+            "the SDK is versioned with the framework"
+        );
     }
 
     #[test]

@@ -23,7 +23,9 @@ impl<T: kdx_sdk::Loss> SdkLoss<T> {
 
     /// Creates the loss from JSON parameters (an object), as a dynamic library would.
     pub fn from_json(params_json: &str) -> anyhow::Result<SdkLoss<T>> {
-        let r = super::boundary::plugin_call(|| catch_unwind(AssertUnwindSafe(|| T::create(&kdx_sdk::Params::from_json(params_json)))));
+        let r = super::boundary::plugin_call(|| {
+            catch_unwind(AssertUnwindSafe(|| T::create(&kdx_sdk::Params::from_json(params_json))))
+        });
         match r {
             Ok(Ok(l)) => Ok(SdkLoss::new(l)),
             Ok(Err(e)) => anyhow::bail!("{e}"),
@@ -64,14 +66,15 @@ impl<T: kdx_sdk::Loss> Loss for SdkLoss<T> {
             anyhow::bail!("loss `{}` panicked earlier ({msg}) and is not called again", T::NAME);
         }
         x.check().map_err(|e| anyhow::anyhow!("loss `{}`: bad input: {e}", T::NAME))?;
-        let out = match super::boundary::plugin_call(|| catch_unwind(AssertUnwindSafe(|| self.inner.compute(x)))) {
-            Ok(r) => r.map_err(|e| anyhow::anyhow!("loss `{}`: {e}", T::NAME))?,
-            Err(p) => {
-                let msg = kdx_sdk::export::panic_message(&*p);
-                self.failed = Some(msg.clone());
-                anyhow::bail!("loss `{}` panicked: {msg}", T::NAME)
-            }
-        };
+        let out =
+            match super::boundary::plugin_call(|| catch_unwind(AssertUnwindSafe(|| self.inner.compute(x)))) {
+                Ok(r) => r.map_err(|e| anyhow::anyhow!("loss `{}`: {e}", T::NAME))?,
+                Err(p) => {
+                    let msg = kdx_sdk::export::panic_message(&*p);
+                    self.failed = Some(msg.clone());
+                    anyhow::bail!("loss `{}` panicked: {msg}", T::NAME)
+                }
+            };
         out.check(x).map_err(|e| anyhow::anyhow!("loss `{}`: {e}", T::NAME))?;
         Ok(out)
     }

@@ -21,9 +21,10 @@ pub(super) fn fit_losses(stage: &StageRun, model: &dyn Model, losses: &mut [Stag
     let n = stage.train.bags.len();
     let rows: Vec<usize> = (0..n.min(FIT_ROWS)).map(|i| i * n / n.min(FIT_ROWS)).collect();
     let teacher = match (stage.teacher, stage.teacher_net) {
-        (Some(t), _) if t.hidden_dim > 0 => {
-            rows.iter().flat_map(|&r| t.hidden[r * t.hidden_dim..(r + 1) * t.hidden_dim].iter().copied()).collect()
-        }
+        (Some(t), _) if t.hidden_dim > 0 => rows
+            .iter()
+            .flat_map(|&r| t.hidden[r * t.hidden_dim..(r + 1) * t.hidden_dim].iter().copied())
+            .collect(),
         (_, Some((net, inputs))) => predict(net, &inputs.bags.gather(&rows))?.hidden,
         _ => anyhow::bail!("a loss fits to the teacher's hidden vectors, and this stage has none"),
     };

@@ -21,9 +21,17 @@ pub struct Inputs {
 impl Inputs {
     /// Featurises `examples` (their `source` when `source` is true) through `cache`;
     /// `split` names the examples in the cache key.
-    pub fn new(model: &dyn Model, examples: &[Example], source: bool, cache: &FeatureCache, split: &str) -> Result<Inputs> {
-        let texts: Vec<&str> =
-            examples.iter().map(|e| if source { e.source.as_deref().unwrap_or(&e.text) } else { e.text.as_str() }).collect();
+    pub fn new(
+        model: &dyn Model,
+        examples: &[Example],
+        source: bool,
+        cache: &FeatureCache,
+        split: &str,
+    ) -> Result<Inputs> {
+        let texts: Vec<&str> = examples
+            .iter()
+            .map(|e| if source { e.source.as_deref().unwrap_or(&e.text) } else { e.text.as_str() })
+            .collect();
         let tag = format!("{split}/{}", if source { "source" } else { "text" });
         let mut bags = cache.bags(model.featurizer(), texts, &tag)?;
         bags.langs = examples.iter().map(|e| e.lang).collect();

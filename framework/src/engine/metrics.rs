@@ -32,8 +32,10 @@ pub fn texts_per_second(model: &dyn Model, examples: &[Example], source: bool) -
                 break;
             }
             done += chunk.len();
-            let texts: Vec<&str> =
-                chunk.iter().map(|e| if source { e.source.as_deref().unwrap_or(&e.text) } else { e.text.as_str() }).collect();
+            let texts: Vec<&str> = chunk
+                .iter()
+                .map(|e| if source { e.source.as_deref().unwrap_or(&e.text) } else { e.text.as_str() })
+                .collect();
             let mut bags = Bags::build(model.featurizer(), texts);
             bags.langs = chunk.iter().map(|e| e.lang).collect();
             model.forward(&bags)?;
@@ -118,7 +120,8 @@ pub fn metric_rows(
         })
         .collect();
     // Macro row: unweighted mean over languages that have examples in this split.
-    let present: Vec<&MetricRow> = rows.iter().zip(in_macro).filter(|(r, &m)| m && r.examples > 0).map(|(r, _)| r).collect();
+    let present: Vec<&MetricRow> =
+        rows.iter().zip(in_macro).filter(|(r, &m)| m && r.examples > 0).map(|(r, _)| r).collect();
     let m = present.len().max(1) as f64;
     let mean = |f: &dyn Fn(&MetricRow) -> f64| present.iter().map(|r| f(r)).sum::<f64>() / m;
     let macro_row = MetricRow {

@@ -63,7 +63,12 @@ pub fn lock_run(dir: &Path) -> Result<Option<std::fs::File>> {
             let _ = f.set_len(0).and_then(|_| writeln!(f, "{}", std::process::id()));
             Ok(Some(f))
         }
-        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() || e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e)
+            if e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
+                || e.kind() == std::io::ErrorKind::WouldBlock =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e).with_context(|| format!("locking {}", p.display())),
     }
 }
@@ -72,8 +77,9 @@ pub fn lock_run(dir: &Path) -> Result<Option<std::fs::File>> {
 /// not start with `.`. Checked before the engine writes or deletes under a run directory.
 fn contained(root: &Path, path: &Path) -> bool {
     use std::path::Component;
-    path.strip_prefix(root)
-        .is_ok_and(|rest| rest.components().all(|c| matches!(c, Component::Normal(n) if !n.to_string_lossy().starts_with('.'))))
+    path.strip_prefix(root).is_ok_and(|rest| {
+        rest.components().all(|c| matches!(c, Component::Normal(n) if !n.to_string_lossy().starts_with('.')))
+    })
 }
 
 /// Refuses a path below `root` that passes through a symbolic link (an experiment or run
@@ -146,7 +152,8 @@ pub fn run(plan: &mut Plan, opts: &RunOptions, observer: &mut dyn Observer) -> R
     // And in the shared caches (teachers, their outputs, features), which a run killed while
     // writing one leaves too.
     let cache = opts.results.join(".cache");
-    let cache_dirs = std::fs::read_dir(&cache).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir());
+    let cache_dirs =
+        std::fs::read_dir(&cache).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir());
     for d in std::iter::once(cache.clone()).chain(cache_dirs) {
         kdx_fsio::remove_stale_temporaries(&d);
     }
@@ -173,7 +180,11 @@ pub fn run(plan: &mut Plan, opts: &RunOptions, observer: &mut dyn Observer) -> R
         dir: dir.clone(),
         resume: opts.resume,
     });
-    let resolved = format!("# resolved recipe of {} (hash {hash})\n{}", plan.doc.path().display(), plan.doc.to_toml_string());
+    let resolved = format!(
+        "# resolved recipe of {} (hash {hash})\n{}",
+        plan.doc.path().display(),
+        plan.doc.to_toml_string()
+    );
     kdx_fsio::write_atomic(&dir.join("recipe.toml"), resolved.as_bytes())?;
     let mut row = RunRow {
         experiment: plan.experiment.name.clone(),
@@ -226,7 +237,12 @@ impl Shared {
     /// What a model is built for; `source` when it reads the training examples' sources
     /// (a teacher in cross-lingual distillation).
     fn spec(&self, seed: u64, source: bool) -> ModelSpec {
-        let texts = self.task.train.iter().map(|e| if source { e.source.clone().unwrap_or_default() } else { e.text.clone() }).collect();
+        let texts = self
+            .task
+            .train
+            .iter()
+            .map(|e| if source { e.source.clone().unwrap_or_default() } else { e.text.clone() })
+            .collect();
         ModelSpec {
             classes: self.task.labels.len(),
             labels: self.task.labels.clone(),
@@ -254,10 +270,18 @@ impl Shared {
     }
 }
 
-fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, observer: &mut dyn Observer) -> Result<()> {
+fn run_stages(
+    plan: &mut Plan,
+    opts: &RunOptions,
+    dir: &Path,
+    row: &mut RunRow,
+    observer: &mut dyn Observer,
+) -> Result<()> {
     let seed = plan.experiment.seed;
     let task = plan.dataset.load().context("loading the dataset")?;
-    task.validate().map_err(|e| anyhow::anyhow!("the dataset plugin `{}` produced an invalid task: {e}", plan.data_plugin))?;
+    task.validate().map_err(|e| {
+        anyhow::anyhow!("the dataset plugin `{}` produced an invalid task: {e}", plan.data_plugin)
+    })?;
     observer.event(&Event::TaskLoaded {
         languages: task.langs.len(),
         classes: task.labels.len(),
@@ -269,16 +293,20 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
     if task.measure == crate::dataset::Measure::Retrieval {
         monitor.retrieval_on_dev(&task);
     }
-    let fcache = FeatureCache { dir: Some(opts.results.join(".cache").join("features")), data_key: plan.dataset.fingerprint()? };
+    let fcache = FeatureCache {
+        dir: Some(opts.results.join(".cache").join("features")),
+        data_key: plan.dataset.fingerprint()?,
+    };
     let labels_visible = !task.teacher_reads_source;
     let vocab_cache = opts.results.join(".cache").join("vocabularies");
-    let mut shared = Shared { task, fcache, labels_visible, t_out: None, s_train: Inputs::default(), seed, vocab_cache };
+    let mut shared =
+        Shared { task, fcache, labels_visible, t_out: None, s_train: Inputs::default(), seed, vocab_cache };
 
     // ---- Teacher: from the cache or pre-trained; its outputs once. ----
     let reads_source = shared.task.teacher_reads_source;
     let teacher = Teacher::build(&*plan.teacher.builder, &shared.spec(plan.teacher_seed(), reads_source))?;
     monitor.teacher_dev = teacher.inputs(&shared.task.dev, reads_source, &shared.fcache, "dev")?;
-    let ready = teacher::obtain(plan, teacher, &shared.task, &shared.fcache, &mut monitor)?;
+    let ready = teacher::pretrain(plan, teacher, &shared.task, &shared.fcache, &mut monitor)?;
     row.teacher_cached = ready.source == TeacherSource::Cache;
     row.teacher_params = ready.teacher.num_params();
     let any_teacher_loss = plan.losses.iter().any(|l| l.loss.needs_teacher());
@@ -289,8 +317,14 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
     // how long it took (cached outputs come back at once).
     let encoding = std::time::Instant::now();
     if ready.teacher.network().is_some() {
-        let (n, t) = (if layered { 0 } else { shared.task.train.len() }, shared.task.dev.len() + shared.task.test.len());
-        monitor.note(format!("teacher: outputs on {n} training and {t} dev and test examples (cached in {})", ready.cache.display()));
+        let (n, t) = (
+            if layered { 0 } else { shared.task.train.len() },
+            shared.task.dev.len() + shared.task.test.len(),
+        );
+        monitor.note(format!(
+            "teacher: outputs on {n} training and {t} dev and test examples (cached in {})",
+            ready.cache.display()
+        ));
     }
     if !layered {
         let t_out = teacher::train_outputs(plan, &ready, &shared.task, &shared.fcache)?;
@@ -307,7 +341,8 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
     // ---- Student: distil, then optionally fine-tune. ----
     let mut student = plan.student.builder.build(&shared.spec(mix(&[seed, 2]), false))?;
     if plan.init == Init::FromTeacher {
-        let network = ready.teacher.network().context("init = \"from-teacher\" needs a teacher with weights")?;
+        let network =
+            ready.teacher.network().context("init = \"from-teacher\" needs a teacher with weights")?;
         let copied = init_from(&mut *student, network)?;
         monitor.note(format!("student: initialised from the teacher ({})", copied.join(", ")));
     }
@@ -323,11 +358,15 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
     };
     let teacher_net = match (&t_train_inputs, ready.teacher.network()) {
         (Some(inputs), Some(net)) => Some((net, inputs)),
-        (Some(_), None) => anyhow::bail!("layer-wise losses need a teacher network, and `{}` holds outputs only", plan.teacher.plugin),
+        (Some(_), None) => anyhow::bail!(
+            "layer-wise losses need a teacher network, and `{}` holds outputs only",
+            plan.teacher.plugin
+        ),
         (None, _) => None,
     };
     let distilled = distill(plan, &shared, &mut *student, teacher_net, &mut monitor)?;
-    row.train_examples_per_s = (plan.train.steps as f64 * plan.train.batch as f64) / distilled.train_seconds.max(1e-9);
+    row.train_examples_per_s =
+        (plan.train.steps as f64 * plan.train.batch as f64) / distilled.train_seconds.max(1e-9);
     let finetuned = finetune(plan, &shared, &mut *student, teacher_net, &s_test, &t_test, &mut monitor)?;
 
     // ---- Baseline: the same student, hard labels, no teacher. ----
@@ -367,7 +406,13 @@ fn run_stages(plan: &mut Plan, opts: &RunOptions, dir: &Path, row: &mut RunRow, 
 }
 
 /// Distillation: the recipe's losses and sampler, the teacher's outputs.
-fn distill(plan: &mut Plan, shared: &Shared, student: &mut dyn Model, teacher_net: TeacherNet, monitor: &mut Monitor) -> Result<LoopState> {
+fn distill(
+    plan: &mut Plan,
+    shared: &Shared,
+    student: &mut dyn Model,
+    teacher_net: TeacherNet,
+    monitor: &mut Monitor,
+) -> Result<LoopState> {
     if !shared.labels_visible {
         // Cross-lingual transfer: the student must learn from the teacher alone.
         for l in &plan.losses {
@@ -380,8 +425,11 @@ fn distill(plan: &mut Plan, shared: &Shared, student: &mut dyn Model, teacher_ne
     }
     let cfg = plan.train.stage();
     let run = StageRun { teacher_net, ..shared.stage(Stage::Distill, &cfg, true) };
-    let mut losses: Vec<StageLoss> =
-        plan.losses.iter_mut().map(|l| StageLoss { name: &l.plugin, weight: &l.weight, loss: &mut *l.loss }).collect();
+    let mut losses: Vec<StageLoss> = plan
+        .losses
+        .iter_mut()
+        .map(|l| StageLoss { name: &l.plugin, weight: &l.weight, loss: &mut *l.loss })
+        .collect();
     run_stage(&run, student, &mut losses, &mut *plan.samplers.distill, &shared.task.langs, monitor)
 }
 
@@ -401,28 +449,45 @@ fn finetune(
     };
     let task = &shared.task;
     let logits = predict(student, &s_test.bags)?.logits;
-    let distilled_test_rows =
-        metric_rows("distill", "test", plan.train.steps, &logits, task.labels.len(), s_test, Some(t_test), &task.langs, &monitor.in_macro);
+    let distilled_test_rows = metric_rows(
+        "distill",
+        "test",
+        plan.train.steps,
+        &logits,
+        task.labels.len(),
+        s_test,
+        Some(t_test),
+        &task.langs,
+        &monitor.in_macro,
+    );
     let allowed = if ft.languages.is_empty() {
         None
     } else {
         let mut a = vec![false; task.langs.len()];
         for l in &ft.languages {
-            let i = task
-                .langs
-                .iter()
-                .position(|x| x == l)
-                .with_context(|| format!("[finetune] languages: `{l}` is not a language of this task ({})", task.langs.join(", ")))?;
+            let i = task.langs.iter().position(|x| x == l).with_context(|| {
+                format!(
+                    "[finetune] languages: `{l}` is not a language of this task ({})",
+                    task.langs.join(", ")
+                )
+            })?;
             a[i] = true;
         }
         Some(a)
     };
     let cfg = ft.stage();
-    let run = StageRun { allowed, teacher_net: teacher_net.filter(|_| ft.distill), ..shared.stage(Stage::Finetune, &cfg, ft.distill) };
+    let run = StageRun {
+        allowed,
+        teacher_net: teacher_net.filter(|_| ft.distill),
+        ..shared.stage(Stage::Finetune, &cfg, ft.distill)
+    };
     let mut ce = CrossEntropy::default();
     let w = Schedule::Constant(1.0);
     let mut losses: Vec<StageLoss> = if ft.distill {
-        plan.losses.iter_mut().map(|l| StageLoss { name: &l.plugin, weight: &l.weight, loss: &mut *l.loss }).collect()
+        plan.losses
+            .iter_mut()
+            .map(|l| StageLoss { name: &l.plugin, weight: &l.weight, loss: &mut *l.loss })
+            .collect()
     } else {
         vec![StageLoss { name: "cross-entropy", weight: &w, loss: &mut ce }]
     };

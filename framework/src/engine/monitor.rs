@@ -121,7 +121,9 @@ impl<'o> Monitor<'o> {
     pub(super) fn remove_checkpoint(&self, stage: Stage) -> Result<()> {
         let path = self.checkpoint_path(stage);
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
             _ => Ok(()),
         }
     }
@@ -141,7 +143,13 @@ impl Monitor<'_> {
 
     /// Translation → English retrieval on the dev pairs, through `projection`: one metric
     /// row per language (`acc` is accuracy@1, `examples` the pairs) and `macro`.
-    fn dev_retrieval_rows(&self, stage: Stage, step: u64, model: &dyn Model, projection: &HiddenProjection) -> Result<Vec<MetricRow>> {
+    fn dev_retrieval_rows(
+        &self,
+        stage: Stage,
+        step: u64,
+        model: &dyn Model,
+        projection: &HiddenProjection,
+    ) -> Result<Vec<MetricRow>> {
         let (texts, index) = distinct_texts(&self.dev_retrieval);
         let embedder = Embedder { model, projection: Some(projection) };
         let (vectors, d) = (embedder.embed(&texts)?, embedder.dim());
@@ -162,7 +170,13 @@ impl Monitor<'_> {
         let mut rows: Vec<MetricRow> = self
             .dev_retrieval
             .iter()
-            .map(|(l, set)| row(&self.langs[*l], set.pairs.len(), set.score(&side(&set.sources), &side(&set.translations), d).0))
+            .map(|(l, set)| {
+                row(
+                    &self.langs[*l],
+                    set.pairs.len(),
+                    set.score(&side(&set.sources), &side(&set.translations), d).0,
+                )
+            })
             .collect();
         let k = rows.len().max(1) as f64;
         let mean = rows.iter().map(|r| r.acc).sum::<f64>() / k;
@@ -203,9 +217,22 @@ impl StageHooks for Monitor<'_> {
             langs: idx.iter().map(|&i| inputs.langs[i]).collect(),
         };
         let logits = predict(model, &sub.bags)?.logits;
-        let t: Option<Vec<f32>> =
-            if stage == Stage::Teacher { None } else { self.teacher_dev_logits.as_ref().map(|t| select_rows(t, self.classes, &idx)) };
-        let mut rows = metric_rows(stage.name(), "dev", step, &logits, self.classes, &sub, t.as_deref(), &self.langs, &self.in_macro);
+        let t: Option<Vec<f32>> = if stage == Stage::Teacher {
+            None
+        } else {
+            self.teacher_dev_logits.as_ref().map(|t| select_rows(t, self.classes, &idx))
+        };
+        let mut rows = metric_rows(
+            stage.name(),
+            "dev",
+            step,
+            &logits,
+            self.classes,
+            &sub,
+            t.as_deref(),
+            &self.langs,
+            &self.in_macro,
+        );
         if let Some(g) = gates {
             for (r, g) in rows.iter_mut().zip(g) {
                 r.gate = Some(g as f64);
@@ -225,7 +252,13 @@ impl StageHooks for Monitor<'_> {
         Ok(())
     }
 
-    fn checkpoint(&mut self, stage: Stage, params: &[(String, &Param)], opt: &Optimizer, state: &LoopState) -> Result<()> {
+    fn checkpoint(
+        &mut self,
+        stage: Stage,
+        params: &[(String, &Param)],
+        opt: &Optimizer,
+        state: &LoopState,
+    ) -> Result<()> {
         let mut map = TensorMap::new();
         for ((name, p), s) in params.iter().zip(&opt.state) {
             map.insert(format!("param/{name}"), (p.shape.clone(), p.data.clone()));
@@ -271,7 +304,8 @@ impl StageHooks for Monitor<'_> {
             return Ok(None);
         }
         let fresh = "run without --resume to start this run over";
-        let (map, metadata) = read_sealed(&path).with_context(|| format!("cannot resume from {}; {fresh}", path.display()))?;
+        let (map, metadata) =
+            read_sealed(&path).with_context(|| format!("cannot resume from {}; {fresh}", path.display()))?;
         let get = |k: &str| metadata.get(k).map(String::as_str).unwrap_or_default();
         anyhow::ensure!(
             get("format") == CHECKPOINT_FORMAT && get("stage") == stage.name(),
@@ -287,8 +321,8 @@ impl StageHooks for Monitor<'_> {
             get("recipe_hash"),
             self.recipe_hash
         );
-        let meta: CheckpointMeta =
-            serde_json::from_str(get("state")).with_context(|| format!("reading the loop state of {}; {fresh}", path.display()))?;
+        let meta: CheckpointMeta = serde_json::from_str(get("state"))
+            .with_context(|| format!("reading the loop state of {}; {fresh}", path.display()))?;
         self.metrics = meta.metrics;
         Ok(Some((map, meta.state)))
     }

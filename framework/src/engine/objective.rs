@@ -7,8 +7,16 @@ use super::stage_run::StageLoss;
 use crate::loss::LossInput;
 use crate::model::{Grad, LayerStates, OutputGrads};
 
-/// One term of a step's objective: the loss's name, its weight and its value.
-pub type Term<'a> = (&'a str, f32, f32);
+/// One term of a step's objective.
+#[derive(Clone, Copy, Debug)]
+pub struct Term<'a> {
+    /// The loss's name.
+    pub name: &'a str,
+    /// Its weight at this step.
+    pub weight: f32,
+    /// Its value (before the weight).
+    pub value: f32,
+}
 
 /// Evaluates every loss on one batch and sums their weighted gradients. Returns the
 /// gradients, the weighted total and each term.
@@ -36,8 +44,13 @@ pub fn combine_losses<'a>(
             continue;
         }
         let (r, layer_grads) = if l.loss.needs_layers() {
-            let s = student_layers.with_context(|| format!("loss `{}` reads per-layer states, and the student returned none", l.name))?;
-            let (r, g) = l.loss.compute_layers(input, s, teacher_layers).with_context(|| format!("loss `{}` at step {step}", l.name))?;
+            let s = student_layers.with_context(|| {
+                format!("loss `{}` reads per-layer states, and the student returned none", l.name)
+            })?;
+            let (r, g) = l
+                .loss
+                .compute_layers(input, s, teacher_layers)
+                .with_context(|| format!("loss `{}` at step {step}", l.name))?;
             (r, Some(g))
         } else {
             (l.loss.compute(input).with_context(|| format!("loss `{}` at step {step}", l.name))?, None)
@@ -51,13 +64,24 @@ pub fn combine_losses<'a>(
                 _ => None,
             })
         };
-        let layer_values = layer_grads.iter().flat_map(|g| g.hidden.iter().chain(&g.attention).flatten().flatten());
-        let bad =
-            r.grad_logits.iter().chain(r.grad_hidden.iter().flatten()).chain(layer_values).find(|x| !x.is_finite()).copied().or_else(own);
+        let layer_values =
+            layer_grads.iter().flat_map(|g| g.hidden.iter().chain(&g.attention).flatten().flatten());
+        let bad = r
+            .grad_logits
+            .iter()
+            .chain(r.grad_hidden.iter().flatten())
+            .chain(layer_values)
+            .find(|x| !x.is_finite())
+            .copied()
+            .or_else(own);
         if let Some(x) = bad.filter(|_| r.value.is_finite()) {
-            anyhow::bail!("loss `{}` returned a non-finite gradient ({x}) at step {step} (its value: {})", l.name, r.value);
+            anyhow::bail!(
+                "loss `{}` returned a non-finite gradient ({x}) at step {step} (its value: {})",
+                l.name,
+                r.value
+            );
         }
-        terms.push((l.name, w, r.value));
+        terms.push(Term { name: l.name, weight: w, value: r.value });
         // The loss's own parameters (a projection) are part of the weighted objective too.
         for p in l.loss.params_mut() {
             if let Grad::Dense(g) = &mut p.grad {
@@ -65,7 +89,11 @@ pub fn combine_losses<'a>(
             }
         }
         total += w * r.value;
-        anyhow::ensure!(r.grad_logits.len() == g.logits.len(), "loss `{}` returned a logit gradient of the wrong size", l.name);
+        anyhow::ensure!(
+            r.grad_logits.len() == g.logits.len(),
+            "loss `{}` returned a logit gradient of the wrong size",
+            l.name
+        );
         g.logits.iter_mut().zip(&r.grad_logits).for_each(|(a, b)| *a += w * b);
         if let Some(mut lg) = layer_grads {
             for v in lg.hidden.iter_mut().chain(lg.attention.iter_mut()).flatten() {
@@ -74,7 +102,11 @@ pub fn combine_losses<'a>(
             g.layers.get_or_insert_with(Default::default).merge(lg);
         }
         if let Some(gh) = r.grad_hidden {
-            anyhow::ensure!(gh.len() == hidden_len, "loss `{}` returned a hidden gradient of the wrong size", l.name);
+            anyhow::ensure!(
+                gh.len() == hidden_len,
+                "loss `{}` returned a hidden gradient of the wrong size",
+                l.name
+            );
             let acc = g.hidden.get_or_insert_with(|| vec![0.0; hidden_len]);
             acc.iter_mut().zip(&gh).for_each(|(a, b)| *a += w * b);
         }
@@ -102,11 +134,19 @@ mod tests {
         fn compute(&mut self, _: &LossInput) -> Result<LossOutput> {
             unreachable!("a layer-wise loss is computed through compute_layers")
         }
-        fn compute_layers(&mut self, x: &LossInput, s: &LayerStates, _: Option<&LayerStates>) -> Result<(LossOutput, LayerGrads)> {
+        fn compute_layers(
+            &mut self,
+            x: &LossInput,
+            s: &LayerStates,
+            _: Option<&LayerStates>,
+        ) -> Result<(LossOutput, LayerGrads)> {
             let mut g = LayerGrads::default();
             g.add_hidden(1, vec![1.0; s.hidden[1].len()]);
             g.add_attention(0, vec![2.0; s.attention[0].len()]);
-            Ok((LossOutput { value: 0.5, grad_logits: vec![0.0; x.student_logits.len()], grad_hidden: None }, g))
+            Ok((
+                LossOutput { value: 0.5, grad_logits: vec![0.0; x.student_logits.len()], grad_hidden: None },
+                g,
+            ))
         }
     }
 

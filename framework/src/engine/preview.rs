@@ -26,7 +26,13 @@ pub fn sampling_preview(plan: &mut Plan) -> Result<Vec<SamplingPreview>> {
     let task = plan.dataset.load().context("loading the dataset")?;
     let sizes = task.train_sizes();
     let stats: Vec<LangStat> = sizes.iter().map(|&n| LangStat::new(n as u64)).collect();
-    let ctx = SamplerCtx { step: 0, total_steps: plan.train.steps, batch: plan.train.batch, stats: &stats, langs: &task.langs };
+    let ctx = SamplerCtx {
+        step: 0,
+        total_steps: plan.train.steps,
+        batch: plan.train.batch,
+        stats: &stats,
+        langs: &task.langs,
+    };
     let mut d = normalise(&plan.samplers.distill.distribution(&ctx)?)?;
     for (p, &n) in d.iter_mut().zip(&sizes) {
         if n == 0 {

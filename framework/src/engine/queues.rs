@@ -33,7 +33,13 @@ impl Queues {
                 members[l as usize].push(i);
             }
         }
-        let mut q = Queues { cursor: vec![0; n_langs], pass: vec![0; n_langs], order: vec![Vec::new(); n_langs], members, seed };
+        let mut q = Queues {
+            cursor: vec![0; n_langs],
+            pass: vec![0; n_langs],
+            order: vec![Vec::new(); n_langs],
+            members,
+            seed,
+        };
         for l in 0..n_langs {
             q.reshuffle(l);
         }
@@ -57,7 +63,11 @@ impl Queues {
             pass.len()
         );
         for (l, &c) in cursor.iter().enumerate() {
-            anyhow::ensure!(c <= self.members[l].len(), "queue cursor {c} of language {l} is past its {} examples", self.members[l].len());
+            anyhow::ensure!(
+                c <= self.members[l].len(),
+                "queue cursor {c} of language {l} is past its {} examples",
+                self.members[l].len()
+            );
         }
         self.cursor = cursor;
         self.pass = pass;

@@ -15,7 +15,9 @@ use crate::infer::predict;
 use crate::model::Model;
 use crate::plan::{EvalSet, Plan, TEST_SET};
 use crate::report::{write_csv, LanguageRow, MetricRow, RunRow};
-use crate::retrieval::{distinct_texts, gather, language_sets, macro_row, mean_cosine, ParallelSet, RetrievalRow};
+use crate::retrieval::{
+    distinct_texts, gather, language_sets, macro_row, mean_cosine, ParallelSet, RetrievalRow,
+};
 
 /// What fine-tuning leaves for the reports.
 #[derive(Default)]
@@ -80,15 +82,36 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
     };
     let final_step = plan.train.steps;
     let in_macro = monitor.in_macro.clone();
-    let teacher_rows = metric_rows("teacher", "test", final_step, t_test, classes, t_test_inputs, None, &task.langs, &in_macro);
+    let teacher_rows = metric_rows(
+        "teacher",
+        "test",
+        final_step,
+        t_test,
+        classes,
+        t_test_inputs,
+        None,
+        &task.langs,
+        &in_macro,
+    );
     let final_stage = if plan.finetune.is_some() { "finetune" } else { "distill" };
     let student_step = plan.finetune.as_ref().map_or(final_step, |f| f.steps);
-    let student_rows = metric_rows(final_stage, "test", student_step, &s_out.logits, classes, s_test, Some(t_test), &task.langs, &in_macro);
+    let student_rows = metric_rows(
+        final_stage,
+        "test",
+        student_step,
+        &s_out.logits,
+        classes,
+        s_test,
+        Some(t_test),
+        &task.langs,
+        &in_macro,
+    );
     monitor.metrics.extend(teacher_rows.iter().cloned());
     monitor.metrics.append(&mut finetuned.distilled_test_rows);
     monitor.metrics.extend(student_rows.iter().cloned());
-    let baseline_rows =
-        b_logits.as_ref().map(|b| metric_rows("baseline", "test", final_step, b, classes, s_test, Some(t_test), &task.langs, &in_macro));
+    let baseline_rows = b_logits.as_ref().map(|b| {
+        metric_rows("baseline", "test", final_step, b, classes, s_test, Some(t_test), &task.langs, &in_macro)
+    });
     if let Some(r) = &baseline_rows {
         monitor.metrics.extend(r.iter().cloned());
     }
@@ -178,7 +201,8 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
             row.student_macro_acc = s.map_or(f64::NAN, |r| r.to_en);
             row.teacher_macro_acc = t.map_or(f64::NAN, |r| r.to_en);
             row.baseline_macro_acc = u.map(|r| r.to_en);
-            let langs: Vec<&RetrievalRow> = rows.iter().filter(|r| r.model == "student" && r.lang != "macro").collect();
+            let langs: Vec<&RetrievalRow> =
+                rows.iter().filter(|r| r.model == "student" && r.lang != "macro").collect();
             langs.iter().map(|r| 1.0 / r.sources.max(1) as f64).sum::<f64>() / langs.len().max(1) as f64
         }
         None => {
@@ -195,12 +219,20 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
     for (who, acc) in [("teacher", row.teacher_macro_acc), ("student", row.student_macro_acc)] {
         if at_chance(acc) {
             flags.push(format!("{who}-at-chance"));
-            monitor.note(format!("warning: the {who} is at chance: macro accuracy {acc:.4} (chance {chance:.4})"));
+            monitor.note(format!(
+                "warning: the {who} is at chance: macro accuracy {acc:.4} (chance {chance:.4})"
+            ));
         }
     }
     row.flags = flags.join(";");
-    let in_report = |r: &LanguageRow| scored.is_some() || task.langs.iter().position(|l| *l == r.lang).is_some_and(|l| in_macro[l]);
-    if let Some(w) = lang_rows.iter().filter(|r| in_report(r) && r.test_size > 0).min_by(|a, b| a.student_acc.total_cmp(&b.student_acc)) {
+    let in_report = |r: &LanguageRow| {
+        scored.is_some() || task.langs.iter().position(|l| *l == r.lang).is_some_and(|l| in_macro[l])
+    };
+    if let Some(w) = lang_rows
+        .iter()
+        .filter(|r| in_report(r) && r.test_size > 0)
+        .min_by(|a, b| a.student_acc.total_cmp(&b.student_acc))
+    {
         row.worst_lang = w.lang.clone();
         row.worst_acc = w.student_acc;
     }
@@ -252,7 +284,8 @@ fn build_references(plan: &Plan, task: &Task) -> Result<Vec<(String, Box<dyn Mod
                 langs: task.langs.clone(),
                 ..Default::default()
             };
-            let model = r.builder.build(&spec).with_context(|| format!("building the reference model `{name}`"))?;
+            let model =
+                r.builder.build(&spec).with_context(|| format!("building the reference model `{name}`"))?;
             Ok((name.clone(), model))
         })
         .collect()
@@ -272,7 +305,11 @@ fn retrieval_sets(task: &Task, in_macro: &[bool], extra: &[EvalSet]) -> Result<V
             // A set names files for more languages than one run may have (recipes that extend
             // it choose their own): those the run lacks are left out.
             let Some(l) = task.langs.iter().position(|x| x == lang) else { continue };
-            langs.push((l, ParallelSet::read(file).with_context(|| format!("retrieval.sets.{}.files.{lang}", set.name))?));
+            langs.push((
+                l,
+                ParallelSet::read(file)
+                    .with_context(|| format!("retrieval.sets.{}.files.{lang}", set.name))?,
+            ));
         }
         sets.push((set.name.clone(), langs));
     }
@@ -287,7 +324,12 @@ fn retrieval_sets(task: &Task, in_macro: &[bool], extra: &[EvalSet]) -> Result<V
 /// translations against the teacher's English (`mixed`: the student as a query encoder for
 /// an index the teacher built), the teacher reading the translations itself, the untrained
 /// student and each reference model; then the student's cosine to the teacher on English.
-fn translation_retrieval(m: &RetrievalModels, task: &Task, in_macro: &[bool], extra: &[EvalSet]) -> Result<Option<Vec<RetrievalRow>>> {
+fn translation_retrieval(
+    m: &RetrievalModels,
+    task: &Task,
+    in_macro: &[bool],
+    extra: &[EvalSet],
+) -> Result<Option<Vec<RetrievalRow>>> {
     let d = m.teacher.hidden_dim();
     if task.test.is_empty() || d == 0 {
         return Ok(None);
@@ -308,16 +350,26 @@ fn translation_retrieval(m: &RetrievalModels, task: &Task, in_macro: &[bool], ex
         let (texts, index) = distinct_texts(langs);
         let teacher = super::teacher::cached_embeddings(m.teacher_cache, m.teacher, &texts)?;
         let student = m.student.embed(&texts)?;
-        let untrained = m.untrained.map(|u| Embedder::plain(u).embed(&texts).map(|e| (e, u.hidden_dim()))).transpose()?;
+        let untrained =
+            m.untrained.map(|u| Embedder::plain(u).embed(&texts).map(|e| (e, u.hidden_dim()))).transpose()?;
         let references = m
             .references
             .iter()
-            .map(|(name, r)| Ok((name.as_str(), super::teacher::cached_embeddings(m.teacher_cache, &**r, &texts)?, r.hidden_dim())))
+            .map(|(name, r)| {
+                Ok((
+                    name.as_str(),
+                    super::teacher::cached_embeddings(m.teacher_cache, &**r, &texts)?,
+                    r.hidden_dim(),
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let gather = |e: &[f32], w: usize, side: &[String]| gather(e, w, side, &index);
         // (name, English side, translation side, width).
-        let mut models: Vec<(&str, &[f32], &[f32], usize)> =
-            vec![("student", &student, &student, d), ("mixed", &teacher, &student, d), ("teacher", &teacher, &teacher, d)];
+        let mut models: Vec<(&str, &[f32], &[f32], usize)> = vec![
+            ("student", &student, &student, d),
+            ("mixed", &teacher, &student, d),
+            ("teacher", &teacher, &teacher, d),
+        ];
         if let Some((u, w)) = &untrained {
             models.push(("untrained", u, u, *w));
         }
@@ -338,7 +390,8 @@ fn translation_retrieval(m: &RetrievalModels, task: &Task, in_macro: &[bool], ex
                         translations: set.translations.len(),
                         to_en,
                         from_en,
-                        en_cosine: (name == "student").then(|| mean_cosine(&src, &gather(&teacher, d, &set.sources), d)),
+                        en_cosine: (name == "student")
+                            .then(|| mean_cosine(&src, &gather(&teacher, d, &set.sources), d)),
                     }
                 })
                 .collect();

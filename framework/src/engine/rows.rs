@@ -18,6 +18,8 @@ pub fn row_ce(logits: &[f32], classes: usize, target: impl Fn(usize) -> usize) -
 pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
     logits
         .chunks(classes)
-        .map(|z| z.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0)
+        .map(|z| {
+            z.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+        })
         .collect()
 }

@@ -64,7 +64,13 @@ impl Teacher {
 
     /// Featurises `examples` for the teacher (their sources where the teacher reads them).
     /// A precomputed teacher reads no text: only labels and languages are kept.
-    pub fn inputs(&self, examples: &[Example], source: bool, cache: &FeatureCache, split: &str) -> Result<Inputs> {
+    pub fn inputs(
+        &self,
+        examples: &[Example],
+        source: bool,
+        cache: &FeatureCache,
+        split: &str,
+    ) -> Result<Inputs> {
         match self {
             Teacher::Network(m) => Inputs::new(&**m, examples, source, cache, split),
             Teacher::Precomputed(_) => Ok(Inputs::labels_only(examples)),
@@ -74,7 +80,13 @@ impl Teacher {
     /// Its outputs on some examples (featurised as `inputs`): looked up by id, or a forward
     /// pass cached in `cache` (the teacher's cache directory). `what` names the examples in
     /// errors.
-    pub fn outputs(&self, inputs: &Inputs, examples: &[Example], what: &str, cache: &Path) -> Result<Outputs> {
+    pub fn outputs(
+        &self,
+        inputs: &Inputs,
+        examples: &[Example],
+        what: &str,
+        cache: &Path,
+    ) -> Result<Outputs> {
         match self {
             Teacher::Network(m) => cached_predict(cache, &**m, &inputs.bags),
             Teacher::Precomputed(t) => t.lookup(&ids(examples), what),
@@ -100,10 +112,17 @@ pub(super) struct Ready {
     pub cache: PathBuf,
 }
 
-/// Gets the teacher's weights: from the cache, or by pre-training it on hard labels (then
-/// caching them). The cache directory is locked meanwhile, so concurrent runs that share a
+/// Pre-trains the teacher on hard labels and caches it — or loads it from the cache, where
+/// this or another run already did (a pretrained teacher without a `train` stage, or
+/// precomputed outputs, need neither). The cache directory is locked meanwhile, so concurrent runs that share a
 /// teacher train it once.
-pub(super) fn obtain(plan: &Plan, mut teacher: Teacher, task: &Task, fcache: &FeatureCache, monitor: &mut Monitor) -> Result<Ready> {
+pub(super) fn pretrain(
+    plan: &Plan,
+    mut teacher: Teacher,
+    task: &Task,
+    fcache: &FeatureCache,
+    monitor: &mut Monitor,
+) -> Result<Ready> {
     let cache = cache_dir(&monitor.results, &plan.teacher_key()?);
     let model = match &mut teacher {
         Teacher::Precomputed(t) => {
@@ -111,9 +130,15 @@ pub(super) fn obtain(plan: &Plan, mut teacher: Teacher, task: &Task, fcache: &Fe
             monitor.emit(Event::TeacherReady { source: TeacherSource::Precomputed, cache: None });
             return Ok(Ready { teacher, source: TeacherSource::Precomputed, cache });
         }
-        Teacher::Network(_) if plan.teacher_train.is_none() && plan.teacher.builder.kind() == ModelKind::Pretrained => {
-            monitor.note(format!("teacher: the pretrained `{}` used as it is (no `train` stage)", plan.teacher.plugin));
-            monitor.emit(Event::TeacherReady { source: TeacherSource::Pretrained, cache: Some(cache.clone()) });
+        Teacher::Network(_)
+            if plan.teacher_train.is_none() && plan.teacher.builder.kind() == ModelKind::Pretrained =>
+        {
+            monitor.note(format!(
+                "teacher: the pretrained `{}` used as it is (no `train` stage)",
+                plan.teacher.plugin
+            ));
+            monitor
+                .emit(Event::TeacherReady { source: TeacherSource::Pretrained, cache: Some(cache.clone()) });
             return Ok(Ready { teacher, source: TeacherSource::Pretrained, cache });
         }
         Teacher::Network(m) => m,
@@ -142,7 +167,10 @@ pub(super) fn obtain(plan: &Plan, mut teacher: Teacher, task: &Task, fcache: &Fe
             monitor.note(format!("teacher: the cache is unusable ({e:#}); training the teacher again"));
         }
         let cfg = plan.teacher_train.as_ref().with_context(|| {
-            format!("the teacher `{}` has no outputs of its own and no `train` stage to pre-train it", plan.teacher.plugin)
+            format!(
+                "the teacher `{}` has no outputs of its own and no `train` stage to pre-train it",
+                plan.teacher.plugin
+            )
         })?;
         let t_examples = task.teacher_train.as_deref().unwrap_or(&task.train);
         let inputs = Inputs::new(&**model, t_examples, false, fcache, "teacher-train")?;
@@ -164,8 +192,10 @@ pub(super) fn obtain(plan: &Plan, mut teacher: Teacher, task: &Task, fcache: &Fe
         run_stage(&run, &mut **model, &mut losses, &mut sampler, &task.langs, monitor)?;
         let mut map = TensorMap::new();
         params_to_map("", &model.params(), &mut map);
-        let rows: Vec<&MetricRow> = monitor.metrics.iter().filter(|r| r.stage == Stage::Teacher.name()).collect();
-        let metadata: Metadata = [("metrics".to_string(), serde_json::to_string(&rows)?)].into_iter().collect();
+        let rows: Vec<&MetricRow> =
+            monitor.metrics.iter().filter(|r| r.stage == Stage::Teacher.name()).collect();
+        let metadata: Metadata =
+            [("metrics".to_string(), serde_json::to_string(&rows)?)].into_iter().collect();
         write_sealed(&weights, &map, metadata)?;
         monitor.remove_checkpoint(Stage::Teacher)?;
         TeacherSource::Trained
@@ -185,12 +215,19 @@ fn load_cached(weights: &Path, model: &mut dyn Model) -> Result<Vec<MetricRow>> 
 
 /// The teacher's outputs on the student's training examples, once per training set: read
 /// from its cache, or computed and cached. Hidden states are kept only when a loss reads them.
-pub(super) fn train_outputs(plan: &Plan, ready: &Ready, task: &Task, fcache: &FeatureCache) -> Result<TeacherOut> {
+pub(super) fn train_outputs(
+    plan: &Plan,
+    ready: &Ready,
+    task: &Task,
+    fcache: &FeatureCache,
+) -> Result<TeacherOut> {
     let needs_hidden = plan.losses.iter().any(|l| l.loss.needs_teacher_hidden());
     match &ready.teacher {
         Teacher::Precomputed(table) => {
             let o = table.lookup(&ids(&task.train), "training")?;
-            if let Some(l) = plan.losses.iter().find(|l| l.loss.needs_teacher_hidden()).filter(|_| o.hidden_dim == 0) {
+            if let Some(l) =
+                plan.losses.iter().find(|l| l.loss.needs_teacher_hidden()).filter(|_| o.hidden_dim == 0)
+            {
                 anyhow::bail!(
                     "loss `{}` reads the teacher's hidden representation, but {} has none (a .safetensors file with a `hidden` tensor can hold it)",
                     l.plugin,
@@ -200,7 +237,11 @@ pub(super) fn train_outputs(plan: &Plan, ready: &Ready, task: &Task, fcache: &Fe
             Ok(TeacherOut { logits: o.logits, hidden: o.hidden, hidden_dim: o.hidden_dim })
         }
         Teacher::Network(model) => {
-            let path = ready.cache.join(if needs_hidden { "train-outputs-hidden.safetensors" } else { "train-outputs.safetensors" });
+            let path = ready.cache.join(if needs_hidden {
+                "train-outputs-hidden.safetensors"
+            } else {
+                "train-outputs.safetensors"
+            });
             let rows = task.train.len();
             let cached = path.exists().then(|| -> Result<TeacherOut> {
                 let (map, _) = read_sealed(&path)?;
@@ -208,7 +249,9 @@ pub(super) fn train_outputs(plan: &Plan, ready: &Ready, task: &Task, fcache: &Fe
                 let (hs, hidden) = map.get("hidden").cloned().unwrap_or_default();
                 let hidden_dim = hs.get(1).copied().unwrap_or(0);
                 anyhow::ensure!(
-                    ls == [rows, task.labels.len()] && hidden.len() == rows * hidden_dim && (!needs_hidden || hidden_dim > 0),
+                    ls == [rows, task.labels.len()]
+                        && hidden.len() == rows * hidden_dim
+                        && (!needs_hidden || hidden_dim > 0),
                     "{}: outputs of shape {ls:?} / {hs:?} for {rows} examples",
                     path.display()
                 );

@@ -76,7 +76,13 @@ pub trait StageHooks {
     ) -> Result<()>;
     /// Persists a checkpoint of the stage: every trained parameter (model and losses) by
     /// name, the optimizer and the loop state.
-    fn checkpoint(&mut self, stage: Stage, params: &[(String, &Param)], opt: &Optimizer, state: &LoopState) -> Result<()>;
+    fn checkpoint(
+        &mut self,
+        stage: Stage,
+        params: &[(String, &Param)],
+        opt: &Optimizer,
+        state: &LoopState,
+    ) -> Result<()>;
     /// The stage's last checkpoint, when resuming: tensors by name and the loop state.
     fn load_checkpoint(&mut self, stage: Stage) -> Result<Option<(TensorMap, LoopState)>>;
     /// The stage begins at step `from_step` of `steps`.
@@ -103,7 +109,12 @@ pub fn run_stage(
 ) -> Result<LoopState> {
     let cfg = stage.cfg;
     let stage_id = stage.stage.salt();
-    let mut queues = Queues::new(&stage.train.langs, stage.n_langs, stage.allowed.as_deref(), mix(&[stage.seed, stage_id]));
+    let mut queues = Queues::new(
+        &stage.train.langs,
+        stage.n_langs,
+        stage.allowed.as_deref(),
+        mix(&[stage.seed, stage_id]),
+    );
     let sizes = queues.sizes();
     anyhow::ensure!(sizes.iter().any(|&n| n > 0), "stage `{}` has no training examples", stage.stage);
     let mut opt = Optimizer::new(cfg.optimizer());
@@ -119,10 +130,13 @@ pub fn run_stage(
         sampler_state: Vec::new(),
     };
     // A transformer teacher's width is its layers' width too (layer-wise projections).
-    let teacher_hidden_dim = stage.teacher.map_or(0, |t| t.hidden_dim).max(stage.teacher_net.map_or(0, |(m, _)| m.hidden_dim()));
+    let teacher_hidden_dim =
+        stage.teacher.map_or(0, |t| t.hidden_dim).max(stage.teacher_net.map_or(0, |(m, _)| m.hidden_dim()));
     let layered = losses.iter().any(|l| l.loss.needs_layers());
     for l in losses.iter_mut() {
-        l.loss.prepare(model.hidden_dim(), teacher_hidden_dim).with_context(|| format!("preparing loss `{}`", l.name))?;
+        l.loss
+            .prepare(model.hidden_dim(), teacher_hidden_dim)
+            .with_context(|| format!("preparing loss `{}`", l.name))?;
     }
     let restored = hooks.load_checkpoint(stage.stage)?;
     if restored.is_none() {
@@ -132,8 +146,9 @@ pub fn run_stage(
         let mut params = named_params_mut(model, losses);
         let mut moments = Vec::new();
         for (name, p) in params.iter_mut() {
-            let (shape, data) =
-                map.get(&format!("param/{name}")).with_context(|| format!("checkpoint of stage `{}` lacks `{name}`", stage.stage))?;
+            let (shape, data) = map
+                .get(&format!("param/{name}"))
+                .with_context(|| format!("checkpoint of stage `{}` lacks `{name}`", stage.stage))?;
             anyhow::ensure!(
                 *shape == p.shape && data.len() == p.numel(),
                 "checkpoint tensor `{name}` has shape {shape:?} ({} values), the model expects {:?}",
@@ -154,7 +169,9 @@ pub fn run_stage(
             s.dist.len(),
             stage.n_langs
         );
-        queues.restore(s.cursor.clone(), s.pass.clone()).with_context(|| format!("checkpoint of stage `{}`", stage.stage))?;
+        queues
+            .restore(s.cursor.clone(), s.pass.clone())
+            .with_context(|| format!("checkpoint of stage `{}`", stage.stage))?;
         sampler.restore(&s.sampler_state).context("restoring the sampler from the checkpoint")?;
         opt.t = s.opt_t;
         opt.state = moments;
@@ -169,10 +186,17 @@ pub fn run_stage(
         // Ask the sampler for a distribution at the start and every `update_every` steps.
         let every = sampler.update_every().max(1);
         if state.dist.is_empty() || step.is_multiple_of(every) && step > 0 {
-            let ctx = SamplerCtx { step, total_steps: cfg.steps, batch: cfg.batch, stats: &state.stats, langs };
-            let mut d = normalise(&sampler.distribution(&ctx).with_context(|| format!("sampler at step {step}"))?)
-                .with_context(|| format!("sampler at step {step}"))?;
-            anyhow::ensure!(d.len() == stage.n_langs, "the sampler returned {} weights for {} languages", d.len(), stage.n_langs);
+            let ctx =
+                SamplerCtx { step, total_steps: cfg.steps, batch: cfg.batch, stats: &state.stats, langs };
+            let mut d =
+                normalise(&sampler.distribution(&ctx).with_context(|| format!("sampler at step {step}"))?)
+                    .with_context(|| format!("sampler at step {step}"))?;
+            anyhow::ensure!(
+                d.len() == stage.n_langs,
+                "the sampler returned {} weights for {} languages",
+                d.len(),
+                stage.n_langs
+            );
             // Languages without examples in this stage cannot be drawn.
             for (p, &n) in d.iter_mut().zip(&sizes) {
                 if n == 0 {
@@ -249,14 +273,16 @@ pub fn run_stage(
                 total_steps: cfg.steps,
                 stats: &stats_snapshot,
             };
-            let (g, total, terms) = combine_losses(losses, &input, out.hidden.len(), out.layers.as_ref(), t_layers.as_ref())?;
+            let (g, total, terms) =
+                combine_losses(losses, &input, out.hidden.len(), out.layers.as_ref(), t_layers.as_ref())?;
             total_loss = total;
-            if !total_loss.is_finite() || terms.iter().any(|t| !t.2.is_finite()) {
+            if !total_loss.is_finite() || terms.iter().any(|t| !t.value.is_finite()) {
                 let mut counts = std::collections::BTreeMap::<&str, usize>::new();
                 for &l in &blangs {
                     *counts.entry(&langs[l as usize]).or_default() += 1;
                 }
-                let terms: Vec<String> = terms.iter().map(|(n, w, v)| format!("{n} = {v} (weight {w})")).collect();
+                let terms: Vec<String> =
+                    terms.iter().map(|t| format!("{} = {} (weight {})", t.name, t.value, t.weight)).collect();
                 let batch: Vec<String> = counts.iter().map(|(l, n)| format!("{l}×{n}")).collect();
                 anyhow::bail!(
                     "the loss diverged at step {step} of stage `{}`: {}; batch languages: {}",
@@ -268,13 +294,24 @@ pub fn run_stage(
             Ok(g)
         })?;
         let lr = opt.config.lr_at(step, cfg.steps);
-        let mut params: Vec<&mut Param> = named_params_mut(model, losses).into_iter().map(|(_, p)| p).collect();
-        opt.step(&mut params, lr).with_context(|| format!("optimizer at step {step} of stage `{}`", stage.stage))?;
-        update_stats(&mut state.stats, &outputs.logits, classes, &labels, t_logits.as_deref(), &blangs, stage.labels_visible);
+        let mut params: Vec<&mut Param> =
+            named_params_mut(model, losses).into_iter().map(|(_, p)| p).collect();
+        opt.step(&mut params, lr)
+            .with_context(|| format!("optimizer at step {step} of stage `{}`", stage.stage))?;
+        update_stats(
+            &mut state.stats,
+            &outputs.logits,
+            classes,
+            &labels,
+            t_logits.as_deref(),
+            &blangs,
+            stage.labels_visible,
+        );
         state.step += 1;
         state.opt_t = opt.t;
         hooks.progress(stage.stage, state.step, cfg.steps, total_loss);
-        let due = state.step == cfg.steps || (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every));
+        let due =
+            state.step == cfg.steps || (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every));
         // A stop between evaluations checkpoints this step as it is: the resumed run then
         // evaluates at the same steps as one that was never stopped.
         let stop = hooks.stop_requested();
@@ -305,8 +342,12 @@ fn named_params<'a>(model: &'a dyn Model, losses: &'a [StageLoss]) -> Vec<(Strin
     v
 }
 
-fn named_params_mut<'a>(model: &'a mut dyn Model, losses: &'a mut [StageLoss]) -> Vec<(String, &'a mut Param)> {
-    let mut v: Vec<(String, &mut Param)> = model.params_mut().into_iter().map(|p| (p.name.clone(), p)).collect();
+fn named_params_mut<'a>(
+    model: &'a mut dyn Model,
+    losses: &'a mut [StageLoss],
+) -> Vec<(String, &'a mut Param)> {
+    let mut v: Vec<(String, &mut Param)> =
+        model.params_mut().into_iter().map(|p| (p.name.clone(), p)).collect();
     for (i, l) in losses.iter_mut().enumerate() {
         v.extend(l.loss.params_mut().into_iter().map(|p| (format!("loss{i}.{}", p.name), p)));
     }
@@ -374,7 +415,11 @@ mod tests {
 
     impl Toy {
         fn new(ids: usize, classes: usize) -> Toy {
-            Toy { w: Param::zeros("w", &[ids, classes], true), classes, f: NgramHasher { n_min: 1, n_max: 1, buckets: ids } }
+            Toy {
+                w: Param::zeros("w", &[ids, classes], true),
+                classes,
+                f: NgramHasher { n_min: 1, n_max: 1, buckets: ids },
+            }
         }
 
         fn logits(&self, x: &Bags) -> Vec<f32> {
@@ -405,7 +450,12 @@ mod tests {
             &self.f
         }
         fn forward(&self, x: &Bags) -> Result<Outputs> {
-            Ok(Outputs { batch: x.len(), logits: self.logits(x), classes: self.classes, ..Default::default() })
+            Ok(Outputs {
+                batch: x.len(),
+                logits: self.logits(x),
+                classes: self.classes,
+                ..Default::default()
+            })
         }
         fn forward_backward(
             &mut self,
@@ -456,7 +506,13 @@ mod tests {
             self.calls.push(format!("evaluate {stage} {step}"));
             Ok(())
         }
-        fn checkpoint(&mut self, stage: Stage, params: &[(String, &Param)], opt: &Optimizer, state: &LoopState) -> Result<()> {
+        fn checkpoint(
+            &mut self,
+            stage: Stage,
+            params: &[(String, &Param)],
+            opt: &Optimizer,
+            state: &LoopState,
+        ) -> Result<()> {
             self.calls.push(format!("checkpoint {stage} {}", state.step));
             let mut map = TensorMap::new();
             for ((name, p), s) in params.iter().zip(&opt.state) {
@@ -480,7 +536,8 @@ mod tests {
     fn inputs() -> Inputs {
         let n = 120;
         let ids: Vec<u32> = (0..n).map(|i| i % 6).collect();
-        let bags = Bags { offsets: (0..=n).collect(), ids: ids.clone(), langs: (0..n).map(|i| i % 3).collect() };
+        let bags =
+            Bags { offsets: (0..=n).collect(), ids: ids.clone(), langs: (0..n).map(|i| i % 3).collect() };
         Inputs { labels: ids.iter().map(|&i| i % 2).collect(), langs: bags.langs.clone(), bags }
     }
 
@@ -525,7 +582,11 @@ mod tests {
         let mut hooks = Recording::default();
         let (model, state) = run(&mut hooks, &cfg());
         let expect: Vec<String> = std::iter::once("started distill 0/30".to_string())
-            .chain([10, 20, 30].iter().flat_map(|s| [format!("evaluate distill {s}"), format!("checkpoint distill {s}")]))
+            .chain(
+                [10, 20, 30]
+                    .iter()
+                    .flat_map(|s| [format!("evaluate distill {s}"), format!("checkpoint distill {s}")]),
+            )
             .collect();
         assert_eq!(hooks.calls, expect);
         assert_eq!((state.step, state.opt_t), (30, 30));
@@ -545,7 +606,10 @@ mod tests {
         let (again, s2) = run(&mut resumed, &cfg());
         assert_eq!(resumed.calls[0], "started distill 10/30");
         assert_eq!(straight.w.data, again.w.data, "same weights, bit for bit");
-        assert_eq!((s1.step, s1.opt_t, &s1.cursor, &s1.pass, &s1.sampling), (s2.step, s2.opt_t, &s2.cursor, &s2.pass, &s2.sampling));
+        assert_eq!(
+            (s1.step, s1.opt_t, &s1.cursor, &s1.pass, &s1.sampling),
+            (s2.step, s2.opt_t, &s2.cursor, &s2.pass, &s2.sampling)
+        );
     }
 
     /// A loss with a finite value and a NaN gradient (a broken plugin).
@@ -567,8 +631,10 @@ mod tests {
         let s = crate::loss::SampleBatch::random(4, 3, 2, 1.0, 1);
         let w = Schedule::Constant(1.0);
         let (mut ce, mut bad) = (CrossEntropy::default(), NanGradient);
-        let mut losses =
-            [StageLoss { name: "hard-ce", weight: &w, loss: &mut ce }, StageLoss { name: "broken", weight: &w, loss: &mut bad }];
+        let mut losses = [
+            StageLoss { name: "hard-ce", weight: &w, loss: &mut ce },
+            StageLoss { name: "broken", weight: &w, loss: &mut bad },
+        ];
         let e = combine_losses(&mut losses, &s.input(7, 10), 8, None, None).unwrap_err().to_string();
         assert_eq!(e, "loss `broken` returned a non-finite gradient (NaN) at step 7 (its value: 0.5)");
     }
@@ -580,7 +646,9 @@ mod tests {
         let (map, mut state) = whole.saved[0].clone();
         state.step = 999_999;
         let mut hooks = Recording { resume_from: Some((map, state)), ..Default::default() };
-        let Err(e) = try_run(&mut hooks, &cfg()) else { panic!("a checkpoint past the stage's end was accepted") };
+        let Err(e) = try_run(&mut hooks, &cfg()) else {
+            panic!("a checkpoint past the stage's end was accepted")
+        };
         assert!(format!("{e:#}").contains("step 999999 of 30"), "{e:#}");
     }
 }

@@ -11,6 +11,8 @@ pub enum Activation {
     Relu,
     /// tanh(x).
     Tanh,
-    /// GELU (tanh approximation).
-    Gelu,
+    /// GELU, tanh approximation (recipes write `"gelu"`; the transformer's feed-forward
+    /// block also has the exact form, `FfnActivation::GeluErf`).
+    #[serde(rename = "gelu")]
+    GeluTanh,
 }

@@ -112,7 +112,14 @@ pub fn forward_lean(s: AttentionShape, qkv: &[f32], ctx: &mut [f32]) {
 /// Backward: from `dctx` (the gradient of `ctx`) and, where a loss reads this layer's
 /// attention, `dprobs` (the gradient of `probs`, in its layout), writes the gradient of
 /// `qkv` into `dqkv`.
-pub fn backward(s: AttentionShape, qkv: &[f32], probs: &[f32], dctx: &[f32], dprobs: Option<&[f32]>, dqkv: &mut [f32]) {
+pub fn backward(
+    s: AttentionShape,
+    qkv: &[f32],
+    probs: &[f32],
+    dctx: &[f32],
+    dprobs: Option<&[f32]>,
+    dqkv: &mut [f32],
+) {
     let (w, d) = (s.width, s.head_dim());
     let scale = 1.0 / (d as f32).sqrt();
     let mut prob_offsets = vec![0usize];

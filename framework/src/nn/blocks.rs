@@ -190,7 +190,12 @@ impl Embeddings {
     }
 
     /// Back from `d`, the gradient of the block's output. Tables get touched-row gradients.
-    pub(super) fn backward(&mut self, saved: &EmbeddingsSaved, p: &Pass, d: &mut [f32]) -> anyhow::Result<()> {
+    pub(super) fn backward(
+        &mut self,
+        saved: &EmbeddingsSaved,
+        p: &Pass,
+        d: &mut [f32],
+    ) -> anyhow::Result<()> {
         let (batch, cfg) = (p.batch, p.cfg);
         let h = cfg.width;
         apply_mask(d, &saved.mask);
@@ -219,7 +224,10 @@ impl Embeddings {
             Grad::Dense(mut old) => {
                 for (k, &r) in new.rows().iter().enumerate() {
                     let r = r as usize;
-                    old[r * h..(r + 1) * h].iter_mut().zip(&new.values()[k * h..(k + 1) * h]).for_each(|(a, b)| *a += b);
+                    old[r * h..(r + 1) * h]
+                        .iter_mut()
+                        .zip(&new.values()[k * h..(k + 1) * h])
+                        .for_each(|(a, b)| *a += b);
                 }
                 Grad::Dense(old)
             }
@@ -256,7 +264,14 @@ impl SelfAttention {
     }
 
     /// Back from `d` (the gradient of the block's output; on return, of its input `x`).
-    pub(super) fn backward(&mut self, s: &AttentionSaved, x: &[f32], dprobs: Option<&[f32]>, p: &Pass, d: &mut [f32]) {
+    pub(super) fn backward(
+        &mut self,
+        s: &AttentionSaved,
+        x: &[f32],
+        dprobs: Option<&[f32]>,
+        p: &Pass,
+        d: &mut [f32],
+    ) {
         let (batch, cfg, ws) = (p.batch, p.cfg, p.ws);
         let (n, h) = (batch.tokens(), cfg.width);
         s.norm.backward(d, &mut self.norm);
@@ -274,10 +289,22 @@ impl SelfAttention {
 }
 
 impl FeedForward {
-    pub(super) fn forward(&self, x: &[f32], p: &mut Pass, train: bool) -> (Vec<f32>, Option<FeedForwardSaved>) {
+    pub(super) fn forward(
+        &self,
+        x: &[f32],
+        p: &mut Pass,
+        train: bool,
+    ) -> (Vec<f32>, Option<FeedForwardSaved>) {
         let (n, f, act_fn) = (p.rows(), self.input.out_dim(), p.cfg.activation);
         let mut pre_act = p.ws.take(n * f);
-        matmul(&mut pre_act, f, Mat::new(x, n, p.cfg.width), Mat::new(&self.input.w.data, p.cfg.width, f), false, threads());
+        matmul(
+            &mut pre_act,
+            f,
+            Mat::new(x, n, p.cfg.width),
+            Mat::new(&self.input.w.data, p.cfg.width, f),
+            false,
+            threads(),
+        );
         let act = if train {
             let mut act = p.ws.take(n * f);
             kernels::bias_activation(&mut pre_act, &mut act, &self.input.b.data, act_fn);
@@ -339,7 +366,10 @@ fn merge_rows(a: RowGrad, b: RowGrad) -> anyhow::Result<RowGrad> {
     for g in [&a, &b] {
         for (k, r) in g.rows().iter().enumerate() {
             let j = rows.binary_search(r).expect("collected above");
-            values[j * w..(j + 1) * w].iter_mut().zip(&g.values()[k * w..(k + 1) * w]).for_each(|(x, y)| *x += y);
+            values[j * w..(j + 1) * w]
+                .iter_mut()
+                .zip(&g.values()[k * w..(k + 1) * w])
+                .for_each(|(x, y)| *x += y);
         }
     }
     RowGrad::new(rows, values, a.table_rows(), w)

@@ -46,7 +46,10 @@ impl EncoderConfig {
     /// Checks the shape, naming what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if self.width == 0 || self.heads == 0 || !self.width.is_multiple_of(self.heads) {
-            return Err(format!("the width ({}) must be a positive multiple of the heads ({})", self.width, self.heads));
+            return Err(format!(
+                "the width ({}) must be a positive multiple of the heads ({})",
+                self.width, self.heads
+            ));
         }
         if self.vocab == 0 || self.ffn == 0 || self.layers == 0 {
             return Err(format!(
@@ -55,7 +58,10 @@ impl EncoderConfig {
             ));
         }
         if self.max_len() == 0 {
-            return Err(format!("{} positions leave no room after the offset {}", self.max_positions, self.position_offset));
+            return Err(format!(
+                "{} positions leave no room after the offset {}",
+                self.max_positions, self.position_offset
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout must be in [0, 1), found {}", self.dropout));

@@ -42,7 +42,9 @@ impl EmbeddingBag {
     pub fn forward(&self, x: &Bags) -> anyhow::Result<Vec<f32>> {
         let rows = self.table.shape[0];
         if let Some(bad) = x.ids.iter().find(|&&id| id as usize >= rows) {
-            anyhow::bail!("feature id {bad} is outside the embedding table of {rows} rows (damaged features?)");
+            anyhow::bail!(
+                "feature id {bad} is outside the embedding table of {rows} rows (damaged features?)"
+            );
         }
         let d = self.dim();
         let table = &self.table.data;
@@ -93,6 +95,8 @@ impl EmbeddingBag {
             self.slot[r as usize] = u32::MAX;
         }
         // Unique by construction (the slot map), in range because every id indexed the table above.
-        self.table.grad = Grad::Rows(RowGrad::new(rows, values, rows_total, d).expect("touched rows are unique and in range"));
+        self.table.grad = Grad::Rows(
+            RowGrad::new(rows, values, rows_total, d).expect("touched rows are unique and in range"),
+        );
     }
 }

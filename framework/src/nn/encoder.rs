@@ -70,7 +70,8 @@ impl Trace {
             let mut out = vec![0.0f32; b * t * width];
             for s in 0..b {
                 let rows = self.batch.offsets[s]..self.batch.offsets[s + 1];
-                out[s * t * width..(s * t + rows.len()) * width].copy_from_slice(&x[rows.start * width..rows.end * width]);
+                out[s * t * width..(s * t + rows.len()) * width]
+                    .copy_from_slice(&x[rows.start * width..rows.end * width]);
             }
             out
         };
@@ -126,7 +127,8 @@ fn unpad_rows(batch: &TokenBatch, g: &[f32], width: usize, out: &mut [f32]) {
     let t = batch.max_len();
     for s in 0..batch.batch() {
         let rows = batch.offsets[s]..batch.offsets[s + 1];
-        out[rows.start * width..rows.end * width].copy_from_slice(&g[s * t * width..(s * t + rows.len()) * width]);
+        out[rows.start * width..rows.end * width]
+            .copy_from_slice(&g[s * t * width..(s * t + rows.len()) * width]);
     }
 }
 
@@ -186,10 +188,18 @@ impl Encoder {
             .map(|i| {
                 let qkv = lin(format!("layer.{i}.qkv"), h, 3 * h);
                 let out = lin(format!("layer.{i}.attn_out"), h, h);
-                let attention = SelfAttention { qkv, out, norm: LayerNorm::new(&format!("layer.{i}.attn_norm"), h) };
+                let attention =
+                    SelfAttention { qkv, out, norm: LayerNorm::new(&format!("layer.{i}.attn_norm"), h) };
                 let input = lin(format!("layer.{i}.ffn_in"), h, cfg.ffn);
                 let output = lin(format!("layer.{i}.ffn_out"), cfg.ffn, h);
-                EncoderLayer { attention, ffn: FeedForward { input, output, norm: LayerNorm::new(&format!("layer.{i}.ffn_norm"), h) } }
+                EncoderLayer {
+                    attention,
+                    ffn: FeedForward {
+                        input,
+                        output,
+                        norm: LayerNorm::new(&format!("layer.{i}.ffn_norm"), h),
+                    },
+                }
             })
             .collect();
         let embeddings = Embeddings { tokens, positions, types, norm: LayerNorm::new("emb_norm", h) };
@@ -219,7 +229,11 @@ impl Encoder {
     fn check(&self, x: &TokenBatch) -> anyhow::Result<()> {
         let cfg = &self.cfg;
         let t = x.max_len();
-        anyhow::ensure!(t <= cfg.max_len(), "a sequence of {t} tokens is longer than the model's {} positions", cfg.max_len());
+        anyhow::ensure!(
+            t <= cfg.max_len(),
+            "a sequence of {t} tokens is longer than the model's {} positions",
+            cfg.max_len()
+        );
         if let Some(&bad) = x.ids.iter().find(|&&id| id as usize >= cfg.vocab) {
             anyhow::bail!("token id {bad} is outside the vocabulary of {} tokens", cfg.vocab);
         }
@@ -237,7 +251,8 @@ impl Encoder {
         let mut hidden = vec![e];
         let mut layers = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
-            let (out, saved) = l.forward(hidden.last().expect("the embeddings are pushed first"), &mut p, true);
+            let (out, saved) =
+                l.forward(hidden.last().expect("the embeddings are pushed first"), &mut p, true);
             layers.push(saved.expect("training passes keep what backward reads"));
             hidden.push(out);
         }
@@ -276,15 +291,29 @@ impl Encoder {
     /// The backward pass from `dlast` (the gradient of the last hidden state, packed
     /// `tokens × H`) and the layer-wise losses' gradients `extra` (padded, as
     /// [`Trace::states`]); adds every parameter's gradient.
-    pub fn backward(&mut self, trace: &Trace, dlast: &mut [f32], extra: Option<&LayerGrads>) -> anyhow::Result<()> {
+    pub fn backward(
+        &mut self,
+        trace: &Trace,
+        dlast: &mut [f32],
+        extra: Option<&LayerGrads>,
+    ) -> anyhow::Result<()> {
         let cfg = self.cfg.clone();
         let (h, batch) = (cfg.width, &trace.batch);
         let n = batch.tokens();
-        anyhow::ensure!(dlast.len() == n * h, "the last hidden state's gradient has {} numbers, expected {}", dlast.len(), n * h);
+        anyhow::ensure!(
+            dlast.len() == n * h,
+            "the last hidden state's gradient has {} numbers, expected {}",
+            dlast.len(),
+            n * h
+        );
         let add_extra = |k: usize, d: &mut [f32], ws: &Workspace| -> anyhow::Result<()> {
             if let Some(g) = extra.and_then(|g| g.hidden.get(k)).and_then(Option::as_ref) {
                 let want = batch.batch() * batch.max_len() * h;
-                anyhow::ensure!(g.len() == want, "hidden state {k}'s gradient has {} numbers, expected {want}", g.len());
+                anyhow::ensure!(
+                    g.len() == want,
+                    "hidden state {k}'s gradient has {} numbers, expected {want}",
+                    g.len()
+                );
                 let mut packed = ws.take(n * h);
                 unpad_rows(batch, g, h, &mut packed);
                 d.iter_mut().zip(&packed).for_each(|(a, b)| *a += b);
@@ -298,7 +327,10 @@ impl Encoder {
             let s = &trace.layers[i];
             let p = Pass { cfg: &cfg, batch, ws: &self.ws, rng: None };
             l.ffn.backward(&s.ffn, &s.h1, &p, d);
-            let dprobs = extra.and_then(|g| g.attention.get(i)).and_then(Option::as_deref).map(|g| unpad_probs(batch, cfg.heads, g));
+            let dprobs = extra
+                .and_then(|g| g.attention.get(i))
+                .and_then(Option::as_deref)
+                .map(|g| unpad_probs(batch, cfg.heads, g));
             l.attention.backward(&s.attention, &trace.hidden[i], dprobs.as_deref(), &p, d);
             add_extra(i, d, &self.ws)?;
         }

@@ -97,7 +97,11 @@ pub fn matmul(out: &mut [f32], ld: usize, a: Mat, b: Mat, accumulate: bool, thre
     }
     let (ars, acs) = a.strides();
     let (brs, bcs) = b.strides();
-    let par = if threads > 1 && m * n * k >= 1 << 15 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par = if threads > 1 && m * n * k >= 1 << 15 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the three `check`s above prove that every element gemm addresses (row r <
     // m, column c < n of each logical matrix, through the given strides) lies inside its
     // slice; `out` is borrowed mutably, so it aliases neither `a` nor `b`.
@@ -152,21 +156,19 @@ pub fn add_column_sums(acc: &mut [f32], x: &[f32]) {
             }
             s
         })
-        .reduce(
-            || vec![0.0f32; width],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
-    acc.iter_mut().zip(&partial).for_each(|(a, p)| *a += p);
+        .collect::<Vec<_>>();
+    // Summed in block order, not by rayon's `reduce`, whose tree follows work stealing: the
+    // same run gives the same bits every time (a resumed run equals an uninterrupted one).
+    for p in &partial {
+        acc.iter_mut().zip(p).for_each(|(a, v)| *a += v);
+    }
 }
 
 /// The activation of a transformer's feed-forward block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FfnActivation {
     /// x·Φ(x) with the exact normal CDF (BERT's and PyTorch's `gelu`).
-    Gelu,
+    GeluErf,
     /// The tanh approximation of GELU (`gelu_new`, `gelu_pytorch_tanh`).
     GeluTanh,
     /// max(0, x).
@@ -204,7 +206,7 @@ impl FfnActivation {
     #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
         match self {
-            FfnActivation::Gelu => 0.5 * x * (1.0 + erf(x * INV_SQRT_2)),
+            FfnActivation::GeluErf => 0.5 * x * (1.0 + erf(x * INV_SQRT_2)),
             FfnActivation::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()),
             FfnActivation::Relu => x.max(0.0),
         }
@@ -214,7 +216,9 @@ impl FfnActivation {
     #[inline(always)]
     pub fn derivative(self, x: f32) -> f32 {
         match self {
-            FfnActivation::Gelu => 0.5 * (1.0 + erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp(),
+            FfnActivation::GeluErf => {
+                0.5 * (1.0 + erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+            }
             FfnActivation::GeluTanh => {
                 let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
                 let t = u.tanh();
@@ -236,7 +240,7 @@ pub fn bias_activation(pre: &mut [f32], act: &mut [f32], bias: &[f32], f: FfnAct
     // One monomorphised loop per activation: the choice is made once, outside the loop, so
     // the loop body vectorises.
     match f {
-        FfnActivation::Gelu => bias_map(pre, act, bias, |x| FfnActivation::Gelu.apply(x)),
+        FfnActivation::GeluErf => bias_map(pre, act, bias, |x| FfnActivation::GeluErf.apply(x)),
         FfnActivation::GeluTanh => bias_map(pre, act, bias, |x| FfnActivation::GeluTanh.apply(x)),
         FfnActivation::Relu => bias_map(pre, act, bias, |x| FfnActivation::Relu.apply(x)),
     }
@@ -257,7 +261,7 @@ fn bias_map(pre: &mut [f32], act: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f
 /// `grad *= activation'(pre)` elementwise (back through the activation, in place).
 pub fn activation_backward(grad: &mut [f32], pre: &[f32], f: FfnActivation) {
     match f {
-        FfnActivation::Gelu => scale_by(grad, pre, |x| FfnActivation::Gelu.derivative(x)),
+        FfnActivation::GeluErf => scale_by(grad, pre, |x| FfnActivation::GeluErf.derivative(x)),
         FfnActivation::GeluTanh => scale_by(grad, pre, |x| FfnActivation::GeluTanh.derivative(x)),
         FfnActivation::Relu => scale_by(grad, pre, |x| FfnActivation::Relu.derivative(x)),
     }
@@ -313,7 +317,7 @@ pub fn bias_activation_inplace(x: &mut [f32], bias: &[f32], f: FfnActivation) {
         });
     }
     match f {
-        FfnActivation::Gelu => run(x, bias, |x| FfnActivation::Gelu.apply(x)),
+        FfnActivation::GeluErf => run(x, bias, |x| FfnActivation::GeluErf.apply(x)),
         FfnActivation::GeluTanh => run(x, bias, |x| FfnActivation::GeluTanh.apply(x)),
         FfnActivation::Relu => run(x, bias, |x| FfnActivation::Relu.apply(x)),
     }
@@ -321,7 +325,14 @@ pub fn bias_activation_inplace(x: &mut [f32], bias: &[f32], f: FfnActivation) {
 
 /// Back through [`layer_norm`]: `dy` (the gradient of its output) becomes the gradient of
 /// its input, in place; the gain and bias gradients are added into `dgain` and `dbias`.
-pub fn layer_norm_backward(dy: &mut [f32], xhat: &[f32], rstd: &[f32], gain: &[f32], dgain: &mut [f32], dbias: &mut [f32]) {
+pub fn layer_norm_backward(
+    dy: &mut [f32],
+    xhat: &[f32],
+    rstd: &[f32],
+    gain: &[f32],
+    dgain: &mut [f32],
+    dbias: &mut [f32],
+) {
     let w = gain.len();
     let rows_per = 64;
     let partial = dy
@@ -347,16 +358,12 @@ pub fn layer_norm_backward(dy: &mut [f32], xhat: &[f32], rstd: &[f32], gain: &[f
             }
             (dg, db)
         })
-        .reduce(
-            || (vec![0.0f32; w], vec![0.0f32; w]),
-            |(mut a, mut b), (c, d)| {
-                a.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
-                b.iter_mut().zip(&d).for_each(|(x, y)| *x += y);
-                (a, b)
-            },
-        );
-    dgain.iter_mut().zip(&partial.0).for_each(|(a, p)| *a += p);
-    dbias.iter_mut().zip(&partial.1).for_each(|(a, p)| *a += p);
+        .collect::<Vec<_>>();
+    // In block order, as in `add_column_sums`: deterministic bits.
+    for (dg, db) in &partial {
+        dgain.iter_mut().zip(dg).for_each(|(a, p)| *a += p);
+        dbias.iter_mut().zip(db).for_each(|(a, p)| *a += p);
+    }
 }
 
 /// Softmax of `scale · row` in place (attention scores with their 1/√d folded in).
@@ -376,6 +383,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parallel_gradient_sums_give_the_same_bits_every_time() {
+        // Column sums and layer-norm gradients over many row blocks, in a pool where work
+        // stealing varies from call to call: the bits never change (they used to, in the last
+        // places, and with them every later step of a transformer).
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let (rows, w) = (256 * 40, 48);
+        let x: Vec<f32> =
+            (0..rows * w).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3 + 1e-7 * i as f32).collect();
+        let rstd: Vec<f32> = (0..rows).map(|r| 1.0 + (r % 7) as f32 * 0.1).collect();
+        let gain: Vec<f32> = (0..w).map(|i| 0.5 + i as f32 * 0.01).collect();
+        let run = || {
+            pool.install(|| {
+                let mut acc = vec![0f32; w];
+                add_column_sums(&mut acc, &x);
+                let (mut dy, mut dg, mut db) = (x.clone(), vec![0f32; w], vec![0f32; w]);
+                layer_norm_backward(&mut dy, &x, &rstd, &gain, &mut dg, &mut db);
+                (acc, dg, db)
+            })
+        };
+        let first = run();
+        for _ in 0..30 {
+            let again = run();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&again.0) == bits(&first.0)
+                    && bits(&again.1) == bits(&first.1)
+                    && bits(&again.2) == bits(&first.2)
+            );
+        }
+    }
+
+    #[test]
     fn erf_matches_libm_to_a_few_ulp() {
         let mut worst = 0.0f64;
         for i in -6000..=6000 {
@@ -387,11 +426,16 @@ mod tests {
 
     #[test]
     fn activation_derivatives_match_finite_differences() {
-        for f in [FfnActivation::Gelu, FfnActivation::GeluTanh, FfnActivation::Relu] {
+        for f in [FfnActivation::GeluErf, FfnActivation::GeluTanh, FfnActivation::Relu] {
             for &x in &[-3.1f32, -1.2, -0.3, 0.2, 0.9, 2.5] {
                 let h = 1e-3f64;
-                let fd = (f.apply((x as f64 + h) as f32) as f64 - f.apply((x as f64 - h) as f32) as f64) / (2.0 * h);
-                assert!((fd - f.derivative(x) as f64).abs() < 2e-3, "{f:?} at {x}: fd {fd} vs {}", f.derivative(x));
+                let fd = (f.apply((x as f64 + h) as f32) as f64 - f.apply((x as f64 - h) as f32) as f64)
+                    / (2.0 * h);
+                assert!(
+                    (fd - f.derivative(x) as f64).abs() < 2e-3,
+                    "{f:?} at {x}: fd {fd} vs {}",
+                    f.derivative(x)
+                );
             }
         }
     }

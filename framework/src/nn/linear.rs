@@ -30,7 +30,10 @@ impl Linear {
 
     /// A layer of zeros (to be filled from a checkpoint), named `{name}.w` and `{name}.b`.
     pub fn zeros(name: &str, input: usize, output: usize) -> Linear {
-        Linear { w: Param::zeros(format!("{name}.w"), &[input, output], true), b: Param::zeros(format!("{name}.b"), &[output], false) }
+        Linear {
+            w: Param::zeros(format!("{name}.w"), &[input, output], true),
+            b: Param::zeros(format!("{name}.b"), &[output], false),
+        }
     }
 
     /// Output width.

@@ -54,7 +54,7 @@ impl Activation {
         match self {
             Activation::Relu => x.max(0.0),
             Activation::Tanh => x.tanh(),
-            Activation::Gelu => FfnActivation::GeluTanh.apply(x),
+            Activation::GeluTanh => FfnActivation::GeluTanh.apply(x),
         }
     }
 
@@ -64,7 +64,7 @@ impl Activation {
         match self {
             Activation::Relu => FfnActivation::Relu.derivative(x),
             Activation::Tanh => 1.0 - x.tanh().powi(2),
-            Activation::Gelu => FfnActivation::GeluTanh.derivative(x),
+            Activation::GeluTanh => FfnActivation::GeluTanh.derivative(x),
         }
     }
 }
@@ -137,7 +137,13 @@ impl Mlp {
 
     /// The hidden layers: returns the hidden representation and, when `train`, what the
     /// backward pass reads. `mask_seed` enables dropout.
-    fn run(&self, x: Vec<f32>, batch: usize, mask_seed: Option<u64>, train: bool) -> (Vec<f32>, Vec<HiddenSaved>) {
+    fn run(
+        &self,
+        x: Vec<f32>,
+        batch: usize,
+        mask_seed: Option<u64>,
+        train: bool,
+    ) -> (Vec<f32>, Vec<HiddenSaved>) {
         let mut rng = mask_seed.map(rand::rngs::StdRng::seed_from_u64);
         let mut h = x;
         let mut saved = Vec::new();
@@ -155,7 +161,9 @@ impl Mlp {
                 (Some(rng), true) => {
                     // Our own seeded mask: resumed runs draw identical masks.
                     let keep = 1.0 - self.dropout;
-                    let mask: Vec<f32> = (0..a.len()).map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
+                    let mask: Vec<f32> = (0..a.len())
+                        .map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 })
+                        .collect();
                     a.iter_mut().zip(&mask).for_each(|(v, m)| *v *= m);
                     Some(mask)
                 }
@@ -173,7 +181,14 @@ impl Mlp {
     pub fn forward(&self, x: Vec<f32>, batch: usize) -> Outputs {
         let (hidden, _) = self.run(x, batch, None, false);
         let logits = Self::linear(&self.out, &hidden, batch);
-        Outputs { batch, logits, classes: self.classes(), hidden, hidden_dim: self.hidden_dim(), layers: None }
+        Outputs {
+            batch,
+            logits,
+            classes: self.classes(),
+            hidden,
+            hidden_dim: self.hidden_dim(),
+            layers: None,
+        }
     }
 
     /// Training pass: forward, ask `objective` for output gradients, back-propagate into the
@@ -185,10 +200,22 @@ impl Mlp {
         ctx: StepCtx,
         objective: &mut dyn FnMut(&Outputs) -> anyhow::Result<OutputGrads>,
     ) -> anyhow::Result<(Outputs, Vec<f32>)> {
-        anyhow::ensure!(x.len() == batch * self.input, "the head's input has {} numbers, expected {}", x.len(), batch * self.input);
+        anyhow::ensure!(
+            x.len() == batch * self.input,
+            "the head's input has {} numbers, expected {}",
+            x.len(),
+            batch * self.input
+        );
         let (hidden, saved) = self.run(x, batch, Some(ctx.seed), true);
         let logits = Self::linear(&self.out, &hidden, batch);
-        let outputs = Outputs { batch, logits, classes: self.classes(), hidden, hidden_dim: self.hidden_dim(), layers: None };
+        let outputs = Outputs {
+            batch,
+            logits,
+            classes: self.classes(),
+            hidden,
+            hidden_dim: self.hidden_dim(),
+            layers: None,
+        };
         let g = objective(&outputs)?;
         let hd = self.hidden_dim();
         anyhow::ensure!(g.logits.len() == outputs.logits.len(), "logit gradient has the wrong size");
@@ -235,14 +262,15 @@ mod tests {
 
     fn objective_value(out: &Outputs, wl: &[f32], wh: &[f32]) -> f32 {
         // A fixed smooth scalar of the outputs: Σ wl·logits² + Σ wh·hidden.
-        out.logits.iter().zip(wl).map(|(z, w)| w * z * z).sum::<f32>() + out.hidden.iter().zip(wh).map(|(h, w)| w * h).sum::<f32>()
+        out.logits.iter().zip(wl).map(|(z, w)| w * z * z).sum::<f32>()
+            + out.hidden.iter().zip(wh).map(|(h, w)| w * h).sum::<f32>()
     }
 
     /// Finite-difference check of every layer's gradient (embedding bag, linear, layer
     /// norm, activations) through the whole head.
     #[test]
     fn mlp_and_bag_gradients_match_finite_differences() {
-        for (act, ln) in [(Activation::Relu, false), (Activation::Tanh, true), (Activation::Gelu, true)] {
+        for (act, ln) in [(Activation::Relu, false), (Activation::Tanh, true), (Activation::GeluTanh, true)] {
             let mut rng = StdRng::seed_from_u64(3);
             let mut bag = EmbeddingBag::new("emb", 11, 4, &mut rng);
             init_uniform(&mut bag.table, 0.5, &mut rng);
@@ -285,7 +313,10 @@ mod tests {
                     m.params_mut()[pi].data[j] -= 2.0 * eps;
                     let down = f(&bag, &m);
                     let num = ((up - down) / (2.0 * eps as f64)) as f32;
-                    assert!((num - gj).abs() < 2e-2 * (1.0 + num.abs()), "{act:?} param {pi}[{j}]: {num} vs {gj}");
+                    assert!(
+                        (num - gj).abs() < 2e-2 * (1.0 + num.abs()),
+                        "{act:?} param {pi}[{j}]: {num} vs {gj}"
+                    );
                 }
             }
             // Touched rows of the embedding table.
@@ -301,7 +332,10 @@ mod tests {
                     let down = f(&bg, &mlp);
                     let num = ((up - down) / (2.0 * eps as f64)) as f32;
                     let a = values[k * 4 + c];
-                    assert!((num - a).abs() < 2e-2 * (1.0 + num.abs()), "{act:?} row {r} col {c}: {num} vs {a}");
+                    assert!(
+                        (num - a).abs() < 2e-2 * (1.0 + num.abs()),
+                        "{act:?} row {r} col {c}: {num} vs {a}"
+                    );
                 }
             }
         }
@@ -317,6 +351,10 @@ mod tests {
         assert_eq!(&out[3..], &bag.table.data[6..9]);
         // An id outside the table (a damaged feature file) is an error, not a panic.
         let bad = Bags { offsets: vec![0, 1], ids: vec![5], langs: Vec::new() };
-        assert!(bag.forward(&bad).unwrap_err().to_string().contains("feature id 5 is outside the embedding table of 5 rows"));
+        assert!(bag
+            .forward(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("feature id 5 is outside the embedding table of 5 rows"));
     }
 }

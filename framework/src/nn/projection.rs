@@ -35,13 +35,23 @@ pub struct HiddenProjection {
 impl HiddenProjection {
     /// Whether a projection is used for widths `hs → ht` under `mode`; creates it (from
     /// `seed`) on first need. `who` names the loss in errors.
-    pub fn ensure(&mut self, mode: ProjectionMode, seed: u64, hs: usize, ht: usize, who: &str) -> anyhow::Result<bool> {
+    pub fn ensure(
+        &mut self,
+        mode: ProjectionMode,
+        seed: u64,
+        hs: usize,
+        ht: usize,
+        who: &str,
+    ) -> anyhow::Result<bool> {
         anyhow::ensure!(hs > 0 && ht > 0, "{who}: a hidden width is 0 (student {hs}, teacher {ht})");
         let project = match mode {
             ProjectionMode::Auto => hs != ht,
             ProjectionMode::Always => true,
             ProjectionMode::Never => {
-                anyhow::ensure!(hs == ht, "{who} with projection = \"never\" needs equal widths, student {hs} ≠ teacher {ht}");
+                anyhow::ensure!(
+                    hs == ht,
+                    "{who} with projection = \"never\" needs equal widths, student {hs} ≠ teacher {ht}"
+                );
                 false
             }
         };
@@ -50,7 +60,11 @@ impl HiddenProjection {
             self.linear = Some(Linear::new("proj", hs, ht, &mut rng));
         }
         if let (true, Some(l)) = (project, &self.linear) {
-            anyhow::ensure!(l.w.shape == [hs, ht], "{who}: the projection is {:?}, the widths are now {hs} → {ht}", l.w.shape);
+            anyhow::ensure!(
+                l.w.shape == [hs, ht],
+                "{who}: the projection is {:?}, the widths are now {hs} → {ht}",
+                l.w.shape
+            );
         }
         Ok(project)
     }
@@ -97,7 +111,15 @@ impl HiddenProjection {
     }
 
     /// Given ∂L/∂P, sets the projection's gradients and returns ∂L/∂h (`b × hs`).
-    pub fn backward(&mut self, project: bool, h: &[f32], dp: &[f64], b: usize, hs: usize, ht: usize) -> Vec<f32> {
+    pub fn backward(
+        &mut self,
+        project: bool,
+        h: &[f32],
+        dp: &[f64],
+        b: usize,
+        hs: usize,
+        ht: usize,
+    ) -> Vec<f32> {
         let l = match (&mut self.linear, project) {
             (Some(l), true) => l,
             _ => return dp.iter().map(|&v| v as f32).collect(),
@@ -124,9 +146,14 @@ impl HiddenProjection {
     // The Cholesky factorisation and the triangular solves read rows and columns by index.
     #[allow(clippy::needless_range_loop)]
     pub fn fit_least_squares(&mut self, x: &[f32], y: &[f32], n: usize, ridge: f64) -> anyhow::Result<()> {
-        let l = self.linear.as_mut().ok_or_else(|| anyhow::anyhow!("no projection to fit (equal widths and projection = \"auto\"?)"))?;
+        let l = self.linear.as_mut().ok_or_else(|| {
+            anyhow::anyhow!("no projection to fit (equal widths and projection = \"auto\"?)")
+        })?;
         let (hs, ht) = (l.w.shape[0], l.w.shape[1]);
-        anyhow::ensure!(n > 0 && x.len() == n * hs && y.len() == n * ht, "fitting a {hs} → {ht} projection to {n} rows");
+        anyhow::ensure!(
+            n > 0 && x.len() == n * hs && y.len() == n * ht,
+            "fitting a {hs} → {ht} projection to {n} rows"
+        );
         let mean = |m: &[f32], w: usize| -> Vec<f64> {
             let mut s = vec![0f64; w];
             for r in m.chunks(w) {
@@ -153,7 +180,10 @@ impl HiddenProjection {
         // Cholesky A = LLᵀ, then solve L Z = B and Lᵀ W = Z column block by column block.
         for j in 0..hs {
             let mut d = a[j * hs + j] - (0..j).map(|k| a[j * hs + k].powi(2)).sum::<f64>();
-            anyhow::ensure!(d > 0.0, "the student's hidden vectors are degenerate (not positive definite at {j})");
+            anyhow::ensure!(
+                d > 0.0,
+                "the student's hidden vectors are degenerate (not positive definite at {j})"
+            );
             d = d.sqrt();
             a[j * hs + j] = d;
             for i in j + 1..hs {
@@ -201,7 +231,11 @@ mod tests {
         let x: Vec<f32> = (0..n * hs).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
         let y: Vec<f32> = x
             .chunks(hs)
-            .flat_map(|r| (0..ht).map(move |c| b[c] + (0..hs).map(|k| r[k] * w[k * ht + c]).sum::<f32>()).collect::<Vec<_>>())
+            .flat_map(|r| {
+                (0..ht)
+                    .map(move |c| b[c] + (0..hs).map(|k| r[k] * w[k * ht + c]).sum::<f32>())
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let mut p = HiddenProjection::default();
         p.ensure(ProjectionMode::Always, 1, hs, ht, "test").unwrap();

@@ -21,7 +21,11 @@ impl TokenBatch {
         let (mut ids, mut offsets, mut positions) = (Vec::new(), vec![0usize], Vec::new());
         for (b, s) in seqs.enumerate() {
             anyhow::ensure!(!s.is_empty(), "sequence {b} of the batch has no tokens");
-            anyhow::ensure!(s.len() <= max_len, "sequence {b} has {} tokens, more than the model's {max_len} positions", s.len());
+            anyhow::ensure!(
+                s.len() <= max_len,
+                "sequence {b} has {} tokens, more than the model's {max_len} positions",
+                s.len()
+            );
             ids.extend_from_slice(s);
             positions.extend(0..s.len() as u32);
             offsets.push(ids.len());

@@ -110,7 +110,14 @@ impl TransformerModel {
     fn logits(&self, emb: &[f32], batch: usize) -> Vec<f32> {
         let c = self.head.out_dim();
         let mut out = vec![0.0f32; batch * c];
-        matmul(&mut out, c, Mat::new(emb, batch, self.width()), Mat::new(&self.head.w.data, self.width(), c), false, threads());
+        matmul(
+            &mut out,
+            c,
+            Mat::new(emb, batch, self.width()),
+            Mat::new(&self.head.w.data, self.width(), c),
+            false,
+            threads(),
+        );
         super::kernels::add_bias(&mut out, &self.head.b.data);
         out
     }
@@ -184,16 +191,33 @@ impl Model for TransformerModel {
         }
         let g = objective(&outputs)?;
         let (b, h, c) = (outputs.batch, self.width(), self.head.out_dim());
-        anyhow::ensure!(g.logits.len() == b * c, "logit gradient has {} numbers, expected {}", g.logits.len(), b * c);
+        anyhow::ensure!(
+            g.logits.len() == b * c,
+            "logit gradient has {} numbers, expected {}",
+            g.logits.len(),
+            b * c
+        );
         // Head: logits = e·Wc + bc.
         let mut de = match g.hidden {
             Some(gh) => {
-                anyhow::ensure!(gh.len() == b * h, "hidden gradient has {} numbers, expected {}", gh.len(), b * h);
+                anyhow::ensure!(
+                    gh.len() == b * h,
+                    "hidden gradient has {} numbers, expected {}",
+                    gh.len(),
+                    b * h
+                );
                 gh
             }
             None => vec![0.0f32; b * h],
         };
-        matmul(self.head.w.grad_buffer(), c, Mat::new(&outputs.hidden, b, h).t(), Mat::new(&g.logits, b, c), true, threads());
+        matmul(
+            self.head.w.grad_buffer(),
+            c,
+            Mat::new(&outputs.hidden, b, h).t(),
+            Mat::new(&g.logits, b, c),
+            true,
+            threads(),
+        );
         super::kernels::add_column_sums(self.head.b.grad_buffer(), &g.logits);
         matmul(&mut de, h, Mat::new(&g.logits, b, c), Mat::new(&self.head.w.data, h, c).t(), true, threads());
         // Normalisation: e = p/‖p‖ ⇒ dp = (de − e·(e·de))/‖p‖.
@@ -244,8 +268,14 @@ fn infer(m: &TransformerModel, x: &Bags, layers: bool) -> anyhow::Result<Outputs
         return Ok(out);
     }
     let (h, c) = (m.width(), m.head.out_dim());
-    let mut out =
-        Outputs { batch: n, logits: Vec::with_capacity(n * c), classes: c, hidden: Vec::with_capacity(n * h), hidden_dim: h, layers: None };
+    let mut out = Outputs {
+        batch: n,
+        logits: Vec::with_capacity(n * c),
+        classes: c,
+        hidden: Vec::with_capacity(n * h),
+        hidden_dim: h,
+        layers: None,
+    };
     let max_len = m.encoder.cfg.max_len();
     let mut start = 0;
     while start < n {
@@ -283,7 +313,7 @@ mod tests {
             type_vocab: 2,
             position_offset: 2,
             eps: 1e-5,
-            activation: FfnActivation::Gelu,
+            activation: FfnActivation::GeluErf,
             dropout: 0.0,
         };
         let mut enc = Encoder::new(cfg, 7);
@@ -304,8 +334,16 @@ mod tests {
         assert_eq!(counted, m.encoder.cfg.num_params());
         assert_eq!(m.num_params(), counted + 8 * 3 + 3);
         // all-MiniLM-L6-v2's encoder (its unused pooler's 147,840 aside: 22,713,216 in all).
-        let minilm =
-            EncoderConfig { vocab: 30522, width: 384, layers: 6, heads: 12, ffn: 1536, max_positions: 512, type_vocab: 2, ..m.encoder.cfg };
+        let minilm = EncoderConfig {
+            vocab: 30522,
+            width: 384,
+            layers: 6,
+            heads: 12,
+            ffn: 1536,
+            max_positions: 512,
+            type_vocab: 2,
+            ..m.encoder.cfg
+        };
         assert_eq!(minilm.num_params(), 22_565_376);
     }
 
@@ -326,7 +364,9 @@ mod tests {
         let mut layers = LayerGrads::default();
         let w = s.width;
         for (k, hk) in s.hidden.iter().enumerate() {
-            let g: Vec<f32> = (0..hk.len()).map(|i| if s.is_real(i / w / s.seq, i / w % s.seq) { coef(10 + k, i) } else { 0.0 }).collect();
+            let g: Vec<f32> = (0..hk.len())
+                .map(|i| if s.is_real(i / w / s.seq, i / w % s.seq) { coef(10 + k, i) } else { 0.0 })
+                .collect();
             value += hk.iter().zip(&g).map(|(a, b)| (a * b) as f64).sum::<f64>();
             layers.add_hidden(k, g);
         }
@@ -378,7 +418,8 @@ mod tests {
                         Grad::Rows(r) => {
                             for (k, &row) in r.rows().iter().enumerate() {
                                 let w = r.width();
-                                g[row as usize * w..(row as usize + 1) * w].copy_from_slice(&r.values()[k * w..(k + 1) * w]);
+                                g[row as usize * w..(row as usize + 1) * w]
+                                    .copy_from_slice(&r.values()[k * w..(k + 1) * w]);
                             }
                         }
                         Grad::None => {}
@@ -435,11 +476,17 @@ mod tests {
         let mut m = tiny(Pooling::Mean, true);
         let x = Bags::build(&m.tokenizer, ["ab", "hello", "xyz!"].into_par_iter());
         let x = Bags { ids: x.ids.iter().map(|&i| i % 20).collect(), ..x };
-        let mut opt = Optimizer::new(OptimizerConfig { kind: OptimizerKind::Adam, lr: 1e-3, ..OptimizerConfig::default() });
+        let mut opt = Optimizer::new(OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            lr: 1e-3,
+            ..OptimizerConfig::default()
+        });
         let mut step = |m: &mut TransformerModel| {
             let ctx = StepCtx { step: 0, seed: 0, layers: false };
-            m.forward_backward(&x, ctx, &mut |o| Ok(OutputGrads { logits: vec![0.1; o.logits.len()], hidden: None, layers: None }))
-                .unwrap();
+            m.forward_backward(&x, ctx, &mut |o| {
+                Ok(OutputGrads { logits: vec![0.1; o.logits.len()], hidden: None, layers: None })
+            })
+            .unwrap();
             opt.step(&mut Model::params_mut(m), 1e-3).unwrap();
         };
         step(&mut m);
@@ -448,7 +495,11 @@ mod tests {
         let spare: Vec<*const f32> = Model::params(&m).iter().map(|p| p.spare.0.as_ptr()).collect();
         assert!(held > 0 && Model::params(&m).iter().filter(|p| !p.spare.0.is_empty()).count() > 20);
         step(&mut m);
-        assert_eq!(m.encoder.workspace_held(), held, "the step took every buffer from the workspace and gave it back");
+        assert_eq!(
+            m.encoder.workspace_held(),
+            held,
+            "the step took every buffer from the workspace and gave it back"
+        );
         let again: Vec<*const f32> = Model::params(&m).iter().map(|p| p.spare.0.as_ptr()).collect();
         assert_eq!(spare, again, "each gradient buffer is the previous step's");
     }

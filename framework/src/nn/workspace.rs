@@ -25,11 +25,25 @@ impl Clone for Workspace {
 
 impl Workspace {
     /// A zeroed buffer of `len` numbers: the smallest kept one that is large enough, or a
-    /// new one.
+    /// new one. When none is large enough, the largest kept one is dropped: it is the stale
+    /// version of this very request from a smaller pass (a batch of shorter texts), and
+    /// keeping it would let the pool grow with every new size it meets — by the number of
+    /// buffers, not their bytes — when a long stream (`kdx embed` of a large file) sees many.
+    /// So the pool holds about one pass's buffers, of the largest pass seen.
     pub fn take(&self, len: usize) -> Vec<f32> {
         let found = {
             let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            let best = free.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            if best.is_none() {
+                if let Some(i) = free.iter().enumerate().max_by_key(|(_, b)| b.capacity()).map(|(i, _)| i) {
+                    free.swap_remove(i);
+                }
+            }
             best.map(|i| free.swap_remove(i))
         };
         match found {
@@ -84,5 +98,18 @@ mod tests {
         assert!(b.iter().all(|&x| x == 0.0) && b.len() == 800);
         let c = ws.take(800);
         assert_ne!(c.as_ptr(), ptr, "a buffer in use is not handed out twice");
+    }
+
+    #[test]
+    fn passes_of_growing_sizes_keep_about_one_pass_of_buffers() {
+        // Passes of three buffers each, every pass a little larger than the last (batches of
+        // longer and longer texts): the pool holds one pass's worth, not every size it met.
+        let ws = Workspace::default();
+        for n in 1..200usize {
+            let pass: Vec<Vec<f32>> = [n * 10, n * 40, n * 10].iter().map(|&len| ws.take(len)).collect();
+            ws.give_all(pass);
+        }
+        assert!(ws.held() <= 3 * 199 * 40, "{} numbers held", ws.held());
+        assert_eq!(ws.free.lock().unwrap().len(), 3);
     }
 }

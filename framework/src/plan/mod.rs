@@ -83,7 +83,18 @@ pub struct Plan {
     pub plugins: PluginSet,
 }
 
-const TOP_KEYS: &[&str] = &["experiment", "data", "teacher", "student", "loss", "sampler", "train", "finetune", "retrieval", "plugins"];
+const TOP_KEYS: &[&str] = &[
+    "experiment",
+    "data",
+    "teacher",
+    "student",
+    "loss",
+    "sampler",
+    "train",
+    "finetune",
+    "retrieval",
+    "plugins",
+];
 
 impl Plan {
     /// Resolves a loaded recipe (one run: sweeps are expanded before). All problems found
@@ -94,19 +105,31 @@ impl Plan {
 
     /// [`Plan::from_doc`], also loading the plugin libraries `extra_libraries` (named on the
     /// command line: `kdx run --plugin PATH`) besides the recipe's `[plugins] libraries`.
-    pub fn from_doc_with_libraries(doc: RecipeDoc, run_name: &str, extra_libraries: &[PathBuf]) -> Result<Plan, Diagnostics> {
+    pub fn from_doc_with_libraries(
+        doc: RecipeDoc,
+        run_name: &str,
+        extra_libraries: &[PathBuf],
+    ) -> Result<Plan, Diagnostics> {
         let mut diags = Diagnostics(Vec::new());
         let root = doc.root().clone();
         for key in root.keys() {
             if !TOP_KEYS.contains(&key.as_str()) {
-                diags.push(doc.diag(&KeyPath::root().key(key), format!("unknown section `{key}`"), Some(unknown_key_help(key, TOP_KEYS))));
+                diags.push(doc.diag(
+                    &KeyPath::root().key(key),
+                    format!("unknown section `{key}`"),
+                    Some(unknown_key_help(key, TOP_KEYS)),
+                ));
             }
         }
         let section = |name: &str, diags: &mut Diagnostics| -> Option<toml::Table> {
             match root.get(name) {
                 Some(toml::Value::Table(t)) => Some(t.clone()),
                 Some(other) => {
-                    diags.push(doc.diag(&KeyPath::root().key(name), format!("`{name}` must be a table, found {}", other.type_str()), None));
+                    diags.push(doc.diag(
+                        &KeyPath::root().key(name),
+                        format!("`{name}` must be a table, found {}", other.type_str()),
+                        None,
+                    ));
                     None
                 }
                 None => None,
@@ -126,7 +149,11 @@ impl Plan {
             let key = KeyPath::root().key("plugins");
             for (k, v) in &t {
                 if k != "libraries" {
-                    diags.push(doc.diag(&key.key(k), format!("unknown key `{k}`"), Some(unknown_key_help(k, &["libraries"]))));
+                    diags.push(doc.diag(
+                        &key.key(k),
+                        format!("unknown key `{k}`"),
+                        Some(unknown_key_help(k, &["libraries"])),
+                    ));
                     continue;
                 }
                 match v.as_array() {
@@ -134,7 +161,8 @@ impl Plan {
                         for (i, item) in items.iter().enumerate() {
                             let at = key.key("libraries").index(i);
                             match item.as_str() {
-                                Some(s) => named_libraries.push((Origin::Recipe(at.clone()), doc.resolve_path(&at, s))),
+                                Some(s) => named_libraries
+                                    .push((Origin::Recipe(at.clone()), doc.resolve_path(&at, s))),
                                 None => diags.push(doc.diag(&at, "expected a path string", None)),
                             }
                         }
@@ -147,8 +175,9 @@ impl Plan {
         let plugins = PluginSet::load(&doc, &named_libraries, &mut diags);
         let libraries: Vec<PathBuf> = named_libraries.into_iter().map(|(_, p)| p).collect();
 
-        let experiment = required("experiment", &mut diags)
-            .and_then(|t| ok(&mut diags, doc.deserialize_at(&KeyPath::root().key("experiment"), toml::Value::Table(t))));
+        let experiment = required("experiment", &mut diags).and_then(|t| {
+            ok(&mut diags, doc.deserialize_at(&KeyPath::root().key("experiment"), toml::Value::Table(t)))
+        });
 
         let data = required("data", &mut diags).and_then(|t| data_section(&doc, t, &mut diags));
 
@@ -225,14 +254,22 @@ impl Plan {
                     let Some((name, params)) = split_plugin(&doc, &key, t, &mut diags) else { continue };
                     let built = match plugins.loss(&name) {
                         Some(lib)
-                            if !lib
-                                .params_schema()
-                                .is_none_or(|s| known_keys(&doc, &key, s, &params, &["plugin", "weight"], &mut diags)) =>
+                            if !lib.params_schema().is_none_or(|s| {
+                                known_keys(&doc, &key, s, &params, &["plugin", "weight"], &mut diags)
+                            }) =>
                         {
                             None
                         }
                         Some(lib) => ok(&mut diags, lib.build_loss(&doc, &key, &params)).map(Built::Loss),
-                        None => build(&doc, &key, PluginKind::Loss, &name, params, &["plugin", "weight"], &mut diags),
+                        None => build(
+                            &doc,
+                            &key,
+                            PluginKind::Loss,
+                            &name,
+                            params,
+                            &["plugin", "weight"],
+                            &mut diags,
+                        ),
                     };
                     if let (Some(Built::Loss(l)), Some(weight)) = (built, weight) {
                         losses.push(LossPlan { plugin: name, weight, loss: l });
@@ -252,10 +289,21 @@ impl Plan {
             )),
         }
 
-        let train = required("train", &mut diags)
-            .and_then(|t| ok(&mut diags, doc.deserialize_at::<TrainSection>(&KeyPath::root().key("train"), toml::Value::Table(t))));
-        let finetune = section("finetune", &mut diags)
-            .and_then(|t| ok(&mut diags, doc.deserialize_at::<FinetuneSection>(&KeyPath::root().key("finetune"), toml::Value::Table(t))));
+        let train = required("train", &mut diags).and_then(|t| {
+            ok(
+                &mut diags,
+                doc.deserialize_at::<TrainSection>(&KeyPath::root().key("train"), toml::Value::Table(t)),
+            )
+        });
+        let finetune = section("finetune", &mut diags).and_then(|t| {
+            ok(
+                &mut diags,
+                doc.deserialize_at::<FinetuneSection>(
+                    &KeyPath::root().key("finetune"),
+                    toml::Value::Table(t),
+                ),
+            )
+        });
 
         let retrieval = match root.get("retrieval") {
             Some(v) => retrieval::resolve(&doc, v.clone(), &mut diags).unwrap_or_default(),
@@ -301,7 +349,9 @@ impl Plan {
 
         if let (Some((t, _)), Some((s, _))) = (&teacher, &student) {
             for (l, key) in losses.iter().zip(&loss_keys) {
-                if let Err(e) = check_layers(l, &s.plugin, s.builder.layer_shape(), &t.plugin, t.builder.layer_shape()) {
+                if let Err(e) =
+                    check_layers(l, &s.plugin, s.builder.layer_shape(), &t.plugin, t.builder.layer_shape())
+                {
                     diags.push(doc.diag(&key.key("plugin"), e, None));
                 }
             }
@@ -319,7 +369,9 @@ impl Plan {
             Some(train),
         ) = (experiment, data, teacher, student, sampler, train)
         else {
-            return Err(Diagnostics(vec![Diagnostic::new("internal error: incomplete plan without a diagnostic")]));
+            return Err(Diagnostics(vec![Diagnostic::new(
+                "internal error: incomplete plan without a diagnostic",
+            )]));
         };
         let plan = Plan {
             doc,
@@ -386,18 +438,29 @@ impl Plan {
             d.push(self.doc.diag(&KeyPath::root().key("train").key("batch"), "must be at least 1", None));
         }
         if !(self.train.eval_fraction > 0.0 && self.train.eval_fraction <= 1.0) {
-            d.push(self.doc.diag(&KeyPath::root().key("train").key("eval_fraction"), "must be in (0, 1]", None));
+            d.push(self.doc.diag(
+                &KeyPath::root().key("train").key("eval_fraction"),
+                "must be in (0, 1]",
+                None,
+            ));
         }
         let root = KeyPath::root();
         if let Err(e) = sections::plain_name(&self.experiment.name, "") {
             d.push(self.doc.diag(&root.key("experiment").key("name"), e, None));
         }
         if let Err(e) = sections::plain_name(&self.run_name, "+=,~") {
-            d.push(root_diag(&self.doc, format!("run name: {e}"), Some("the run names of a `[sweep]` come from its values".into())));
+            d.push(root_diag(
+                &self.doc,
+                format!("run name: {e}"),
+                Some("the run names of a `[sweep]` come from its values".into()),
+            ));
         }
         // Each stage with the model it trains.
-        let mut stages: Vec<(KeyPath, StageConfig, &str)> = vec![(root.key("train"), self.train.stage(), "student")];
-        stages.extend(self.teacher_train.iter().map(|t| (root.key("teacher").key("train"), t.clone(), "teacher")));
+        let mut stages: Vec<(KeyPath, StageConfig, &str)> =
+            vec![(root.key("train"), self.train.stage(), "student")];
+        stages.extend(
+            self.teacher_train.iter().map(|t| (root.key("teacher").key("train"), t.clone(), "teacher")),
+        );
         stages.extend(self.finetune.iter().map(|f| (root.key("finetune"), f.stage(), "student")));
         for (key, cfg, _) in &stages {
             // A step holds at least this much per example (ids, logits, gradients, indices).
@@ -409,16 +472,29 @@ impl Plan {
             let (lr_key, lr) = cfg.lr_key();
             if !(lr.is_finite() && lr > 0.0) {
                 let at = lr_key.split('.').fold(key.clone(), |k, part| k.key(part));
-                d.push(self.doc.diag(&at, format!("the learning rate must be a positive number, found {lr}"), None));
+                d.push(self.doc.diag(
+                    &at,
+                    format!("the learning rate must be a positive number, found {lr}"),
+                    None,
+                ));
             }
         }
         // Each model's activations at the largest batch it trains with, located at the parameter that sizes them.
         for (role, model) in [("teacher", &self.teacher), ("student", &self.student)] {
             let largest = stages.iter().filter(|s| s.2 == role).max_by_key(|s| s.1.batch);
-            let (Some((param, per)), Some((key, cfg, _))) = (model.builder.example_bytes(), largest) else { continue };
-            let what = format!("a `{key}` batch of {} examples through this model ({per} bytes each while it trains)", cfg.batch);
+            let (Some((param, per)), Some((key, cfg, _))) = (model.builder.example_bytes(), largest) else {
+                continue;
+            };
+            let what = format!(
+                "a `{key}` batch of {} examples through this model ({per} bytes each while it trains)",
+                cfg.batch
+            );
             if let Err(e) = crate::model::check_memory(&what, cfg.batch as u128 * per) {
-                d.push(self.doc.diag(&root.key(role).key(param), e, Some(format!("a smaller `{param}` or `{key}.batch`"))));
+                d.push(self.doc.diag(
+                    &root.key(role).key(param),
+                    e,
+                    Some(format!("a smaller `{param}` or `{key}.batch`")),
+                ));
             }
         }
         for (i, l) in self.losses.iter().enumerate() {
@@ -451,7 +527,11 @@ fn root_diag(doc: &RecipeDoc, message: impl Into<String>, help: Option<String>) 
 }
 
 /// Builds the `[data]` section: its plugin name, dataset and parameters.
-fn data_section(doc: &RecipeDoc, t: toml::Table, diags: &mut Diagnostics) -> Option<(String, Box<dyn Dataset>, toml::Value)> {
+fn data_section(
+    doc: &RecipeDoc,
+    t: toml::Table,
+    diags: &mut Diagnostics,
+) -> Option<(String, Box<dyn Dataset>, toml::Value)> {
     let key = KeyPath::root().key("data");
     let (name, params) = split_plugin(doc, &key, t, diags)?;
     match build(doc, &key, PluginKind::Dataset, &name, params.clone(), &["plugin"], diags)? {
@@ -489,7 +569,10 @@ pub fn load_plans(path: &std::path::Path) -> Result<Vec<Plan>, Diagnostics> {
 }
 
 /// [`load_plans`], also loading the plugin libraries `extra_libraries` (`kdx run --plugin`).
-pub fn load_plans_with_libraries(path: &std::path::Path, extra_libraries: &[PathBuf]) -> Result<Vec<Plan>, Diagnostics> {
+pub fn load_plans_with_libraries(
+    path: &std::path::Path,
+    extra_libraries: &[PathBuf],
+) -> Result<Vec<Plan>, Diagnostics> {
     let doc = RecipeDoc::load(path)?;
     let runs = doc.expand_sweep()?;
     let mut plans = Vec::new();

@@ -29,11 +29,20 @@ pub(super) fn ok<T>(diags: &mut Diagnostics, r: Result<T, Diagnostic>) -> Option
 }
 
 /// Splits the `plugin` key off a section; the rest are the plugin's parameters.
-pub(super) fn split_plugin(doc: &RecipeDoc, key: &KeyPath, mut t: toml::Table, diags: &mut Diagnostics) -> Option<(String, toml::Table)> {
+pub(super) fn split_plugin(
+    doc: &RecipeDoc,
+    key: &KeyPath,
+    mut t: toml::Table,
+    diags: &mut Diagnostics,
+) -> Option<(String, toml::Table)> {
     match t.remove("plugin") {
         Some(toml::Value::String(s)) => Some((s, t)),
         Some(other) => {
-            diags.push(doc.diag(&key.key("plugin"), format!("expected a plugin name (a string), found {}", other.type_str()), None));
+            diags.push(doc.diag(
+                &key.key("plugin"),
+                format!("expected a plugin name (a string), found {}", other.type_str()),
+                None,
+            ));
             None
         }
         None => {
@@ -43,7 +52,9 @@ pub(super) fn split_plugin(doc: &RecipeDoc, key: &KeyPath, mut t: toml::Table, d
                 Some(k) => diags.push(doc.diag(
                     &key.key(k.as_str()),
                     format!("unknown key `{k}`"),
-                    Some("did you mean `plugin`? every section names its plugin with `plugin = \"…\"`".into()),
+                    Some(
+                        "did you mean `plugin`? every section names its plugin with `plugin = \"…\"`".into(),
+                    ),
                 )),
                 None => diags.push(doc.diag(key, "missing key `plugin`", None)),
             }
@@ -107,7 +118,11 @@ pub(super) fn known_keys(
         let valid: Vec<&str> = valid.iter().map(String::as_str).collect();
         let unknown: Vec<&String> = params.keys().filter(|k| !valid.contains(&k.as_str())).collect();
         for k in &unknown {
-            diags.push(doc.diag(&key.key(k.as_str()), format!("unknown key `{k}`"), Some(unknown_key_help(k, &valid))));
+            diags.push(doc.diag(
+                &key.key(k.as_str()),
+                format!("unknown key `{k}`"),
+                Some(unknown_key_help(k, &valid)),
+            ));
         }
         return unknown.is_empty();
     }

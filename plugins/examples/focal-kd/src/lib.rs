@@ -77,7 +77,11 @@ impl Loss for FocalKd {
 
     fn create(params: &Params) -> Result<Self> {
         let p: FocalKdParams = params.parse()?;
-        ensure!(p.temperature > 0.0 && p.temperature.is_finite(), "temperature must be a positive number, found {}", p.temperature);
+        ensure!(
+            p.temperature > 0.0 && p.temperature.is_finite(),
+            "temperature must be a positive number, found {}",
+            p.temperature
+        );
         ensure!(p.gamma >= 0.0 && p.gamma.is_finite(), "gamma must be a number >= 0, found {}", p.gamma);
         Ok(FocalKd { p })
     }
@@ -97,7 +101,8 @@ impl Loss for FocalKd {
         for i in 0..b {
             let (z, tz) = (&x.student_logits[i * c..(i + 1) * c], &teacher[i * c..(i + 1) * c]);
             let (lq, lp) = (log_softmax(z, t), log_softmax(tz, t));
-            let (q, p): (Vec<f64>, Vec<f64>) = (lq.iter().map(|v| v.exp()).collect(), lp.iter().map(|v| v.exp()).collect());
+            let (q, p): (Vec<f64>, Vec<f64>) =
+                (lq.iter().map(|v| v.exp()).collect(), lp.iter().map(|v| v.exp()).collect());
             let k = kl(&p, &lp, &lq);
             // The focal factor from the student's confidence (T = 1) in the teacher's answer.
             let a = argmax(tz);
