@@ -43,29 +43,47 @@ impl EncoderConfig {
         emb + self.layers * layer
     }
 
-    /// Checks the shape, naming what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the shape, naming what is wrong and which field it is (a caller points at its
+    /// own key for it, as the `transformer` plugin does at the recipe's).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, message| Err(ConfigError { field, message });
         if self.width == 0 || self.heads == 0 || !self.width.is_multiple_of(self.heads) {
-            return Err(format!(
+            let message = format!(
                 "the width ({}) must be a positive multiple of the heads ({})",
                 self.width, self.heads
-            ));
+            );
+            return err(if self.width == 0 { "width" } else { "heads" }, message);
         }
-        if self.vocab == 0 || self.ffn == 0 || self.layers == 0 {
-            return Err(format!(
-                "vocabulary ({}), feed-forward width ({}) and layers ({}) must be positive",
-                self.vocab, self.ffn, self.layers
-            ));
+        for (field, value) in [("vocab", self.vocab), ("ffn", self.ffn), ("layers", self.layers)] {
+            if value == 0 {
+                let message = format!(
+                    "vocabulary ({}), feed-forward width ({}) and layers ({}) must be positive",
+                    self.vocab, self.ffn, self.layers
+                );
+                return err(field, message);
+            }
         }
         if self.max_len() == 0 {
-            return Err(format!(
+            let message = format!(
                 "{} positions leave no room after the offset {}",
                 self.max_positions, self.position_offset
-            ));
+            );
+            return err("max_positions", message);
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("dropout must be in [0, 1), found {}", self.dropout));
+            return err("dropout", format!("dropout must be in [0, 1), found {}", self.dropout));
         }
         Ok(())
     }
+}
+
+/// What is wrong with an [`EncoderConfig`], and in which field.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigError {
+    /// The field of [`EncoderConfig`] at fault (`width`, `heads`, `vocab`, `ffn`, `layers`,
+    /// `max_positions`, `dropout`).
+    pub field: &'static str,
+    /// What is wrong, with the values.
+    pub message: String,
 }

@@ -24,6 +24,7 @@ pub mod transformer;
 mod workspace;
 
 pub use activation::Activation;
+pub use config::ConfigError;
 pub use embedding_bag::EmbeddingBag;
 pub use encoder::{Embeddings, Encoder, EncoderConfig, EncoderLayer, FeedForward, SelfAttention, TokenBatch};
 pub use init::init_uniform;

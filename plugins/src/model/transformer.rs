@@ -125,7 +125,8 @@ fn build(mut p: TransformerParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilde
         return Err(ctx.error("max_len", format!("expected 3 ..= 4096 tokens, found {}", p.max_len)));
     }
     let cfg = p.config(p.vocab.max(260));
-    cfg.validate().map_err(|e| ctx.error(if e.contains("dropout") { "dropout" } else { "width" }, e))?;
+    // The config's fields are this section's keys, but for the positions, which `max_len` sets.
+    cfg.validate().map_err(|e| ctx.error(if e.field == "max_positions" { "max_len" } else { e.field }, e.message))?;
     let scalars = cfg.num_params() as u128;
     check_memory(&format!("this transformer ({scalars} parameters, with gradients and optimizer moments)"), scalars * 16)
         .map_err(|e| ctx.error("width", e))?;
