@@ -11,8 +11,9 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use kdx_framework::dylib::{PluginError, PluginLibrary, SdkLoss};
-use kdx_framework::loss::{Loss, SampleBatch};
+use kdx_framework::loss::Loss;
 use kdx_framework::registry::{self, Instance, PluginKind};
+use kdx_framework::testing::SampleBatch;
 use kdx_plugins as _;
 
 /// The example's source, compiled here in-tree: the same file the cdylib is built from.
@@ -693,7 +694,7 @@ fn an_sdk_loss_registers_in_tree() {
         unreachable!()
     };
     let s = SampleBatch::random(3, 4, 1, 1.0, 2);
-    let err = kdx_framework::loss::gradient_check(&mut *l, &s.input(0, 1), 1e-2).unwrap();
+    let err = kdx_framework::testing::gradient_check(&mut *l, &s.input(0, 1), 1e-2).unwrap();
     assert!(err < 1e-2, "{err}");
     let mut t = toml::Table::new();
     t.insert("scale".into(), toml::Value::Float(-1.0));

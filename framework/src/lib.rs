@@ -35,6 +35,7 @@ pub mod schema;
 pub mod seed;
 pub mod stage;
 pub mod store;
+pub mod testing;
 pub mod tokenize;
 
 // Re-exported for the registration macros and for plugin crates.

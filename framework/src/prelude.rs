@@ -4,10 +4,7 @@
 
 pub use crate::dataset::{file_fingerprint, Dataset, Example, Task};
 pub use crate::features::{Bags, Featurizer};
-pub use crate::loss::{
-    autodiff_logits, gradient_check, row_weights, softmax_rows, tensor2, Loss, LossInput, LossOutput,
-    SampleBatch,
-};
+pub use crate::loss::{autodiff_logits, row_weights, softmax_rows, tensor2, Loss, LossInput, LossOutput};
 pub use crate::model::{
     Grad, Model, ModelBuilder, ModelKind, ModelSpec, OutputGrads, OutputTable, Outputs, Param, RowGrad,
     StepCtx,
@@ -15,5 +12,6 @@ pub use crate::model::{
 pub use crate::registry::BuildCtx;
 pub use crate::sampler::{normalise, LangStat, Sampler, SamplerCtx};
 pub use crate::schedule::Schedule;
+pub use crate::testing::{gradient_check, SampleBatch};
 pub use crate::{register_dataset, register_loss, register_model, register_sampler, register_sdk_loss};
 pub use kdx_recipe::Diagnostic;

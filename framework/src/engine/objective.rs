@@ -117,9 +117,10 @@ pub fn combine_losses<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loss::{sample_layers, Loss, LossOutput, SampleBatch};
+    use crate::loss::{Loss, LossOutput};
     use crate::model::{LayerGrads, LayerStates};
     use crate::schedule::Schedule;
+    use crate::testing::{sample_layers, SampleBatch};
 
     /// A layer-wise loss with fixed gradients: ones on hidden state 1, twos on attention 0.
     struct Fixed;

@@ -628,7 +628,7 @@ mod tests {
 
     #[test]
     fn a_non_finite_gradient_stops_the_step_and_names_the_loss() {
-        let s = crate::loss::SampleBatch::random(4, 3, 2, 1.0, 1);
+        let s = crate::testing::SampleBatch::random(4, 3, 2, 1.0, 1);
         let w = Schedule::Constant(1.0);
         let (mut ce, mut bad) = (CrossEntropy::default(), NanGradient);
         let mut losses = [

@@ -104,7 +104,7 @@ impl Loss for AttentionKl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kdx_framework::loss::{layer_gradient_check, sample_layers, SampleBatch};
+    use kdx_framework::testing::{layer_gradient_check, sample_layers, SampleBatch};
 
     #[test]
     fn gradients_match_finite_differences() {

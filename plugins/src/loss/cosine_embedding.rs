@@ -66,7 +66,8 @@ fn one_minus_cosine(p: &[f64], t: &[f32], w: f64, dp: &mut [f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kdx_framework::loss::{gradient_check, LossInput, SampleBatch};
+    use kdx_framework::loss::LossInput;
+    use kdx_framework::testing::{gradient_check, SampleBatch};
 
     fn loss(projection: Projection) -> ProjectedHiddenLoss {
         ProjectedHiddenLoss::new("cosine-embedding", projection, 3, one_minus_cosine)

@@ -124,7 +124,7 @@ impl Loss for DkdParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kdx_framework::loss::{gradient_check, SampleBatch};
+    use kdx_framework::testing::{gradient_check, SampleBatch};
 
     fn dkd(alpha: f32, beta: f32, t: f32) -> DkdParams {
         DkdParams { alpha, beta, temperature: Schedule::Constant(t), scale_t2: true }

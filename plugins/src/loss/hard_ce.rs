@@ -29,7 +29,7 @@ kdx_framework::register_loss!("hard-ce", "cross-entropy with the gold labels (op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kdx_framework::loss::{gradient_check, SampleBatch};
+    use kdx_framework::testing::{gradient_check, SampleBatch};
 
     #[test]
     fn gradient_matches_finite_differences() {

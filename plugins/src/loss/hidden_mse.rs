@@ -55,7 +55,8 @@ fn squared_error(p: &[f64], t: &[f32], w: f64, dp: &mut [f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kdx_framework::loss::{gradient_check, LossInput, SampleBatch};
+    use kdx_framework::loss::LossInput;
+    use kdx_framework::testing::{gradient_check, SampleBatch};
 
     fn loss(projection: Projection) -> ProjectedHiddenLoss {
         ProjectedHiddenLoss::new("hidden-mse", projection, 3, squared_error)

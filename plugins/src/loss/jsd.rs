@@ -119,7 +119,7 @@ mod tests {
     use super::*;
     use crate::loss::reverse_kl::ReverseKlParams;
     use crate::loss::soft_kl::SoftKlParams;
-    use kdx_framework::loss::{gradient_check, SampleBatch};
+    use kdx_framework::testing::{gradient_check, SampleBatch};
 
     fn jsd(beta: f32, t: f32) -> JsdParams {
         JsdParams { beta, temperature: Schedule::Constant(t), scale_t2: true }

@@ -171,7 +171,7 @@ mod tests {
     }
 
     use super::*;
-    use kdx_framework::loss::{layer_gradient_check, sample_layers, SampleBatch};
+    use kdx_framework::testing::{layer_gradient_check, sample_layers, SampleBatch};
 
     fn loss(map: Option<Vec<[usize; 2]>>, mode: ProjectionMode) -> LayerMse {
         LayerMse { map, mode, seed: 4, proj: None }

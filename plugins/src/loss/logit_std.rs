@@ -106,7 +106,7 @@ impl Loss for LogitStdParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kdx_framework::loss::{gradient_check, SampleBatch};
+    use kdx_framework::testing::{gradient_check, SampleBatch};
 
     fn ls(t: f32, scale_t2: bool) -> LogitStdParams {
         LogitStdParams { temperature: Schedule::Constant(t), scale_t2, eps: 1e-7 }

@@ -64,7 +64,7 @@ impl Loss for MseLogitsParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kdx_framework::loss::{gradient_check, SampleBatch};
+    use kdx_framework::testing::{gradient_check, SampleBatch};
 
     #[test]
     fn gradient_matches_finite_differences() {

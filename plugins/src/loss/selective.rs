@@ -145,7 +145,7 @@ impl Loss for Selective {
 mod tests {
     use super::*;
     use crate::loss::soft_kl::SoftKlParams;
-    use kdx_framework::loss::{gradient_check, SampleBatch};
+    use kdx_framework::testing::{gradient_check, SampleBatch};
 
     fn sel(t: f32, fallback: Fallback) -> Selective {
         Selective { params: SelectiveParams { temperature: Schedule::Constant(t), scale_t2: true, margin: 0.01, fallback }, gates: None }

@@ -102,7 +102,7 @@ impl Loss for TopKParams {
 mod tests {
     use super::*;
     use crate::loss::soft_kl::SoftKlParams;
-    use kdx_framework::loss::{gradient_check, SampleBatch};
+    use kdx_framework::testing::{gradient_check, SampleBatch};
 
     fn top(k: usize, t: f32) -> TopKParams {
         TopKParams { k, temperature: Schedule::Constant(t), scale_t2: true }
