@@ -309,15 +309,15 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<BatchRun>> {
 /// with the plugin libraries `libraries` (`--plugin`). Other members of the sweep are not
 /// validated.
 pub fn load_run(recipe: &Path, name: &str, libraries: &[PathBuf]) -> Result<Plan> {
-    let doc = RecipeDoc::load(recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let runs = doc.expand_sweep().map_err(|d| anyhow::anyhow!("{d}"))?;
+    let doc = RecipeDoc::load(recipe)?;
+    let runs = doc.expand_sweep()?;
     let names: Vec<String> =
         runs.iter().map(|r| if r.name.is_empty() { "run".to_string() } else { r.name.clone() }).collect();
     let i = names.iter().position(|n| n == name).with_context(|| {
         format!("{}: no run `{name}`; its runs are: {}", recipe.display(), names.join(", "))
     })?;
     let run = runs.into_iter().nth(i).context("run vanished")?;
-    Plan::from_doc_with_libraries(run.doc, &names[i], libraries).map_err(|d| anyhow::anyhow!("{d}"))
+    Plan::from_doc_with_libraries(run.doc, &names[i], libraries).map_err(anyhow::Error::from)
 }
 
 /// What a batch does with a run.

@@ -275,7 +275,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             let plans = match &only {
                 Some(name) => vec![crate::batch::load_run(&recipe, name, &plugins)?],
-                None => load_plans_with_libraries(&recipe, &plugins).map_err(|d| anyhow::anyhow!("{d}"))?,
+                None => load_plans_with_libraries(&recipe, &plugins)?,
             };
             // A `kdx batch` child inherits its run's lock from the batch (see `batch::spawn`).
             let inherited = match (&only, plans.first()) {
@@ -349,7 +349,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Batch(args) => crate::batch::run(&args),
         Command::Report(args) => crate::compare::run(&args),
         Command::Sample { recipe } => {
-            for mut plan in load_plans(&recipe).map_err(|d| anyhow::anyhow!("{d}"))? {
+            for mut plan in load_plans(&recipe)? {
                 let rows = engine::preview::sampling_preview(&mut plan)?;
                 println!(
                     "{} / {} — sampler `{}`, {} steps × {} examples",
@@ -451,7 +451,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 /// `out` or to stdout. No quoting (quotes are ordinary characters, as in the `tsv` dataset);
 /// a field holding a TAB or a line break is an error naming the example.
 fn examples(recipe: &Path, out: Option<&Path>) -> Result<()> {
-    let dataset = kdx_framework::plan::load_dataset(recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let dataset = kdx_framework::plan::load_dataset(recipe)?;
     let task = dataset.load().context("loading the dataset")?;
     let mut w = csv::WriterBuilder::new()
         .delimiter(b'\t')

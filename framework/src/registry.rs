@@ -235,15 +235,14 @@ pub fn build_standalone(
     let reg =
         find(kind, name).ok_or_else(|| anyhow::anyhow!("{what}: no {kind} plugin `{name}` is registered"))?;
     let text = format!("[{}]\n{}", kind.as_str(), toml::to_string(&params)?);
-    let doc = RecipeDoc::from_str(&text, std::path::Path::new(what)).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let doc = RecipeDoc::from_str(&text, std::path::Path::new(what))?;
     let ctx =
         BuildCtx { doc: &doc, key: KeyPath::root().key(kind.as_str()), params: toml::Value::Table(params) };
-    let e = |d: Diagnostic| anyhow::anyhow!("{d}");
     Ok(match reg.builder {
-        Builder::Dataset(f) => Instance::Dataset(f(&ctx).map_err(e)?),
-        Builder::Model(f) => Instance::Model(f(&ctx).map_err(e)?),
-        Builder::Loss(f) => Instance::Loss(f(&ctx).map_err(e)?),
-        Builder::Sampler(f) => Instance::Sampler(f(&ctx).map_err(e)?),
+        Builder::Dataset(f) => Instance::Dataset(f(&ctx)?),
+        Builder::Model(f) => Instance::Model(f(&ctx)?),
+        Builder::Loss(f) => Instance::Loss(f(&ctx)?),
+        Builder::Sampler(f) => Instance::Sampler(f(&ctx)?),
     })
 }
 
