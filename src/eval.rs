@@ -6,6 +6,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use kdx_framework::engine;
+use kdx_framework::export::ModelCard;
+use kdx_framework::model::Model;
 
 use crate::input::TextLines;
 
@@ -132,8 +134,104 @@ struct Tally {
     correct: usize,
 }
 
+impl Tally {
+    fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.scored.max(1) as f64
+    }
+}
+
+/// What a pass over the file counted.
+#[derive(Default)]
+struct Tallies {
+    /// Per language, in the order met.
+    langs: Vec<(String, Tally)>,
+    /// The first few labels the model does not know, for the messages.
+    unknown_labels: BTreeSet<String>,
+    /// Rows read.
+    rows: usize,
+}
+
+impl Tallies {
+    /// Counts one row the model predicted class `predicted` for.
+    fn add(&mut self, row: &EvalRow, predicted: usize, labels: &[String]) {
+        let li = match self.langs.iter().position(|(l, _)| *l == row.lang) {
+            Some(i) => i,
+            None => {
+                self.langs.push((row.lang.clone(), Tally::default()));
+                self.langs.len() - 1
+            }
+        };
+        // Only rows whose label the model knows are scored.
+        match labels.iter().position(|l| *l == row.label) {
+            Some(y) => {
+                self.langs[li].1.scored += 1;
+                self.langs[li].1.correct += usize::from(y == predicted);
+            }
+            None if self.unknown_labels.len() < 9 => {
+                self.unknown_labels.insert(row.label.clone());
+            }
+            None => {}
+        }
+    }
+}
+
 /// Rows predicted at a time.
 const CHUNK: usize = 512;
+
+/// Reads, predicts and counts the whole file, a chunk at a time.
+fn tally(model: &dyn Model, card: &ModelCard, reader: &mut EvalReader) -> Result<Tallies> {
+    let mut t = Tallies::default();
+    loop {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        while chunk.len() < CHUNK {
+            match reader.next_row()? {
+                Some(r) => chunk.push(r),
+                None => break,
+            }
+        }
+        if chunk.is_empty() {
+            return Ok(t);
+        }
+        t.rows += chunk.len();
+        let texts: Vec<&str> = chunk.iter().map(|r| r.text.as_str()).collect();
+        let mut bags = kdx_framework::features::Bags::build(model.featurizer(), texts);
+        // Models that route by language read it; a language the model was not trained on gets
+        // index 0 (its rows are scored all the same).
+        let lang_of = |r: &EvalRow| card.languages.iter().position(|l| *l == r.lang).unwrap_or(0) as u32;
+        bags.langs = chunk.iter().map(lang_of).collect();
+        let logits = engine::predict(model, &bags)?.logits;
+        for (r, p) in chunk.iter().zip(engine::train::argmax_rows(&logits, card.labels.len())) {
+            t.add(r, p, &card.labels);
+        }
+    }
+}
+
+/// Prints accuracy per language and the macro average; writes them to `csv_out` if given.
+fn report(mut t: Tallies, csv_out: Option<&Path>) -> Result<()> {
+    t.langs.sort_by(|a, b| a.0.cmp(&b.0));
+    let known: Vec<&(String, Tally)> = t.langs.iter().filter(|(_, t)| t.scored > 0).collect();
+    let macro_acc = known.iter().map(|(_, t)| t.accuracy()).sum::<f64>() / known.len().max(1) as f64;
+    let scored: usize = known.iter().map(|(_, t)| t.scored).sum();
+    println!("{:<16} {:>8} {:>9}", "lang", "examples", "accuracy");
+    for (lang, t) in &t.langs {
+        let note = if t.scored > 0 { "" } else { "  (no row with a label of this model)" };
+        println!("{lang:<16} {:>8} {:>9.4}{note}", t.scored, t.accuracy());
+    }
+    println!("{:<16} {scored:>8} {macro_acc:>9.4}", "macro");
+    if let Some(p) = csv_out {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            lang: &'a str,
+            examples: usize,
+            accuracy: f64,
+        }
+        let mut out: Vec<Row> =
+            known.iter().map(|(l, t)| Row { lang: l, examples: t.scored, accuracy: t.accuracy() }).collect();
+        out.push(Row { lang: "macro", examples: scored, accuracy: macro_acc });
+        kdx_fsio::write_output(p, &kdx_framework::report::csv_bytes(&out)?)?;
+    }
+    Ok(())
+}
 
 /// `kdx eval RUN --data FILE`: prints accuracy per language and the macro average, and
 /// writes them to `csv_out` when given.
@@ -145,64 +243,11 @@ pub fn run(
     csv_out: Option<&Path>,
 ) -> Result<()> {
     let (model, card) = kdx_framework::export::load(&run_dir.join(which))?;
-    let mut reader = EvalReader::open(data, split)?;
-    let mut langs: Vec<(String, Tally)> = Vec::new();
-    // The first few labels the model does not know, for the messages.
-    let mut unknown_labels = BTreeSet::new();
-    let mut rows_read = 0;
-    loop {
-        let mut chunk = Vec::with_capacity(CHUNK);
-        while chunk.len() < CHUNK {
-            match reader.next_row()? {
-                Some(r) => chunk.push(r),
-                None => break,
-            }
-        }
-        if chunk.is_empty() {
-            break;
-        }
-        rows_read += chunk.len();
-        let mut bags = kdx_framework::features::Bags::build(
-            model.featurizer(),
-            chunk.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(),
-        );
-        // Models that route by language read it; a language the model was not trained on gets
-        // index 0 (its rows are scored all the same).
-        bags.langs = chunk
-            .iter()
-            .map(|r| card.languages.iter().position(|l| *l == r.lang).unwrap_or(0) as u32)
-            .collect();
-        let logits = engine::predict(&*model, &bags)?.logits;
-        let pred = engine::train::argmax_rows(&logits, card.labels.len());
-        for (r, p) in chunk.iter().zip(pred) {
-            let li = match langs.iter().position(|(l, _)| *l == r.lang) {
-                Some(i) => i,
-                None => {
-                    langs.push((r.lang.clone(), Tally::default()));
-                    langs.len() - 1
-                }
-            };
-            // Only rows whose label the model knows are scored.
-            match card.labels.iter().position(|l| *l == r.label) {
-                Some(y) => {
-                    langs[li].1.scored += 1;
-                    langs[li].1.correct += usize::from(y == p);
-                }
-                None if unknown_labels.len() < 9 => {
-                    unknown_labels.insert(r.label.clone());
-                }
-                None => {}
-            }
-        }
-    }
-    anyhow::ensure!(
-        rows_read > 0,
-        "{}: no rows{}",
-        data.display(),
-        split.map_or(String::new(), |s| format!(" with split `{s}`"))
-    );
-    let shown: Vec<&str> = unknown_labels.iter().take(8).map(String::as_str).collect();
-    if langs.iter().all(|(_, t)| t.scored == 0) {
+    let t = tally(&*model, &card, &mut EvalReader::open(data, split)?)?;
+    let with_split = split.map_or(String::new(), |s| format!(" with split `{s}`"));
+    anyhow::ensure!(t.rows > 0, "{}: no rows{with_split}", data.display());
+    let shown: Vec<&str> = t.unknown_labels.iter().take(8).map(String::as_str).collect();
+    if t.langs.iter().all(|(_, t)| t.scored == 0) {
         let model_labels: Vec<&str> = card.labels.iter().take(8).map(String::as_str).collect();
         anyhow::bail!(
             "{}: no row has a label this model predicts, so there is nothing to score (labels found: {}; the model's: {}{})",
@@ -212,31 +257,8 @@ pub fn run(
             if card.labels.len() > 8 { ", …" } else { "" }
         );
     }
-    if !unknown_labels.is_empty() {
+    if !t.unknown_labels.is_empty() {
         eprintln!("note: labels this model does not predict are not scored: {}", shown.join(", "));
     }
-    langs.sort_by(|a, b| a.0.cmp(&b.0));
-    let accuracy = |t: &Tally| t.correct as f64 / t.scored.max(1) as f64;
-    let known: Vec<&(String, Tally)> = langs.iter().filter(|(_, t)| t.scored > 0).collect();
-    let macro_acc = known.iter().map(|(_, t)| accuracy(t)).sum::<f64>() / known.len().max(1) as f64;
-    let scored: usize = known.iter().map(|(_, t)| t.scored).sum();
-    println!("{:<16} {:>8} {:>9}", "lang", "examples", "accuracy");
-    for (lang, t) in &langs {
-        let note = if t.scored > 0 { "" } else { "  (no row with a label of this model)" };
-        println!("{lang:<16} {:>8} {:>9.4}{note}", t.scored, accuracy(t));
-    }
-    println!("{:<16} {scored:>8} {macro_acc:>9.4}", "macro");
-    if let Some(p) = csv_out {
-        #[derive(serde::Serialize)]
-        struct Row<'a> {
-            lang: &'a str,
-            examples: usize,
-            accuracy: f64,
-        }
-        let mut out: Vec<Row> =
-            known.iter().map(|(l, t)| Row { lang: l, examples: t.scored, accuracy: accuracy(t) }).collect();
-        out.push(Row { lang: "macro", examples: scored, accuracy: macro_acc });
-        kdx_fsio::write_output(p, &kdx_framework::report::csv_bytes(&out)?)?;
-    }
-    Ok(())
+    report(t, csv_out)
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub use super::objective::{combine_losses, Term};
 use super::queues::Queues;
 pub use super::rows::{argmax_rows, row_ce};
+use super::rows::{gather_rows, update_stats};
 pub use super::stage_run::{StageLoss, StageRun};
 use crate::loss::LossInput;
 use crate::model::{Model, Param, StepCtx};
@@ -352,45 +353,6 @@ fn named_params_mut<'a>(
         v.extend(l.loss.params_mut().into_iter().map(|p| (format!("loss{i}.{}", p.name), p)));
     }
     v
-}
-
-fn gather_rows(m: &[f32], width: usize, idx: &[usize]) -> Vec<f32> {
-    let mut v = Vec::with_capacity(idx.len() * width);
-    for &i in idx {
-        v.extend_from_slice(&m[i * width..(i + 1) * width]);
-    }
-    v
-}
-
-const EMA: f64 = 0.02;
-
-/// Updates the running per-language losses with this batch's examples.
-fn update_stats(
-    stats: &mut [LangStat],
-    logits: &[f32],
-    classes: usize,
-    labels: &[u32],
-    teacher: Option<&[f32]>,
-    langs: &[u32],
-    labels_visible: bool,
-) {
-    let target: Vec<usize> = if labels_visible || teacher.is_none() {
-        labels.iter().map(|&l| l as usize).collect()
-    } else {
-        argmax_rows(teacher.unwrap_or_default(), classes)
-    };
-    let s_ce = row_ce(logits, classes, |i| target[i]);
-    let t_ce = teacher.map(|t| row_ce(t, classes, |i| target[i]));
-    for (i, &l) in langs.iter().enumerate() {
-        let st = &mut stats[l as usize];
-        let first = st.drawn == 0;
-        let a = if first { 1.0 } else { EMA };
-        st.student_loss += a * (s_ce[i] - st.student_loss);
-        if let Some(t) = &t_ce {
-            st.teacher_loss += a * (t[i] - st.teacher_loss);
-        }
-        st.drawn += 1;
-    }
 }
 
 #[cfg(test)]
