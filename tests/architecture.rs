@@ -36,6 +36,13 @@ fn core_has_no_application_dependencies() {
     }
 }
 
+/// The code of a source file: without its tests (from the first `#[cfg(test)]`) and its
+/// comment lines (a doc link names no dependency), line numbers kept.
+fn code_of(text: &str) -> String {
+    let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+    code.lines().map(|l| if l.trim_start().starts_with("//") { "" } else { l }).collect::<Vec<_>>().join("\n")
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
@@ -76,16 +83,7 @@ fn core_names_no_built_in_plugin() {
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         // Tests and documentation may mention plugins; code may not look one up.
-        // Code only: tests (from the first `#[cfg(test)]`) and comments (a doc link is not
-        // an import) are left out.
-        let code: String = text
-            .split("#[cfg(test)]")
-            .next()
-            .unwrap_or_default()
-            .lines()
-            .map(|l| if l.trim_start().starts_with("//") { "" } else { l })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let code = code_of(&text);
         let code = code.as_str();
         for p in &plugins {
             for needle in [
@@ -242,16 +240,7 @@ fn module_graph(src: &Path) -> std::collections::BTreeMap<Module, std::collectio
     for f in &files {
         let m = module_of(src, f);
         let text = std::fs::read_to_string(f).unwrap();
-        // Code only: tests (from the first `#[cfg(test)]`) and comments (a doc link is not
-        // an import) are left out.
-        let code: String = text
-            .split("#[cfg(test)]")
-            .next()
-            .unwrap_or_default()
-            .lines()
-            .map(|l| if l.trim_start().starts_with("//") { "" } else { l })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let code = code_of(&text);
         let code = code.as_str();
         let mut deps = std::collections::BTreeSet::new();
         // A child module named by its own name (`train::run_stage` in `engine/mod.rs`).

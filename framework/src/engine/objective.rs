@@ -168,4 +168,32 @@ mod tests {
         let e = combine_losses(&mut losses, &sb.input(0, 1), 8, None, None).unwrap_err().to_string();
         assert!(e.contains("`fixed`") && e.contains("per-layer states"), "{e}");
     }
+
+    /// Counts its calls (the state a gate or a moving average would update).
+    struct Counting(usize);
+
+    impl Loss for Counting {
+        fn needs_teacher(&self) -> bool {
+            false
+        }
+        fn compute(&mut self, x: &LossInput) -> Result<LossOutput> {
+            self.0 += 1;
+            Ok(LossOutput { value: 1.0, grad_logits: vec![1.0; x.student_logits.len()], grad_hidden: None })
+        }
+    }
+
+    #[test]
+    fn a_term_of_weight_zero_is_not_computed() {
+        let sb = SampleBatch::random(2, 3, 4, 1.0, 1);
+        // A warm-up: 0 at the stage's first step, 1 at its last.
+        let w =
+            Schedule::Curve(serde_json::from_str(r#"{"kind": "linear", "start": 0.0, "end": 1.0}"#).unwrap());
+        let mut counting = Counting(0);
+        let mut losses = [StageLoss { name: "counting", weight: &w, loss: &mut counting }];
+        let (g, total, terms) = combine_losses(&mut losses, &sb.input(0, 3), 8, None, None).unwrap();
+        assert!(total == 0.0 && terms.is_empty() && g.logits.iter().all(|&v| v == 0.0));
+        let (_, total, terms) = combine_losses(&mut losses, &sb.input(2, 3), 8, None, None).unwrap();
+        assert!(total == 1.0 && terms.len() == 1);
+        assert_eq!(counting.0, 1, "called at the step of weight 1 only");
+    }
 }
