@@ -77,7 +77,7 @@ impl Observer for Console {
                     eprintln!("kdx: [{stage}] step {step}/{steps} loss {loss:.4}");
                 }
             }
-            Event::Evaluated { stage, step, macro_acc, measure: Measure::Retrieval } => {
+            Event::Evaluated { stage, step, macro_acc, measure: Measure::Retrieval, .. } => {
                 self.line(&format!("[{stage}] step {step}: dev translation → English retrieval {macro_acc:.4}"))
             }
             Event::Evaluated { stage, step, macro_acc, .. } => {

@@ -151,12 +151,14 @@ pub fn new_loss(name: &str, dir: Option<&Path>) -> Result<Scaffold> {
 }
 
 /// The SDK's sources, as this kdx was built with them.
-const SDK_FILES: [(&str, &str); 6] = [
+const SDK_FILES: [(&str, &str); 8] = [
     ("Cargo.toml", include_str!("../sdk/Cargo.toml")),
     ("src/lib.rs", include_str!("../sdk/src/lib.rs")),
     ("src/abi.rs", include_str!("../sdk/src/abi.rs")),
     ("src/export.rs", include_str!("../sdk/src/export.rs")),
+    ("src/layers.rs", include_str!("../sdk/src/layers.rs")),
     ("src/math.rs", include_str!("../sdk/src/math.rs")),
+    ("src/shapes.rs", include_str!("../sdk/src/shapes.rs")),
     ("src/testing.rs", include_str!("../sdk/src/testing.rs")),
 ];
 
@@ -192,8 +194,8 @@ publish = false
 crate-type = ["cdylib"]
 
 [dependencies]
-# The SDK of the kdx version this plugin is built for: kdx refuses a library built for
-# another major.minor version.
+# The SDK of the kdx version this plugin is built for: kdx loads it, and every later kdx of
+# the same major version (which adapts older plugin ABIs); an older kdx refuses it.
 kdx-sdk = { __SDK__, features = ["schema"] }
 serde = { version = "1", features = ["derive"] }
 
@@ -395,7 +397,11 @@ mod tests {
             sdk.contains(&format!("version = \"{FRAMEWORK_VERSION}\"")) && !sdk.contains("workspace = true"),
             "{sdk}"
         );
-        assert!(s.dir.join("kdx-sdk/src/export.rs").exists());
+        // Every source file of the SDK is copied (a new module would otherwise break the copy).
+        let sources = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/src")).unwrap();
+        for f in sources.map(|e| e.unwrap().file_name().into_string().unwrap()) {
+            assert!(s.dir.join("kdx-sdk/src").join(&f).exists(), "the SDK copy lacks src/{f}");
+        }
         let lib = std::fs::read_to_string(s.dir.join("src/lib.rs")).unwrap();
         assert!(
             lib.contains("pub struct OkName {")

@@ -16,53 +16,13 @@ use kdx_framework::registry::{self, Instance, PluginKind};
 use kdx_framework::testing::SampleBatch;
 use kdx_plugins as _;
 
+mod common;
+
 /// The example's source, compiled here in-tree: the same file the cdylib is built from.
 #[path = "../plugins/examples/focal-kd/src/lib.rs"]
 mod focal_kd;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `target/plugin-examples`, next to the workspace's own build directories.
-fn examples_target() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("plugin-examples")
-}
-
-fn library_file(crate_name: &str) -> String {
-    format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        crate_name.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    )
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
-
-/// `cargo build --release` of the crate at `manifest_dir`, into the shared examples target.
-fn build_plugin(manifest_dir: &Path, crate_name: &str) -> PathBuf {
-    let t = std::time::Instant::now();
-    let out = cargo()
-        .args(["build", "--release", "--quiet", "--manifest-path"])
-        .arg(manifest_dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(examples_target())
-        .output()
-        .expect("running cargo");
-    assert!(
-        out.status.success(),
-        "building {}:\n{}",
-        manifest_dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("built {crate_name} in {:.1}s", t.elapsed().as_secs_f64());
-    let lib = examples_target().join("release").join(library_file(crate_name));
-    assert!(lib.is_file(), "{} was not built", lib.display());
-    lib
-}
+use common::{build_plugin, cargo, examples_target, library_file, root};
 
 fn focal_kd() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
@@ -399,7 +359,7 @@ fn wrong_abi_and_framework_versions_are_refused_before_use() {
     let e = assert_refused(&run("wrong-abi"));
     assert!(
         e.contains(&format!(
-            "was built for plugin ABI version {}, but this kdx ({v}) speaks version {abi}",
+            "was built for plugin ABI version {}, but this kdx ({v}) speaks versions 1 to {abi}",
             abi + 1
         )),
         "{e}"

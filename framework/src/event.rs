@@ -142,6 +142,11 @@ pub enum Event {
         /// What `macro_acc` measures: `accuracy` or `retrieval` (parallel-data runs).
         #[serde(default)]
         measure: crate::dataset::Measure,
+        /// What the losses report on the `macro` row of `metrics.csv`: each term's mean
+        /// value since the previous evaluation (`loss.<term>`) and the macro mean of each
+        /// named per-language value (`<term>.<name>`). Absent when there is none.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        values: std::collections::BTreeMap<String, f64>,
     },
     /// A checkpoint of the stage at `step` is on disk: `--resume` continues from there. Written
     /// at each evaluation and at the step a stop signal found done.
@@ -221,6 +226,7 @@ mod tests {
             step: 5,
             macro_acc: 0.5,
             measure: crate::dataset::Measure::Retrieval,
+            values: Default::default(),
         };
         let s = serde_json::to_string(&e).unwrap();
         assert_eq!(

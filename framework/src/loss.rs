@@ -12,7 +12,7 @@ use crate::model::{LayerGrads, LayerShape, LayerStates, Param};
 
 /// Everything a loss may read for one batch, and what it returns: the SDK's plain types,
 /// shared by in-tree losses and dynamic-library plugins (no conversion at the boundary).
-pub use kdx_sdk::{LossInput, LossOutput};
+pub use kdx_sdk::{LossInput, LossOutput, Shapes};
 
 /// A distillation or supervised objective.
 pub trait Loss: Send {
@@ -54,11 +54,37 @@ pub trait Loss: Send {
         let _ = (x, student, teacher);
         anyhow::bail!("this loss reads no per-layer states")
     }
+    /// Checks at plan time that the loss fits both models' widths and layers (`kdx validate`
+    /// runs it): a message that starts with a backquoted key (`` `layers`: … ``) is reported
+    /// at that key of the `[[loss]]` table, any other at the table. Layer-wise losses also
+    /// have [`Loss::check_layers`], called only when both models have layers.
+    fn check_shapes(&self, shapes: &Shapes) -> anyhow::Result<()> {
+        let _ = shapes;
+        Ok(())
+    }
     /// Called once at the start of every stage the loss takes part in, before a checkpoint
     /// is restored: create parameters whose shapes depend on the models here (a projection
-    /// from `student_hidden_dim` to `teacher_hidden_dim`), so a resumed run finds them.
-    fn prepare(&mut self, student_hidden_dim: usize, teacher_hidden_dim: usize) -> anyhow::Result<()> {
-        let _ = (student_hidden_dim, teacher_hidden_dim);
+    /// from the student's hidden width to the teacher's), so a resumed run finds them.
+    /// `shapes` holds the classes and both widths (the layer shapes are the plan's, in
+    /// [`Loss::check_shapes`]).
+    fn prepare(&mut self, shapes: &Shapes) -> anyhow::Result<()> {
+        let _ = shapes;
+        Ok(())
+    }
+    /// Named per-language values to report (one per language each): `metrics.csv` gets a
+    /// column `<loss>.<name>` per name (the `macro` row holds their mean) and the
+    /// `evaluated` event carries the macro values.
+    fn language_values(&self) -> Vec<(String, Vec<f32>)> {
+        Vec::new()
+    }
+    /// The loss's state beyond its parameters (a moving average), saved with every
+    /// checkpoint and given back to [`Loss::load_state`] on resume.
+    fn save_state(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+    /// Restores what [`Loss::save_state`] returned.
+    fn load_state(&mut self, state: &[u8]) -> anyhow::Result<()> {
+        let _ = state;
         Ok(())
     }
     /// Trainable parameters the loss owns (e.g. a projection from student to teacher
@@ -207,9 +233,9 @@ impl Loss for ProjectedHiddenLoss {
     fn needs_teacher_hidden(&self) -> bool {
         true
     }
-    fn prepare(&mut self, student_hidden_dim: usize, teacher_hidden_dim: usize) -> anyhow::Result<()> {
-        if student_hidden_dim > 0 && teacher_hidden_dim > 0 {
-            self.proj.ensure(self.mode, self.seed, student_hidden_dim, teacher_hidden_dim, self.name)?;
+    fn prepare(&mut self, shapes: &Shapes) -> anyhow::Result<()> {
+        if let (Some(hs), Some(ht)) = (shapes.student_hidden_dim, shapes.teacher_hidden_dim) {
+            self.proj.ensure(self.mode, self.seed, hs, ht, self.name)?;
         }
         Ok(())
     }

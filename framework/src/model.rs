@@ -174,6 +174,12 @@ pub trait ModelBuilder: Send + Sync {
         None
     }
 
+    /// The width of the hidden representation the built network will have, when the plan
+    /// can know it (a layered model's width by default): losses check it at plan time.
+    fn hidden_width(&self) -> Option<usize> {
+        self.layer_shape().map(|s| s.width)
+    }
+
     /// The section an exported model card records for this model, from the recipe's
     /// `section`. A card is read back from the run directory, not the recipe's, so a plugin
     /// whose parameters name files returns them resolved to absolute paths.

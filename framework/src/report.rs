@@ -34,6 +34,52 @@ pub struct MetricRow {
     pub kl: Option<f64>,
     /// Per-language loss gate (1 = distilling, 0 = not), for losses that gate languages.
     pub gate: Option<f64>,
+    /// What the losses report beyond the gate, by column name: `loss.<term>` (a term's mean
+    /// training value since the previous evaluation, on the `macro` row) and `<term>.<name>`
+    /// (a named per-language value; its mean on the `macro` row). In `metrics.csv` these are
+    /// columns after `gate`, in name order ([`write_metrics`]); a run without them has none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub values: std::collections::BTreeMap<String, f64>,
+}
+
+/// Writes `metrics.csv`: the fixed columns of [`MetricRow`], then one column per name in any
+/// row's [`MetricRow::values`] (sorted; empty where a row has no such value).
+pub fn write_metrics(path: &Path, rows: &[MetricRow]) -> Result<()> {
+    write_atomic(path, &metrics_bytes(rows)?)
+}
+
+/// A number as the fixed columns write it (serde's float format, e.g. `1.0`).
+fn csv_cell(v: f64) -> Result<String> {
+    let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+    w.serialize(v)?;
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?;
+    Ok(String::from_utf8_lossy(&bytes).trim_end().to_string())
+}
+
+/// [`write_metrics`]'s text.
+pub fn metrics_bytes(rows: &[MetricRow]) -> Result<Vec<u8>> {
+    let names: std::collections::BTreeSet<&String> = rows.iter().flat_map(|r| r.values.keys()).collect();
+    if names.is_empty() {
+        return csv_bytes(rows);
+    }
+    // The fixed columns as serde writes them (the values map is skipped once emptied), then
+    // the named ones appended to each record.
+    let fixed: Vec<MetricRow> =
+        rows.iter().map(|r| MetricRow { values: Default::default(), ..r.clone() }).collect();
+    let text = csv_bytes(&fixed)?;
+    let mut reader = csv::Reader::from_reader(&text[..]);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = reader.headers()?.clone();
+    names.iter().for_each(|n| header.push_field(n));
+    w.write_record(&header)?;
+    for (record, row) in reader.records().zip(rows) {
+        let mut record = record?;
+        for n in &names {
+            record.push_field(&row.values.get(*n).map(|&v| csv_cell(v)).transpose()?.unwrap_or_default());
+        }
+        w.write_record(&record)?;
+    }
+    w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
 }
 
 /// A row of `languages.csv`: the final per-language table on the test split.
@@ -186,4 +232,48 @@ pub fn peak_rss_mb() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(lang: &str, values: &[(&str, f64)]) -> MetricRow {
+        MetricRow {
+            step: 10,
+            stage: "distill".into(),
+            split: "dev".into(),
+            lang: lang.into(),
+            examples: 4,
+            loss: 0.5,
+            acc: 1.0,
+            teacher_acc: None,
+            agreement: None,
+            kl: Some(0.25),
+            gate: None,
+            values: values.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+
+    #[test]
+    fn metrics_gain_a_column_per_named_value_and_read_back_without_them() {
+        let plain = [row("de", &[]), row("macro", &[])];
+        assert_eq!(metrics_bytes(&plain).unwrap(), csv_bytes(&plain).unwrap(), "no values, no new column");
+        let rows = [row("de", &[("x.gate", 0.5)]), row("macro", &[("x.gate", 0.5), ("loss.x", 2.0)])];
+        let text = String::from_utf8(metrics_bytes(&rows).unwrap()).unwrap();
+        assert_eq!(
+            text,
+            "step,stage,split,lang,examples,loss,acc,teacher_acc,agreement,kl,gate,loss.x,x.gate\n\
+             10,distill,dev,de,4,0.5,1.0,,,0.25,,,0.5\n\
+             10,distill,dev,macro,4,0.5,1.0,,,0.25,,2.0,0.5\n"
+        );
+        // Readers of the fixed columns (plots, comparisons) read it as before.
+        let back: Vec<MetricRow> =
+            csv::Reader::from_reader(text.as_bytes()).deserialize().collect::<Result<_, _>>().unwrap();
+        assert_eq!(back, plain);
+        // The checkpoint keeps the values (JSON), and a row without them writes none.
+        let json = serde_json::to_string(&rows[1]).unwrap();
+        assert_eq!(serde_json::from_str::<MetricRow>(&json).unwrap(), rows[1]);
+        assert!(!serde_json::to_string(&plain[0]).unwrap().contains("values"));
+    }
 }

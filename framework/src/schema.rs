@@ -96,8 +96,12 @@ fn parameters(schema: &Value, full: bool) -> String {
 /// and origin, and its parameters when it publishes their schema (otherwise the plugin alone
 /// checks them).
 pub fn describe_library(lib: &crate::dylib::PluginLibrary, full: bool) -> String {
-    let origin =
-        format!("dynamic library {} (built for kdx {})", lib.path().display(), lib.framework_version());
+    let origin = format!(
+        "dynamic library {} (built for kdx {}, plugin ABI {})",
+        lib.path().display(),
+        lib.framework_version(),
+        lib.abi_version()
+    );
     let head = match full {
         true => format!("{} (loss plugin)\n  {}\n\n  from the {origin}\n", lib.name(), lib.summary()),
         false => format!("  {:<18} {}\n      from the {origin}\n", lib.name(), lib.summary()),

@@ -12,29 +12,43 @@
 //!    [`EntryFn`] taking nothing and returning a pointer to a static [`PluginDescriptor`].
 //!    A library without it is not a kdx plugin.
 //! 2. The host reads the descriptor's first field, [`PluginDescriptor::abi_version`] — in
-//!    every version of this ABI a `u32` at offset 0 — and refuses the library unless it
-//!    equals the host's [`ABI_VERSION`]. Nothing else is read before this check.
-//! 3. The host compares `major.minor` of [`PluginDescriptor::framework_version`] with its own
-//!    version and refuses a mismatch; then it reads `kind`, `name` and `summary`.
+//!    every version of this ABI a `u32` at offset 0 — and refuses the library unless it is
+//!    one the host speaks ([`MIN_ABI_VERSION`] to its [`ABI_VERSION`]). Nothing else is read
+//!    before this check. A version-1 descriptor is read as [`PluginDescriptorV1`].
+//! 3. The host refuses a [`PluginDescriptor::framework_version`] of another major version
+//!    or a newer minor version than its own; then it reads `kind`, `name` and `summary`.
 //! 4. For every `[[loss]]` naming the plugin, the host calls [`CreateFn`] with the table's
 //!    parameters as JSON, gets an opaque handle and the loss's needs ([`NEEDS_TEACHER`] …),
 //!    calls [`ComputeFn`] once per batch, [`LanguageStateFn`] when it reports, and
 //!    [`DestroyFn`] exactly once at the end. The library stays loaded while a handle lives.
-//! 5. Every function returns a status ([`STATUS_OK`], [`STATUS_ERROR`], [`STATUS_PANIC`]);
+//! 5. ABI 2 adds, after the functions of ABI 1 in the same descriptor: [`CheckFn`] at plan
+//!    time with both models' shapes, [`PrepareFn`] at the start of every stage (the loss
+//!    declares its trainable parameters; the host owns, trains, checkpoints and exports
+//!    them), [`ComputeV2Fn`] instead of [`ComputeFn`] (the parameters' values and, for a
+//!    loss with [`NEEDS_LAYERS`], per-layer states; gradients for both come back),
+//!    [`SaveStateFn`] / [`LoadStateFn`] with every checkpoint, and [`LanguageValuesFn`]
+//!    when the host reports. Memory the plugin hands back (declarations, gradients, state,
+//!    values) stays the plugin's, valid until the next call on the same handle.
+//! 6. Every function returns a status ([`STATUS_OK`], [`STATUS_ERROR`], [`STATUS_PANIC`]);
 //!    on failure it stores a message, allocated by the plugin, that the host copies and
 //!    hands back to [`FreeStringFn`]. Every exported function catches panics itself: a
 //!    panic never unwinds into the host.
 
 use std::ffi::{c_char, c_void};
 
-/// The version of this ABI. The host refuses a plugin reporting another one.
-pub const ABI_VERSION: u32 = 1;
+/// The version of this ABI, which plugins built with this SDK report. The host loads every
+/// version from [`MIN_ABI_VERSION`] to this one and refuses a newer one, naming both.
+pub const ABI_VERSION: u32 = 2;
+
+/// The oldest ABI version a host built with this SDK still loads (adapting it).
+pub const MIN_ABI_VERSION: u32 = 1;
 
 /// The name of the one symbol a plugin library exports (an [`EntryFn`]).
 pub const ENTRY_SYMBOL: &str = "kdx_plugin_entry";
 
 /// The kdx version this SDK belongs to (the SDK is versioned with the framework). A plugin
-/// reports it; the host accepts it when `major.minor` equals its own.
+/// reports it; a host accepts it when the major versions are equal and the plugin's minor
+/// version is no newer than its own.
 pub const FRAMEWORK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The name of an optional second symbol, a [`SchemaFn`]: a library that exports it publishes
@@ -63,6 +77,10 @@ pub const NEEDS_TEACHER: u32 = 1;
 pub const NEEDS_LABELS: u32 = 2;
 /// Need flag: the loss reads the teacher's hidden representation.
 pub const NEEDS_TEACHER_HIDDEN: u32 = 4;
+
+/// Need flag (ABI 2): the loss reads per-layer states and attention of the student and, when
+/// it needs the teacher, of the teacher ([`RawLossInputV2`]).
+pub const NEEDS_LAYERS: u32 = 8;
 
 /// [`LanguageStateFn`]'s `out_len` when the loss has no per-language state.
 pub const NO_LANGUAGE_STATE: usize = usize::MAX;
@@ -110,8 +128,91 @@ pub type DestroyFn = unsafe extern "C" fn(handle: *mut c_void);
 /// Frees a message the plugin stored in an `out_error`.
 pub type FreeStringFn = unsafe extern "C" fn(message: *mut c_char);
 
+/// (ABI 2) Checks, at plan time, that the loss fits the models: `shapes` are both models'
+/// widths and layer shapes. On refusal stores a message; one that starts with a backquoted
+/// key (`` `layers`: … ``, what `Error::param` makes) is reported at that recipe key.
+pub type CheckFn =
+    unsafe extern "C" fn(handle: *mut c_void, shapes: *const RawShapes, out_error: *mut *mut c_char) -> i32;
+
+/// (ABI 2) Called at the start of every stage the loss takes part in, before a checkpoint
+/// is restored: stores in `*out_params`/`*out_len` the trainable parameters the loss
+/// declares (plugin memory, valid until the next call on the handle) and in
+/// `*out_projection` the index of the declaration that maps student hidden vectors into the
+/// teacher's space (a [`INIT_LINEAR`] one), or -1.
+pub type PrepareFn = unsafe extern "C" fn(
+    handle: *mut c_void,
+    shapes: *const RawShapes,
+    out_params: *mut *const RawParamDecl,
+    out_len: *mut usize,
+    out_projection: *mut isize,
+    out_error: *mut *mut c_char,
+) -> i32;
+
+/// (ABI 2) [`ComputeFn`] with the loss's parameters and layer states: writes what
+/// [`ComputeFn`] writes, and pointers to its gradients (plugin memory) into the slots of
+/// `output`.
+pub type ComputeV2Fn = unsafe extern "C" fn(
+    handle: *mut c_void,
+    input: *const RawLossInputV2,
+    output: *mut RawLossOutputV2,
+    out_error: *mut *mut c_char,
+) -> i32;
+
+/// (ABI 2) Stores the loss's opaque state (plugin memory, valid until the next call on the
+/// handle) for a checkpoint.
+pub type SaveStateFn = unsafe extern "C" fn(
+    handle: *mut c_void,
+    out_data: *mut *const u8,
+    out_len: *mut usize,
+    out_error: *mut *mut c_char,
+) -> i32;
+
+/// (ABI 2) Restores a state [`SaveStateFn`] gave, when a run resumes.
+pub type LoadStateFn = unsafe extern "C" fn(
+    handle: *mut c_void,
+    data: *const u8,
+    len: usize,
+    out_error: *mut *mut c_char,
+) -> i32;
+
+/// (ABI 2) Stores the loss's named per-language values (plugin memory, valid until the next
+/// call on the handle): `*out_len` entries, each a name and one value per language.
+pub type LanguageValuesFn = unsafe extern "C" fn(
+    handle: *mut c_void,
+    out_values: *mut *const RawNamedValues,
+    out_len: *mut usize,
+    out_error: *mut *mut c_char,
+) -> i32;
+
+/// The descriptor of ABI version 1, which the host still reads: the first fields of
+/// [`PluginDescriptor`], in the same layout.
+#[repr(C)]
+pub struct PluginDescriptorV1 {
+    /// 1.
+    pub abi_version: u32,
+    /// [`KIND_LOSS`].
+    pub kind: u32,
+    /// The kdx version the plugin was built for.
+    pub framework_version: *const c_char,
+    /// The loss's name.
+    pub name: *const c_char,
+    /// One line for listings.
+    pub summary: *const c_char,
+    /// See [`CreateFn`].
+    pub create: CreateFn,
+    /// See [`ComputeFn`].
+    pub compute: ComputeFn,
+    /// See [`LanguageStateFn`].
+    pub language_state: LanguageStateFn,
+    /// See [`DestroyFn`].
+    pub destroy: DestroyFn,
+    /// See [`FreeStringFn`].
+    pub free_string: FreeStringFn,
+}
+
 /// What the entry point returns. The layout is fixed for one [`ABI_VERSION`]; the first
-/// field stays `abi_version: u32` in every version.
+/// field stays `abi_version: u32` in every version, and a version only appends fields (ABI 1
+/// is [`PluginDescriptorV1`]).
 #[repr(C)]
 pub struct PluginDescriptor {
     /// [`ABI_VERSION`] of the SDK the plugin was built with. Checked before anything else.
@@ -134,6 +235,149 @@ pub struct PluginDescriptor {
     pub destroy: DestroyFn,
     /// See [`FreeStringFn`].
     pub free_string: FreeStringFn,
+    /// (ABI 2) See [`CheckFn`].
+    pub check: CheckFn,
+    /// (ABI 2) See [`PrepareFn`].
+    pub prepare: PrepareFn,
+    /// (ABI 2) See [`ComputeV2Fn`]; the host calls it instead of `compute`.
+    pub compute_v2: ComputeV2Fn,
+    /// (ABI 2) See [`SaveStateFn`].
+    pub save_state: SaveStateFn,
+    /// (ABI 2) See [`LoadStateFn`].
+    pub load_state: LoadStateFn,
+    /// (ABI 2) See [`LanguageValuesFn`].
+    pub language_values: LanguageValuesFn,
+}
+
+/// [`RawParamDecl::init`]: the values are given (`values`, as many as the shape holds).
+pub const INIT_VALUES: u32 = 0;
+/// [`RawParamDecl::init`]: a linear map `shape = [input, output]` the host initialises from
+/// `seed` exactly as its built-in layers (and projections) are: two parameters,
+/// `NAME.w` (`input × output`, weight decay) and `NAME.b` (`output`, none).
+pub const INIT_LINEAR: u32 = 1;
+
+/// (ABI 2) A trainable parameter a loss declares ([`PrepareFn`]).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawParamDecl {
+    /// Its name, NUL-terminated UTF-8 (the checkpoint key is `loss<i>.NAME`).
+    pub name: *const c_char,
+    /// [`INIT_VALUES`] or [`INIT_LINEAR`].
+    pub init: u32,
+    /// Whether weight decay applies ([`INIT_VALUES`] only).
+    pub decay: u32,
+    /// Its shape: `ndim` sizes.
+    pub shape: *const usize,
+    /// Number of dimensions.
+    pub ndim: usize,
+    /// The initial values ([`INIT_VALUES`]): as many as the shape holds.
+    pub values: *const f32,
+    /// The seed ([`INIT_LINEAR`]).
+    pub seed: u64,
+}
+
+/// (ABI 2) The per-layer shape of a model; `present = 0` when it has none.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawLayerShape {
+    /// 1 when the model has per-layer states, else 0 (the rest is then meaningless).
+    pub present: u32,
+    /// Encoder layers L (hidden states 0..=L).
+    pub layers: usize,
+    /// Width of each hidden state.
+    pub width: usize,
+    /// Attention heads per layer.
+    pub heads: usize,
+    /// Longest sequence in tokens.
+    pub max_len: usize,
+    /// What identifies the tokenisation, NUL-terminated UTF-8.
+    pub tokenizer: *const c_char,
+}
+
+/// (ABI 2) Both models' shapes ([`CheckFn`], [`PrepareFn`]). A width of 0 is unknown (or,
+/// for the teacher, absent).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawShapes {
+    /// Number of classes.
+    pub classes: usize,
+    /// The student's hidden width.
+    pub student_hidden_dim: usize,
+    /// The teacher's hidden width.
+    pub teacher_hidden_dim: usize,
+    /// The student's layers.
+    pub student_layers: RawLayerShape,
+    /// The teacher's layers.
+    pub teacher_layers: RawLayerShape,
+}
+
+/// (ABI 2) One model's per-layer states for one batch.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawLayers {
+    /// Sequences B.
+    pub batch: usize,
+    /// Padded length T.
+    pub seq: usize,
+    /// Width of a hidden state.
+    pub width: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// `B` real token counts.
+    pub lens: *const usize,
+    /// `n_hidden` pointers to `B × T × width` hidden states (0: the embeddings' output).
+    pub hidden: *const *const f32,
+    /// L + 1.
+    pub n_hidden: usize,
+    /// `n_attention` pointers to `B × heads × T × T` attention distributions.
+    pub attention: *const *const f32,
+    /// L.
+    pub n_attention: usize,
+}
+
+/// (ABI 2) One batch: ABI 1's input, the loss's parameters, and per-layer states.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawLossInputV2 {
+    /// What ABI 1 passes.
+    pub base: RawLossInput,
+    /// `n_params` pointers to the current values of the declared parameters, in
+    /// declaration order (a linear declaration is two: `.w`, then `.b`).
+    pub params: *const *const f32,
+    /// Number of parameters.
+    pub n_params: usize,
+    /// The student's layer states, or null (the loss does not need them).
+    pub student_layers: *const RawLayers,
+    /// The teacher's layer states, or null.
+    pub teacher_layers: *const RawLayers,
+}
+
+/// (ABI 2) Where the plugin writes its result: ABI 1's output, and slots (initialised to
+/// null by the host) that the plugin points at its own gradient buffers, each as large as
+/// the value it is the gradient of; a null slot is a zero gradient.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawLossOutputV2 {
+    /// What ABI 1 writes.
+    pub base: RawLossOutput,
+    /// `n_params` slots: gradients of the parameters.
+    pub grad_params: *mut *const f32,
+    /// `n_hidden` slots (of the student's layers): gradients of its hidden states.
+    pub grad_hidden_states: *mut *const f32,
+    /// `n_attention` slots: gradients of its attention distributions.
+    pub grad_attention: *mut *const f32,
+}
+
+/// (ABI 2) A named per-language value ([`LanguageValuesFn`]).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawNamedValues {
+    /// Its name, NUL-terminated UTF-8.
+    pub name: *const c_char,
+    /// One value per language.
+    pub values: *const f32,
+    /// Number of values.
+    pub len: usize,
 }
 
 /// Running statistics of one language, as the host keeps them. `NaN` marks an unknown value.
@@ -273,5 +517,14 @@ mod tests {
     fn the_abi_version_is_the_first_field() {
         assert_eq!(std::mem::offset_of!(PluginDescriptor, abi_version), 0);
         assert_eq!(std::mem::size_of_val(&ABI_VERSION), 4);
+    }
+
+    #[test]
+    fn version_2_only_appends_to_the_version_1_descriptor() {
+        use std::mem::offset_of;
+        assert_eq!(offset_of!(PluginDescriptorV1, kind), offset_of!(PluginDescriptor, kind));
+        assert_eq!(offset_of!(PluginDescriptorV1, create), offset_of!(PluginDescriptor, create));
+        assert_eq!(offset_of!(PluginDescriptorV1, free_string), offset_of!(PluginDescriptor, free_string));
+        assert_eq!(std::mem::size_of::<PluginDescriptorV1>(), offset_of!(PluginDescriptor, check));
     }
 }

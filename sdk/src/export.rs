@@ -8,7 +8,54 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
 use crate::abi::*;
-use crate::{need_flags, Error, LangStat, Loss, LossInput, Params, Result};
+use crate::{
+    need_flags, Error, Extra, LangStat, LayerShape, Layers, Loss, LossInput, ParamDecl, Params, Result,
+    Shapes,
+};
+
+/// What a handle points to: the loss, and the memory it hands the host (valid until the next
+/// call on the handle, as the ABI says).
+pub struct Handle<L> {
+    loss: L,
+    /// Declarations of the last `prepare`, and what their pointers point to.
+    decls: Vec<RawParamDecl>,
+    decl_names: Vec<CString>,
+    decl_shapes: Vec<Vec<usize>>,
+    decl_values: Vec<Vec<f32>>,
+    /// Gradients of the last `compute_v2`.
+    grads: crate::ExtraGrads,
+    /// The last saved state.
+    state: Vec<u8>,
+    /// The last named values.
+    values: Vec<(CString, Vec<f32>)>,
+    raw_values: Vec<RawNamedValues>,
+}
+
+impl<L> Handle<L> {
+    fn new(loss: L) -> Handle<L> {
+        Handle {
+            loss,
+            decls: Vec::new(),
+            decl_names: Vec::new(),
+            decl_shapes: Vec::new(),
+            decl_values: Vec::new(),
+            grads: Default::default(),
+            state: Vec::new(),
+            values: Vec::new(),
+            raw_values: Vec::new(),
+        }
+    }
+}
+
+/// The handle behind a host pointer.
+///
+/// # Safety
+/// `handle` came from [`create`] for the same `L` and is used by one thread at a time.
+unsafe fn handle_mut<'a, L>(handle: *mut c_void) -> Result<&'a mut Handle<L>> {
+    crate::ensure!(!handle.is_null(), "the host passed a null handle");
+    // SAFETY: forwarded to the caller.
+    Ok(unsafe { &mut *(handle as *mut Handle<L>) })
+}
 
 /// Holds a plugin's descriptor, built on the first call of the entry point.
 pub struct DescriptorCell(OnceLock<Option<SyncDescriptor>>);
@@ -95,6 +142,12 @@ pub fn descriptor<L: Loss>() -> Option<PluginDescriptor> {
         language_state: language_state::<L>,
         destroy: destroy::<L>,
         free_string,
+        check: check::<L>,
+        prepare: prepare::<L>,
+        compute_v2: compute_v2::<L>,
+        save_state: save_state::<L>,
+        load_state: load_state::<L>,
+        language_values: language_values::<L>,
     })
 }
 
@@ -236,7 +289,7 @@ pub unsafe extern "C" fn create<L: Loss>(
                 "the host passed no place for the handle"
             );
             *out_flags = need_flags(&loss);
-            *out_handle = Box::into_raw(Box::new(loss)) as *mut c_void;
+            *out_handle = Box::into_raw(Box::new(Handle::new(loss))) as *mut c_void;
             Ok(())
         })
     }
@@ -253,34 +306,41 @@ pub unsafe extern "C" fn compute<L: Loss>(
     // and `output` are valid for the call, the output buffers sized as the input says.
     unsafe {
         guard(out_error, || {
-            crate::ensure!(
-                !handle.is_null() && !input.is_null() && !output.is_null(),
-                "null pointer passed to compute"
-            );
-            let loss = &mut *(handle as *mut L);
+            crate::ensure!(!input.is_null() && !output.is_null(), "null pointer passed to compute");
+            let loss = &mut handle_mut::<L>(handle)?.loss;
             let raw = &*input;
             let x = LossInput::from_raw(raw)?;
             let out = loss.compute(&x)?;
             out.check(&x)?;
-            let o = &mut *output;
-            crate::ensure!(
-                !o.grad_logits.is_null() || out.grad_logits.is_empty(),
-                "the host passed no gradient buffer"
-            );
-            if !out.grad_logits.is_empty() {
-                std::ptr::copy_nonoverlapping(out.grad_logits.as_ptr(), o.grad_logits, out.grad_logits.len());
-            }
-            o.has_grad_hidden = 0;
-            if let Some(g) = &out.grad_hidden {
-                if !g.is_empty() {
-                    crate::ensure!(!o.grad_hidden.is_null(), "the host passed no hidden-gradient buffer");
-                    std::ptr::copy_nonoverlapping(g.as_ptr(), o.grad_hidden, g.len());
-                }
-                o.has_grad_hidden = 1;
-            }
-            o.value = out.value;
-            Ok(())
+            write_output(&out, &mut *output)
         })
+    }
+}
+
+/// Writes ABI 1's part of a result into the host's buffers.
+///
+/// # Safety
+/// `o`'s buffers are sized as the input that `out` was checked against says.
+unsafe fn write_output(out: &crate::LossOutput, o: &mut RawLossOutput) -> Result<()> {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        crate::ensure!(
+            !o.grad_logits.is_null() || out.grad_logits.is_empty(),
+            "the host passed no gradient buffer"
+        );
+        if !out.grad_logits.is_empty() {
+            std::ptr::copy_nonoverlapping(out.grad_logits.as_ptr(), o.grad_logits, out.grad_logits.len());
+        }
+        o.has_grad_hidden = 0;
+        if let Some(g) = &out.grad_hidden {
+            if !g.is_empty() {
+                crate::ensure!(!o.grad_hidden.is_null(), "the host passed no hidden-gradient buffer");
+                std::ptr::copy_nonoverlapping(g.as_ptr(), o.grad_hidden, g.len());
+            }
+            o.has_grad_hidden = 1;
+        }
+        o.value = out.value;
+        Ok(())
     }
 }
 
@@ -295,8 +355,8 @@ pub unsafe extern "C" fn language_state<L: Loss>(
     // SAFETY: as for `compute`; `buf` holds `cap` values.
     unsafe {
         guard(out_error, || {
-            crate::ensure!(!handle.is_null() && !out_len.is_null(), "null pointer passed to language_state");
-            let loss = &*(handle as *const L);
+            crate::ensure!(!out_len.is_null(), "null pointer passed to language_state");
+            let loss = &handle_mut::<L>(handle)?.loss;
             match loss.language_state() {
                 None => *out_len = NO_LANGUAGE_STATE,
                 Some(v) => {
@@ -318,7 +378,7 @@ pub unsafe extern "C" fn destroy<L: Loss>(handle: *mut c_void) {
     }
     // SAFETY: `handle` came from `create::<L>` and is destroyed once. A panicking destructor is
     // caught (the loss is then leaked).
-    let r = catch_unwind(AssertUnwindSafe(|| unsafe { drop(Box::from_raw(handle as *mut L)) }));
+    let r = catch_unwind(AssertUnwindSafe(|| unsafe { drop(Box::from_raw(handle as *mut Handle<L>)) }));
     if let Err(p) = r {
         forget_payload(p);
     }
@@ -331,4 +391,298 @@ pub unsafe extern "C" fn free_string(message: *mut c_char) {
     }
     // SAFETY: `message` came from `store_error` (CString::into_raw) and is freed once.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe { drop(CString::from_raw(message)) }));
+}
+
+/// A C string as `&str`; null is an error naming `what`.
+unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
+    crate::ensure!(!p.is_null(), "the host passed no {what}");
+    // SAFETY: the host passes NUL-terminated strings valid for the call.
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| Error::msg(format!("the {what} is not UTF-8")))
+}
+
+impl Shapes {
+    /// Views the host's shapes.
+    ///
+    /// # Safety
+    /// The strings of `raw` are NUL-terminated and valid for the call.
+    pub unsafe fn from_raw(raw: &RawShapes) -> Result<Shapes> {
+        let layers = |l: &RawLayerShape| -> Result<Option<LayerShape>> {
+            if l.present == 0 {
+                return Ok(None);
+            }
+            Ok(Some(LayerShape {
+                layers: l.layers,
+                width: l.width,
+                heads: l.heads,
+                max_len: l.max_len,
+                // SAFETY: forwarded to the caller.
+                tokenizer: unsafe { c_str(l.tokenizer, "tokenizer identity") }?.to_string(),
+            }))
+        };
+        let known = |w: usize| (w > 0).then_some(w);
+        Ok(Shapes {
+            classes: raw.classes,
+            student_hidden_dim: known(raw.student_hidden_dim),
+            teacher_hidden_dim: known(raw.teacher_hidden_dim),
+            student_layers: layers(&raw.student_layers)?,
+            teacher_layers: layers(&raw.teacher_layers)?,
+        })
+    }
+}
+
+impl<'a> Layers<'a> {
+    /// Views the host's layer states.
+    ///
+    /// # Safety
+    /// Every pointer of `raw` points to as many values as its sizes say, valid for `'a`.
+    pub unsafe fn from_raw(raw: &RawLayers) -> Result<Layers<'a>> {
+        let (b, t, w, h) = (raw.batch, raw.seq, raw.width, raw.heads);
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            let hidden = slice(raw.hidden, raw.n_hidden, "hidden-state")?
+                .iter()
+                .map(|&p| slice(p, b * t * w, "hidden state"))
+                .collect::<Result<Vec<_>>>()?;
+            let attention = slice(raw.attention, raw.n_attention, "attention")?
+                .iter()
+                .map(|&p| slice(p, b * h * t * t, "attention"))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Layers { lens: slice(raw.lens, b, "length")?, seq: t, width: w, heads: h, hidden, attention })
+        }
+    }
+}
+
+/// [`CheckFn`] for `L`.
+pub unsafe extern "C" fn check<L: Loss>(
+    handle: *mut c_void,
+    shapes: *const RawShapes,
+    out_error: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: as for `compute`; `shapes` is valid for the call.
+    unsafe {
+        guard(out_error, || {
+            crate::ensure!(!shapes.is_null(), "null pointer passed to check");
+            let h = handle_mut::<L>(handle)?;
+            h.loss.check(&Shapes::from_raw(&*shapes)?)
+        })
+    }
+}
+
+/// [`PrepareFn`] for `L`.
+pub unsafe extern "C" fn prepare<L: Loss>(
+    handle: *mut c_void,
+    shapes: *const RawShapes,
+    out_params: *mut *const RawParamDecl,
+    out_len: *mut usize,
+    out_projection: *mut isize,
+    out_error: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: as for `check`; the out-pointers are valid.
+    unsafe {
+        guard(out_error, || {
+            crate::ensure!(
+                !shapes.is_null() && !out_params.is_null() && !out_len.is_null() && !out_projection.is_null(),
+                "null pointer passed to prepare"
+            );
+            let h = handle_mut::<L>(handle)?;
+            let decls = h.loss.parameters(&Shapes::from_raw(&*shapes)?)?;
+            let projection = match h.loss.projection() {
+                None => -1,
+                Some(p) => match decls.iter().position(|d| d.name() == p) {
+                    Some(i) if matches!(decls[i], ParamDecl::Linear { .. }) => i as isize,
+                    _ => crate::bail!("the projection `{p}` is not one of the loss's linear parameters"),
+                },
+            };
+            h.decl_names =
+                decls.iter().map(|d| CString::new(d.name())).collect::<std::result::Result<_, _>>()?;
+            h.decl_shapes = decls
+                .iter()
+                .map(|d| match d {
+                    ParamDecl::Linear { input, output, .. } => vec![*input, *output],
+                    ParamDecl::Tensor { shape, .. } => shape.clone(),
+                })
+                .collect();
+            h.decl_values = decls
+                .iter()
+                .map(|d| match d {
+                    ParamDecl::Linear { .. } => Vec::new(),
+                    ParamDecl::Tensor { values, .. } => values.clone(),
+                })
+                .collect();
+            h.decls = decls
+                .iter()
+                .enumerate()
+                .map(|(i, d)| RawParamDecl {
+                    name: h.decl_names[i].as_ptr(),
+                    init: if matches!(d, ParamDecl::Linear { .. }) { INIT_LINEAR } else { INIT_VALUES },
+                    decay: matches!(d, ParamDecl::Tensor { decay: true, .. }) as u32,
+                    shape: h.decl_shapes[i].as_ptr(),
+                    ndim: h.decl_shapes[i].len(),
+                    values: h.decl_values[i].as_ptr(),
+                    seed: match d {
+                        ParamDecl::Linear { seed, .. } => *seed,
+                        ParamDecl::Tensor { .. } => 0,
+                    },
+                })
+                .collect();
+            *out_params = h.decls.as_ptr();
+            *out_len = h.decls.len();
+            *out_projection = projection;
+            Ok(())
+        })
+    }
+}
+
+/// [`ComputeV2Fn`] for `L`.
+pub unsafe extern "C" fn compute_v2<L: Loss>(
+    handle: *mut c_void,
+    input: *const RawLossInputV2,
+    output: *mut RawLossOutputV2,
+    out_error: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: as for `compute`; the slot arrays of `output` are as long as the input says.
+    unsafe {
+        guard(out_error, || {
+            crate::ensure!(!input.is_null() && !output.is_null(), "null pointer passed to compute");
+            let h = handle_mut::<L>(handle)?;
+            let raw = &*input;
+            let x = LossInput::from_raw(&raw.base)?;
+            let layers = |p: *const RawLayers| -> Result<Option<Layers>> {
+                if p.is_null() {
+                    Ok(None)
+                } else {
+                    Layers::from_raw(&*p).map(Some)
+                }
+            };
+            let student_layers = layers(raw.student_layers)?;
+            let params = slice(raw.params, raw.n_params, "parameter")?
+                .iter()
+                .map(|&p| {
+                    crate::ensure!(!p.is_null(), "the host passed a null parameter");
+                    Ok(p)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // Sizes are known to the loss (it declared them); the host's values are as long.
+            let sizes: Vec<usize> = h
+                .decl_shapes
+                .iter()
+                .zip(&h.decls)
+                .flat_map(|(s, d)| {
+                    let n: usize = s.iter().product();
+                    if d.init == INIT_LINEAR {
+                        vec![n, *s.last().unwrap_or(&0)]
+                    } else {
+                        vec![n]
+                    }
+                })
+                .collect();
+            crate::ensure!(
+                sizes.len() == params.len(),
+                "the host passed {} parameters, the loss declared {}",
+                params.len(),
+                sizes.len()
+            );
+            let extra = Extra {
+                params: params
+                    .iter()
+                    .zip(&sizes)
+                    .map(|(&p, &n)| slice(p, n, "parameter"))
+                    .collect::<Result<_>>()?,
+                student_layers,
+                teacher_layers: layers(raw.teacher_layers)?,
+            };
+            let (out, grads) = h.loss.compute_with(&x, &extra)?;
+            out.check(&x)?;
+            grads.check(&extra)?;
+            let o = &mut *output;
+            write_output(&out, &mut o.base)?;
+            h.grads = grads;
+            let fill = |slots: *mut *const f32, n: usize, g: &[Option<Vec<f32>>]| -> Result<()> {
+                for (k, gk) in g.iter().enumerate().take(n) {
+                    if let Some(v) = gk {
+                        crate::ensure!(!slots.is_null(), "the host passed no gradient slots");
+                        *slots.add(k) = v.as_ptr();
+                    }
+                }
+                Ok(())
+            };
+            fill(o.grad_params, raw.n_params, &h.grads.params)?;
+            if let Some(s) = &extra.student_layers {
+                fill(o.grad_hidden_states, s.hidden.len(), &h.grads.hidden)?;
+                fill(o.grad_attention, s.attention.len(), &h.grads.attention)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// [`SaveStateFn`] for `L`.
+pub unsafe extern "C" fn save_state<L: Loss>(
+    handle: *mut c_void,
+    out_data: *mut *const u8,
+    out_len: *mut usize,
+    out_error: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: as for `compute`; the out-pointers are valid.
+    unsafe {
+        guard(out_error, || {
+            crate::ensure!(!out_data.is_null() && !out_len.is_null(), "null pointer passed to save_state");
+            let h = handle_mut::<L>(handle)?;
+            h.state = h.loss.save_state()?;
+            *out_data = h.state.as_ptr();
+            *out_len = h.state.len();
+            Ok(())
+        })
+    }
+}
+
+/// [`LoadStateFn`] for `L`.
+pub unsafe extern "C" fn load_state<L: Loss>(
+    handle: *mut c_void,
+    data: *const u8,
+    len: usize,
+    out_error: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: as for `compute`; `len` bytes at `data`.
+    unsafe {
+        guard(out_error, || {
+            let h = handle_mut::<L>(handle)?;
+            h.loss.load_state(slice(data, len, "state")?)
+        })
+    }
+}
+
+/// [`LanguageValuesFn`] for `L`.
+pub unsafe extern "C" fn language_values<L: Loss>(
+    handle: *mut c_void,
+    out_values: *mut *const RawNamedValues,
+    out_len: *mut usize,
+    out_error: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: as for `compute`; the out-pointers are valid.
+    unsafe {
+        guard(out_error, || {
+            crate::ensure!(
+                !out_values.is_null() && !out_len.is_null(),
+                "null pointer passed to language_values"
+            );
+            let h = handle_mut::<L>(handle)?;
+            h.values = h
+                .loss
+                .language_values()
+                .into_iter()
+                .map(|(n, v)| Ok((CString::new(n)?, v)))
+                .collect::<Result<_>>()?;
+            h.raw_values = h
+                .values
+                .iter()
+                .map(|(n, v)| RawNamedValues { name: n.as_ptr(), values: v.as_ptr(), len: v.len() })
+                .collect();
+            *out_values = h.raw_values.as_ptr();
+            *out_len = h.raw_values.len();
+            Ok(())
+        })
+    }
 }

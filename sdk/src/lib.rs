@@ -39,18 +39,28 @@
 //!
 //! The same type registers in-tree with `kdx_framework::register_sdk_loss!(Mse)`. Test it with
 //! [`testing::gradient_check`]. See `docs/writing-a-loss-plugin.md` in the kdx repository.
+//!
+//! Since plugin ABI 2 (this SDK, 0.2) a loss may also read per-layer states
+//! ([`Loss::needs_layers`], [`Loss::compute_with`]), own trainable parameters
+//! ([`Loss::parameters`], [`Loss::projection`]), check the models at plan time
+//! ([`Loss::check`]), keep state across a resume ([`Loss::save_state`]) and report named
+//! per-language values ([`Loss::language_values`]); every such method has a default.
 
 #![warn(missing_docs)]
 
 pub mod abi;
 #[doc(hidden)]
 pub mod export;
+mod layers;
 pub mod math;
+mod shapes;
 pub mod testing;
 
 use std::fmt;
 
 pub use abi::{LangStat, ABI_VERSION, FRAMEWORK_VERSION};
+pub use layers::{Extra, ExtraGrads, Layers};
+pub use shapes::{LayerShape, ParamDecl, Shapes};
 
 /// An error a loss reports: a message shown to the user, located at the recipe's `[[loss]]`
 /// table when it comes from [`Loss::create`].
@@ -295,7 +305,9 @@ impl LossOutput {
 /// A distillation or supervised objective over plain buffers.
 ///
 /// Implement it once; then `export_loss!(T)` makes a dynamic library of it and
-/// `kdx_framework::register_sdk_loss!(T)` registers it in-tree.
+/// `kdx_framework::register_sdk_loss!(T)` registers it in-tree. A loss implements
+/// [`Loss::compute`] (it reads the student's outputs) or [`Loss::compute_with`] (it also reads
+/// its own parameters or per-layer states, ABI 2); everything else has a default.
 pub trait Loss: Sized + Send + 'static {
     /// The name recipes use (`[[loss]] plugin = "…"`): lowercase, words joined by `-`.
     const NAME: &'static str;
@@ -321,12 +333,78 @@ pub trait Loss: Sized + Send + 'static {
         false
     }
 
-    /// Computes the value and the gradients on one batch.
-    fn compute(&mut self, x: &LossInput) -> Result<LossOutput>;
+    /// (ABI 2) Whether the loss reads per-layer states and attention ([`Extra::student_layers`],
+    /// and the teacher's when it [`Loss::needs_teacher`]). kdx computes them only for such
+    /// losses, and runs the teacher on every batch for them (its states are too large to
+    /// cache). The models must be transformers; [`Loss::check`] says what else must fit.
+    fn needs_layers(&self) -> bool {
+        false
+    }
 
-    /// Per-language state to report in `metrics.csv` (e.g. a gate), if any.
+    /// (ABI 2) Checks, before anything trains (`kdx validate` too), that the loss fits the
+    /// models: widths, layer indices, heads, tokenisation. An [`Error::param`] is reported at
+    /// that key of the `[[loss]]` table, any other error at the table.
+    fn check(&self, shapes: &Shapes) -> Result<()> {
+        let _ = shapes;
+        Ok(())
+    }
+
+    /// (ABI 2) The trainable parameters the loss owns (a projection between widths),
+    /// declared at the start of every stage it takes part in; kdx creates, trains,
+    /// checkpoints and exports them and passes their values in [`Extra::params`]. Called
+    /// again in a later stage, return the same declarations: kdx keeps the values it has.
+    fn parameters(&mut self, shapes: &Shapes) -> Result<Vec<ParamDecl>> {
+        let _ = shapes;
+        Ok(Vec::new())
+    }
+
+    /// (ABI 2) The name of the [`ParamDecl::Linear`] that maps the student's hidden vectors
+    /// into the teacher's space, if the loss relates the two: kdx then scores translation
+    /// retrieval through it, and `kdx embed` and the exported model use it.
+    fn projection(&self) -> Option<&str> {
+        None
+    }
+
+    /// Computes the value and the gradients on one batch. The default refuses: implement
+    /// this or [`Loss::compute_with`].
+    fn compute(&mut self, x: &LossInput) -> Result<LossOutput> {
+        let _ = x;
+        Err(Error::msg(format!("loss `{}` implements neither compute nor compute_with", Self::NAME)))
+    }
+
+    /// (ABI 2) Computes the value and the gradients on one batch with what ABI 2 adds: the
+    /// loss's parameters and per-layer states in, their gradients out. The default calls
+    /// [`Loss::compute`].
+    fn compute_with(&mut self, x: &LossInput, extra: &Extra) -> Result<(LossOutput, ExtraGrads)> {
+        let _ = extra;
+        Ok((self.compute(x)?, ExtraGrads::default()))
+    }
+
+    /// Per-language state to report in `metrics.csv`'s `gate` column (ABI 1), if any.
+    /// [`Loss::language_values`] names its values.
     fn language_state(&self) -> Option<Vec<f32>> {
         None
+    }
+
+    /// (ABI 2) Named per-language values, one per language each (a gate, a moving
+    /// average): `metrics.csv` gets a column `<loss>.<name>` for each, its `macro` row the
+    /// mean over the languages averaged there, and the `evaluated` event carries it.
+    fn language_values(&self) -> Vec<(String, Vec<f32>)> {
+        Vec::new()
+    }
+
+    /// (ABI 2) The loss's state beyond its parameters (moving averages, counters, a random
+    /// generator), as bytes of the loss's own format: saved with every checkpoint and given
+    /// back to [`Loss::load_state`] when the run resumes, so the resumed run equals the
+    /// uninterrupted one.
+    fn save_state(&self) -> Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    /// (ABI 2) Restores what [`Loss::save_state`] returned.
+    fn load_state(&mut self, state: &[u8]) -> Result<()> {
+        let _ = state;
+        Ok(())
     }
 
     /// The JSON Schema (draft 7) of the parameters, if the plugin publishes one: kdx then
@@ -359,6 +437,9 @@ pub fn need_flags<L: Loss>(loss: &L) -> u32 {
     }
     if loss.needs_teacher_hidden() {
         f |= abi::NEEDS_TEACHER_HIDDEN;
+    }
+    if loss.needs_layers() {
+        f |= abi::NEEDS_LAYERS;
     }
     f
 }

@@ -23,7 +23,7 @@
 
 use std::fmt;
 
-use crate::{LangStat, Loss, LossInput, Result};
+use crate::{Extra, LangStat, Layers, Loss, LossInput, Result};
 
 /// Owned buffers for a [`LossInput`]: random logits, teacher outputs and hidden states,
 /// labels, two alternating languages, varied per-example weights.
@@ -178,8 +178,17 @@ impl fmt::Display for GradientCheck {
 /// gradient. Also checks the gradient sizes. `ε ≈ 1e-2` suits `f32` losses; expect errors
 /// of 1e-3 or less from a correct gradient.
 pub fn gradient_check<L: Loss>(loss: &mut L, x: &LossInput, eps: f32) -> Result<GradientCheck> {
+    check_outputs(&mut |x| loss.compute(x), x, eps)
+}
+
+/// [`gradient_check`] of any function of a batch.
+fn check_outputs(
+    compute: &mut dyn FnMut(&LossInput) -> Result<crate::LossOutput>,
+    x: &LossInput,
+    eps: f32,
+) -> Result<GradientCheck> {
     x.check()?;
-    let base = loss.compute(x)?;
+    let base = compute(x)?;
     base.check(x)?;
     let mut report =
         GradientCheck { max_error: 0.0, buffer: "logits", index: 0, analytic: 0.0, numeric: 0.0, checked: 0 };
@@ -201,9 +210,9 @@ pub fn gradient_check<L: Loss>(loss: &mut L, x: &LossInput, eps: f32) -> Result<
     for i in 0..z.len() {
         let orig = z[i];
         z[i] = orig + eps;
-        let up = loss.compute(&LossInput { student_logits: &z, ..*x })?.value;
+        let up = compute(&LossInput { student_logits: &z, ..*x })?.value;
         z[i] = orig - eps;
-        let down = loss.compute(&LossInput { student_logits: &z, ..*x })?.value;
+        let down = compute(&LossInput { student_logits: &z, ..*x })?.value;
         z[i] = orig;
         note(&mut report, "logits", i, base.grad_logits[i], (up - down) / (2.0 * eps));
     }
@@ -212,14 +221,168 @@ pub fn gradient_check<L: Loss>(loss: &mut L, x: &LossInput, eps: f32) -> Result<
         for i in 0..h.len() {
             let orig = h[i];
             h[i] = orig + eps;
-            let up = loss.compute(&LossInput { student_hidden: &h, ..*x })?.value;
+            let up = compute(&LossInput { student_hidden: &h, ..*x })?.value;
             h[i] = orig - eps;
-            let down = loss.compute(&LossInput { student_hidden: &h, ..*x })?.value;
+            let down = compute(&LossInput { student_hidden: &h, ..*x })?.value;
             h[i] = orig;
             note(&mut report, "hidden", i, gh[i], (up - down) / (2.0 * eps));
         }
     }
     Ok(report)
+}
+
+/// Owned per-layer states for tests of layer-wise losses ([`OwnedLayers::view`] lends them as
+/// [`Layers`]): random hidden states, attention rows that are distributions over the real keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnedLayers {
+    /// Real tokens of each sequence.
+    pub lens: Vec<usize>,
+    /// Padded length.
+    pub seq: usize,
+    /// Width.
+    pub width: usize,
+    /// Heads.
+    pub heads: usize,
+    /// L + 1 hidden states.
+    pub hidden: Vec<Vec<f32>>,
+    /// L attention distributions.
+    pub attention: Vec<Vec<f32>>,
+}
+
+impl OwnedLayers {
+    /// `lens` sequences padded to the longest, `layers` layers of `width` with `heads` heads,
+    /// from a seed. Student and teacher may differ in every size but the sequences.
+    pub fn random(lens: &[usize], layers: usize, width: usize, heads: usize, seed: u64) -> OwnedLayers {
+        let mut rng = Rng(seed ^ 0x6c61_7965_7273);
+        let (b, t) = (lens.len(), lens.iter().copied().max().unwrap_or(1));
+        let hidden = (0..=layers).map(|_| (0..b * t * width).map(|_| rng.uniform(1.0)).collect()).collect();
+        let attention = (0..layers)
+            .map(|_| {
+                let mut a = vec![0.0f32; b * heads * t * t];
+                for (row_i, row) in a.chunks_exact_mut(t).enumerate() {
+                    let n = lens[row_i / (heads * t)];
+                    let e: Vec<f32> = (0..n).map(|_| (2.0 * rng.uniform(1.0)).exp()).collect();
+                    let z: f32 = e.iter().sum();
+                    row[..n].iter_mut().zip(&e).for_each(|(r, v)| *r = v / z);
+                }
+                a
+            })
+            .collect();
+        OwnedLayers { lens: lens.to_vec(), seq: t, width, heads, hidden, attention }
+    }
+
+    /// The states as a loss sees them.
+    pub fn view(&self) -> Layers<'_> {
+        Layers {
+            lens: &self.lens,
+            seq: self.seq,
+            width: self.width,
+            heads: self.heads,
+            hidden: self.hidden.iter().map(Vec::as_slice).collect(),
+            attention: self.attention.iter().map(Vec::as_slice).collect(),
+        }
+    }
+}
+
+/// [`gradient_check`] for what ABI 2 adds: checks [`Loss::compute_with`]'s gradients with
+/// respect to the loss's parameters, the student's real hidden states and attention
+/// entries, and the student's logits and hidden vectors, against central finite
+/// differences. `params` are the parameters' values, `student`/`teacher` the layer states.
+pub fn extra_gradient_check<L: Loss>(
+    loss: &mut L,
+    x: &LossInput,
+    params: &[Vec<f32>],
+    student: Option<&OwnedLayers>,
+    teacher: Option<&OwnedLayers>,
+    eps: f32,
+) -> Result<GradientCheck> {
+    x.check()?;
+    fn view<'a>(p: &'a [Vec<f32>], s: Option<&'a OwnedLayers>, t: Option<&'a OwnedLayers>) -> Extra<'a> {
+        Extra {
+            params: p.iter().map(Vec::as_slice).collect(),
+            student_layers: s.map(OwnedLayers::view),
+            teacher_layers: t.map(OwnedLayers::view),
+        }
+    }
+    let (base, grads) = loss.compute_with(x, &view(params, student, teacher))?;
+    base.check(x)?;
+    grads.check(&view(params, student, teacher))?;
+    let mut report =
+        GradientCheck { max_error: 0.0, buffer: "logits", index: 0, analytic: 0.0, numeric: 0.0, checked: 0 };
+    let mut note = |buffer: &'static str, i: usize, a: f32, n: f32| {
+        let err = (a - n).abs() / 1f32.max(a.abs()).max(n.abs());
+        report.checked += 1;
+        if err > report.max_error || err.is_nan() {
+            report = GradientCheck {
+                max_error: err,
+                buffer,
+                index: i,
+                analytic: a,
+                numeric: n,
+                checked: report.checked,
+            };
+        }
+    };
+    let at =
+        |g: &[Option<Vec<f32>>], k: usize, i: usize| g.get(k).and_then(Option::as_ref).map_or(0.0, |v| v[i]);
+    let mut p = params.to_vec();
+    for k in 0..p.len() {
+        for i in 0..p[k].len() {
+            let orig = p[k][i];
+            p[k][i] = orig + eps;
+            let up = loss.compute_with(x, &view(&p, student, teacher))?.0.value;
+            p[k][i] = orig - eps;
+            let down = loss.compute_with(x, &view(&p, student, teacher))?.0.value;
+            p[k][i] = orig;
+            note("params", i, at(&grads.params, k, i), (up - down) / (2.0 * eps));
+        }
+    }
+    if let Some(s) = student {
+        let mut s = s.clone();
+        let (seq, heads, width) = (s.seq, s.heads, s.width);
+        for attention in [false, true] {
+            let n = if attention { s.attention.len() } else { s.hidden.len() };
+            for k in 0..n {
+                let len = if attention { s.attention[k].len() } else { s.hidden[k].len() };
+                for i in 0..len {
+                    // Real positions only: padding is not part of any loss.
+                    let b = if attention { i / (heads * seq * seq) } else { i / (seq * width) };
+                    let tok = if attention { (i / seq) % seq } else { (i / width) % seq };
+                    let key = if attention { i % seq } else { 0 };
+                    if tok >= s.lens[b] || key >= s.lens[b] {
+                        continue;
+                    }
+                    fn buf(s: &mut OwnedLayers, attention: bool, k: usize) -> &mut Vec<f32> {
+                        if attention {
+                            &mut s.attention[k]
+                        } else {
+                            &mut s.hidden[k]
+                        }
+                    }
+                    let orig = buf(&mut s, attention, k)[i];
+                    buf(&mut s, attention, k)[i] = orig + eps;
+                    let up = loss.compute_with(x, &view(params, Some(&s), teacher))?.0.value;
+                    buf(&mut s, attention, k)[i] = orig - eps;
+                    let down = loss.compute_with(x, &view(params, Some(&s), teacher))?.0.value;
+                    buf(&mut s, attention, k)[i] = orig;
+                    let g = if attention { &grads.attention } else { &grads.hidden };
+                    note(
+                        if attention { "attention" } else { "hidden states" },
+                        i,
+                        at(g, k, i),
+                        (up - down) / (2.0 * eps),
+                    );
+                }
+            }
+        }
+    }
+    let logits =
+        check_outputs(&mut |x| Ok(loss.compute_with(x, &view(params, student, teacher))?.0), x, eps)?;
+    Ok(if logits.max_error > report.max_error || logits.max_error.is_nan() {
+        GradientCheck { checked: report.checked + logits.checked, ..logits }
+    } else {
+        GradientCheck { checked: report.checked + logits.checked, ..report }
+    })
 }
 
 #[cfg(test)]

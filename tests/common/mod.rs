@@ -1,7 +1,8 @@
 //! What several end-to-end test files share.
 #![allow(dead_code)] // each test file uses a different part
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -61,4 +62,47 @@ fn fetched_model(name: &str, script: &str, size: &str) -> PathBuf {
         dir.display()
     );
     dir
+}
+
+// ---------------------------------------------------------------------------------------
+// Plugin crates under plugins/examples/, built as dynamic libraries.
+
+/// `target/plugin-examples`, next to the workspace's own build directories.
+pub fn examples_target() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("plugin-examples")
+}
+
+pub fn library_file(crate_name: &str) -> String {
+    format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        crate_name.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// `cargo build --release` of the crate at `manifest_dir`, into the shared examples target.
+pub fn build_plugin(manifest_dir: &Path, crate_name: &str) -> PathBuf {
+    let t = std::time::Instant::now();
+    let out = cargo()
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(manifest_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(examples_target())
+        .output()
+        .expect("running cargo");
+    assert!(
+        out.status.success(),
+        "building {}:\n{}",
+        manifest_dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("built {crate_name} in {:.1}s", t.elapsed().as_secs_f64());
+    let lib = examples_target().join("release").join(library_file(crate_name));
+    assert!(lib.is_file(), "{} was not built", lib.display());
+    lib
 }

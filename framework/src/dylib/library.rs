@@ -5,10 +5,10 @@ use std::ffi::{c_char, CStr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kdx_sdk::abi::{self, PluginDescriptor};
+use kdx_sdk::abi::{self, PluginDescriptor, PluginDescriptorV1};
 
-/// The version of kdx this framework is; plugins must have been built for the same
-/// `major.minor`.
+/// The version of kdx this framework is; plugins must have been built for the same major
+/// version and a minor version no newer ([`versions_compatible`]).
 pub const FRAMEWORK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Why a library was refused.
@@ -33,16 +33,16 @@ pub enum PluginError {
         "{0}: the plugin's entry point returned no descriptor (it panicked or could not describe itself)"
     )]
     NoDescriptor(PathBuf),
-    /// Another ABI version.
-    #[error("{path} was built for plugin ABI version {found}, but this kdx ({host}) speaks version {want}", want = abi::ABI_VERSION, host = FRAMEWORK_VERSION)]
+    /// An ABI version this kdx does not speak (a newer one).
+    #[error("{path} was built for plugin ABI version {found}, but this kdx ({host}) speaks versions {min} to {want}", min = abi::MIN_ABI_VERSION, want = abi::ABI_VERSION, host = FRAMEWORK_VERSION)]
     WrongAbi {
         /// The file.
         path: PathBuf,
         /// The version it reports.
         found: u32,
     },
-    /// Built for another kdx version.
-    #[error("{path} was built for kdx {found}, but this is kdx {host} (a plugin must be built for the same major.minor version)", host = FRAMEWORK_VERSION)]
+    /// Built for a newer kdx.
+    #[error("{path} was built for kdx {found}, but this is kdx {host} (a plugin must be built for this kdx's major version and a minor version no newer)", host = FRAMEWORK_VERSION)]
     WrongVersion {
         /// The file.
         path: PathBuf,
@@ -70,20 +70,22 @@ impl PluginError {
                 Some("a plugin crate has `crate-type = [\"cdylib\"]` and ends with `kdx_sdk::export_loss!(YourLoss);`".into())
             }
             PluginError::WrongAbi { .. } | PluginError::WrongVersion { .. } => {
-                Some(format!("rebuild the plugin against kdx-sdk = \"={FRAMEWORK_VERSION}\" (the kdx-sdk of this kdx)"))
+                Some(format!("rebuild the plugin against kdx-sdk = \"={FRAMEWORK_VERSION}\" (the kdx-sdk of this kdx), or use a kdx at least as new as the plugin"))
             }
             _ => None,
         }
     }
 }
 
-/// Whether a plugin built for kdx `plugin` can be loaded by kdx `host`: same `major.minor`.
+/// Whether a plugin built for kdx `plugin` can be loaded by kdx `host`: the same major
+/// version, and a minor version no newer than the host's (what a plugin may rely on is its
+/// ABI version, checked first; an older SDK's library speaks an older ABI the host adapts).
 pub fn versions_compatible(plugin: &str, host: &str) -> bool {
     fn major_minor(v: &str) -> Option<(u64, u64)> {
         let mut it = v.trim().split(['.', '-', '+']);
         Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
     }
-    matches!((major_minor(plugin), major_minor(host)), (Some(a), Some(b)) if a == b)
+    matches!((major_minor(plugin), major_minor(host)), (Some(a), Some(b)) if a.0 == b.0 && a.1 <= b.1)
 }
 
 /// The descriptor's functions, copied out (valid while the library is loaded).
@@ -94,6 +96,19 @@ pub(super) struct Api {
     pub(super) language_state: abi::LanguageStateFn,
     pub(super) destroy: abi::DestroyFn,
     pub(super) free_string: abi::FreeStringFn,
+    /// What ABI 2 adds; `None` for a version-1 library, which the host adapts.
+    pub(super) v2: Option<ApiV2>,
+}
+
+/// The functions ABI 2 adds.
+#[derive(Clone, Copy)]
+pub(super) struct ApiV2 {
+    pub(super) check: abi::CheckFn,
+    pub(super) prepare: abi::PrepareFn,
+    pub(super) compute: abi::ComputeV2Fn,
+    pub(super) save_state: abi::SaveStateFn,
+    pub(super) load_state: abi::LoadStateFn,
+    pub(super) language_values: abi::LanguageValuesFn,
 }
 
 /// A loaded, checked plugin library.
@@ -102,6 +117,8 @@ pub struct PluginLibrary {
     pub(super) name: String,
     pub(super) summary: String,
     pub(super) framework_version: String,
+    /// The ABI version it speaks.
+    pub(super) abi_version: u32,
     /// The JSON Schema of its parameters, when it publishes one.
     pub(super) params_schema: Option<serde_json::Value>,
     pub(super) api: Api,
@@ -170,11 +187,23 @@ impl PluginLibrary {
         // and nothing else unless it matches.
         // SAFETY: a non-null descriptor starts with a u32 and lives as long as the library.
         let found = unsafe { std::ptr::read(desc as *const u32) };
-        if found != abi::ABI_VERSION {
+        if !(abi::MIN_ABI_VERSION..=abi::ABI_VERSION).contains(&found) {
             return Err(PluginError::WrongAbi { path: path.to_path_buf(), found });
         }
-        // SAFETY: same ABI version, so the layout is `PluginDescriptor`.
-        let d: &PluginDescriptor = unsafe { &*desc };
+        // SAFETY: every version's descriptor starts with version 1's fields, in its layout.
+        let d: &PluginDescriptorV1 = unsafe { &*(desc as *const PluginDescriptorV1) };
+        let v2 = (found >= 2).then(|| {
+            // SAFETY: a version-2 descriptor is a `PluginDescriptor`.
+            let d: &PluginDescriptor = unsafe { &*desc };
+            ApiV2 {
+                check: d.check,
+                prepare: d.prepare,
+                compute: d.compute_v2,
+                save_state: d.save_state,
+                load_state: d.load_state,
+                language_values: d.language_values,
+            }
+        });
         // SAFETY: the descriptor's strings are NUL-terminated and static in the library.
         let framework_version = unsafe { descriptor_str(d.framework_version, "framework version", path)? };
         if !versions_compatible(&framework_version, FRAMEWORK_VERSION) {
@@ -201,6 +230,7 @@ impl PluginLibrary {
             language_state: d.language_state,
             destroy: d.destroy,
             free_string: d.free_string,
+            v2,
         };
         // SAFETY: the symbol, when present, is a `SchemaFn` (exported by `export_loss!` of an
         // SDK whose ABI version was checked above).
@@ -223,6 +253,7 @@ impl PluginLibrary {
             name,
             summary,
             framework_version,
+            abi_version: found,
             params_schema,
             api,
             lib: Arc::new(lib),
@@ -252,6 +283,11 @@ impl PluginLibrary {
     /// The kdx version the plugin was built for.
     pub fn framework_version(&self) -> &str {
         &self.framework_version
+    }
+
+    /// The plugin ABI version the library speaks (1 is adapted by the host).
+    pub fn abi_version(&self) -> u32 {
+        self.abi_version
     }
 
     /// Takes a message the plugin stored, and frees it with the plugin's allocator.

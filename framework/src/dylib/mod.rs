@@ -8,7 +8,9 @@
 //!
 //! Loading checks, in order: the file exists; it is a dynamic library; it exports
 //! [`kdx_sdk::abi::ENTRY_SYMBOL`]; the descriptor's ABI version (read before anything else)
-//! equals [`kdx_sdk::ABI_VERSION`]; its framework version has this kdx's `major.minor`; it is a
+//! is one this kdx speaks ([`kdx_sdk::abi::MIN_ABI_VERSION`] to [`kdx_sdk::ABI_VERSION`]: a
+//! version-1 library is adapted); its framework version has this kdx's major version and a
+//! minor version no newer; it is a
 //! loss plugin with a valid name. A recipe ([`PluginSet::load`]) also refuses two plugins with
 //! one name and a plugin named like a built-in. Every refusal is an error message, never a
 //! crash; a panic inside a plugin fails the run it happens in with the plugin's message.
@@ -31,11 +33,13 @@ use crate::registry::{self, PluginKind};
 mod boundary;
 mod dylib_loss;
 mod library;
+mod owned_params;
 mod sdk_loss;
 pub use boundary::{in_plugin_call, parameter_error, plugin_call};
 pub use dylib_loss::DylibLoss;
 pub use library::{valid_name, versions_compatible, PluginError, PluginLibrary, FRAMEWORK_VERSION};
-pub use sdk_loss::SdkLoss;
+pub use owned_params::LossParams;
+pub use sdk_loss::{layers_view, sdk_layer_shape, SdkLoss};
 
 /// The parameter schema of a loss written against the SDK: any table (the loss checks its
 /// own parameters when it is created).
@@ -168,10 +172,12 @@ mod tests {
     use std::path::Path;
 
     #[test]
-    fn versions_match_on_major_and_minor() {
+    fn plugins_for_this_or_an_older_minor_version_load() {
         assert!(versions_compatible("0.1.0", "0.1.7"));
         assert!(versions_compatible("1.2.3-beta.1", "1.2.0"));
+        assert!(versions_compatible("0.1.0", "0.2.0"), "a kdx 0.1 plugin (ABI 1) loads in kdx 0.2");
         assert!(!versions_compatible("0.2.0", "0.1.0"));
+        assert!(!versions_compatible("1.0.0", "2.3.0"), "another major version");
         assert!(!versions_compatible("99.0.0", "0.1.0"));
         assert!(!versions_compatible("garbage", "0.1.0"));
         assert!(

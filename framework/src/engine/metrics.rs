@@ -116,6 +116,7 @@ pub fn metric_rows(
                 agreement: has_t.then(|| nan_if_empty(a.agree as f64 / d)),
                 kl: has_t.then(|| nan_if_empty(a.kl / d)),
                 gate: None,
+                values: Default::default(),
             }
         })
         .collect();
@@ -136,6 +137,7 @@ pub fn metric_rows(
         agreement: has_t.then(|| mean(&|r| r.agreement.unwrap_or(0.0))),
         kl: has_t.then(|| mean(&|r| r.kl.unwrap_or(0.0))),
         gate: None,
+        values: Default::default(),
     };
     rows.push(macro_row);
     rows

@@ -6,6 +6,7 @@
 
 mod fit;
 pub mod inputs;
+pub mod loss_report;
 pub mod metrics;
 mod monitor;
 pub mod objective;

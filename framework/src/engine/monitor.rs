@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use super::inputs::Inputs;
 use super::metrics::{metric_rows, select_rows};
 use super::options::{Interrupted, RunOptions};
-use super::train::{LoopState, StageHooks};
+use super::train::{LoopState, LossReport, StageHooks};
 use crate::dataset::{Measure, Task};
 use crate::embedding::Embedder;
 use crate::event::{Event, Observer};
@@ -16,7 +16,7 @@ use crate::infer::predict;
 use crate::model::{Model, Param};
 use crate::nn::HiddenProjection;
 use crate::optim::Optimizer;
-use crate::report::{write_csv, MetricRow};
+use crate::report::{write_metrics, MetricRow};
 use crate::retrieval::{distinct_texts, gather, language_sets, ParallelSet};
 use crate::sampler::LangStat;
 use crate::stage::Stage;
@@ -166,6 +166,7 @@ impl Monitor<'_> {
             agreement: None,
             kl: None,
             gate: None,
+            values: Default::default(),
         };
         let mut rows: Vec<MetricRow> = self
             .dev_retrieval
@@ -185,6 +186,30 @@ impl Monitor<'_> {
     }
 }
 
+/// Puts what the losses report into an evaluation's rows: `lang_of[k]` is the language of
+/// row `k`; the last row is `macro`, which gets the term values and the mean of each named
+/// value over the languages averaged there.
+fn attach_loss_values(rows: &mut [MetricRow], lang_of: &[usize], in_macro: &[bool], report: &LossReport) {
+    let Some((macro_row, rows)) = rows.split_last_mut() else { return };
+    for (name, v) in &report.per_language {
+        let mut sum = (0.0, 0);
+        for (r, &l) in rows.iter_mut().zip(lang_of) {
+            if let Some(&x) = v.get(l) {
+                r.values.insert(name.clone(), x as f64);
+                if in_macro.get(l) == Some(&true) {
+                    sum = (sum.0 + x as f64, sum.1 + 1);
+                }
+            }
+        }
+        if sum.1 > 0 {
+            macro_row.values.insert(name.clone(), sum.0 / sum.1 as f64);
+        }
+    }
+    for (name, v) in &report.terms {
+        macro_row.values.insert(name.clone(), *v);
+    }
+}
+
 impl StageHooks for Monitor<'_> {
     fn evaluate(
         &mut self,
@@ -193,15 +218,24 @@ impl StageHooks for Monitor<'_> {
         model: &dyn Model,
         projection: Option<&HiddenProjection>,
         stats: &mut [LangStat],
-        gates: Option<Vec<f32>>,
+        report: LossReport,
     ) -> Result<()> {
         if let (false, Some(p), true) = (self.dev_retrieval.is_empty(), projection, stage != Stage::Teacher) {
-            let rows = self.dev_retrieval_rows(stage, step, model, p)?;
+            let mut rows = self.dev_retrieval_rows(stage, step, model, p)?;
             for (r, &(l, _)) in rows.iter().zip(&self.dev_retrieval) {
                 stats[l].dev_acc = r.acc;
             }
+            let lang_of: Vec<usize> = self.dev_retrieval.iter().map(|&(l, _)| l).collect();
+            attach_loss_values(&mut rows, &lang_of, &self.in_macro, &report);
             if let Some(m) = rows.last() {
-                self.emit(Event::Evaluated { stage, step, macro_acc: m.acc, measure: Measure::Retrieval });
+                let values = m.values.clone();
+                self.emit(Event::Evaluated {
+                    stage,
+                    step,
+                    macro_acc: m.acc,
+                    measure: Measure::Retrieval,
+                    values,
+                });
             }
             self.metrics.extend(rows);
             return Ok(());
@@ -233,11 +267,13 @@ impl StageHooks for Monitor<'_> {
             &self.langs,
             &self.in_macro,
         );
-        if let Some(g) = gates {
-            for (r, g) in rows.iter_mut().zip(g) {
+        if let Some(g) = &report.gates {
+            for (r, &g) in rows.iter_mut().zip(g) {
                 r.gate = Some(g as f64);
             }
         }
+        let lang_of: Vec<usize> = (0..rows.len().saturating_sub(1)).collect();
+        attach_loss_values(&mut rows, &lang_of, &self.in_macro, &report);
         for (s, r) in stats.iter_mut().zip(&rows) {
             if r.examples > 0 {
                 s.dev_acc = r.acc;
@@ -245,8 +281,8 @@ impl StageHooks for Monitor<'_> {
             }
         }
         if let Some(m) = rows.last() {
-            let macro_acc = m.acc;
-            self.emit(Event::Evaluated { stage, step, macro_acc, measure: Measure::Classification });
+            let (macro_acc, values) = (m.acc, m.values.clone());
+            self.emit(Event::Evaluated { stage, step, macro_acc, measure: Measure::Classification, values });
         }
         self.metrics.extend(rows);
         Ok(())
@@ -281,7 +317,7 @@ impl StageHooks for Monitor<'_> {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         write_sealed(&self.checkpoint_path(stage), &map, metadata)?;
-        write_csv(&self.dir.join("metrics.csv"), &self.metrics)?;
+        write_metrics(&self.dir.join("metrics.csv"), &self.metrics)?;
         self.emit(Event::Checkpointed { stage, step: state.step });
         if let Some(limit) = self.interrupt_after {
             if self.steps_run >= limit {

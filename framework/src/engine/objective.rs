@@ -10,6 +10,8 @@ use crate::model::{Grad, LayerStates, OutputGrads};
 /// One term of a step's objective.
 #[derive(Clone, Copy, Debug)]
 pub struct Term<'a> {
+    /// The loss's position in the stage.
+    pub index: usize,
     /// The loss's name.
     pub name: &'a str,
     /// Its weight at this step.
@@ -32,7 +34,7 @@ pub fn combine_losses<'a>(
     let mut g = OutputGrads { logits: vec![0.0; input.student_logits.len()], hidden: None, layers: None };
     let mut total = 0f32;
     let mut terms = Vec::new();
-    for l in losses.iter_mut() {
+    for (index, l) in losses.iter_mut().enumerate() {
         let w = l.weight.at(step, total_steps);
         if w == 0.0 {
             // Switched off at this step: not computed at all, so the loss's own state (a
@@ -81,7 +83,7 @@ pub fn combine_losses<'a>(
                 r.value
             );
         }
-        terms.push(Term { name: l.name, weight: w, value: r.value });
+        terms.push(Term { index, name: l.name, weight: w, value: r.value });
         // The loss's own parameters (a projection) are part of the weighted objective too.
         for p in l.loss.params_mut() {
             if let Grad::Dense(g) = &mut p.grad {

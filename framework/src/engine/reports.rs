@@ -14,7 +14,7 @@ use crate::embedding::Embedder;
 use crate::infer::predict;
 use crate::model::Model;
 use crate::plan::{EvalSet, Plan, TEST_SET};
-use crate::report::{write_csv, LanguageRow, MetricRow, RunRow};
+use crate::report::{write_csv, write_metrics, LanguageRow, MetricRow, RunRow};
 use crate::retrieval::{
     distinct_texts, gather, language_sets, macro_row, mean_cosine, ParallelSet, RetrievalRow,
 };
@@ -115,7 +115,7 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
     if let Some(r) = &baseline_rows {
         monitor.metrics.extend(r.iter().cloned());
     }
-    write_csv(&dir.join("metrics.csv"), &monitor.metrics)?;
+    write_metrics(&dir.join("metrics.csv"), &monitor.metrics)?;
     let mut sampling = distilled.sampling.clone();
     sampling.extend(finetuned.sampling);
     write_csv(&dir.join("sampling.csv"), &sampling)?;

@@ -6,6 +6,8 @@ use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::loss_report::{add_terms, loss_report};
+pub use super::loss_report::{term_labels, LossReport};
 pub use super::objective::{combine_losses, Term};
 use super::queues::Queues;
 pub use super::rows::{argmax_rows, row_ce};
@@ -55,6 +57,14 @@ pub struct LoopState {
     pub train_seconds: f64,
     /// The sampler's own state ([`Sampler::state`]).
     pub sampler_state: Vec<f64>,
+    /// Each loss's own state ([`crate::loss::Loss::save_state`]), by position; empty for
+    /// checkpoints written before losses had one.
+    #[serde(default)]
+    pub loss_states: Vec<Vec<u8>>,
+    /// Per loss: the sum of its values and the number of steps it was computed in since
+    /// the previous evaluation (the `loss.<term>` columns of `metrics.csv`).
+    #[serde(default)]
+    pub term_sums: Vec<(f64, u64)>,
 }
 
 /// What the stage loop calls out to: evaluation, checkpoints, progress. The engine's
@@ -63,7 +73,7 @@ pub struct LoopState {
 pub trait StageHooks {
     /// Called after step `step` (1-based count of steps done) when an evaluation is due;
     /// fills per-language dev accuracies (student, teacher) into the statistics.
-    /// `gates` is the per-language state a loss reports (e.g. the selective gate).
+    /// `report` is what the losses report (their gate, named values, term values).
     /// `projection` is the embedding loss's map into the teacher's space, if any: a
     /// parallel-data run scores translation retrieval through it.
     fn evaluate(
@@ -73,7 +83,7 @@ pub trait StageHooks {
         model: &dyn Model,
         projection: Option<&crate::nn::HiddenProjection>,
         stats: &mut [LangStat],
-        gates: Option<Vec<f32>>,
+        report: LossReport,
     ) -> Result<()>;
     /// Persists a checkpoint of the stage: every trained parameter (model and losses) by
     /// name, the optimizer and the loop state.
@@ -129,15 +139,22 @@ pub fn run_stage(
         sampling: Vec::new(),
         train_seconds: 0.0,
         sampler_state: Vec::new(),
+        loss_states: Vec::new(),
+        term_sums: vec![(0.0, 0); losses.len()],
     };
     // A transformer teacher's width is its layers' width too (layer-wise projections).
     let teacher_hidden_dim =
         stage.teacher.map_or(0, |t| t.hidden_dim).max(stage.teacher_net.map_or(0, |(m, _)| m.hidden_dim()));
     let layered = losses.iter().any(|l| l.loss.needs_layers());
+    let shapes = crate::loss::Shapes {
+        classes: model.classes(),
+        student_hidden_dim: Some(model.hidden_dim()).filter(|&h| h > 0),
+        teacher_hidden_dim: Some(teacher_hidden_dim).filter(|&h| h > 0),
+        student_layers: None,
+        teacher_layers: None,
+    };
     for l in losses.iter_mut() {
-        l.loss
-            .prepare(model.hidden_dim(), teacher_hidden_dim)
-            .with_context(|| format!("preparing loss `{}`", l.name))?;
+        l.loss.prepare(&shapes).with_context(|| format!("preparing loss `{}`", l.name))?;
     }
     let restored = hooks.load_checkpoint(stage.stage)?;
     if restored.is_none() {
@@ -176,7 +193,13 @@ pub fn run_stage(
         sampler.restore(&s.sampler_state).context("restoring the sampler from the checkpoint")?;
         opt.t = s.opt_t;
         opt.state = moments;
+        for (l, bytes) in losses.iter_mut().zip(&s.loss_states) {
+            l.loss.load_state(bytes).with_context(|| {
+                format!("restoring loss `{}` from the checkpoint of stage `{}`", l.name, stage.stage)
+            })?;
+        }
         state = s;
+        state.term_sums.resize(losses.len(), (0.0, 0));
     }
     hooks.started(stage.stage, state.step, cfg.steps);
     let classes = model.classes();
@@ -256,6 +279,7 @@ pub fn run_stage(
         let weights = vec![1f32; idx.len()];
         let ctx = StepCtx { layers: layered, ..StepCtx::new(step, mix(&[stage.seed, stage_id, step, 2])) };
         let mut total_loss = 0f32;
+        let mut step_terms: Vec<(usize, f32)> = Vec::new();
         let stats_snapshot = state.stats.clone();
         let outputs = model.forward_backward(&bags, ctx, &mut |out| {
             let input = LossInput {
@@ -277,6 +301,7 @@ pub fn run_stage(
             let (g, total, terms) =
                 combine_losses(losses, &input, out.hidden.len(), out.layers.as_ref(), t_layers.as_ref())?;
             total_loss = total;
+            step_terms = terms.iter().map(|t| (t.index, t.value)).collect();
             if !total_loss.is_finite() || terms.iter().any(|t| !t.value.is_finite()) {
                 let mut counts = std::collections::BTreeMap::<&str, usize>::new();
                 for &l in &blangs {
@@ -308,6 +333,7 @@ pub fn run_stage(
             &blangs,
             stage.labels_visible,
         );
+        add_terms(&mut state.term_sums, &step_terms);
         state.step += 1;
         state.opt_t = opt.t;
         hooks.progress(stage.stage, state.step, cfg.steps, total_loss);
@@ -319,13 +345,19 @@ pub fn run_stage(
         if due || stop {
             state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
             if due {
-                let gates = losses.iter().find_map(|l| l.loss.language_state());
+                let report = loss_report(losses, &mut state.term_sums);
                 let projection = losses.iter().find_map(|l| l.loss.projection());
-                hooks.evaluate(stage.stage, state.step, &*model, projection, &mut state.stats, gates)?;
+                hooks.evaluate(stage.stage, state.step, &*model, projection, &mut state.stats, report)?;
             }
             state.cursor = queues.cursor.clone();
             state.pass = queues.pass.clone();
             state.sampler_state = sampler.state();
+            state.loss_states = losses
+                .iter()
+                .map(|l| {
+                    l.loss.save_state().with_context(|| format!("saving the state of loss `{}`", l.name))
+                })
+                .collect::<Result<_>>()?;
             let named: Vec<(String, &Param)> = named_params(&*model, losses);
             hooks.checkpoint(stage.stage, &named, &opt, &state)?;
         }
@@ -463,7 +495,7 @@ mod tests {
             _: &dyn Model,
             _: Option<&crate::nn::HiddenProjection>,
             _: &mut [LangStat],
-            _: Option<Vec<f32>>,
+            _: LossReport,
         ) -> Result<()> {
             self.calls.push(format!("evaluate {stage} {step}"));
             Ok(())

@@ -252,6 +252,7 @@ impl Plan {
                         None => Some(Schedule::Constant(1.0)),
                     };
                     let Some((name, params)) = split_plugin(&doc, &key, t, &mut diags) else { continue };
+                    let table = params.clone();
                     let built = match plugins.loss(&name) {
                         Some(lib)
                             if !lib.params_schema().is_none_or(|s| {
@@ -273,7 +274,7 @@ impl Plan {
                     };
                     if let (Some(Built::Loss(l)), Some(weight)) = (built, weight) {
                         losses.push(LossPlan { plugin: name, weight, loss: l });
-                        loss_keys.push(key);
+                        loss_keys.push((key, table));
                     }
                 }
             }
@@ -348,11 +349,21 @@ impl Plan {
         };
 
         if let (Some((t, _)), Some((s, _))) = (&teacher, &student) {
-            for (l, key) in losses.iter().zip(&loss_keys) {
+            let shapes = crate::loss::Shapes {
+                classes: 0,
+                student_hidden_dim: s.builder.hidden_width(),
+                teacher_hidden_dim: t.builder.hidden_width(),
+                student_layers: s.builder.layer_shape().as_ref().map(crate::dylib::sdk_layer_shape),
+                teacher_layers: t.builder.layer_shape().as_ref().map(crate::dylib::sdk_layer_shape),
+            };
+            for (l, (key, table)) in losses.iter().zip(&loss_keys) {
                 if let Err(e) =
                     check_layers(l, &s.plugin, s.builder.layer_shape(), &t.plugin, t.builder.layer_shape())
                 {
                     diags.push(doc.diag(&key.key("plugin"), e, None));
+                } else if let Err(e) = l.loss.check_shapes(&shapes) {
+                    let prefix = format!("loss `{}` does not fit the models: ", l.plugin);
+                    diags.push(crate::dylib::parameter_error(&doc, key, table, &format!("{e:#}"), &prefix));
                 }
             }
         }

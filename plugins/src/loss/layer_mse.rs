@@ -1,7 +1,7 @@
 //! `layer-mse`: TinyBERT's hidden-state loss between mapped transformer layers.
 
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, LossInput, LossOutput};
+use kdx_framework::loss::{Loss, LossInput, LossOutput, Shapes};
 use kdx_framework::model::{LayerGrads, LayerShape, LayerStates, Param};
 use kdx_framework::nn::kernels::{matmul, Mat};
 
@@ -53,6 +53,18 @@ fn build(p: LayerMseParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic>
 kdx_framework::register_loss!("layer-mse", "TinyBERT hidden-state MSE between mapped transformer layers (learned projection)", LayerMseParams, build);
 
 impl LayerMse {
+    /// Creates the projection `hs → ht` on first need, from the loss's seed.
+    fn ensure_projection(&mut self, hs: usize, ht: usize) {
+        let project = match self.mode {
+            ProjectionMode::Auto => hs != ht,
+            ProjectionMode::Always => true,
+            ProjectionMode::Never => false,
+        };
+        if project && hs > 0 && ht > 0 && self.proj.is_none() {
+            self.proj = Some(Linear::new("proj", hs, ht, &mut rand::rngs::StdRng::seed_from_u64(self.seed)));
+        }
+    }
+
     fn pairs(&self, student_layers: usize, teacher_layers: usize) -> Vec<[usize; 2]> {
         self.map.clone().unwrap_or_else(|| (0..=student_layers).map(|k| [k, k * teacher_layers / student_layers.max(1)]).collect())
     }
@@ -80,15 +92,9 @@ impl Loss for LayerMse {
         }
         Ok(())
     }
-    fn prepare(&mut self, hs: usize, ht: usize) -> anyhow::Result<()> {
-        let project = match self.mode {
-            ProjectionMode::Auto => hs != ht,
-            ProjectionMode::Always => true,
-            ProjectionMode::Never => false,
-        };
-        if project && hs > 0 && ht > 0 && self.proj.is_none() {
-            self.proj = Some(Linear::new("proj", hs, ht, &mut rand::rngs::StdRng::seed_from_u64(self.seed)));
-        }
+    fn prepare(&mut self, shapes: &Shapes) -> anyhow::Result<()> {
+        let (hs, ht) = (shapes.student_hidden_dim.unwrap_or(0), shapes.teacher_hidden_dim.unwrap_or(0));
+        self.ensure_projection(hs, ht);
         Ok(())
     }
     fn compute(&mut self, _: &LossInput) -> anyhow::Result<LossOutput> {
@@ -98,7 +104,7 @@ impl Loss for LayerMse {
         let t = t.ok_or_else(|| anyhow::anyhow!("layer-mse needs the teacher's layer states"))?;
         anyhow::ensure!(s.lens == t.lens, "student and teacher token counts differ ({:?} vs {:?}): they must tokenise alike", s.lens, t.lens);
         let (hs, ht) = (s.width, t.width);
-        self.prepare(hs, ht)?;
+        self.ensure_projection(hs, ht);
         if let Some(p) = &mut self.proj {
             anyhow::ensure!(p.w.shape == [hs, ht], "the projection is {:?}, the widths are {hs} → {ht}", p.w.shape);
             p.w.grad_buffer().fill(0.0);

@@ -91,6 +91,10 @@ const MIN_CLASSES: u128 = 2;
 kdx_framework::register_model!("ngram-mlp", "hashed character n-grams → embedding bag → MLP (fastText/CLD3-like)", NgramMlpParams, build);
 
 impl ModelBuilder for NgramMlpParams {
+    fn hidden_width(&self) -> Option<usize> {
+        // As `Mlp::hidden_dim`: the last hidden layer's width, or the bag's without one.
+        Some(self.hidden.last().copied().unwrap_or(self.dim))
+    }
     fn example_bytes(&self) -> Option<(&'static str, u128)> {
         // f32s one example holds in a step: the bag mean and its gradient; per hidden unit
         // the pre-activation, the activation and its gradient (a norm's output and a
