@@ -89,7 +89,8 @@ pub trait Loss: Send {
     }
     /// Trainable parameters the loss owns (e.g. a projection from student to teacher
     /// width). `compute` leaves their gradients in [`Param::grad`]; they train with the
-    /// student, are checkpointed with it and count in its size.
+    /// student and are checkpointed with it; `run.csv`'s `student_params` counts the model
+    /// alone (the classifier a deployment runs), and the exported model carries a projection.
     fn params(&self) -> Vec<&Param> {
         Vec::new()
     }

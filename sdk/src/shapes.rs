@@ -21,7 +21,7 @@ pub struct LayerShape {
 /// Both models' shapes. `None` where a model has no such shape, or the stage no teacher.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Shapes {
-    /// Number of classes.
+    /// Number of classes; 0 in [`crate::Loss::check`] (the plan does not read the data).
     pub classes: usize,
     /// The student's hidden width, when known.
     pub student_hidden_dim: Option<usize>,
@@ -36,7 +36,8 @@ pub struct Shapes {
 /// A trainable parameter a loss declares ([`crate::Loss::parameters`]). kdx owns it from
 /// then on: it passes its current values to every call ([`crate::Extra::params`]), trains it
 /// with the student's optimizer from the gradient the loss returns, saves it in checkpoints
-/// (`loss<i>.NAME`) and counts it in the student's size.
+/// (`loss<i>.NAME`); the exported model carries the one named as [`crate::Loss::projection`].
+/// (`run.csv`'s `student_params` counts the student's own parameters, not these.)
 #[derive(Clone, Debug, PartialEq)]
 pub enum ParamDecl {
     /// A linear map `input → output`, initialised by kdx from `seed` exactly as its built-in
