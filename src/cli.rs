@@ -32,39 +32,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a recipe (every run of its [sweep]) and write reports.
-    Run {
-        /// The recipe file.
-        recipe: PathBuf,
-        /// Results root.
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-        /// Continue an interrupted run from its last checkpoint.
-        #[arg(long)]
-        resume: bool,
-        /// No progress output.
-        #[arg(long, short)]
-        quiet: bool,
-        /// Worker threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Stop after this many training steps, at the next checkpoint (for testing --resume).
-        #[arg(long, hide = true)]
-        interrupt_after: Option<u64>,
-        /// Kill this process with SIGKILL right after this many training steps, wherever that
-        /// falls (for testing that --resume survives a crash).
-        #[arg(long, hide = true)]
-        kill_after_steps: Option<u64>,
-        /// Run only this member of the sweep (`run` for a recipe without one); `kdx batch` uses it.
-        #[arg(long, hide = true)]
-        only: Option<String>,
-        /// Load a loss-plugin dynamic library (besides the recipe's `[plugins] libraries`); repeatable.
-        #[arg(long = "plugin", value_name = "PATH")]
-        plugins: Vec<PathBuf>,
-        /// Also write the run's events to stdout in this format (`jsonl`: one JSON object
-        /// per line; see docs/events.md). The human log stays on stderr.
-        #[arg(long, value_name = "FORMAT")]
-        events: Option<EventsFormat>,
-    },
+    Run(RunArgs),
     /// Create a plugin crate that builds and loads as it is: `kdx new loss NAME`.
     New {
         #[command(subcommand)]
@@ -255,92 +223,166 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn dispatch(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
-        Command::Run {
-            recipe,
-            results,
-            resume,
-            quiet,
-            threads,
-            interrupt_after,
-            kill_after_steps,
-            only,
-            plugins,
-            events,
-        } => {
-            if let Some(n) = threads {
-                let n = capped_threads(n)?;
-                rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
-            }
-            let plans = match &only {
-                Some(name) => vec![crate::batch::load_run(&recipe, name, &plugins)?],
-                None => load_plans_with_libraries(&recipe, &plugins)?,
-            };
-            // A `kdx batch` child inherits its run's lock from the batch (see `batch::spawn`).
-            let inherited = match (&only, plans.first()) {
-                (Some(_), Some(plan)) => crate::batch::inherited_run_lock(&engine::run_dir(plan, &results)),
-                _ => None,
-            };
-            catch_stop_signals();
-            let opts = RunOptions {
-                results,
-                resume,
-                interrupt_after,
-                lock_held: inherited.is_some(),
-                stop: Some(&STOP),
-            };
-            let mut failed = 0;
-            let n = plans.len();
-            let mut console: Box<dyn Observer> =
-                if quiet { Box::new(Silent) } else { Box::new(Console::new()) };
-            if let Some(n) = kill_after_steps {
-                console = Box::new(crate::console::KillAfter::new(n, console));
-            }
-            let mut jsonl = events.map(|EventsFormat::Jsonl| JsonLines::new(std::io::stdout()));
-            for mut plan in plans {
-                if STOP.load(Ordering::SeqCst) {
-                    break; // the runs of a sweep not yet started stay as they are
-                }
-                if n > 1 && !quiet {
-                    eprintln!("kdx: run {}", plan.run_name);
-                }
-                let result = match &mut jsonl {
-                    Some(j) => engine::run(&mut plan, &opts, &mut Both(&mut *console, j)),
-                    None => engine::run(&mut plan, &opts, &mut *console),
-                };
-                // The plot is presentation: drawn here from the CSVs the engine wrote.
-                let dir = engine::run_dir(&plan, &opts.results);
-                if result.is_ok() {
-                    if let Err(e) = crate::plot::write_run_plot(&dir) {
-                        eprintln!("kdx: warning: run.svg not written: {e:#}");
-                    }
-                }
-                match result {
-                    // With --events the result line would break the JSON lines: it is an event there.
-                    Ok(_) if jsonl.is_some() => {}
-                    Ok(row) => println!(
-                        "{}/{}: teacher {:.4}  student {:.4}  baseline {}  ({}) in {:.1}s",
-                        row.experiment,
-                        row.run,
-                        row.teacher_macro_acc,
-                        row.student_macro_acc,
-                        row.baseline_macro_acc.map_or("-".into(), |b| format!("{b:.4}")),
-                        row.sizes(),
-                        row.wall_s
-                    ),
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("error: {}/{}: {e:#}", plan.experiment.name, plan.run_name);
-                    }
-                }
-            }
-            match STOP_SIGNAL.load(Ordering::SeqCst) {
-                // As a shell reports a process its signal ended: 130 for SIGINT, 143 for SIGTERM.
-                0 => Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
-                sig => Ok(ExitCode::from((128 + sig) as u8)),
+/// `kdx run`: every run of the recipe (one per sweep point, or the one `--only` names), in
+/// this process, one after another; a stop signal ends it at the next checkpoint.
+fn run_recipes(a: RunArgs) -> Result<ExitCode> {
+    if let Some(n) = a.threads {
+        let n = capped_threads(n)?;
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+    }
+    let plans = match &a.only {
+        Some(name) => vec![crate::batch::load_run(&a.recipe, name, &a.plugins)?],
+        None => load_plans_with_libraries(&a.recipe, &a.plugins)?,
+    };
+    // A `kdx batch` child inherits its run's lock from the batch (see `batch::spawn`).
+    let inherited = match (&a.only, plans.first()) {
+        (Some(_), Some(plan)) => crate::batch::inherited_run_lock(&engine::run_dir(plan, &a.results)),
+        _ => None,
+    };
+    catch_stop_signals();
+    let opts = RunOptions {
+        results: a.results,
+        resume: a.resume,
+        interrupt_after: a.interrupt_after,
+        lock_held: inherited.is_some(),
+        stop: Some(&STOP),
+    };
+    let mut console: Box<dyn Observer> = if a.quiet { Box::new(Silent) } else { Box::new(Console::new()) };
+    if let Some(n) = a.kill_after_steps {
+        console = Box::new(crate::console::KillAfter::new(n, console));
+    }
+    let mut jsonl = a.events.map(|EventsFormat::Jsonl| JsonLines::new(std::io::stdout()));
+    let (n, mut failed) = (plans.len(), 0);
+    for mut plan in plans {
+        if STOP.load(Ordering::SeqCst) {
+            break; // the runs of a sweep not yet started stay as they are
+        }
+        if n > 1 && !a.quiet {
+            eprintln!("kdx: run {}", plan.run_name);
+        }
+        let result = match &mut jsonl {
+            Some(j) => engine::run(&mut plan, &opts, &mut Both(&mut *console, j)),
+            None => engine::run(&mut plan, &opts, &mut *console),
+        };
+        match result {
+            Ok(row) => finished(&row, &engine::run_dir(&plan, &opts.results), jsonl.is_some()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}/{}: {e:#}", plan.experiment.name, plan.run_name);
             }
         }
+    }
+    match STOP_SIGNAL.load(Ordering::SeqCst) {
+        // As a shell reports a process its signal ended: 130 for SIGINT, 143 for SIGTERM.
+        0 => Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+        sig => Ok(ExitCode::from((128 + sig) as u8)),
+    }
+}
+
+/// After a run that ended well: its plot (presentation, drawn here from the CSVs the engine
+/// wrote) and its result line — unless events go to stdout, where the line would break the
+/// JSON lines (it is an event there).
+fn finished(row: &kdx_framework::report::RunRow, dir: &Path, events_on_stdout: bool) {
+    if let Err(e) = crate::plot::write_run_plot(dir) {
+        eprintln!("kdx: warning: run.svg not written: {e:#}");
+    }
+    if !events_on_stdout {
+        println!(
+            "{}/{}: teacher {:.4}  student {:.4}  baseline {}  ({}) in {:.1}s",
+            row.experiment,
+            row.run,
+            row.teacher_macro_acc,
+            row.student_macro_acc,
+            row.baseline_macro_acc.map_or("-".into(), |b| format!("{b:.4}")),
+            row.sizes(),
+            row.wall_s
+        );
+    }
+}
+
+/// `kdx sample`: what each run's sampler will do on its data.
+fn sample(recipe: &Path) -> Result<()> {
+    for mut plan in load_plans(recipe)? {
+        let rows = engine::preview::sampling_preview(&mut plan)?;
+        println!(
+            "{} / {} — sampler `{}`, {} steps × {} examples",
+            plan.experiment.name, plan.run_name, plan.sampler_plugin, plan.train.steps, plan.train.batch
+        );
+        println!(
+            "{:<14} {:>8} {:>11} {:>14} {:>9}",
+            "lang", "train", "probability", "expected draws", "passes"
+        );
+        for r in rows {
+            println!(
+                "{:<14} {:>8} {:>11.4} {:>14.0} {:>9.2}",
+                r.lang, r.train_size, r.probability, r.expected_draws, r.expected_passes
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `kdx export --hf`: a run's transformer student as a Hugging Face directory.
+fn export_hf(run_dir: &Path, model: &str, hf: &Path) -> Result<()> {
+    let (m, projection) = kdx_framework::export::load_embedder(&run_dir.join(model))?;
+    let any: &dyn std::any::Any = &*m;
+    let t = any.downcast_ref::<kdx_framework::nn::TransformerModel>().with_context(|| {
+        format!(
+            "the {model} of {} is {}: only transformer models export to the Hugging Face format",
+            run_dir.display(),
+            m.describe()
+        )
+    })?;
+    kdx_plugins::model::hf_export::write(t, projection.as_ref(), hf)?;
+    eprintln!(
+        "kdx: wrote {} ({}); load it with SentenceTransformer({:?})",
+        hf.display(),
+        m.describe(),
+        hf.display().to_string()
+    );
+    Ok(())
+}
+
+/// Arguments of `kdx run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The recipe file.
+    pub recipe: PathBuf,
+    /// Results root.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// Continue an interrupted run from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Stop after this many training steps, at the next checkpoint (for testing --resume).
+    #[arg(long, hide = true)]
+    pub interrupt_after: Option<u64>,
+    /// Kill this process with SIGKILL right after this many training steps, wherever that
+    /// falls (for testing that --resume survives a crash).
+    #[arg(long, hide = true)]
+    pub kill_after_steps: Option<u64>,
+    /// Run only this member of the sweep (`run` for a recipe without one); `kdx batch` uses it.
+    #[arg(long, hide = true)]
+    pub only: Option<String>,
+    /// Load a loss-plugin dynamic library (besides the recipe's `[plugins] libraries`); repeatable.
+    #[arg(long = "plugin", value_name = "PATH")]
+    pub plugins: Vec<PathBuf>,
+    /// Also write the run's events to stdout in this format (`jsonl`: one JSON object
+    /// per line; see docs/events.md). The human log stays on stderr.
+    #[arg(long, value_name = "FORMAT")]
+    pub events: Option<EventsFormat>,
+}
+
+/// Runs the command: one arm per subcommand, each a call.
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run_recipes(args),
         Command::Validate { paths, plugins } => validate(&paths, &plugins),
         Command::Examples { recipe, out } => {
             examples(&recipe, out.as_deref())?;
@@ -349,27 +391,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Batch(args) => crate::batch::run(&args),
         Command::Report(args) => crate::compare::run(&args),
         Command::Sample { recipe } => {
-            for mut plan in load_plans(&recipe)? {
-                let rows = engine::preview::sampling_preview(&mut plan)?;
-                println!(
-                    "{} / {} — sampler `{}`, {} steps × {} examples",
-                    plan.experiment.name,
-                    plan.run_name,
-                    plan.sampler_plugin,
-                    plan.train.steps,
-                    plan.train.batch
-                );
-                println!(
-                    "{:<14} {:>8} {:>11} {:>14} {:>9}",
-                    "lang", "train", "probability", "expected draws", "passes"
-                );
-                for r in rows {
-                    println!(
-                        "{:<14} {:>8} {:>11.4} {:>14.0} {:>9.2}",
-                        r.lang, r.train_size, r.probability, r.expected_draws, r.expected_passes
-                    );
-                }
-            }
+            sample(&recipe)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins { kind, name, plugins } => {
@@ -416,22 +438,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { run_dir, model, hf } => {
-            let (m, projection) = kdx_framework::export::load_embedder(&run_dir.join(&model))?;
-            let any: &dyn std::any::Any = &*m;
-            let t = any.downcast_ref::<kdx_framework::nn::TransformerModel>().with_context(|| {
-                format!(
-                    "the {model} of {} is {}: only transformer models export to the Hugging Face format",
-                    run_dir.display(),
-                    m.describe()
-                )
-            })?;
-            kdx_plugins::model::hf_export::write(t, projection.as_ref(), &hf)?;
-            eprintln!(
-                "kdx: wrote {} ({}); load it with SentenceTransformer({:?})",
-                hf.display(),
-                m.describe(),
-                hf.display().to_string()
-            );
+            export_hf(&run_dir, &model, &hf)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { run_dir, data, parallel, split, model, csv } => {
