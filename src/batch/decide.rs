@@ -9,8 +9,8 @@ use fs2::FileExt;
 use kdx_framework::event::RunStatus;
 use kdx_framework::report::{read_csv, RunRow};
 
+use super::args::BatchArgs;
 use super::discover::BatchRun;
-use super::BatchArgs;
 
 /// What a batch does with a run.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,12 +17,12 @@
 //! process and its events), `summary` (`summary.csv`, a run's outcome), `console`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
 
+mod args;
 mod child;
 mod console;
 mod decide;
@@ -34,35 +34,12 @@ mod summary;
 use self::decide::print_plan;
 use self::schedule::{record_known, Scheduler};
 
+pub use self::args::BatchArgs;
 pub use self::child::inherited_run_lock;
 pub use self::decide::{decide, Action};
 pub use self::discover::{discover, find_recipes, load_run, BatchRun};
 pub use self::shard::{hash_mod, Shard};
 pub use self::summary::{read_summary, summary_path, update_summary, Outcome, SummaryRow};
-
-/// Arguments of `kdx batch`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct BatchArgs {
-    /// Recipe files or directories (searched recursively for `*.toml`).
-    #[arg(required = true)]
-    pub paths: Vec<PathBuf>,
-    /// Runs at a time; each gets (cores / jobs) worker threads.
-    #[arg(long, short, default_value_t = 1)]
-    pub jobs: usize,
-    /// Run only this share of the batch: `K/N` keeps the runs whose recipe hash is K modulo N
-    /// (e.g. `--shard $SLURM_ARRAY_TASK_ID/4`).
-    #[arg(long, value_parser = Shard::parse)]
-    pub shard: Option<Shard>,
-    /// Run again runs whose results are already there.
-    #[arg(long)]
-    pub force: bool,
-    /// List what would run (and why the others would not); run nothing, write nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Results root.
-    #[arg(long, default_value = "results")]
-    pub results: PathBuf,
-}
 
 /// `kdx batch`.
 pub fn run(args: &BatchArgs) -> Result<ExitCode> {

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use kdx_framework::engine::lock_run;
 
+use super::args::BatchArgs;
 use super::child::{observe, spawn, stop_child, Job, Said, STOP};
 use super::console::{finish_steps, first_line, Console};
 use super::decide::{decide, run_report, Action};
 use super::discover::BatchRun;
 use super::summary::{outcome, result_line, summary_path, update_summary, Outcome, SummaryRow};
-use super::BatchArgs;
 
 /// Records the rows known without running anything (invalid recipes, runs to skip) and
 /// returns the runs left to start, by index.

@@ -5,6 +5,7 @@
 //! [`Event`]s to an [`Observer`] and never prints: presentation belongs to the application.
 
 mod fit;
+pub mod hooks;
 pub mod inputs;
 pub mod loss_report;
 pub mod metrics;
@@ -15,6 +16,7 @@ pub mod preview;
 pub mod queues;
 mod reports;
 pub mod rows;
+mod stage_loop;
 pub mod stage_run;
 pub mod teacher;
 pub mod train;
@@ -278,7 +280,82 @@ fn run_stages(
     row: &mut RunRow,
     observer: &mut dyn Observer,
 ) -> Result<()> {
+    let task = load_task(plan, observer)?;
+    let mut monitor = Monitor::new(opts, dir, &task, plan.train.eval_fraction, &row.hash, observer);
+    if task.measure == crate::dataset::Measure::Retrieval {
+        monitor.retrieval_on_dev(&task);
+    }
+    let fcache = FeatureCache {
+        dir: Some(opts.results.join(".cache").join("features")),
+        data_key: plan.dataset.fingerprint()?,
+    };
+    let labels_visible = !task.teacher_reads_source;
+    let vocab_cache = opts.results.join(".cache").join("vocabularies");
     let seed = plan.experiment.seed;
+    let mut shared =
+        Shared { task, fcache, labels_visible, t_out: None, s_train: Inputs::default(), seed, vocab_cache };
+
+    let teacher = teacher_side(plan, &mut shared, &mut monitor, row)?;
+    let ready = &teacher.ready;
+
+    // ---- Student: distil, then optionally fine-tune. ----
+    let mut student = new_student(plan, &shared)?;
+    if plan.init == Init::FromTeacher {
+        monitor.note(format!(
+            "student: initialised from the teacher ({})",
+            teacher.copied_into_student(&mut *student)?
+        ));
+    }
+    row.student_params = student.num_params();
+    row.compression = row.teacher_params as f64 / row.student_params.max(1) as f64;
+    shared.s_train = Inputs::new(&*student, &shared.task.train, false, &shared.fcache, "train")?;
+    monitor.student_dev = Inputs::new(&*student, &shared.task.dev, false, &shared.fcache, "dev")?;
+    let s_test = Inputs::new(&*student, &shared.task.test, false, &shared.fcache, "test")?;
+    let teacher_net = teacher.network_for_layers(plan)?;
+    let distilled = distill(plan, &shared, &mut *student, teacher_net, &mut monitor)?;
+    row.train_examples_per_s =
+        (plan.train.steps as f64 * plan.train.batch as f64) / distilled.train_seconds.max(1e-9);
+    let finetuned =
+        finetune(plan, &shared, &mut *student, teacher_net, &s_test, &teacher.test_logits, &mut monitor)?;
+
+    // ---- Baseline: the same student, hard labels, no teacher. ----
+    let baseline = baseline(plan, &shared, &mut monitor)?;
+    // Parallel data has no labels to train a baseline on; the student as built (the same
+    // seed gives the same initial weights) is retrieval's reference instead.
+    let untrained = match shared.task.is_parallel() {
+        true => {
+            let mut u = new_student(plan, &shared)?;
+            if plan.init == Init::FromTeacher {
+                teacher.copied_into_student(&mut *u)?;
+            }
+            Some(u)
+        }
+        false => None,
+    };
+
+    reports::finish(
+        reports::Finished {
+            plan,
+            task: &shared.task,
+            dir,
+            teacher: &ready.teacher,
+            teacher_cache: &ready.cache,
+            t_test: &teacher.test_logits,
+            t_test_inputs: &teacher.test_inputs,
+            student: &*student,
+            s_test: &s_test,
+            baseline: baseline.as_deref(),
+            untrained: untrained.as_deref(),
+            distilled: &distilled,
+            finetuned,
+        },
+        row,
+        &mut monitor,
+    )
+}
+
+/// The recipe's data, loaded and checked; the observer hears its size.
+fn load_task(plan: &Plan, observer: &mut dyn Observer) -> Result<Task> {
     let task = plan.dataset.load().context("loading the dataset")?;
     task.validate().map_err(|e| {
         anyhow::anyhow!("the dataset plugin `{}` produced an invalid task: {e}", plan.data_plugin)
@@ -290,24 +367,60 @@ fn run_stages(
         dev: task.dev.len(),
         test: task.test.len(),
     });
-    let mut monitor = Monitor::new(opts, dir, &task, plan.train.eval_fraction, &row.hash, observer);
-    if task.measure == crate::dataset::Measure::Retrieval {
-        monitor.retrieval_on_dev(&task);
-    }
-    let fcache = FeatureCache {
-        dir: Some(opts.results.join(".cache").join("features")),
-        data_key: plan.dataset.fingerprint()?,
-    };
-    let labels_visible = !task.teacher_reads_source;
-    let vocab_cache = opts.results.join(".cache").join("vocabularies");
-    let mut shared =
-        Shared { task, fcache, labels_visible, t_out: None, s_train: Inputs::default(), seed, vocab_cache };
+    Ok(task)
+}
 
-    // ---- Teacher: from the cache or pre-trained; its outputs once. ----
+/// The student as the recipe builds it, before any training.
+fn new_student(plan: &Plan, shared: &Shared) -> Result<Box<dyn Model>> {
+    plan.student.builder.build(&shared.spec(mix(&[shared.seed, 2]), false))
+}
+
+/// The teacher, ready for the student's stages: pre-trained or from its cache, its outputs
+/// on every split it is read on.
+struct TeacherSide {
+    ready: teacher::Ready,
+    /// Its test logits and its featurisation of the test split.
+    test_logits: Vec<f32>,
+    test_inputs: Inputs,
+    /// Its featurisation of the training split, for layer-wise losses (which run it batch by
+    /// batch).
+    train_inputs: Option<Inputs>,
+}
+
+impl TeacherSide {
+    /// Copies the teacher's weights into a student (`init = "from-teacher"`); says what.
+    fn copied_into_student(&self, student: &mut dyn Model) -> Result<String> {
+        let network =
+            self.ready.teacher.network().context("init = \"from-teacher\" needs a teacher with weights")?;
+        Ok(init_from(student, network)?.join(", "))
+    }
+
+    /// The teacher network with its training inputs, when layer-wise losses read it.
+    fn network_for_layers(&self, plan: &Plan) -> Result<TeacherNet<'_>> {
+        match (&self.train_inputs, self.ready.teacher.network()) {
+            (Some(inputs), Some(net)) => Ok(Some((net, inputs))),
+            (Some(_), None) => anyhow::bail!(
+                "layer-wise losses need a teacher network, and `{}` holds outputs only",
+                plan.teacher.plugin
+            ),
+            (None, _) => Ok(None),
+        }
+    }
+}
+
+/// Builds the teacher, pre-trains it (or loads it from the cache) and computes its outputs:
+/// on the training split once (unless layer-wise losses run it batch by batch), on dev for
+/// the agreement columns, on test for the reports.
+fn teacher_side(
+    plan: &mut Plan,
+    shared: &mut Shared,
+    monitor: &mut Monitor,
+    row: &mut RunRow,
+) -> Result<TeacherSide> {
     let reads_source = shared.task.teacher_reads_source;
     let teacher = Teacher::build(&*plan.teacher.builder, &shared.spec(plan.teacher_seed(), reads_source))?;
     monitor.teacher_dev = teacher.inputs(&shared.task.dev, reads_source, &shared.fcache, "dev")?;
-    let ready = teacher::pretrain(plan, teacher, &shared.task, &shared.fcache, &mut monitor)?;
+    let ready = teacher::pretrain(plan, teacher, &shared.task, &shared.fcache, monitor)?;
     row.teacher_cached = ready.source == TeacherSource::Cache;
     row.teacher_params = ready.teacher.num_params();
     let any_teacher_loss = plan.losses.iter().any(|l| l.loss.needs_teacher());
@@ -332,78 +445,17 @@ fn run_stages(
         shared.t_out = any_teacher_loss.then_some(t_out);
     }
     let t_dev = ready.teacher.outputs(&monitor.teacher_dev, &shared.task.dev, "dev", &ready.cache)?.logits;
-    let t_test_inputs = ready.teacher.inputs(&shared.task.test, reads_source, &shared.fcache, "test")?;
-    let t_test = ready.teacher.outputs(&t_test_inputs, &shared.task.test, "test", &ready.cache)?.logits;
+    let test_inputs = ready.teacher.inputs(&shared.task.test, reads_source, &shared.fcache, "test")?;
+    let test_logits = ready.teacher.outputs(&test_inputs, &shared.task.test, "test", &ready.cache)?.logits;
     monitor.teacher_dev_logits = Some(t_dev);
     if ready.teacher.network().is_some() {
         monitor.note(format!("teacher: outputs ready in {:.1} s", encoding.elapsed().as_secs_f64()));
     }
-
-    // ---- Student: distil, then optionally fine-tune. ----
-    let mut student = plan.student.builder.build(&shared.spec(mix(&[seed, 2]), false))?;
-    if plan.init == Init::FromTeacher {
-        let network =
-            ready.teacher.network().context("init = \"from-teacher\" needs a teacher with weights")?;
-        let copied = init_from(&mut *student, network)?;
-        monitor.note(format!("student: initialised from the teacher ({})", copied.join(", ")));
-    }
-    row.student_params = student.num_params();
-    row.compression = row.teacher_params as f64 / row.student_params.max(1) as f64;
-    shared.s_train = Inputs::new(&*student, &shared.task.train, false, &shared.fcache, "train")?;
-    monitor.student_dev = Inputs::new(&*student, &shared.task.dev, false, &shared.fcache, "dev")?;
-    let s_test = Inputs::new(&*student, &shared.task.test, false, &shared.fcache, "test")?;
-    // Layer-wise losses read the teacher network's states batch by batch.
-    let t_train_inputs = match layered {
+    let train_inputs = match layered {
         true => Some(ready.teacher.inputs(&shared.task.train, reads_source, &shared.fcache, "train")?),
         false => None,
     };
-    let teacher_net = match (&t_train_inputs, ready.teacher.network()) {
-        (Some(inputs), Some(net)) => Some((net, inputs)),
-        (Some(_), None) => anyhow::bail!(
-            "layer-wise losses need a teacher network, and `{}` holds outputs only",
-            plan.teacher.plugin
-        ),
-        (None, _) => None,
-    };
-    let distilled = distill(plan, &shared, &mut *student, teacher_net, &mut monitor)?;
-    row.train_examples_per_s =
-        (plan.train.steps as f64 * plan.train.batch as f64) / distilled.train_seconds.max(1e-9);
-    let finetuned = finetune(plan, &shared, &mut *student, teacher_net, &s_test, &t_test, &mut monitor)?;
-
-    // ---- Baseline: the same student, hard labels, no teacher. ----
-    let baseline = baseline(plan, &shared, &mut monitor)?;
-    // Parallel data has no labels to train a baseline on; the student as built (the same
-    // seed gives the same initial weights) is retrieval's reference instead.
-    let untrained = match shared.task.is_parallel() {
-        true => {
-            let mut u = plan.student.builder.build(&shared.spec(mix(&[seed, 2]), false))?;
-            if let Some(network) = ready.teacher.network().filter(|_| plan.init == Init::FromTeacher) {
-                init_from(&mut *u, network)?;
-            }
-            Some(u)
-        }
-        false => None,
-    };
-
-    reports::finish(
-        reports::Finished {
-            plan,
-            task: &shared.task,
-            dir,
-            teacher: &ready.teacher,
-            teacher_cache: &ready.cache,
-            t_test: &t_test,
-            t_test_inputs: &t_test_inputs,
-            student: &*student,
-            s_test: &s_test,
-            baseline: baseline.as_deref(),
-            untrained: untrained.as_deref(),
-            distilled: &distilled,
-            finetuned,
-        },
-        row,
-        &mut monitor,
-    )
+    Ok(TeacherSide { ready, test_logits, test_inputs, train_inputs })
 }
 
 /// Distillation: the recipe's losses and sampler, the teacher's outputs.

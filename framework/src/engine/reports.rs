@@ -59,139 +59,163 @@ pub(super) struct Finished<'a> {
 /// student = the distilled student, baseline = the untrained student, agreement = the
 /// student's cosine to the teacher on English.
 pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Result<()> {
-    let Finished {
-        plan,
-        task,
-        dir,
-        teacher,
-        teacher_cache,
-        t_test,
-        t_test_inputs,
-        student,
-        s_test,
-        baseline,
-        untrained,
-        distilled,
-        mut finetuned,
-    } = f;
-    let classes = task.labels.len();
-    let s_out = predict(student, &s_test.bags)?;
-    let b_logits = match baseline {
-        Some(b) => Some(predict(b, &s_test.bags)?.logits),
-        None => None,
+    let rows = test_rows(&f, monitor)?;
+    write_metrics(&f.dir.join("metrics.csv"), &monitor.metrics)?;
+    let mut sampling = f.distilled.sampling.clone();
+    sampling.extend(f.finetuned.sampling.iter().cloned());
+    write_csv(&f.dir.join("sampling.csv"), &sampling)?;
+    let projection = f.plan.losses.iter().find_map(|l| l.loss.projection());
+    let retrieval = retrieval_report(&f, projection, monitor)?;
+    let scored = retrieval.as_ref().filter(|_| f.task.measure == Measure::Retrieval);
+    let lang_rows = match scored {
+        Some(r) => retrieval_languages(r, f.task, f.distilled),
+        None => classification_languages(&f, &rows),
     };
-    let final_step = plan.train.steps;
+    write_csv(&f.dir.join("languages.csv"), &lang_rows)?;
+    summarize(&f, &rows, scored.map(Vec::as_slice), &lang_rows, row, monitor);
+    let sample = &f.task.test[..f.task.test.len().min(2000)];
+    row.teacher_texts_per_s = match f.teacher.network() {
+        Some(t) => texts_per_second(t, sample, f.task.teacher_reads_source)?,
+        None => f64::NAN,
+    };
+    row.student_texts_per_s = texts_per_second(f.student, sample, false)?;
+    if let Some(v) = f.student.featurizer().vocabulary() {
+        row.student_vocabulary = Some(v.size);
+        row.student_unknown_rate = Some(v.unknown_rate(&f.s_test.bags));
+    }
+    crate::export::export(f.student, &f.plan.student, f.task, &f.dir.join("student"), projection)?;
+    if let Some(t) = f.teacher.network() {
+        crate::export::export(t, &f.plan.teacher, f.task, &f.dir.join("teacher"), None)?;
+    }
+    monitor.note(format!(
+        "done: teacher {:.4}, student {:.4}{} macro accuracy on test; {}",
+        row.teacher_macro_acc,
+        row.student_macro_acc,
+        row.baseline_macro_acc.map_or(String::new(), |b| format!(", baseline {b:.4}")),
+        row.sizes()
+    ));
+    Ok(())
+}
+
+/// Each model's test rows of `metrics.csv`.
+struct TestRows {
+    teacher: Vec<MetricRow>,
+    student: Vec<MetricRow>,
+    baseline: Option<Vec<MetricRow>>,
+}
+
+/// Scores teacher, student and baseline on the test split and appends their rows (and the
+/// student's before fine-tuning) to the run's metrics, in that order.
+fn test_rows(f: &Finished, monitor: &mut Monitor) -> Result<TestRows> {
+    let (plan, task, s_test) = (f.plan, f.task, f.s_test);
+    let classes = task.labels.len();
     let in_macro = monitor.in_macro.clone();
-    let teacher_rows = metric_rows(
-        "teacher",
-        "test",
-        final_step,
-        t_test,
-        classes,
-        t_test_inputs,
-        None,
-        &task.langs,
-        &in_macro,
-    );
+    let final_step = plan.train.steps;
+    let rows = |stage: &str, step: u64, logits: &[f32], inputs: &Inputs, teacher: Option<&[f32]>| {
+        metric_rows(stage, "test", step, logits, classes, inputs, teacher, &task.langs, &in_macro)
+    };
+    let teacher = rows("teacher", final_step, f.t_test, f.t_test_inputs, None);
     let final_stage = if plan.finetune.is_some() { "finetune" } else { "distill" };
     let student_step = plan.finetune.as_ref().map_or(final_step, |f| f.steps);
-    let student_rows = metric_rows(
-        final_stage,
-        "test",
-        student_step,
-        &s_out.logits,
-        classes,
-        s_test,
-        Some(t_test),
-        &task.langs,
-        &in_macro,
-    );
-    monitor.metrics.extend(teacher_rows.iter().cloned());
-    monitor.metrics.append(&mut finetuned.distilled_test_rows);
-    monitor.metrics.extend(student_rows.iter().cloned());
-    let baseline_rows = b_logits.as_ref().map(|b| {
-        metric_rows("baseline", "test", final_step, b, classes, s_test, Some(t_test), &task.langs, &in_macro)
-    });
-    if let Some(r) = &baseline_rows {
-        monitor.metrics.extend(r.iter().cloned());
-    }
-    write_metrics(&dir.join("metrics.csv"), &monitor.metrics)?;
-    let mut sampling = distilled.sampling.clone();
-    sampling.extend(finetuned.sampling);
-    write_csv(&dir.join("sampling.csv"), &sampling)?;
-
-    let projection = plan.losses.iter().find_map(|l| l.loss.projection());
-    let retrieval = match (teacher.network(), projection) {
-        (Some(t), Some(p)) if task.is_parallel() => {
-            let models = RetrievalModels {
-                teacher: t,
-                teacher_cache,
-                student: Embedder { model: student, projection: Some(p) },
-                untrained,
-                references: build_references(plan, task)?,
-            };
-            translation_retrieval(&models, task, &in_macro, &plan.retrieval.sets)?
+    let student =
+        rows(final_stage, student_step, &predict(f.student, &s_test.bags)?.logits, s_test, Some(f.t_test));
+    let baseline = match f.baseline {
+        Some(b) => {
+            Some(rows("baseline", final_step, &predict(b, &s_test.bags)?.logits, s_test, Some(f.t_test)))
         }
-        _ => None,
+        None => None,
     };
-    if let Some(rows) = &retrieval {
-        write_csv(&dir.join("retrieval.csv"), rows)?;
-    }
+    monitor.metrics.extend(teacher.iter().cloned());
+    monitor.metrics.extend(f.finetuned.distilled_test_rows.iter().cloned());
+    monitor.metrics.extend(student.iter().cloned());
+    monitor.metrics.extend(baseline.iter().flatten().cloned());
+    Ok(TestRows { teacher, student, baseline })
+}
+
+/// Translation retrieval on the test split and the recipe's other sets, for a parallel-data
+/// run whose loss relates the two spaces: writes `retrieval.csv`, notes the figures, and
+/// returns the test split's rows.
+fn retrieval_report(
+    f: &Finished,
+    projection: Option<&crate::nn::HiddenProjection>,
+    monitor: &mut Monitor,
+) -> Result<Option<Vec<RetrievalRow>>> {
+    let (Some(t), Some(p), true) = (f.teacher.network(), projection, f.task.is_parallel()) else {
+        return Ok(None);
+    };
+    let models = RetrievalModels {
+        teacher: t,
+        teacher_cache: f.teacher_cache,
+        student: Embedder { model: f.student, projection: Some(p) },
+        untrained: f.untrained,
+        references: build_references(f.plan, f.task)?,
+    };
+    let in_macro = monitor.in_macro.clone();
+    let Some(rows) = translation_retrieval(&models, f.task, &in_macro, &f.plan.retrieval.sets)? else {
+        return Ok(None);
+    };
+    write_csv(&f.dir.join("retrieval.csv"), &rows)?;
     // Retrieval on the test split is the task's measure, or an extra report beside
     // classification; the other sets are reported beside it.
-    let retrieval: Option<Vec<RetrievalRow>> = retrieval.map(|rows| {
-        let (test, other): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.set == TEST_SET);
-        for r in other.iter().filter(|r| r.lang == "macro") {
-            monitor.note(format!(
-                "translation retrieval on `{}`: {} → English {:.4}, English → {} {:.4}",
-                r.set, r.model, r.to_en, r.model, r.from_en
-            ));
-        }
-        test
-    });
-    let scored = retrieval.as_ref().filter(|_| task.measure == Measure::Retrieval);
-    if let Some(rows) = &retrieval {
-        let find = |m: &str| rows.iter().find(|r| r.model == m && r.lang == "macro");
-        if let (Some(s), Some(t)) = (find("student"), find("teacher")) {
-            monitor.note(format!(
-                "translation retrieval over {} languages (accuracy@1 among each language's test messages): \
-                 student → English {:.4}, English → student {:.4}, cosine to the teacher on English {:.4}; \
-                 teacher reading the translations {:.4}{}",
-                rows.iter().filter(|r| r.model == "student").count() - 1,
-                s.to_en,
-                s.from_en,
-                s.en_cosine.unwrap_or(f64::NAN),
-                t.to_en,
-                find("untrained").map_or(String::new(), |u| format!(", untrained student {:.4}", u.to_en))
-            ));
-        }
+    let (test, other): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.set == TEST_SET);
+    for r in other.iter().filter(|r| r.lang == "macro") {
+        monitor.note(format!(
+            "translation retrieval on `{}`: {} → English {:.4}, English → {} {:.4}",
+            r.set, r.model, r.to_en, r.model, r.from_en
+        ));
     }
-    let lang_rows = match scored {
-        Some(rows) => retrieval_languages(rows, task, distilled),
-        None => {
-            let sizes = task.train_sizes();
-            let mut lang_rows = Vec::new();
-            for (l, name) in task.langs.iter().enumerate() {
-                let t = &teacher_rows[l];
-                let s = &student_rows[l];
-                let b = baseline_rows.as_ref().map(|r| r[l].acc);
-                lang_rows.push(LanguageRow {
-                    lang: name.clone(),
-                    train_size: sizes[l],
-                    test_size: s.examples,
-                    sampled: distilled.stats[l].drawn,
-                    teacher_acc: t.acc,
-                    student_acc: s.acc,
-                    baseline_acc: b,
-                    kd_gain: b.map(|b| s.acc - b),
-                    agreement: s.agreement.unwrap_or(f64::NAN),
-                });
-            }
-            lang_rows
-        }
-    };
-    write_csv(&dir.join("languages.csv"), &lang_rows)?;
+    let find = |m: &str| test.iter().find(|r| r.model == m && r.lang == "macro");
+    if let (Some(s), Some(t)) = (find("student"), find("teacher")) {
+        monitor.note(format!(
+            "translation retrieval over {} languages (accuracy@1 among each language's test messages): \
+             student → English {:.4}, English → student {:.4}, cosine to the teacher on English {:.4}; \
+             teacher reading the translations {:.4}{}",
+            test.iter().filter(|r| r.model == "student").count() - 1,
+            s.to_en,
+            s.from_en,
+            s.en_cosine.unwrap_or(f64::NAN),
+            t.to_en,
+            find("untrained").map_or(String::new(), |u| format!(", untrained student {:.4}", u.to_en))
+        ));
+    }
+    Ok(Some(test))
+}
 
+/// `languages.csv` of a classification run: each language's test accuracies.
+fn classification_languages(f: &Finished, rows: &TestRows) -> Vec<LanguageRow> {
+    let sizes = f.task.train_sizes();
+    f.task
+        .langs
+        .iter()
+        .enumerate()
+        .map(|(l, name)| {
+            let s = &rows.student[l];
+            let b = rows.baseline.as_ref().map(|r| r[l].acc);
+            LanguageRow {
+                lang: name.clone(),
+                train_size: sizes[l],
+                test_size: s.examples,
+                sampled: f.distilled.stats[l].drawn,
+                teacher_acc: rows.teacher[l].acc,
+                student_acc: s.acc,
+                baseline_acc: b,
+                kd_gain: b.map(|b| s.acc - b),
+                agreement: s.agreement.unwrap_or(f64::NAN),
+            }
+        })
+        .collect()
+}
+
+/// The run row's figures: macro accuracies (retrieval ones when that is the task's measure),
+/// the gain over the baseline, flags for a model at chance, the worst language.
+fn summarize(
+    f: &Finished,
+    rows: &TestRows,
+    scored: Option<&[RetrievalRow]>,
+    lang_rows: &[LanguageRow],
+    row: &mut RunRow,
+    monitor: &mut Monitor,
+) {
     let macro_of = |rows: &[MetricRow]| rows.last().map_or(f64::NAN, |r| r.acc);
     // What "chance" is for the run's accuracies: one class of many, or one candidate.
     let chance = match scored {
@@ -206,10 +230,10 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
             langs.iter().map(|r| 1.0 / r.sources.max(1) as f64).sum::<f64>() / langs.len().max(1) as f64
         }
         None => {
-            row.teacher_macro_acc = macro_of(&teacher_rows);
-            row.student_macro_acc = macro_of(&student_rows);
-            row.baseline_macro_acc = baseline_rows.as_deref().map(macro_of);
-            1.0 / classes.max(1) as f64
+            row.teacher_macro_acc = macro_of(&rows.teacher);
+            row.student_macro_acc = macro_of(&rows.student);
+            row.baseline_macro_acc = rows.baseline.as_deref().map(macro_of);
+            1.0 / f.task.labels.len().max(1) as f64
         }
     };
     row.kd_gain = row.baseline_macro_acc.map(|b| row.student_macro_acc - b);
@@ -225,8 +249,9 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
         }
     }
     row.flags = flags.join(";");
+    let in_macro = &monitor.in_macro;
     let in_report = |r: &LanguageRow| {
-        scored.is_some() || task.langs.iter().position(|l| *l == r.lang).is_some_and(|l| in_macro[l])
+        scored.is_some() || f.task.langs.iter().position(|l| *l == r.lang).is_some_and(|l| in_macro[l])
     };
     if let Some(w) = lang_rows
         .iter()
@@ -236,29 +261,6 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
         row.worst_lang = w.lang.clone();
         row.worst_acc = w.student_acc;
     }
-    let sample = &task.test[..task.test.len().min(2000)];
-    row.teacher_texts_per_s = match teacher.network() {
-        Some(t) => texts_per_second(t, sample, task.teacher_reads_source)?,
-        None => f64::NAN,
-    };
-    row.student_texts_per_s = texts_per_second(student, sample, false)?;
-    if let Some(v) = student.featurizer().vocabulary() {
-        row.student_vocabulary = Some(v.size);
-        row.student_unknown_rate = Some(v.unknown_rate(&s_test.bags));
-    }
-
-    crate::export::export(student, &plan.student, task, &dir.join("student"), projection)?;
-    if let Some(t) = teacher.network() {
-        crate::export::export(t, &plan.teacher, task, &dir.join("teacher"), None)?;
-    }
-    monitor.note(format!(
-        "done: teacher {:.4}, student {:.4}{} macro accuracy on test; {}",
-        row.teacher_macro_acc,
-        row.student_macro_acc,
-        row.baseline_macro_acc.map_or(String::new(), |b| format!(", baseline {b:.4}")),
-        row.sizes()
-    ));
-    Ok(())
 }
 
 /// The models translation retrieval compares.

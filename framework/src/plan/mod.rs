@@ -3,44 +3,20 @@
 
 use std::path::PathBuf;
 
-use kdx_recipe::{unknown_key_help, Diagnostic, Diagnostics, KeyPath, RecipeDoc};
+use kdx_recipe::{Diagnostic, Diagnostics, KeyPath, RecipeDoc};
 
 use crate::dataset::Dataset;
-use crate::dylib::{Origin, PluginSet};
-use crate::loss::Loss;
-use crate::model::ModelKind;
-use crate::registry::{self, Instance as Built, PluginKind};
-use crate::sampler::Sampler;
-use crate::schedule::Schedule;
+use crate::dylib::PluginSet;
 
 mod resolve;
+mod resolver;
 mod retrieval;
 mod sections;
-pub use resolve::ModelPlan;
-use resolve::{build, known_keys, ok, split_plugin};
+use resolve::{data_section, root_diag};
+pub use resolve::{LossPlan, ModelPlan, Samplers};
+use resolver::Resolver;
 pub use retrieval::{EvalSet, RetrievalPlan, RetrievalSection, SetSection, TEST_SET};
 pub use sections::{ExperimentSection, FinetuneSection, Init, StageConfig, TrainSection};
-
-/// One `[[loss]]` resolved.
-pub struct LossPlan {
-    /// Plugin name.
-    pub plugin: String,
-    /// Weight (a number or a schedule).
-    pub weight: Schedule,
-    /// The plugin instance.
-    pub loss: Box<dyn Loss>,
-}
-
-/// The language samplers of a run's stages, each its own instance of the recipe's
-/// `[sampler]` (dynamic samplers keep state per stage).
-pub struct Samplers {
-    /// The distillation stage's.
-    pub distill: Box<dyn Sampler>,
-    /// The baseline's (`None` when `[train] baseline = false`).
-    pub baseline: Option<Box<dyn Sampler>>,
-    /// The fine-tuning stage's (`None` without `[finetune]`).
-    pub finetune: Option<Box<dyn Sampler>>,
-}
 
 /// A fully resolved experiment, ready to run.
 pub struct Plan {
@@ -83,19 +59,6 @@ pub struct Plan {
     pub plugins: PluginSet,
 }
 
-const TOP_KEYS: &[&str] = &[
-    "experiment",
-    "data",
-    "teacher",
-    "student",
-    "loss",
-    "sampler",
-    "train",
-    "finetune",
-    "retrieval",
-    "plugins",
-];
-
 impl Plan {
     /// Resolves a loaded recipe (one run: sweeps are expanded before). All problems found
     /// are returned together.
@@ -110,265 +73,24 @@ impl Plan {
         run_name: &str,
         extra_libraries: &[PathBuf],
     ) -> Result<Plan, Diagnostics> {
-        let mut diags = Diagnostics(Vec::new());
-        let root = doc.root().clone();
-        for key in root.keys() {
-            if !TOP_KEYS.contains(&key.as_str()) {
-                diags.push(doc.diag(
-                    &KeyPath::root().key(key),
-                    format!("unknown section `{key}`"),
-                    Some(unknown_key_help(key, TOP_KEYS)),
-                ));
-            }
-        }
-        let section = |name: &str, diags: &mut Diagnostics| -> Option<toml::Table> {
-            match root.get(name) {
-                Some(toml::Value::Table(t)) => Some(t.clone()),
-                Some(other) => {
-                    diags.push(doc.diag(
-                        &KeyPath::root().key(name),
-                        format!("`{name}` must be a table, found {}", other.type_str()),
-                        None,
-                    ));
-                    None
-                }
-                None => None,
-            }
-        };
-        let required = |name: &str, diags: &mut Diagnostics| -> Option<toml::Table> {
-            let t = section(name, diags);
-            if t.is_none() && root.get(name).is_none() {
-                diags.push(root_diag(&doc, format!("missing section `[{name}]`"), None));
-            }
-            t
-        };
-
-        // `[plugins]` first: the libraries it names provide loss plugins `[[loss]]` may use.
-        let mut named_libraries = Vec::new();
-        if let Some(t) = section("plugins", &mut diags) {
-            let key = KeyPath::root().key("plugins");
-            for (k, v) in &t {
-                if k != "libraries" {
-                    diags.push(doc.diag(
-                        &key.key(k),
-                        format!("unknown key `{k}`"),
-                        Some(unknown_key_help(k, &["libraries"])),
-                    ));
-                    continue;
-                }
-                match v.as_array() {
-                    Some(items) => {
-                        for (i, item) in items.iter().enumerate() {
-                            let at = key.key("libraries").index(i);
-                            match item.as_str() {
-                                Some(s) => named_libraries
-                                    .push((Origin::Recipe(at.clone()), doc.resolve_path(&at, s))),
-                                None => diags.push(doc.diag(&at, "expected a path string", None)),
-                            }
-                        }
-                    }
-                    None => diags.push(doc.diag(&key.key("libraries"), "expected an array of paths", None)),
-                }
-            }
-        }
-        named_libraries.extend(extra_libraries.iter().map(|p| (Origin::CommandLine, p.clone())));
-        let plugins = PluginSet::load(&doc, &named_libraries, &mut diags);
-        let libraries: Vec<PathBuf> = named_libraries.into_iter().map(|(_, p)| p).collect();
-
-        let experiment = required("experiment", &mut diags).and_then(|t| {
-            ok(&mut diags, doc.deserialize_at(&KeyPath::root().key("experiment"), toml::Value::Table(t)))
-        });
-
-        let data = required("data", &mut diags).and_then(|t| data_section(&doc, t, &mut diags));
-
-        let teacher = required("teacher", &mut diags).and_then(|mut t| {
-            let key = KeyPath::root().key("teacher");
-            let train = t.remove("train");
-            let section = toml::Value::Table(t.clone());
-            let (name, params) = split_plugin(&doc, &key, t, &mut diags)?;
-            let Built::Model(m) = build(&doc, &key, PluginKind::Model, &name, params, &["plugin", "train"], &mut diags)? else {
-                return None;
-            };
-            let train = match (train, m.kind().is_network()) {
-                (Some(v), true) => Some(ok(&mut diags, doc.deserialize_at::<StageConfig>(&key.key("train"), v))?),
-                (None, true) if m.kind() == ModelKind::Pretrained => None,
-                (None, true) => {
-                    diags.push(doc.diag(
-                        &key,
-                        "missing key `train` (the teacher's pre-training stage, e.g. `train = { steps = 2000 }`)",
-                        None,
-                    ));
-                    return None;
-                }
-                (Some(_), false) => {
-                    diags.push(doc.diag(
-                        &key.key("train"),
-                        format!("the `{name}` teacher is not trained by kdx (its outputs come from elsewhere); remove `train`"),
-                        None,
-                    ));
-                    return None;
-                }
-                (None, false) => None,
-            };
-            Some((ModelPlan { plugin: name, builder: m, section }, train))
-        });
-
-        let student = required("student", &mut diags).and_then(|mut t| {
-            let key = KeyPath::root().key("student");
-            let init = match t.remove("init") {
-                Some(v) => ok(&mut diags, doc.deserialize_at::<Init>(&key.key("init"), v))?,
-                None => Init::None,
-            };
-            let section = toml::Value::Table(t.clone());
-            let (name, params) = split_plugin(&doc, &key, t, &mut diags)?;
-            match build(&doc, &key, PluginKind::Model, &name, params, &["plugin", "init"], &mut diags)? {
-                Built::Model(m) if !m.kind().is_network() => {
-                    diags.push(doc.diag(
-                        &key.key("plugin"),
-                        format!(
-                            "the `{name}` model holds outputs computed elsewhere, not a network: a student must be a network that trains"
-                        ),
-                        None,
-                    ));
-                    None
-                }
-                Built::Model(m) => Some((ModelPlan { plugin: name, builder: m, section }, init)),
-                _ => None,
-            }
-        });
-
-        let mut losses = Vec::new();
-        let mut loss_keys = Vec::new();
-        match root.get("loss") {
-            Some(toml::Value::Array(items)) if !items.is_empty() => {
-                for (i, item) in items.iter().enumerate() {
-                    let key = KeyPath::root().key("loss").index(i);
-                    let Some(mut t) = item.as_table().cloned() else {
-                        diags.push(doc.diag(&key, "each `[[loss]]` must be a table", None));
-                        continue;
-                    };
-                    let weight = match t.remove("weight") {
-                        Some(v) => ok(&mut diags, doc.deserialize_at::<Schedule>(&key.key("weight"), v)),
-                        None => Some(Schedule::Constant(1.0)),
-                    };
-                    let Some((name, params)) = split_plugin(&doc, &key, t, &mut diags) else { continue };
-                    let table = params.clone();
-                    let built = match plugins.loss(&name) {
-                        Some(lib)
-                            if !lib.params_schema().is_none_or(|s| {
-                                known_keys(&doc, &key, s, &params, &["plugin", "weight"], &mut diags)
-                            }) =>
-                        {
-                            None
-                        }
-                        Some(lib) => ok(&mut diags, lib.build_loss(&doc, &key, &params)).map(Built::Loss),
-                        None => build(
-                            &doc,
-                            &key,
-                            PluginKind::Loss,
-                            &name,
-                            params,
-                            &["plugin", "weight"],
-                            &mut diags,
-                        ),
-                    };
-                    if let (Some(Built::Loss(l)), Some(weight)) = (built, weight) {
-                        losses.push(LossPlan { plugin: name, weight, loss: l });
-                        loss_keys.push((key, table));
-                    }
-                }
-            }
-            Some(toml::Value::Array(_)) | None => diags.push(root_diag(
-                &doc,
-                "no `[[loss]]`: name at least one loss (e.g. `[[loss]]` with `plugin = \"soft-kl\"`)",
-                Some(format!("registered losses: {}", registry::names(PluginKind::Loss).join(", "))),
-            )),
-            Some(other) => diags.push(doc.diag(
-                &KeyPath::root().key("loss"),
-                format!("`loss` must be an array of tables (`[[loss]]`), found {}", other.type_str()),
-                None,
-            )),
-        }
-
-        let train = required("train", &mut diags).and_then(|t| {
-            ok(
-                &mut diags,
-                doc.deserialize_at::<TrainSection>(&KeyPath::root().key("train"), toml::Value::Table(t)),
-            )
-        });
-        let finetune = section("finetune", &mut diags).and_then(|t| {
-            ok(
-                &mut diags,
-                doc.deserialize_at::<FinetuneSection>(
-                    &KeyPath::root().key("finetune"),
-                    toml::Value::Table(t),
-                ),
-            )
-        });
-
-        let retrieval = match root.get("retrieval") {
-            Some(v) => retrieval::resolve(&doc, v.clone(), &mut diags).unwrap_or_default(),
-            None => RetrievalPlan::default(),
-        };
-
-        // Without a `[sampler]`, languages are drawn in proportion to their data.
-        let sampler = match section("sampler", &mut diags) {
-            Some(t) => {
-                let key = KeyPath::root().key("sampler");
-                split_plugin(&doc, &key, t, &mut diags).and_then(|(name, params)| {
-                    let one = |diags: &mut Diagnostics| match build(
-                        &doc,
-                        &key,
-                        PluginKind::Sampler,
-                        &name,
-                        params.clone(),
-                        &["plugin"],
-                        diags,
-                    )? {
-                        Built::Sampler(s) => Some(s),
-                        _ => None,
-                    };
-                    let distill = one(&mut diags)?;
-                    let baseline = match train.as_ref().is_some_and(|t| t.baseline) {
-                        true => Some(one(&mut diags)?),
-                        false => None,
-                    };
-                    let finetune = match finetune.is_some() {
-                        true => Some(one(&mut diags)?),
-                        false => None,
-                    };
-                    Some((name.clone(), Samplers { distill, baseline, finetune }))
-                })
-            }
-            None => {
-                let one = || -> Box<dyn Sampler> { Box::new(crate::sampler::Proportional) };
-                let baseline = train.as_ref().is_some_and(|t| t.baseline).then(one);
-                let finetune = finetune.is_some().then(one);
-                Some(("proportional".to_string(), Samplers { distill: one(), baseline, finetune }))
-            }
-        };
-
+        // One resolver per section, in this order: the libraries first (they provide loss
+        // plugins), the stages' samplers once `[train]` and `[finetune]` say which exist.
+        let mut r = Resolver::new(&doc);
+        let (plugins, libraries) = r.libraries(extra_libraries);
+        let experiment = r.experiment();
+        let data = r.data();
+        let teacher = r.teacher();
+        let student = r.student();
+        let losses = r.losses(&plugins);
+        let train = r.train();
+        let finetune = r.finetune();
+        let retrieval = r.retrieval();
+        let sampler = r.sampler(train.as_ref().is_some_and(|t| t.baseline), finetune.is_some());
         if let (Some((t, _)), Some((s, _))) = (&teacher, &student) {
-            let shapes = crate::loss::Shapes {
-                classes: 0,
-                student_hidden_dim: s.builder.hidden_width(),
-                teacher_hidden_dim: t.builder.hidden_width(),
-                student_layers: s.builder.layer_shape().as_ref().map(crate::dylib::sdk_layer_shape),
-                teacher_layers: t.builder.layer_shape().as_ref().map(crate::dylib::sdk_layer_shape),
-            };
-            for (l, (key, table)) in losses.iter().zip(&loss_keys) {
-                if let Err(e) =
-                    check_layers(l, &s.plugin, s.builder.layer_shape(), &t.plugin, t.builder.layer_shape())
-                {
-                    diags.push(doc.diag(&key.key("plugin"), e, None));
-                } else if let Err(e) = l.loss.check_shapes(&shapes) {
-                    let prefix = format!("loss `{}` does not fit the models: ", l.plugin);
-                    diags.push(crate::dylib::parameter_error(&doc, key, table, &format!("{e:#}"), &prefix));
-                }
-            }
+            r.check_losses_fit(t, s, &losses);
         }
-        if !diags.is_empty() {
-            return Err(diags);
+        if !r.diags.is_empty() {
+            return Err(r.diags);
         }
         // Every `None` above pushed a diagnostic, so these are all present here.
         let (
@@ -395,7 +117,7 @@ impl Plan {
             teacher_train,
             student,
             init,
-            losses,
+            losses: losses.into_iter().map(|l| l.plan).collect(),
             sampler_plugin,
             samplers,
             train,
@@ -528,29 +250,6 @@ impl Plan {
     }
 }
 
-/// A diagnostic about the recipe as a whole, located at the top of its file.
-fn root_diag(doc: &RecipeDoc, message: impl Into<String>, help: Option<String>) -> Diagnostic {
-    let mut d = doc.diag(&KeyPath::root(), message, help);
-    if d.loc.is_none() {
-        d.loc = Some(kdx_recipe::Loc { file: doc.path().to_path_buf(), line: 1, col: 1 });
-    }
-    d
-}
-
-/// Builds the `[data]` section: its plugin name, dataset and parameters.
-fn data_section(
-    doc: &RecipeDoc,
-    t: toml::Table,
-    diags: &mut Diagnostics,
-) -> Option<(String, Box<dyn Dataset>, toml::Value)> {
-    let key = KeyPath::root().key("data");
-    let (name, params) = split_plugin(doc, &key, t, diags)?;
-    match build(doc, &key, PluginKind::Dataset, &name, params.clone(), &["plugin"], diags)? {
-        Built::Dataset(d) => Some((name, d, toml::Value::Table(params))),
-        _ => None,
-    }
-}
-
 /// Builds only the `[data]` section of a recipe (its first run, for a sweep): what
 /// `kdx examples` needs, before the rest of the recipe (say a `logits-file` teacher whose
 /// file is computed from those examples) can be complete.
@@ -595,26 +294,4 @@ pub fn load_plans_with_libraries(
         }
     }
     diags.into_result(plans)
-}
-
-/// A layer-wise loss needs a student and a teacher with per-layer states that fit it.
-fn check_layers(
-    l: &LossPlan,
-    student: &str,
-    s: Option<crate::model::LayerShape>,
-    teacher: &str,
-    t: Option<crate::model::LayerShape>,
-) -> Result<(), String> {
-    if !l.loss.needs_layers() {
-        return Ok(());
-    }
-    let none = |role: &str, name: &str| {
-        format!(
-            "loss `{}` reads per-layer states, and the {role} `{name}` has none (transformer and hf-encoder models have them)",
-            l.plugin
-        )
-    };
-    let s = s.ok_or_else(|| none("student", student))?;
-    let t = t.ok_or_else(|| none("teacher", teacher))?;
-    l.loss.check_layers(&s, &t).map_err(|e| format!("loss `{}`: {e}", l.plugin))
 }

@@ -1,11 +1,16 @@
 //! What every section's resolver uses: the `plugin` key split off a section, a plugin built
-//! through the registry with its unknown keys reported first, a diagnostic collected. Below
-//! `plan` and each section's resolver (`retrieval`, …), which all call it.
+//! through the registry with its unknown keys reported first, a diagnostic collected, and
+//! the resolved plugin sections (`ModelPlan`, `LossPlan`, `Samplers`). Below `plan` and each
+//! section's resolver (`resolver`, `retrieval`), which all call it.
 
 use kdx_recipe::{did_you_mean, unknown_key_help, Diagnostic, Diagnostics, KeyPath, RecipeDoc};
 
+use crate::dataset::Dataset;
+use crate::loss::Loss;
 use crate::model::ModelBuilder;
 use crate::registry::{self, BuildCtx, Builder, Instance as Built, PluginKind};
+use crate::sampler::Sampler;
+use crate::schedule::Schedule;
 
 /// A model section resolved: the plugin and its framework-owned settings.
 pub struct ModelPlan {
@@ -127,4 +132,48 @@ pub(super) fn known_keys(
         return unknown.is_empty();
     }
     true
+}
+
+/// One `[[loss]]` resolved.
+pub struct LossPlan {
+    /// Plugin name.
+    pub plugin: String,
+    /// Weight (a number or a schedule).
+    pub weight: Schedule,
+    /// The plugin instance.
+    pub loss: Box<dyn Loss>,
+}
+
+/// The language samplers of a run's stages, each its own instance of the recipe's
+/// `[sampler]` (dynamic samplers keep state per stage).
+pub struct Samplers {
+    /// The distillation stage's.
+    pub distill: Box<dyn Sampler>,
+    /// The baseline's (`None` when `[train] baseline = false`).
+    pub baseline: Option<Box<dyn Sampler>>,
+    /// The fine-tuning stage's (`None` without `[finetune]`).
+    pub finetune: Option<Box<dyn Sampler>>,
+}
+
+/// A diagnostic about the recipe as a whole, located at the top of its file.
+pub(super) fn root_diag(doc: &RecipeDoc, message: impl Into<String>, help: Option<String>) -> Diagnostic {
+    let mut d = doc.diag(&KeyPath::root(), message, help);
+    if d.loc.is_none() {
+        d.loc = Some(kdx_recipe::Loc { file: doc.path().to_path_buf(), line: 1, col: 1 });
+    }
+    d
+}
+
+/// Builds the `[data]` section: its plugin name, dataset and parameters.
+pub(super) fn data_section(
+    doc: &RecipeDoc,
+    t: toml::Table,
+    diags: &mut Diagnostics,
+) -> Option<(String, Box<dyn Dataset>, toml::Value)> {
+    let key = KeyPath::root().key("data");
+    let (name, params) = split_plugin(doc, &key, t, diags)?;
+    match build(doc, &key, PluginKind::Dataset, &name, params.clone(), &["plugin"], diags)? {
+        Built::Dataset(d) => Some((name, d, toml::Value::Table(params))),
+        _ => None,
+    }
 }
