@@ -98,6 +98,25 @@ fn core_names_no_built_in_plugin() {
     }
 }
 
+/// The core never prints: a run reports through `event::Observer` only, so the console, the
+/// JSON lines of `--events` and `kdx batch` see the same things (ARCHITECTURE.md).
+#[test]
+fn the_core_never_prints() {
+    let mut files = Vec::new();
+    rust_files(&root().join("framework/src"), &mut files);
+    let printing: Vec<String> = files
+        .iter()
+        .flat_map(|f| {
+            let code = code_of(&std::fs::read_to_string(f).unwrap());
+            ["println!(", "eprintln!(", "print!(", "eprint!(", "dbg!("]
+                .into_iter()
+                .filter(move |m| code.contains(m))
+                .map(move |m| format!("{}: {m}", f.display()))
+        })
+        .collect();
+    assert!(printing.is_empty(), "the core prints: {printing:?}");
+}
+
 /// Every file kdx writes goes through `kdx_fsio` (an exclusive, unpredictable temporary
 /// renamed over a regular file, or a user's output written as `>` would): no other way of
 /// creating a file appears outside tests. Locks and the batch log are opened in place on

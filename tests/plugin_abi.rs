@@ -355,5 +355,5 @@ fn layers_parameters_and_their_gradients_cross_the_c_boundary_intact() {
     }
     // State and values of a stateless loss: empty, through the boundary as in-tree.
     assert_eq!(dynamic.save_state().unwrap(), Vec::<u8>::new());
-    assert!(dynamic.language_values().is_empty());
+    assert!(dynamic.language_values().unwrap().is_empty());
 }

@@ -74,8 +74,8 @@ pub trait Loss: Send {
     /// Named per-language values to report (one per language each): `metrics.csv` gets a
     /// column `<loss>.<name>` per name (the `macro` row holds their mean) and the
     /// `evaluated` event carries the macro values.
-    fn language_values(&self) -> Vec<(String, Vec<f32>)> {
-        Vec::new()
+    fn language_values(&self) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+        Ok(Vec::new())
     }
     /// The loss's state beyond its parameters (a moving average), saved with every
     /// checkpoint and given back to [`Loss::load_state`] on resume.
@@ -111,8 +111,8 @@ pub trait Loss: Send {
         Ok(())
     }
     /// Per-language state to report in `metrics.csv` (e.g. a selective gate), if any.
-    fn language_state(&self) -> Option<Vec<f32>> {
-        None
+    fn language_state(&self) -> anyhow::Result<Option<Vec<f32>>> {
+        Ok(None)
     }
     /// How the loss maps student hidden representations into the teacher's hidden space
     /// (its learned projection, or the identity when it has none): the student's sentence
@@ -163,6 +163,19 @@ impl Loss for CrossEntropy {
 /// weight / B), writes w·∂ℓ/∂p into `dp` and returns w·ℓ.
 pub type HiddenCriterion = fn(p: &[f64], t: &[f32], w: f64, dp: &mut [f64]) -> f64;
 
+/// A hidden-state loss over the whole batch at once (a contrastive one compares every
+/// student row with every teacher row): from the projected student rows `p` (`B × Hₜ`),
+/// the teacher rows `t` and each example's weight / B, writes ∂L/∂p into `dp` and returns L.
+pub type BatchCriterion = Box<dyn Fn(&[f64], &[f32], &[f64], usize, &mut [f64]) -> f64 + Send>;
+
+/// What a [`ProjectedHiddenLoss`] computes between the projected student and the teacher.
+pub enum Criterion {
+    /// A sum of per-example terms.
+    Each(HiddenCriterion),
+    /// A function of the whole batch.
+    Batch(BatchCriterion),
+}
+
 /// A loss between the student's hidden representation, through a learned projection
 /// ([`crate::nn::HiddenProjection`]), and the teacher's: what `hidden-mse` and
 /// `cosine-embedding` share. Each supplies its [`HiddenCriterion`]; the projection is
@@ -178,8 +191,8 @@ pub struct ProjectedHiddenLoss {
     pub seed: u64,
     /// The projection, once the widths are known.
     pub proj: crate::nn::HiddenProjection,
-    /// The per-example loss.
-    pub criterion: HiddenCriterion,
+    /// The loss between projected student and teacher.
+    pub criterion: Criterion,
     /// How the projection starts.
     pub init: ProjectionInit,
 }
@@ -212,9 +225,19 @@ impl ProjectedHiddenLoss {
             mode,
             seed,
             proj: Default::default(),
-            criterion,
+            criterion: Criterion::Each(criterion),
             init: ProjectionInit::Random,
         }
+    }
+
+    /// A loss of the whole batch ([`Criterion::Batch`]), without a projection yet.
+    pub fn over_batch(
+        name: &'static str,
+        mode: crate::nn::ProjectionMode,
+        seed: u64,
+        criterion: BatchCriterion,
+    ) -> Self {
+        ProjectedHiddenLoss { criterion: Criterion::Batch(criterion), ..Self::new(name, mode, seed, |_, _, _, _| 0.0) }
     }
 
     /// The same, with the projection started as `init` says.
@@ -266,12 +289,16 @@ impl Loss for ProjectedHiddenLoss {
         // P = hₛ W + b (or hₛ), dP = ∂L/∂P.
         let p = self.proj.forward(project, x.student_hidden, b, hs, ht);
         let mut dp = vec![0f64; b * ht];
-        let mut value = 0f64;
-        for i in 0..b {
-            let w = x.weights[i] as f64 / b as f64;
-            let rows = i * ht..(i + 1) * ht;
-            value += (self.criterion)(&p[rows.clone()], &th[rows.clone()], w, &mut dp[rows]);
-        }
+        let w: Vec<f64> = x.weights.iter().map(|&w| w as f64 / b as f64).collect();
+        let value = match &self.criterion {
+            Criterion::Each(f) => (0..b)
+                .map(|i| {
+                    let rows = i * ht..(i + 1) * ht;
+                    f(&p[rows.clone()], &th[rows.clone()], w[i], &mut dp[rows])
+                })
+                .sum::<f64>(),
+            Criterion::Batch(f) => f(&p, th, &w, ht, &mut dp),
+        };
         let grad_hidden = self.proj.backward(project, x.student_hidden, &dp, b, hs, ht);
         Ok(LossOutput {
             value: value as f32,

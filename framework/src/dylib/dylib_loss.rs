@@ -345,30 +345,32 @@ impl Loss for DylibLoss {
         self.compute_v2(x, Some(student), teacher)
     }
 
-    fn language_values(&self) -> Vec<(String, Vec<f32>)> {
-        let (Some(api), None) = (self.plugin.api.v2, &self.failed) else { return Vec::new() };
+    fn language_values(&self) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+        let Some(api) = self.plugin.api.v2 else { return Ok(Vec::new()) };
+        self.not_failed()?;
         let (mut values, mut len) = (std::ptr::null(), 0usize);
         let mut err: *mut c_char = std::ptr::null_mut();
         // SAFETY: valid pointers to locals.
         let status = unsafe { (api.language_values)(self.handle, &mut values, &mut len, &mut err) };
-        if status != abi::STATUS_OK || (len > 0 && values.is_null()) {
-            let msg = self.plugin.take_message(err);
-            eprintln!("warning: {}: language values: {msg}", self.what());
-            return Vec::new();
+        if status != abi::STATUS_OK {
+            anyhow::bail!("{}: its language values: {}", self.what(), self.plugin.take_message(err));
         }
-        // SAFETY: the plugin stored `len` entries, each a name and `len` values, valid until
-        // its next call.
+        anyhow::ensure!(len == 0 || !values.is_null(), "{}: {len} language values at a null pointer", self.what());
         (0..len)
-            .filter_map(|i| unsafe {
-                let v = &*values.add(i);
-                let name =
-                    (!v.name.is_null()).then(|| CStr::from_ptr(v.name).to_string_lossy().into_owned())?;
-                let data = if v.len == 0 {
-                    Vec::new()
-                } else {
-                    std::slice::from_raw_parts(v.values, v.len).to_vec()
+            .map(|i| {
+                // SAFETY: the plugin stored `len` entries, each a name and `len` values, valid
+                // until its next call.
+                let v = unsafe { &*values.add(i) };
+                anyhow::ensure!(!v.name.is_null(), "{}: language value {i} has no name", self.what());
+                anyhow::ensure!(v.len == 0 || !v.values.is_null(), "{}: language value {i} has no values", self.what());
+                // SAFETY: as above.
+                let name = unsafe { CStr::from_ptr(v.name) }.to_string_lossy().into_owned();
+                let data = match v.len {
+                    0 => Vec::new(),
+                    // SAFETY: as above.
+                    n => unsafe { std::slice::from_raw_parts(v.values, n) }.to_vec(),
                 };
-                Some((name, data))
+                Ok((name, data))
             })
             .collect()
     }
@@ -429,12 +431,10 @@ impl Loss for DylibLoss {
         })
     }
 
-    fn language_state(&self) -> Option<Vec<f32>> {
-        if self.failed.is_some() {
-            return None;
-        }
+    fn language_state(&self) -> anyhow::Result<Option<Vec<f32>>> {
+        self.not_failed()?;
         let mut cap = self.n_langs.max(64);
-        for _ in 0..2 {
+        loop {
             let mut buf = vec![0f32; cap];
             let mut len = 0usize;
             let mut err: *mut c_char = std::ptr::null_mut();
@@ -443,20 +443,20 @@ impl Loss for DylibLoss {
                 (self.plugin.api.language_state)(self.handle, buf.as_mut_ptr(), cap, &mut len, &mut err)
             };
             if status != abi::STATUS_OK {
-                let msg = self.plugin.take_message(err);
-                eprintln!("warning: {}: language state: {msg}", self.what());
-                return None;
+                anyhow::bail!("{}: its language state: {}", self.what(), self.plugin.take_message(err));
             }
             if len == abi::NO_LANGUAGE_STATE {
-                return None;
+                return Ok(None);
             }
             if len <= cap {
                 buf.truncate(len);
-                return Some(buf);
+                return Ok(Some(buf));
             }
+            // Too small: once more with the size the plugin asked for (a second refusal is
+            // the plugin's error).
+            anyhow::ensure!(cap < len && cap == self.n_langs.max(64), "{}: its language state keeps growing", self.what());
             cap = len;
         }
-        None
     }
 }
 

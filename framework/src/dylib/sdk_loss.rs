@@ -187,12 +187,12 @@ impl<T: kdx_sdk::Loss> Loss for SdkLoss<T> {
         self.run(x, Some(student), teacher)
     }
 
-    fn language_state(&self) -> Option<Vec<f32>> {
-        self.inner.language_state()
+    fn language_state(&self) -> anyhow::Result<Option<Vec<f32>>> {
+        Ok(self.inner.language_state())
     }
 
-    fn language_values(&self) -> Vec<(String, Vec<f32>)> {
-        self.inner.language_values()
+    fn language_values(&self) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+        Ok(self.inner.language_values())
     }
 
     fn save_state(&self) -> anyhow::Result<Vec<u8>> {

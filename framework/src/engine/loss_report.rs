@@ -1,6 +1,8 @@
 //! What the losses of a stage report at an evaluation, beside the model's own metrics: the
 //! gate, named per-language values, and each term's mean value since the previous evaluation.
 
+use anyhow::Context;
+
 use super::stage_run::StageLoss;
 
 /// What the losses report at an evaluation, beside the model's own metrics.
@@ -30,7 +32,7 @@ pub fn term_labels(losses: &[StageLoss]) -> Vec<String> {
 }
 
 /// The losses' report at an evaluation, and the term sums started over.
-pub(super) fn loss_report(losses: &[StageLoss], sums: &mut [(f64, u64)]) -> LossReport {
+pub(super) fn loss_report(losses: &[StageLoss], sums: &mut [(f64, u64)]) -> anyhow::Result<LossReport> {
     let labels = term_labels(losses);
     let terms = labels
         .iter()
@@ -39,14 +41,16 @@ pub(super) fn loss_report(losses: &[StageLoss], sums: &mut [(f64, u64)]) -> Loss
         .map(|(label, (sum, n))| (format!("loss.{label}"), *sum / *n as f64))
         .collect();
     sums.iter_mut().for_each(|s| *s = (0.0, 0));
-    let per_language = losses
-        .iter()
-        .zip(&labels)
-        .flat_map(|(l, label)| {
-            l.loss.language_values().into_iter().map(move |(name, v)| (format!("{label}.{name}"), v))
-        })
-        .collect();
-    LossReport { gates: losses.iter().find_map(|l| l.loss.language_state()), per_language, terms }
+    let mut per_language = Vec::new();
+    let mut gates = None;
+    for (l, label) in losses.iter().zip(&labels) {
+        let values = l.loss.language_values().with_context(|| format!("loss `{}`'s per-language values", l.name))?;
+        per_language.extend(values.into_iter().map(|(name, v)| (format!("{label}.{name}"), v)));
+        if gates.is_none() {
+            gates = l.loss.language_state().with_context(|| format!("loss `{}`'s per-language state", l.name))?;
+        }
+    }
+    Ok(LossReport { gates, per_language, terms })
 }
 
 /// Adds one step's term values (loss position, value) into the running sums.

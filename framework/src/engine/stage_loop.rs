@@ -350,7 +350,7 @@ impl<'r, 's, 'l> StageLoop<'r, 's, 'l> {
 
     /// Evaluates on the dev split, with what the losses report.
     pub(super) fn evaluate(&mut self, hooks: &mut dyn StageHooks) -> Result<()> {
-        let report = loss_report(self.losses, &mut self.state.term_sums);
+        let report = loss_report(self.losses, &mut self.state.term_sums)?;
         let projection = self.losses.iter().find_map(|l| l.loss.projection());
         hooks.evaluate(
             self.stage.stage,

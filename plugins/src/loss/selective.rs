@@ -99,8 +99,8 @@ impl Loss for Selective {
     fn needs_labels(&self) -> bool {
         self.params.fallback == Fallback::HardCe
     }
-    fn language_state(&self) -> Option<Vec<f32>> {
-        self.gates.clone()
+    fn language_state(&self) -> anyhow::Result<Option<Vec<f32>>> {
+        Ok(self.gates.clone())
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let t_logits = x.teacher_logits.ok_or_else(|| anyhow::anyhow!("selective needs teacher logits"))?;
@@ -165,10 +165,10 @@ mod tests {
     fn gate_closes_when_the_student_beats_the_teacher_plus_margin() {
         let mut s = SampleBatch::random(6, 5, 2, 3.0, 5);
         let mut l = sel(2.0, Fallback::HardCe);
-        assert_eq!(l.language_state(), None);
+        assert_eq!(l.language_state().unwrap(), None);
         l.compute(&s.input(0, 1)).unwrap();
         // Language 0: 0.5 < 0.9 + 0.01, open; language 1: 0.95 ≥ 0.91, closed.
-        assert_eq!(l.language_state(), Some(vec![1.0, 0.0]));
+        assert_eq!(l.language_state().unwrap(), Some(vec![1.0, 0.0]));
         // Closed rows are hard CE, open rows soft KL.
         s.langs = vec![1; 6];
         let v = l.compute(&s.input(0, 1)).unwrap().value;
@@ -182,6 +182,6 @@ mod tests {
         // Before the first evaluation every gate is open.
         s.stats.iter_mut().for_each(|st| st.dev_acc = f64::NAN);
         l.compute(&s.input(0, 1)).unwrap();
-        assert_eq!(l.language_state(), Some(vec![1.0, 1.0]));
+        assert_eq!(l.language_state().unwrap(), Some(vec![1.0, 1.0]));
     }
 }
