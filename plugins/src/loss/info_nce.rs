@@ -1,0 +1,152 @@
+//! `info-nce`: a contrastive loss between the student's and the teacher's sentence vectors,
+//! with the batch's other examples as negatives.
+
+use kdx_framework::kdx_recipe::Diagnostic;
+use kdx_framework::loss::{Loss, ProjectedHiddenLoss, ProjectionInit};
+use kdx_framework::registry::BuildCtx;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// InfoNCE with in-batch negatives (van den Oord et al. 2018; as multilingual sentence
+/// encoders are aligned, e.g. LaBSE, mSimCSE):
+/// L = (1/B) Σᵢ wᵢ · −log softmax_j(sᵢ·tⱼ / τ)ᵢ, sᵢ = (W hₛ,ᵢ + b)/‖W hₛ,ᵢ + b‖, tⱼ = hₜ,ⱼ/‖hₜ,ⱼ‖,
+/// hₛ: student hidden vectors, hₜ: teacher hidden vectors of the same batch, τ the
+/// temperature, W and b a projection trained with the student (`proj.w`, `proj.b`; none when
+/// the widths match and `projection = "auto"`). Each student vector must pick out its own
+/// teacher vector among the batch's: what translation retrieval scores, where a regression
+/// onto the teacher (`hidden-mse`) only approaches it. The gradient reaches the student
+/// through its hidden representation only; reads the teacher's hidden representation.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InfoNceParams {
+    /// Temperature τ > 0 of the similarities. Default 0.05.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// "auto": project only when the widths differ; "always"; "never" (widths must match).
+    #[serde(default)]
+    pub projection: Projection,
+    /// Seed of the projection's initialisation.
+    #[serde(default)]
+    pub seed: u64,
+    /// How the projection starts: "random", or "least-squares" (the best linear map from
+    /// the student's hidden vectors to the teacher's on 4096 training examples).
+    #[serde(default)]
+    pub projection_init: ProjectionInit,
+}
+
+fn default_temperature() -> f64 {
+    0.05
+}
+
+/// When to put a learned linear projection between student and teacher hidden states.
+pub use kdx_framework::nn::ProjectionMode as Projection;
+
+/// Floor of a vector's norm before it is normalised.
+const EPS: f64 = 1e-12;
+
+fn build(p: InfoNceParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
+    if !(p.temperature > 0.0 && p.temperature.is_finite()) {
+        return Err(ctx.error("temperature", format!("must be a positive number, found {}", p.temperature)));
+    }
+    let tau = p.temperature;
+    let criterion = Box::new(move |s: &[f64], t: &[f32], w: &[f64], h: usize, ds: &mut [f64]| {
+        info_nce(s, t, w, h, tau, ds)
+    });
+    Ok(Box::new(ProjectedHiddenLoss::over_batch("info-nce", p.projection, p.seed, criterion).with_init(p.projection_init)))
+}
+
+kdx_framework::register_loss!(
+    "info-nce",
+    "contrastive loss: each student vector picks out its own teacher vector among the batch's (temperature τ)",
+    InfoNceParams,
+    build
+);
+
+/// Rows of `m` (`n × h`) scaled to unit length, with their norms.
+fn normalise(m: &[f64], h: usize) -> (Vec<f64>, Vec<f64>) {
+    let norms: Vec<f64> = m.chunks_exact(h).map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt().max(EPS)).collect();
+    let unit = m.chunks_exact(h).zip(&norms).flat_map(|(r, n)| r.iter().map(move |v| v / n)).collect();
+    (unit, norms)
+}
+
+/// The loss of a batch of projected student rows `p` against teacher rows `t`, weights `w`
+/// (each / B), width `h`; writes ∂L/∂p into `dp`.
+fn info_nce(p: &[f64], t: &[f32], w: &[f64], h: usize, tau: f64, dp: &mut [f64]) -> f64 {
+    let b = w.len();
+    let (s, ns) = normalise(p, h);
+    let (t, _) = normalise(&t.iter().map(|&v| v as f64).collect::<Vec<_>>(), h);
+    let mut value = 0f64;
+    // ∂L/∂s, accumulated row by row.
+    let mut ds = vec![0f64; b * h];
+    for i in 0..b {
+        let si = &s[i * h..(i + 1) * h];
+        let z: Vec<f64> = t.chunks_exact(h).map(|tj| si.iter().zip(tj).map(|(a, c)| a * c).sum::<f64>() / tau).collect();
+        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        value += w[i] * (lse - z[i]);
+        // ∂L/∂z_ij = wᵢ (softmax_j − δ_ij); ∂z_ij/∂sᵢ = tⱼ/τ.
+        for (j, tj) in t.chunks_exact(h).enumerate() {
+            let g = w[i] * ((z[j] - lse).exp() - if i == j { 1.0 } else { 0.0 }) / tau;
+            ds[i * h..(i + 1) * h].iter_mut().zip(tj).for_each(|(d, v)| *d += g * v);
+        }
+    }
+    // Through the normalisation s = p/‖p‖: ∂L/∂p = (∂L/∂s − s (s·∂L/∂s)) / ‖p‖.
+    for i in 0..b {
+        let rows = i * h..(i + 1) * h;
+        let (si, di) = (&s[rows.clone()], &ds[rows.clone()]);
+        let dot: f64 = si.iter().zip(di).map(|(a, c)| a * c).sum();
+        for ((out, &sv), &dv) in dp[rows].iter_mut().zip(si).zip(di) {
+            *out = (dv - sv * dot) / ns[i];
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kdx_framework::testing::{gradient_check, SampleBatch};
+
+    fn loss(projection: Projection, tau: f64) -> ProjectedHiddenLoss {
+        let c = Box::new(move |s: &[f64], t: &[f32], w: &[f64], h: usize, ds: &mut [f64]| info_nce(s, t, w, h, tau, ds));
+        ProjectedHiddenLoss::over_batch("info-nce", projection, 3, c)
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let s = SampleBatch::random(5, 3, 4, 2.0, 6);
+        for (projection, tau) in [(Projection::Never, 0.5), (Projection::Always, 0.2), (Projection::Never, 0.05)] {
+            let mut l = loss(projection, tau);
+            let err = gradient_check(&mut l, &s.input(0, 1), 1e-3).unwrap();
+            assert!(err < 2e-2, "{projection:?}, τ = {tau}: relative error {err}");
+        }
+    }
+
+    #[test]
+    fn matching_vectors_cost_little_and_swapped_ones_much() {
+        // Teacher rows e₀, e₁, e₂; a student equal to them is right, one with rows 0 and 1
+        // swapped is wrong twice.
+        let t: Vec<f32> = vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+        let right: Vec<f64> = t.iter().map(|&v| v as f64).collect();
+        let swapped: Vec<f64> = vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+        let w = [1.0 / 3.0; 3];
+        let mut dp = vec![0.0; 9];
+        let good = info_nce(&right, &t, &w, 3, 0.1, &mut dp);
+        let bad = info_nce(&swapped, &t, &w, 3, 0.1, &mut dp);
+        // Right: −log(e^10 / (e^10 + 2)) ≈ 9.1e-5 per example.
+        assert!((good - (1.0 + 2.0 * (-10f64).exp()).ln()).abs() < 1e-12, "{good}");
+        assert!(bad > 6.0, "{bad}");
+        // Scaling a student row changes nothing: only directions count.
+        let scaled: Vec<f64> = right.iter().map(|v| v * 7.0).collect();
+        assert!((info_nce(&scaled, &t, &w, 3, 0.1, &mut dp) - good).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_temperature_that_is_not_positive_is_refused_at_its_key() {
+        use kdx_framework::registry::{build_standalone, PluginKind};
+        let mut p = toml::Table::new();
+        p.insert("temperature".into(), toml::Value::Float(0.0));
+        let e = build_standalone(PluginKind::Loss, "info-nce", p, "recipe.toml").err().expect("refused").to_string();
+        assert!(e.contains("temperature") && e.contains("must be a positive number"), "{e}");
+    }
+}
