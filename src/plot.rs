@@ -692,14 +692,7 @@ fn table_value(v: &str) -> String {
 /// `sweep.svg`: one panel per swept parameter, its values along x, each run's macro and
 /// worst-language accuracy as points and their means over the other parameters as lines.
 pub fn write_sweep(path: &Path, title: &str, points: &[SweepPoint]) -> Result<()> {
-    let mut params: Vec<String> = Vec::new();
-    for p in points {
-        for (k, _) in &p.settings {
-            if !params.contains(k) {
-                params.push(k.clone());
-            }
-        }
-    }
+    let (params, values) = swept_values(points);
     anyhow::ensure!(!params.is_empty(), "no swept parameters in the run names");
     let items = vec![
         ("student macro accuracy (test)".to_string(), Mark::Dot(STUDENT)),
@@ -714,8 +707,48 @@ pub fn write_sweep(path: &Path, title: &str, points: &[SweepPoint]) -> Result<()
             Mark::Line(BLACK, 1),
         ),
     ];
-    // Values of each parameter, numeric ones in numeric order.
-    let values: Vec<Vec<String>> = params
+    // Wide enough for the values to sit side by side, up to a limit (then they are turned).
+    let w = values
+        .iter()
+        .map(|v| {
+            120 + v.len() as u32
+                * (v.iter().map(|s| text_width(s, 12.0)).max().unwrap_or(0) as u32 + 24).max(90)
+        })
+        .max()
+        .unwrap_or(760)
+        .clamp(760, 2000);
+    let axes: Vec<SweepAxis> = values.iter().map(|v| SweepAxis::new(w, v)).collect();
+    let head = header_height(w, &items);
+    let panel_h: Vec<u32> = axes.iter().map(|a| 300 + a.label_area()).collect();
+    let finite: Vec<f64> =
+        points.iter().flat_map(|p| [p.macro_acc, p.worst_acc]).filter(|x| x.is_finite()).collect();
+    let lo = finite.iter().cloned().fold(1.0, f64::min);
+    let hi = finite.iter().cloned().fold(0.0, f64::max);
+    let y_lo = ((lo - 0.03) * 20.0).floor().max(0.0) / 20.0;
+    let y_hi = (((hi + 0.03) * 20.0).ceil() / 20.0).min(1.0).max(y_lo + 0.05);
+    svg_file(path, (w, head + panel_h.iter().sum::<u32>()), |root| {
+        let mut rest = header(root, title, &items)?;
+        for (pi, k) in params.iter().enumerate() {
+            let (panel, below) = rest.split_vertically(panel_h[pi]);
+            rest = below;
+            draw_sweep_panel(&panel, k, &axes[pi], points, (y_lo, y_hi))?;
+        }
+        Ok(())
+    })
+}
+
+/// The swept parameters, in order of first appearance, and each one's values (numeric ones
+/// in numeric order).
+fn swept_values(points: &[SweepPoint]) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut params: Vec<String> = Vec::new();
+    for p in points {
+        for (k, _) in &p.settings {
+            if !params.contains(k) {
+                params.push(k.clone());
+            }
+        }
+    }
+    let values = params
         .iter()
         .map(|k| {
             let mut v: Vec<String> = Vec::new();
@@ -732,128 +765,124 @@ pub fn write_sweep(path: &Path, title: &str, points: &[SweepPoint]) -> Result<()
             v
         })
         .collect();
-    // Wide enough for the values to sit side by side, up to a limit (then they are turned).
-    let w = values
-        .iter()
-        .map(|v| {
-            120 + v.len() as u32
-                * (v.iter().map(|s| text_width(s, 12.0)).max().unwrap_or(0) as u32 + 24).max(90)
-        })
-        .max()
-        .unwrap_or(760)
-        .clamp(760, 2000);
-    let rotate = |vals: &[String]| {
-        let slot = (w as i32 - 120) / vals.len().max(1) as i32;
-        vals.iter().any(|s| text_width(s, 12.0) > slot - 8)
+    (params, values)
+}
+
+/// One swept parameter's x axis: its values, and whether their labels must be turned to fit.
+struct SweepAxis<'v> {
+    vals: &'v [String],
+    rotate: bool,
+}
+
+impl<'v> SweepAxis<'v> {
+    fn new(width: u32, vals: &'v [String]) -> SweepAxis<'v> {
+        let slot = (width as i32 - 120) / vals.len().max(1) as i32;
+        SweepAxis { vals, rotate: vals.iter().any(|s| text_width(s, 12.0) > slot - 8) }
+    }
+
+    /// Height of the label area below the panel.
+    fn label_area(&self) -> u32 {
+        match self.rotate {
+            true => self.vals.iter().map(|s| text_width(s, 12.0)).max().unwrap_or(0) as u32 + 44,
+            false => 48,
+        }
+    }
+}
+
+/// One panel of the sweep plot: test accuracy against the values of parameter `k`, each run
+/// a dot (macro) and a triangle (worst language, named), lines through the means.
+fn draw_sweep_panel(
+    panel: &Area,
+    k: &str,
+    axis: &SweepAxis,
+    points: &[SweepPoint],
+    y: (f64, f64),
+) -> Result<()> {
+    let vals = axis.vals;
+    let mut chart = ChartBuilder::on(panel)
+        .margin(12)
+        .margin_right(24)
+        .x_label_area_size(axis.label_area())
+        .y_label_area_size(56)
+        .build_cartesian_2d(-0.5f64..vals.len() as f64 - 0.5, y.0..y.1)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .light_line_style(FAINT.mix(0.6))
+        .bold_line_style(FAINT)
+        .x_desc(k)
+        .y_desc("test accuracy")
+        .label_style(font(12.0))
+        .axis_desc_style(font(13.0))
+        .y_label_formatter(&|v| format!("{v:.2}"))
+        .draw()?;
+    let at = |p: &SweepPoint| {
+        p.settings.iter().find(|(kk, _)| kk == k).and_then(|(_, v)| vals.iter().position(|x| x == v))
     };
-    let label_area = |vals: &[String]| -> u32 {
-        if rotate(vals) {
-            vals.iter().map(|s| text_width(s, 12.0)).max().unwrap_or(0) as u32 + 44
+    let mut mean_macro = Vec::new();
+    let mut mean_worst = Vec::new();
+    for (xi, _) in vals.iter().enumerate() {
+        let here: Vec<&SweepPoint> = points.iter().filter(|p| at(p) == Some(xi)).collect();
+        let mean = |f: &dyn Fn(&SweepPoint) -> f64| {
+            let v: Vec<f64> = here.iter().map(|p| f(p)).filter(|x| x.is_finite()).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        if let Some(m) = mean(&|p| p.macro_acc) {
+            mean_macro.push((xi as f64 - 0.06, m));
+        }
+        if let Some(m) = mean(&|p| p.worst_acc) {
+            mean_worst.push((xi as f64 + 0.06, m));
+        }
+    }
+    chart.draw_series(LineSeries::new(mean_macro, STUDENT.stroke_width(2)))?;
+    chart.draw_series(LineSeries::new(mean_worst, WORST.stroke_width(2)))?;
+    // The worst language beside its triangle, never on top of another label.
+    let mut named: Vec<(usize, i32)> = Vec::new();
+    for p in points {
+        let Some(xi) = at(p) else { continue };
+        if p.worst_acc.is_finite() && !p.worst_lang.is_empty() {
+            let py = chart.backend_coord(&(xi as f64, p.worst_acc)).1;
+            let clash = named.iter().any(|&(x, y)| x == xi && (y - py).abs() < 12);
+            if !clash {
+                named.push((xi, py));
+                chart.draw_series(std::iter::once(Text::new(
+                    p.worst_lang.clone(),
+                    (xi as f64 + 0.11, p.worst_acc),
+                    font(11.0).color(&WORST).pos(Pos::new(HPos::Left, VPos::Center)),
+                )))?;
+            }
+        }
+        if p.macro_acc.is_finite() {
+            chart.draw_series(std::iter::once(Circle::new(
+                (xi as f64 - 0.06, p.macro_acc),
+                5,
+                STUDENT.filled(),
+            )))?;
+        }
+        if p.worst_acc.is_finite() {
+            chart.draw_series(std::iter::once(TriangleMarker::new(
+                (xi as f64 + 0.06, p.worst_acc),
+                6,
+                WORST.filled(),
+            )))?;
+        }
+    }
+    let base = panel.get_base_pixel();
+    for (xi, v) in vals.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(xi as f64, y.0));
+        let style = if axis.rotate {
+            ("sans-serif", 12.0 * 1.24)
+                .into_font()
+                .transform(FontTransform::Rotate270)
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Right, VPos::Center))
         } else {
-            48
-        }
-    };
-    let head = header_height(w, &items);
-    let panel_h: Vec<u32> = values.iter().map(|v| 300 + label_area(v)).collect();
-    let finite: Vec<f64> =
-        points.iter().flat_map(|p| [p.macro_acc, p.worst_acc]).filter(|x| x.is_finite()).collect();
-    let lo = finite.iter().cloned().fold(1.0, f64::min);
-    let hi = finite.iter().cloned().fold(0.0, f64::max);
-    let y_lo = ((lo - 0.03) * 20.0).floor().max(0.0) / 20.0;
-    let y_hi = (((hi + 0.03) * 20.0).ceil() / 20.0).min(1.0).max(y_lo + 0.05);
-    svg_file(path, (w, head + panel_h.iter().sum::<u32>()), |root| {
-        let mut rest = header(root, title, &items)?;
-        for (pi, k) in params.iter().enumerate() {
-            let (panel, below) = rest.split_vertically(panel_h[pi]);
-            rest = below;
-            let vals = &values[pi];
-            let mut chart = ChartBuilder::on(&panel)
-                .margin(12)
-                .margin_right(24)
-                .x_label_area_size(label_area(vals))
-                .y_label_area_size(56)
-                .build_cartesian_2d(-0.5f64..vals.len() as f64 - 0.5, y_lo..y_hi)?;
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(0)
-                .light_line_style(FAINT.mix(0.6))
-                .bold_line_style(FAINT)
-                .x_desc(k.as_str())
-                .y_desc("test accuracy")
-                .label_style(font(12.0))
-                .axis_desc_style(font(13.0))
-                .y_label_formatter(&|v| format!("{v:.2}"))
-                .draw()?;
-            let at = |p: &SweepPoint| {
-                p.settings.iter().find(|(kk, _)| kk == k).and_then(|(_, v)| vals.iter().position(|x| x == v))
-            };
-            let mut mean_macro = Vec::new();
-            let mut mean_worst = Vec::new();
-            for (xi, _) in vals.iter().enumerate() {
-                let here: Vec<&SweepPoint> = points.iter().filter(|p| at(p) == Some(xi)).collect();
-                let mean = |f: &dyn Fn(&SweepPoint) -> f64| {
-                    let v: Vec<f64> = here.iter().map(|p| f(p)).filter(|x| x.is_finite()).collect();
-                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-                };
-                if let Some(m) = mean(&|p| p.macro_acc) {
-                    mean_macro.push((xi as f64 - 0.06, m));
-                }
-                if let Some(m) = mean(&|p| p.worst_acc) {
-                    mean_worst.push((xi as f64 + 0.06, m));
-                }
-            }
-            chart.draw_series(LineSeries::new(mean_macro, STUDENT.stroke_width(2)))?;
-            chart.draw_series(LineSeries::new(mean_worst, WORST.stroke_width(2)))?;
-            // The worst language beside its triangle, never on top of another label.
-            let mut named: Vec<(usize, i32)> = Vec::new();
-            for p in points {
-                let Some(xi) = at(p) else { continue };
-                if p.worst_acc.is_finite() && !p.worst_lang.is_empty() {
-                    let py = chart.backend_coord(&(xi as f64, p.worst_acc)).1;
-                    let clash = named.iter().any(|&(x, y)| x == xi && (y - py).abs() < 12);
-                    if !clash {
-                        named.push((xi, py));
-                        chart.draw_series(std::iter::once(Text::new(
-                            p.worst_lang.clone(),
-                            (xi as f64 + 0.11, p.worst_acc),
-                            font(11.0).color(&WORST).pos(Pos::new(HPos::Left, VPos::Center)),
-                        )))?;
-                    }
-                }
-                if p.macro_acc.is_finite() {
-                    chart.draw_series(std::iter::once(Circle::new(
-                        (xi as f64 - 0.06, p.macro_acc),
-                        5,
-                        STUDENT.filled(),
-                    )))?;
-                }
-                if p.worst_acc.is_finite() {
-                    chart.draw_series(std::iter::once(TriangleMarker::new(
-                        (xi as f64 + 0.06, p.worst_acc),
-                        6,
-                        WORST.filled(),
-                    )))?;
-                }
-            }
-            let base = panel.get_base_pixel();
-            let rot = rotate(vals);
-            for (xi, v) in vals.iter().enumerate() {
-                let (px, py) = chart.backend_coord(&(xi as f64, y_lo));
-                let style = if rot {
-                    ("sans-serif", 12.0 * 1.24)
-                        .into_font()
-                        .transform(FontTransform::Rotate270)
-                        .color(&BLACK)
-                        .pos(Pos::new(HPos::Right, VPos::Center))
-                } else {
-                    font(12.0).pos(Pos::new(HPos::Center, VPos::Top))
-                };
-                panel.draw(&Text::new(v.clone(), (px - base.0, py - base.1 + 8), style))?;
-            }
-        }
-        Ok(())
-    })
+            font(12.0).pos(Pos::new(HPos::Center, VPos::Top))
+        };
+        panel.draw(&Text::new(v.clone(), (px - base.0, py - base.1 + 8), style))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

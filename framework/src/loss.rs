@@ -237,7 +237,10 @@ impl ProjectedHiddenLoss {
         seed: u64,
         criterion: BatchCriterion,
     ) -> Self {
-        ProjectedHiddenLoss { criterion: Criterion::Batch(criterion), ..Self::new(name, mode, seed, |_, _, _, _| 0.0) }
+        ProjectedHiddenLoss {
+            criterion: Criterion::Batch(criterion),
+            ..Self::new(name, mode, seed, |_, _, _, _| 0.0)
+        }
     }
 
     /// The same, with the projection started as `init` says.

@@ -355,14 +355,22 @@ impl Loss for DylibLoss {
         if status != abi::STATUS_OK {
             anyhow::bail!("{}: its language values: {}", self.what(), self.plugin.take_message(err));
         }
-        anyhow::ensure!(len == 0 || !values.is_null(), "{}: {len} language values at a null pointer", self.what());
+        anyhow::ensure!(
+            len == 0 || !values.is_null(),
+            "{}: {len} language values at a null pointer",
+            self.what()
+        );
         (0..len)
             .map(|i| {
                 // SAFETY: the plugin stored `len` entries, each a name and `len` values, valid
                 // until its next call.
                 let v = unsafe { &*values.add(i) };
                 anyhow::ensure!(!v.name.is_null(), "{}: language value {i} has no name", self.what());
-                anyhow::ensure!(v.len == 0 || !v.values.is_null(), "{}: language value {i} has no values", self.what());
+                anyhow::ensure!(
+                    v.len == 0 || !v.values.is_null(),
+                    "{}: language value {i} has no values",
+                    self.what()
+                );
                 // SAFETY: as above.
                 let name = unsafe { CStr::from_ptr(v.name) }.to_string_lossy().into_owned();
                 let data = match v.len {
@@ -454,7 +462,11 @@ impl Loss for DylibLoss {
             }
             // Too small: once more with the size the plugin asked for (a second refusal is
             // the plugin's error).
-            anyhow::ensure!(cap < len && cap == self.n_langs.max(64), "{}: its language state keeps growing", self.what());
+            anyhow::ensure!(
+                cap < len && cap == self.n_langs.max(64),
+                "{}: its language state keeps growing",
+                self.what()
+            );
             cap = len;
         }
     }

@@ -44,10 +44,12 @@ pub(super) fn loss_report(losses: &[StageLoss], sums: &mut [(f64, u64)]) -> anyh
     let mut per_language = Vec::new();
     let mut gates = None;
     for (l, label) in losses.iter().zip(&labels) {
-        let values = l.loss.language_values().with_context(|| format!("loss `{}`'s per-language values", l.name))?;
+        let values =
+            l.loss.language_values().with_context(|| format!("loss `{}`'s per-language values", l.name))?;
         per_language.extend(values.into_iter().map(|(name, v)| (format!("{label}.{name}"), v)));
         if gates.is_none() {
-            gates = l.loss.language_state().with_context(|| format!("loss `{}`'s per-language state", l.name))?;
+            gates =
+                l.loss.language_state().with_context(|| format!("loss `{}`'s per-language state", l.name))?;
         }
     }
     Ok(LossReport { gates, per_language, terms })

@@ -91,12 +91,10 @@ fn info_nce(p: &[f64], t: &[f32], w: &[f64], h: usize, tau: f64, dp: &mut [f64])
         }
     }
     // Through the normalisation s = p/‖p‖: ∂L/∂p = (∂L/∂s − s (s·∂L/∂s)) / ‖p‖.
-    for i in 0..b {
-        let rows = i * h..(i + 1) * h;
-        let (si, di) = (&s[rows.clone()], &ds[rows.clone()]);
+    for (((out, si), di), n) in dp.chunks_exact_mut(h).zip(s.chunks_exact(h)).zip(ds.chunks_exact(h)).zip(&ns) {
         let dot: f64 = si.iter().zip(di).map(|(a, c)| a * c).sum();
-        for ((out, &sv), &dv) in dp[rows].iter_mut().zip(si).zip(di) {
-            *out = (dv - sv * dot) / ns[i];
+        for ((o, &sv), &dv) in out.iter_mut().zip(si).zip(di) {
+            *o = (dv - sv * dot) / n;
         }
     }
     value
