@@ -599,7 +599,7 @@ fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Resu
         if chunk.is_empty() {
             break;
         }
-        let bags = kdx_framework::features::Bags::build(
+        let bags = kdx_framework::features::TokenRows::build(
             model.featurizer(),
             chunk.iter().map(String::as_str).collect::<Vec<_>>(),
         );

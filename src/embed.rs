@@ -19,7 +19,7 @@ use crate::input::TextLines;
 /// through (a student distilled with an embedding loss carries one into the teacher's space).
 pub fn load(path: &Path, which: &str) -> Result<(Box<dyn Model>, Option<HiddenProjection>)> {
     if path.join("config.json").is_file() {
-        let hf = HfDir::open(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let hf = HfDir::open(path)?;
         let projection = hf.projection()?;
         return Ok((Box::new(hf.model(1)?), projection));
     }

@@ -194,7 +194,7 @@ fn tally(model: &dyn Model, card: &ModelCard, reader: &mut EvalReader) -> Result
         }
         t.rows += chunk.len();
         let texts: Vec<&str> = chunk.iter().map(|r| r.text.as_str()).collect();
-        let mut bags = kdx_framework::features::Bags::build(model.featurizer(), texts);
+        let mut bags = kdx_framework::features::TokenRows::build(model.featurizer(), texts);
         // Models that route by language read it; a language the model was not trained on gets
         // index 0 (its rows are scored all the same).
         let lang_of = |r: &EvalRow| card.languages.iter().position(|l| *l == r.lang).unwrap_or(0) as u32;

@@ -120,9 +120,9 @@ fn focal_kd_loads_and_describes_itself() {
     let l = lib.create_loss(r#"{"gamma": 1.0}"#).unwrap();
     assert!(l.needs_teacher() && !l.needs_labels() && !l.needs_teacher_hidden());
     // The plugin's own refusals come back as its messages.
-    let e = lib.create_loss(r#"{"temperature": -1}"#).err().unwrap();
+    let e = lib.create_loss(r#"{"temperature": -1}"#).err().unwrap().to_string();
     assert!(e.contains("temperature must be a positive number"), "{e}");
-    let e = lib.create_loss(r#"{"gama": 1}"#).err().unwrap();
+    let e = lib.create_loss(r#"{"gama": 1}"#).err().unwrap().to_string();
     assert!(e.contains("unknown field `gama`"), "{e}");
     // It publishes its parameters' schema, doc comments included.
     let props = lib
@@ -545,7 +545,7 @@ fn a_panic_inside_a_plugin_is_an_error_and_the_process_goes_on() {
         assert!(e.contains(&format!("misbehaving: deliberate error in compute at step {step}")), "{e}");
     }
     // A panic in create.
-    let e = lib.create_loss(r#"{"panic": "create"}"#).err().unwrap();
+    let e = lib.create_loss(r#"{"panic": "create"}"#).err().unwrap().to_string();
     assert!(e.contains("the plugin panicked: misbehaving: deliberate panic in create"), "{e}");
     // Still alive, and the well-behaved loss still works.
     assert!(ok.compute(&s.input(1, 1)).is_ok());

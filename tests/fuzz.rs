@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use kdx_framework::features::Bags;
+use kdx_framework::features::TokenRows;
 use kdx_framework::registry::{build_standalone, Instance, PluginKind};
 use kdx_plugins as _;
 
@@ -153,11 +153,11 @@ fn mutated_artefacts_give_errors_never_panics() {
     find(&results.join(".cache/features"), &|p| p.extension().is_some_and(|e| e == "bags"), &mut bags);
     let original = std::fs::read(&bags[0]).unwrap();
     fuzz("feature cache", &bags[0], &original, cases, 23, &|p| {
-        let _ = Bags::from_bytes(&std::fs::read(p).unwrap());
+        let _ = TokenRows::from_bytes(&std::fs::read(p).unwrap());
     });
 
     // The exported student: its card and its weights; a model that loads must predict.
-    let sample = Bags { offsets: vec![0, 2, 3], ids: vec![1, 2, 3], langs: vec![0, 1] };
+    let sample = TokenRows { offsets: vec![0, 2, 3], ids: vec![1, 2, 3], langs: vec![0, 1] };
     let load = |_: &Path| {
         if let Ok((model, _)) = kdx_framework::export::load(&run.join("student")) {
             let _ = model.forward(&sample);

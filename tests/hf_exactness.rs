@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use kdx_framework::features::Bags;
+use kdx_framework::features::TokenRows;
 use kdx_framework::model::Model;
 use kdx_framework::nn::Pooling;
 use kdx_plugins::model::hf_encoder::HfDir;
@@ -66,7 +66,7 @@ fn check_tiny(name: &str) {
         model.featurizer().featurize(t, &mut ids);
         assert_eq!(&ids, want, "{name}: token ids of {t:?}");
     }
-    let bags = Bags::build(model.featurizer(), texts.clone());
+    let bags = TokenRows::build(model.featurizer(), texts.clone());
     let out = model.forward_layers(&bags).unwrap();
     let s = out.layers.as_ref().unwrap();
     let (w, t) = (s.width, s.seq);
@@ -133,7 +133,7 @@ fn unsupported_or_mismatched_directories_are_named() {
         std::fs::copy(data("tiny-bert").join(f), tmp.path().join(f)).unwrap();
     }
     std::fs::write(tmp.path().join("config.json"), r#"{"model_type": "gpt2", "vocab_size": 10}"#).unwrap();
-    let e = HfDir::open(tmp.path()).unwrap_err();
+    let e = format!("{:#}", HfDir::open(tmp.path()).unwrap_err());
     assert!(e.contains("\"gpt2\"") && e.contains("bert, distilbert, roberta, xlm-roberta"), "{e}");
     // A config that says 48 wide for 32-wide tensors: the tensor and both shapes are named.
     let mut config: serde_json::Value =
@@ -143,7 +143,7 @@ fn unsupported_or_mismatched_directories_are_named() {
     std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
     // Checked against the checkpoint's header when the directory is opened, before any
     // weight is read: the key and both shapes are named.
-    let e = HfDir::open(tmp.path()).unwrap_err();
+    let e = format!("{:#}", HfDir::open(tmp.path()).unwrap_err());
     assert!(e.contains("`hidden_size`") && e.contains("[800, 32]") && e.contains("[800, 48]"), "{e}");
     let write = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut c: serde_json::Value =
@@ -153,16 +153,16 @@ fn unsupported_or_mismatched_directories_are_named() {
     };
     // A layer count that disagrees with the weights is refused, not silently cut.
     write(&|c| c["num_hidden_layers"] = 1.into());
-    let e = HfDir::open(tmp.path()).unwrap_err();
+    let e = format!("{:#}", HfDir::open(tmp.path()).unwrap_err());
     assert!(e.contains("`num_hidden_layers` = 1") && e.contains("holds 2 layers"), "{e}");
     // A value of the wrong type names its key instead of becoming a default.
     write(&|c| c["layer_norm_eps"] = "x".into());
-    let e = HfDir::open(tmp.path()).unwrap_err();
+    let e = format!("{:#}", HfDir::open(tmp.path()).unwrap_err());
     assert!(e.contains("`layer_norm_eps`") && e.contains("invalid type"), "{e}");
     // A size no encoder has is refused before anything is allocated.
     write(&|c| c["vocab_size"] = 1_000_000_000u64.into());
     let t0 = std::time::Instant::now();
-    let e = HfDir::open(tmp.path()).unwrap_err();
+    let e = format!("{:#}", HfDir::open(tmp.path()).unwrap_err());
     assert!(e.contains("`vocab_size` = 1000000000") && t0.elapsed().as_secs_f64() < 1.0, "{e}");
 }
 
@@ -357,7 +357,7 @@ fn a_pruned_vocabulary_embeds_texts_of_kept_pieces_exactly() {
     assert_eq!(table(&*full)[0], 600);
     assert_eq!(table(&*pruned)[0], 60, "{}", pruned.describe());
     let embed = |m: &dyn Model, t: &[String]| {
-        m.forward(&Bags::build(m.featurizer(), t.iter().map(String::as_str).collect::<Vec<_>>()))
+        m.forward(&TokenRows::build(m.featurizer(), t.iter().map(String::as_str).collect::<Vec<_>>()))
             .unwrap()
             .hidden
     };

@@ -24,9 +24,9 @@ enum Rule<'a> {
 }
 
 impl Languages {
-    fn rule(&self) -> Result<Rule<'_>, String> {
+    fn rule(&self) -> anyhow::Result<Rule<'_>> {
         match self {
-            Languages::List(v) if v.is_empty() => Err("the language list is empty".into()),
+            Languages::List(v) if v.is_empty() => Err(anyhow::anyhow!("the language list is empty")),
             Languages::List(v) => Ok(Rule::List(v)),
             Languages::Rule(s) if s == "all" => Ok(Rule::All),
             Languages::Rule(s) => {
@@ -35,7 +35,7 @@ impl Languages {
                 match (num("top-"), num("min-")) {
                     (Some(n), _) => Ok(Rule::Top(n)),
                     (_, Some(k)) => Ok(Rule::Min(k)),
-                    _ => Err(format!(
+                    _ => Err(anyhow::anyhow!(
                         "expected \"top-N\", \"min-K\", \"all\" or a list of locales, found \"{s}\""
                     )),
                 }
@@ -45,11 +45,11 @@ impl Languages {
 
     /// Checks the selection's syntax and that no locale is listed twice (plan time; the
     /// message is for the recipe's location).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> anyhow::Result<()> {
         if let Languages::List(v) = self {
             let mut seen = std::collections::BTreeSet::new();
             if let Some(dup) = v.iter().find(|l| !seen.insert(l.as_str())) {
-                return Err(format!("locale `{dup}` is listed twice"));
+                anyhow::bail!("locale `{dup}` is listed twice");
             }
         }
         self.rule().map(drop)
@@ -62,7 +62,7 @@ impl Languages {
         &self,
         corpus: &std::path::Path,
         merge: &BTreeMap<String, String>,
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         let manifest = crate::build::manifest_path(corpus);
         let Ok(counts) = crate::load::read_manifest_counts(&manifest) else { return Ok(()) };
         let merged: Vec<String> =
@@ -76,7 +76,7 @@ impl Languages {
         &self,
         available: impl IntoIterator<Item = &'a str>,
         source: &str,
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         let Languages::List(v) = self else { return Ok(()) };
         let available: std::collections::BTreeSet<&str> = available.into_iter().collect();
         match v.iter().find(|l| !available.contains(l.as_str())) {
@@ -89,7 +89,7 @@ impl Languages {
                     .filter(|a| a.to_lowercase().starts_with(&lower[..lower.len().min(2)]))
                     .take(8)
                     .collect();
-                Err(format!(
+                Err(anyhow::anyhow!(
                     "locale `{l}` is not in {source}{}",
                     if near.is_empty() { String::new() } else { format!("; similar: {}", near.join(", ")) }
                 ))
@@ -141,7 +141,7 @@ mod tests {
             vec!["de", "ja"]
         );
         assert!(sel(Languages::List(vec!["zz".into()])).unwrap_err().contains("`zz` is not in c"));
-        assert!(Languages::Rule("top40".into()).check().unwrap_err().contains("\"top-N\""));
+        assert!(Languages::Rule("top40".into()).check().unwrap_err().to_string().contains("\"top-N\""));
         assert!(Languages::List(vec![]).check().is_err());
     }
 }

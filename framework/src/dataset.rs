@@ -71,27 +71,30 @@ impl Task {
     }
 
     /// Checks the invariants the engine relies on; returns a message naming what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> anyhow::Result<()> {
         if self.labels.len() < 2 {
-            return Err(format!("the task has {} class(es); at least 2 are needed", self.labels.len()));
+            return Err(anyhow::anyhow!(
+                "the task has {} class(es); at least 2 are needed",
+                self.labels.len()
+            ));
         }
         for (split, xs) in [("train", &self.train), ("dev", &self.dev), ("test", &self.test)] {
             if xs.is_empty() {
-                return Err(format!(
+                return Err(anyhow::anyhow!(
                     "the {split} split is empty: every split needs examples (for the dev and test splits, \
                      a file of their own or a larger fraction of the data)"
                 ));
             }
         }
         if self.teacher_train.as_ref().is_some_and(Vec::is_empty) {
-            return Err("the teacher's training set is empty".into());
+            return Err(anyhow::anyhow!("the teacher's training set is empty"));
         }
         let teacher_train = self.teacher_train.as_deref().unwrap_or(&[]);
         let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
         for (split, xs) in [("train", &self.train[..]), ("dev", &self.dev[..]), ("test", &self.test[..])] {
             for e in xs {
                 if let Some(first) = seen.insert(&e.id, split) {
-                    return Err(format!(
+                    return Err(anyhow::anyhow!(
                         "example id `{}` appears twice (in {first} and in {split}); ids must be unique",
                         e.id
                     ));
@@ -106,10 +109,10 @@ impl Task {
         ] {
             for (i, e) in xs.iter().enumerate() {
                 if e.lang as usize >= self.langs.len() || e.label as usize >= self.labels.len() {
-                    return Err(format!("{split} example {i} has an out-of-range language or label"));
+                    return Err(anyhow::anyhow!("{split} example {i} has an out-of-range language or label"));
                 }
                 if self.teacher_reads_source && split != "teacher-train" && e.source.is_none() {
-                    return Err(format!(
+                    return Err(anyhow::anyhow!(
                         "{split} example {i} has no source text, but the teacher reads sources"
                     ));
                 }

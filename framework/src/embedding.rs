@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 
-use crate::features::Bags;
+use crate::features::TokenRows;
 use crate::infer::predict;
 use crate::model::Model;
 use crate::nn::HiddenProjection;
@@ -33,7 +33,7 @@ impl<'a> Embedder<'a> {
 
     /// Embeddings of featurised inputs, `rows × dim`, row-major (identical inputs are
     /// computed once).
-    pub fn embed_bags(&self, bags: &Bags) -> Result<Vec<f32>> {
+    pub fn embed_bags(&self, bags: &TokenRows) -> Result<Vec<f32>> {
         let o = predict(self.model, bags)?;
         Ok(match self.projection {
             Some(p) => p.apply(&o.hidden, o.batch, o.hidden_dim),
@@ -46,7 +46,7 @@ impl<'a> Embedder<'a> {
         let mut out = Vec::with_capacity(texts.len() * self.dim());
         // Bounded chunks: featurised inputs of a large file are not all held at once.
         for chunk in texts.chunks(4096) {
-            let bags = Bags::build(self.model.featurizer(), chunk.to_vec());
+            let bags = TokenRows::build(self.model.featurizer(), chunk.to_vec());
             out.extend(self.embed_bags(&bags)?);
         }
         Ok(out)

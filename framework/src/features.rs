@@ -1,7 +1,7 @@
 //! Featurisation: texts to bags of integer ids (hashed character n-grams, or bytes).
 //!
 //! Both the teacher and the student featurise every split once per run; the result is a
-//! CSR [`Bags`] the models index into, so featurisation never runs inside the training step.
+//! CSR [`TokenRows`] the models index into, so featurisation never runs inside the training step.
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -36,7 +36,7 @@ pub struct Vocabulary {
 
 impl Vocabulary {
     /// The share of `bags`' ids that are the unknown token (0 without one).
-    pub fn unknown_rate(&self, bags: &Bags) -> f64 {
+    pub fn unknown_rate(&self, bags: &TokenRows) -> f64 {
         match self.unknown {
             Some(u) => bags.ids.iter().filter(|&&i| i == u).count() as f64 / bags.ids.len().max(1) as f64,
             None => 0.0,
@@ -44,9 +44,11 @@ impl Vocabulary {
     }
 }
 
-/// Many bags of ids in compressed-sparse-row form: bag `i` is `ids[offsets[i]..offsets[i+1]]`.
+/// One row of ids per text, in compressed-sparse-row form: row `i` is
+/// `ids[offsets[i]..offsets[i+1]]`. A row is an ordered token sequence for a transformer and
+/// a bag of hashed n-gram ids for `ngram-mlp` (hence `bag(i)`, the row's ids, for both).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Bags {
+pub struct TokenRows {
     /// `len() + 1` offsets into `ids`.
     pub offsets: Vec<u32>,
     /// The ids of all bags, concatenated.
@@ -56,9 +58,9 @@ pub struct Bags {
     pub langs: Vec<u32>,
 }
 
-impl Bags {
+impl TokenRows {
     /// Featurises `texts` in parallel.
-    pub fn build<'a>(f: &dyn Featurizer, texts: impl IntoParallelIterator<Item = &'a str>) -> Bags {
+    pub fn build<'a>(f: &dyn Featurizer, texts: impl IntoParallelIterator<Item = &'a str>) -> TokenRows {
         let per: Vec<Vec<u32>> = texts
             .into_par_iter()
             .map(|t| {
@@ -75,7 +77,7 @@ impl Bags {
             ids.extend_from_slice(&v);
             offsets.push(ids.len() as u32);
         }
-        Bags { offsets, ids, langs: Vec::new() }
+        TokenRows { offsets, ids, langs: Vec::new() }
     }
 
     /// Number of bags.
@@ -94,7 +96,7 @@ impl Bags {
     }
 
     /// Copies the bags at `idx` (in that order) into a new, contiguous batch.
-    pub fn gather(&self, idx: &[usize]) -> Bags {
+    pub fn gather(&self, idx: &[usize]) -> TokenRows {
         let mut offsets = Vec::with_capacity(idx.len() + 1);
         offsets.push(0u32);
         let mut ids = Vec::new();
@@ -104,11 +106,11 @@ impl Bags {
         }
         let langs =
             if self.langs.is_empty() { Vec::new() } else { idx.iter().map(|&i| self.langs[i]).collect() };
-        Bags { offsets, ids, langs }
+        TokenRows { offsets, ids, langs }
     }
 
     /// A contiguous range of bags as a new batch.
-    pub fn range(&self, start: usize, end: usize) -> Bags {
+    pub fn range(&self, start: usize, end: usize) -> TokenRows {
         let idx: Vec<usize> = (start..end).collect();
         self.gather(&idx)
     }
@@ -129,25 +131,25 @@ const BAGS_MAGIC: &[u8; 8] = b"KDXBAGS2";
 
 impl FeatureCache {
     /// The bags of `texts` under `tag` (e.g. `train/source`), from the cache or built.
-    pub fn bags(&self, f: &dyn Featurizer, texts: Vec<&str>, tag: &str) -> anyhow::Result<Bags> {
-        let Some(dir) = &self.dir else { return Ok(Bags::build(f, texts)) };
+    pub fn bags(&self, f: &dyn Featurizer, texts: Vec<&str>, tag: &str) -> anyhow::Result<TokenRows> {
+        let Some(dir) = &self.dir else { return Ok(TokenRows::build(f, texts)) };
         let key = kdx_fsio::sha256_hex(
             format!("{}\0{}\0{tag}\0{}", self.data_key, f.describe(), texts.len()).as_bytes(),
         )[..24]
             .to_string();
         let path = dir.join(format!("{key}.bags"));
         if let Ok(bytes) = std::fs::read(&path) {
-            if let Some(b) = Bags::from_bytes(&bytes).filter(|b| b.len() == texts.len()) {
+            if let Some(b) = TokenRows::from_bytes(&bytes).filter(|b| b.len() == texts.len()) {
                 return Ok(b);
             }
         }
-        let b = Bags::build(f, texts);
+        let b = TokenRows::build(f, texts);
         kdx_fsio::write_atomic(&path, &b.to_bytes())?;
         Ok(b)
     }
 }
 
-impl Bags {
+impl TokenRows {
     /// Serialises as `KDXBAGS2`, two little-endian u64 lengths, offsets and ids (u32 LE),
     /// then the SHA-256 of everything before it (a damaged cache file is rebuilt, not used).
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -162,8 +164,8 @@ impl Bags {
         v
     }
 
-    /// Parses [`Bags::to_bytes`]; `None` for anything malformed or inconsistent.
-    pub fn from_bytes(b: &[u8]) -> Option<Bags> {
+    /// Parses [`TokenRows::to_bytes`]; `None` for anything malformed or inconsistent.
+    pub fn from_bytes(b: &[u8]) -> Option<TokenRows> {
         if b.len() < 24 + 32 || &b[..8] != BAGS_MAGIC {
             return None;
         }
@@ -182,7 +184,7 @@ impl Bags {
         let ok = offsets.first() == Some(&0)
             && offsets.windows(2).all(|w| w[0] <= w[1])
             && offsets.last().map(|&l| l as usize) == Some(n_ids);
-        ok.then(|| Bags { offsets: offsets.to_vec(), ids: ids.to_vec(), langs: Vec::new() })
+        ok.then(|| TokenRows { offsets: offsets.to_vec(), ids: ids.to_vec(), langs: Vec::new() })
     }
 }
 
@@ -320,19 +322,19 @@ mod tests {
     #[test]
     fn bags_round_trip_and_reject_damage() {
         let h = NgramHasher { n_min: 1, n_max: 2, buckets: 97 };
-        let bags = Bags::build(&h, vec!["one two", "", "drei"]);
+        let bags = TokenRows::build(&h, vec!["one two", "", "drei"]);
         let bytes = bags.to_bytes();
-        assert_eq!(Bags::from_bytes(&bytes), Some(bags.clone()));
-        assert_eq!(Bags::from_bytes(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(TokenRows::from_bytes(&bytes), Some(bags.clone()));
+        assert_eq!(TokenRows::from_bytes(&bytes[..bytes.len() - 1]), None);
         // Any flipped byte is caught by the checksum.
         for i in 0..bytes.len() {
             let mut flipped = bytes.clone();
             flipped[i] ^= 0x10;
-            assert_eq!(Bags::from_bytes(&flipped), None, "byte {i}");
+            assert_eq!(TokenRows::from_bytes(&flipped), None, "byte {i}");
         }
         let mut bad = bytes.clone();
         bad[24..28].copy_from_slice(&5u32.to_le_bytes()); // first offset must be 0
-        assert_eq!(Bags::from_bytes(&bad), None);
+        assert_eq!(TokenRows::from_bytes(&bad), None);
         // The cache returns what it built, from disk the second time.
         let dir = tempfile::tempdir().unwrap();
         let cache = FeatureCache { dir: Some(dir.path().to_path_buf()), data_key: "k".into() };
@@ -346,7 +348,7 @@ mod tests {
     #[test]
     fn bags_gather_and_range() {
         let h = NgramHasher { n_min: 1, n_max: 1, buckets: 50 };
-        let bags = Bags::build(&h, vec!["ab", "c", ""]);
+        let bags = TokenRows::build(&h, vec!["ab", "c", ""]);
         assert_eq!(bags.len(), 3);
         assert_eq!(bags.bag(0).len(), 4);
         assert_eq!(bags.bag(2).len(), 0);

@@ -3,13 +3,13 @@
 
 use anyhow::Result;
 
-use crate::features::Bags;
+use crate::features::TokenRows;
 use crate::model::{Model, Outputs};
 
 /// Inference over many examples, in chunks. Identical inputs (an English source under each
 /// of its translations) are computed once; for a model that routes by language, identical
 /// means the same ids and language.
-pub fn predict(model: &dyn Model, x: &Bags) -> Result<Outputs> {
+pub fn predict(model: &dyn Model, x: &TokenRows) -> Result<Outputs> {
     let mut row_of: std::collections::HashMap<(Option<u32>, &[u32]), usize> =
         std::collections::HashMap::new();
     let mut unique = Vec::new();
@@ -36,7 +36,7 @@ pub fn predict(model: &dyn Model, x: &Bags) -> Result<Outputs> {
     Ok(all)
 }
 
-fn predict_chunks(model: &dyn Model, x: &Bags) -> Result<Outputs> {
+fn predict_chunks(model: &dyn Model, x: &TokenRows) -> Result<Outputs> {
     const CHUNK: usize = 2048;
     let mut all = Outputs { classes: model.classes(), hidden_dim: model.hidden_dim(), ..Default::default() };
     let mut start = 0;

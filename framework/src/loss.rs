@@ -39,7 +39,7 @@ pub trait Loss: Send {
     }
     /// Checks at plan time that the student's and teacher's layers fit the loss (layer
     /// indices in range, equal heads, the same tokenisation); the error says what does not.
-    fn check_layers(&self, student: &LayerShape, teacher: &LayerShape) -> Result<(), String> {
+    fn check_layers(&self, student: &LayerShape, teacher: &LayerShape) -> anyhow::Result<()> {
         let _ = (student, teacher);
         Ok(())
     }

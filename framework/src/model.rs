@@ -5,7 +5,7 @@
 //! [`Param::grad`] for the framework's optimizers. Keeping parameters as plain data makes
 //! checkpoints, weight transfer (`init = "from-teacher"`) and export trivial.
 
-use crate::features::{Bags, Featurizer};
+use crate::features::{Featurizer, TokenRows};
 pub use crate::outputs::{LayerGrads, LayerStates, OutputGrads, Outputs, StepCtx};
 pub use crate::param::{Grad, Param, RowGrad, SpareBuffer};
 
@@ -22,13 +22,13 @@ pub trait Model: Send + Sync + std::any::Any {
     /// Its featuriser: the engine featurises each split once with it.
     fn featurizer(&self) -> &dyn Featurizer;
     /// Inference on a batch of featurised examples (no dropout, no gradients).
-    fn forward(&self, x: &Bags) -> anyhow::Result<Outputs>;
+    fn forward(&self, x: &TokenRows) -> anyhow::Result<Outputs>;
     /// Training forward and backward: runs the forward pass, asks `objective` for the
     /// gradient of the loss with respect to the outputs, and back-propagates it into
     /// [`Param::grad`] of every parameter. Returns the forward outputs.
     fn forward_backward(
         &mut self,
-        x: &Bags,
+        x: &TokenRows,
         ctx: StepCtx,
         objective: &mut dyn FnMut(&Outputs) -> anyhow::Result<OutputGrads>,
     ) -> anyhow::Result<Outputs>;
@@ -39,7 +39,7 @@ pub trait Model: Send + Sync + std::any::Any {
 
     /// Inference that also returns every layer's states ([`Outputs::layers`]), for a
     /// teacher read by layer-wise losses. Models without layers return plain outputs.
-    fn forward_layers(&self, x: &Bags) -> anyhow::Result<Outputs> {
+    fn forward_layers(&self, x: &TokenRows) -> anyhow::Result<Outputs> {
         self.forward(x)
     }
 
@@ -48,7 +48,7 @@ pub trait Model: Send + Sync + std::any::Any {
         self.params().iter().map(|p| p.numel()).sum()
     }
 
-    /// Whether outputs depend on [`Bags::langs`] (a model that routes by language). When
+    /// Whether outputs depend on [`TokenRows::langs`] (a model that routes by language). When
     /// they do not, inference computes a text once however many languages it appears under
     /// (an English source read for each of its translations).
     fn routes_by_language(&self) -> bool {
@@ -75,22 +75,24 @@ pub struct LayerShape {
 impl LayerShape {
     /// Whether `teacher` tokenises as this student does, which token-level losses need;
     /// the error says what the loss `compares` and names both tokenisations.
-    pub fn same_tokens(&self, teacher: &LayerShape, compares: &str) -> Result<(), String> {
+    pub fn same_tokens(&self, teacher: &LayerShape, compares: &str) -> anyhow::Result<()> {
         if self.max_len != teacher.max_len {
             // Texts longer than the shorter limit would be cut at different tokens: the run
             // would stop at its first such batch, after the teacher has trained.
-            return Err(format!(
+            anyhow::bail!(
                 "{compares}, so student and teacher must truncate texts alike; the student's max_len is {}, the teacher's {}",
-                self.max_len, teacher.max_len
-            ));
+                self.max_len,
+                teacher.max_len
+            );
         }
         if self.tokenizer == teacher.tokenizer {
             return Ok(());
         }
-        Err(format!(
+        anyhow::bail!(
             "{compares}, so student and teacher must tokenise alike; the student's tokenizer is {}, the teacher's {}",
-            self.tokenizer, teacher.tokenizer
-        ))
+            self.tokenizer,
+            teacher.tokenizer
+        )
     }
 }
 
@@ -222,10 +224,10 @@ pub fn machine_memory() -> Option<u64> {
 /// Checks, before anything is allocated, that `bytes` (an estimate of what `what` needs) fits
 /// in this machine's memory; the error gives the estimate and the machine's memory. Plugins
 /// call it from their builders, so `kdx validate` refuses sizes a run would die on.
-pub fn check_memory(what: &str, bytes: u128) -> Result<(), String> {
+pub fn check_memory(what: &str, bytes: u128) -> anyhow::Result<()> {
     let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
     match machine_memory() {
-        Some(total) if bytes > total as u128 => Err(format!(
+        Some(total) if bytes > total as u128 => Err(anyhow::anyhow!(
             "{what} needs about {:.1} GiB, more than this machine's {:.1} GiB",
             gib(bytes),
             gib(total as u128)
@@ -307,12 +309,12 @@ mod tests {
         fn featurizer(&self) -> &dyn Featurizer {
             &self.f
         }
-        fn forward(&self, _: &Bags) -> anyhow::Result<Outputs> {
+        fn forward(&self, _: &TokenRows) -> anyhow::Result<Outputs> {
             Ok(Outputs::default())
         }
         fn forward_backward(
             &mut self,
-            _: &Bags,
+            _: &TokenRows,
             _: StepCtx,
             _: &mut dyn FnMut(&Outputs) -> anyhow::Result<OutputGrads>,
         ) -> anyhow::Result<Outputs> {

@@ -3,7 +3,7 @@
 //! macros, and the helpers a loss uses (dfdx autodiff on logits, a gradient check).
 
 pub use crate::dataset::{file_fingerprint, Dataset, Example, Task};
-pub use crate::features::{Bags, Featurizer};
+pub use crate::features::{Featurizer, TokenRows};
 pub use crate::loss::{autodiff_logits, row_weights, softmax_rows, tensor2, Loss, LossInput, LossOutput};
 pub use crate::model::{
     Grad, Model, ModelBuilder, ModelKind, ModelSpec, OutputGrads, OutputTable, Outputs, Param, RowGrad,

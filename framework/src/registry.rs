@@ -81,9 +81,10 @@ impl BuildCtx<'_> {
     }
 
     /// A located error about one of this plugin's parameters.
-    pub fn error(&self, param: &str, message: impl Into<String>) -> Diagnostic {
+    pub fn error(&self, param: &str, message: impl std::fmt::Display) -> Diagnostic {
         let key = if param.is_empty() { self.key.clone() } else { self.key.key(param) };
-        self.doc.diag(&key, message, None)
+        // `{:#}`: an error's whole chain, in one line.
+        self.doc.diag(&key, format!("{message:#}"), None)
     }
 
     /// Resolves a file parameter against the recipe's directory and checks the file is
@@ -259,7 +260,7 @@ pub enum Instance {
 }
 
 /// Checks the registry for two plugins of one kind with one name; called at start-up.
-pub fn check_unique() -> Result<(), String> {
+pub fn check_unique() -> anyhow::Result<()> {
     let mut seen: BTreeMap<(PluginKind, &str), &Registration> = BTreeMap::new();
     let mut errors = Vec::new();
     for r in inventory::iter::<Registration> {
@@ -276,7 +277,7 @@ pub fn check_unique() -> Result<(), String> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(errors.join("\n"))
+        Err(anyhow::anyhow!(errors.join("\n")))
     }
 }
 
@@ -352,7 +353,7 @@ mod tests {
 
     #[test]
     fn two_plugins_with_one_name_are_refused_naming_both() {
-        let err = check_unique().unwrap_err();
+        let err = check_unique().unwrap_err().to_string();
         assert!(err.contains("two loss plugins are named `dup-test`"), "{err}");
         assert_eq!(err.matches("registry.rs").count(), 2, "both registrations are named: {err}");
     }

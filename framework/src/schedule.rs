@@ -96,19 +96,19 @@ impl Schedule {
     /// Whether it can weight a loss: every value it takes is finite and not negative. A
     /// weight of 0 switches the term off (the engine does not compute it, so an ablation is
     /// exact); a warm-up from 0 starts it off. The error says why not.
-    pub fn check_weight(&self) -> Result<(), String> {
+    pub fn check_weight(&self) -> anyhow::Result<()> {
         let non_negative = |what: &str, v: f32| {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(format!(
+                Err(anyhow::anyhow!(
                     "a loss weight must be a number of at least 0 (0 switches the term off); `{what}` is {v}"
                 ))
             }
         };
         match self {
             Schedule::Constant(v) if v.is_finite() && *v >= 0.0 => Ok(()),
-            Schedule::Constant(v) => Err(format!(
+            Schedule::Constant(v) => Err(anyhow::anyhow!(
                 "a loss weight must be a number of at least 0 (0 switches the term off), found {v}"
             )),
             Schedule::Curve(c) => {

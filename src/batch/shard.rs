@@ -15,15 +15,16 @@ pub struct Shard {
 
 impl Shard {
     /// Parses `K/N`.
-    pub fn parse(s: &str) -> Result<Shard, String> {
-        let (k, n) = s.split_once('/').ok_or_else(|| format!("expected K/N (e.g. 0/4), found `{s}`"))?;
-        let index: u64 = k.trim().parse().map_err(|_| format!("`{k}` is not a shard number"))?;
-        let count: u64 = n.trim().parse().map_err(|_| format!("`{n}` is not a shard count"))?;
+    pub fn parse(s: &str) -> Result<Shard> {
+        let (k, n) =
+            s.split_once('/').ok_or_else(|| anyhow::anyhow!("expected K/N (e.g. 0/4), found `{s}`"))?;
+        let index: u64 = k.trim().parse().map_err(|_| anyhow::anyhow!("`{k}` is not a shard number"))?;
+        let count: u64 = n.trim().parse().map_err(|_| anyhow::anyhow!("`{n}` is not a shard count"))?;
         if count == 0 {
-            return Err("the shard count must be at least 1".into());
+            return Err(anyhow::anyhow!("the shard count must be at least 1"));
         }
         if index >= count {
-            return Err(format!(
+            return Err(anyhow::anyhow!(
                 "shard {index} of {count} does not exist: shards are numbered 0 to {}",
                 count - 1
             ));

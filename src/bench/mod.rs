@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 
 use kdx_framework::engine::train::{combine_losses, StageLoss};
-use kdx_framework::features::Bags;
+use kdx_framework::features::TokenRows;
 use kdx_framework::loss::LossInput;
 use kdx_framework::model::{Param, StepCtx};
 use kdx_framework::optim::{Optimizer, OptimizerConfig, OptimizerKind};
@@ -70,7 +70,7 @@ pub fn kdx_steps_per_s(variant_name: &str, sparse: bool, steps: usize, warmup: u
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let ids: Vec<u32> = (0..B * L).map(|_| rng.gen_range(0..v as u32)).collect();
-    let bags = Bags { offsets: (0..=B).map(|i| (i * L) as u32).collect(), ids, langs: Vec::new() };
+    let bags = TokenRows { offsets: (0..=B).map(|i| (i * L) as u32).collect(), ids, langs: Vec::new() };
     let labels: Vec<u32> = (0..B).map(|_| rng.gen_range(0..C as u32)).collect();
     let teacher: Vec<f32> = (0..B * C).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
     let langs = vec![0u32; B];

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use kdx_framework::features::Bags;
+use kdx_framework::features::TokenRows;
 use kdx_framework::model::{Model, OutputGrads, StepCtx};
 use kdx_framework::nn::kernels::FfnActivation;
 use kdx_framework::nn::{Encoder, EncoderConfig, Pooling, TransformerModel};
@@ -78,7 +78,7 @@ impl Shape {
     }
 
     /// `n` sequences of random ids with lengths uniform in [seq/4, seq], as the reference.
-    fn batch(&self, n: usize, rng: &mut rand::rngs::StdRng) -> Bags {
+    fn batch(&self, n: usize, rng: &mut rand::rngs::StdRng) -> TokenRows {
         let mut offsets = vec![0u32];
         let mut ids = Vec::new();
         for _ in 0..n {
@@ -86,7 +86,7 @@ impl Shape {
             ids.extend((0..len).map(|_| rng.gen_range(1..self.vocab as u32)));
             offsets.push(ids.len() as u32);
         }
-        Bags { offsets, ids, langs: Vec::new() }
+        TokenRows { offsets, ids, langs: Vec::new() }
     }
 }
 

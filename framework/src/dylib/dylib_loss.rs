@@ -475,7 +475,7 @@ impl Loss for DylibLoss {
 impl PluginLibrary {
     /// Creates a loss from its parameters (a JSON object). The error is the plugin's message;
     /// a panic inside the plugin is reported as one.
-    pub fn create_loss(self: &Arc<Self>, params_json: &str) -> Result<DylibLoss, String> {
+    pub fn create_loss(self: &Arc<Self>, params_json: &str) -> anyhow::Result<DylibLoss> {
         let mut handle: *mut c_void = std::ptr::null_mut();
         let mut flags = 0u32;
         let mut err: *mut c_char = std::ptr::null_mut();
@@ -493,9 +493,9 @@ impl PluginLibrary {
                 plugin: self.clone(),
                 _lib: self.lib.clone(),
             }),
-            abi::STATUS_OK => Err("the plugin reported success but returned no loss".into()),
-            abi::STATUS_PANIC => Err(format!("the plugin panicked: {}", self.take_message(err))),
-            _ => Err(self.take_message(err)),
+            abi::STATUS_OK => anyhow::bail!("the plugin reported success but returned no loss"),
+            abi::STATUS_PANIC => anyhow::bail!("the plugin panicked: {}", self.take_message(err)),
+            _ => Err(anyhow::Error::msg(self.take_message(err))),
         }
     }
 
@@ -511,11 +511,11 @@ impl PluginLibrary {
             .map_err(|e| doc.diag(key, format!("cannot pass the parameters to the plugin: {e}"), None))?;
         match self.create_loss(&json) {
             Ok(l) => Ok(Box::new(l)),
-            Err(msg) => Err(parameter_error(
+            Err(e) => Err(parameter_error(
                 doc,
                 key,
                 params,
-                &msg,
+                &format!("{e:#}"),
                 &format!("loss plugin `{}` ({}): ", self.name, self.path.display()),
             )),
         }

@@ -4,14 +4,14 @@
 use anyhow::Result;
 
 use crate::dataset::Example;
-use crate::features::{Bags, FeatureCache};
+use crate::features::{FeatureCache, TokenRows};
 use crate::model::Model;
 
 /// One split featurised for one model.
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
     /// Feature bags.
-    pub bags: Bags,
+    pub bags: TokenRows,
     /// Gold labels.
     pub labels: Vec<u32>,
     /// Languages.
@@ -41,7 +41,7 @@ impl Inputs {
     /// Labels and languages without features (for outputs looked up by example id).
     pub fn labels_only(examples: &[Example]) -> Inputs {
         Inputs {
-            bags: Bags::default(),
+            bags: TokenRows::default(),
             labels: examples.iter().map(|e| e.label).collect(),
             langs: examples.iter().map(|e| e.lang).collect(),
         }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::inputs::Inputs;
 use super::rows::{argmax_rows, row_ce};
 use crate::dataset::Example;
-use crate::features::Bags;
+use crate::features::TokenRows;
 pub use crate::infer::predict;
 use crate::model::Model;
 use crate::report::MetricRow;
@@ -36,7 +36,7 @@ pub fn texts_per_second(model: &dyn Model, examples: &[Example], source: bool) -
                 .iter()
                 .map(|e| if source { e.source.as_deref().unwrap_or(&e.text) } else { e.text.as_str() })
                 .collect();
-            let mut bags = Bags::build(model.featurizer(), texts);
+            let mut bags = TokenRows::build(model.featurizer(), texts);
             bags.langs = chunk.iter().map(|e| e.lang).collect();
             model.forward(&bags)?;
         }

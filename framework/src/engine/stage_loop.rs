@@ -14,7 +14,7 @@ use super::objective::combine_losses;
 use super::queues::Queues;
 use super::rows::{gather_rows, update_stats};
 use super::stage_run::{StageLoss, StageRun};
-use crate::features::Bags;
+use crate::features::TokenRows;
 use crate::loss::{LossInput, Shapes};
 use crate::model::{LayerStates, Model, Param, StepCtx};
 use crate::optim::{Optimizer, ParamState};
@@ -42,7 +42,7 @@ pub(super) struct StageLoop<'r, 's, 'l> {
 /// A drawn batch: example indices and what the student reads of them.
 struct Batch {
     idx: Vec<usize>,
-    bags: Bags,
+    bags: TokenRows,
     labels: Vec<u32>,
     langs: Vec<u32>,
 }

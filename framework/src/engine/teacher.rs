@@ -12,7 +12,7 @@ use super::stage_run::{StageLoss, StageRun};
 use super::train::run_stage;
 use crate::dataset::{Example, Task};
 use crate::event::{Event, TeacherSource};
-use crate::features::{Bags, FeatureCache};
+use crate::features::{FeatureCache, TokenRows};
 use crate::infer::predict;
 use crate::loss::CrossEntropy;
 use crate::model::{Model, ModelBuilder, ModelKind, ModelSpec, OutputTable, Outputs};
@@ -299,7 +299,7 @@ fn lock_cache(cache: &Path, monitor: &mut Monitor) -> Result<std::fs::File> {
 /// computed and cached there under a hash of the inputs. Runs that share a teacher share
 /// its dev and test outputs (a sweep's runs, a recipe run again), and a transformer teacher
 /// reads only ~70 texts/s on 2 cores.
-pub(super) fn cached_predict(cache: &Path, model: &dyn Model, bags: &Bags) -> Result<Outputs> {
+pub(super) fn cached_predict(cache: &Path, model: &dyn Model, bags: &TokenRows) -> Result<Outputs> {
     use sha2::Digest;
     let mut h = sha2::Sha256::default();
     h.update(format!("{}:{}:{}\n", bags.len(), model.classes(), model.hidden_dim()));
@@ -344,5 +344,5 @@ pub(super) fn cached_predict(cache: &Path, model: &dyn Model, bags: &Bags) -> Re
 /// The teacher network's hidden vectors of `texts` (`texts.len() × hidden`), through
 /// [`cached_predict`].
 pub(super) fn cached_embeddings(cache: &Path, teacher: &dyn Model, texts: &[&str]) -> Result<Vec<f32>> {
-    Ok(cached_predict(cache, teacher, &Bags::build(teacher.featurizer(), texts.to_vec()))?.hidden)
+    Ok(cached_predict(cache, teacher, &TokenRows::build(teacher.featurizer(), texts.to_vec()))?.hidden)
 }

@@ -54,7 +54,7 @@ pub fn run_stage(
 mod tests {
     use super::*;
     use crate::engine::inputs::Inputs;
-    use crate::features::{Bags, Featurizer, NgramHasher};
+    use crate::features::{Featurizer, NgramHasher, TokenRows};
     use crate::loss::{CrossEntropy, Loss, LossInput};
     use crate::model::{OutputGrads, Outputs, Param, StepCtx};
     use crate::optim::Optimizer;
@@ -83,7 +83,7 @@ mod tests {
             }
         }
 
-        fn logits(&self, x: &Bags) -> Vec<f32> {
+        fn logits(&self, x: &TokenRows) -> Vec<f32> {
             let c = self.classes;
             let mut z = vec![0f32; x.len() * c];
             for i in 0..x.len() {
@@ -110,7 +110,7 @@ mod tests {
         fn featurizer(&self) -> &dyn Featurizer {
             &self.f
         }
-        fn forward(&self, x: &Bags) -> Result<Outputs> {
+        fn forward(&self, x: &TokenRows) -> Result<Outputs> {
             Ok(Outputs {
                 batch: x.len(),
                 logits: self.logits(x),
@@ -120,7 +120,7 @@ mod tests {
         }
         fn forward_backward(
             &mut self,
-            x: &Bags,
+            x: &TokenRows,
             _: StepCtx,
             objective: &mut dyn FnMut(&Outputs) -> Result<OutputGrads>,
         ) -> Result<Outputs> {
@@ -197,8 +197,11 @@ mod tests {
     fn inputs() -> Inputs {
         let n = 120;
         let ids: Vec<u32> = (0..n).map(|i| i % 6).collect();
-        let bags =
-            Bags { offsets: (0..=n).collect(), ids: ids.clone(), langs: (0..n).map(|i| i % 3).collect() };
+        let bags = TokenRows {
+            offsets: (0..=n).collect(),
+            ids: ids.clone(),
+            langs: (0..n).map(|i| i % 3).collect(),
+        };
         Inputs { labels: ids.iter().map(|&i| i % 2).collect(), langs: bags.langs.clone(), bags }
     }
 

@@ -9,7 +9,7 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use super::init::init_uniform;
-use crate::features::Bags;
+use crate::features::TokenRows;
 use crate::param::{Grad, Param, RowGrad};
 
 /// An embedding bag: each example is the mean of the table rows of its ids (the zero vector
@@ -39,7 +39,7 @@ impl EmbeddingBag {
 
     /// `B × dim` bag means; an error (not a panic) for an id outside the table, which only
     /// damaged input can hold.
-    pub fn forward(&self, x: &Bags) -> anyhow::Result<Vec<f32>> {
+    pub fn forward(&self, x: &TokenRows) -> anyhow::Result<Vec<f32>> {
         let rows = self.table.shape[0];
         if let Some(bad) = x.ids.iter().find(|&&id| id as usize >= rows) {
             anyhow::bail!(
@@ -65,7 +65,7 @@ impl EmbeddingBag {
     }
 
     /// Back-propagates `dout` (`B × dim`) into a touched-rows gradient in `table.grad`.
-    pub fn backward(&mut self, x: &Bags, dout: &[f32]) {
+    pub fn backward(&mut self, x: &TokenRows, dout: &[f32]) {
         let d = self.dim();
         let rows_total = self.table.shape[0];
         if self.slot.len() != rows_total {

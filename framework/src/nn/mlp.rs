@@ -255,7 +255,7 @@ impl Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::Bags;
+    use crate::features::TokenRows;
     use crate::model::Grad;
     use crate::nn::{init_uniform, EmbeddingBag};
     use rand::rngs::StdRng;
@@ -275,7 +275,7 @@ mod tests {
             let mut bag = EmbeddingBag::new("emb", 11, 4, &mut rng);
             init_uniform(&mut bag.table, 0.5, &mut rng);
             let mut mlp = Mlp::new(4, &[5], 3, act, ln, 0.0, &mut rng);
-            let x = Bags { offsets: vec![0, 3, 3, 5], ids: vec![1, 2, 1, 7, 10], langs: Vec::new() };
+            let x = TokenRows { offsets: vec![0, 3, 3, 5], ids: vec![1, 2, 1, 7, 10], langs: Vec::new() };
             let b = x.len();
             let wl: Vec<f32> = (0..b * 3).map(|i| (i as f32 * 0.37).sin()).collect();
             let wh: Vec<f32> = (0..b * 5).map(|i| (i as f32 * 0.51).cos()).collect();
@@ -345,12 +345,12 @@ mod tests {
     fn empty_bag_is_zero_vector() {
         let mut rng = StdRng::seed_from_u64(1);
         let bag = EmbeddingBag::new("emb", 5, 3, &mut rng);
-        let x = Bags { offsets: vec![0, 0, 1], ids: vec![2], langs: Vec::new() };
+        let x = TokenRows { offsets: vec![0, 0, 1], ids: vec![2], langs: Vec::new() };
         let out = bag.forward(&x).unwrap();
         assert_eq!(&out[..3], &[0.0, 0.0, 0.0]);
         assert_eq!(&out[3..], &bag.table.data[6..9]);
         // An id outside the table (a damaged feature file) is an error, not a panic.
-        let bad = Bags { offsets: vec![0, 1], ids: vec![5], langs: Vec::new() };
+        let bad = TokenRows { offsets: vec![0, 1], ids: vec![5], langs: Vec::new() };
         assert!(bag
             .forward(&bad)
             .unwrap_err()

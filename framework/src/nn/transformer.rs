@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::encoder::{Encoder, TokenBatch};
 use super::kernels::{matmul, threads, Mat};
 use super::linear::Linear;
-use crate::features::{Bags, Featurizer};
+use crate::features::{Featurizer, TokenRows};
 use crate::model::Model;
 use crate::outputs::{OutputGrads, Outputs, StepCtx};
 use crate::param::Param;
@@ -75,7 +75,7 @@ impl TransformerModel {
         self.encoder.cfg.width
     }
 
-    fn batch(&self, x: &Bags, rows: impl Iterator<Item = usize>) -> anyhow::Result<TokenBatch> {
+    fn batch(&self, x: &TokenRows, rows: impl Iterator<Item = usize>) -> anyhow::Result<TokenBatch> {
         TokenBatch::new(rows.map(|i| x.bag(i)), self.encoder.cfg.max_len())
     }
 
@@ -141,7 +141,7 @@ impl TransformerModel {
     /// Sentence vectors of `texts` (the model's pipeline: pooling, normalisation), for
     /// `kdx embed` and tests.
     pub fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<f32>> {
-        let bags = Bags::build(&self.tokenizer, texts.par_iter().copied());
+        let bags = TokenRows::build(&self.tokenizer, texts.par_iter().copied());
         Ok(self.forward(&bags)?.hidden)
     }
 }
@@ -171,15 +171,15 @@ impl Model for TransformerModel {
     fn featurizer(&self) -> &dyn Featurizer {
         &self.tokenizer
     }
-    fn forward(&self, x: &Bags) -> anyhow::Result<Outputs> {
+    fn forward(&self, x: &TokenRows) -> anyhow::Result<Outputs> {
         infer(self, x, false)
     }
-    fn forward_layers(&self, x: &Bags) -> anyhow::Result<Outputs> {
+    fn forward_layers(&self, x: &TokenRows) -> anyhow::Result<Outputs> {
         infer(self, x, true)
     }
     fn forward_backward(
         &mut self,
-        x: &Bags,
+        x: &TokenRows,
         ctx: StepCtx,
         objective: &mut dyn FnMut(&Outputs) -> anyhow::Result<OutputGrads>,
     ) -> anyhow::Result<Outputs> {
@@ -258,7 +258,7 @@ impl Model for TransformerModel {
 /// Inference in chunks of at most [`TOKEN_BUDGET`] tokens, in input order. Layer states
 /// come back for the whole batch at once (a teacher's per-step batch), from a training-style
 /// pass that keeps them; otherwise the lean pass keeps nothing.
-fn infer(m: &TransformerModel, x: &Bags, layers: bool) -> anyhow::Result<Outputs> {
+fn infer(m: &TransformerModel, x: &TokenRows, layers: bool) -> anyhow::Result<Outputs> {
     let n = x.len();
     if layers {
         let trace = m.encoder.forward(m.batch(x, 0..n)?, None)?;
@@ -388,7 +388,7 @@ mod tests {
         (value, OutputGrads { logits: lg, hidden: Some(hg), layers: Some(layers) })
     }
 
-    fn value(m: &mut TransformerModel, x: &Bags) -> f64 {
+    fn value(m: &mut TransformerModel, x: &TokenRows) -> f64 {
         let mut v = 0.0;
         let ctx = StepCtx { step: 0, seed: 0, layers: true };
         m.forward_backward(x, ctx, &mut |o| {
@@ -404,9 +404,9 @@ mod tests {
     fn gradients_match_finite_differences_through_attention_masking_and_norms() {
         for (pooling, normalize) in [(Pooling::Mean, true), (Pooling::Cls, false)] {
             let mut m = tiny(pooling, normalize);
-            let x = Bags::build(&m.tokenizer, ["ab", "hello", "xyz!"].into_par_iter());
+            let x = TokenRows::build(&m.tokenizer, ["ab", "hello", "xyz!"].into_par_iter());
             // Ids of bytes run past the tiny vocabulary: fold them in.
-            let x = Bags { ids: x.ids.iter().map(|&i| i % 20).collect(), ..x };
+            let x = TokenRows { ids: x.ids.iter().map(|&i| i % 20).collect(), ..x };
             value(&mut m, &x);
             let analytic: Vec<(String, Vec<f32>)> = m
                 .params()
@@ -455,9 +455,9 @@ mod tests {
     #[test]
     fn padding_does_not_change_a_sequence() {
         let m = tiny(Pooling::Mean, true);
-        let alone = Bags::build(&m.tokenizer, ["ab"].into_par_iter());
-        let padded = Bags::build(&m.tokenizer, ["ab", "a much longer one"].into_par_iter());
-        let fold = |b: Bags| Bags { ids: b.ids.iter().map(|&i| i % 20).collect(), ..b };
+        let alone = TokenRows::build(&m.tokenizer, ["ab"].into_par_iter());
+        let padded = TokenRows::build(&m.tokenizer, ["ab", "a much longer one"].into_par_iter());
+        let fold = |b: TokenRows| TokenRows { ids: b.ids.iter().map(|&i| i % 20).collect(), ..b };
         let a = m.forward_layers(&fold(alone)).unwrap();
         let b = m.forward_layers(&fold(padded.clone())).unwrap();
         for (x, y) in a.hidden.iter().zip(&b.hidden[..8]) {
@@ -474,8 +474,8 @@ mod tests {
     fn steps_of_a_size_seen_before_allocate_no_activation_or_gradient() {
         use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
         let mut m = tiny(Pooling::Mean, true);
-        let x = Bags::build(&m.tokenizer, ["ab", "hello", "xyz!"].into_par_iter());
-        let x = Bags { ids: x.ids.iter().map(|&i| i % 20).collect(), ..x };
+        let x = TokenRows::build(&m.tokenizer, ["ab", "hello", "xyz!"].into_par_iter());
+        let x = TokenRows { ids: x.ids.iter().map(|&i| i % 20).collect(), ..x };
         let mut opt = Optimizer::new(OptimizerConfig {
             kind: OptimizerKind::Adam,
             lr: 1e-3,

@@ -179,7 +179,7 @@ impl Plan {
         }
         let root = KeyPath::root();
         if let Err(e) = sections::plain_name(&self.experiment.name, "") {
-            d.push(self.doc.diag(&root.key("experiment").key("name"), e, None));
+            d.push(self.doc.diag(&root.key("experiment").key("name"), e.to_string(), None));
         }
         if let Err(e) = sections::plain_name(&self.run_name, "+=,~") {
             d.push(root_diag(
@@ -200,7 +200,7 @@ impl Plan {
             const PER_EXAMPLE: u128 = 1024;
             let what = format!("a batch of {} examples", cfg.batch);
             if let Err(e) = crate::model::check_memory(&what, cfg.batch as u128 * PER_EXAMPLE) {
-                d.push(self.doc.diag(&key.key("batch"), e, None));
+                d.push(self.doc.diag(&key.key("batch"), e.to_string(), None));
             }
             let (lr_key, lr) = cfg.lr_key();
             if !(lr.is_finite() && lr > 0.0) {
@@ -225,7 +225,7 @@ impl Plan {
             if let Err(e) = crate::model::check_memory(&what, cfg.batch as u128 * per) {
                 d.push(self.doc.diag(
                     &root.key(role).key(param),
-                    e,
+                    e.to_string(),
                     Some(format!("a smaller `{param}` or `{key}.batch`")),
                 ));
             }
@@ -234,7 +234,7 @@ impl Plan {
             if let Err(e) = l.weight.check_weight() {
                 d.push(self.doc.diag(
                     &root.key("loss").index(i).key("weight"),
-                    e,
+                    e.to_string(),
                     Some("to leave a loss out, remove its `[[loss]]` table".into()),
                 ));
             }

@@ -327,7 +327,7 @@ impl<'d> Resolver<'d> {
         };
         for l in losses {
             if let Err(e) = check_layers(&l.plan, &student.plugin, s.clone(), &teacher.plugin, t.clone()) {
-                self.diags.push(self.doc.diag(&l.key.key("plugin"), e, None));
+                self.diags.push(self.doc.diag(&l.key.key("plugin"), format!("{e:#}"), None));
             } else if let Err(e) = l.plan.loss.check_shapes(&shapes) {
                 let prefix = format!("loss `{}` does not fit the models: ", l.plan.plugin);
                 let d = crate::dylib::parameter_error(self.doc, &l.key, &l.table, &format!("{e:#}"), &prefix);
@@ -344,7 +344,7 @@ fn check_layers(
     s: Option<crate::model::LayerShape>,
     teacher: &str,
     t: Option<crate::model::LayerShape>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     if !l.loss.needs_layers() {
         return Ok(());
     }
@@ -354,7 +354,7 @@ fn check_layers(
             l.plugin
         )
     };
-    let s = s.ok_or_else(|| none("student", student))?;
-    let t = t.ok_or_else(|| none("teacher", teacher))?;
-    l.loss.check_layers(&s, &t).map_err(|e| format!("loss `{}`: {e}", l.plugin))
+    let s = s.ok_or_else(|| anyhow::anyhow!(none("student", student)))?;
+    let t = t.ok_or_else(|| anyhow::anyhow!(none("teacher", teacher)))?;
+    l.loss.check_layers(&s, &t).map_err(|e| anyhow::anyhow!("loss `{}`: {e:#}", l.plugin))
 }

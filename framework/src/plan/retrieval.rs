@@ -83,7 +83,7 @@ pub(super) fn resolve(doc: &RecipeDoc, value: toml::Value, diags: &mut Diagnosti
             continue;
         }
         if let Err(e) = super::sections::plain_name(&name, "") {
-            diags.push(doc.diag(&at, e, None));
+            diags.push(doc.diag(&at, e.to_string(), None));
             continue;
         }
         let dir = doc.resolve_path(&at.key("dir"), &set.dir);

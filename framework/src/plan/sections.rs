@@ -25,18 +25,18 @@ pub struct ExperimentSection {
 /// the `.cache`) and no separators, so `results/<experiment>/<run>` stays inside `results/`.
 /// Experiment names take no `extra`; run names, which kdx makes from sweep settings
 /// (`tau=1,lr=0.01`), may also hold `+=,~`. The error says what is wrong.
-pub fn plain_name(name: &str, extra: &str) -> Result<(), String> {
+pub fn plain_name(name: &str, extra: &str) -> anyhow::Result<()> {
     if name.is_empty() {
-        return Err("must not be empty".into());
+        return Err(anyhow::anyhow!("must not be empty"));
     }
     if let Some(c) = name
         .chars()
         .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || extra.contains(c)))
     {
-        return Err(format!("`{name}` contains `{c}`: use letters, digits, `.`, `_` and `-` only (it names a directory under results/)"));
+        return Err(anyhow::anyhow!("`{name}` contains `{c}`: use letters, digits, `.`, `_` and `-` only (it names a directory under results/)"));
     }
     if name.starts_with('.') {
-        return Err(format!(
+        return Err(anyhow::anyhow!(
             "`{name}` starts with `.`: results/ keeps its own hidden directories (`.cache`)"
         ));
     }

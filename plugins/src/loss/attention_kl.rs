@@ -53,14 +53,14 @@ impl Loss for AttentionKl {
     fn needs_layers(&self) -> bool {
         true
     }
-    fn check_layers(&self, s: &LayerShape, t: &LayerShape) -> Result<(), String> {
+    fn check_layers(&self, s: &LayerShape, t: &LayerShape) -> anyhow::Result<()> {
         s.same_tokens(t, "compares attention over the same tokens")?;
         if s.heads != t.heads {
-            return Err(format!("compares head by head: the student has {} heads, the teacher {}", s.heads, t.heads));
+            anyhow::bail!("compares head by head: the student has {} heads, the teacher {}", s.heads, t.heads);
         }
         for [i, j] in self.pairs(s.layers, t.layers) {
             if i >= s.layers || j >= t.layers {
-                return Err(format!("layers pair [{i}, {j}]: the student has layers 0..{}, the teacher 0..{}", s.layers, t.layers));
+                anyhow::bail!("layers pair [{i}, {j}]: the student has layers 0..{}, the teacher 0..{}", s.layers, t.layers);
             }
         }
         Ok(())
@@ -136,10 +136,10 @@ mod tests {
     fn unequal_heads_or_tokenisations_are_refused_before_training() {
         let shape = |heads: usize, tok: &str| LayerShape { layers: 2, width: 8, heads, max_len: 32, tokenizer: tok.into() };
         let l = AttentionKl { layers: None };
-        assert!(l.check_layers(&shape(2, "bytes"), &shape(4, "bytes")).unwrap_err().contains("2 heads, the teacher 4"));
-        assert!(l.check_layers(&shape(2, "bytes"), &shape(2, "bpe")).unwrap_err().contains("tokenise alike"));
+        assert!(l.check_layers(&shape(2, "bytes"), &shape(4, "bytes")).unwrap_err().to_string().contains("2 heads, the teacher 4"));
+        assert!(l.check_layers(&shape(2, "bytes"), &shape(2, "bpe")).unwrap_err().to_string().contains("tokenise alike"));
         assert!(l.check_layers(&shape(2, "bytes"), &shape(2, "bytes")).is_ok());
         let long = LayerShape { max_len: 64, ..shape(2, "bytes") };
-        assert!(l.check_layers(&long, &shape(2, "bytes")).unwrap_err().contains("max_len is 64, the teacher's 32"));
+        assert!(l.check_layers(&long, &shape(2, "bytes")).unwrap_err().to_string().contains("max_len is 64, the teacher's 32"));
     }
 }

@@ -80,14 +80,14 @@ impl Loss for LayerMse {
     fn needs_layers(&self) -> bool {
         true
     }
-    fn check_layers(&self, s: &LayerShape, t: &LayerShape) -> Result<(), String> {
+    fn check_layers(&self, s: &LayerShape, t: &LayerShape) -> anyhow::Result<()> {
         s.same_tokens(t, "compares token by token")?;
         if self.mode == ProjectionMode::Never && s.width != t.width {
-            return Err(format!("projection = \"never\" needs equal widths, student {} ≠ teacher {}", s.width, t.width));
+            anyhow::bail!("projection = \"never\" needs equal widths, student {} ≠ teacher {}", s.width, t.width);
         }
         for [i, j] in self.pairs(s.layers, t.layers) {
             if i > s.layers || j > t.layers {
-                return Err(format!("map pair [{i}, {j}]: the student has hidden states 0..={}, the teacher 0..={}", s.layers, t.layers));
+                anyhow::bail!("map pair [{i}, {j}]: the student has hidden states 0..={}, the teacher 0..={}", s.layers, t.layers);
             }
         }
         Ok(())
@@ -214,13 +214,13 @@ mod tests {
     #[test]
     fn different_tokenisations_are_refused_before_training() {
         let shape = |tok: &str| LayerShape { layers: 2, width: 8, heads: 2, max_len: 32, tokenizer: tok.into() };
-        let e = loss(None, ProjectionMode::Auto).check_layers(&shape("bytes"), &shape("tokenizer.json:ab")).unwrap_err();
+        let e = loss(None, ProjectionMode::Auto).check_layers(&shape("bytes"), &shape("tokenizer.json:ab")).unwrap_err().to_string();
         assert!(e.contains("tokenise alike") && e.contains("bytes") && e.contains("tokenizer.json:ab"), "{e}");
-        let e = loss(Some(vec![[1, 5]]), ProjectionMode::Auto).check_layers(&shape("bytes"), &shape("bytes")).unwrap_err();
+        let e = loss(Some(vec![[1, 5]]), ProjectionMode::Auto).check_layers(&shape("bytes"), &shape("bytes")).unwrap_err().to_string();
         assert!(e.contains("[1, 5]"), "{e}");
         // Equal tokenizers that truncate at different lengths cut long texts differently.
         let short = LayerShape { max_len: 16, ..shape("bytes") };
-        let e = loss(None, ProjectionMode::Auto).check_layers(&short, &shape("bytes")).unwrap_err();
+        let e = loss(None, ProjectionMode::Auto).check_layers(&short, &shape("bytes")).unwrap_err().to_string();
         assert!(e.contains("max_len is 16, the teacher's 32"), "{e}");
     }
 }

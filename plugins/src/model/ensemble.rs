@@ -1,6 +1,6 @@
 //! `ensemble`: several models whose predictions are averaged (typically a teacher).
 
-use kdx_framework::features::{Bags, Featurizer};
+use kdx_framework::features::{TokenRows, Featurizer};
 use kdx_framework::kdx_recipe::{Diagnostic, KeyPath};
 use kdx_framework::model::{Model, ModelBuilder, ModelSpec, OutputGrads, Outputs, Param, StepCtx};
 use kdx_framework::registry::BuildCtx;
@@ -147,13 +147,13 @@ impl Model for Ensemble {
     fn featurizer(&self) -> &dyn Featurizer {
         self.members[0].featurizer()
     }
-    fn forward(&self, x: &Bags) -> anyhow::Result<Outputs> {
+    fn forward(&self, x: &TokenRows) -> anyhow::Result<Outputs> {
         let outs = self.members.iter().map(|m| m.forward(x)).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(self.combine_outputs(&outs))
     }
     fn forward_backward(
         &mut self,
-        x: &Bags,
+        x: &TokenRows,
         ctx: StepCtx,
         objective: &mut dyn FnMut(&Outputs) -> anyhow::Result<OutputGrads>,
     ) -> anyhow::Result<Outputs> {
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn averages_members_and_names_their_parameters_apart() {
-        let x = Bags::build(&kdx_framework::features::NgramHasher { n_min: 1, n_max: 2, buckets: 64 }, vec!["abc", "de"]);
+        let x = TokenRows::build(&kdx_framework::features::NgramHasher { n_min: 1, n_max: 2, buckets: 64 }, vec!["abc", "de"]);
         let e = EnsembleBuilder { members: vec![member(4), member(6)], combine: Combine::Logits }.build(&ModelSpec::new(3, 7)).unwrap();
         assert_eq!(e.hidden_dim(), 10);
         let names: Vec<&str> = e.params().iter().map(|p| p.name.as_str()).collect();

@@ -94,9 +94,9 @@ pub struct HfDir {
 const DIRECTORY_FILES: [&str; 5] =
     ["config.json", "tokenizer.json", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"];
 
-fn read_json(path: &Path) -> Result<Value, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not valid JSON: {e}", path.display()))
 }
 
 /// `config.json` of each supported `model_type`, typed: a missing key or a value of the
@@ -166,21 +166,21 @@ const MAX_DIM: usize = 1 << 24;
 
 impl HfConfig {
     /// Reads and types `path`, returning the `model_type` and the encoder's shape.
-    fn read(path: &Path) -> Result<(String, EncoderConfig), String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
+    fn read(path: &Path) -> anyhow::Result<(String, EncoderConfig)> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not valid JSON: {e}", path.display()))?;
         let model_type = value.get("model_type").and_then(Value::as_str).unwrap_or("(none)").to_string();
         if !SUPPORTED.contains(&model_type.as_str()) {
-            return Err(format!("{}: model_type \"{model_type}\" is not supported; supported: {}", path.display(), SUPPORTED.join(", ")));
+            return Err(anyhow::anyhow!("{}: model_type \"{model_type}\" is not supported; supported: {}", path.display(), SUPPORTED.join(", ")));
         }
         let located = |e: serde_path_to_error::Error<serde_json::Error>| {
             let key = e.path().to_string();
             let inner = e.into_inner().to_string();
             // serde names a missing field itself; a wrong one is named by its path.
             if key == "." || key.is_empty() {
-                format!("{}: {inner} (a {model_type} config has it)", path.display())
+                anyhow::anyhow!("{}: {inner} (a {model_type} config has it)", path.display())
             } else {
-                format!("{}: `{key}`: {inner}", path.display())
+                anyhow::anyhow!("{}: `{key}`: {inner}", path.display())
             }
         };
         let typed = if model_type == "distilbert" {
@@ -192,7 +192,7 @@ impl HfConfig {
             "gelu" => Ok(FfnActivation::GeluErf),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(FfnActivation::GeluTanh),
             "relu" => Ok(FfnActivation::Relu),
-            other => Err(format!("{}: `{key}`: activation \"{other}\" is not supported (gelu, gelu_new, relu)", path.display())),
+            other => Err(anyhow::anyhow!("{}: `{key}`: activation \"{other}\" is not supported (gelu, gelu_new, relu)", path.display())),
         };
         let cfg = match typed {
             HfConfig::Bert(c) => {
@@ -235,7 +235,7 @@ impl HfConfig {
             ("type_vocab_size", cfg.type_vocab),
         ];
         if let Some((key, v)) = sizes.iter().find(|(_, v)| *v > MAX_DIM) {
-            return Err(format!("{}: `{key}` = {v} is beyond any encoder kdx reads (at most {MAX_DIM})", path.display()));
+            return Err(anyhow::anyhow!("{}: `{key}` = {v} is beyond any encoder kdx reads (at most {MAX_DIM})", path.display()));
         }
         Ok((model_type, cfg))
     }
@@ -243,19 +243,19 @@ impl HfConfig {
 
 /// Checks the config's sizes against the checkpoint's header (no weight is read): the token
 /// table's shape and the number of layers must agree, naming the key that does not.
-fn check_against_weights(weights: &Path, config: &Path, model_type: &str, cfg: &EncoderConfig) -> Result<(), String> {
-    let map = kdx_framework::store::map_file(weights).map_err(|e| format!("{e:#}"))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| format!("{}: not a safetensors file: {e}", weights.display()))?;
+fn check_against_weights(weights: &Path, config: &Path, model_type: &str, cfg: &EncoderConfig) -> anyhow::Result<()> {
+    let map = kdx_framework::store::map_file(weights).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", weights.display()))?;
     let tensors = meta.tensors();
     let distil = model_type == "distilbert";
     let table = tensors.iter().find(|(n, _)| n.ends_with("embeddings.word_embeddings.weight")).map(|(_, t)| t.shape.clone());
     let Some(table) = table else {
-        return Err(format!("{}: no `embeddings.word_embeddings.weight` tensor (with or without a model prefix)", weights.display()));
+        return Err(anyhow::anyhow!("{}: no `embeddings.word_embeddings.weight` tensor (with or without a model prefix)", weights.display()));
     };
     let width_key = if distil { "dim" } else { "hidden_size" };
     if table != [cfg.vocab, cfg.width] {
         let key = if table.first() != Some(&cfg.vocab) { "vocab_size" } else { width_key };
-        return Err(format!(
+        return Err(anyhow::anyhow!(
             "{}: `{key}` disagrees with the weights: the token table in {} is {table:?}, the config implies [{}, {}]",
             config.display(),
             weights.display(),
@@ -272,25 +272,25 @@ fn check_against_weights(weights: &Path, config: &Path, model_type: &str, cfg: &
         .map_or(0, |m| m + 1);
     if in_file != cfg.layers {
         let key = if distil { "n_layers" } else { "num_hidden_layers" };
-        return Err(format!("{}: `{key}` = {} but {} holds {in_file} layers", config.display(), cfg.layers, weights.display()));
+        return Err(anyhow::anyhow!("{}: `{key}` = {} but {} holds {in_file} layers", config.display(), cfg.layers, weights.display()));
     }
     Ok(())
 }
 
 impl HfDir {
     /// Reads `dir`'s configuration; the error names the file and what is wrong.
-    pub fn open(dir: &Path) -> Result<HfDir, String> {
+    pub fn open(dir: &Path) -> anyhow::Result<HfDir> {
         if !dir.is_dir() {
-            return Err(format!("{} is not a directory (expected a Hugging Face model directory)", dir.display()));
+            return Err(anyhow::anyhow!("{} is not a directory (expected a Hugging Face model directory)", dir.display()));
         }
         for f in ["config.json", "model.safetensors", "tokenizer.json"] {
             if !dir.join(f).is_file() {
-                return Err(format!("{} has no {f} (a Hugging Face model directory has config.json, model.safetensors and tokenizer.json)", dir.display()));
+                return Err(anyhow::anyhow!("{} has no {f} (a Hugging Face model directory has config.json, model.safetensors and tokenizer.json)", dir.display()));
             }
         }
         let config_path = dir.join("config.json");
         let (model_type, cfg) = HfConfig::read(&config_path)?;
-        cfg.validate().map_err(|e| format!("{}: {e}", config_path.display()))?;
+        cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
         check_against_weights(&dir.join("model.safetensors"), &config_path, &model_type, &cfg)?;
         let mut files: Vec<PathBuf> = DIRECTORY_FILES.iter().map(|f| dir.join(f)).collect();
         let (pooling, normalize, dense) = sentence_modules(dir, &mut files)?;
@@ -475,7 +475,7 @@ impl Tensors<'_> {
 
 /// The prompt sentence-transformers puts before every input by default:
 /// `prompts[default_prompt_name]` of config_sentence_transformers.json ("" without one).
-fn default_prompt(dir: &Path) -> Result<String, String> {
+fn default_prompt(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join("config_sentence_transformers.json");
     if !path.is_file() {
         return Ok(String::new());
@@ -487,26 +487,26 @@ fn default_prompt(dir: &Path) -> Result<String, String> {
     c.pointer(&format!("/prompts/{name}"))
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| format!("{}: `default_prompt_name` is \"{name}\" but `prompts` has no such prompt", path.display()))
+        .ok_or_else(|| anyhow::anyhow!("{}: `default_prompt_name` is \"{name}\" but `prompts` has no such prompt", path.display()))
 }
 
 /// Pooling, normalisation and a `Dense` projection's directory from sentence-transformers'
 /// modules.json (mean, no normalisation and no projection without one). A `Dense` module
 /// must come last and map linearly (identity activation). The module configs it reads are
 /// added to `files`.
-fn sentence_modules(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(Pooling, bool, Option<PathBuf>), String> {
+fn sentence_modules(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<(Pooling, bool, Option<PathBuf>)> {
     let modules_path = dir.join("modules.json");
     if !modules_path.is_file() {
         return Ok((Pooling::Mean, false, None));
     }
     let modules = read_json(&modules_path)?;
-    let list = modules.as_array().ok_or_else(|| format!("{}: expected a list of modules", modules_path.display()))?;
+    let list = modules.as_array().ok_or_else(|| anyhow::anyhow!("{}: expected a list of modules", modules_path.display()))?;
     let (mut pooling, mut normalize, mut dense) = (Pooling::Mean, false, None);
     for m in list {
         let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
         let sub = m.get("path").and_then(Value::as_str).unwrap_or("");
         if dense.is_some() {
-            return Err(format!("{}: `{ty}` after a Dense module: kdx reads a Dense module only as the last one", modules_path.display()));
+            return Err(anyhow::anyhow!("{}: `{ty}` after a Dense module: kdx reads a Dense module only as the last one", modules_path.display()));
         }
         match ty.rsplit('.').next().unwrap_or("") {
             "Transformer" => {}
@@ -519,10 +519,10 @@ fn sentence_modules(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(Pooling, bo
                 pooling = match (on("pooling_mode_mean_tokens"), on("pooling_mode_cls_token")) {
                     (true, false) => Pooling::Mean,
                     (false, true) => Pooling::Cls,
-                    _ => return Err(format!("{}: only mean or cls pooling (one of them) is supported", p.display())),
+                    _ => return Err(anyhow::anyhow!("{}: only mean or cls pooling (one of them) is supported", p.display())),
                 };
                 if ["pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"].iter().any(|k| on(k)) {
-                    return Err(format!("{}: only mean or cls pooling is supported", p.display()));
+                    return Err(anyhow::anyhow!("{}: only mean or cls pooling is supported", p.display()));
                 }
             }
             "Dense" => {
@@ -530,12 +530,12 @@ fn sentence_modules(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(Pooling, bo
                 files.push(p.clone());
                 let act = read_json(&p)?.get("activation_function").and_then(Value::as_str).unwrap_or("").to_string();
                 if !act.ends_with("Identity") {
-                    return Err(format!("{}: activation `{act}`: kdx reads a Dense module with the identity activation only", p.display()));
+                    return Err(anyhow::anyhow!("{}: activation `{act}`: kdx reads a Dense module with the identity activation only", p.display()));
                 }
                 dense = Some(dir.join(sub));
             }
             other => {
-                return Err(format!(
+                return Err(anyhow::anyhow!(
                     "{}: module type `{ty}` ({other}) is not supported (Transformer, Pooling, Normalize, Dense)",
                     modules_path.display()
                 ))
@@ -565,7 +565,7 @@ fn build(mut p: HfEncoderParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>
             ),
         ));
     }
-    let hf = HfDir::open(&p.path).map_err(|e| ctx.error("path", e))?;
+    let hf = HfDir::open(&p.path).map_err(|e| ctx.error("path", format!("{e:#}")))?;
     if let Some(d) = &hf.dense {
         // Its vectors would silently lack the projection: refuse rather than differ.
         return Err(ctx.error(

@@ -2,7 +2,7 @@
 //! The fastText / CLD3 family of language identifiers, with every size from the recipe.
 
 use kdx_framework::nn::{Activation, EmbeddingBag, Mlp};
-use kdx_framework::features::{Bags, Featurizer, NgramHasher};
+use kdx_framework::features::{TokenRows, Featurizer, NgramHasher};
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::model::{Model, ModelBuilder, ModelSpec, OutputGrads, Outputs, Param, StepCtx};
 use kdx_framework::registry::BuildCtx;
@@ -81,7 +81,7 @@ fn build(p: NgramMlpParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Dia
     let scalars = table + layers;
     let key = if !p.hidden.is_empty() && layers > table { "hidden" } else { "dim" };
     let what = format!("this model (at least {scalars} parameters, with gradients and optimizer moments)");
-    kdx_framework::model::check_memory(&what, scalars * 4 * 4).map_err(|e| ctx.error(key, e))?;
+    kdx_framework::model::check_memory(&what, scalars * 4 * 4).map_err(|e| ctx.error(key, e.to_string()))?;
     Ok(Box::new(p))
 }
 
@@ -142,12 +142,12 @@ impl Model for NgramMlp {
     fn featurizer(&self) -> &dyn Featurizer {
         &self.hasher
     }
-    fn forward(&self, x: &Bags) -> anyhow::Result<Outputs> {
+    fn forward(&self, x: &TokenRows) -> anyhow::Result<Outputs> {
         Ok(self.mlp.forward(self.bag.forward(x)?, x.len()))
     }
     fn forward_backward(
         &mut self,
-        x: &Bags,
+        x: &TokenRows,
         ctx: StepCtx,
         objective: &mut dyn FnMut(&Outputs) -> anyhow::Result<OutputGrads>,
     ) -> anyhow::Result<Outputs> {

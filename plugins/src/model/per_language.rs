@@ -1,6 +1,6 @@
 //! `per-language`: one model per language group, each example routed to its group's model.
 
-use kdx_framework::features::{Bags, Featurizer};
+use kdx_framework::features::{TokenRows, Featurizer};
 use kdx_framework::kdx_recipe::{Diagnostic, KeyPath};
 use kdx_framework::model::{Model, ModelBuilder, ModelSpec, OutputGrads, Outputs, Param, StepCtx};
 use kdx_framework::registry::BuildCtx;
@@ -128,7 +128,7 @@ pub struct PerLanguage {
 
 impl PerLanguage {
     /// Example indices per group.
-    fn split(&self, x: &Bags) -> anyhow::Result<Vec<Vec<usize>>> {
+    fn split(&self, x: &TokenRows) -> anyhow::Result<Vec<Vec<usize>>> {
         anyhow::ensure!(
             x.langs.len() == x.len(),
             "per-language routes examples by language, but this batch carries no language ids (e.g. `kdx predict` on raw text)"
@@ -142,7 +142,7 @@ impl PerLanguage {
     }
 
     /// Runs every group's model on its examples and assembles the batch's outputs.
-    fn routed_forward(&self, x: &Bags, idx: &[Vec<usize>]) -> anyhow::Result<Outputs> {
+    fn routed_forward(&self, x: &TokenRows, idx: &[Vec<usize>]) -> anyhow::Result<Outputs> {
         let (c, h) = (self.classes(), self.hidden_dim());
         let mut out = Outputs { batch: x.len(), logits: vec![0.0; x.len() * c], classes: c, hidden: vec![0.0; x.len() * h], hidden_dim: h, layers: None };
         for (g, rows) in idx.iter().enumerate() {
@@ -175,13 +175,13 @@ impl Model for PerLanguage {
     fn featurizer(&self) -> &dyn Featurizer {
         self.members[0].featurizer()
     }
-    fn forward(&self, x: &Bags) -> anyhow::Result<Outputs> {
+    fn forward(&self, x: &TokenRows) -> anyhow::Result<Outputs> {
         let idx = self.split(x)?;
         self.routed_forward(x, &idx)
     }
     fn forward_backward(
         &mut self,
-        x: &Bags,
+        x: &TokenRows,
         ctx: StepCtx,
         objective: &mut dyn FnMut(&Outputs) -> anyhow::Result<OutputGrads>,
     ) -> anyhow::Result<Outputs> {
@@ -223,9 +223,9 @@ mod tests {
             .unwrap()
     }
 
-    fn batch(langs: Vec<u32>) -> Bags {
+    fn batch(langs: Vec<u32>) -> TokenRows {
         let texts: Vec<&str> = ["eins zwei", "un deux", "um dois", "um dois"].iter().take(langs.len()).copied().collect();
-        let mut b = Bags::build(&NgramHasher { n_min: 1, n_max: 2, buckets: 64 }, texts);
+        let mut b = TokenRows::build(&NgramHasher { n_min: 1, n_max: 2, buckets: 64 }, texts);
         b.langs = langs;
         b
     }

@@ -129,7 +129,7 @@ fn build(mut p: TransformerParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilde
     cfg.validate().map_err(|e| ctx.error(if e.field == "max_positions" { "max_len" } else { e.field }, e.message))?;
     let scalars = cfg.num_params() as u128;
     check_memory(&format!("this transformer ({scalars} parameters, with gradients and optimizer moments)"), scalars * 16)
-        .map_err(|e| ctx.error("width", e))?;
+        .map_err(|e| ctx.error("width", e.to_string()))?;
     Ok(Box::new(p))
 }
 
@@ -200,7 +200,7 @@ impl ModelBuilder for TransformerParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kdx_framework::features::Bags;
+    use kdx_framework::features::TokenRows;
     use kdx_framework::model::{OutputGrads, StepCtx};
     use kdx_framework::optim::Optimizer;
     use kdx_framework::registry::{build_standalone, PluginKind};
@@ -239,7 +239,7 @@ mod tests {
         let texts = ["hello there friend", "привет мой друг", "γεια σου φίλε", "good morning all", "доброе утро всем", "καλημέρα σε όλους"];
         let p = params("width = 32\nlayers = 1\nheads = 2\nffn = 64\ndropout = 0.0\nmax_len = 40");
         let mut m = p.build(&ModelSpec::new(3, 1)).unwrap();
-        let bags = Bags::build(m.featurizer(), texts.to_vec());
+        let bags = TokenRows::build(m.featurizer(), texts.to_vec());
         let labels = [0usize, 1, 2, 0, 1, 2];
         let mut opt = Optimizer::new(toml::from_str("kind = \"adam\"\nlr = 3e-3").unwrap());
         let mut last = f32::INFINITY;
