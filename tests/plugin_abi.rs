@@ -105,6 +105,37 @@ optimizer = {{ kind = "adamw", lr = 3e-3 }}
     )
 }
 
+/// Two small n-gram models (a teacher trained for 30 steps), `loss` alone, `steps` of
+/// distillation evaluated every 20.
+fn ngrams(loss: &str, steps: u64) -> String {
+    format!(
+        r#"
+[teacher]
+plugin = "ngram-mlp"
+ngrams = [1, 2]
+buckets = 2048
+dim = 8
+train = {{ steps = 30, batch = 32, optimizer = {{ kind = "adam", lr = 2e-2 }} }}
+
+[student]
+plugin = "ngram-mlp"
+ngrams = [1, 1]
+buckets = 512
+dim = 8
+
+[[loss]]
+{loss}
+
+[train]
+steps = {steps}
+batch = 16
+eval_every = 20
+baseline = false
+optimizer = {{ kind = "adam", lr = 2e-2 }}
+"#
+    )
+}
+
 fn metrics(results: &Path, experiment: &str) -> Vec<MetricRow> {
     read_csv(&results.join(experiment).join("run/metrics.csv")).unwrap()
 }
@@ -206,32 +237,7 @@ fn kdx_validate_reports_a_library_losss_misfit_at_its_key_before_anything_trains
 fn a_stateful_library_loss_resumes_exactly_and_reports_its_named_values() {
     let lib = library("ema-gate", "ema-gate");
     let tmp = tempfile::tempdir().unwrap();
-    let body = r#"
-[teacher]
-plugin = "ngram-mlp"
-ngrams = [1, 2]
-buckets = 2048
-dim = 8
-train = { steps = 30, batch = 32, optimizer = { kind = "adam", lr = 2e-2 } }
-
-[student]
-plugin = "ngram-mlp"
-ngrams = [1, 1]
-buckets = 512
-dim = 8
-
-[[loss]]
-plugin = "ema-gated-kd"
-decay = 0.8
-
-[train]
-steps = 60
-batch = 16
-eval_every = 20
-baseline = false
-optimizer = { kind = "adam", lr = 2e-2 }
-"#;
-    let r = recipe(tmp.path(), "ema", body);
+    let r = recipe(tmp.path(), "ema", &ngrams("plugin = \"ema-gated-kd\"\ndecay = 0.8", 60));
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     run_ok(&r, &a, lib, &[]);
     // Stop in the middle of distillation (30 teacher steps + 30), between evaluations: the
@@ -276,31 +282,7 @@ fn a_version_1_library_still_loads_and_trains_as_its_source_does_today() {
     assert_eq!((old.abi_version(), old.framework_version()), (1, "0.1.0"));
     assert_eq!(new.abi_version(), kdx_framework::dylib::kdx_sdk::ABI_VERSION);
     let tmp = tempfile::tempdir().unwrap();
-    let body = r#"
-[teacher]
-plugin = "ngram-mlp"
-ngrams = [1, 2]
-buckets = 2048
-dim = 8
-train = { steps = 30, batch = 32, optimizer = { kind = "adam", lr = 2e-2 } }
-
-[student]
-plugin = "ngram-mlp"
-ngrams = [1, 1]
-buckets = 512
-dim = 8
-
-[[loss]]
-plugin = "focal-kd"
-
-[train]
-steps = 40
-batch = 16
-eval_every = 20
-baseline = false
-optimizer = { kind = "adam", lr = 2e-2 }
-"#;
-    let r = recipe(tmp.path(), "focal", body);
+    let r = recipe(tmp.path(), "focal", &ngrams("plugin = \"focal-kd\"", 40));
     let (a, b) = (tmp.path().join("v1"), tmp.path().join("v2"));
     run_ok(&r, &a, v1, &[]);
     run_ok(&r, &b, v2, &[]);

@@ -56,44 +56,29 @@ pub trait Model: Send + Sync + std::any::Any {
     }
 }
 
-/// The per-layer shape of a layered model: what layer-wise losses check at plan time.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LayerShape {
-    /// Encoder layers L (hidden states 0..=L).
-    pub layers: usize,
-    /// Width of each hidden state.
-    pub width: usize,
-    /// Attention heads per layer.
-    pub heads: usize,
-    /// Longest sequence in tokens: longer texts are truncated there.
-    pub max_len: usize,
-    /// What identifies the tokenisation (a tokenizer file's hash, `bytes`…): token-level
-    /// losses compare only models that tokenise alike.
-    pub tokenizer: String,
-}
+/// The per-layer shape of a layered model: what layer-wise losses check at plan time. The
+/// SDK's type, so that built-in and library losses check the same thing.
+pub use kdx_sdk::LayerShape;
 
-impl LayerShape {
-    /// Whether `teacher` tokenises as this student does, which token-level losses need;
-    /// the error says what the loss `compares` and names both tokenisations.
-    pub fn same_tokens(&self, teacher: &LayerShape, compares: &str) -> anyhow::Result<()> {
-        if self.max_len != teacher.max_len {
-            // Texts longer than the shorter limit would be cut at different tokens: the run
-            // would stop at its first such batch, after the teacher has trained.
-            anyhow::bail!(
-                "{compares}, so student and teacher must truncate texts alike; the student's max_len is {}, the teacher's {}",
-                self.max_len,
-                teacher.max_len
-            );
-        }
-        if self.tokenizer == teacher.tokenizer {
-            return Ok(());
-        }
+/// Whether `teacher` tokenises as `student` does, which token-level losses need; the error
+/// says what the loss `compares` and names both tokenisations.
+pub fn same_tokens(student: &LayerShape, teacher: &LayerShape, compares: &str) -> anyhow::Result<()> {
+    if student.max_len != teacher.max_len {
+        // Texts longer than the shorter limit would be cut at different tokens: the run would
+        // stop at its first such batch, after the teacher has trained.
         anyhow::bail!(
-            "{compares}, so student and teacher must tokenise alike; the student's tokenizer is {}, the teacher's {}",
-            self.tokenizer,
-            teacher.tokenizer
-        )
+            "{compares}, so student and teacher must truncate texts alike; the student's max_len is {}, the teacher's {}",
+            student.max_len,
+            teacher.max_len
+        );
     }
+    anyhow::ensure!(
+        student.tokenizer == teacher.tokenizer,
+        "{compares}, so student and teacher must tokenise alike; the student's tokenizer is {}, the teacher's {}",
+        student.tokenizer,
+        teacher.tokenizer
+    );
+    Ok(())
 }
 
 /// Model outputs computed outside kdx, keyed by example id ([`crate::dataset::Example::id`]):

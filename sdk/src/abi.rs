@@ -11,11 +11,11 @@
 //! 1. The host opens the library and looks up one symbol, [`ENTRY_SYMBOL`], a function
 //!    [`EntryFn`] taking nothing and returning a pointer to a static [`PluginDescriptor`].
 //!    A library without it is not a kdx plugin.
-//! 2. The host reads the descriptor's first field, [`PluginDescriptor::abi_version`] — in
+//! 2. The host reads the descriptor's first field, [`PluginDescriptorV1::abi_version`] — in
 //!    every version of this ABI a `u32` at offset 0 — and refuses the library unless it is
 //!    one the host speaks ([`MIN_ABI_VERSION`] to its [`ABI_VERSION`]). Nothing else is read
 //!    before this check. A version-1 descriptor is read as [`PluginDescriptorV1`].
-//! 3. The host refuses a [`PluginDescriptor::framework_version`] of another major version
+//! 3. The host refuses a [`PluginDescriptorV1::framework_version`] of another major version
 //!    or a newer minor version than its own; then it reads `kind`, `name` and `summary`.
 //! 4. For every `[[loss]]` naming the plugin, the host calls [`CreateFn`] with the table's
 //!    parameters as JSON, gets an opaque handle and the loss's needs ([`NEEDS_TEACHER`] …),
@@ -184,11 +184,11 @@ pub type LanguageValuesFn = unsafe extern "C" fn(
     out_error: *mut *mut c_char,
 ) -> i32;
 
-/// The descriptor of ABI version 1, which the host still reads: the first fields of
-/// [`PluginDescriptor`], in the same layout.
+/// The descriptor of ABI version 1, and the first field of every later version's
+/// ([`PluginDescriptor::v1`]): a host reads this much of any descriptor.
 #[repr(C)]
 pub struct PluginDescriptorV1 {
-    /// 1.
+    /// [`ABI_VERSION`] of the SDK the plugin was built with. Read, alone, before anything else.
     pub abi_version: u32,
     /// [`KIND_LOSS`].
     pub kind: u32,
@@ -210,31 +210,13 @@ pub struct PluginDescriptorV1 {
     pub free_string: FreeStringFn,
 }
 
-/// What the entry point returns. The layout is fixed for one [`ABI_VERSION`]; the first
-/// field stays `abi_version: u32` in every version, and a version only appends fields (ABI 1
-/// is [`PluginDescriptorV1`]).
+/// What the entry point returns. The layout is fixed for one [`ABI_VERSION`]: a version only
+/// appends fields, so every descriptor starts with version 1's ([`PluginDescriptorV1`]), whose
+/// first field, `abi_version: u32`, the host reads before anything else.
 #[repr(C)]
 pub struct PluginDescriptor {
-    /// [`ABI_VERSION`] of the SDK the plugin was built with. Checked before anything else.
-    pub abi_version: u32,
-    /// What the plugin provides: [`KIND_LOSS`].
-    pub kind: u32,
-    /// The kdx version the plugin was built for (NUL-terminated, e.g. `"0.1.0"`).
-    pub framework_version: *const c_char,
-    /// The name recipes use (`[[loss]] plugin = "…"`), NUL-terminated UTF-8.
-    pub name: *const c_char,
-    /// One line for listings, NUL-terminated UTF-8.
-    pub summary: *const c_char,
-    /// See [`CreateFn`].
-    pub create: CreateFn,
-    /// See [`ComputeFn`].
-    pub compute: ComputeFn,
-    /// See [`LanguageStateFn`].
-    pub language_state: LanguageStateFn,
-    /// See [`DestroyFn`].
-    pub destroy: DestroyFn,
-    /// See [`FreeStringFn`].
-    pub free_string: FreeStringFn,
+    /// What ABI 1 has: version, kind, names, and the functions of ABI 1.
+    pub v1: PluginDescriptorV1,
     /// (ABI 2) See [`CheckFn`].
     pub check: CheckFn,
     /// (ABI 2) See [`PrepareFn`].
@@ -515,16 +497,15 @@ mod tests {
 
     #[test]
     fn the_abi_version_is_the_first_field() {
-        assert_eq!(std::mem::offset_of!(PluginDescriptor, abi_version), 0);
+        use std::mem::offset_of;
+        assert_eq!(offset_of!(PluginDescriptor, v1) + offset_of!(PluginDescriptorV1, abi_version), 0);
         assert_eq!(std::mem::size_of_val(&ABI_VERSION), 4);
     }
 
     #[test]
     fn version_2_only_appends_to_the_version_1_descriptor() {
         use std::mem::offset_of;
-        assert_eq!(offset_of!(PluginDescriptorV1, kind), offset_of!(PluginDescriptor, kind));
-        assert_eq!(offset_of!(PluginDescriptorV1, create), offset_of!(PluginDescriptor, create));
-        assert_eq!(offset_of!(PluginDescriptorV1, free_string), offset_of!(PluginDescriptor, free_string));
+        assert_eq!(offset_of!(PluginDescriptor, v1), 0);
         assert_eq!(std::mem::size_of::<PluginDescriptorV1>(), offset_of!(PluginDescriptor, check));
     }
 }

@@ -132,16 +132,18 @@ fn leak_c_string(s: &str) -> Option<*const c_char> {
 /// (Public so that tests can build deliberately wrong descriptors.)
 pub fn descriptor<L: Loss>() -> Option<PluginDescriptor> {
     Some(PluginDescriptor {
-        abi_version: ABI_VERSION,
-        kind: KIND_LOSS,
-        framework_version: leak_c_string(FRAMEWORK_VERSION)?,
-        name: leak_c_string(L::NAME)?,
-        summary: leak_c_string(L::SUMMARY)?,
-        create: create::<L>,
-        compute: compute::<L>,
-        language_state: language_state::<L>,
-        destroy: destroy::<L>,
-        free_string,
+        v1: PluginDescriptorV1 {
+            abi_version: ABI_VERSION,
+            kind: KIND_LOSS,
+            framework_version: leak_c_string(FRAMEWORK_VERSION)?,
+            name: leak_c_string(L::NAME)?,
+            summary: leak_c_string(L::SUMMARY)?,
+            create: create::<L>,
+            compute: compute::<L>,
+            language_state: language_state::<L>,
+            destroy: destroy::<L>,
+            free_string,
+        },
         check: check::<L>,
         prepare: prepare::<L>,
         compute_v2: compute_v2::<L>,

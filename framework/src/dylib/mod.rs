@@ -39,7 +39,7 @@ pub use boundary::{in_plugin_call, parameter_error, plugin_call};
 pub use dylib_loss::DylibLoss;
 pub use library::{valid_name, versions_compatible, PluginError, PluginLibrary, FRAMEWORK_VERSION};
 pub use owned_params::LossParams;
-pub use sdk_loss::{layers_view, sdk_layer_shape, SdkLoss};
+pub use sdk_loss::{layers_view, SdkLoss};
 
 /// The parameter schema of a loss written against the SDK: any table (the loss checks its
 /// own parameters when it is created).

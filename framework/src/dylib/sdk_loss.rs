@@ -6,7 +6,7 @@ use kdx_recipe::Diagnostic;
 
 use super::owned_params::{declare, LossParams};
 use crate::loss::{Loss, LossInput, LossOutput, Shapes};
-use crate::model::{LayerGrads, LayerShape, LayerStates, Param};
+use crate::model::{LayerGrads, LayerStates, Param};
 use crate::nn::HiddenProjection;
 use crate::registry::BuildCtx;
 
@@ -108,17 +108,6 @@ pub fn layers_view(s: &LayerStates) -> kdx_sdk::Layers<'_> {
         heads: s.heads,
         hidden: s.hidden.iter().map(Vec::as_slice).collect(),
         attention: s.attention.iter().map(Vec::as_slice).collect(),
-    }
-}
-
-/// A framework layer shape as the SDK's.
-pub fn sdk_layer_shape(s: &LayerShape) -> kdx_sdk::LayerShape {
-    kdx_sdk::LayerShape {
-        layers: s.layers,
-        width: s.width,
-        heads: s.heads,
-        max_len: s.max_len,
-        tokenizer: s.tokenizer.clone(),
     }
 }
 

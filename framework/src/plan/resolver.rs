@@ -322,8 +322,8 @@ impl<'d> Resolver<'d> {
             classes: 0,
             student_hidden_dim: student.builder.hidden_width(),
             teacher_hidden_dim: teacher.builder.hidden_width(),
-            student_layers: s.as_ref().map(crate::dylib::sdk_layer_shape),
-            teacher_layers: t.as_ref().map(crate::dylib::sdk_layer_shape),
+            student_layers: s.clone(),
+            teacher_layers: t.clone(),
         };
         for l in losses {
             if let Err(e) = check_layers(&l.plan, &student.plugin, s.clone(), &teacher.plugin, t.clone()) {

@@ -54,7 +54,7 @@ impl Loss for AttentionKl {
         true
     }
     fn check_layers(&self, s: &LayerShape, t: &LayerShape) -> anyhow::Result<()> {
-        s.same_tokens(t, "compares attention over the same tokens")?;
+        kdx_framework::model::same_tokens(s, t, "compares attention over the same tokens")?;
         if s.heads != t.heads {
             anyhow::bail!("compares head by head: the student has {} heads, the teacher {}", s.heads, t.heads);
         }

@@ -81,7 +81,7 @@ impl Loss for LayerMse {
         true
     }
     fn check_layers(&self, s: &LayerShape, t: &LayerShape) -> anyhow::Result<()> {
-        s.same_tokens(t, "compares token by token")?;
+        kdx_framework::model::same_tokens(s, t, "compares token by token")?;
         if self.mode == ProjectionMode::Never && s.width != t.width {
             anyhow::bail!("projection = \"never\" needs equal widths, student {} ≠ teacher {}", s.width, t.width);
         }

@@ -77,12 +77,12 @@ fn build() -> Option<SyncDescriptor> {
     let mut d: PluginDescriptor = descriptor::<Misbehaving>()?;
     let mode = std::env::var("KDX_MISBEHAVE").unwrap_or_default();
     match mode.as_str() {
-        "wrong-abi" => d.abi_version = kdx_sdk::ABI_VERSION + 1,
-        "wrong-version" => d.framework_version = CString::new("99.0.0").ok()?.into_raw(),
+        "wrong-abi" => d.v1.abi_version = kdx_sdk::ABI_VERSION + 1,
+        "wrong-version" => d.v1.framework_version = CString::new("99.0.0").ok()?.into_raw(),
         "panic-entry" => panic!("misbehaving: deliberate panic in the entry point"),
         m => {
             if let Some(name) = m.strip_prefix("name=") {
-                d.name = CString::new(name).ok()?.into_raw();
+                d.v1.name = CString::new(name).ok()?.into_raw();
             }
         }
     }
