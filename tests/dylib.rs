@@ -118,7 +118,7 @@ fn focal_kd_loads_and_describes_itself() {
     assert!(lib.summary().contains("γ"), "{}", lib.summary());
     assert_eq!(lib.framework_version(), kdx_framework::dylib::FRAMEWORK_VERSION);
     let l = lib.create_loss(r#"{"gamma": 1.0}"#).unwrap();
-    assert!(l.needs_teacher() && !l.needs_labels() && !l.needs_teacher_hidden());
+    assert_eq!(l.needs(), kdx_framework::loss::Needs::TEACHER);
     // The plugin's own refusals come back as its messages.
     let e = lib.create_loss(r#"{"temperature": -1}"#).err().unwrap().to_string();
     assert!(e.contains("temperature must be a positive number"), "{e}");

@@ -309,7 +309,7 @@ fn layers_parameters_and_their_gradients_cross_the_c_boundary_intact() {
     let json = r#"{"map": [[0, 0], [1, 2]], "seed": 5}"#;
     let mut dynamic = lib.create_loss(json).unwrap();
     let mut in_tree = SdkLoss::<tinybert_proj::TinyBertProj>::from_json(json).unwrap();
-    assert!(dynamic.needs_layers() && in_tree.needs_layers());
+    assert!(dynamic.needs().layers && in_tree.needs().layers);
     let shapes =
         Shapes { classes: 3, student_hidden_dim: Some(6), teacher_hidden_dim: Some(5), ..Default::default() };
     dynamic.prepare(&shapes).unwrap();

@@ -14,29 +14,37 @@ use crate::model::{LayerGrads, LayerShape, LayerStates, Param};
 /// shared by in-tree losses and dynamic-library plugins (no conversion at the boundary).
 pub use kdx_sdk::{LossInput, LossOutput, Shapes};
 
+/// What a loss reads besides the student's outputs ([`Loss::needs`], returned once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Teacher outputs: the loss is skipped in teacher-free stages (the baseline), and the
+    /// engine computes the teacher's outputs for it.
+    pub teacher: bool,
+    /// Gold labels: refused in tasks where the student may not see them.
+    pub labels: bool,
+    /// The teacher's hidden representation: the engine then keeps it for every training
+    /// example, which costs memory.
+    pub teacher_hidden: bool,
+    /// Per-layer states ([`LayerStates`]) of the student and, when it needs the teacher, of
+    /// the teacher: the loss implements [`Loss::compute_layers`], and the engine runs the
+    /// teacher on every batch (its states are too large to cache).
+    pub layers: bool,
+}
+
+impl Needs {
+    /// Gold labels only: a supervised loss.
+    pub const LABELS: Needs = Needs { teacher: false, labels: true, teacher_hidden: false, layers: false };
+    /// Teacher outputs only: a distillation loss.
+    pub const TEACHER: Needs = Needs { teacher: true, labels: false, teacher_hidden: false, layers: false };
+}
+
 /// A distillation or supervised objective.
 pub trait Loss: Send {
-    /// Whether the loss reads teacher outputs (then it is skipped in teacher-free stages
-    /// such as the baseline, and the engine computes teacher outputs for it).
-    fn needs_teacher(&self) -> bool;
-    /// Whether the loss reads gold labels.
-    fn needs_labels(&self) -> bool {
-        !self.needs_teacher()
-    }
-    /// Whether the loss reads the teacher's hidden representation (then the engine keeps
-    /// it for every training example, which costs memory).
-    fn needs_teacher_hidden(&self) -> bool {
-        false
-    }
+    /// What the loss reads besides the student's outputs; the engine computes, keeps and
+    /// checks only what some loss of a stage needs.
+    fn needs(&self) -> Needs;
     /// Computes the loss and its gradients.
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput>;
-    /// Whether the loss reads per-layer states ([`LayerStates`]) of the student and, when
-    /// it needs the teacher, of the teacher: transformer layer-wise distillation. Such a
-    /// loss implements [`Loss::compute_layers`]; the engine then runs the teacher on every
-    /// batch (its states are too large to cache).
-    fn needs_layers(&self) -> bool {
-        false
-    }
     /// Checks at plan time that the student's and teacher's layers fit the loss (layer
     /// indices in range, equal heads, the same tokenisation); the error says what does not.
     fn check_layers(&self, student: &LayerShape, teacher: &LayerShape) -> anyhow::Result<()> {
@@ -136,8 +144,8 @@ pub struct CrossEntropy {
 }
 
 impl Loss for CrossEntropy {
-    fn needs_teacher(&self) -> bool {
-        false
+    fn needs(&self) -> Needs {
+        Needs::LABELS
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let labels = x
@@ -251,14 +259,8 @@ impl ProjectedHiddenLoss {
 }
 
 impl Loss for ProjectedHiddenLoss {
-    fn needs_teacher(&self) -> bool {
-        true
-    }
-    fn needs_labels(&self) -> bool {
-        false
-    }
-    fn needs_teacher_hidden(&self) -> bool {
-        true
+    fn needs(&self) -> Needs {
+        Needs { teacher_hidden: true, ..Needs::TEACHER }
     }
     fn prepare(&mut self, shapes: &Shapes) -> anyhow::Result<()> {
         if let (Some(hs), Some(ht)) = (shapes.student_hidden_dim, shapes.teacher_hidden_dim) {

@@ -4,7 +4,9 @@
 
 pub use crate::dataset::{file_fingerprint, Dataset, Example, Task};
 pub use crate::features::{Featurizer, TokenRows};
-pub use crate::loss::{autodiff_logits, row_weights, softmax_rows, tensor2, Loss, LossInput, LossOutput};
+pub use crate::loss::{
+    autodiff_logits, row_weights, softmax_rows, tensor2, Loss, LossInput, LossOutput, Needs,
+};
 pub use crate::model::{
     Grad, Model, ModelBuilder, ModelKind, ModelSpec, OutputGrads, OutputTable, Outputs, Param, RowGrad,
     StepCtx,

@@ -10,7 +10,7 @@ use kdx_sdk::ParamDecl;
 use super::boundary::parameter_error;
 use super::library::{ApiV2, PluginLibrary};
 use super::owned_params::{declare, LossParams};
-use crate::loss::{Loss, LossInput, LossOutput, Shapes};
+use crate::loss::{Loss, LossInput, LossOutput, Needs, Shapes};
 use crate::model::{LayerGrads, LayerStates, Param};
 use crate::nn::HiddenProjection;
 
@@ -272,21 +272,15 @@ impl Drop for DylibLoss {
 }
 
 impl Loss for DylibLoss {
-    fn needs_teacher(&self) -> bool {
-        self.flags & abi::NEEDS_TEACHER != 0
-    }
-
-    fn needs_labels(&self) -> bool {
-        self.flags & abi::NEEDS_LABELS != 0
-    }
-
-    fn needs_teacher_hidden(&self) -> bool {
-        self.flags & abi::NEEDS_TEACHER_HIDDEN != 0
-    }
-
-    fn needs_layers(&self) -> bool {
-        // Version 1 had no such flag: whatever a version-1 library sets there means nothing.
-        self.plugin.api.v2.is_some() && self.flags & abi::NEEDS_LAYERS != 0
+    fn needs(&self) -> Needs {
+        let flag = |f: u32| self.flags & f != 0;
+        Needs {
+            teacher: flag(abi::NEEDS_TEACHER),
+            labels: flag(abi::NEEDS_LABELS),
+            teacher_hidden: flag(abi::NEEDS_TEACHER_HIDDEN),
+            // Version 1 had no such flag: whatever a version-1 library sets there means nothing.
+            layers: self.plugin.api.v2.is_some() && flag(abi::NEEDS_LAYERS),
+        }
     }
 
     fn check_shapes(&self, shapes: &Shapes) -> anyhow::Result<()> {

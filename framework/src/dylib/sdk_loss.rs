@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use kdx_recipe::Diagnostic;
 
 use super::owned_params::{declare, LossParams};
-use crate::loss::{Loss, LossInput, LossOutput, Shapes};
+use crate::loss::{Loss, LossInput, LossOutput, Needs, Shapes};
 use crate::model::{LayerGrads, LayerStates, Param};
 use crate::nn::HiddenProjection;
 use crate::registry::BuildCtx;
@@ -112,20 +112,14 @@ pub fn layers_view(s: &LayerStates) -> kdx_sdk::Layers<'_> {
 }
 
 impl<T: kdx_sdk::Loss> Loss for SdkLoss<T> {
-    fn needs_teacher(&self) -> bool {
-        self.inner.needs_teacher()
-    }
-
-    fn needs_labels(&self) -> bool {
-        self.inner.needs_labels()
-    }
-
-    fn needs_teacher_hidden(&self) -> bool {
-        self.inner.needs_teacher_hidden()
-    }
-
-    fn needs_layers(&self) -> bool {
-        self.inner.needs_layers()
+    fn needs(&self) -> Needs {
+        let l = &self.inner;
+        Needs {
+            teacher: l.needs_teacher(),
+            labels: l.needs_labels(),
+            teacher_hidden: l.needs_teacher_hidden(),
+            layers: l.needs_layers(),
+        }
     }
 
     fn check_shapes(&self, shapes: &Shapes) -> anyhow::Result<()> {

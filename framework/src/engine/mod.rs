@@ -423,10 +423,10 @@ fn teacher_side(
     let ready = teacher::pretrain(plan, teacher, &shared.task, &shared.fcache, monitor)?;
     row.teacher_cached = ready.source == TeacherSource::Cache;
     row.teacher_params = ready.teacher.num_params();
-    let any_teacher_loss = plan.losses.iter().any(|l| l.loss.needs_teacher());
+    let any_teacher_loss = plan.losses.iter().any(|l| l.loss.needs().teacher);
     // With a layer-wise loss the teacher network runs on every batch anyway, and its outputs
     // come from there: no pass over the whole training set first.
-    let layered = plan.losses.iter().any(|l| l.loss.needs_layers());
+    let layered = plan.losses.iter().any(|l| l.loss.needs().layers);
     // A pretrained encoder reading every split can take minutes the first time: say so, and
     // how long it took (cached outputs come back at once).
     let encoding = std::time::Instant::now();
@@ -470,7 +470,7 @@ fn distill(
         // Cross-lingual transfer: the student must learn from the teacher alone.
         for l in &plan.losses {
             anyhow::ensure!(
-                !l.loss.needs_labels(),
+                !l.loss.needs().labels,
                 "loss `{}` reads gold labels, but in this task the student sees translations and must learn from the teacher only",
                 l.plugin
             );

@@ -45,7 +45,7 @@ pub fn combine_losses<'a>(
             }
             continue;
         }
-        let (r, layer_grads) = if l.loss.needs_layers() {
+        let (r, layer_grads) = if l.loss.needs().layers {
             let s = student_layers.with_context(|| {
                 format!("loss `{}` reads per-layer states, and the student returned none", l.name)
             })?;
@@ -119,7 +119,7 @@ pub fn combine_losses<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loss::{Loss, LossOutput};
+    use crate::loss::{Loss, LossOutput, Needs};
     use crate::model::{LayerGrads, LayerStates};
     use crate::schedule::Schedule;
     use crate::testing::{sample_layers, SampleBatch};
@@ -128,11 +128,8 @@ mod tests {
     struct Fixed;
 
     impl Loss for Fixed {
-        fn needs_teacher(&self) -> bool {
-            false
-        }
-        fn needs_layers(&self) -> bool {
-            true
+        fn needs(&self) -> Needs {
+            Needs { layers: true, ..Needs::LABELS }
         }
         fn compute(&mut self, _: &LossInput) -> Result<LossOutput> {
             unreachable!("a layer-wise loss is computed through compute_layers")
@@ -175,8 +172,8 @@ mod tests {
     struct Counting(usize);
 
     impl Loss for Counting {
-        fn needs_teacher(&self) -> bool {
-            false
+        fn needs(&self) -> Needs {
+            Needs::LABELS
         }
         fn compute(&mut self, x: &LossInput) -> Result<LossOutput> {
             self.0 += 1;

@@ -86,7 +86,7 @@ impl<'r, 's, 'l> StageLoop<'r, 's, 'l> {
             loss_states: Vec::new(),
             term_sums: vec![(0.0, 0); losses.len()],
         };
-        let layered = losses.iter().any(|l| l.loss.needs_layers());
+        let layered = losses.iter().any(|l| l.loss.needs().layers);
         let opt = Optimizer::new(stage.cfg.optimizer());
         Ok(StageLoop { stage, model, losses, sampler, langs, queues, sizes, opt, state, layered })
     }

@@ -221,12 +221,12 @@ pub(super) fn train_outputs(
     task: &Task,
     fcache: &FeatureCache,
 ) -> Result<TeacherOut> {
-    let needs_hidden = plan.losses.iter().any(|l| l.loss.needs_teacher_hidden());
+    let needs_hidden = plan.losses.iter().any(|l| l.loss.needs().teacher_hidden);
     match &ready.teacher {
         Teacher::Precomputed(table) => {
             let o = table.lookup(&ids(&task.train), "training")?;
             if let Some(l) =
-                plan.losses.iter().find(|l| l.loss.needs_teacher_hidden()).filter(|_| o.hidden_dim == 0)
+                plan.losses.iter().find(|l| l.loss.needs().teacher_hidden).filter(|_| o.hidden_dim == 0)
             {
                 anyhow::bail!(
                     "loss `{}` reads the teacher's hidden representation, but {} has none (a .safetensors file with a `hidden` tensor can hold it)",

@@ -280,8 +280,8 @@ mod tests {
     struct NanGradient;
 
     impl Loss for NanGradient {
-        fn needs_teacher(&self) -> bool {
-            false
+        fn needs(&self) -> crate::loss::Needs {
+            crate::loss::Needs::LABELS
         }
         fn compute(&mut self, x: &LossInput) -> Result<crate::loss::LossOutput> {
             let mut g = vec![0.0; x.batch * x.classes];

@@ -345,7 +345,7 @@ fn check_layers(
     teacher: &str,
     t: Option<crate::model::LayerShape>,
 ) -> anyhow::Result<()> {
-    if !l.loss.needs_layers() {
+    if !l.loss.needs().layers {
         return Ok(());
     }
     let none = |role: &str, name: &str| {

@@ -1,7 +1,7 @@
 //! `attention-kl`: MiniLM's attention-distribution transfer between transformer layers.
 
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, LossInput, LossOutput};
+use kdx_framework::loss::{Loss, LossInput, LossOutput, Needs};
 use kdx_framework::model::{LayerGrads, LayerShape, LayerStates};
 use kdx_framework::registry::BuildCtx;
 use schemars::JsonSchema;
@@ -44,14 +44,8 @@ impl AttentionKl {
 }
 
 impl Loss for AttentionKl {
-    fn needs_teacher(&self) -> bool {
-        true
-    }
-    fn needs_labels(&self) -> bool {
-        false
-    }
-    fn needs_layers(&self) -> bool {
-        true
+    fn needs(&self) -> Needs {
+        Needs { layers: true, ..Needs::TEACHER }
     }
     fn check_layers(&self, s: &LayerShape, t: &LayerShape) -> anyhow::Result<()> {
         kdx_framework::model::same_tokens(s, t, "compares attention over the same tokens")?;

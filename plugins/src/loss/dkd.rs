@@ -1,7 +1,7 @@
 //! `dkd`: Decoupled Knowledge Distillation (Zhao et al., CVPR 2022).
 
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, LossInput, LossOutput};
+use kdx_framework::loss::{Loss, LossInput, LossOutput, Needs};
 use kdx_framework::registry::BuildCtx;
 use kdx_framework::schedule::Schedule;
 use schemars::JsonSchema;
@@ -81,11 +81,8 @@ fn split(row: &[f32], g: usize, t: f64) -> (Vec<f64>, f64, Vec<f64>) {
 }
 
 impl Loss for DkdParams {
-    fn needs_teacher(&self) -> bool {
-        true
-    }
-    fn needs_labels(&self) -> bool {
-        true
+    fn needs(&self) -> Needs {
+        Needs { labels: true, ..Needs::TEACHER }
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let t_logits = x.teacher_logits.ok_or_else(|| anyhow::anyhow!("dkd needs teacher logits"))?;

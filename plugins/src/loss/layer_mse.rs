@@ -1,7 +1,7 @@
 //! `layer-mse`: TinyBERT's hidden-state loss between mapped transformer layers.
 
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, LossInput, LossOutput, Shapes};
+use kdx_framework::loss::{Loss, LossInput, LossOutput, Shapes, Needs};
 use kdx_framework::model::{LayerGrads, LayerShape, LayerStates, Param};
 use kdx_framework::nn::kernels::{matmul, Mat};
 
@@ -71,14 +71,8 @@ impl LayerMse {
 }
 
 impl Loss for LayerMse {
-    fn needs_teacher(&self) -> bool {
-        true
-    }
-    fn needs_labels(&self) -> bool {
-        false
-    }
-    fn needs_layers(&self) -> bool {
-        true
+    fn needs(&self) -> Needs {
+        Needs { layers: true, ..Needs::TEACHER }
     }
     fn check_layers(&self, s: &LayerShape, t: &LayerShape) -> anyhow::Result<()> {
         kdx_framework::model::same_tokens(s, t, "compares token by token")?;

@@ -1,7 +1,7 @@
 //! `logit-std`: KD on standardised logits (Sun et al., CVPR 2024).
 
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, LossInput, LossOutput};
+use kdx_framework::loss::{Loss, LossInput, LossOutput, Needs};
 use kdx_framework::registry::BuildCtx;
 use kdx_framework::schedule::Schedule;
 use schemars::JsonSchema;
@@ -68,11 +68,8 @@ fn log_softmax(u: &[f64], t: f64) -> Vec<f64> {
 }
 
 impl Loss for LogitStdParams {
-    fn needs_teacher(&self) -> bool {
-        true
-    }
-    fn needs_labels(&self) -> bool {
-        false
+    fn needs(&self) -> Needs {
+        Needs::TEACHER
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let t_logits = x.teacher_logits.ok_or_else(|| anyhow::anyhow!("logit-std needs teacher logits"))?;

@@ -1,7 +1,7 @@
 //! `mse-logits`: logit matching (Ba & Caruana 2014).
 
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, LossInput, LossOutput};
+use kdx_framework::loss::{Loss, LossInput, LossOutput, Needs};
 use kdx_framework::registry::BuildCtx;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -31,11 +31,8 @@ kdx_framework::register_loss!(
 );
 
 impl Loss for MseLogitsParams {
-    fn needs_teacher(&self) -> bool {
-        true
-    }
-    fn needs_labels(&self) -> bool {
-        false
+    fn needs(&self) -> Needs {
+        Needs::TEACHER
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let t_logits = x.teacher_logits.ok_or_else(|| anyhow::anyhow!("mse-logits needs teacher logits"))?;

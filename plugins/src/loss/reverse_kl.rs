@@ -2,7 +2,7 @@
 
 use kdx_framework::dylib::kdx_sdk::math::log_softmax;
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, LossInput, LossOutput};
+use kdx_framework::loss::{Loss, LossInput, LossOutput, Needs};
 use kdx_framework::registry::BuildCtx;
 use kdx_framework::schedule::Schedule;
 use schemars::JsonSchema;
@@ -42,11 +42,8 @@ fn build(p: ReverseKlParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic
 kdx_framework::register_loss!("reverse-kl", "KL(student ‖ teacher) at temperature T, scaled by T² (mode-seeking)", ReverseKlParams, build);
 
 impl Loss for ReverseKlParams {
-    fn needs_teacher(&self) -> bool {
-        true
-    }
-    fn needs_labels(&self) -> bool {
-        false
+    fn needs(&self) -> Needs {
+        Needs::TEACHER
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let t_logits = x.teacher_logits.ok_or_else(|| anyhow::anyhow!("reverse-kl needs teacher logits"))?;

@@ -2,7 +2,7 @@
 
 use kdx_framework::dylib::kdx_sdk::math::log_softmax;
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, LossInput, LossOutput};
+use kdx_framework::loss::{Loss, LossInput, LossOutput, Needs};
 use kdx_framework::registry::BuildCtx;
 use kdx_framework::sampler::LangStat;
 use kdx_framework::schedule::Schedule;
@@ -93,11 +93,8 @@ impl Selective {
 }
 
 impl Loss for Selective {
-    fn needs_teacher(&self) -> bool {
-        true
-    }
-    fn needs_labels(&self) -> bool {
-        self.params.fallback == Fallback::HardCe
+    fn needs(&self) -> Needs {
+        Needs { labels: self.params.fallback == Fallback::HardCe, ..Needs::TEACHER }
     }
     fn language_state(&self) -> anyhow::Result<Option<Vec<f32>>> {
         Ok(self.gates.clone())

@@ -2,7 +2,7 @@
 
 use kdx_framework::dfdx_prelude::*;
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{autodiff_logits, row_weights, softmax_rows, tensor2, Loss, LossInput, LossOutput};
+use kdx_framework::loss::{autodiff_logits, row_weights, softmax_rows, tensor2, Loss, LossInput, LossOutput, Needs};
 use kdx_framework::registry::BuildCtx;
 use kdx_framework::schedule::Schedule;
 use schemars::JsonSchema;
@@ -42,8 +42,8 @@ fn build(p: SoftKlParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
 kdx_framework::register_loss!("soft-kl", "KL(teacher ‖ student) at temperature T, scaled by T² (Hinton 2015)", SoftKlParams, build);
 
 impl Loss for SoftKlParams {
-    fn needs_teacher(&self) -> bool {
-        true
+    fn needs(&self) -> Needs {
+        Needs::TEACHER
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let t_logits = x.teacher_logits.ok_or_else(|| anyhow::anyhow!("soft-kl needs teacher logits"))?;

@@ -1,7 +1,7 @@
 //! `top-k`: distillation from the teacher's K most probable classes (Tan et al. 2019).
 
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, LossInput, LossOutput};
+use kdx_framework::loss::{Loss, LossInput, LossOutput, Needs};
 use kdx_framework::registry::BuildCtx;
 use kdx_framework::schedule::Schedule;
 use schemars::JsonSchema;
@@ -64,11 +64,8 @@ fn log_softmax(row: &[f32], t: f64, keep: impl Fn(usize) -> bool) -> Vec<f64> {
 }
 
 impl Loss for TopKParams {
-    fn needs_teacher(&self) -> bool {
-        true
-    }
-    fn needs_labels(&self) -> bool {
-        false
+    fn needs(&self) -> Needs {
+        Needs::TEACHER
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let t_logits = x.teacher_logits.ok_or_else(|| anyhow::anyhow!("top-k needs teacher logits"))?;
