@@ -228,12 +228,22 @@ impl ProjectedHiddenLoss {
         seed: u64,
         criterion: HiddenCriterion,
     ) -> Self {
+        Self::with_criterion(name, mode, seed, Criterion::Each(criterion))
+    }
+
+    /// A loss with this criterion, without a projection yet, which starts at random.
+    pub fn with_criterion(
+        name: &'static str,
+        mode: crate::nn::ProjectionMode,
+        seed: u64,
+        criterion: Criterion,
+    ) -> Self {
         ProjectedHiddenLoss {
             name,
             mode,
             seed,
             proj: Default::default(),
-            criterion: Criterion::Each(criterion),
+            criterion,
             init: ProjectionInit::Random,
         }
     }
@@ -245,10 +255,7 @@ impl ProjectedHiddenLoss {
         seed: u64,
         criterion: BatchCriterion,
     ) -> Self {
-        ProjectedHiddenLoss {
-            criterion: Criterion::Batch(criterion),
-            ..Self::new(name, mode, seed, |_, _, _, _| 0.0)
-        }
+        Self::with_criterion(name, mode, seed, Criterion::Batch(criterion))
     }
 
     /// The same, with the projection started as `init` says.

@@ -5,7 +5,6 @@
 
 use crate::loss::{Loss, LossInput};
 use crate::model::LayerStates;
-use crate::sampler::LangStat;
 
 /// Checks a loss's analytic gradients against central finite differences: with respect to
 /// the student logits, the student hidden representation (when the loss returns a hidden
@@ -64,109 +63,24 @@ pub fn gradient_check(loss: &mut dyn Loss, x: &LossInput, eps: f32) -> anyhow::R
     Ok(worst)
 }
 
-/// Owned buffers for a [`LossInput`], for tests and gradient checks: random logits,
-/// teacher logits and hidden states, labels and languages from a seed.
-#[derive(Clone, Debug)]
-pub struct SampleBatch {
-    /// `B`.
-    pub batch: usize,
-    /// `C`.
-    pub classes: usize,
-    /// `H` (student and teacher).
-    pub hidden_dim: usize,
-    /// Student logits.
-    pub student_logits: Vec<f32>,
-    /// Student hidden.
-    pub student_hidden: Vec<f32>,
-    /// Teacher logits.
-    pub teacher_logits: Vec<f32>,
-    /// Teacher hidden.
-    pub teacher_hidden: Vec<f32>,
-    /// Labels.
-    pub labels: Vec<u32>,
-    /// Languages (two languages, alternating).
-    pub langs: Vec<u32>,
-    /// Per-example weights.
-    pub weights: Vec<f32>,
-    /// Statistics of the two languages.
-    pub stats: Vec<LangStat>,
-}
-
-impl SampleBatch {
-    /// A reproducible random batch; `scale` sets the logits' spread (large = peaked).
-    pub fn random(batch: usize, classes: usize, hidden_dim: usize, scale: f32, seed: u64) -> SampleBatch {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut v = |n: usize| (0..n).map(|_| rng.gen_range(-scale..scale)).collect::<Vec<f32>>();
-        let student_logits = v(batch * classes);
-        let student_hidden = v(batch * hidden_dim);
-        let teacher_logits = v(batch * classes);
-        let teacher_hidden = v(batch * hidden_dim);
-        let labels = (0..batch).map(|i| (i * 7 % classes) as u32).collect();
-        let langs = (0..batch).map(|i| (i % 2) as u32).collect();
-        let weights = (0..batch).map(|i| 0.5 + (i % 3) as f32 * 0.25).collect();
-        let stats = vec![
-            LangStat { dev_acc: 0.5, teacher_dev_acc: 0.9, ..LangStat::new(100) },
-            LangStat { dev_acc: 0.95, teacher_dev_acc: 0.9, ..LangStat::new(10) },
-        ];
-        SampleBatch {
-            batch,
-            classes,
-            hidden_dim,
-            student_logits,
-            student_hidden,
-            teacher_logits,
-            teacher_hidden,
-            labels,
-            langs,
-            weights,
-            stats,
-        }
-    }
-
-    /// Borrows the batch as a loss input at `step` of `total_steps`.
-    pub fn input(&self, step: u64, total_steps: u64) -> LossInput<'_> {
-        LossInput {
-            batch: self.batch,
-            classes: self.classes,
-            student_logits: &self.student_logits,
-            student_hidden: &self.student_hidden,
-            student_hidden_dim: self.hidden_dim,
-            teacher_logits: Some(&self.teacher_logits),
-            teacher_hidden: Some(&self.teacher_hidden),
-            teacher_hidden_dim: self.hidden_dim,
-            labels: Some(&self.labels),
-            langs: &self.langs,
-            weights: &self.weights,
-            step,
-            total_steps,
-            stats: &self.stats,
-        }
-    }
-}
+/// Owned buffers for a [`LossInput`]: the SDK's sample batch (one kit for in-tree and
+/// library losses), with teacher and student widths that may differ.
+pub use kdx_sdk::testing::SampleBatch;
 
 /// Random per-layer states for tests of layer-wise losses: `lens` sequences padded to the
 /// longest, `layers` layers of `width` with `heads` heads, attention rows that are
 /// distributions over the real keys (zero on padding), from a seed.
 pub fn sample_layers(lens: &[usize], layers: usize, width: usize, heads: usize, seed: u64) -> LayerStates {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let (b, t) = (lens.len(), lens.iter().copied().max().unwrap_or(1));
-    let hidden =
-        (0..=layers).map(|_| (0..b * t * width).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
-    let attention = (0..layers)
-        .map(|_| {
-            let mut a = vec![0.0f32; b * heads * t * t];
-            for (row_i, row) in a.chunks_exact_mut(t).enumerate() {
-                let n = lens[row_i / (heads * t)];
-                let e: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0f32..2.0).exp()).collect();
-                let z: f32 = e.iter().sum();
-                row[..n].iter_mut().zip(&e).for_each(|(r, v)| *r = v / z);
-            }
-            a
-        })
-        .collect();
-    LayerStates { lens: lens.to_vec(), seq: t, width, heads, hidden, attention }
+    // The SDK's generator, so in-tree and library losses are tested on the same states.
+    let o = kdx_sdk::testing::OwnedLayers::random(lens, layers, width, heads, seed);
+    LayerStates {
+        lens: o.lens,
+        seq: o.seq,
+        width: o.width,
+        heads: o.heads,
+        hidden: o.hidden,
+        attention: o.attention,
+    }
 }
 
 /// The largest relative difference between a layer-wise loss's gradients (with respect to

@@ -326,7 +326,7 @@ impl<'d> Resolver<'d> {
             teacher_layers: t.clone(),
         };
         for l in losses {
-            if let Err(e) = check_layers(&l.plan, &student.plugin, s.clone(), &teacher.plugin, t.clone()) {
+            if let Err(e) = check_layers(&l.plan, &student.plugin, s.as_ref(), &teacher.plugin, t.as_ref()) {
                 self.diags.push(self.doc.diag(&l.key.key("plugin"), format!("{e:#}"), None));
             } else if let Err(e) = l.plan.loss.check_shapes(&shapes) {
                 let prefix = format!("loss `{}` does not fit the models: ", l.plan.plugin);
@@ -341,9 +341,9 @@ impl<'d> Resolver<'d> {
 fn check_layers(
     l: &LossPlan,
     student: &str,
-    s: Option<crate::model::LayerShape>,
+    s: Option<&crate::model::LayerShape>,
     teacher: &str,
-    t: Option<crate::model::LayerShape>,
+    t: Option<&crate::model::LayerShape>,
 ) -> anyhow::Result<()> {
     if !l.loss.needs().layers {
         return Ok(());
@@ -356,5 +356,5 @@ fn check_layers(
     };
     let s = s.ok_or_else(|| anyhow::anyhow!(none("student", student)))?;
     let t = t.ok_or_else(|| anyhow::anyhow!(none("teacher", teacher)))?;
-    l.loss.check_layers(&s, &t).map_err(|e| anyhow::anyhow!("loss `{}`: {e:#}", l.plugin))
+    l.loss.check_layers(s, t).map_err(|e| anyhow::anyhow!("loss `{}`: {e:#}", l.plugin))
 }
