@@ -253,7 +253,7 @@ fn run_recipes(a: RunArgs) -> Result<ExitCode> {
     }
     let mut jsonl = a.events.map(|EventsFormat::Jsonl| JsonLines::new(std::io::stdout()));
     let (n, mut failed) = (plans.len(), 0);
-    for mut plan in plans {
+    for plan in plans {
         if STOP.load(Ordering::SeqCst) {
             break; // the runs of a sweep not yet started stay as they are
         }
@@ -261,8 +261,8 @@ fn run_recipes(a: RunArgs) -> Result<ExitCode> {
             eprintln!("kdx: run {}", plan.run_name);
         }
         let result = match &mut jsonl {
-            Some(j) => engine::run(&mut plan, &opts, &mut Both(&mut *console, j)),
-            None => engine::run(&mut plan, &opts, &mut *console),
+            Some(j) => engine::run(&plan, &opts, &mut Both(&mut *console, j)),
+            None => engine::run(&plan, &opts, &mut *console),
         };
         match result {
             Ok(row) => finished(&row, &engine::run_dir(&plan, &opts.results), jsonl.is_some()),
@@ -302,11 +302,11 @@ fn finished(row: &kdx_framework::report::RunRow, dir: &Path, events_on_stdout: b
 
 /// `kdx sample`: what each run's sampler will do on its data.
 fn sample(recipe: &Path) -> Result<()> {
-    for mut plan in load_plans(recipe)? {
-        let rows = engine::preview::sampling_preview(&mut plan)?;
+    for plan in load_plans(recipe)? {
+        let rows = engine::preview::sampling_preview(&plan)?;
         println!(
             "{} / {} — sampler `{}`, {} steps × {} examples",
-            plan.experiment.name, plan.run_name, plan.sampler_plugin, plan.train.steps, plan.train.batch
+            plan.experiment.name, plan.run_name, plan.sampler.plugin, plan.train.steps, plan.train.batch
         );
         println!(
             "{:<14} {:>8} {:>11} {:>14} {:>9}",

@@ -18,7 +18,7 @@ fn a_run_tells_its_stages_in_order_to_any_observer() {
     let recipe = tmp.path().join("events.toml");
     let text = good_recipe("events");
     std::fs::write(&recipe, text).unwrap();
-    let mut plan = load_plans(&recipe).unwrap().remove(0);
+    let plan = load_plans(&recipe).unwrap().remove(0);
     let opts = RunOptions {
         results: tmp.path().join("lib"),
         resume: false,
@@ -27,7 +27,7 @@ fn a_run_tells_its_stages_in_order_to_any_observer() {
         stop: None,
     };
     let mut rec = Recorder::default();
-    let row = engine::run(&mut plan, &opts, &mut rec).unwrap();
+    let row = engine::run(&plan, &opts, &mut rec).unwrap();
     assert_eq!(row.status, RunStatus::Ok);
 
     let events = &rec.events;
@@ -96,4 +96,37 @@ fn a_run_tells_its_stages_in_order_to_any_observer() {
             .collect()
     };
     assert_eq!(kinds(&printed), kinds(events));
+}
+
+/// A plan is read-only configuration: each run makes its own loss and sampler instances
+/// (`Plan::instantiate`), so one plan run twice — with a sampler whose weights move while it
+/// trains — writes the same reports both times.
+#[test]
+fn one_plan_run_twice_writes_the_same_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tmp.path().join("twice.toml");
+    let text = good_recipe("twice").replace(
+        "[sampler]\nplugin = \"temperature\"\ntau = 1.0",
+        "[sampler]\nplugin = \"teacher-gap\"\nevery = 20",
+    );
+    assert!(text.contains("teacher-gap"), "the recipe's sampler was not replaced");
+    std::fs::write(&recipe, text).unwrap();
+    let plan = load_plans(&recipe).unwrap().remove(0);
+    let dirs = ["first", "second"].map(|d| tmp.path().join(d));
+    for results in &dirs {
+        let opts = RunOptions {
+            results: results.clone(),
+            resume: false,
+            interrupt_after: None,
+            lock_held: false,
+            stop: None,
+        };
+        let row = engine::run(&plan, &opts, &mut Recorder::default()).unwrap();
+        assert_eq!(row.status, RunStatus::Ok, "{}", row.error);
+    }
+    for f in ["metrics.csv", "sampling.csv", "languages.csv"] {
+        let [a, b] = dirs.clone().map(|d| std::fs::read_to_string(d.join("twice/run").join(f)).unwrap());
+        assert!(a.len() > 100, "{f} is nearly empty");
+        assert_eq!(a, b, "{f} differs between two runs of one plan");
+    }
 }

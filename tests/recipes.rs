@@ -52,7 +52,7 @@ fn every_plugin_is_used_by_a_shipped_recipe() {
     for f in shipped() {
         for plan in load_plans(&f).unwrap() {
             collect(&toml::Value::Table(plan.doc.root().clone()), &mut used);
-            used.insert(plan.sampler_plugin.clone());
+            used.insert(plan.sampler.plugin.clone());
         }
     }
     use kdx_framework::registry::{list, PluginKind};

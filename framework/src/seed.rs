@@ -13,3 +13,21 @@ pub fn mix(parts: &[u64]) -> u64 {
     }
     h
 }
+
+/// What a run's models are built with, mixed after the run seed: the teacher
+/// ([`crate::plan::Plan::teacher_seed`]) and the student — the distilled one, its baseline and
+/// the untrained reference are built alike, so they start from the same weights.
+pub mod build {
+    /// The teacher's build.
+    pub const TEACHER: u64 = 1;
+    /// The student's build.
+    pub const STUDENT: u64 = 2;
+}
+
+/// The random streams of one training step, mixed after (stage seed, stage salt, step).
+pub mod step {
+    /// The languages and examples of the step's batch.
+    pub const BATCH: u64 = 1;
+    /// What the losses and the model draw in the step (dropout, negatives).
+    pub const COMPUTE: u64 = 2;
+}

@@ -30,11 +30,9 @@ use crate::dataset::Task;
 use crate::event::{Event, Observer, RunStatus, TeacherSource};
 use crate::features::FeatureCache;
 pub use crate::infer::predict;
-use crate::loss::CrossEntropy;
 use crate::model::{init_from, Model, ModelSpec};
-use crate::plan::{Init, Plan};
+use crate::plan::{Init, Instances, LossInstance, Plan};
 use crate::report::{peak_rss_mb, write_csv, RunRow};
-use crate::schedule::Schedule;
 pub use crate::seed::mix;
 use crate::stage::Stage;
 pub use inputs::{Inputs, TeacherOut};
@@ -43,7 +41,7 @@ use monitor::Monitor;
 pub use options::{Interrupted, RunOptions};
 use reports::Finetuned;
 use teacher::Teacher;
-use train::{run_stage, LoopState, StageLoss, StageRun};
+use train::{run_hard_label_stage, run_stage, LoopState, StageLoss, StageRun};
 
 /// Takes the OS lock of a run directory (`DIR/.lock`, held while the returned file stays
 /// open, released by the OS when the process dies), or `None` when another process holds
@@ -125,7 +123,7 @@ pub fn run_dir(plan: &Plan, results: &Path) -> PathBuf {
 
 /// Runs a plan and writes its reports, telling `observer` what happens. On failure
 /// `run.csv` records the error too.
-pub fn run(plan: &mut Plan, opts: &RunOptions, observer: &mut dyn Observer) -> Result<RunRow> {
+pub fn run(plan: &Plan, opts: &RunOptions, observer: &mut dyn Observer) -> Result<RunRow> {
     let started = Instant::now();
     let dir = run_dir(plan, &opts.results);
     let ckpt = dir.join("checkpoints");
@@ -274,7 +272,7 @@ impl Shared {
 }
 
 fn run_stages(
-    plan: &mut Plan,
+    plan: &Plan,
     opts: &RunOptions,
     dir: &Path,
     row: &mut RunRow,
@@ -295,6 +293,7 @@ fn run_stages(
     let mut shared =
         Shared { task, fcache, labels_visible, t_out: None, s_train: Inputs::default(), seed, vocab_cache };
 
+    let mut parts = plan.instantiate()?;
     let teacher = teacher_side(plan, &mut shared, &mut monitor, row)?;
     let ready = &teacher.ready;
 
@@ -312,14 +311,22 @@ fn run_stages(
     monitor.student_dev = Inputs::new(&*student, &shared.task.dev, false, &shared.fcache, "dev")?;
     let s_test = Inputs::new(&*student, &shared.task.test, false, &shared.fcache, "test")?;
     let teacher_net = teacher.network_for_layers(plan)?;
-    let distilled = distill(plan, &shared, &mut *student, teacher_net, &mut monitor)?;
+    let distilled = distill(plan, &mut parts, &shared, &mut *student, teacher_net, &mut monitor)?;
     row.train_examples_per_s =
         (plan.train.steps as f64 * plan.train.batch as f64) / distilled.train_seconds.max(1e-9);
-    let finetuned =
-        finetune(plan, &shared, &mut *student, teacher_net, &s_test, &teacher.test_logits, &mut monitor)?;
+    let finetuned = finetune(
+        plan,
+        &mut parts,
+        &shared,
+        &mut *student,
+        teacher_net,
+        &s_test,
+        &teacher.test_logits,
+        &mut monitor,
+    )?;
 
     // ---- Baseline: the same student, hard labels, no teacher. ----
-    let baseline = baseline(plan, &shared, &mut monitor)?;
+    let baseline = baseline(plan, &mut parts, &shared, &mut monitor)?;
     // Parallel data has no labels to train a baseline on; the student as built (the same
     // seed gives the same initial weights) is retrieval's reference instead.
     let untrained = match shared.task.is_parallel() {
@@ -336,6 +343,7 @@ fn run_stages(
     reports::finish(
         reports::Finished {
             plan,
+            losses: &parts.losses,
             task: &shared.task,
             dir,
             teacher: &ready.teacher,
@@ -372,7 +380,7 @@ fn load_task(plan: &Plan, observer: &mut dyn Observer) -> Result<Task> {
 
 /// The student as the recipe builds it, before any training.
 fn new_student(plan: &Plan, shared: &Shared) -> Result<Box<dyn Model>> {
-    plan.student.builder.build(&shared.spec(mix(&[shared.seed, 2]), false))
+    plan.student.builder.build(&shared.spec(mix(&[shared.seed, crate::seed::build::STUDENT]), false))
 }
 
 /// The teacher, ready for the student's stages: pre-trained or from its cache, its outputs
@@ -412,7 +420,7 @@ impl TeacherSide {
 /// on the training split once (unless layer-wise losses run it batch by batch), on dev for
 /// the agreement columns, on test for the reports.
 fn teacher_side(
-    plan: &mut Plan,
+    plan: &Plan,
     shared: &mut Shared,
     monitor: &mut Monitor,
     row: &mut RunRow,
@@ -423,10 +431,10 @@ fn teacher_side(
     let ready = teacher::pretrain(plan, teacher, &shared.task, &shared.fcache, monitor)?;
     row.teacher_cached = ready.source == TeacherSource::Cache;
     row.teacher_params = ready.teacher.num_params();
-    let any_teacher_loss = plan.losses.iter().any(|l| l.loss.needs().teacher);
+    let any_teacher_loss = plan.losses.iter().any(|l| l.needs.teacher);
     // With a layer-wise loss the teacher network runs on every batch anyway, and its outputs
     // come from there: no pass over the whole training set first.
-    let layered = plan.losses.iter().any(|l| l.loss.needs().layers);
+    let layered = plan.losses.iter().any(|l| l.needs.layers);
     // A pretrained encoder reading every split can take minutes the first time: say so, and
     // how long it took (cached outputs come back at once).
     let encoding = std::time::Instant::now();
@@ -460,7 +468,8 @@ fn teacher_side(
 
 /// Distillation: the recipe's losses and sampler, the teacher's outputs.
 fn distill(
-    plan: &mut Plan,
+    plan: &Plan,
+    parts: &mut Instances,
     shared: &Shared,
     student: &mut dyn Model,
     teacher_net: TeacherNet,
@@ -470,7 +479,7 @@ fn distill(
         // Cross-lingual transfer: the student must learn from the teacher alone.
         for l in &plan.losses {
             anyhow::ensure!(
-                !l.loss.needs().labels,
+                !l.needs.labels,
                 "loss `{}` reads gold labels, but in this task the student sees translations and must learn from the teacher only",
                 l.plugin
             );
@@ -478,18 +487,16 @@ fn distill(
     }
     let cfg = plan.train.stage();
     let run = StageRun { teacher_net, ..shared.stage(Stage::Distill, &cfg, true) };
-    let mut losses: Vec<StageLoss> = plan
-        .losses
-        .iter_mut()
-        .map(|l| StageLoss { name: &l.plugin, weight: &l.weight, loss: &mut *l.loss })
-        .collect();
-    run_stage(&run, student, &mut losses, &mut *plan.samplers.distill, &shared.task.langs, monitor)
+    let mut losses = stage_losses(&mut parts.losses);
+    run_stage(&run, student, &mut losses, &mut *parts.samplers.distill, &shared.task.langs, monitor)
 }
 
 /// The optional fine-tuning stage (`[finetune]`): a language subset, the distillation
 /// losses or hard labels. The student is scored on test before it, so one run shows both.
+#[allow(clippy::too_many_arguments)]
 fn finetune(
-    plan: &mut Plan,
+    plan: &Plan,
+    parts: &mut Instances,
     shared: &Shared,
     student: &mut dyn Model,
     teacher_net: TeacherNet,
@@ -497,7 +504,7 @@ fn finetune(
     t_test: &[f32],
     monitor: &mut Monitor,
 ) -> Result<Finetuned> {
-    let (Some(ft), Some(sampler)) = (plan.finetune.clone(), plan.samplers.finetune.as_mut()) else {
+    let (Some(ft), Some(sampler)) = (plan.finetune.clone(), parts.samplers.finetune.as_mut()) else {
         return Ok(Finetuned::default());
     };
     let task = &shared.task;
@@ -534,35 +541,37 @@ fn finetune(
         teacher_net: teacher_net.filter(|_| ft.distill),
         ..shared.stage(Stage::Finetune, &cfg, ft.distill)
     };
-    let mut ce = CrossEntropy::default();
-    let w = Schedule::Constant(1.0);
-    let mut losses: Vec<StageLoss> = if ft.distill {
-        plan.losses
-            .iter_mut()
-            .map(|l| StageLoss { name: &l.plugin, weight: &l.weight, loss: &mut *l.loss })
-            .collect()
+    let state = if ft.distill {
+        let mut losses = stage_losses(&mut parts.losses);
+        run_stage(&run, student, &mut losses, &mut **sampler, &task.langs, monitor)?
     } else {
-        vec![StageLoss { name: "cross-entropy", weight: &w, loss: &mut ce }]
+        run_hard_label_stage(&run, student, &mut **sampler, &task.langs, monitor)?
     };
-    let state = run_stage(&run, student, &mut losses, &mut **sampler, &task.langs, monitor)?;
     Ok(Finetuned { sampling: state.sampling, distilled_test_rows })
 }
 
 /// The baseline: the same student architecture trained on hard labels without a teacher,
 /// with the distillation stage's sampler, steps and batches. Skipped where the student may
 /// not see gold labels.
-fn baseline(plan: &mut Plan, shared: &Shared, monitor: &mut Monitor) -> Result<Option<Box<dyn Model>>> {
-    let Some(sampler) = plan.samplers.baseline.as_mut() else { return Ok(None) };
+fn baseline(
+    plan: &Plan,
+    parts: &mut Instances,
+    shared: &Shared,
+    monitor: &mut Monitor,
+) -> Result<Option<Box<dyn Model>>> {
+    let Some(sampler) = parts.samplers.baseline.as_mut() else { return Ok(None) };
     if !shared.labels_visible {
         monitor.note("baseline skipped: the student may not see gold labels in this task (the teacher reads the sources)");
         return Ok(None);
     }
-    let mut b = plan.student.builder.build(&shared.spec(mix(&[shared.seed, 2]), false))?;
+    let mut b = new_student(plan, shared)?;
     let cfg = plan.train.stage();
     let run = shared.stage(Stage::Baseline, &cfg, false);
-    let mut ce = CrossEntropy::default();
-    let w = Schedule::Constant(1.0);
-    let mut losses = [StageLoss { name: "cross-entropy", weight: &w, loss: &mut ce }];
-    run_stage(&run, &mut *b, &mut losses, &mut **sampler, &shared.task.langs, monitor)?;
+    run_hard_label_stage(&run, &mut *b, &mut **sampler, &shared.task.langs, monitor)?;
     Ok(Some(b))
+}
+
+/// The run's losses as a stage trains with them.
+fn stage_losses(losses: &mut [LossInstance]) -> Vec<StageLoss<'_>> {
+    losses.iter_mut().map(|l| StageLoss { name: &l.plugin, weight: &l.weight, loss: &mut *l.loss }).collect()
 }

@@ -22,7 +22,7 @@ pub struct SamplingPreview {
 
 /// What the distillation stage's sampler will do on the plan's data, before training (the
 /// distribution at step 0; dynamic samplers move from there).
-pub fn sampling_preview(plan: &mut Plan) -> Result<Vec<SamplingPreview>> {
+pub fn sampling_preview(plan: &Plan) -> Result<Vec<SamplingPreview>> {
     let task = plan.dataset.load().context("loading the dataset")?;
     let sizes = task.train_sizes();
     let stats: Vec<LangStat> = sizes.iter().map(|&n| LangStat::new(n as u64)).collect();
@@ -33,7 +33,8 @@ pub fn sampling_preview(plan: &mut Plan) -> Result<Vec<SamplingPreview>> {
         stats: &stats,
         langs: &task.langs,
     };
-    let mut d = normalise(&plan.samplers.distill.distribution(&ctx)?)?;
+    let mut sampler = plan.instantiate()?.samplers.distill;
+    let mut d = normalise(&sampler.distribution(&ctx)?)?;
     for (p, &n) in d.iter_mut().zip(&sizes) {
         if n == 0 {
             *p = 0.0;

@@ -31,6 +31,8 @@ pub(super) struct Finetuned {
 /// Everything the stages produced.
 pub(super) struct Finished<'a> {
     pub plan: &'a Plan,
+    /// The run's losses after training (a learned projection maps the student's vectors).
+    pub losses: &'a [crate::plan::LossInstance],
     pub task: &'a Task,
     pub dir: &'a Path,
     pub teacher: &'a Teacher,
@@ -64,7 +66,7 @@ pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Re
     let mut sampling = f.distilled.sampling.clone();
     sampling.extend(f.finetuned.sampling.iter().cloned());
     write_csv(&f.dir.join("sampling.csv"), &sampling)?;
-    let projection = f.plan.losses.iter().find_map(|l| l.loss.projection());
+    let projection = f.losses.iter().find_map(|l| l.loss.projection());
     let retrieval = retrieval_report(&f, projection, monitor)?;
     let scored = retrieval.as_ref().filter(|_| f.task.measure == Measure::Retrieval);
     let lang_rows = match scored {

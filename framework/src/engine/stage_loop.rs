@@ -214,7 +214,12 @@ impl<'r, 's, 'l> StageLoop<'r, 's, 'l> {
     /// step's own random stream), then that language's next example.
     fn draw_batch(&mut self) -> Batch {
         let (stage, step) = (self.stage, self.state.step);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(mix(&[stage.seed, stage.stage.salt(), step, 1]));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(mix(&[
+            stage.seed,
+            stage.stage.salt(),
+            step,
+            crate::seed::step::BATCH,
+        ]));
         let cdf: Vec<f64> = self
             .state
             .dist
@@ -278,7 +283,7 @@ impl<'r, 's, 'l> StageLoop<'r, 's, 'l> {
         let teacher = self.teacher_batch(&batch.idx)?;
         let ctx = StepCtx {
             layers: self.layered,
-            ..StepCtx::new(step, mix(&[stage.seed, stage.stage.salt(), step, 2]))
+            ..StepCtx::new(step, mix(&[stage.seed, stage.stage.salt(), step, crate::seed::step::COMPUTE]))
         };
         let weights = vec![1f32; batch.idx.len()];
         let (mut total_loss, mut step_terms) = (0f32, Vec::new());

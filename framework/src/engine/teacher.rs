@@ -8,18 +8,16 @@ use anyhow::{Context, Result};
 
 use super::inputs::{Inputs, TeacherOut};
 use super::monitor::Monitor;
-use super::stage_run::{StageLoss, StageRun};
-use super::train::run_stage;
+use super::stage_run::StageRun;
+use super::train::run_hard_label_stage;
 use crate::dataset::{Example, Task};
 use crate::event::{Event, TeacherSource};
 use crate::features::{FeatureCache, TokenRows};
 use crate::infer::predict;
-use crate::loss::CrossEntropy;
 use crate::model::{Model, ModelBuilder, ModelKind, ModelSpec, OutputTable, Outputs};
 use crate::plan::Plan;
 use crate::report::MetricRow;
 use crate::sampler::Proportional;
-use crate::schedule::Schedule;
 use crate::seed::mix;
 use crate::stage::Stage;
 use crate::store::{params_from_map, params_to_map, read_sealed, write_sealed, Metadata, TensorMap};
@@ -174,9 +172,6 @@ pub(super) fn pretrain(
         })?;
         let t_examples = task.teacher_train.as_deref().unwrap_or(&task.train);
         let inputs = Inputs::new(&**model, t_examples, false, fcache, "teacher-train")?;
-        let mut ce = CrossEntropy::default();
-        let mut sampler = Proportional;
-        let w = Schedule::Constant(1.0);
         let run = StageRun {
             stage: Stage::Teacher,
             cfg,
@@ -188,8 +183,7 @@ pub(super) fn pretrain(
             seed: mix(&[plan.experiment.seed, Stage::Teacher.seed_tag()]),
             n_langs: task.langs.len(),
         };
-        let mut losses = [StageLoss { name: "cross-entropy", weight: &w, loss: &mut ce }];
-        run_stage(&run, &mut **model, &mut losses, &mut sampler, &task.langs, monitor)?;
+        run_hard_label_stage(&run, &mut **model, &mut Proportional, &task.langs, monitor)?;
         let mut map = TensorMap::new();
         params_to_map("", &model.params(), &mut map);
         let rows: Vec<&MetricRow> =
@@ -221,12 +215,11 @@ pub(super) fn train_outputs(
     task: &Task,
     fcache: &FeatureCache,
 ) -> Result<TeacherOut> {
-    let needs_hidden = plan.losses.iter().any(|l| l.loss.needs().teacher_hidden);
+    let needs_hidden = plan.losses.iter().any(|l| l.needs.teacher_hidden);
     match &ready.teacher {
         Teacher::Precomputed(table) => {
             let o = table.lookup(&ids(&task.train), "training")?;
-            if let Some(l) =
-                plan.losses.iter().find(|l| l.loss.needs().teacher_hidden).filter(|_| o.hidden_dim == 0)
+            if let Some(l) = plan.losses.iter().find(|l| l.needs.teacher_hidden).filter(|_| o.hidden_dim == 0)
             {
                 anyhow::bail!(
                     "loss `{}` reads the teacher's hidden representation, but {} has none (a .safetensors file with a `hidden` tensor can hold it)",

@@ -11,8 +11,10 @@ pub use super::objective::{combine_losses, Term};
 pub use super::rows::{argmax_rows, row_ce};
 use super::stage_loop::StageLoop;
 pub use super::stage_run::{StageLoss, StageRun};
+use crate::loss::CrossEntropy;
 use crate::model::Model;
 use crate::sampler::Sampler;
+use crate::schedule::Schedule;
 
 /// Runs a stage to its end, from `resume` if given. Returns the final loop state.
 #[allow(clippy::too_many_arguments)]
@@ -48,6 +50,21 @@ pub fn run_stage(
         }
     }
     Ok(run.state)
+}
+
+/// Runs a stage on gold labels alone — cross-entropy at weight 1, no teacher: the teacher's
+/// pre-training, the baseline and a fine-tuning stage without distillation.
+pub fn run_hard_label_stage(
+    stage: &StageRun,
+    model: &mut dyn Model,
+    sampler: &mut dyn Sampler,
+    langs: &[String],
+    hooks: &mut dyn StageHooks,
+) -> Result<LoopState> {
+    let mut ce = CrossEntropy::default();
+    let weight = Schedule::Constant(1.0);
+    let mut losses = [StageLoss { name: "cross-entropy", weight: &weight, loss: &mut ce }];
+    run_stage(stage, model, &mut losses, sampler, langs, hooks)
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Recipe → plan: every plugin name resolved through the registry, every parameter typed,
-//! every problem located. Nothing downstream of the plan reads TOML.
+//! every problem located. Nothing downstream of the plan reads TOML. A [`Plan`] is checked
+//! configuration, read-only: a run makes the loss and sampler instances it trains with
+//! ([`Plan::instantiate`]).
 
 use std::path::PathBuf;
 
@@ -8,12 +10,14 @@ use kdx_recipe::{Diagnostic, Diagnostics, KeyPath, RecipeDoc};
 use crate::dataset::Dataset;
 use crate::dylib::PluginSet;
 
+mod instances;
 mod resolve;
 mod resolver;
 mod retrieval;
 mod sections;
+pub use instances::{Instances, LossInstance, Samplers};
 use resolve::{data_section, root_diag};
-pub use resolve::{LossPlan, ModelPlan, Samplers};
+pub use resolve::{LossPlan, ModelPlan, SamplerPlan};
 use resolver::Resolver;
 pub use retrieval::{EvalSet, RetrievalPlan, RetrievalSection, SetSection, TEST_SET};
 pub use sections::{ExperimentSection, FinetuneSection, Init, StageConfig, TrainSection};
@@ -43,10 +47,8 @@ pub struct Plan {
     pub init: Init,
     /// `[[loss]]`.
     pub losses: Vec<LossPlan>,
-    /// `[sampler]` plugin name.
-    pub sampler_plugin: String,
-    /// `[sampler]`, one instance per stage that samples languages.
-    pub samplers: Samplers,
+    /// `[sampler]`.
+    pub sampler: SamplerPlan,
     /// `[train]`.
     pub train: TrainSection,
     /// `[finetune]`.
@@ -98,7 +100,7 @@ impl Plan {
             Some((data_plugin, dataset, data_section)),
             Some((teacher, teacher_train)),
             Some((student, init)),
-            Some((sampler_plugin, samplers)),
+            Some(sampler),
             Some(train),
         ) = (experiment, data, teacher, student, sampler, train)
         else {
@@ -118,8 +120,7 @@ impl Plan {
             student,
             init,
             losses: losses.into_iter().map(|l| l.plan).collect(),
-            sampler_plugin,
-            samplers,
+            sampler,
             train,
             finetune,
             retrieval,
@@ -136,7 +137,7 @@ impl Plan {
     /// its cache and its outputs, which for a transformer teacher take minutes.
     pub fn teacher_seed(&self) -> u64 {
         let seed = if self.teacher_train.is_some() { self.experiment.seed } else { 0 };
-        crate::seed::mix(&[seed, 1])
+        crate::seed::mix(&[seed, crate::seed::build::TEACHER])
     }
 
     /// The key of the teacher's cache (`results/.cache/teacher-<key>`): what the teacher

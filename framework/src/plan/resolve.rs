@@ -1,11 +1,13 @@
 //! What every section's resolver uses: the `plugin` key split off a section, a plugin built
 //! through the registry with its unknown keys reported first, a diagnostic collected, and
-//! the resolved plugin sections (`ModelPlan`, `LossPlan`, `Samplers`). Below `plan` and each
+//! the resolved plugin sections (`ModelPlan`, `LossPlan`, `SamplerPlan`) and the builders of the
+//! instances a run makes from them. Below `plan` and each
 //! section's resolver (`resolver`, `retrieval`), which all call it.
 
 use kdx_recipe::{did_you_mean, unknown_key_help, Diagnostic, Diagnostics, KeyPath, RecipeDoc};
 
 use crate::dataset::Dataset;
+use crate::dylib::PluginSet;
 use crate::loss::Loss;
 use crate::model::ModelBuilder;
 use crate::registry::{self, BuildCtx, Builder, Instance as Built, PluginKind};
@@ -134,25 +136,65 @@ pub(super) fn known_keys(
     true
 }
 
-/// One `[[loss]]` resolved.
+/// One `[[loss]]` resolved and checked: what it is and reads, not yet an instance (a run
+/// makes its own with [`crate::plan::Plan::instantiate`]).
 pub struct LossPlan {
     /// Plugin name.
     pub plugin: String,
     /// Weight (a number or a schedule).
     pub weight: Schedule,
-    /// The plugin instance.
-    pub loss: Box<dyn Loss>,
+    /// What the loss reads, as the instance the resolver checked said.
+    pub needs: crate::loss::Needs,
+    /// Where the loss is in the recipe, and its parameters: what an instance is built from.
+    pub(super) key: KeyPath,
+    pub(super) params: toml::Table,
 }
 
-/// The language samplers of a run's stages, each its own instance of the recipe's
-/// `[sampler]` (dynamic samplers keep state per stage).
-pub struct Samplers {
-    /// The distillation stage's.
-    pub distill: Box<dyn Sampler>,
-    /// The baseline's (`None` when `[train] baseline = false`).
-    pub baseline: Option<Box<dyn Sampler>>,
-    /// The fine-tuning stage's (`None` without `[finetune]`).
-    pub finetune: Option<Box<dyn Sampler>>,
+/// The `[sampler]` resolved and checked: each stage that samples languages builds its own
+/// instance ([`crate::plan::Plan::instantiate`]), since dynamic samplers keep state per stage.
+pub struct SamplerPlan {
+    /// Plugin name.
+    pub plugin: String,
+    /// Its parameters; `None` without a `[sampler]` section (proportional sampling).
+    pub(super) params: Option<toml::Table>,
+    /// Whether the baseline stage runs (`[train] baseline`).
+    pub(super) baseline: bool,
+    /// Whether a fine-tuning stage runs (`[finetune]`).
+    pub(super) finetune: bool,
+}
+
+/// Builds the loss plugin `name` for the `[[loss]]` table at `key` from its parameters — from
+/// the library that provides it, or the registry; `None` with its diagnostics collected.
+pub(super) fn build_loss(
+    doc: &RecipeDoc,
+    plugins: &PluginSet,
+    key: &KeyPath,
+    name: &str,
+    params: toml::Table,
+    diags: &mut Diagnostics,
+) -> Option<Box<dyn Loss>> {
+    match plugins.loss(name) {
+        Some(lib) => ok(diags, lib.build_loss(doc, key, &params)),
+        None => match build(doc, key, PluginKind::Loss, name, params, &["plugin", "weight"], diags)? {
+            Built::Loss(loss) => Some(loss),
+            _ => None,
+        },
+    }
+}
+
+/// Builds the `[sampler]` plugin `name` from its parameters; `None` with its diagnostics
+/// collected.
+pub(super) fn build_sampler(
+    doc: &RecipeDoc,
+    name: &str,
+    params: toml::Table,
+    diags: &mut Diagnostics,
+) -> Option<Box<dyn Sampler>> {
+    match build(doc, &KeyPath::root().key("sampler"), PluginKind::Sampler, name, params, &["plugin"], diags)?
+    {
+        Built::Sampler(s) => Some(s),
+        _ => None,
+    }
 }
 
 /// A diagnostic about the recipe as a whole, located at the top of its file.

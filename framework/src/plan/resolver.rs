@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use kdx_recipe::{unknown_key_help, Diagnostics, KeyPath, RecipeDoc};
 
 use super::resolve::{
-    build, data_section, known_keys, ok, root_diag, split_plugin, LossPlan, ModelPlan, Samplers,
+    build, build_loss, build_sampler, data_section, known_keys, ok, root_diag, split_plugin, LossPlan,
+    ModelPlan, SamplerPlan,
 };
 use super::retrieval::{self, RetrievalPlan};
 use super::sections::{ExperimentSection, FinetuneSection, Init, StageConfig, TrainSection};
@@ -16,7 +17,6 @@ use crate::dataset::Dataset;
 use crate::dylib::{Origin, PluginSet};
 use crate::model::ModelKind;
 use crate::registry::{self, Instance as Built, PluginKind};
-use crate::sampler::Sampler;
 use crate::schedule::Schedule;
 
 /// The sections a recipe may have.
@@ -33,11 +33,10 @@ const TOP_KEYS: &[&str] = &[
     "plugins",
 ];
 
-/// A `[[loss]]` resolved, with where it is in the recipe and its parameters as written.
+/// A `[[loss]]` resolved, with the instance built to check it.
 pub(super) struct LocatedLoss {
     pub(super) plan: LossPlan,
-    key: KeyPath,
-    table: toml::Table,
+    probe: Box<dyn crate::loss::Loss>,
 }
 
 /// Resolves the sections of one recipe.
@@ -238,23 +237,14 @@ impl<'d> Resolver<'d> {
         };
         let (name, params) = split_plugin(doc, &key, t, &mut self.diags)?;
         let table = params.clone();
-        let built = match plugins.loss(&name) {
-            Some(lib)
-                if !lib.params_schema().is_none_or(|s| {
-                    known_keys(doc, &key, s, &params, &["plugin", "weight"], &mut self.diags)
-                }) =>
-            {
-                None
+        if let Some(schema) = plugins.loss(&name).and_then(|lib| lib.params_schema()) {
+            if !known_keys(doc, &key, schema, &params, &["plugin", "weight"], &mut self.diags) {
+                return None;
             }
-            Some(lib) => ok(&mut self.diags, lib.build_loss(doc, &key, &params)).map(Built::Loss),
-            None => build(doc, &key, PluginKind::Loss, &name, params, &["plugin", "weight"], &mut self.diags),
-        };
-        match (built, weight) {
-            (Some(Built::Loss(loss)), Some(weight)) => {
-                Some(LocatedLoss { plan: LossPlan { plugin: name, weight, loss }, key, table })
-            }
-            _ => None,
         }
+        let probe = build_loss(doc, plugins, &key, &name, params, &mut self.diags)?;
+        let plan = LossPlan { plugin: name, weight: weight?, needs: probe.needs(), key, params: table };
+        Some(LocatedLoss { plan, probe })
     }
 
     /// `[train]`.
@@ -280,32 +270,15 @@ impl<'d> Resolver<'d> {
     /// `[sampler]`: one instance per stage that samples languages (the baseline's and the
     /// fine-tuning's when there are such stages). Without it, languages are drawn in
     /// proportion to their data.
-    pub(super) fn sampler(&mut self, baseline: bool, finetune: bool) -> Option<(String, Samplers)> {
-        let doc = self.doc;
+    pub(super) fn sampler(&mut self, baseline: bool, finetune: bool) -> Option<SamplerPlan> {
         let Some(t) = self.section("sampler") else {
-            let one = || -> Box<dyn Sampler> { Box::new(crate::sampler::Proportional) };
-            let samplers =
-                Samplers { distill: one(), baseline: baseline.then(one), finetune: finetune.then(one) };
-            return Some(("proportional".to_string(), samplers));
+            return Some(SamplerPlan { plugin: "proportional".into(), params: None, baseline, finetune });
         };
         let key = KeyPath::root().key("sampler");
-        let (name, params) = split_plugin(doc, &key, t, &mut self.diags)?;
-        let one = |diags: &mut Diagnostics| -> Option<Box<dyn Sampler>> {
-            match build(doc, &key, PluginKind::Sampler, &name, params.clone(), &["plugin"], diags)? {
-                Built::Sampler(s) => Some(s),
-                _ => None,
-            }
-        };
-        let distill = one(&mut self.diags)?;
-        let baseline = match baseline {
-            true => Some(one(&mut self.diags)?),
-            false => None,
-        };
-        let finetune = match finetune {
-            true => Some(one(&mut self.diags)?),
-            false => None,
-        };
-        Some((name.clone(), Samplers { distill, baseline, finetune }))
+        let (plugin, params) = split_plugin(self.doc, &key, t, &mut self.diags)?;
+        // Built once to check it; each stage's instance is made by `Plan::instantiate`.
+        build_sampler(self.doc, &plugin, params.clone(), &mut self.diags)?;
+        Some(SamplerPlan { plugin, params: Some(params), baseline, finetune })
     }
 
     /// Whether every loss fits the two models: a layer-wise loss needs layers on both sides
@@ -326,11 +299,12 @@ impl<'d> Resolver<'d> {
             teacher_layers: t.clone(),
         };
         for l in losses {
-            if let Err(e) = check_layers(&l.plan, &student.plugin, s.as_ref(), &teacher.plugin, t.as_ref()) {
-                self.diags.push(self.doc.diag(&l.key.key("plugin"), format!("{e:#}"), None));
-            } else if let Err(e) = l.plan.loss.check_shapes(&shapes) {
+            let (key, params) = (&l.plan.key, &l.plan.params);
+            if let Err(e) = check_layers(l, &student.plugin, s.as_ref(), &teacher.plugin, t.as_ref()) {
+                self.diags.push(self.doc.diag(&key.key("plugin"), format!("{e:#}"), None));
+            } else if let Err(e) = l.probe.check_shapes(&shapes) {
                 let prefix = format!("loss `{}` does not fit the models: ", l.plan.plugin);
-                let d = crate::dylib::parameter_error(self.doc, &l.key, &l.table, &format!("{e:#}"), &prefix);
+                let d = crate::dylib::parameter_error(self.doc, key, params, &format!("{e:#}"), &prefix);
                 self.diags.push(d);
             }
         }
@@ -339,22 +313,22 @@ impl<'d> Resolver<'d> {
 
 /// A layer-wise loss needs a student and a teacher with per-layer states that fit it.
 fn check_layers(
-    l: &LossPlan,
+    l: &LocatedLoss,
     student: &str,
     s: Option<&crate::model::LayerShape>,
     teacher: &str,
     t: Option<&crate::model::LayerShape>,
 ) -> anyhow::Result<()> {
-    if !l.loss.needs().layers {
+    let (plugin, needs) = (&l.plan.plugin, l.plan.needs);
+    if !needs.layers {
         return Ok(());
     }
     let none = |role: &str, name: &str| {
         format!(
-            "loss `{}` reads per-layer states, and the {role} `{name}` has none (transformer and hf-encoder models have them)",
-            l.plugin
+            "loss `{plugin}` reads per-layer states, and the {role} `{name}` has none (transformer and hf-encoder models have them)"
         )
     };
     let s = s.ok_or_else(|| anyhow::anyhow!(none("student", student)))?;
     let t = t.ok_or_else(|| anyhow::anyhow!(none("teacher", teacher)))?;
-    l.loss.check_layers(s, t).map_err(|e| anyhow::anyhow!("loss `{}`: {e:#}", l.plugin))
+    l.probe.check_layers(s, t).map_err(|e| anyhow::anyhow!("loss `{plugin}`: {e:#}"))
 }
