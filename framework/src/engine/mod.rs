@@ -4,6 +4,8 @@
 //! One function per stage, called in order by [`run`]. The engine reports what happens as
 //! [`Event`]s to an [`Observer`] and never prints: presentation belongs to the application.
 
+mod checkpoints;
+mod evaluator;
 mod fit;
 pub mod hooks;
 pub mod inputs;
@@ -14,6 +16,7 @@ pub mod objective;
 mod options;
 pub mod preview;
 pub mod queues;
+mod reporter;
 mod reports;
 pub mod rows;
 mod stage_loop;
@@ -280,9 +283,6 @@ fn run_stages(
 ) -> Result<()> {
     let task = load_task(plan, observer)?;
     let mut monitor = Monitor::new(opts, dir, &task, plan.train.eval_fraction, &row.hash, observer);
-    if task.measure == crate::dataset::Measure::Retrieval {
-        monitor.retrieval_on_dev(&task);
-    }
     let fcache = FeatureCache {
         dir: Some(opts.results.join(".cache").join("features")),
         data_key: plan.dataset.fingerprint()?,
@@ -308,7 +308,7 @@ fn run_stages(
     row.student_params = student.num_params();
     row.compression = row.teacher_params as f64 / row.student_params.max(1) as f64;
     shared.s_train = Inputs::new(&*student, &shared.task.train, false, &shared.fcache, "train")?;
-    monitor.student_dev = Inputs::new(&*student, &shared.task.dev, false, &shared.fcache, "dev")?;
+    monitor.eval.student_dev = Inputs::new(&*student, &shared.task.dev, false, &shared.fcache, "dev")?;
     let s_test = Inputs::new(&*student, &shared.task.test, false, &shared.fcache, "test")?;
     let teacher_net = teacher.network_for_layers(plan)?;
     let distilled = distill(plan, &mut parts, &shared, &mut *student, teacher_net, &mut monitor)?;
@@ -427,7 +427,7 @@ fn teacher_side(
 ) -> Result<TeacherSide> {
     let reads_source = shared.task.teacher_reads_source;
     let teacher = Teacher::build(&*plan.teacher.builder, &shared.spec(plan.teacher_seed(), reads_source))?;
-    monitor.teacher_dev = teacher.inputs(&shared.task.dev, reads_source, &shared.fcache, "dev")?;
+    monitor.eval.teacher_dev = teacher.inputs(&shared.task.dev, reads_source, &shared.fcache, "dev")?;
     let ready = teacher::pretrain(plan, teacher, &shared.task, &shared.fcache, monitor)?;
     row.teacher_cached = ready.source == TeacherSource::Cache;
     row.teacher_params = ready.teacher.num_params();
@@ -452,10 +452,11 @@ fn teacher_side(
         let t_out = teacher::train_outputs(plan, &ready, &shared.task, &shared.fcache)?;
         shared.t_out = any_teacher_loss.then_some(t_out);
     }
-    let t_dev = ready.teacher.outputs(&monitor.teacher_dev, &shared.task.dev, "dev", &ready.cache)?.logits;
+    let t_dev =
+        ready.teacher.outputs(&monitor.eval.teacher_dev, &shared.task.dev, "dev", &ready.cache)?.logits;
     let test_inputs = ready.teacher.inputs(&shared.task.test, reads_source, &shared.fcache, "test")?;
     let test_logits = ready.teacher.outputs(&test_inputs, &shared.task.test, "test", &ready.cache)?.logits;
-    monitor.teacher_dev_logits = Some(t_dev);
+    monitor.eval.teacher_dev_logits = Some(t_dev);
     if ready.teacher.network().is_some() {
         monitor.note(format!("teacher: outputs ready in {:.1} s", encoding.elapsed().as_secs_f64()));
     }
@@ -518,7 +519,7 @@ fn finetune(
         s_test,
         Some(t_test),
         &task.langs,
-        &monitor.in_macro,
+        &monitor.eval.in_macro,
     );
     let allowed = if ft.languages.is_empty() {
         None

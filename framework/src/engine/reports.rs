@@ -62,7 +62,7 @@ pub(super) struct Finished<'a> {
 /// student's cosine to the teacher on English.
 pub(super) fn finish(f: Finished, row: &mut RunRow, monitor: &mut Monitor) -> Result<()> {
     let rows = test_rows(&f, monitor)?;
-    write_metrics(&f.dir.join("metrics.csv"), &monitor.metrics)?;
+    write_metrics(&f.dir.join("metrics.csv"), &monitor.report.metrics)?;
     let mut sampling = f.distilled.sampling.clone();
     sampling.extend(f.finetuned.sampling.iter().cloned());
     write_csv(&f.dir.join("sampling.csv"), &sampling)?;
@@ -111,7 +111,7 @@ struct TestRows {
 fn test_rows(f: &Finished, monitor: &mut Monitor) -> Result<TestRows> {
     let (plan, task, s_test) = (f.plan, f.task, f.s_test);
     let classes = task.labels.len();
-    let in_macro = monitor.in_macro.clone();
+    let in_macro = monitor.eval.in_macro.clone();
     let final_step = plan.train.steps;
     let rows = |stage: &str, step: u64, logits: &[f32], inputs: &Inputs, teacher: Option<&[f32]>| {
         metric_rows(stage, "test", step, logits, classes, inputs, teacher, &task.langs, &in_macro)
@@ -127,10 +127,10 @@ fn test_rows(f: &Finished, monitor: &mut Monitor) -> Result<TestRows> {
         }
         None => None,
     };
-    monitor.metrics.extend(teacher.iter().cloned());
-    monitor.metrics.extend(f.finetuned.distilled_test_rows.iter().cloned());
-    monitor.metrics.extend(student.iter().cloned());
-    monitor.metrics.extend(baseline.iter().flatten().cloned());
+    monitor.report.metrics.extend(teacher.iter().cloned());
+    monitor.report.metrics.extend(f.finetuned.distilled_test_rows.iter().cloned());
+    monitor.report.metrics.extend(student.iter().cloned());
+    monitor.report.metrics.extend(baseline.iter().flatten().cloned());
     Ok(TestRows { teacher, student, baseline })
 }
 
@@ -152,7 +152,7 @@ fn retrieval_report(
         untrained: f.untrained,
         references: build_references(f.plan, f.task)?,
     };
-    let in_macro = monitor.in_macro.clone();
+    let in_macro = monitor.eval.in_macro.clone();
     let Some(rows) = translation_retrieval(&models, f.task, &in_macro, &f.plan.retrieval.sets)? else {
         return Ok(None);
     };
@@ -251,7 +251,7 @@ fn summarize(
         }
     }
     row.flags = flags.join(";");
-    let in_macro = &monitor.in_macro;
+    let in_macro = &monitor.eval.in_macro;
     let in_report = |r: &LanguageRow| {
         scored.is_some() || f.task.langs.iter().position(|l| *l == r.lang).is_some_and(|l| in_macro[l])
     };

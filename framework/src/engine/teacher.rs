@@ -156,7 +156,7 @@ pub(super) fn pretrain(
     let source = if let Some(Ok(rows)) = cached {
         // The teacher's dev evaluations during its training, as a run that trained it wrote
         // them: metrics.csv is the same whether the teacher was trained or loaded.
-        monitor.metrics.extend(rows);
+        monitor.report.metrics.extend(rows);
         monitor.note(format!("teacher: loaded from cache {}", cache.display()));
         TeacherSource::Cache
     } else {
@@ -187,11 +187,11 @@ pub(super) fn pretrain(
         let mut map = TensorMap::new();
         params_to_map("", &model.params(), &mut map);
         let rows: Vec<&MetricRow> =
-            monitor.metrics.iter().filter(|r| r.stage == Stage::Teacher.name()).collect();
+            monitor.report.metrics.iter().filter(|r| r.stage == Stage::Teacher.name()).collect();
         let metadata: Metadata =
             [("metrics".to_string(), serde_json::to_string(&rows)?)].into_iter().collect();
         write_sealed(&weights, &map, metadata)?;
-        monitor.remove_checkpoint(Stage::Teacher)?;
+        monitor.checkpoints.remove(Stage::Teacher)?;
         TeacherSource::Trained
     };
     drop(lock);
