@@ -246,3 +246,32 @@ fn no_mangled_recipe_makes_kdx_panic() {
     }
     assert!(variants > 100);
 }
+
+/// The framework fingerprints a dataset (the key of the teacher and feature caches) from its
+/// `[data]` section and the content of the files its plugin declares: it follows both, and
+/// nothing else.
+#[test]
+fn the_data_fingerprint_follows_the_data_section_and_the_files_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.tsv");
+    std::fs::copy(root().join("tests/data/tiny-lid.tsv"), &data).unwrap();
+    let text = std::fs::read_to_string(root().join("recipes/data/tsv-example.toml"))
+        .unwrap()
+        .replace("\"../../tests/data/tiny-lid.tsv\"", "\"rows.tsv\"");
+    let recipe = tmp.path().join("r.toml");
+    let fingerprint = |text: &str| {
+        std::fs::write(&recipe, text).unwrap();
+        load_plans(&recipe).unwrap().remove(0).data_fingerprint().unwrap()
+    };
+    let first = fingerprint(&text);
+    assert_eq!(first, fingerprint(&text), "the same data gives the same fingerprint");
+    let other_params = text.replace("train = \"rows.tsv\"", "train = \"rows.tsv\"\ndev_fraction = 0.2");
+    assert_ne!(first, fingerprint(&other_params), "a parameter of [data] changed");
+    let mut rows = std::fs::read_to_string(&data).unwrap();
+    rows = rows.replacen("\n", "\n\n", 1);
+    std::fs::write(&data, rows).unwrap();
+    assert_ne!(first, fingerprint(&text), "the file's content changed");
+    // What is outside [data] does not enter it.
+    std::fs::copy(root().join("tests/data/tiny-lid.tsv"), &data).unwrap();
+    assert_eq!(first, fingerprint(&text.replace("seed = 7", "seed = 8")));
+}

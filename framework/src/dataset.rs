@@ -135,12 +135,24 @@ impl Task {
 pub trait Dataset: Send + Sync {
     /// Loads the task. May be slow (reads files); called once per run.
     fn load(&self) -> anyhow::Result<Task>;
-    /// A string that changes whenever the loaded task would change (parameters and the
-    /// content of the files read): part of the cache key of teacher artefacts.
-    fn fingerprint(&self) -> anyhow::Result<String>;
+    /// The files [`Dataset::load`] reads. The framework fingerprints the dataset from its
+    /// `[data]` section and these files' content ([`fingerprint`]): the cache key of
+    /// teacher artefacts and features, which must change whenever the loaded task would.
+    fn input_files(&self) -> Vec<std::path::PathBuf>;
 }
 
-/// SHA-256 (hex) of a file's content: the data part of a dataset's fingerprint.
+/// The fingerprint of a dataset: its `[data]` section as resolved (every parameter that
+/// shapes the task) and the content of each file it reads, in order. One function for every
+/// dataset plugin, so none can forget a parameter.
+pub fn fingerprint(section: &toml::Value, files: &[std::path::PathBuf]) -> anyhow::Result<String> {
+    let mut parts = vec![section.to_string()];
+    for f in files {
+        parts.push(format!("{}={}", f.display(), file_fingerprint(f)?));
+    }
+    Ok(kdx_fsio::sha256_hex(parts.join("\0").as_bytes()))
+}
+
+/// SHA-256 (hex) of a file's content: the data part of a dataset's [`fingerprint`].
 ///
 /// Remembered per process by (path, length, modification time): `kdx batch` asks for the
 /// fingerprint of every run of a sweep, and they share one corpus file.

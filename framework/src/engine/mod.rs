@@ -285,7 +285,7 @@ fn run_stages(
     let mut monitor = Monitor::new(opts, dir, &task, plan.train.eval_fraction, &row.hash, observer);
     let fcache = FeatureCache {
         dir: Some(opts.results.join(".cache").join("features")),
-        data_key: plan.dataset.fingerprint()?,
+        data_key: plan.data_fingerprint()?,
     };
     let labels_visible = !task.teacher_reads_source;
     let vocab_cache = opts.results.join(".cache").join("vocabularies");

@@ -141,14 +141,13 @@ impl Plan {
     }
 
     /// The key of the teacher's cache (`results/.cache/teacher-<key>`): what the teacher
-    /// is and what it is trained on — kdx's version, the data's fingerprint, the `[data]`
-    /// and `[teacher]` sections and the seed it is built with ([`Plan::teacher_seed`]). The
+    /// is and what it is trained on — kdx's version, the data's fingerprint (its `[data]`
+    /// section and files), the `[teacher]` section and the seed it is built with ([`Plan::teacher_seed`]). The
     /// engine and `kdx batch` both use this one.
     pub fn teacher_key(&self) -> anyhow::Result<String> {
         let parts = [
             env!("CARGO_PKG_VERSION").to_string(),
-            self.dataset.fingerprint()?,
-            self.data_section.to_string(),
+            self.data_fingerprint()?,
             self.teacher.section.to_string(),
             toml::to_string(&self.teacher_train).unwrap_or_default(),
             self.teacher_seed().to_string(),
@@ -159,6 +158,12 @@ impl Plan {
             joined.push(0);
         }
         Ok(kdx_fsio::sha256_hex(&joined)[..20].to_string())
+    }
+
+    /// The data's fingerprint ([`crate::dataset::fingerprint`]): the `[data]` section and
+    /// the content of the files its plugin reads.
+    pub fn data_fingerprint(&self) -> anyhow::Result<String> {
+        crate::dataset::fingerprint(&self.data_section, &self.dataset.input_files())
     }
 
     /// Cross-section checks that need more than one section.

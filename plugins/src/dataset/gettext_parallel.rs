@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use kdx_corpus::select::Languages;
-use kdx_framework::dataset::{file_fingerprint, Dataset, Example, Measure, Task};
+use kdx_framework::dataset::{Dataset, Example, Measure, Task};
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::registry::BuildCtx;
 
@@ -94,20 +94,8 @@ kdx_framework::register_dataset!(
 );
 
 impl Dataset for GettextParallelParams {
-    fn fingerprint(&self) -> anyhow::Result<String> {
-        let p = self;
-        let params = format!(
-            "{:?} {:?} {:?} {} {} {}{}",
-            p.languages,
-            p.merge,
-            p.max_train_per_language,
-            p.english_pairs,
-            p.dev_fraction,
-            p.test_fraction,
-            // Only a non-default choice enters the fingerprint: caches made before it existed stay valid.
-            if p.teacher_reads == TeacherReads::Text { " teacher-reads-text" } else { "" }
-        );
-        Ok(format!("gettext-parallel {params} {}", file_fingerprint(&self.corpus)?))
+    fn input_files(&self) -> Vec<PathBuf> {
+        vec![self.corpus.clone()]
     }
 
     fn load(&self) -> anyhow::Result<Task> {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 pub use kdx_corpus::select::Languages;
 use kdx_corpus::split::{split_of, stable_hash64, Split};
-use kdx_framework::dataset::{file_fingerprint, Dataset, Example, Task};
+use kdx_framework::dataset::{Dataset, Example, Task};
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::registry::BuildCtx;
 use schemars::JsonSchema;
@@ -158,8 +158,8 @@ kdx_framework::register_dataset!(
 );
 
 impl Dataset for GettextXlingParams {
-    fn fingerprint(&self) -> anyhow::Result<String> {
-        Ok(format!("gettext-xling {} {}", params_rendering(self), file_fingerprint(&self.corpus)?))
+    fn input_files(&self) -> Vec<PathBuf> {
+        vec![self.corpus.clone()]
     }
 
     fn load(&self) -> anyhow::Result<Task> {
@@ -303,22 +303,6 @@ fn teacher_half(msgid: &str) -> bool {
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^= h >> 33;
     h & 1 == 1
-}
-
-/// A stable rendering of the parameters for the fingerprint (the corpus enters by content).
-fn params_rendering(p: &GettextXlingParams) -> String {
-    format!(
-        "{:?} {} {} {:?} {} {:?} {:?} {} {}",
-        p.languages,
-        p.domains,
-        p.min_coverage,
-        p.max_train_per_language,
-        p.disjoint_teacher,
-        p.teacher,
-        p.student_languages,
-        p.dev_fraction,
-        p.test_fraction
-    )
 }
 
 #[cfg(test)]
@@ -496,7 +480,6 @@ mod tests {
         // every language.
         assert_eq!(task.train, english.train.iter().filter(|e| task.langs[e.lang as usize] == "fr").cloned().collect::<Vec<_>>());
         assert_eq!((task.dev.clone(), task.test.clone()), (english.dev, english.test));
-        assert_ne!(p.fingerprint().unwrap(), params(&p.corpus).fingerprint().unwrap());
         p.student_languages = Some(vec!["xx".into()]);
         assert!(format!("{:#}", p.load().unwrap_err()).contains("student_languages: `xx` is not one of the selected locales"));
     }
@@ -517,7 +500,6 @@ mod tests {
         // Roughly halves, and dev/test are untouched.
         assert!(teacher.len() > all.len() / 4 && student.len() > all.len() / 4, "{} {} {}", teacher.len(), student.len(), all.len());
         assert_eq!((task.dev.clone(), task.test.clone()), (shared.dev, shared.test));
-        assert_ne!(p.fingerprint().unwrap(), params(&p.corpus).fingerprint().unwrap());
     }
 
     #[test]
@@ -551,7 +533,7 @@ mod tests {
     }
 
     #[test]
-    fn language_rules_and_fingerprint() {
+    fn language_rules_and_input_files() {
         let dir = tempfile::tempdir().unwrap();
         let corpus = tiny_corpus(dir.path());
         let mut p = params(&corpus);
@@ -564,11 +546,7 @@ mod tests {
         // count too.
         p.languages = Languages::Rule("top-1".into());
         assert_eq!(p.load().unwrap().langs, ["en", "fr"]);
-        let a = params(&corpus).fingerprint().unwrap();
-        let mut q = params(&corpus);
-        q.domains = 3;
-        assert_ne!(a, q.fingerprint().unwrap());
-        assert_eq!(a, params(&corpus).fingerprint().unwrap());
+        assert_eq!(p.input_files(), [corpus]);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use kdx_corpus::split::{split_of, Split};
-use kdx_framework::dataset::{file_fingerprint, Dataset, Example, Task};
+use kdx_framework::dataset::{Dataset, Example, Task};
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::registry::BuildCtx;
 use schemars::JsonSchema;
@@ -168,16 +168,8 @@ fn parse(bytes: &[u8], name: &str) -> anyhow::Result<Vec<Row>> {
 }
 
 impl Dataset for TsvParams {
-    fn fingerprint(&self) -> anyhow::Result<String> {
-        let file = |p: &Option<PathBuf>| p.as_deref().map(file_fingerprint).transpose().map(|h| h.unwrap_or_else(|| "-".into()));
-        Ok(format!(
-            "tsv {} {} train={} dev={} test={}",
-            self.dev_fraction,
-            self.test_fraction,
-            file_fingerprint(&self.train)?,
-            file(&self.dev)?,
-            file(&self.test)?
-        ))
+    fn input_files(&self) -> Vec<PathBuf> {
+        std::iter::once(&self.train).chain(&self.dev).chain(&self.test).cloned().collect()
     }
 
     fn load(&self) -> anyhow::Result<Task> {
@@ -406,9 +398,7 @@ mod tests {
         assert_eq!(texts(&t.dev), texts(&a.dev));
         // A header after blank lines: errors count the real line numbers.
         assert!(err_of("\n\ntext\tlang\n").contains("data.tsv:3: the header lacks column `label`"));
-        // The fingerprint follows the content and the parameters.
-        let f = params(dir.path().join("train.tsv")).fingerprint().unwrap();
-        assert_eq!(f, params(dir.path().join("train.tsv")).fingerprint().unwrap());
-        assert_ne!(f, params(dir.path().join("rev.tsv")).fingerprint().unwrap());
+        // The fingerprint follows the files read.
+        assert_eq!(r.input_files(), [dir.path().join("train.tsv"), dir.path().join("test.tsv")]);
     }
 }
