@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use kdx_corpus::build::{build, manifest_path, BuildOptions};
+use kdx_corpus::build::{build, manifest_json_path, manifest_path, BuildOptions};
 
 /// Arguments of `kdx corpus build`.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,8 +49,9 @@ pub fn run_build(args: &BuildArgs) -> Result<()> {
     println!("largest: {}", show(&report.per_locale[..n.min(5)]));
     println!("smallest: {}", show(&report.per_locale[n.saturating_sub(5)..]));
     println!(
-        "manifest: {}{}",
+        "manifest: {} (for programs: {}){}",
         manifest_path(&args.out).display(),
+        manifest_json_path(&args.out).display(),
         if report.warnings.is_empty() {
             String::new()
         } else {

@@ -82,19 +82,25 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     };
 
     let manifest_path = manifest_path(&opts.out);
-    let text =
-        manifest::render(&ManifestInput { opts, report: &report, locales: &locales, sources: &sources });
+    let input = ManifestInput { opts, report: &report, locales: &locales, sources: &sources };
+    let (text, facts) = (manifest::render(&input), manifest::facts(&input));
     if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).with_context(|| format!("creating output directory {}", dir.display()))?;
     }
     kdx_fsio::write_atomic(&opts.out, &gz)?;
     kdx_fsio::write_atomic(&manifest_path, text.as_bytes())?;
+    kdx_fsio::write_atomic(&manifest_json_path(&opts.out), manifest::render_json(&facts).as_bytes())?;
     Ok(report)
 }
 
-/// `<out dir>/MANIFEST.md`.
+/// `<out dir>/MANIFEST.md`, for people.
 pub fn manifest_path(out: &Path) -> PathBuf {
     out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("MANIFEST.md")
+}
+
+/// `<out dir>/MANIFEST.json`, for programs ([`crate::manifest::Manifest`]).
+pub fn manifest_json_path(out: &Path) -> PathBuf {
+    manifest_path(out).with_extension("json")
 }
 
 /// Whether `locale` is a translation into English (see the module docs).
@@ -358,10 +364,13 @@ mod tests {
         let ma = String::from_utf8(read("a", "MANIFEST.md")).unwrap();
         let mb = String::from_utf8(read("b", "MANIFEST.md")).unwrap();
         assert_eq!(ma.replace("/a/", "/b/"), mb);
+        let ja = String::from_utf8(read("a", "MANIFEST.json")).unwrap();
+        assert_eq!(ja.replace("/a/", "/b/"), String::from_utf8(read("b", "MANIFEST.json")).unwrap());
         // Building twice into the same place gives the same bytes too.
         let a2 = build(&opts("a")).unwrap();
         assert_eq!(a, a2);
         assert_eq!(String::from_utf8(read("a", "MANIFEST.md")).unwrap(), ma);
+        assert_eq!(String::from_utf8(read("a", "MANIFEST.json")).unwrap(), ja);
 
         assert_eq!(a.warnings.len(), 1, "{:?}", a.warnings);
         assert!(a.warnings[0].contains("broken.mo") && a.warnings[0].contains("magic"));
@@ -382,7 +391,7 @@ mod tests {
         );
         assert_eq!(a.per_locale, vec![("fr".to_string(), 3), ("de".to_string(), 2)]);
         assert_eq!((a.locales, a.rows, a.domains), (2, 5, 2));
-        let counts = read_manifest_counts(&tmp.path().join("a/MANIFEST.md")).unwrap();
+        let counts = read_manifest_counts(&tmp.path().join("a/MANIFEST.json")).unwrap();
         assert_eq!(counts.into_iter().collect::<Vec<_>>(), vec![("de".into(), 2), ("fr".into(), 3)]);
         assert!(ma.contains(&a.sha256));
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use flate2::read::MultiGzDecoder;
 
-use crate::manifest::LOCALE_TABLE_HEADING;
+use crate::manifest::{Manifest, MANIFEST_FORMAT};
 use crate::snapshot::HEADER;
 
 /// One parallel pair.
@@ -102,51 +102,21 @@ pub fn row_id(row: &Row, index: usize) -> String {
     format!("{}:{}", row.locale, index + 2)
 }
 
-/// Rows per locale as stated in a snapshot's `MANIFEST.md` (its "Rows per locale" table), so
-/// a test can check that the snapshot and its manifest agree.
-pub fn read_manifest_counts(manifest: &Path) -> Result<BTreeMap<String, usize>> {
-    let text =
-        fs::read_to_string(manifest).with_context(|| format!("reading manifest {}", manifest.display()))?;
-    parse_manifest_counts(&text).with_context(|| format!("reading manifest {}", manifest.display()))
+/// A snapshot's `MANIFEST.json` ([`Manifest`]), checked for its format.
+pub fn read_manifest(path: &Path) -> Result<Manifest> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading manifest {}", path.display()))?;
+    let m: Manifest =
+        serde_json::from_str(&text).with_context(|| format!("reading manifest {}", path.display()))?;
+    if m.format != MANIFEST_FORMAT {
+        bail!("{}: format `{}`, expected `{MANIFEST_FORMAT}`", path.display(), m.format);
+    }
+    Ok(m)
 }
 
-fn parse_manifest_counts(text: &str) -> Result<BTreeMap<String, usize>> {
-    let mut lines = text.lines().enumerate();
-    if !lines.any(|(_, l)| l.trim() == LOCALE_TABLE_HEADING) {
-        bail!("no {LOCALE_TABLE_HEADING:?} section");
-    }
-    let mut counts = BTreeMap::new();
-    let mut in_table = false;
-    for (i, line) in lines {
-        let line = line.trim();
-        if line.starts_with("## ") {
-            break;
-        }
-        if !line.starts_with('|') {
-            if in_table {
-                break; // the table ended
-            }
-            continue;
-        }
-        in_table = true;
-        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-        let (Some(locale), Some(rows)) = (cells.first(), cells.get(1)) else {
-            bail!("line {}: expected `| locale | rows | ...`", i + 1);
-        };
-        if *locale == "locale" || locale.starts_with('-') || locale.starts_with(':') {
-            continue; // header and separator rows
-        }
-        let locale = locale.trim_matches('`');
-        let rows: usize =
-            rows.parse().with_context(|| format!("line {}: row count {rows:?} is not a number", i + 1))?;
-        if counts.insert(locale.to_owned(), rows).is_some() {
-            bail!("line {}: locale {locale} listed twice", i + 1);
-        }
-    }
-    if counts.is_empty() {
-        bail!("the {LOCALE_TABLE_HEADING:?} table is empty");
-    }
-    Ok(counts)
+/// Rows per locale as stated in a snapshot's `MANIFEST.json`, so the plan can check a locale
+/// selection without loading the corpus and a test that the snapshot and its manifest agree.
+pub fn read_manifest_counts(path: &Path) -> Result<BTreeMap<String, usize>> {
+    Ok(read_manifest(path)?.locales.into_iter().map(|(l, c)| (l, c.rows)).collect())
 }
 
 #[cfg(test)]
@@ -217,14 +187,28 @@ mod tests {
     }
 
     #[test]
-    fn manifest_counts() {
-        let text = "# x\n\n## Rows per locale\n\nLargest first.\n\n| locale | rows | before cap |\n\
-                    |---|---:|---:|\n| `fr` | 10 | 20 |\n| `sr@latin` | 3 | 3 |\n\n## Rows per domain\n\
-                    | `app` | 13 | x |\n";
-        let c = parse_manifest_counts(text).unwrap();
+    fn a_manifest_is_read_with_its_format_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("MANIFEST.json");
+        let count = |rows| crate::manifest::LocaleCount { rows, before_cap: 20 };
+        let m = Manifest {
+            format: MANIFEST_FORMAT.into(),
+            file: "c.tsv.gz".into(),
+            sha256: "ab".into(),
+            bytes: 3,
+            command: "kdx corpus build".into(),
+            max_per_locale: Some(10),
+            rows: 13,
+            domains: 1,
+            locales: [("fr".to_string(), count(10)), ("sr@latin".to_string(), count(3))].into(),
+        };
+        fs::write(&p, crate::manifest::render_json(&m)).unwrap();
+        assert_eq!(read_manifest(&p).unwrap(), m);
+        let c = read_manifest_counts(&p).unwrap();
         assert_eq!(c.into_iter().collect::<Vec<_>>(), vec![("fr".into(), 10), ("sr@latin".into(), 3)]);
-        assert!(parse_manifest_counts("# nothing\n").is_err());
-        let bad = "## Rows per locale\n| locale | rows |\n|---|---|\n| `fr` | many |\n";
-        assert!(format!("{:#}", parse_manifest_counts(bad).unwrap_err()).contains("line 4"));
+        fs::write(&p, crate::manifest::render_json(&Manifest { format: "other".into(), ..m })).unwrap();
+        assert!(format!("{:#}", read_manifest(&p).unwrap_err()).contains("expected `kdx-corpus-manifest-1`"));
+        fs::write(&p, "# MANIFEST.md is for people\n").unwrap();
+        assert!(format!("{:#}", read_manifest(&p).unwrap_err()).contains("reading manifest"));
     }
 }

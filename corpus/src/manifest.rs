@@ -1,8 +1,8 @@
-//! `MANIFEST.md`: what a snapshot contains and where it came from, written next to it.
+//! `MANIFEST.md`: what a snapshot contains and where it came from, written next to it for
+//! people; and `MANIFEST.json`, its facts for programs ([`Manifest`]: the file's checksum,
+//! rows per locale), which kdx reads back — the Markdown is never parsed.
 //!
-//! It carries no date, so rebuilding from the same catalogs gives an identical file. The
-//! per-locale table is also machine-read ([`crate::load::read_manifest_counts`]), so its
-//! heading and column order are fixed here.
+//! Neither carries a date, so rebuilding from the same catalogs gives identical files.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -12,8 +12,78 @@ use std::path::{Path, PathBuf};
 use crate::clean::MIN_CHARS;
 use crate::snapshot::{BuildOptions, BuildReport, LocaleRows, HEADER};
 
-/// Heading of the rows-per-locale table (read back by `read_manifest_counts`).
-pub(crate) const LOCALE_TABLE_HEADING: &str = "## Rows per locale";
+/// Heading of the rows-per-locale table.
+const LOCALE_TABLE_HEADING: &str = "## Rows per locale";
+
+/// The format tag of `MANIFEST.json`.
+pub const MANIFEST_FORMAT: &str = "kdx-corpus-manifest-1";
+
+/// `MANIFEST.json`: what a snapshot holds, for programs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_FORMAT`].
+    pub format: String,
+    /// The snapshot's file name.
+    pub file: String,
+    /// Hex sha256 of the snapshot.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// The command that rebuilds it.
+    pub command: String,
+    /// The cap on rows per locale, if any.
+    pub max_per_locale: Option<usize>,
+    /// Rows written (header excluded).
+    pub rows: usize,
+    /// Distinct domains with at least one row.
+    pub domains: usize,
+    /// Rows per locale, and before the cap.
+    pub locales: BTreeMap<String, LocaleCount>,
+}
+
+/// One locale's rows in a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LocaleCount {
+    /// Rows in the snapshot.
+    pub rows: usize,
+    /// Rows after cleaning and dedupe, before the cap.
+    pub before_cap: usize,
+}
+
+/// The manifest's facts.
+pub(crate) fn facts(input: &ManifestInput) -> Manifest {
+    let ManifestInput { opts, report, locales, .. } = input;
+    let available_of: BTreeMap<&str, usize> =
+        locales.iter().map(|l| (l.locale.as_str(), l.available)).collect();
+    Manifest {
+        format: MANIFEST_FORMAT.into(),
+        file: file_name(&opts.out),
+        sha256: report.sha256.clone(),
+        bytes: report.bytes,
+        command: command_line(opts),
+        max_per_locale: opts.max_per_locale,
+        rows: report.rows,
+        domains: report.domains,
+        locales: report
+            .per_locale
+            .iter()
+            .map(|(l, rows)| {
+                let before_cap = available_of.get(l.as_str()).copied().unwrap_or(*rows);
+                (l.clone(), LocaleCount { rows: *rows, before_cap })
+            })
+            .collect(),
+    }
+}
+
+/// `MANIFEST.json`'s text (pretty, one trailing newline: a stable, diffable file).
+pub(crate) fn render_json(manifest: &Manifest) -> String {
+    serde_json::to_string_pretty(manifest).unwrap_or_default() + "\n"
+}
+
+/// The last component of `path`, or the whole path without one.
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned())
+}
 
 /// Where package ownership and versions are read from.
 const DPKG_INFO: &str = "/var/lib/dpkg/info";
@@ -37,10 +107,7 @@ pub(crate) struct ManifestInput<'a> {
 pub(crate) fn render(input: &ManifestInput) -> String {
     let ManifestInput { opts, report, locales, sources } = input;
     let mut m = String::new();
-    let file = opts
-        .out
-        .file_name()
-        .map_or_else(|| opts.out.display().to_string(), |f| f.to_string_lossy().into_owned());
+    let file = file_name(&opts.out);
 
     // `writeln!` into a String cannot fail; the results are ignored for that reason.
     let _ = writeln!(m, "# gettext corpus snapshot\n");

@@ -55,15 +55,15 @@ impl Languages {
         self.rule().map(drop)
     }
 
-    /// Checks the selection against the MANIFEST beside a snapshot (its locales, after
+    /// Checks the selection against the MANIFEST.json beside a snapshot (its locales, after
     /// `merge`), so an unknown locale is found when the recipe is planned, not at run time.
-    /// Without a readable MANIFEST there is nothing to check against (loading reports it).
+    /// Without a readable MANIFEST.json there is nothing to check against (loading reports it).
     pub fn check_in_snapshot(
         &self,
         corpus: &std::path::Path,
         merge: &BTreeMap<String, String>,
     ) -> anyhow::Result<()> {
-        let manifest = crate::build::manifest_path(corpus);
+        let manifest = crate::build::manifest_json_path(corpus);
         let Ok(counts) = crate::load::read_manifest_counts(&manifest) else { return Ok(()) };
         let merged: Vec<String> =
             counts.keys().map(|l| merge.get(l).cloned().unwrap_or_else(|| l.clone())).collect();
