@@ -103,11 +103,9 @@ pub(crate) struct ManifestInput<'a> {
     pub sources: &'a [CatalogSource],
 }
 
-/// The manifest text.
+/// The manifest text: a section per function, in the order they appear.
 pub(crate) fn render(input: &ManifestInput) -> String {
-    let ManifestInput { opts, report, locales, sources } = input;
     let mut m = String::new();
-    let file = file_name(&opts.out);
 
     // `writeln!` into a String cannot fail; the results are ignored for that reason.
     let _ = writeln!(m, "# gettext corpus snapshot\n");
@@ -116,12 +114,31 @@ pub(crate) fn render(input: &ManifestInput) -> String {
         "Human translations of software messages, extracted from the GNU gettext catalogs \
          (`<locale>/LC_MESSAGES/*.mo`) installed on a Debian system. Built by:\n"
     );
-    let _ = writeln!(m, "    {}\n", command_line(opts));
+    let _ = writeln!(m, "    {}\n", command_line(input.opts));
     let _ = writeln!(
         m,
         "Rebuilding from the same catalogs gives byte-identical files (no timestamps anywhere).\n"
     );
 
+    for section in [
+        file_section,
+        totals_section,
+        contents_section,
+        cap_section,
+        locales_section,
+        domains_section,
+        licences_section,
+        warnings_section,
+    ] {
+        section(&mut m, input);
+    }
+    m
+}
+
+/// `## File`: name, format, checksum, size.
+fn file_section(m: &mut String, input: &ManifestInput) {
+    let ManifestInput { opts, report, .. } = input;
+    let file = file_name(&opts.out);
     let _ = writeln!(m, "## File\n");
     let _ = writeln!(
         m,
@@ -130,7 +147,11 @@ pub(crate) fn render(input: &ManifestInput) -> String {
     );
     let _ = writeln!(m, "- sha256: `{}`", report.sha256);
     let _ = writeln!(m, "- bytes: {}\n", report.bytes);
+}
 
+/// `## Totals`.
+fn totals_section(m: &mut String, input: &ManifestInput) {
+    let ManifestInput { report, locales, .. } = input;
     let available: usize = locales.iter().map(|l| l.available).sum();
     let _ = writeln!(m, "## Totals\n");
     let _ = writeln!(m, "| locales | rows | domains | bytes | rows before cap |");
@@ -140,7 +161,10 @@ pub(crate) fn render(input: &ManifestInput) -> String {
         "| {} | {} | {} | {} | {} |\n",
         report.locales, report.rows, report.domains, report.bytes, available
     );
+}
 
+/// `## What is in it`: columns and cleaning rules.
+fn contents_section(m: &mut String, _: &ManifestInput) {
     let _ = writeln!(m, "## What is in it\n");
     let _ = writeln!(
         m,
@@ -159,7 +183,12 @@ pub(crate) fn render(input: &ManifestInput) -> String {
          - Splits are not stored: they come from a hash of the msgid at load time, so every \
          translation of a message is in the same split.\n"
     );
+}
 
+/// `## Cap`: which rows the cap kept, and why there is one.
+fn cap_section(m: &mut String, input: &ManifestInput) {
+    let ManifestInput { opts, report, locales, .. } = input;
+    let available: usize = locales.iter().map(|l| l.available).sum();
     let _ = writeln!(m, "## Cap\n");
     match opts.max_per_locale {
         Some(cap) => {
@@ -190,7 +219,11 @@ pub(crate) fn render(input: &ManifestInput) -> String {
             let _ = writeln!(m, "None: every locale is whole.\n");
         }
     }
+}
 
+/// The rows-per-locale table.
+fn locales_section(m: &mut String, input: &ManifestInput) {
+    let ManifestInput { report, locales, .. } = input;
     let _ = writeln!(m, "{LOCALE_TABLE_HEADING}\n");
     let _ = writeln!(m, "Largest first. `before cap` counts the rows after cleaning and dedupe.\n");
     let _ = writeln!(m, "| locale | rows | before cap |");
@@ -202,7 +235,11 @@ pub(crate) fn render(input: &ManifestInput) -> String {
         let _ = writeln!(m, "| `{locale}` | {rows} | {before} |");
     }
     let _ = writeln!(m);
+}
 
+/// `## Rows per domain`, with the packages that installed the catalogs.
+fn domains_section(m: &mut String, input: &ManifestInput) {
+    let ManifestInput { opts, locales, sources, .. } = input;
     let mut per_domain: BTreeMap<&str, usize> = BTreeMap::new();
     for l in locales.iter() {
         for r in &l.rows {
@@ -228,7 +265,10 @@ pub(crate) fn render(input: &ManifestInput) -> String {
         let _ = writeln!(m, "| `{domain}` | {rows} | {pkgs} |");
     }
     let _ = writeln!(m);
+}
 
+/// `## Licences`.
+fn licences_section(m: &mut String, _: &ManifestInput) {
     let _ = writeln!(m, "## Licences\n");
     let _ = writeln!(
         m,
@@ -239,7 +279,11 @@ pub(crate) fn render(input: &ManifestInput) -> String {
          extraction (cleaned, deduplicated, capped) and is redistributed under those same \
          terms.\n"
     );
+}
 
+/// `## Warnings`: catalogs skipped or read in part.
+fn warnings_section(m: &mut String, input: &ManifestInput) {
+    let ManifestInput { report, .. } = input;
     let _ = writeln!(m, "## Warnings\n");
     if report.warnings.is_empty() {
         let _ = writeln!(m, "None: every catalog was read whole.");
@@ -249,7 +293,6 @@ pub(crate) fn render(input: &ManifestInput) -> String {
             let _ = writeln!(m, "- {}", w.replace('\n', " "));
         }
     }
-    m
 }
 
 /// The command that rebuilds this snapshot, with paths exactly as given.

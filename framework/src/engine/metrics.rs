@@ -60,6 +60,51 @@ pub fn metric_rows(
     langs: &[String],
     in_macro: &[bool],
 ) -> Vec<MetricRow> {
+    let blank = MetricRow {
+        step,
+        stage: stage.into(),
+        split: split.into(),
+        lang: String::new(),
+        examples: 0,
+        loss: f64::NAN,
+        acc: f64::NAN,
+        teacher_acc: None,
+        agreement: None,
+        kl: None,
+        gate: None,
+        values: Default::default(),
+    };
+    let tallies = tally(logits, classes, inputs, teacher, langs.len());
+    let has_t = teacher.is_some();
+    let mut rows: Vec<MetricRow> = tallies
+        .iter()
+        .zip(langs)
+        .map(|(t, l)| MetricRow { lang: l.clone(), ..t.row(&blank, has_t) })
+        .collect();
+    rows.push(macro_row(&rows, in_macro, has_t, blank));
+    rows
+}
+
+/// One language's counts and sums over a split.
+#[derive(Default, Clone)]
+struct Tally {
+    n: usize,
+    loss: f64,
+    correct: usize,
+    t_correct: usize,
+    agree: usize,
+    kl: f64,
+}
+
+/// Each language's [`Tally`]: the student's cross-entropy and hits, and with the teacher's
+/// logits its hits, the agreement and KL(teacher ‖ student) at T = 1.
+fn tally(
+    logits: &[f32],
+    classes: usize,
+    inputs: &Inputs,
+    teacher: Option<&[f32]>,
+    n_langs: usize,
+) -> Vec<Tally> {
     let pred = argmax_rows(logits, classes);
     let ce = row_ce(logits, classes, |i| inputs.labels[i] as usize);
     let t_pred = teacher.map(|t| argmax_rows(t, classes));
@@ -73,17 +118,7 @@ pub fn metric_rows(
             })
             .collect()
     });
-    let n = langs.len();
-    #[derive(Default, Clone)]
-    struct Acc {
-        n: usize,
-        loss: f64,
-        correct: usize,
-        t_correct: usize,
-        agree: usize,
-        kl: f64,
-    }
-    let mut acc = vec![Acc::default(); n];
+    let mut acc = vec![Tally::default(); n_langs];
     for i in 0..pred.len() {
         let a = &mut acc[inputs.langs[i] as usize];
         a.n += 1;
@@ -97,38 +132,34 @@ pub fn metric_rows(
             a.kl += k[i];
         }
     }
-    let has_t = teacher.is_some();
-    let mut rows: Vec<MetricRow> = acc
-        .iter()
-        .zip(langs)
-        .map(|(a, l)| {
-            let d = a.n.max(1) as f64;
-            let nan_if_empty = |x: f64| if a.n == 0 { f64::NAN } else { x };
-            MetricRow {
-                step,
-                stage: stage.into(),
-                split: split.into(),
-                lang: l.clone(),
-                examples: a.n,
-                loss: nan_if_empty(a.loss / d),
-                acc: nan_if_empty(a.correct as f64 / d),
-                teacher_acc: has_t.then(|| nan_if_empty(a.t_correct as f64 / d)),
-                agreement: has_t.then(|| nan_if_empty(a.agree as f64 / d)),
-                kl: has_t.then(|| nan_if_empty(a.kl / d)),
-                gate: None,
-                values: Default::default(),
-            }
-        })
-        .collect();
-    // Macro row: unweighted mean over languages that have examples in this split.
+    acc
+}
+
+impl Tally {
+    /// The language's row (NaN where it has no examples); teacher columns when `has_t`.
+    fn row(&self, blank: &MetricRow, has_t: bool) -> MetricRow {
+        let d = self.n.max(1) as f64;
+        let nan_if_empty = |x: f64| if self.n == 0 { f64::NAN } else { x };
+        MetricRow {
+            examples: self.n,
+            loss: nan_if_empty(self.loss / d),
+            acc: nan_if_empty(self.correct as f64 / d),
+            teacher_acc: has_t.then(|| nan_if_empty(self.t_correct as f64 / d)),
+            agreement: has_t.then(|| nan_if_empty(self.agree as f64 / d)),
+            kl: has_t.then(|| nan_if_empty(self.kl / d)),
+            ..blank.clone()
+        }
+    }
+}
+
+/// The `macro` row: the unweighted mean over the languages in `in_macro` that have examples
+/// in this split.
+fn macro_row(rows: &[MetricRow], in_macro: &[bool], has_t: bool, blank: MetricRow) -> MetricRow {
     let present: Vec<&MetricRow> =
         rows.iter().zip(in_macro).filter(|(r, &m)| m && r.examples > 0).map(|(r, _)| r).collect();
     let m = present.len().max(1) as f64;
     let mean = |f: &dyn Fn(&MetricRow) -> f64| present.iter().map(|r| f(r)).sum::<f64>() / m;
-    let macro_row = MetricRow {
-        step,
-        stage: stage.into(),
-        split: split.into(),
+    MetricRow {
         lang: "macro".into(),
         examples: present.iter().map(|r| r.examples).sum(),
         loss: mean(&|r| r.loss),
@@ -136,11 +167,8 @@ pub fn metric_rows(
         teacher_acc: has_t.then(|| mean(&|r| r.teacher_acc.unwrap_or(0.0))),
         agreement: has_t.then(|| mean(&|r| r.agreement.unwrap_or(0.0))),
         kl: has_t.then(|| mean(&|r| r.kl.unwrap_or(0.0))),
-        gate: None,
-        values: Default::default(),
-    };
-    rows.push(macro_row);
-    rows
+        ..blank
+    }
 }
 
 /// Rows `idx` of a row-major matrix of `width` columns.

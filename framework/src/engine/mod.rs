@@ -129,42 +129,7 @@ pub fn run_dir(plan: &Plan, results: &Path) -> PathBuf {
 pub fn run(plan: &Plan, opts: &RunOptions, observer: &mut dyn Observer) -> Result<RunRow> {
     let started = Instant::now();
     let dir = run_dir(plan, &opts.results);
-    let ckpt = dir.join("checkpoints");
-    // The plan admits plain names only; this holds the engine to it before it touches anything.
-    anyhow::ensure!(
-        contained(&opts.results, &ckpt),
-        "refusing to write to {}: the run directory is not inside {}",
-        dir.display(),
-        opts.results.display()
-    );
-    no_links_below(&opts.results, &ckpt)?;
-    let _lock = match opts.lock_held {
-        true => None,
-        false => Some(lock_run(&dir)?.with_context(|| {
-            let pid = std::fs::read_to_string(dir.join(".lock")).unwrap_or_default();
-            format!(
-                "{} is in use by another kdx process (pid {}): wait for it, or give this experiment another name",
-                dir.display(),
-                pid.trim()
-            )
-        })?),
-    };
-    // What a killed writer left behind (never a file in use: those have a live pid).
-    for d in [dir.clone(), ckpt.clone()] {
-        kdx_fsio::remove_stale_temporaries(&d);
-    }
-    // And in the shared caches (teachers, their outputs, features), which a run killed while
-    // writing one leaves too.
-    let cache = opts.results.join(".cache");
-    let cache_dirs =
-        std::fs::read_dir(&cache).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir());
-    for d in std::iter::once(cache.clone()).chain(cache_dirs) {
-        kdx_fsio::remove_stale_temporaries(&d);
-    }
-    if !opts.resume && ckpt.exists() {
-        std::fs::remove_dir_all(&ckpt).with_context(|| format!("clearing {}", ckpt.display()))?;
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _lock = claim_run_dir(opts, &dir)?;
     let hash = plan.doc.content_hash();
     // A resume of another recipe is refused before anything is written: the interrupted
     // run's recipe.toml stays the one its checkpoints belong to.
@@ -189,7 +154,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, observer: &mut dyn Observer) -> Resul
         plan.doc.path().display(),
         plan.doc.to_toml_string()
     );
-    kdx_fsio::write_atomic(&dir.join("recipe.toml"), resolved.as_bytes())?;
+    kdx_fsio::write_atomic(&recorded, resolved.as_bytes())?;
     let mut row = RunRow {
         experiment: plan.experiment.name.clone(),
         run: plan.run_name.clone(),
@@ -217,6 +182,50 @@ pub fn run(plan: &Plan, opts: &RunOptions, observer: &mut dyn Observer) -> Resul
     Ok(row)
 }
 
+/// Makes the run directory this process's: checks it lies inside the results root with no
+/// link on the way, takes its lock (unless the caller holds it: `None` then), removes what
+/// killed writers left (there and in the shared caches) and, unless resuming, the old
+/// checkpoints.
+fn claim_run_dir(opts: &RunOptions, dir: &Path) -> Result<Option<std::fs::File>> {
+    let ckpt = dir.join("checkpoints");
+    // The plan admits plain names only; this holds the engine to it before it touches anything.
+    anyhow::ensure!(
+        contained(&opts.results, &ckpt),
+        "refusing to write to {}: the run directory is not inside {}",
+        dir.display(),
+        opts.results.display()
+    );
+    no_links_below(&opts.results, &ckpt)?;
+    let lock = match opts.lock_held {
+        true => None,
+        false => Some(lock_run(dir)?.with_context(|| {
+            let pid = std::fs::read_to_string(dir.join(".lock")).unwrap_or_default();
+            format!(
+                "{} is in use by another kdx process (pid {}): wait for it, or give this experiment another name",
+                dir.display(),
+                pid.trim()
+            )
+        })?),
+    };
+    // What a killed writer left behind (never a file in use: those have a live pid).
+    for d in [dir, ckpt.as_path()] {
+        kdx_fsio::remove_stale_temporaries(d);
+    }
+    // And in the shared caches (teachers, their outputs, features), which a run killed while
+    // writing one leaves too.
+    let cache = opts.results.join(".cache");
+    let cache_dirs =
+        std::fs::read_dir(&cache).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir());
+    for d in std::iter::once(cache.clone()).chain(cache_dirs) {
+        kdx_fsio::remove_stale_temporaries(&d);
+    }
+    if !opts.resume && ckpt.exists() {
+        std::fs::remove_dir_all(&ckpt).with_context(|| format!("clearing {}", ckpt.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(lock)
+}
+
 /// The teacher network and its featurisation of the training examples, for layer-wise losses.
 type TeacherNet<'a> = Option<(&'a dyn Model, &'a Inputs)>;
 
@@ -238,6 +247,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// What the stages of a run of `plan` on `task` share, before the models are built.
+    fn new(plan: &Plan, opts: &RunOptions, task: Task) -> Result<Shared> {
+        let cache = opts.results.join(".cache");
+        Ok(Shared {
+            fcache: FeatureCache { dir: Some(cache.join("features")), data_key: plan.data_fingerprint()? },
+            labels_visible: !task.teacher_reads_source,
+            t_out: None,
+            s_train: Inputs::default(),
+            seed: plan.experiment.seed,
+            vocab_cache: cache.join("vocabularies"),
+            task,
+        })
+    }
+
     /// What a model is built for; `source` when it reads the training examples' sources
     /// (a teacher in cross-lingual distillation).
     fn spec(&self, seed: u64, source: bool) -> ModelSpec {
@@ -283,15 +306,7 @@ fn run_stages(
 ) -> Result<()> {
     let task = load_task(plan, observer)?;
     let mut monitor = Monitor::new(opts, dir, &task, plan.train.eval_fraction, &row.hash, observer);
-    let fcache = FeatureCache {
-        dir: Some(opts.results.join(".cache").join("features")),
-        data_key: plan.data_fingerprint()?,
-    };
-    let labels_visible = !task.teacher_reads_source;
-    let vocab_cache = opts.results.join(".cache").join("vocabularies");
-    let seed = plan.experiment.seed;
-    let mut shared =
-        Shared { task, fcache, labels_visible, t_out: None, s_train: Inputs::default(), seed, vocab_cache };
+    let mut shared = Shared::new(plan, opts, task)?;
 
     let mut parts = plan.instantiate()?;
     let teacher = teacher_side(plan, &mut shared, &mut monitor, row)?;
@@ -327,18 +342,7 @@ fn run_stages(
 
     // ---- Baseline: the same student, hard labels, no teacher. ----
     let baseline = baseline(plan, &mut parts, &shared, &mut monitor)?;
-    // Parallel data has no labels to train a baseline on; the student as built (the same
-    // seed gives the same initial weights) is retrieval's reference instead.
-    let untrained = match shared.task.is_parallel() {
-        true => {
-            let mut u = new_student(plan, &shared)?;
-            if plan.init == Init::FromTeacher {
-                teacher.copied_into_student(&mut *u)?;
-            }
-            Some(u)
-        }
-        false => None,
-    };
+    let untrained = untrained_reference(plan, &shared, &teacher)?;
 
     reports::finish(
         reports::Finished {
@@ -376,6 +380,23 @@ fn load_task(plan: &Plan, observer: &mut dyn Observer) -> Result<Task> {
         test: task.test.len(),
     });
     Ok(task)
+}
+
+/// Parallel data has no labels to train a baseline on; the student as built (the same
+/// seed gives the same initial weights) is retrieval's reference instead.
+fn untrained_reference(
+    plan: &Plan,
+    shared: &Shared,
+    teacher: &TeacherSide,
+) -> Result<Option<Box<dyn Model>>> {
+    if !shared.task.is_parallel() {
+        return Ok(None);
+    }
+    let mut u = new_student(plan, shared)?;
+    if plan.init == Init::FromTeacher {
+        teacher.copied_into_student(&mut *u)?;
+    }
+    Ok(Some(u))
 }
 
 /// The student as the recipe builds it, before any training.

@@ -4,8 +4,8 @@
 use anyhow::{Context, Result};
 
 use super::stage_run::StageLoss;
-use crate::loss::LossInput;
-use crate::model::{Grad, LayerStates, OutputGrads};
+use crate::loss::{LossInput, LossOutput};
+use crate::model::{Grad, LayerGrads, LayerStates, OutputGrads};
 
 /// One term of a step's objective.
 #[derive(Clone, Copy, Debug)]
@@ -45,38 +45,11 @@ pub fn combine_losses<'a>(
             }
             continue;
         }
-        let (r, layer_grads) = if l.loss.needs().layers {
-            let s = student_layers.with_context(|| {
-                format!("loss `{}` reads per-layer states, and the student returned none", l.name)
-            })?;
-            let (r, g) = l
-                .loss
-                .compute_layers(input, s, teacher_layers)
-                .with_context(|| format!("loss `{}` at step {step}", l.name))?;
-            (r, Some(g))
-        } else {
-            (l.loss.compute(input).with_context(|| format!("loss `{}` at step {step}", l.name))?, None)
-        };
+        let (r, layer_grads) = evaluate(l, input, student_layers, teacher_layers)?;
         // A NaN or infinite gradient of a finite value would reach the weights and surface a
         // step later as a NaN value of some other loss: stop here and name the culprit. (A
         // non-finite value is reported with every term by the divergence check.)
-        let own = || {
-            l.loss.params().into_iter().find_map(|p| match &p.grad {
-                Grad::Dense(g) => g.iter().find(|x| !x.is_finite()).copied(),
-                _ => None,
-            })
-        };
-        let layer_values =
-            layer_grads.iter().flat_map(|g| g.hidden.iter().chain(&g.attention).flatten().flatten());
-        let bad = r
-            .grad_logits
-            .iter()
-            .chain(r.grad_hidden.iter().flatten())
-            .chain(layer_values)
-            .find(|x| !x.is_finite())
-            .copied()
-            .or_else(own);
-        if let Some(x) = bad.filter(|_| r.value.is_finite()) {
+        if let Some(x) = non_finite_gradient(l, &r, layer_grads.as_ref()).filter(|_| r.value.is_finite()) {
             anyhow::bail!(
                 "loss `{}` returned a non-finite gradient ({x}) at step {step} (its value: {})",
                 l.name,
@@ -91,29 +64,81 @@ pub fn combine_losses<'a>(
             }
         }
         total += w * r.value;
-        anyhow::ensure!(
-            r.grad_logits.len() == g.logits.len(),
-            "loss `{}` returned a logit gradient of the wrong size",
-            l.name
-        );
-        g.logits.iter_mut().zip(&r.grad_logits).for_each(|(a, b)| *a += w * b);
-        if let Some(mut lg) = layer_grads {
-            for v in lg.hidden.iter_mut().chain(lg.attention.iter_mut()).flatten() {
-                v.iter_mut().for_each(|x| *x *= w);
-            }
-            g.layers.get_or_insert_with(Default::default).merge(lg);
-        }
-        if let Some(gh) = r.grad_hidden {
-            anyhow::ensure!(
-                gh.len() == hidden_len,
-                "loss `{}` returned a hidden gradient of the wrong size",
-                l.name
-            );
-            let acc = g.hidden.get_or_insert_with(|| vec![0.0; hidden_len]);
-            acc.iter_mut().zip(&gh).for_each(|(a, b)| *a += w * b);
-        }
+        add_weighted(&mut g, w, r, layer_grads, hidden_len, l.name)?;
     }
     Ok((g, total, terms))
+}
+
+/// One loss on the batch: its output, and its layer-state gradients when it reads layers.
+fn evaluate(
+    l: &mut StageLoss,
+    input: &LossInput,
+    student_layers: Option<&LayerStates>,
+    teacher_layers: Option<&LayerStates>,
+) -> Result<(LossOutput, Option<LayerGrads>)> {
+    let step = input.step;
+    if !l.loss.needs().layers {
+        return Ok((
+            l.loss.compute(input).with_context(|| format!("loss `{}` at step {step}", l.name))?,
+            None,
+        ));
+    }
+    let s = student_layers.with_context(|| {
+        format!("loss `{}` reads per-layer states, and the student returned none", l.name)
+    })?;
+    let (r, g) = l
+        .loss
+        .compute_layers(input, s, teacher_layers)
+        .with_context(|| format!("loss `{}` at step {step}", l.name))?;
+    Ok((r, Some(g)))
+}
+
+/// The first non-finite entry of a loss's gradients: of the logits, the hidden vector, the
+/// layer states, then its own parameters.
+fn non_finite_gradient(l: &StageLoss, r: &LossOutput, layer_grads: Option<&LayerGrads>) -> Option<f32> {
+    let own = || {
+        l.loss.params().into_iter().find_map(|p| match &p.grad {
+            Grad::Dense(g) => g.iter().find(|x| !x.is_finite()).copied(),
+            _ => None,
+        })
+    };
+    let layer_values =
+        layer_grads.iter().flat_map(|g| g.hidden.iter().chain(&g.attention).flatten().flatten());
+    r.grad_logits
+        .iter()
+        .chain(r.grad_hidden.iter().flatten())
+        .chain(layer_values)
+        .find(|x| !x.is_finite())
+        .copied()
+        .or_else(own)
+}
+
+/// Adds `w` times a loss's gradients (logits, layer states, hidden vector) to the step's.
+fn add_weighted(
+    g: &mut OutputGrads,
+    w: f32,
+    r: LossOutput,
+    layer_grads: Option<LayerGrads>,
+    hidden_len: usize,
+    name: &str,
+) -> Result<()> {
+    anyhow::ensure!(
+        r.grad_logits.len() == g.logits.len(),
+        "loss `{name}` returned a logit gradient of the wrong size"
+    );
+    g.logits.iter_mut().zip(&r.grad_logits).for_each(|(a, b)| *a += w * b);
+    if let Some(mut lg) = layer_grads {
+        for v in lg.hidden.iter_mut().chain(lg.attention.iter_mut()).flatten() {
+            v.iter_mut().for_each(|x| *x *= w);
+        }
+        g.layers.get_or_insert_with(Default::default).merge(lg);
+    }
+    if let Some(gh) = r.grad_hidden {
+        anyhow::ensure!(gh.len() == hidden_len, "loss `{name}` returned a hidden gradient of the wrong size");
+        let acc = g.hidden.get_or_insert_with(|| vec![0.0; hidden_len]);
+        acc.iter_mut().zip(&gh).for_each(|(a, b)| *a += w * b);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -164,39 +164,51 @@ pub(super) fn pretrain(
             // Never trusted, never a permanent block: a damaged cache is trained again.
             monitor.note(format!("teacher: the cache is unusable ({e:#}); training the teacher again"));
         }
-        let cfg = plan.teacher_train.as_ref().with_context(|| {
-            format!(
-                "the teacher `{}` has no outputs of its own and no `train` stage to pre-train it",
-                plan.teacher.plugin
-            )
-        })?;
-        let t_examples = task.teacher_train.as_deref().unwrap_or(&task.train);
-        let inputs = Inputs::new(&**model, t_examples, false, fcache, "teacher-train")?;
-        let run = StageRun {
-            stage: Stage::Teacher,
-            cfg,
-            train: &inputs,
-            teacher: None,
-            teacher_net: None,
-            labels_visible: true,
-            allowed: None,
-            seed: mix(&[plan.experiment.seed, Stage::Teacher.seed_tag()]),
-            n_langs: task.langs.len(),
-        };
-        run_hard_label_stage(&run, &mut **model, &mut Proportional, &task.langs, monitor)?;
-        let mut map = TensorMap::new();
-        params_to_map("", &model.params(), &mut map);
-        let rows: Vec<&MetricRow> =
-            monitor.report.metrics.iter().filter(|r| r.stage == Stage::Teacher.name()).collect();
-        let metadata: Metadata =
-            [("metrics".to_string(), serde_json::to_string(&rows)?)].into_iter().collect();
-        write_sealed(&weights, &map, metadata)?;
-        monitor.checkpoints.remove(Stage::Teacher)?;
+        train_into_cache(plan, &mut **model, task, fcache, monitor, &weights)?;
         TeacherSource::Trained
     };
     drop(lock);
     monitor.emit(Event::TeacherReady { source, cache: Some(cache.clone()) });
     Ok(Ready { teacher, source, cache })
+}
+
+/// Pre-trains the teacher on hard labels and writes it, with its dev metric rows, into its
+/// cache (`weights`); its checkpoint is removed then (the cache holds the same weights).
+fn train_into_cache(
+    plan: &Plan,
+    model: &mut dyn Model,
+    task: &Task,
+    fcache: &FeatureCache,
+    monitor: &mut Monitor,
+    weights: &Path,
+) -> Result<()> {
+    let cfg = plan.teacher_train.as_ref().with_context(|| {
+        format!(
+            "the teacher `{}` has no outputs of its own and no `train` stage to pre-train it",
+            plan.teacher.plugin
+        )
+    })?;
+    let t_examples = task.teacher_train.as_deref().unwrap_or(&task.train);
+    let inputs = Inputs::new(&*model, t_examples, false, fcache, "teacher-train")?;
+    let run = StageRun {
+        stage: Stage::Teacher,
+        cfg,
+        train: &inputs,
+        teacher: None,
+        teacher_net: None,
+        labels_visible: true,
+        allowed: None,
+        seed: mix(&[plan.experiment.seed, Stage::Teacher.seed_tag()]),
+        n_langs: task.langs.len(),
+    };
+    run_hard_label_stage(&run, model, &mut Proportional, &task.langs, monitor)?;
+    let mut map = TensorMap::new();
+    params_to_map("", &model.params(), &mut map);
+    let rows: Vec<&MetricRow> =
+        monitor.report.metrics.iter().filter(|r| r.stage == Stage::Teacher.name()).collect();
+    let metadata: Metadata = [("metrics".to_string(), serde_json::to_string(&rows)?)].into_iter().collect();
+    write_sealed(weights, &map, metadata)?;
+    monitor.checkpoints.remove(Stage::Teacher)
 }
 
 /// Loads cached teacher weights into `model`; returns the teacher's dev metric rows.

@@ -169,21 +169,43 @@ impl Plan {
     /// Cross-section checks that need more than one section.
     fn check(&self) -> Result<(), Diagnostics> {
         let mut d = Diagnostics(Vec::new());
-        let t = &self.train;
-        if t.steps == 0 {
-            d.push(self.doc.diag(&KeyPath::root().key("train").key("steps"), "must be at least 1", None));
+        self.check_train_and_names(&mut d);
+        let stages = self.stages();
+        self.check_stages(&stages, &mut d);
+        self.check_model_memory(&stages, &mut d);
+        let root = KeyPath::root();
+        for (i, l) in self.losses.iter().enumerate() {
+            if let Err(e) = l.weight.check_weight() {
+                d.push(self.doc.diag(
+                    &root.key("loss").index(i).key("weight"),
+                    e.to_string(),
+                    Some("to leave a loss out, remove its `[[loss]]` table".into()),
+                ));
+            }
         }
-        if t.batch == 0 {
-            d.push(self.doc.diag(&KeyPath::root().key("train").key("batch"), "must be at least 1", None));
-        }
-        if !(self.train.eval_fraction > 0.0 && self.train.eval_fraction <= 1.0) {
+        if self.init == Init::FromTeacher && !self.teacher.builder.kind().is_network() {
             d.push(self.doc.diag(
-                &KeyPath::root().key("train").key("eval_fraction"),
-                "must be in (0, 1]",
-                None,
+                &root.key("student").key("init"),
+                format!("init = \"from-teacher\" copies the teacher's weights, but the teacher `{}` has only outputs", self.teacher.plugin),
+                Some("use `init = \"none\"`, or a teacher that is a network".into()),
             ));
         }
+        d.into_result(())
+    }
+
+    /// `[train]`'s sizes and fraction, the experiment's and the run's names.
+    fn check_train_and_names(&self, d: &mut Diagnostics) {
+        let t = &self.train;
         let root = KeyPath::root();
+        if t.steps == 0 {
+            d.push(self.doc.diag(&root.key("train").key("steps"), "must be at least 1", None));
+        }
+        if t.batch == 0 {
+            d.push(self.doc.diag(&root.key("train").key("batch"), "must be at least 1", None));
+        }
+        if !(t.eval_fraction > 0.0 && t.eval_fraction <= 1.0) {
+            d.push(self.doc.diag(&root.key("train").key("eval_fraction"), "must be in (0, 1]", None));
+        }
         if let Err(e) = sections::plain_name(&self.experiment.name, "") {
             d.push(self.doc.diag(&root.key("experiment").key("name"), e.to_string(), None));
         }
@@ -194,14 +216,22 @@ impl Plan {
                 Some("the run names of a `[sweep]` come from its values".into()),
             ));
         }
-        // Each stage with the model it trains.
-        let mut stages: Vec<(KeyPath, StageConfig, &str)> =
-            vec![(root.key("train"), self.train.stage(), "student")];
+    }
+
+    /// Each stage with its key and the model it trains.
+    fn stages(&self) -> Vec<(KeyPath, StageConfig, &'static str)> {
+        let root = KeyPath::root();
+        let mut stages = vec![(root.key("train"), self.train.stage(), "student")];
         stages.extend(
             self.teacher_train.iter().map(|t| (root.key("teacher").key("train"), t.clone(), "teacher")),
         );
         stages.extend(self.finetune.iter().map(|f| (root.key("finetune"), f.stage(), "student")));
-        for (key, cfg, _) in &stages {
+        stages
+    }
+
+    /// Each stage's batch fits in memory and its learning rate is a positive number.
+    fn check_stages(&self, stages: &[(KeyPath, StageConfig, &str)], d: &mut Diagnostics) {
+        for (key, cfg, _) in stages {
             // A step holds at least this much per example (ids, logits, gradients, indices).
             const PER_EXAMPLE: u128 = 1024;
             let what = format!("a batch of {} examples", cfg.batch);
@@ -218,7 +248,12 @@ impl Plan {
                 ));
             }
         }
-        // Each model's activations at the largest batch it trains with, located at the parameter that sizes them.
+    }
+
+    /// Each model's activations at the largest batch it trains with, located at the
+    /// parameter that sizes them.
+    fn check_model_memory(&self, stages: &[(KeyPath, StageConfig, &str)], d: &mut Diagnostics) {
+        let root = KeyPath::root();
         for (role, model) in [("teacher", &self.teacher), ("student", &self.student)] {
             let largest = stages.iter().filter(|s| s.2 == role).max_by_key(|s| s.1.batch);
             let (Some((param, per)), Some((key, cfg, _))) = (model.builder.example_bytes(), largest) else {
@@ -236,23 +271,6 @@ impl Plan {
                 ));
             }
         }
-        for (i, l) in self.losses.iter().enumerate() {
-            if let Err(e) = l.weight.check_weight() {
-                d.push(self.doc.diag(
-                    &root.key("loss").index(i).key("weight"),
-                    e.to_string(),
-                    Some("to leave a loss out, remove its `[[loss]]` table".into()),
-                ));
-            }
-        }
-        if self.init == Init::FromTeacher && !self.teacher.builder.kind().is_network() {
-            d.push(self.doc.diag(
-                &KeyPath::root().key("student").key("init"),
-                format!("init = \"from-teacher\" copies the teacher's weights, but the teacher `{}` has only outputs", self.teacher.plugin),
-                Some("use `init = \"none\"`, or a teacher that is a network".into()),
-            ));
-        }
-        d.into_result(())
     }
 }
 

