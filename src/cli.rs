@@ -605,6 +605,8 @@ fn predict(run_dir: &Path, which: &str, top: usize, file: Option<&Path>) -> Resu
         );
         let o = model.forward(&bags)?;
         for z in o.logits.chunks(o.classes) {
+            // In f32, not `kdx_sdk::math`'s f64 softmax: the printed probabilities stay what
+            // they were (the kit's can round differently, at times in the fourth decimal).
             let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let e: Vec<f32> = z.iter().map(|x| (x - m).exp()).collect();
             let sum: f32 = e.iter().sum();

@@ -351,16 +351,14 @@ pub fn row_weights(batch: usize, classes: usize, weights: &[f32]) -> T2 {
     tensor2(batch, classes, &v)
 }
 
-/// Softmax of `z / t` per row, and its log, computed in f64 on the host: used for teacher
-/// targets (constants), where exact zeros must not produce NaN (0 · log 0 is taken as 0).
+/// Softmax of `z / t` per row, and its log, computed in f64 on the host by the SDK's
+/// [`kdx_sdk::math::log_softmax`] and rounded to f32: used for teacher targets (constants),
+/// where exact zeros must not produce NaN (0 · log 0 is taken as 0).
 pub fn softmax_rows(z: &[f32], classes: usize, t: f32) -> (Vec<f32>, Vec<f32>) {
     let mut p = Vec::with_capacity(z.len());
     let mut lp = Vec::with_capacity(z.len());
     for row in z.chunks(classes) {
-        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64 / t as f64;
-        let lse = m + row.iter().map(|&x| (x as f64 / t as f64 - m).exp()).sum::<f64>().ln();
-        for &x in row {
-            let l = x as f64 / t as f64 - lse;
+        for l in kdx_sdk::math::log_softmax(row, t as f64) {
             lp.push(l as f32);
             p.push(l.exp() as f32);
         }

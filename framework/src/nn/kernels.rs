@@ -367,6 +367,13 @@ pub fn layer_norm_backward(
 }
 
 /// Softmax of `scale · row` in place (attention scores with their 1/√d folded in).
+///
+/// Deliberately not `kdx_sdk::math`'s softmax, the one kit for everything else: this is the
+/// attention's inner loop (every head, every query row, every layer, forward and backward),
+/// so it stays in f32 like the rest of the encoder and the Hugging Face models it is checked
+/// against (`tests/hf_exactness.rs`), writes into the score buffer instead of allocating,
+/// and folds the scale into the exponent. Computing it the kit's way (f64, a new vector)
+/// would cost time here and change every transformer's bits.
 pub fn softmax_scaled(row: &mut [f32], scale: f32) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sum = 0.0;

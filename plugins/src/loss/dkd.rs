@@ -1,5 +1,6 @@
 //! `dkd`: Decoupled Knowledge Distillation (Zhao et al., CVPR 2022).
 
+use kdx_framework::dylib::kdx_sdk::math::{log_softmax, log_softmax_masked, log_sum_exp, log_sum_exp_masked};
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput, Needs};
 use kdx_framework::registry::BuildCtx;
@@ -68,16 +69,8 @@ kdx_framework::register_loss!(
 /// One row's log-probabilities at temperature `t`: (log p over all classes, log of the
 /// non-target mass log(1 − p_g), log p̂ over the non-target classes with −∞ at `g`).
 fn split(row: &[f32], g: usize, t: f64) -> (Vec<f64>, f64, Vec<f64>) {
-    let u: Vec<f64> = row.iter().map(|&x| x as f64 / t).collect();
-    let lse = |skip: Option<usize>| {
-        let it = || u.iter().enumerate().filter(|(k, _)| Some(*k) != skip).map(|(_, v)| *v);
-        let m = it().fold(f64::NEG_INFINITY, f64::max);
-        m + it().map(|v| (v - m).exp()).sum::<f64>().ln()
-    };
-    let (all, rest) = (lse(None), lse(Some(g)));
-    let lp = u.iter().map(|v| v - all).collect();
-    let lhat = u.iter().enumerate().map(|(k, v)| if k == g { f64::NEG_INFINITY } else { v - rest }).collect();
-    (lp, rest - all, lhat)
+    let (all, rest) = (log_sum_exp(row, t), log_sum_exp_masked(row, t, |k| k != g));
+    (log_softmax(row, t), rest - all, log_softmax_masked(row, t, |k| k != g))
 }
 
 impl Loss for DkdParams {

@@ -1,6 +1,7 @@
 //! `info-nce`: a contrastive loss between the student's and the teacher's sentence vectors,
 //! with the batch's other examples as negatives.
 
+use kdx_framework::dylib::kdx_sdk::math::log_sum_exp;
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, ProjectedHiddenLoss, ProjectionInit};
 use kdx_framework::registry::BuildCtx;
@@ -81,8 +82,7 @@ fn info_nce(p: &[f64], t: &[f32], w: &[f64], h: usize, tau: f64, dp: &mut [f64])
     for i in 0..b {
         let si = &s[i * h..(i + 1) * h];
         let z: Vec<f64> = t.chunks_exact(h).map(|tj| si.iter().zip(tj).map(|(a, c)| a * c).sum::<f64>() / tau).collect();
-        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        let lse = log_sum_exp(&z, 1.0);
         value += w[i] * (lse - z[i]);
         // ∂L/∂z_ij = wᵢ (softmax_j − δ_ij); ∂z_ij/∂sᵢ = tⱼ/τ.
         for (j, tj) in t.chunks_exact(h).enumerate() {

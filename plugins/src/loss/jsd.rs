@@ -1,6 +1,6 @@
 //! `jsd`: a skewed Jensen–Shannon divergence between teacher and student.
 
-use kdx_framework::dylib::kdx_sdk::math::log_softmax;
+use kdx_framework::dylib::kdx_sdk::math::{log_softmax, log_sum_exp};
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput, Needs};
 use kdx_framework::registry::BuildCtx;
@@ -57,13 +57,13 @@ kdx_framework::register_loss!(
     build
 );
 
-/// log(e^a + e^b), with −∞ allowed in either.
+/// log(e^a + e^b), with −∞ allowed in either (both −∞ give −∞, where log-sum-exp's
+/// `−∞ − (−∞)` would give NaN).
 fn log_add(a: f64, b: f64) -> f64 {
-    let m = a.max(b);
-    if m == f64::NEG_INFINITY {
-        m
+    if a.max(b) == f64::NEG_INFINITY {
+        f64::NEG_INFINITY
     } else {
-        m + ((a - m).exp() + (b - m).exp()).ln()
+        log_sum_exp(&[a, b], 1.0)
     }
 }
 

@@ -1,5 +1,6 @@
 //! `logit-std`: KD on standardised logits (Sun et al., CVPR 2024).
 
+use kdx_framework::dylib::kdx_sdk::math::log_softmax_f64;
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput, Needs};
 use kdx_framework::registry::BuildCtx;
@@ -60,13 +61,6 @@ fn standardise(row: &[f32], eps: f64) -> (Vec<f64>, f64, Vec<f64>) {
     (d, sigma, z)
 }
 
-/// Log-softmax of `u / t`.
-fn log_softmax(u: &[f64], t: f64) -> Vec<f64> {
-    let m = u.iter().cloned().fold(f64::NEG_INFINITY, f64::max) / t;
-    let lse = m + u.iter().map(|v| (v / t - m).exp()).sum::<f64>().ln();
-    u.iter().map(|v| v / t - lse).collect()
-}
-
 impl Loss for LogitStdParams {
     fn needs(&self) -> Needs {
         Needs::TEACHER
@@ -83,7 +77,7 @@ impl Loss for LogitStdParams {
         for i in 0..b {
             let (d, sigma, zs) = standardise(&x.student_logits[i * c..(i + 1) * c], eps);
             let (_, _, ts) = standardise(&t_logits[i * c..(i + 1) * c], eps);
-            let (lq, lp) = (log_softmax(&zs, t), log_softmax(&ts, t));
+            let (lq, lp) = (log_softmax_f64(&zs, t), log_softmax_f64(&ts, t));
             let w = x.weights[i] as f64 / b as f64 * scale;
             value += w * (0..c).map(|k| lp[k].exp() * (lp[k] - lq[k])).sum::<f64>();
             // g = ∂L/∂ẑ, then through ẑ = d/(σ+ε):

@@ -1,5 +1,6 @@
 //! `top-k`: distillation from the teacher's K most probable classes (Tan et al. 2019).
 
+use kdx_framework::dylib::kdx_sdk::math::{log_softmax, log_softmax_masked};
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::loss::{Loss, LossInput, LossOutput, Needs};
 use kdx_framework::registry::BuildCtx;
@@ -55,14 +56,6 @@ kdx_framework::register_loss!(
     build
 );
 
-/// Log-softmax of `row / t` over the classes where `keep` is true (−∞ elsewhere), in f64.
-fn log_softmax(row: &[f32], t: f64, keep: impl Fn(usize) -> bool) -> Vec<f64> {
-    let u: Vec<f64> = row.iter().map(|&x| x as f64 / t).collect();
-    let m = (0..u.len()).filter(|&k| keep(k)).map(|k| u[k]).fold(f64::NEG_INFINITY, f64::max);
-    let lse = m + (0..u.len()).filter(|&k| keep(k)).map(|k| (u[k] - m).exp()).sum::<f64>().ln();
-    (0..u.len()).map(|k| if keep(k) { u[k] - lse } else { f64::NEG_INFINITY }).collect()
-}
-
 impl Loss for TopKParams {
     fn needs(&self) -> Needs {
         Needs::TEACHER
@@ -83,8 +76,8 @@ impl Loss for TopKParams {
             order.sort_by(|&a, &bb| tr[bb].total_cmp(&tr[a]).then(a.cmp(&bb)));
             kept.iter_mut().for_each(|v| *v = false);
             order[..k].iter().for_each(|&j| kept[j] = true);
-            let lp = log_softmax(tr, t, |j| kept[j]);
-            let lq = log_softmax(&x.student_logits[i * c..(i + 1) * c], t, |_| true);
+            let lp = log_softmax_masked(tr, t, |j| kept[j]);
+            let lq = log_softmax(&x.student_logits[i * c..(i + 1) * c], t);
             let w = x.weights[i] as f64 / b as f64 * scale;
             value += w * (0..c).filter(|&j| kept[j]).map(|j| lp[j].exp() * (lp[j] - lq[j])).sum::<f64>();
             for j in 0..c {

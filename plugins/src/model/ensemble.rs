@@ -106,6 +106,9 @@ impl Ensemble {
             }
             Combine::Probs => {
                 let mut probs = vec![0f64; b * c];
+                // Not `kdx_sdk::math::softmax`: here `x − max` is taken in f32 and only then
+                // widened (the kit divides in f64 first), so the kit would move an ensemble
+                // teacher's logits in their last bits and every result computed from them.
                 for o in outs {
                     for (row, prow) in o.logits.chunks(c).zip(probs.chunks_mut(c)) {
                         let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

@@ -102,6 +102,8 @@ impl Sampler for TeacherGap {
                 .collect();
             let m = logit.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             anyhow::ensure!(m.is_finite(), "teacher-gap: the weights are degenerate: {:?}", self.w);
+            // Normalised below by dividing by the sum, not by `kdx_sdk::math`'s log-sum-exp:
+            // the two round differently, and the weights drive every draw of a run.
             self.w = logit.iter().map(|l| (l - m).exp()).collect();
         }
         let total: f64 = self.w.iter().sum();
