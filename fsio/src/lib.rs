@@ -1,11 +1,14 @@
-//! kdx-fsio: the two file primitives every kdx crate that writes shares.
+//! kdx-fsio: the file primitives every kdx crate that writes (or reads TSV) shares.
 //!
 //! - [`write_atomic`]: a file is written to a temporary name beside it and renamed into
 //!   place, so a reader (or a crash) sees the old file or the new one, never half of one.
 //! - [`hex`] and [`sha256_hex`]: content hashes as lowercase hex, for cache keys,
 //!   fingerprints and manifests.
+//! - [`tsv`]: the one reader of TAB-separated files, each record with its line number.
 
 #![warn(missing_docs)]
+
+pub mod tsv;
 
 use std::io::Write;
 use std::path::Path;
