@@ -9,7 +9,9 @@ use kdx_framework::engine;
 use kdx_framework::export::ModelCard;
 use kdx_framework::model::Model;
 
-use crate::input::TextLines;
+use kdx_fsio::tsv::{CarriageReturn, TsvError, TsvReader};
+
+use crate::input::{self, MAX_LINE_BYTES};
 
 /// One labelled row of an evaluation file.
 struct EvalRow {
@@ -30,26 +32,38 @@ enum Layout {
 /// order, other columns ignored; `split` filters when `--split` is given), or headerless
 /// `lang<TAB>text` lines labelled with their language. Fields are split on TABs; quotes are
 /// ordinary characters, as in the `tsv` dataset and `kdx examples` output. Blank lines are
-/// skipped.
+/// skipped. Lines are bounded as `kdx predict` bounds its texts ([`MAX_LINE_BYTES`]), so a
+/// file that is not text is refused at its first long line, not read into memory.
 struct EvalReader {
-    lines: TextLines,
+    records: TsvReader<std::fs::File>,
+    /// The file's name, for messages.
+    name: String,
     layout: Layout,
-    /// A headerless file's first line, read to tell it from a header.
-    pending: Option<String>,
+    /// A headerless file's first line (its number and fields), read to tell it from a header.
+    pending: Option<(u64, Vec<String>)>,
 }
 
 impl EvalReader {
     fn open(data: &Path, split: Option<&str>) -> Result<EvalReader> {
-        let mut lines = TextLines::open(Some(data))?;
-        let first = loop {
-            match lines.next_line()? {
+        let name = data.display().to_string();
+        let file = std::fs::File::open(data).with_context(|| format!("opening {name}"))?;
+        let mut records = TsvReader::new(file)
+            .carriage_return(CarriageReturn::BeforeNewline)
+            .max_line_bytes(MAX_LINE_BYTES);
+        let (number, mut first) = loop {
+            match next_fields(&mut records, &name)? {
                 None => anyhow::bail!("{}: the file is empty", data.display()),
-                Some(l) if l.trim().is_empty() => continue,
-                // Spreadsheet exports often start with a byte-order mark; it is not part of the header.
-                Some(l) => break l.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(l),
+                Some((_, f)) if is_blank(&f) => continue,
+                Some(r) => break r,
             }
         };
-        let header: Vec<&str> = first.split('\t').map(str::trim).collect();
+        // Spreadsheet exports often start with a byte-order mark; it is not part of the header.
+        if let Some(f) = first.first_mut() {
+            if let Some(rest) = f.strip_prefix('\u{feff}') {
+                *f = rest.to_string();
+            }
+        }
+        let header: Vec<&str> = first.iter().map(|f| f.trim()).collect();
         let col = |name: &str| header.iter().position(|h| *h == name);
         let layout = match (col("text"), col("lang"), col("label")) {
             (Some(text), Some(lang), Some(label)) => {
@@ -58,7 +72,7 @@ impl EvalReader {
                         anyhow::bail!(
                             "{}:{}: --split needs a `split` column (the header has: {})",
                             data.display(),
-                            lines.number,
+                            number,
                             header.join(", ")
                         )
                     }
@@ -76,54 +90,73 @@ impl EvalReader {
                 Layout::LangText
             }
         };
-        let pending = matches!(layout, Layout::LangText).then_some(first);
-        Ok(EvalReader { lines, layout, pending })
+        let pending = matches!(layout, Layout::LangText).then_some((number, first));
+        Ok(EvalReader { records, name, layout, pending })
     }
 
     /// The next row, `None` at the end.
     fn next_row(&mut self) -> Result<Option<EvalRow>> {
         loop {
-            let line = match self.pending.take() {
-                Some(l) => l,
-                None => match self.lines.next_line()? {
-                    Some(l) => l,
+            let (n, f) = match self.pending.take() {
+                Some(r) => r,
+                None => match next_fields(&mut self.records, &self.name)? {
+                    Some(r) => r,
                     None => return Ok(None),
                 },
             };
-            if line.trim().is_empty() {
+            if is_blank(&f) {
                 continue;
             }
-            let (name, n) = (self.lines.name(), self.lines.number);
+            let name = &self.name;
             match &self.layout {
                 Layout::Header { width, text, lang, label, split } => {
-                    let f: Vec<&str> = line.split('\t').collect();
                     anyhow::ensure!(
                         f.len() == *width,
                         "{name}:{n}: expected {width} columns, as in the header, found {}",
                         f.len()
                     );
-                    if split.as_ref().is_some_and(|(c, want)| f[*c] != want) {
+                    if split.as_ref().is_some_and(|(c, want)| f[*c] != *want) {
                         continue;
                     }
                     return Ok(Some(EvalRow {
                         lang: f[*lang].trim().into(),
                         label: f[*label].trim().into(),
-                        text: f[*text].into(),
+                        text: f[*text].clone(),
                     }));
                 }
                 Layout::LangText => {
-                    let (lang, text) = line.split_once('\t').with_context(|| {
+                    // The text is everything after the first TAB, TABs included.
+                    let (lang, text) = f.split_first().filter(|(_, text)| !text.is_empty()).with_context(|| {
                         format!("{name}:{n}: expected `lang<TAB>text`, or a header row naming `text`, `lang` and `label`")
                     })?;
                     return Ok(Some(EvalRow {
                         lang: lang.trim().into(),
                         label: lang.trim().into(),
-                        text: text.into(),
+                        text: text.join("\t"),
                     }));
                 }
             }
         }
     }
+}
+
+/// The next line's number and fields, `None` at the end; a line over the bound or not UTF-8
+/// is refused as [`input::TextLines`] refuses it.
+fn next_fields(records: &mut TsvReader<std::fs::File>, name: &str) -> Result<Option<(u64, Vec<String>)>> {
+    match records.next() {
+        None => Ok(None),
+        Some(Err(TsvError::LineTooLong { line, max })) => Err(input::line_too_long(name, line, max)),
+        Some(Err(e)) => Err(anyhow::Error::new(e).context(format!("reading {name}"))),
+        Some(Ok(r)) => {
+            let fields = r.strs().map_err(|_| input::not_utf8(name, r.line()))?;
+            Ok(Some((r.line(), fields.into_iter().map(String::from).collect())))
+        }
+    }
+}
+
+/// Whether a line holds only white space (TABs included).
+fn is_blank(fields: &[String]) -> bool {
+    fields.iter().all(|f| f.trim().is_empty())
 }
 
 /// Counts of one language.

@@ -59,12 +59,7 @@ impl TextLines {
                 None => (buf.len(), false),
             };
             if line.len() + take > self.max + 1 {
-                anyhow::bail!(
-                    "{}:{}: a line longer than {} bytes; kdx reads one text per line (is this a text file?)",
-                    self.name,
-                    self.number + 1,
-                    self.max
-                );
+                return Err(line_too_long(&self.name, self.number as u64 + 1, self.max));
             }
             line.extend_from_slice(&buf[..take]);
             self.reader.consume(take);
@@ -79,9 +74,7 @@ impl TextLines {
                 line.pop();
             }
         }
-        String::from_utf8(line)
-            .map(Some)
-            .map_err(|_| anyhow::anyhow!("{}:{}: the line is not UTF-8 text", self.name, self.number))
+        String::from_utf8(line).map(Some).map_err(|_| not_utf8(&self.name, self.number as u64))
     }
 
     /// Up to `n` next lines (fewer only at the end).
@@ -95,6 +88,19 @@ impl TextLines {
         }
         Ok(out)
     }
+}
+
+/// The error for line `line` of `name` longer than `max` bytes, as every reader of texts and
+/// labelled files (`kdx eval`) words it.
+pub fn line_too_long(name: &str, line: u64, max: usize) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{name}:{line}: a line longer than {max} bytes; kdx reads one text per line (is this a text file?)"
+    )
+}
+
+/// The error for line `line` of `name` not being UTF-8, worded as [`line_too_long`]'s.
+pub fn not_utf8(name: &str, line: u64) -> anyhow::Error {
+    anyhow::anyhow!("{name}:{line}: the line is not UTF-8 text")
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Reading a snapshot back. Done at the start of every run, so it reads the whole file in one
-//! go and splits it in place rather than going through a general CSV reader.
+//! Reading a snapshot back. Done at the start of every run: the file is decompressed in one
+//! go, then read by the workspace's one TSV reader (`kdx_fsio::tsv`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use flate2::read::MultiGzDecoder;
+use kdx_fsio::tsv::{CarriageReturn, TsvReader};
 
 use crate::manifest::{Manifest, MANIFEST_FORMAT};
 use crate::snapshot::HEADER;
@@ -45,12 +46,12 @@ pub fn load(path: &Path) -> Result<Corpus> {
     parse(&bytes).with_context(|| format!("reading corpus {}", path.display()))
 }
 
-/// Parses the decompressed TSV.
+/// Parses the decompressed TSV. Strict, since kdx wrote it: exactly the header, then four
+/// non-empty fields a line; a blank line or a `\r` line end (a file that went through an
+/// editor or a Windows tool) is an error, not something to skip or strip.
 fn parse(bytes: &[u8]) -> Result<Corpus> {
-    // The final newline ends the last line; it does not start an empty one.
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    let mut lines = body.split(|&b| b == b'\n');
-    let header = lines.next().unwrap_or_default();
+    let mut lines = TsvReader::new(bytes).carriage_return(CarriageReturn::Keep).keep_blank_lines(true);
+    let header = lines.next().transpose()?.map(|r| r.bytes()).unwrap_or_default();
     if header != HEADER.as_bytes() {
         bail!(
             "line 1: expected the header {:?}, found {:?}",
@@ -60,14 +61,14 @@ fn parse(bytes: &[u8]) -> Result<Corpus> {
     }
     // About 100 bytes a row: reserving up front avoids regrowing a large vector.
     let mut rows = Vec::with_capacity(bytes.len() / 100);
-    for (i, line) in lines.enumerate() {
-        let lineno = i + 2;
-        if line.is_empty() {
+    for record in lines {
+        let record = record?;
+        let lineno = record.line();
+        if record.is_empty() {
             bail!("line {lineno}: empty line");
         }
-        let line =
-            std::str::from_utf8(line).map_err(|e| anyhow::anyhow!("line {lineno}: not valid UTF-8 ({e})"))?;
-        let mut fields = line.split('\t');
+        let fields = record.strs().map_err(|e| anyhow::anyhow!("line {lineno}: not valid UTF-8 ({e})"))?;
+        let mut fields = fields.into_iter();
         let mut next = |name: &str| -> Result<String> {
             match fields.next() {
                 Some("") => bail!("line {lineno}: empty {name} field"),
@@ -163,6 +164,9 @@ mod tests {
             (format!("{h}fr\ta\tb\tc\td\n"), "line 2: more than 4"),
             (format!("{h}fr\t\tb\tc\n"), "line 2: empty domain field"),
             (format!("{h}\nfr\ta\tb\tc\n"), "line 2: empty line"),
+            (format!("{h}fr\ta\tb\tc\n\n"), "line 3: empty line"),
+            (format!("{h}fr\ta\tb\tc\r\n"), "line 2: carriage return at end of line"),
+            (format!("\n{h}"), "line 1: expected the header"),
             ("lang\ttext\n".to_string(), "line 1: expected the header"),
         ];
         for (text, want) in cases {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use kdx_fsio::tsv::{CarriageReturn, TsvReader};
 use serde::{Deserialize, Serialize};
 
 /// A row of `retrieval.csv`: one model on one language's test pairs (or `macro`, the mean
@@ -78,21 +79,34 @@ impl ParallelSet {
     /// A malformed line is an error naming the file and line; fewer than 2 pairs leave
     /// nothing to rank.
     pub fn read(file: &std::path::Path) -> anyhow::Result<ParallelSet> {
-        let text =
-            std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
-        let mut pairs: Vec<(&str, &str)> = Vec::new();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            // Scored as a pair, a header would be a free hit.
-            if n == 0 && line.trim_start_matches('\u{feff}').eq_ignore_ascii_case("source\ttranslation") {
+        let reading = |e: &dyn std::fmt::Display| anyhow::anyhow!("reading {}: {e}", file.display());
+        let input = std::fs::File::open(file).map_err(|e| reading(&e))?;
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        // `\r\n` ends a line as `\n` does, as `str::lines` read these files before.
+        for record in TsvReader::new(input).carriage_return(CarriageReturn::BeforeNewline) {
+            let record = record.map_err(|e| reading(&e))?;
+            let n = record.line();
+            let cols = record
+                .strs()
+                .map_err(|e| anyhow::anyhow!("{}:{n}: not valid UTF-8 ({e})", file.display()))?;
+            // A line of spaces and TABs is as blank as an empty one.
+            if cols.iter().all(|c| c.trim().is_empty()) {
                 continue;
             }
-            let mut cols = line.split('\t');
-            match (cols.next(), cols.next()) {
-                (Some(s), Some(t)) if !s.is_empty() && !t.is_empty() => pairs.push((s, t)),
+            let line = || cols.join("\t");
+            // Scored as a pair, a header would be a free hit.
+            if n == 1 && line().trim_start_matches('\u{feff}').eq_ignore_ascii_case("source\ttranslation") {
+                continue;
+            }
+            // Columns after the second are ignored.
+            match (cols.first(), cols.get(1)) {
+                (Some(s), Some(t)) if !s.is_empty() && !t.is_empty() => {
+                    pairs.push((s.to_string(), t.to_string()))
+                }
                 _ => anyhow::bail!(
-                    "{}:{}: expected `source<TAB>translation`, found {line:?}",
+                    "{}:{n}: expected `source<TAB>translation`, found {:?}",
                     file.display(),
-                    n + 1
+                    line()
                 ),
             }
         }
@@ -102,7 +116,7 @@ impl ParallelSet {
             file.display(),
             pairs.len()
         );
-        Ok(ParallelSet::new(pairs))
+        Ok(ParallelSet::new(pairs.iter().map(|(s, t)| (s.as_str(), t.as_str()))))
     }
 
     /// Accuracy@1 in both directions, `(to_en, from_en)`, given `src` (`sources × d`) and

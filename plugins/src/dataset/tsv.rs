@@ -8,6 +8,7 @@ use kdx_corpus::split::{split_of, Split};
 use kdx_framework::dataset::{Dataset, Example, Task};
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::registry::BuildCtx;
+use kdx_fsio::tsv::{CarriageReturn, TsvReader};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -106,14 +107,16 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<Row>> {
 /// `name` makes the default ids; each row's `at` is its line number.
 fn parse(bytes: &[u8], name: &str) -> anyhow::Result<Vec<Row>> {
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-    let mut lines = bytes.split(|&b| b == b'\n').enumerate().map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)));
-    let Some((hl, header)) = lines.find(|(_, l)| !l.is_empty()) else {
+    // Blank lines are skipped and a final `\r` dropped from every line, the last one's too.
+    let mut lines = TsvReader::new(bytes).carriage_return(CarriageReturn::Drop);
+    let Some(header) = lines.next().transpose()? else {
         bail!("1: the file is empty; expected a header row naming the columns `text`, `lang`, `label` and, optionally, `source_text` and `id`");
     };
-    let header = std::str::from_utf8(header).map_err(|e| anyhow::anyhow!("{hl}: the header is not valid UTF-8 ({e})"))?;
+    let hl = header.line();
+    let header = header.strs().map_err(|e| anyhow::anyhow!("{hl}: the header is not valid UTF-8 ({e})"))?;
     // For each column of the file, its index in COLUMNS.
     let mut cols: Vec<usize> = Vec::new();
-    for name in header.split('\t') {
+    for &name in &header {
         let Some(c) = COLUMNS.iter().position(|&k| k == name.trim()) else {
             bail!("{hl}: unknown column `{name}` in the header; the columns are `text`, `lang`, `label` and, optionally, `source_text` and `id`");
         };
@@ -125,16 +128,14 @@ fn parse(bytes: &[u8], name: &str) -> anyhow::Result<Vec<Row>> {
     let missing: Vec<String> =
         COLUMNS[..REQUIRED].iter().enumerate().filter(|(i, _)| !cols.contains(i)).map(|(_, k)| format!("`{k}`")).collect();
     if !missing.is_empty() {
-        bail!("{hl}: the header lacks column {} (it has: {})", missing.join(", "), header.replace('\t', ", "));
+        bail!("{hl}: the header lacks column {} (it has: {})", missing.join(", "), header.join(", "));
     }
     let names: Vec<&str> = cols.iter().map(|&c| COLUMNS[c]).collect();
     let mut rows = Vec::new();
-    for (lineno, line) in lines {
-        if line.is_empty() {
-            continue;
-        }
-        let line = std::str::from_utf8(line).map_err(|e| anyhow::anyhow!("{lineno}: not valid UTF-8 ({e})"))?;
-        let fields: Vec<&str> = line.split('\t').collect();
+    for record in lines {
+        let record = record?;
+        let lineno = record.line();
+        let fields = record.strs().map_err(|e| anyhow::anyhow!("{lineno}: not valid UTF-8 ({e})"))?;
         if fields.len() != cols.len() {
             bail!("{lineno}: expected {} columns ({}, as in the header), found {}", cols.len(), names.join(", "), fields.len());
         }
