@@ -9,11 +9,7 @@ pub fn row_ce(logits: &[f32], classes: usize, target: impl Fn(usize) -> usize) -
     logits
         .chunks(classes)
         .enumerate()
-        .map(|(i, z)| {
-            let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = m + z.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-            lse - z[target(i)] as f64
-        })
+        .map(|(i, z)| kdx_sdk::math::log_sum_exp(z, 1.0) - z[target(i)] as f64)
         .collect()
 }
 
