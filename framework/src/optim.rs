@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Grad, Param};
+use crate::model::{Grad, Param, RowGrad};
 
 /// Which update rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -238,124 +238,64 @@ impl Optimizer {
         );
         let c = self.config.clone();
         if self.state.len() != params.len() {
-            self.state = params
-                .iter()
-                .map(|p| {
-                    let n = p.numel();
-                    let adam = c.kind != OptimizerKind::Sgd;
-                    ParamState { m: vec![0.0; n], v: if adam { vec![0.0; n] } else { Vec::new() } }
-                })
-                .collect();
+            self.state = fresh_state(&c, params);
         }
         self.check(params)?;
         self.t += 1;
-        let scale = if c.clip_norm > 0.0 {
-            let n = Self::grad_norm(params);
-            if n > c.clip_norm {
-                c.clip_norm / n
-            } else {
-                1.0
-            }
-        } else {
-            1.0
-        };
+        let scale = clip_scale(&c, params);
         let t = self.t as i32;
         let bc1 = 1.0 - c.betas[0].powi(t);
         let bc2 = 1.0 - c.betas[1].powi(t);
         for (p, st) in params.iter_mut().zip(&mut self.state) {
             let wd = if p.decay { c.weight_decay } else { 0.0 };
-            let grad = std::mem::take(&mut p.grad);
-            let width = p.shape.last().copied().unwrap_or(1);
-            match grad {
+            let upd = Update { c: &c, lr, wd, scale, bc1, bc2 };
+            match std::mem::take(&mut p.grad) {
                 Grad::None => {}
-                Grad::Dense(g) => {
-                    let upd = Update { c: &c, lr, wd, scale, bc1, bc2 };
-                    let n = p.data.len();
-                    p.data
-                        .par_chunks_mut(CHUNK)
-                        .zip(g.par_chunks(CHUNK))
-                        .zip(st.m.par_chunks_mut(CHUNK))
-                        .zip(par_chunks_or_empty(&mut st.v, CHUNK, n))
-                        .for_each(|(((w, g), m), v)| upd.apply(w, g, m, v));
-                    // The buffer serves the next step's gradient (Param::grad_buffer).
-                    p.spare.0 = g;
-                }
-                Grad::Rows(rg) if c.sparse => {
-                    let (rows, values) = (rg.rows(), rg.values());
-                    let upd = Update { c: &c, lr, wd, scale, bc1, bc2 };
-                    let adam = c.kind != OptimizerKind::Sgd;
-                    // Rows are unique, so the row slices are disjoint: update them in parallel.
-                    let data = SharedMut(p.data.as_mut_ptr());
-                    let m = SharedMut(st.m.as_mut_ptr());
-                    let v = SharedMut(st.v.as_mut_ptr());
-                    rows.par_iter().enumerate().with_min_len(64).for_each(|(k, &r)| {
-                        let off = r as usize * width;
-                        // SAFETY: `RowGrad::new` guarantees unique rows below `table_rows`, and
-                        // `check` above proved `table_rows × width` is the length of the
-                        // parameter and of both moments (or that `v` is unused, for SGD). So
-                        // `off + width` is in bounds of each buffer and each task touches its
-                        // own disjoint `width`-long slice; the buffers outlive the loop.
-                        unsafe {
-                            let w = std::slice::from_raw_parts_mut(data.get().add(off), width);
-                            let mm = std::slice::from_raw_parts_mut(m.get().add(off), width);
-                            let vv: &mut [f32] = if adam {
-                                std::slice::from_raw_parts_mut(v.get().add(off), width)
-                            } else {
-                                &mut []
-                            };
-                            upd.apply(w, &values[k * width..(k + 1) * width], mm, vv);
-                        }
-                    });
-                }
-                Grad::Rows(rg) => {
-                    let (rows, values) = (rg.rows(), rg.values());
-                    // Dense mode: every row is updated, untouched ones with a zero gradient
-                    // (their moments decay and still move them), without materialising the
-                    // full-table gradient: a row → slot map finds each touched row's values.
-                    let upd = Update { c: &c, lr, wd, scale, bc1, bc2 };
-                    let n_rows = p.data.len() / width.max(1);
-                    let mut slot = vec![u32::MAX; n_rows];
-                    for (k, &r) in rows.iter().enumerate() {
-                        slot[r as usize] = k as u32;
-                    }
-                    let zeros = vec![0f32; width];
-                    let rows_per_chunk = (CHUNK / width.max(1)).max(1);
-                    let chunk = rows_per_chunk * width;
-                    let n = p.data.len();
-                    p.data
-                        .par_chunks_mut(chunk)
-                        .zip(st.m.par_chunks_mut(chunk))
-                        .zip(par_chunks_or_empty(&mut st.v, chunk, n))
-                        .enumerate()
-                        .for_each(|(ci, ((w, m), v))| {
-                            for j in 0..w.len() / width {
-                                let r = ci * rows_per_chunk + j;
-                                let g = match slot[r] {
-                                    u32::MAX => &zeros[..],
-                                    k => &values[k as usize * width..(k as usize + 1) * width],
-                                };
-                                let vv: &mut [f32] =
-                                    if v.is_empty() { &mut [] } else { &mut v[j * width..(j + 1) * width] };
-                                upd.apply(
-                                    &mut w[j * width..(j + 1) * width],
-                                    g,
-                                    &mut m[j * width..(j + 1) * width],
-                                    vv,
-                                );
-                            }
-                        });
-                }
+                Grad::Dense(g) => upd.dense(p, st, g),
+                // SAFETY: `self.check(params)` above accepted this parameter, its gradient and
+                // its state, which is what `touched_rows` requires.
+                Grad::Rows(rg) if c.sparse => unsafe { upd.touched_rows(p, st, &rg) },
+                Grad::Rows(rg) => upd.every_row(p, st, &rg),
             }
         }
         Ok(())
     }
 }
 
+/// Zeroed moments for every parameter, the state of an optimizer's first step (SGD keeps no
+/// second moment).
+fn fresh_state(c: &OptimizerConfig, params: &[&mut Param]) -> Vec<ParamState> {
+    params
+        .iter()
+        .map(|p| {
+            let n = p.numel();
+            let adam = c.kind != OptimizerKind::Sgd;
+            ParamState { m: vec![0.0; n], v: if adam { vec![0.0; n] } else { Vec::new() } }
+        })
+        .collect()
+}
+
+/// The factor every gradient is multiplied by: `clip_norm / ‖g‖` when clipping is on and the
+/// global norm exceeds it, 1 otherwise.
+fn clip_scale(c: &OptimizerConfig, params: &[&mut Param]) -> f32 {
+    if c.clip_norm > 0.0 {
+        let n = Optimizer::grad_norm(params);
+        if n > c.clip_norm {
+            c.clip_norm / n
+        } else {
+            1.0
+        }
+    } else {
+        1.0
+    }
+}
+
 /// A raw pointer that may cross rayon tasks; callers guarantee disjoint access.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
-// SAFETY: the pointer is only dereferenced in `Optimizer::step`, where every task writes a
-// disjoint slice (unique rows) and the buffer outlives the parallel loop.
+// SAFETY: the pointer is only dereferenced in `Update::touched_rows` (a step of
+// `Optimizer::step`), where every task writes a disjoint slice (unique rows) and the buffer
+// outlives the parallel loop.
 unsafe impl Send for SharedMut {}
 // SAFETY: as for `Send`: shared copies never write to overlapping memory.
 unsafe impl Sync for SharedMut {}
@@ -422,6 +362,86 @@ impl Update<'_> {
                 }
             }
         }
+    }
+
+    /// A dense gradient: every value of the parameter moves, in parallel over fixed chunks.
+    /// The gradient's buffer is then handed back to the parameter for the next step.
+    fn dense(&self, p: &mut Param, st: &mut ParamState, g: Vec<f32>) {
+        let n = p.data.len();
+        p.data
+            .par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(st.m.par_chunks_mut(CHUNK))
+            .zip(par_chunks_or_empty(&mut st.v, CHUNK, n))
+            .for_each(|(((w, g), m), v)| self.apply(w, g, m, v));
+        // The buffer serves the next step's gradient (Param::grad_buffer).
+        p.spare.0 = g;
+    }
+
+    /// Sparse mode ("lazy" updates): only the rows the batch touched move, and only their
+    /// moments change.
+    ///
+    /// # Safety
+    ///
+    /// [`Optimizer::check`] must have accepted `p` with `rg` as its gradient and `st` as its
+    /// state: the rows are written through raw pointers, in bounds only because of it.
+    unsafe fn touched_rows(&self, p: &mut Param, st: &mut ParamState, rg: &RowGrad) {
+        let width = p.shape.last().copied().unwrap_or(1);
+        let (rows, values) = (rg.rows(), rg.values());
+        let adam = self.c.kind != OptimizerKind::Sgd;
+        // Rows are unique, so the row slices are disjoint: update them in parallel.
+        let data = SharedMut(p.data.as_mut_ptr());
+        let m = SharedMut(st.m.as_mut_ptr());
+        let v = SharedMut(st.v.as_mut_ptr());
+        rows.par_iter().enumerate().with_min_len(64).for_each(|(k, &r)| {
+            let off = r as usize * width;
+            // SAFETY: `RowGrad::new` guarantees unique rows below `table_rows`, and `check`
+            // (this function's precondition) proved `table_rows × width` is the length of the
+            // parameter and of both moments (or that `v` is unused, for SGD). So `off + width`
+            // is in bounds of each buffer and each task touches its own disjoint `width`-long
+            // slice; the buffers outlive the loop.
+            unsafe {
+                let w = std::slice::from_raw_parts_mut(data.get().add(off), width);
+                let mm = std::slice::from_raw_parts_mut(m.get().add(off), width);
+                let vv: &mut [f32] =
+                    if adam { std::slice::from_raw_parts_mut(v.get().add(off), width) } else { &mut [] };
+                self.apply(w, &values[k * width..(k + 1) * width], mm, vv);
+            }
+        });
+    }
+
+    /// Dense mode for a touched-rows gradient: every row is updated, untouched ones with a
+    /// zero gradient (their moments decay and still move them), without materialising the
+    /// full-table gradient: a row → slot map finds each touched row's values.
+    fn every_row(&self, p: &mut Param, st: &mut ParamState, rg: &RowGrad) {
+        let width = p.shape.last().copied().unwrap_or(1);
+        let (rows, values) = (rg.rows(), rg.values());
+        let n_rows = p.data.len() / width.max(1);
+        let mut slot = vec![u32::MAX; n_rows];
+        for (k, &r) in rows.iter().enumerate() {
+            slot[r as usize] = k as u32;
+        }
+        let zeros = vec![0f32; width];
+        let rows_per_chunk = (CHUNK / width.max(1)).max(1);
+        let chunk = rows_per_chunk * width;
+        let n = p.data.len();
+        p.data
+            .par_chunks_mut(chunk)
+            .zip(st.m.par_chunks_mut(chunk))
+            .zip(par_chunks_or_empty(&mut st.v, chunk, n))
+            .enumerate()
+            .for_each(|(ci, ((w, m), v))| {
+                for j in 0..w.len() / width {
+                    let r = ci * rows_per_chunk + j;
+                    let g = match slot[r] {
+                        u32::MAX => &zeros[..],
+                        k => &values[k as usize * width..(k as usize + 1) * width],
+                    };
+                    let vv: &mut [f32] =
+                        if v.is_empty() { &mut [] } else { &mut v[j * width..(j + 1) * width] };
+                    self.apply(&mut w[j * width..(j + 1) * width], g, &mut m[j * width..(j + 1) * width], vv);
+                }
+            });
     }
 }
 
