@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -240,86 +241,147 @@ fn curve_items(csv: &RunCsvs) -> Vec<(String, Mark)> {
 /// language and macro, with the baseline's macro and the teacher's test macro for reference.
 fn draw_curves(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
     let area = header(area, title, &curve_items(csv))?;
-    let dev: Vec<&MetricRow> = csv.metrics.iter().filter(|m| m.split == "dev" && m.acc.is_finite()).collect();
-    let distill_end = dev.iter().filter(|m| m.stage == "distill").map(|m| m.step).max().unwrap_or(0);
-    let x_of = |m: &MetricRow| (if m.stage == "finetune" { distill_end + m.step } else { m.step }) as f64;
-    let student: Vec<&&MetricRow> =
-        dev.iter().filter(|m| m.stage == "distill" || m.stage == "finetune").collect();
-    if student.is_empty() {
+    let Some(curves) = Curves::of(csv) else {
         return message(
             &area,
             "no dev evaluations of the student (set [train] eval_every to draw learning curves)",
         );
-    }
-    let has_finetune = student.iter().any(|m| m.stage == "finetune");
-    let teacher_test = csv
-        .metrics
-        .iter()
-        .find(|m| m.stage == "teacher" && m.split == "test" && m.lang == "macro")
-        .map(|m| m.acc);
-    let baseline: Vec<(f64, f64)> = dev
-        .iter()
-        .filter(|m| m.stage == "baseline" && m.lang == "macro")
-        .map(|m| (m.step as f64, m.acc))
-        .collect();
-    let x_max = student.iter().map(|m| x_of(m)).chain(baseline.iter().map(|p| p.0)).fold(1.0, f64::max);
-    let y_min_data = student
-        .iter()
-        .map(|m| m.acc)
-        .chain(baseline.iter().map(|p| p.1))
-        .chain(teacher_test)
-        .fold(1.0, f64::min);
-    let y_min = ((y_min_data - 0.02) * 10.0).floor().clamp(0.0, 9.0) / 10.0;
+    };
+    let mut chart = curves.chart(&area)?;
+    curves.draw(&mut chart, &csv.language_order())
+}
 
-    let mut chart = ChartBuilder::on(&area)
-        .margin(12)
-        .margin_right(24)
-        .x_label_area_size(42)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..x_max, y_min..1.0)?;
-    chart
-        .configure_mesh()
-        .light_line_style(FAINT.mix(0.6))
-        .bold_line_style(FAINT)
-        .x_desc(if has_finetune {
-            "training step (distillation, then fine-tuning)"
-        } else {
-            "distillation step"
-        })
-        .y_desc("dev accuracy")
-        .label_style(font(12.0))
-        .axis_desc_style(font(13.0))
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.2}"))
-        .draw()?;
-    if let Some(t) = teacher_test {
-        chart.draw_series(DashedLineSeries::new(
-            vec![(0.0, t), (x_max, t)],
-            6,
-            4,
-            TEACHER.stroke_width(2),
-        ))?;
-    }
-    let order = csv.language_order();
-    let thin = if order.len() <= 10 { 2 } else { 1 };
-    for (i, lang) in order.iter().enumerate() {
-        let pts: Vec<(f64, f64)> =
-            student.iter().filter(|m| &m.lang == lang).map(|m| (x_of(m), m.acc)).collect();
-        let c = lang_color(i, order.len());
-        chart.draw_series(LineSeries::new(pts.clone(), c.mix(0.85).stroke_width(thin)))?;
-        if pts.len() == 1 {
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+/// A chart with numeric axes on an SVG area, as the plots here draw them.
+type Chart<'a, 'b> = ChartContext<'b, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// What [`draw_curves`] draws, gathered from `metrics.csv`, and the axes' ranges that hold it.
+struct Curves<'a> {
+    /// The student's dev evaluations (distillation and fine-tuning) with an accuracy.
+    student: Vec<&'a MetricRow>,
+    /// The last distillation step evaluated: fine-tuning steps are drawn after it.
+    distill_end: u64,
+    /// Whether a fine-tuning stage follows distillation.
+    has_finetune: bool,
+    /// The teacher's test macro accuracy, drawn as a level line.
+    teacher_test: Option<f64>,
+    /// The baseline's dev macro accuracy: (step, accuracy).
+    baseline: Vec<(f64, f64)>,
+    /// Where the x axis ends.
+    x_max: f64,
+    /// Where the y axis starts (it ends at 1).
+    y_min: f64,
+}
+
+/// Where an evaluation of the student goes along the x axis: fine-tuning steps continue
+/// after the last distillation step `distill_end`.
+fn curve_x(distill_end: u64, m: &MetricRow) -> f64 {
+    (if m.stage == "finetune" { distill_end + m.step } else { m.step }) as f64
+}
+
+impl<'a> Curves<'a> {
+    /// The curves of a run; `None` when the student was never evaluated on dev.
+    fn of(csv: &'a RunCsvs) -> Option<Curves<'a>> {
+        let dev: Vec<&MetricRow> =
+            csv.metrics.iter().filter(|m| m.split == "dev" && m.acc.is_finite()).collect();
+        let distill_end = dev.iter().filter(|m| m.stage == "distill").map(|m| m.step).max().unwrap_or(0);
+        let student: Vec<&MetricRow> =
+            dev.iter().copied().filter(|m| m.stage == "distill" || m.stage == "finetune").collect();
+        if student.is_empty() {
+            return None;
         }
+        let has_finetune = student.iter().any(|m| m.stage == "finetune");
+        let teacher_test = csv
+            .metrics
+            .iter()
+            .find(|m| m.stage == "teacher" && m.split == "test" && m.lang == "macro")
+            .map(|m| m.acc);
+        let baseline: Vec<(f64, f64)> = dev
+            .iter()
+            .filter(|m| m.stage == "baseline" && m.lang == "macro")
+            .map(|m| (m.step as f64, m.acc))
+            .collect();
+        let x_max = student
+            .iter()
+            .map(|m| curve_x(distill_end, m))
+            .chain(baseline.iter().map(|p| p.0))
+            .fold(1.0, f64::max);
+        let y_min_data = student
+            .iter()
+            .map(|m| m.acc)
+            .chain(baseline.iter().map(|p| p.1))
+            .chain(teacher_test)
+            .fold(1.0, f64::min);
+        let y_min = ((y_min_data - 0.02) * 10.0).floor().clamp(0.0, 9.0) / 10.0;
+        Some(Curves { student, distill_end, has_finetune, teacher_test, baseline, x_max, y_min })
     }
-    if baseline.len() > 1 {
-        chart.draw_series(DashedLineSeries::new(baseline.clone(), 7, 4, BASELINE.stroke_width(2)))?;
+
+    /// Where an evaluation of the student goes along the x axis ([`curve_x`]).
+    fn x(&self, m: &MetricRow) -> f64 {
+        curve_x(self.distill_end, m)
     }
-    chart.draw_series(baseline.iter().map(|&p| Circle::new(p, 3, BASELINE.filled())))?;
-    let macro_pts: Vec<(f64, f64)> =
-        student.iter().filter(|m| m.lang == "macro").map(|m| (x_of(m), m.acc)).collect();
-    chart.draw_series(LineSeries::new(macro_pts.clone(), BLACK.stroke_width(3)))?;
-    chart.draw_series(macro_pts.iter().map(|&p| Circle::new(p, 3, BLACK.filled())))?;
-    Ok(())
+
+    /// The axes and their mesh: steps along x, dev accuracy along y.
+    fn chart<'v, 'b>(&self, area: &'b Area<'v>) -> Result<Chart<'v, 'b>> {
+        let mut chart = ChartBuilder::on(area)
+            .margin(12)
+            .margin_right(24)
+            .x_label_area_size(42)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..self.x_max, self.y_min..1.0)?;
+        chart
+            .configure_mesh()
+            .light_line_style(FAINT.mix(0.6))
+            .bold_line_style(FAINT)
+            .x_desc(if self.has_finetune {
+                "training step (distillation, then fine-tuning)"
+            } else {
+                "distillation step"
+            })
+            .y_desc("dev accuracy")
+            .label_style(font(12.0))
+            .axis_desc_style(font(13.0))
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.2}"))
+            .draw()?;
+        Ok(chart)
+    }
+
+    /// The curves, bottom to top: the teacher's level, one line per language (in `order`),
+    /// the baseline's macro, then the student's macro over everything.
+    fn draw(&self, chart: &mut Chart, order: &[String]) -> Result<()> {
+        if let Some(t) = self.teacher_test {
+            chart.draw_series(DashedLineSeries::new(
+                vec![(0.0, t), (self.x_max, t)],
+                6,
+                4,
+                TEACHER.stroke_width(2),
+            ))?;
+        }
+        let thin = if order.len() <= 10 { 2 } else { 1 };
+        for (i, lang) in order.iter().enumerate() {
+            let pts: Vec<(f64, f64)> =
+                self.student.iter().filter(|m| &m.lang == lang).map(|m| (self.x(m), m.acc)).collect();
+            let c = lang_color(i, order.len());
+            chart.draw_series(LineSeries::new(pts.clone(), c.mix(0.85).stroke_width(thin)))?;
+            if pts.len() == 1 {
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+            }
+        }
+        if self.baseline.len() > 1 {
+            chart.draw_series(DashedLineSeries::new(
+                self.baseline.clone(),
+                7,
+                4,
+                BASELINE.stroke_width(2),
+            ))?;
+        }
+        chart.draw_series(self.baseline.iter().map(|&p| Circle::new(p, 3, BASELINE.filled())))?;
+        let macro_pts: Vec<(f64, f64)> =
+            self.student.iter().filter(|m| m.lang == "macro").map(|m| (self.x(m), m.acc)).collect();
+        chart.draw_series(LineSeries::new(macro_pts.clone(), BLACK.stroke_width(3)))?;
+        chart.draw_series(macro_pts.iter().map(|&p| Circle::new(p, 3, BLACK.filled())))?;
+        Ok(())
+    }
 }
 
 fn bar_items(csv: &RunCsvs) -> Vec<(String, Mark)> {
@@ -416,93 +478,136 @@ fn sampling_items() -> Vec<(String, Mark)> {
 /// The sampler's distribution over languages during distillation, as stacked bands.
 fn draw_sampling(area: &Area, title: &str, csv: &RunCsvs) -> Result<()> {
     let area = header(area, title, &sampling_items())?;
-    let rows: Vec<&SamplingRow> = csv.sampling.iter().filter(|s| s.stage == "distill").collect();
-    if rows.is_empty() {
+    let Some(bands) = Bands::of(csv) else {
         return message(&area, "no sampling.csv rows for the distillation stage");
-    }
-    let order = csv.language_order();
-    let mut steps: Vec<u64> = rows.iter().map(|r| r.step).collect();
-    steps.sort_unstable();
-    steps.dedup();
-    let end = csv
-        .metrics
-        .iter()
-        .filter(|m| m.stage == "distill")
-        .map(|m| m.step)
-        .max()
-        .unwrap_or(0)
-        .max(steps.last().copied().unwrap_or(0) + 1);
-    // dist[t][l]: probability of language l from steps[t] to the next change.
-    let dist: Vec<Vec<f64>> = steps
-        .iter()
-        .map(|&s| {
-            order
-                .iter()
-                .map(|l| rows.iter().find(|r| r.step == s && &r.lang == l).map_or(0.0, |r| r.probability))
-                .collect()
-        })
-        .collect();
-    let label_w = order.iter().map(|l| text_width(l, 11.0)).max().unwrap_or(0) as u32 + 16;
-    let mut chart = ChartBuilder::on(&area)
-        .margin(12)
-        .margin_right(label_w + 8)
-        .x_label_area_size(42)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..end as f64, 0f64..1.0)?;
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_desc("distillation step")
-        .y_desc("sampling probability (stacked)")
-        .label_style(font(12.0))
-        .axis_desc_style(font(13.0))
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.1}"))
-        .draw()?;
-    let bounds = |t: usize, l: usize| -> (f64, f64) {
-        let lo: f64 = dist[t][..l].iter().sum();
-        (lo, lo + dist[t][l])
     };
-    for l in 0..order.len() {
-        let mut upper = Vec::new();
-        let mut lower = Vec::new();
-        for t in 0..steps.len() {
-            let x0 = steps[t] as f64;
-            let x1 = steps.get(t + 1).copied().unwrap_or(end) as f64;
-            let (lo, hi) = bounds(t, l);
-            upper.push((x0, hi));
-            upper.push((x1, hi));
-            lower.push((x0, lo));
-            lower.push((x1, lo));
+    let mut chart = bands.chart(&area)?;
+    bands.draw(&mut chart)?;
+    bands.name(&area, &chart)
+}
+
+/// What [`draw_sampling`] draws: the distillation stage's distribution over languages at
+/// each step where it was set, held until the next.
+struct Bands {
+    /// The languages, most training data first (the bottom band).
+    order: Vec<String>,
+    /// The steps at which the distribution was set, ascending.
+    steps: Vec<u64>,
+    /// Where the last distribution ends: the end of distillation.
+    end: u64,
+    /// `dist[t][l]`: probability of language `l` from `steps[t]` to the next change.
+    dist: Vec<Vec<f64>>,
+}
+
+impl Bands {
+    /// The bands of a run; `None` when `sampling.csv` has no distillation rows.
+    fn of(csv: &RunCsvs) -> Option<Bands> {
+        let rows: Vec<&SamplingRow> = csv.sampling.iter().filter(|s| s.stage == "distill").collect();
+        if rows.is_empty() {
+            return None;
         }
-        lower.reverse();
-        upper.extend(lower);
-        let c = lang_color(l, order.len()).mix(0.85);
-        chart.draw_series(std::iter::once(Polygon::new(upper.clone(), c.filled())))?;
-        // A white edge keeps neighbouring bands apart.
-        upper.push(upper[0]);
-        chart.draw_series(std::iter::once(PathElement::new(upper, WHITE.stroke_width(1))))?;
+        let order = csv.language_order();
+        let mut steps: Vec<u64> = rows.iter().map(|r| r.step).collect();
+        steps.sort_unstable();
+        steps.dedup();
+        let end = csv
+            .metrics
+            .iter()
+            .filter(|m| m.stage == "distill")
+            .map(|m| m.step)
+            .max()
+            .unwrap_or(0)
+            .max(steps.last().copied().unwrap_or(0) + 1);
+        let dist: Vec<Vec<f64>> = steps
+            .iter()
+            .map(|&s| {
+                order
+                    .iter()
+                    .map(|l| rows.iter().find(|r| r.step == s && &r.lang == l).map_or(0.0, |r| r.probability))
+                    .collect()
+            })
+            .collect();
+        Some(Bands { order, steps, end, dist })
     }
-    // Names beside the bands at the end of training, where there is room for them.
-    let base = area.get_base_pixel();
-    let last = steps.len() - 1;
-    let mut prev_y = i32::MIN;
-    for (l, name) in order.iter().enumerate() {
-        let (lo, hi) = bounds(last, l);
-        let (px, py) = chart.backend_coord(&(end as f64, (lo + hi) / 2.0));
-        let (_, py_lo) = chart.backend_coord(&(end as f64, lo));
-        let (_, py_hi) = chart.backend_coord(&(end as f64, hi));
-        let tall_enough = py_lo - py_hi >= 4;
-        if tall_enough && (prev_y == i32::MIN || prev_y - py >= 12) {
-            area.draw(&Text::new(
-                name.clone(),
-                (px - base.0 + 6, py - base.1),
-                font(11.0).pos(Pos::new(HPos::Left, VPos::Center)),
-            ))?;
-            prev_y = py;
+
+    /// Where language `l`'s band lies at step index `t`: the languages below it stacked.
+    fn bounds(&self, t: usize, l: usize) -> (f64, f64) {
+        let lo: f64 = self.dist[t][..l].iter().sum();
+        (lo, lo + self.dist[t][l])
+    }
+
+    /// The axes (steps along x, stacked probability along y), with room on the right for the
+    /// languages' names.
+    fn chart<'v, 'b>(&self, area: &'b Area<'v>) -> Result<Chart<'v, 'b>> {
+        let label_w = self.order.iter().map(|l| text_width(l, 11.0)).max().unwrap_or(0) as u32 + 16;
+        let mut chart = ChartBuilder::on(area)
+            .margin(12)
+            .margin_right(label_w + 8)
+            .x_label_area_size(42)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..self.end as f64, 0f64..1.0)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("distillation step")
+            .y_desc("sampling probability (stacked)")
+            .label_style(font(12.0))
+            .axis_desc_style(font(13.0))
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.1}"))
+            .draw()?;
+        Ok(chart)
+    }
+
+    /// One filled band per language, as a step function over the steps.
+    fn draw(&self, chart: &mut Chart) -> Result<()> {
+        let steps = &self.steps;
+        for l in 0..self.order.len() {
+            let mut upper = Vec::new();
+            let mut lower = Vec::new();
+            for t in 0..steps.len() {
+                let x0 = steps[t] as f64;
+                let x1 = steps.get(t + 1).copied().unwrap_or(self.end) as f64;
+                let (lo, hi) = self.bounds(t, l);
+                upper.push((x0, hi));
+                upper.push((x1, hi));
+                lower.push((x0, lo));
+                lower.push((x1, lo));
+            }
+            lower.reverse();
+            upper.extend(lower);
+            let c = lang_color(l, self.order.len()).mix(0.85);
+            chart.draw_series(std::iter::once(Polygon::new(upper.clone(), c.filled())))?;
+            // A white edge keeps neighbouring bands apart.
+            upper.push(upper[0]);
+            chart.draw_series(std::iter::once(PathElement::new(upper, WHITE.stroke_width(1))))?;
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Names beside the bands at the end of training, where there is room for them.
+    fn name(&self, area: &Area, chart: &Chart) -> Result<()> {
+        let end = self.end;
+        let base = area.get_base_pixel();
+        let last = self.steps.len() - 1;
+        let mut prev_y = i32::MIN;
+        for (l, name) in self.order.iter().enumerate() {
+            let (lo, hi) = self.bounds(last, l);
+            let (px, py) = chart.backend_coord(&(end as f64, (lo + hi) / 2.0));
+            let (_, py_lo) = chart.backend_coord(&(end as f64, lo));
+            let (_, py_hi) = chart.backend_coord(&(end as f64, hi));
+            let tall_enough = py_lo - py_hi >= 4;
+            if tall_enough && (prev_y == i32::MIN || prev_y - py >= 12) {
+                area.draw(&Text::new(
+                    name.clone(),
+                    (px - base.0 + 6, py - base.1),
+                    font(11.0).pos(Pos::new(HPos::Left, VPos::Center)),
+                ))?;
+                prev_y = py;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn retrieval_items() -> Vec<(String, Mark)> {
@@ -787,6 +892,113 @@ impl<'v> SweepAxis<'v> {
             false => 48,
         }
     }
+
+    /// Which of the values a run gives parameter `k`, if it sets it.
+    fn index_of(&self, k: &str, p: &SweepPoint) -> Option<usize> {
+        p.settings.iter().find(|(kk, _)| kk == k).and_then(|(_, v)| self.vals.iter().position(|x| x == v))
+    }
+
+    /// The panel's axes and mesh: one slot per value along x (labelled by
+    /// [`SweepAxis::draw_labels`]), test accuracy over `y` along y.
+    fn chart<'a, 'b>(&self, panel: &'b Area<'a>, k: &str, y: (f64, f64)) -> Result<Chart<'a, 'b>> {
+        let mut chart = ChartBuilder::on(panel)
+            .margin(12)
+            .margin_right(24)
+            .x_label_area_size(self.label_area())
+            .y_label_area_size(56)
+            .build_cartesian_2d(-0.5f64..self.vals.len() as f64 - 0.5, y.0..y.1)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .light_line_style(FAINT.mix(0.6))
+            .bold_line_style(FAINT)
+            .x_desc(k)
+            .y_desc("test accuracy")
+            .label_style(font(12.0))
+            .axis_desc_style(font(13.0))
+            .y_label_formatter(&|v| format!("{v:.2}"))
+            .draw()?;
+        Ok(chart)
+    }
+
+    /// Lines through the means, at each value of `k`, of the runs' macro and worst-language
+    /// accuracies (the runs differ in the other parameters).
+    fn draw_means(&self, chart: &mut Chart, k: &str, points: &[SweepPoint]) -> Result<()> {
+        let mut mean_macro = Vec::new();
+        let mut mean_worst = Vec::new();
+        for (xi, _) in self.vals.iter().enumerate() {
+            let here: Vec<&SweepPoint> = points.iter().filter(|p| self.index_of(k, p) == Some(xi)).collect();
+            let mean = |f: &dyn Fn(&SweepPoint) -> f64| {
+                let v: Vec<f64> = here.iter().map(|p| f(p)).filter(|x| x.is_finite()).collect();
+                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            };
+            if let Some(m) = mean(&|p| p.macro_acc) {
+                mean_macro.push((xi as f64 - 0.06, m));
+            }
+            if let Some(m) = mean(&|p| p.worst_acc) {
+                mean_worst.push((xi as f64 + 0.06, m));
+            }
+        }
+        chart.draw_series(LineSeries::new(mean_macro, STUDENT.stroke_width(2)))?;
+        chart.draw_series(LineSeries::new(mean_worst, WORST.stroke_width(2)))?;
+        Ok(())
+    }
+
+    /// Each run at its value of `k`: a dot (macro) and a triangle (worst language, named
+    /// beside it, never on top of another name).
+    fn draw_runs(&self, chart: &mut Chart, k: &str, points: &[SweepPoint]) -> Result<()> {
+        let mut named: Vec<(usize, i32)> = Vec::new();
+        for p in points {
+            let Some(xi) = self.index_of(k, p) else { continue };
+            if p.worst_acc.is_finite() && !p.worst_lang.is_empty() {
+                let py = chart.backend_coord(&(xi as f64, p.worst_acc)).1;
+                let clash = named.iter().any(|&(x, y)| x == xi && (y - py).abs() < 12);
+                if !clash {
+                    named.push((xi, py));
+                    chart.draw_series(std::iter::once(Text::new(
+                        p.worst_lang.clone(),
+                        (xi as f64 + 0.11, p.worst_acc),
+                        font(11.0).color(&WORST).pos(Pos::new(HPos::Left, VPos::Center)),
+                    )))?;
+                }
+            }
+            if p.macro_acc.is_finite() {
+                chart.draw_series(std::iter::once(Circle::new(
+                    (xi as f64 - 0.06, p.macro_acc),
+                    5,
+                    STUDENT.filled(),
+                )))?;
+            }
+            if p.worst_acc.is_finite() {
+                chart.draw_series(std::iter::once(TriangleMarker::new(
+                    (xi as f64 + 0.06, p.worst_acc),
+                    6,
+                    WORST.filled(),
+                )))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The values under their slots (below the axis at `y0`), turned when they do not fit.
+    fn draw_labels(&self, panel: &Area, chart: &Chart, y0: f64) -> Result<()> {
+        let base = panel.get_base_pixel();
+        for (xi, v) in self.vals.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(xi as f64, y0));
+            let style = if self.rotate {
+                ("sans-serif", 12.0 * 1.24)
+                    .into_font()
+                    .transform(FontTransform::Rotate270)
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Right, VPos::Center))
+            } else {
+                font(12.0).pos(Pos::new(HPos::Center, VPos::Top))
+            };
+            panel.draw(&Text::new(v.clone(), (px - base.0, py - base.1 + 8), style))?;
+        }
+        Ok(())
+    }
 }
 
 /// One panel of the sweep plot: test accuracy against the values of parameter `k`, each run
@@ -798,91 +1010,10 @@ fn draw_sweep_panel(
     points: &[SweepPoint],
     y: (f64, f64),
 ) -> Result<()> {
-    let vals = axis.vals;
-    let mut chart = ChartBuilder::on(panel)
-        .margin(12)
-        .margin_right(24)
-        .x_label_area_size(axis.label_area())
-        .y_label_area_size(56)
-        .build_cartesian_2d(-0.5f64..vals.len() as f64 - 0.5, y.0..y.1)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(0)
-        .light_line_style(FAINT.mix(0.6))
-        .bold_line_style(FAINT)
-        .x_desc(k)
-        .y_desc("test accuracy")
-        .label_style(font(12.0))
-        .axis_desc_style(font(13.0))
-        .y_label_formatter(&|v| format!("{v:.2}"))
-        .draw()?;
-    let at = |p: &SweepPoint| {
-        p.settings.iter().find(|(kk, _)| kk == k).and_then(|(_, v)| vals.iter().position(|x| x == v))
-    };
-    let mut mean_macro = Vec::new();
-    let mut mean_worst = Vec::new();
-    for (xi, _) in vals.iter().enumerate() {
-        let here: Vec<&SweepPoint> = points.iter().filter(|p| at(p) == Some(xi)).collect();
-        let mean = |f: &dyn Fn(&SweepPoint) -> f64| {
-            let v: Vec<f64> = here.iter().map(|p| f(p)).filter(|x| x.is_finite()).collect();
-            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-        };
-        if let Some(m) = mean(&|p| p.macro_acc) {
-            mean_macro.push((xi as f64 - 0.06, m));
-        }
-        if let Some(m) = mean(&|p| p.worst_acc) {
-            mean_worst.push((xi as f64 + 0.06, m));
-        }
-    }
-    chart.draw_series(LineSeries::new(mean_macro, STUDENT.stroke_width(2)))?;
-    chart.draw_series(LineSeries::new(mean_worst, WORST.stroke_width(2)))?;
-    // The worst language beside its triangle, never on top of another label.
-    let mut named: Vec<(usize, i32)> = Vec::new();
-    for p in points {
-        let Some(xi) = at(p) else { continue };
-        if p.worst_acc.is_finite() && !p.worst_lang.is_empty() {
-            let py = chart.backend_coord(&(xi as f64, p.worst_acc)).1;
-            let clash = named.iter().any(|&(x, y)| x == xi && (y - py).abs() < 12);
-            if !clash {
-                named.push((xi, py));
-                chart.draw_series(std::iter::once(Text::new(
-                    p.worst_lang.clone(),
-                    (xi as f64 + 0.11, p.worst_acc),
-                    font(11.0).color(&WORST).pos(Pos::new(HPos::Left, VPos::Center)),
-                )))?;
-            }
-        }
-        if p.macro_acc.is_finite() {
-            chart.draw_series(std::iter::once(Circle::new(
-                (xi as f64 - 0.06, p.macro_acc),
-                5,
-                STUDENT.filled(),
-            )))?;
-        }
-        if p.worst_acc.is_finite() {
-            chart.draw_series(std::iter::once(TriangleMarker::new(
-                (xi as f64 + 0.06, p.worst_acc),
-                6,
-                WORST.filled(),
-            )))?;
-        }
-    }
-    let base = panel.get_base_pixel();
-    for (xi, v) in vals.iter().enumerate() {
-        let (px, py) = chart.backend_coord(&(xi as f64, y.0));
-        let style = if axis.rotate {
-            ("sans-serif", 12.0 * 1.24)
-                .into_font()
-                .transform(FontTransform::Rotate270)
-                .color(&BLACK)
-                .pos(Pos::new(HPos::Right, VPos::Center))
-        } else {
-            font(12.0).pos(Pos::new(HPos::Center, VPos::Top))
-        };
-        panel.draw(&Text::new(v.clone(), (px - base.0, py - base.1 + 8), style))?;
-    }
-    Ok(())
+    let mut chart = axis.chart(panel, k, y)?;
+    axis.draw_means(&mut chart, k, points)?;
+    axis.draw_runs(&mut chart, k, points)?;
+    axis.draw_labels(panel, &chart, y.0)
 }
 
 #[cfg(test)]
