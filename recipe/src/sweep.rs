@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use toml::Value;
 
 use crate::doc::{ordered_keys, type_name, SWEEP};
-use crate::{Diagnostics, KeyPath, RecipeDoc, Seg};
+use crate::{Diagnostic, Diagnostics, KeyPath, RecipeDoc, Seg};
 
 /// Upper bound on the runs one sweep may expand to. A typo such as a 1000-value
 /// array crossed with others should be an error, not an out-of-memory.
@@ -65,28 +65,32 @@ impl RecipeDoc {
             };
 
         let mut diags = Diagnostics::default();
+        let entries = self.sweep_entries(table, &sweep_path, &mut diags);
+        let total = self.sweep_size(&entries, &sweep_path, &mut diags);
+        diags.into_result(())?;
+        self.sweep_runs(&entries, total)
+    }
+
+    /// The sweep's entries in file order, each checked: a bad key, a key swept twice or a
+    /// value that is not a non-empty array is reported in `diags` and left out.
+    fn sweep_entries(
+        &self,
+        table: &toml::Table,
+        sweep_path: &KeyPath,
+        diags: &mut Diagnostics,
+    ) -> Vec<Entry> {
         let mut entries: Vec<Entry> = Vec::new();
         // Key → its entry's index, to find a key swept twice.
         let mut swept: HashMap<KeyPath, usize> = HashMap::new();
         for name in ordered_keys(table, &self.sweep_order) {
             let at = sweep_path.key(name);
-            let key = match KeyPath::parse_dotted(name) {
+            let key = match self.sweep_key(name, &at) {
                 Ok(k) => k,
-                Err(e) => {
-                    diags.push(self.diag(
-                        &at,
-                        format!("invalid sweep key: {}", e.reason),
-                        Some("write the key path with dots and numeric array indices, e.g. `\"loss.0.temperature\"`".into()),
-                    ));
+                Err(d) => {
+                    diags.push(d);
                     continue;
                 }
             };
-            if let Some(Seg::Key(first)) = key.segments().first() {
-                if first == SWEEP || first == "extends" {
-                    diags.push(self.diag(&at, format!("`{first}` cannot be swept"), None));
-                    continue;
-                }
-            }
             if let Some(prev) = swept.get(&key).map(|&i| &entries[i]) {
                 diags.push(self.diag(
                     &at,
@@ -98,37 +102,78 @@ impl RecipeDoc {
                 ));
                 continue;
             }
-            let values = match table.get(name) {
-                Some(Value::Array(a)) if !a.is_empty() => a.clone(),
-                Some(Value::Array(_)) => {
-                    diags.push(self.diag(
-                        &at,
-                        format!("sweep values for `{key}` are empty"),
-                        Some("give at least one value; an empty list would produce no runs".into()),
-                    ));
+            let values = match self.sweep_values(table.get(name), name, &key, &at) {
+                Ok(Some(values)) => values,
+                Ok(None) => continue,
+                Err(d) => {
+                    diags.push(d);
                     continue;
                 }
-                Some(other) => {
-                    diags.push(self.diag(
-                        &at,
-                        format!("sweep values for `{key}` must be an array, found {}", type_name(other)),
-                        Some(format!("e.g. `\"{name}\" = [1, 2, 4]`; to fix a single value, set it in the recipe instead")),
-                    ));
-                    continue;
-                }
-                None => continue,
             };
             swept.insert(key.clone(), entries.len());
             entries.push(Entry { at, key, values });
         }
+        entries
+    }
 
+    /// The key path a sweep entry named `name` (at `at`) sets: a dotted path outside
+    /// `sweep` and `extends`, which are not values of the recipe.
+    fn sweep_key(&self, name: &str, at: &KeyPath) -> Result<KeyPath, Diagnostic> {
+        let key = match KeyPath::parse_dotted(name) {
+            Ok(k) => k,
+            Err(e) => {
+                return Err(self.diag(
+                    at,
+                    format!("invalid sweep key: {}", e.reason),
+                    Some("write the key path with dots and numeric array indices, e.g. `\"loss.0.temperature\"`".into()),
+                ));
+            }
+        };
+        if let Some(Seg::Key(first)) = key.segments().first() {
+            if first == SWEEP || first == "extends" {
+                return Err(self.diag(at, format!("`{first}` cannot be swept"), None));
+            }
+        }
+        Ok(key)
+    }
+
+    /// The values a sweep entry gives `key`: a non-empty array. `None` when the table has
+    /// no such entry.
+    fn sweep_values(
+        &self,
+        entry: Option<&Value>,
+        name: &str,
+        key: &KeyPath,
+        at: &KeyPath,
+    ) -> Result<Option<Vec<Value>>, Diagnostic> {
+        match entry {
+            Some(Value::Array(a)) if !a.is_empty() => Ok(Some(a.clone())),
+            Some(Value::Array(_)) => Err(self.diag(
+                at,
+                format!("sweep values for `{key}` are empty"),
+                Some("give at least one value; an empty list would produce no runs".into()),
+            )),
+            Some(other) => Err(self.diag(
+                at,
+                format!("sweep values for `{key}` must be an array, found {}", type_name(other)),
+                Some(format!(
+                    "e.g. `\"{name}\" = [1, 2, 4]`; to fix a single value, set it in the recipe instead"
+                )),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// How many runs the entries expand to (saturating), reported in `diags` when over
+    /// [`MAX_SWEEP_RUNS`].
+    fn sweep_size(&self, entries: &[Entry], sweep_path: &KeyPath, diags: &mut Diagnostics) -> usize {
         let mut total: usize = 1;
-        for e in &entries {
+        for e in entries {
             total = total.saturating_mul(e.values.len());
         }
         if total > MAX_SWEEP_RUNS {
             diags.push(self.diag(
-                &sweep_path,
+                sweep_path,
                 format!(
                     "the sweep expands to {} runs; the limit is {MAX_SWEEP_RUNS}",
                     if total == usize::MAX { "too many".to_string() } else { total.to_string() }
@@ -136,8 +181,13 @@ impl RecipeDoc {
                 Some("split it into several recipes or sweep fewer values".into()),
             ));
         }
-        diags.into_result(())?;
+        total
+    }
 
+    /// Every run of the sweep, `total` of them in odometer order (the last entry varying
+    /// fastest). A key that cannot be set in the recipe is reported once, at its entry,
+    /// and fails the expansion.
+    fn sweep_runs(&self, entries: &[Entry], total: usize) -> Result<Vec<SweepRun>, Diagnostics> {
         let labels = labels(&entries.iter().map(|e| e.key.clone()).collect::<Vec<_>>());
         // Each swept key is located at its sweep entry, and the locations below
         // it no longer describe its value. That is the same for every run (runs
@@ -182,14 +232,7 @@ impl RecipeDoc {
             }
             let name = names.make(parts.join(","));
             runs.push(SweepRun { name, settings, doc });
-            // Odometer step, last entry fastest.
-            for (pos, e) in entries.iter().enumerate().rev() {
-                idx[pos] += 1;
-                if idx[pos] < e.values.len() {
-                    break;
-                }
-                idx[pos] = 0;
-            }
+            odometer_step(&mut idx, entries);
         }
         errors.into_result(runs)
     }
@@ -199,6 +242,18 @@ impl RecipeDoc {
         doc.sweep = None;
         doc.sweep_order.clear();
         SweepRun { name: String::new(), settings: Vec::new(), doc }
+    }
+}
+
+/// Advances the entries' value indices `idx` to the next point of the grid, last entry
+/// fastest, like an odometer; after the last point they wrap round to all zeros.
+fn odometer_step(idx: &mut [usize], entries: &[Entry]) {
+    for (pos, e) in entries.iter().enumerate().rev() {
+        idx[pos] += 1;
+        if idx[pos] < e.values.len() {
+            break;
+        }
+        idx[pos] = 0;
     }
 }
 
