@@ -165,24 +165,7 @@ fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
 impl PluginLibrary {
     /// Loads and checks a plugin library (see the module documentation for the checks).
     pub fn open(path: &Path) -> Result<Arc<PluginLibrary>, PluginError> {
-        // An absolute path: the system loader searches its own directories for a bare name.
-        let Ok(absolute) = std::fs::canonicalize(path) else {
-            return Err(PluginError::Missing(path.to_path_buf()));
-        };
-        let lib = open_library(&absolute)
-            .map_err(|e| PluginError::NotALibrary { path: path.to_path_buf(), reason: e.to_string() })?;
-        // SAFETY: the symbol, if present, is an `EntryFn` (the ABI's contract for this name).
-        let entry: abi::EntryFn = unsafe {
-            match lib.get::<abi::EntryFn>(abi::ENTRY_SYMBOL.as_bytes()) {
-                Ok(sym) => *sym,
-                Err(_) => return Err(PluginError::NotAPlugin(path.to_path_buf())),
-            }
-        };
-        // SAFETY: the entry point takes nothing and catches its own panics (export_loss!).
-        let desc = unsafe { entry() };
-        if desc.is_null() {
-            return Err(PluginError::NoDescriptor(path.to_path_buf()));
-        }
+        let (lib, desc) = load_descriptor(path)?;
         // The ABI version is the first field in every version of the ABI: read it alone,
         // and nothing else unless it matches.
         // SAFETY: a non-null descriptor starts with a u32 and lives as long as the library.
@@ -192,62 +175,14 @@ impl PluginLibrary {
         }
         // SAFETY: every version's descriptor starts with version 1's fields, in its layout.
         let d: &PluginDescriptorV1 = unsafe { &*(desc as *const PluginDescriptorV1) };
-        let v2 = (found >= 2).then(|| {
-            // SAFETY: a version-2 descriptor is a `PluginDescriptor`.
-            let d: &PluginDescriptor = unsafe { &*desc };
-            ApiV2 {
-                check: d.check,
-                prepare: d.prepare,
-                compute: d.compute_v2,
-                save_state: d.save_state,
-                load_state: d.load_state,
-                language_values: d.language_values,
-            }
-        });
-        // SAFETY: the descriptor's strings are NUL-terminated and static in the library.
-        let framework_version = unsafe { descriptor_str(d.framework_version, "framework version", path)? };
-        if !versions_compatible(&framework_version, FRAMEWORK_VERSION) {
-            return Err(PluginError::WrongVersion { path: path.to_path_buf(), found: framework_version });
-        }
-        let invalid = |reason: String| PluginError::Invalid { path: path.to_path_buf(), reason };
-        if d.kind != abi::KIND_LOSS {
-            return Err(invalid(format!(
-                "the plugin is of kind {}, which this kdx cannot load (it loads loss plugins)",
-                d.kind
-            )));
-        }
+        // SAFETY: `d` is the descriptor of `lib`, which stays loaded.
+        let framework_version = unsafe { checked_framework_version(d, path)? };
         // SAFETY: as above.
-        let (name, summary) =
-            unsafe { (descriptor_str(d.name, "name", path)?, descriptor_str(d.summary, "summary", path)?) };
-        if !valid_name(&name) {
-            return Err(invalid(format!(
-                "the plugin's name `{name}` is not a valid plugin name (lowercase letters, digits and `-`)"
-            )));
-        }
-        let api = Api {
-            create: d.create,
-            compute: d.compute,
-            language_state: d.language_state,
-            destroy: d.destroy,
-            free_string: d.free_string,
-            v2,
-        };
-        // SAFETY: the symbol, when present, is a `SchemaFn` (exported by `export_loss!` of an
-        // SDK whose ABI version was checked above).
-        let schema_fn: Option<abi::SchemaFn> =
-            unsafe { lib.get::<abi::SchemaFn>(abi::SCHEMA_SYMBOL.as_bytes()).ok().map(|s| *s) };
-        let params_schema = match schema_fn {
-            None => None,
-            // SAFETY: it returns null or a NUL-terminated string that lives as long as the library.
-            Some(f) => match unsafe { f() } {
-                p if p.is_null() => None,
-                // SAFETY: as above.
-                p => Some(unsafe { descriptor_str(p, "parameter schema", path)? })
-                    .map(|s| serde_json::from_str::<serde_json::Value>(&s))
-                    .transpose()
-                    .map_err(|e| invalid(format!("its parameter schema is not JSON: {e}")))?,
-            },
-        };
+        let (name, summary) = unsafe { checked_name_and_summary(d, path)? };
+        // SAFETY: `desc` is `lib`'s descriptor, of ABI version `found` (checked above).
+        let api = unsafe { Api::from_descriptor(desc, found) };
+        // SAFETY: `lib` is a plugin library whose ABI version was checked above.
+        let params_schema = unsafe { params_schema(&lib, path)? };
         Ok(Arc::new(PluginLibrary {
             path: path.to_path_buf(),
             name,
@@ -302,6 +237,132 @@ impl PluginLibrary {
             s
         }
     }
+}
+
+/// Loads the library at `path` and calls its entry point: the library and the descriptor it
+/// returned (not null, not yet read). Refuses a missing file, a file the system cannot load
+/// and a library without the entry point, each with its own [`PluginError`].
+fn load_descriptor(path: &Path) -> Result<(libloading::Library, *const PluginDescriptor), PluginError> {
+    // An absolute path: the system loader searches its own directories for a bare name.
+    let Ok(absolute) = std::fs::canonicalize(path) else {
+        return Err(PluginError::Missing(path.to_path_buf()));
+    };
+    let lib = open_library(&absolute)
+        .map_err(|e| PluginError::NotALibrary { path: path.to_path_buf(), reason: e.to_string() })?;
+    // SAFETY: the symbol, if present, is an `EntryFn` (the ABI's contract for this name).
+    let entry: abi::EntryFn = unsafe {
+        match lib.get::<abi::EntryFn>(abi::ENTRY_SYMBOL.as_bytes()) {
+            Ok(sym) => *sym,
+            Err(_) => return Err(PluginError::NotAPlugin(path.to_path_buf())),
+        }
+    };
+    // SAFETY: the entry point takes nothing and catches its own panics (export_loss!).
+    let desc = unsafe { entry() };
+    if desc.is_null() {
+        return Err(PluginError::NoDescriptor(path.to_path_buf()));
+    }
+    Ok((lib, desc))
+}
+
+/// The kdx version the plugin was built for, refused unless this kdx can load it
+/// ([`versions_compatible`]).
+///
+/// # Safety
+/// `d` is the descriptor of a library that is still loaded.
+unsafe fn checked_framework_version(d: &PluginDescriptorV1, path: &Path) -> Result<String, PluginError> {
+    // SAFETY: the descriptor's strings are NUL-terminated and static in the library.
+    let framework_version = unsafe { descriptor_str(d.framework_version, "framework version", path)? };
+    if !versions_compatible(&framework_version, FRAMEWORK_VERSION) {
+        return Err(PluginError::WrongVersion { path: path.to_path_buf(), found: framework_version });
+    }
+    Ok(framework_version)
+}
+
+/// The plugin's name and summary, once its kind is known to be a loss (the only kind a
+/// library may be) and its name a valid plugin name.
+///
+/// # Safety
+/// `d` is the descriptor of a library that is still loaded.
+unsafe fn checked_name_and_summary(
+    d: &PluginDescriptorV1,
+    path: &Path,
+) -> Result<(String, String), PluginError> {
+    let invalid = |reason: String| PluginError::Invalid { path: path.to_path_buf(), reason };
+    if d.kind != abi::KIND_LOSS {
+        return Err(invalid(format!(
+            "the plugin is of kind {}, which this kdx cannot load (it loads loss plugins)",
+            d.kind
+        )));
+    }
+    // SAFETY: the descriptor's strings are NUL-terminated and static in the library.
+    let (name, summary) =
+        unsafe { (descriptor_str(d.name, "name", path)?, descriptor_str(d.summary, "summary", path)?) };
+    if !valid_name(&name) {
+        return Err(invalid(format!(
+            "the plugin's name `{name}` is not a valid plugin name (lowercase letters, digits and `-`)"
+        )));
+    }
+    Ok((name, summary))
+}
+
+impl Api {
+    /// The descriptor's functions, copied out; those of ABI 2 only when the library speaks it.
+    ///
+    /// # Safety
+    /// `desc` is the descriptor of a library that is still loaded, of ABI version `found`
+    /// (at least 1).
+    unsafe fn from_descriptor(desc: *const PluginDescriptor, found: u32) -> Api {
+        // SAFETY: every version's descriptor starts with version 1's fields, in its layout.
+        let d: &PluginDescriptorV1 = unsafe { &*(desc as *const PluginDescriptorV1) };
+        let v2 = (found >= 2).then(|| {
+            // SAFETY: a version-2 descriptor is a `PluginDescriptor`.
+            let d: &PluginDescriptor = unsafe { &*desc };
+            ApiV2 {
+                check: d.check,
+                prepare: d.prepare,
+                compute: d.compute_v2,
+                save_state: d.save_state,
+                load_state: d.load_state,
+                language_values: d.language_values,
+            }
+        });
+        Api {
+            create: d.create,
+            compute: d.compute,
+            language_state: d.language_state,
+            destroy: d.destroy,
+            free_string: d.free_string,
+            v2,
+        }
+    }
+}
+
+/// The JSON Schema of the plugin's parameters, when the library exports one; a schema that
+/// is not JSON refuses the library.
+///
+/// # Safety
+/// `lib` is a plugin library whose ABI version was checked.
+unsafe fn params_schema(
+    lib: &libloading::Library,
+    path: &Path,
+) -> Result<Option<serde_json::Value>, PluginError> {
+    let invalid = |reason: String| PluginError::Invalid { path: path.to_path_buf(), reason };
+    // SAFETY: the symbol, when present, is a `SchemaFn` (exported by `export_loss!` of an
+    // SDK whose ABI version was checked, this function's precondition).
+    let schema_fn: Option<abi::SchemaFn> =
+        unsafe { lib.get::<abi::SchemaFn>(abi::SCHEMA_SYMBOL.as_bytes()).ok().map(|s| *s) };
+    Ok(match schema_fn {
+        None => None,
+        // SAFETY: it returns null or a NUL-terminated string that lives as long as the library.
+        Some(f) => match unsafe { f() } {
+            p if p.is_null() => None,
+            // SAFETY: as above.
+            p => Some(unsafe { descriptor_str(p, "parameter schema", path)? })
+                .map(|s| serde_json::from_str::<serde_json::Value>(&s))
+                .transpose()
+                .map_err(|e| invalid(format!("its parameter schema is not JSON: {e}")))?,
+        },
+    })
 }
 
 /// Plugin names: lowercase ASCII letters and digits in words joined by `-`.
