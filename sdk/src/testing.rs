@@ -23,7 +23,7 @@
 
 use std::fmt;
 
-use crate::{Extra, LangStat, Layers, Loss, LossInput, Result};
+use crate::{Extra, ExtraGrads, LangStat, Layers, Loss, LossInput, Result};
 
 /// Owned buffers for a [`LossInput`]: random logits, teacher outputs and hidden states,
 /// labels, two alternating languages, varied per-example weights.
@@ -181,6 +181,25 @@ pub fn gradient_check<L: Loss>(loss: &mut L, x: &LossInput, eps: f32) -> Result<
     check_outputs(&mut |x| loss.compute(x), x, eps)
 }
 
+impl GradientCheck {
+    /// Counts one checked coordinate of `buffer`: analytic gradient `a`, numeric `n`. The
+    /// report keeps the largest relative error (a NaN always replaces it).
+    fn note(&mut self, buffer: &'static str, i: usize, a: f32, n: f32) {
+        let err = (a - n).abs() / 1f32.max(a.abs()).max(n.abs());
+        self.checked += 1;
+        if err > self.max_error || err.is_nan() {
+            *self = GradientCheck {
+                max_error: err,
+                buffer,
+                index: i,
+                analytic: a,
+                numeric: n,
+                checked: self.checked,
+            };
+        }
+    }
+}
+
 /// [`gradient_check`] of any function of a batch.
 fn check_outputs(
     compute: &mut dyn FnMut(&LossInput) -> Result<crate::LossOutput>,
@@ -192,20 +211,6 @@ fn check_outputs(
     base.check(x)?;
     let mut report =
         GradientCheck { max_error: 0.0, buffer: "logits", index: 0, analytic: 0.0, numeric: 0.0, checked: 0 };
-    let note = |report: &mut GradientCheck, buffer: &'static str, i: usize, a: f32, n: f32| {
-        let err = (a - n).abs() / 1f32.max(a.abs()).max(n.abs());
-        report.checked += 1;
-        if err > report.max_error || err.is_nan() {
-            *report = GradientCheck {
-                max_error: err,
-                buffer,
-                index: i,
-                analytic: a,
-                numeric: n,
-                checked: report.checked,
-            };
-        }
-    };
     let mut z = x.student_logits.to_vec();
     for i in 0..z.len() {
         let orig = z[i];
@@ -214,7 +219,7 @@ fn check_outputs(
         z[i] = orig - eps;
         let down = compute(&LossInput { student_logits: &z, ..*x })?.value;
         z[i] = orig;
-        note(&mut report, "logits", i, base.grad_logits[i], (up - down) / (2.0 * eps));
+        report.note("logits", i, base.grad_logits[i], (up - down) / (2.0 * eps));
     }
     if let Some(gh) = &base.grad_hidden {
         let mut h = x.student_hidden.to_vec();
@@ -225,7 +230,7 @@ fn check_outputs(
             h[i] = orig - eps;
             let down = compute(&LossInput { student_hidden: &h, ..*x })?.value;
             h[i] = orig;
-            note(&mut report, "hidden", i, gh[i], (up - down) / (2.0 * eps));
+            report.note("hidden", i, gh[i], (up - down) / (2.0 * eps));
         }
     }
     Ok(report)
@@ -271,6 +276,25 @@ impl OwnedLayers {
         OwnedLayers { lens: lens.to_vec(), seq: t, width, heads, hidden, attention }
     }
 
+    /// Whether entry `i` of a hidden state (`attention` false) or of an attention
+    /// distribution lies at a real token (and, for attention, at a real key), not padding.
+    fn is_real(&self, attention: bool, i: usize) -> bool {
+        let (seq, heads, width) = (self.seq, self.heads, self.width);
+        let b = if attention { i / (heads * seq * seq) } else { i / (seq * width) };
+        let tok = if attention { (i / seq) % seq } else { (i / width) % seq };
+        let key = if attention { i % seq } else { 0 };
+        tok < self.lens[b] && key < self.lens[b]
+    }
+
+    /// Attention distribution `k` (`attention` true) or hidden state `k`.
+    fn buffer_mut(&mut self, attention: bool, k: usize) -> &mut Vec<f32> {
+        if attention {
+            &mut self.attention[k]
+        } else {
+            &mut self.hidden[k]
+        }
+    }
+
     /// The states as a loss sees them.
     pub fn view(&self) -> Layers<'_> {
         Layers {
@@ -297,92 +321,111 @@ pub fn extra_gradient_check<L: Loss>(
     eps: f32,
 ) -> Result<GradientCheck> {
     x.check()?;
-    fn view<'a>(p: &'a [Vec<f32>], s: Option<&'a OwnedLayers>, t: Option<&'a OwnedLayers>) -> Extra<'a> {
-        Extra {
-            params: p.iter().map(Vec::as_slice).collect(),
-            student_layers: s.map(OwnedLayers::view),
-            teacher_layers: t.map(OwnedLayers::view),
-        }
-    }
-    let (base, grads) = loss.compute_with(x, &view(params, student, teacher))?;
+    let (base, grads) = loss.compute_with(x, &extra_view(params, student, teacher))?;
     base.check(x)?;
-    grads.check(&view(params, student, teacher))?;
+    grads.check(&extra_view(params, student, teacher))?;
     let mut report =
         GradientCheck { max_error: 0.0, buffer: "logits", index: 0, analytic: 0.0, numeric: 0.0, checked: 0 };
-    let mut note = |buffer: &'static str, i: usize, a: f32, n: f32| {
-        let err = (a - n).abs() / 1f32.max(a.abs()).max(n.abs());
-        report.checked += 1;
-        if err > report.max_error || err.is_nan() {
-            report = GradientCheck {
-                max_error: err,
-                buffer,
-                index: i,
-                analytic: a,
-                numeric: n,
-                checked: report.checked,
-            };
-        }
-    };
-    let at =
-        |g: &[Option<Vec<f32>>], k: usize, i: usize| g.get(k).and_then(Option::as_ref).map_or(0.0, |v| v[i]);
-    let mut p = params.to_vec();
-    for k in 0..p.len() {
-        for i in 0..p[k].len() {
-            let orig = p[k][i];
-            p[k][i] = orig + eps;
-            let up = loss.compute_with(x, &view(&p, student, teacher))?.0.value;
-            p[k][i] = orig - eps;
-            let down = loss.compute_with(x, &view(&p, student, teacher))?.0.value;
-            p[k][i] = orig;
-            note("params", i, at(&grads.params, k, i), (up - down) / (2.0 * eps));
-        }
-    }
+    let mut check = ExtraCheck { loss: &mut *loss, x, params, student, teacher, eps };
+    check.params(&grads, &mut report)?;
     if let Some(s) = student {
+        check.student_layers(s, &grads, &mut report)?;
+    }
+    let logits =
+        check_outputs(&mut |x| Ok(loss.compute_with(x, &extra_view(params, student, teacher))?.0), x, eps)?;
+    Ok(if logits.max_error > report.max_error || logits.max_error.is_nan() {
+        GradientCheck { checked: report.checked + logits.checked, ..logits }
+    } else {
+        GradientCheck { checked: report.checked + logits.checked, ..report }
+    })
+}
+
+/// What [`Loss::compute_with`] reads besides the batch, lent from owned buffers.
+fn extra_view<'a>(p: &'a [Vec<f32>], s: Option<&'a OwnedLayers>, t: Option<&'a OwnedLayers>) -> Extra<'a> {
+    Extra {
+        params: p.iter().map(Vec::as_slice).collect(),
+        student_layers: s.map(OwnedLayers::view),
+        teacher_layers: t.map(OwnedLayers::view),
+    }
+}
+
+/// The gradient `g` reports for entry `i` of buffer `k`; 0 where it reports none.
+fn grad_at(g: &[Option<Vec<f32>>], k: usize, i: usize) -> f32 {
+    g.get(k).and_then(Option::as_ref).map_or(0.0, |v| v[i])
+}
+
+/// One [`extra_gradient_check`]: the loss and the inputs it is checked at. Its steps
+/// perturb one kind of input at a time, the others held at these values.
+struct ExtraCheck<'a, L> {
+    loss: &'a mut L,
+    x: &'a LossInput<'a>,
+    params: &'a [Vec<f32>],
+    student: Option<&'a OwnedLayers>,
+    teacher: Option<&'a OwnedLayers>,
+    eps: f32,
+}
+
+impl<L: Loss> ExtraCheck<'_, L> {
+    /// The loss's value with these parameters and student layers (the teacher's are fixed).
+    fn value(&mut self, params: &[Vec<f32>], student: Option<&OwnedLayers>) -> Result<f32> {
+        Ok(self.loss.compute_with(self.x, &extra_view(params, student, self.teacher))?.0.value)
+    }
+
+    /// Compares the gradient of every parameter value with its central difference.
+    fn params(&mut self, grads: &ExtraGrads, report: &mut GradientCheck) -> Result<()> {
+        let eps = self.eps;
+        let mut p = self.params.to_vec();
+        for k in 0..p.len() {
+            for i in 0..p[k].len() {
+                let orig = p[k][i];
+                p[k][i] = orig + eps;
+                let up = self.value(&p, self.student)?;
+                p[k][i] = orig - eps;
+                let down = self.value(&p, self.student)?;
+                p[k][i] = orig;
+                report.note("params", i, grad_at(&grads.params, k, i), (up - down) / (2.0 * eps));
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares the gradient of every real entry of the student's hidden states, then of its
+    /// attention distributions, with its central difference.
+    fn student_layers(
+        &mut self,
+        s: &OwnedLayers,
+        grads: &ExtraGrads,
+        report: &mut GradientCheck,
+    ) -> Result<()> {
+        let eps = self.eps;
         let mut s = s.clone();
-        let (seq, heads, width) = (s.seq, s.heads, s.width);
         for attention in [false, true] {
             let n = if attention { s.attention.len() } else { s.hidden.len() };
             for k in 0..n {
                 let len = if attention { s.attention[k].len() } else { s.hidden[k].len() };
                 for i in 0..len {
                     // Real positions only: padding is not part of any loss.
-                    let b = if attention { i / (heads * seq * seq) } else { i / (seq * width) };
-                    let tok = if attention { (i / seq) % seq } else { (i / width) % seq };
-                    let key = if attention { i % seq } else { 0 };
-                    if tok >= s.lens[b] || key >= s.lens[b] {
+                    if !s.is_real(attention, i) {
                         continue;
                     }
-                    fn buf(s: &mut OwnedLayers, attention: bool, k: usize) -> &mut Vec<f32> {
-                        if attention {
-                            &mut s.attention[k]
-                        } else {
-                            &mut s.hidden[k]
-                        }
-                    }
-                    let orig = buf(&mut s, attention, k)[i];
-                    buf(&mut s, attention, k)[i] = orig + eps;
-                    let up = loss.compute_with(x, &view(params, Some(&s), teacher))?.0.value;
-                    buf(&mut s, attention, k)[i] = orig - eps;
-                    let down = loss.compute_with(x, &view(params, Some(&s), teacher))?.0.value;
-                    buf(&mut s, attention, k)[i] = orig;
+                    let orig = s.buffer_mut(attention, k)[i];
+                    s.buffer_mut(attention, k)[i] = orig + eps;
+                    let up = self.value(self.params, Some(&s))?;
+                    s.buffer_mut(attention, k)[i] = orig - eps;
+                    let down = self.value(self.params, Some(&s))?;
+                    s.buffer_mut(attention, k)[i] = orig;
                     let g = if attention { &grads.attention } else { &grads.hidden };
-                    note(
+                    report.note(
                         if attention { "attention" } else { "hidden states" },
                         i,
-                        at(g, k, i),
+                        grad_at(g, k, i),
                         (up - down) / (2.0 * eps),
                     );
                 }
             }
         }
+        Ok(())
     }
-    let logits =
-        check_outputs(&mut |x| Ok(loss.compute_with(x, &view(params, student, teacher))?.0), x, eps)?;
-    Ok(if logits.max_error > report.max_error || logits.max_error.is_nan() {
-        GradientCheck { checked: report.checked + logits.checked, ..logits }
-    } else {
-        GradientCheck { checked: report.checked + logits.checked, ..report }
-    })
 }
 
 #[cfg(test)]
