@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use anyhow::Context;
+pub use kdx_corpus::load::Corpus;
 pub use kdx_corpus::select::Languages;
 use kdx_corpus::split::{split_of, stable_hash64, Split};
 use kdx_framework::dataset::{Dataset, Example, Task};
@@ -163,9 +164,28 @@ impl Dataset for GettextXlingParams {
     }
 
     fn load(&self) -> anyhow::Result<Task> {
-        let corpus = kdx_corpus::load::load(&self.corpus).with_context(|| format!("loading {}", self.corpus.display()))?;
+        let corpus = kdx_corpus::load::load(&self.corpus)
+            .with_context(|| format!("loading {}", self.corpus.display()))?;
 
         // 1. Locales.
+        let selected = self.select_locales(&corpus)?;
+        let is_selected: BTreeSet<&str> = selected.iter().map(String::as_str).collect();
+
+        // 2. Msgids under more than one domain, anywhere in the corpus.
+        let (domain_of, ambiguous) = domains_of_msgids(&corpus);
+
+        // 3. Coverage of each remaining msgid over the selected locales; rank the domains.
+        let labels = self.rank_domains(&corpus, &selected, &is_selected, &domain_of, &ambiguous)?;
+
+        // 4. Examples.
+        self.examples(&corpus, &selected, labels, &is_selected, &ambiguous)
+    }
+}
+
+impl GettextXlingParams {
+    /// Step 1 of [`Dataset::load`]: the locales `languages` selects among the snapshot's
+    /// (ranked by their number of rows), without English, which is the teacher's side.
+    fn select_locales(&self, corpus: &Corpus) -> anyhow::Result<Vec<String>> {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for r in &corpus.rows {
             *counts.entry(r.locale.clone()).or_default() += 1;
@@ -175,19 +195,21 @@ impl Dataset for GettextXlingParams {
         // built), but a hand-made one might: English is the teacher's side here.
         selected.retain(|l| l != ENGLISH);
         anyhow::ensure!(!selected.is_empty(), "no locale of {} matches `languages`", self.corpus.display());
-        let is_selected: BTreeSet<&str> = selected.iter().map(String::as_str).collect();
+        Ok(selected)
+    }
 
-        // 2. Msgids under more than one domain, anywhere in the corpus.
-        let mut domain_of: BTreeMap<&str, &str> = BTreeMap::new();
-        let mut ambiguous: BTreeSet<&str> = BTreeSet::new();
-        for r in &corpus.rows {
-            let d = domain_of.entry(r.msgid.as_str()).or_insert(r.domain.as_str());
-            if *d != r.domain {
-                ambiguous.insert(r.msgid.as_str());
-            }
-        }
-
-        // 3. Coverage of each remaining msgid over the selected locales; rank the domains.
+    /// Step 3 of [`Dataset::load`]: the classes, in name order. A msgid counts towards its
+    /// domain's rank when it is translated into at least ⌈`min_coverage` × L⌉ (and at least
+    /// one) of the L selected locales; the first `domains` domains by that count (ties by
+    /// name) are kept, and fewer than two is an error.
+    fn rank_domains(
+        &self,
+        corpus: &Corpus,
+        selected: &[String],
+        is_selected: &BTreeSet<&str>,
+        domain_of: &BTreeMap<&str, &str>,
+        ambiguous: &BTreeSet<&str>,
+    ) -> anyhow::Result<Vec<String>> {
         let mut coverage: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for r in &corpus.rows {
             if is_selected.contains(r.locale.as_str()) && !ambiguous.contains(r.msgid.as_str()) {
@@ -213,27 +235,38 @@ impl Dataset for GettextXlingParams {
             self.corpus.display(),
             selected.len()
         );
-        let label_index: BTreeMap<&str, u32> = labels.iter().enumerate().map(|(i, d)| (d.as_str(), i as u32)).collect();
+        Ok(labels)
+    }
 
-        // 4. Examples.
-        let mut langs = selected.clone();
+    /// Step 4 of [`Dataset::load`]: every translation of a kept msgid into a selected locale
+    /// becomes an example of its msgid's split, then every such msgid once as an English
+    /// example; the student's training examples are capped last.
+    fn examples(
+        &self,
+        corpus: &Corpus,
+        selected: &[String],
+        labels: Vec<String>,
+        is_selected: &BTreeSet<&str>,
+        ambiguous: &BTreeSet<&str>,
+    ) -> anyhow::Result<Task> {
+        let label_index: BTreeMap<&str, u32> =
+            labels.iter().enumerate().map(|(i, d)| (d.as_str(), i as u32)).collect();
+        let mut langs = selected.to_vec();
         langs.push(ENGLISH.to_string());
         langs.sort();
-        let lang_index: BTreeMap<&str, u32> = langs.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
+        let lang_index: BTreeMap<&str, u32> =
+            langs.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
         let en = lang_index[ENGLISH];
         let multilingual = self.teacher == TeacherSide::Multilingual;
-        let mut task = Task { labels: labels.clone(), langs: langs.clone(), teacher_reads_source: !multilingual, ..Default::default() };
-        let mut teacher_train = Vec::new();
-        let student_lang: Vec<bool> = match &self.student_languages {
-            None => vec![true; langs.len()],
-            Some(list) => {
-                if let Some(l) = list.iter().find(|l| !is_selected.contains(l.as_str())) {
-                    anyhow::bail!("student_languages: `{l}` is not one of the selected locales ({})", selected.join(", "));
-                }
-                langs.iter().map(|l| list.contains(l)).collect()
-            }
+        let task = Task {
+            labels: labels.clone(),
+            langs: langs.clone(),
+            teacher_reads_source: !multilingual,
+            ..Default::default()
         };
-        let mut train_by_lang: Vec<Vec<(u64, Example)>> = vec![Vec::new(); langs.len()];
+        let student_lang = self.student_languages_mask(&langs, selected, is_selected)?;
+        let mut splits =
+            Splits { task, teacher_train: Vec::new(), train_by_lang: vec![Vec::new(); langs.len()] };
         // English messages, once each, in msgid order (the map sorts them).
         let mut english: BTreeMap<&str, u32> = BTreeMap::new();
         for (row, r) in corpus.rows.iter().enumerate() {
@@ -243,46 +276,133 @@ impl Dataset for GettextXlingParams {
             let Some(&label) = label_index.get(r.domain.as_str()) else { continue };
             let lang = lang_index[r.locale.as_str()];
             english.insert(r.msgid.as_str(), label);
-            let e = Example { id: kdx_corpus::load::row_id(r, row), text: r.text.clone(), source: Some(r.msgid.clone()), lang, label };
-            match split_of(&r.msgid, self.dev_fraction, self.test_fraction) {
-                Split::Train if self.disjoint_teacher && teacher_half(&r.msgid) => {
-                    if multilingual {
-                        teacher_train.push(e);
-                    }
-                }
-                Split::Train => {
-                    if multilingual && !self.disjoint_teacher {
-                        teacher_train.push(e.clone());
-                    }
-                    if student_lang[lang as usize] {
-                        train_by_lang[lang as usize].push((stable_hash64(r.msgid.as_bytes()), e));
-                    }
-                }
-                Split::Dev => task.dev.push(e),
-                Split::Test => task.test.push(e),
-            }
+            let e = Example {
+                id: kdx_corpus::load::row_id(r, row),
+                text: r.text.clone(),
+                source: Some(r.msgid.clone()),
+                lang,
+                label,
+            };
+            splits.translation(self, e, &r.msgid, student_lang[lang as usize]);
         }
         for (msgid, label) in english {
-            let e = Example { id: english_id(msgid), text: msgid.to_string(), source: Some(msgid.to_string()), lang: en, label };
-            match split_of(msgid, self.dev_fraction, self.test_fraction) {
-                Split::Train if self.disjoint_teacher && !teacher_half(msgid) => {}
-                Split::Train => teacher_train.push(e),
-                Split::Dev => task.dev.push(e),
-                Split::Test => task.test.push(e),
-            }
+            let e = Example {
+                id: english_id(msgid),
+                text: msgid.to_string(),
+                source: Some(msgid.to_string()),
+                lang: en,
+                label,
+            };
+            splits.english(self, e, msgid);
         }
-        for mut v in train_by_lang {
-            if let Some(cap) = self.max_train_per_language {
+        splits.finish(self.max_train_per_language)
+    }
+
+    /// For each of the task's languages (`langs`), whether the student trains on it: all of
+    /// them, or those `student_languages` names, each of which must be a selected locale.
+    fn student_languages_mask(
+        &self,
+        langs: &[String],
+        selected: &[String],
+        is_selected: &BTreeSet<&str>,
+    ) -> anyhow::Result<Vec<bool>> {
+        Ok(match &self.student_languages {
+            None => vec![true; langs.len()],
+            Some(list) => {
+                if let Some(l) = list.iter().find(|l| !is_selected.contains(l.as_str())) {
+                    anyhow::bail!(
+                        "student_languages: `{l}` is not one of the selected locales ({})",
+                        selected.join(", ")
+                    );
+                }
+                langs.iter().map(|l| list.contains(l)).collect()
+            }
+        })
+    }
+}
+
+/// Step 2 of [`Dataset::load`]: the first domain each msgid appears under, and the msgids
+/// found under more than one domain anywhere in the corpus (any locale), which are dropped
+/// rather than labelled with one of them.
+fn domains_of_msgids(corpus: &Corpus) -> (BTreeMap<&str, &str>, BTreeSet<&str>) {
+    let mut domain_of: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut ambiguous: BTreeSet<&str> = BTreeSet::new();
+    for r in &corpus.rows {
+        let d = domain_of.entry(r.msgid.as_str()).or_insert(r.domain.as_str());
+        if *d != r.domain {
+            ambiguous.insert(r.msgid.as_str());
+        }
+    }
+    (domain_of, ambiguous)
+}
+
+/// A task's examples while [`Dataset::load`] sorts them into splits. The teacher's training
+/// set and the student's training examples per language (each with its msgid's hash, the
+/// key of the cap) are kept apart until [`Splits::finish`].
+struct Splits {
+    /// Dev and test filled as examples arrive; train at the end.
+    task: Task,
+    /// The teacher's pre-training examples.
+    teacher_train: Vec<Example>,
+    /// The student's training examples, per language index.
+    train_by_lang: Vec<Vec<(u64, Example)>>,
+}
+
+impl Splits {
+    /// Places a translation of `msgid` by its msgid's split. A training one goes to the
+    /// teacher (multilingual teacher only) and, if its language is one the student trains on
+    /// (`student`), to the student; with `disjoint_teacher`, to only one of them by the
+    /// msgid's half.
+    fn translation(&mut self, p: &GettextXlingParams, e: Example, msgid: &str, student: bool) {
+        let multilingual = p.teacher == TeacherSide::Multilingual;
+        match split_of(msgid, p.dev_fraction, p.test_fraction) {
+            Split::Train if p.disjoint_teacher && teacher_half(msgid) => {
+                if multilingual {
+                    self.teacher_train.push(e);
+                }
+            }
+            Split::Train => {
+                if multilingual && !p.disjoint_teacher {
+                    self.teacher_train.push(e.clone());
+                }
+                if student {
+                    self.train_by_lang[e.lang as usize].push((stable_hash64(msgid.as_bytes()), e));
+                }
+            }
+            Split::Dev => self.task.dev.push(e),
+            Split::Test => self.task.test.push(e),
+        }
+    }
+
+    /// Places the English example of `msgid` by its split: training English is the
+    /// teacher's (only the teacher's half with `disjoint_teacher`).
+    fn english(&mut self, p: &GettextXlingParams, e: Example, msgid: &str) {
+        match split_of(msgid, p.dev_fraction, p.test_fraction) {
+            Split::Train if p.disjoint_teacher && !teacher_half(msgid) => {}
+            Split::Train => self.teacher_train.push(e),
+            Split::Dev => self.task.dev.push(e),
+            Split::Test => self.task.test.push(e),
+        }
+    }
+
+    /// The task: the student's training examples language by language, each language
+    /// capped at `cap` examples, and the teacher's training set, which must not be empty.
+    fn finish(mut self, cap: Option<usize>) -> anyhow::Result<Task> {
+        for mut v in self.train_by_lang {
+            if let Some(cap) = cap {
                 // The smallest msgid hashes: the same messages in every language, so a
                 // capped task stays parallel.
                 v.sort_by_key(|(h, _)| *h);
                 v.truncate(cap);
             }
-            task.train.extend(v.into_iter().map(|(_, e)| e));
+            self.task.train.extend(v.into_iter().map(|(_, e)| e));
         }
-        anyhow::ensure!(!teacher_train.is_empty(), "no English message of the selected domains falls in the training split");
-        task.teacher_train = Some(teacher_train);
-        Ok(task)
+        anyhow::ensure!(
+            !self.teacher_train.is_empty(),
+            "no English message of the selected domains falls in the training split"
+        );
+        self.task.teacher_train = Some(self.teacher_train);
+        Ok(self.task)
     }
 }
 
