@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use kdx_framework::plan::Plan;
 use kdx_framework::stage::Stage;
-use kdx_recipe::RecipeDoc;
+use kdx_recipe::{RecipeDoc, SweepRun};
 
 pub(super) fn sha_hex(s: &str) -> String {
     kdx_fsio::sha256_hex(s.as_bytes())
@@ -129,74 +129,91 @@ pub fn find_recipes(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 pub fn discover(paths: &[PathBuf]) -> Result<Vec<BatchRun>> {
     let mut out = Vec::new();
     for file in find_recipes(paths)? {
-        let key = recipe_key(&file);
-        let runs = match RecipeDoc::load(&file).and_then(|doc| doc.expand_sweep().map(|runs| (doc, runs))) {
-            Ok((_, runs)) => runs,
-            Err(d) => {
-                // Without a resolved recipe there is no run hash: shard by the path.
-                out.push(BatchRun::invalid(
-                    &file,
-                    &key,
-                    String::new(),
-                    String::new(),
-                    sha_hex(&key),
-                    d.to_string(),
-                ));
-                continue;
-            }
-        };
-        for r in runs {
-            let name = if r.name.is_empty() { "run".to_string() } else { r.name.clone() };
-            let hash = r.doc.content_hash();
-            let params = r
-                .settings
-                .iter()
-                .map(|(k, v)| format!("{k}={}", render_value(v)))
-                .collect::<Vec<_>>()
-                .join(";");
-            let experiment = r
-                .doc
-                .root()
-                .get("experiment")
-                .and_then(|e| e.get("name"))
-                .and_then(|n| n.as_str())
-                .unwrap_or_default()
-                .to_string();
-            let planned = Plan::from_doc(r.doc, &name)
-                .map_err(|d| d.to_string())
-                .and_then(|plan| plan.teacher_key().map(|k| (plan, k)).map_err(|e| format!("{e:#}")));
-            match planned {
-                Ok((plan, teacher_key)) => {
-                    let mut stages: Vec<(Stage, u64)> =
-                        plan.teacher_train.iter().map(|t| (Stage::Teacher, t.steps)).collect();
-                    stages.push((Stage::Distill, plan.train.steps));
-                    if let Some(ft) = &plan.finetune {
-                        stages.push((Stage::Finetune, ft.steps));
-                    }
-                    if plan.train.baseline {
-                        stages.push((Stage::Baseline, plan.train.steps));
-                    }
-                    out.push(BatchRun {
-                        recipe: file.clone(),
-                        recipe_key: key.clone(),
-                        experiment,
-                        run: name,
-                        hash,
-                        params,
-                        problem: None,
-                        teacher_key,
-                        stages,
-                    });
-                }
-                Err(d) => {
-                    let mut b = BatchRun::invalid(&file, &key, experiment, name, hash, d);
-                    b.params = params;
-                    out.push(b);
-                }
-            }
+        recipe_runs(&file, &mut out);
+    }
+    refuse_shared_directories(&mut out);
+    Ok(out)
+}
+
+/// Appends the runs of one recipe file to `out`: one per sweep point, or a single run with
+/// the problem when the recipe cannot be loaded or expanded.
+fn recipe_runs(file: &Path, out: &mut Vec<BatchRun>) {
+    let key = recipe_key(file);
+    let runs = match RecipeDoc::load(file).and_then(|doc| doc.expand_sweep().map(|runs| (doc, runs))) {
+        Ok((_, runs)) => runs,
+        Err(d) => {
+            // Without a resolved recipe there is no run hash: shard by the path.
+            out.push(BatchRun::invalid(
+                file,
+                &key,
+                String::new(),
+                String::new(),
+                sha_hex(&key),
+                d.to_string(),
+            ));
+            return;
+        }
+    };
+    for r in runs {
+        out.push(batch_run(file, &key, r));
+    }
+}
+
+/// One run of a recipe (`key` as the summary names it), planned: its stages and teacher, or
+/// the problem that keeps it from being planned.
+fn batch_run(file: &Path, key: &str, r: SweepRun) -> BatchRun {
+    let name = if r.name.is_empty() { "run".to_string() } else { r.name.clone() };
+    let hash = r.doc.content_hash();
+    let params =
+        r.settings.iter().map(|(k, v)| format!("{k}={}", render_value(v))).collect::<Vec<_>>().join(";");
+    let experiment = r
+        .doc
+        .root()
+        .get("experiment")
+        .and_then(|e| e.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let planned = Plan::from_doc(r.doc, &name)
+        .map_err(|d| d.to_string())
+        .and_then(|plan| plan.teacher_key().map(|k| (plan, k)).map_err(|e| format!("{e:#}")));
+    match planned {
+        Ok((plan, teacher_key)) => BatchRun {
+            recipe: file.to_path_buf(),
+            recipe_key: key.to_string(),
+            experiment,
+            run: name,
+            hash,
+            params,
+            problem: None,
+            teacher_key,
+            stages: stages_of(&plan),
+        },
+        Err(d) => {
+            let mut b = BatchRun::invalid(file, key, experiment, name, hash, d);
+            b.params = params;
+            b
         }
     }
-    // Two recipes that would write to one run directory would overwrite each other.
+}
+
+/// The stages a plan runs, in the order they run, with their steps.
+fn stages_of(plan: &Plan) -> Vec<(Stage, u64)> {
+    let mut stages: Vec<(Stage, u64)> =
+        plan.teacher_train.iter().map(|t| (Stage::Teacher, t.steps)).collect();
+    stages.push((Stage::Distill, plan.train.steps));
+    if let Some(ft) = &plan.finetune {
+        stages.push((Stage::Finetune, ft.steps));
+    }
+    if plan.train.baseline {
+        stages.push((Stage::Baseline, plan.train.steps));
+    }
+    stages
+}
+
+/// Gives every valid run that would write to the results directory of a run before it a
+/// problem: two recipes that would write to one run directory would overwrite each other.
+fn refuse_shared_directories(out: &mut [BatchRun]) {
     let mut seen: HashMap<(String, String), String> = HashMap::new();
     for b in out.iter_mut().filter(|b| b.problem.is_none()) {
         let k = (b.experiment.clone(), b.run.clone());
@@ -212,7 +229,6 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<BatchRun>> {
             }
         }
     }
-    Ok(out)
 }
 
 /// Loads one run of a recipe (`run` for a recipe without a sweep), for `kdx run --only`,
