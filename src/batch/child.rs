@@ -5,9 +5,9 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -143,19 +143,7 @@ pub(super) fn spawn(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("run")
-        .arg(&r.recipe)
-        .arg("--only")
-        .arg(&r.run)
-        .arg("--results")
-        .arg(results)
-        .arg("--threads")
-        .arg(threads.to_string());
-    cmd.arg("--events").arg("jsonl");
-    if resume {
-        cmd.arg("--resume");
-    }
+    let mut cmd = run_command(exe, r, results, threads, resume);
     let unix_s =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     writeln!(
@@ -171,12 +159,44 @@ pub(super) fn spawn(
     let mut child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let stderr = child.stderr.take().context("no stderr pipe")?;
-    let log = std::sync::Arc::new(std::sync::Mutex::new(log));
-    let (events_log, events_tx) = (log.clone(), tx.clone());
-    let events = std::thread::spawn(move || {
+    let log = Arc::new(Mutex::new(log));
+    let events = read_events(stdout, log.clone(), tx.clone(), idx);
+    let logs = read_log(stderr, log, tx, idx);
+    Ok((child, vec![events, logs]))
+}
+
+/// The command line of one run's child: `kdx run RECIPE --only RUN` with the batch's results
+/// directory and threads, events as JSON lines, and `--resume` when resuming.
+fn run_command(exe: &Path, r: &BatchRun, results: &Path, threads: usize, resume: bool) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("run")
+        .arg(&r.recipe)
+        .arg("--only")
+        .arg(&r.run)
+        .arg("--results")
+        .arg(results)
+        .arg("--threads")
+        .arg(threads.to_string());
+    cmd.arg("--events").arg("jsonl");
+    if resume {
+        cmd.arg("--resume");
+    }
+    cmd
+}
+
+/// A thread that reads the child's stdout: each line goes to `batch.log` and, as an event
+/// (or a log line, when it is not one), to `tx` with the run's `idx`. It ends with the
+/// stream, or when nobody listens any more.
+fn read_events(
+    stdout: ChildStdout,
+    log: Arc<Mutex<File>>,
+    tx: mpsc::Sender<(usize, Said)>,
+    idx: usize,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Ok(mut f) = events_log.lock() {
+            if let Ok(mut f) = log.lock() {
                 let _ = writeln!(f, "event: {line}");
             }
             // A line that is not an event (a plugin printing to stdout) is kept as log.
@@ -184,12 +204,22 @@ pub(super) fn spawn(
                 Ok(e) => Said::Event(e),
                 Err(_) => Said::Line(line),
             };
-            if events_tx.send((idx, said)).is_err() {
+            if tx.send((idx, said)).is_err() {
                 break;
             }
         }
-    });
-    let logs = std::thread::spawn(move || {
+    })
+}
+
+/// A thread that reads the child's stderr (its log): each line goes to `batch.log` and to
+/// `tx` with the run's `idx`. It ends with the stream, or when nobody listens any more.
+fn read_log(
+    stderr: ChildStderr,
+    log: Arc<Mutex<File>>,
+    tx: mpsc::Sender<(usize, Said)>,
+    idx: usize,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Ok(mut f) = log.lock() {
@@ -199,8 +229,7 @@ pub(super) fn spawn(
                 break;
             }
         }
-    });
-    Ok((child, vec![events, logs]))
+    })
 }
 
 /// The environment variable naming the run-lock descriptor a `kdx batch` child inherits.
