@@ -15,7 +15,7 @@ use indicatif::ProgressBar;
 use kdx_framework::event::{Event, RunStatus, TeacherSource};
 use kdx_framework::stage::Stage;
 
-use super::console::Console;
+use super::console::BatchConsole;
 use super::discover::BatchRun;
 
 pub(super) static STOP: AtomicBool = AtomicBool::new(false);
@@ -295,7 +295,7 @@ pub fn inherited_run_lock(_: &Path) -> Option<File> {
 }
 
 /// Updates a job from what its child said.
-pub(super) fn observe(job: &mut Job, said: Said, console: &Console) {
+pub(super) fn observe(job: &mut Job, said: Said, console: &BatchConsole) {
     let event = match said {
         Said::Line(line) => {
             if job.tail.len() == 6 {

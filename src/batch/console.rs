@@ -4,16 +4,17 @@ use std::io::IsTerminal;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-/// Console output: bars and lines above them on a terminal, plain lines otherwise.
-pub(super) struct Console {
+/// What `kdx batch` shows (a batch of runs; a single run's console is `crate::console::Console`):
+/// bars and lines above them on a terminal, plain lines otherwise.
+pub(super) struct BatchConsole {
     pub(super) multi: Option<MultiProgress>,
     pub(super) overall: Option<ProgressBar>,
 }
 
-impl Console {
-    pub(super) fn new(show_bars: bool, total_steps: u64) -> Console {
+impl BatchConsole {
+    pub(super) fn new(show_bars: bool, total_steps: u64) -> BatchConsole {
         if !show_bars {
-            return Console { multi: None, overall: None };
+            return BatchConsole { multi: None, overall: None };
         }
         let multi = MultiProgress::new();
         let overall = multi.add(ProgressBar::new(total_steps.max(1)));
@@ -25,7 +26,7 @@ impl Console {
             .progress_chars("=> "),
         );
         overall.set_prefix("batch");
-        Console { multi: Some(multi), overall: Some(overall) }
+        BatchConsole { multi: Some(multi), overall: Some(overall) }
     }
 
     /// A result line, on stdout.
@@ -74,7 +75,7 @@ pub(super) fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
 
-pub(super) fn finish_steps(console: &Console, total: u64, counted: u64) {
+pub(super) fn finish_steps(console: &BatchConsole, total: u64, counted: u64) {
     if let Some(o) = &console.overall {
         o.inc(total.saturating_sub(counted));
     }

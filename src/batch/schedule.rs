@@ -15,7 +15,7 @@ use kdx_framework::engine::lock_run;
 
 use super::args::BatchArgs;
 use super::child::{observe, spawn, stop_child, Job, Said, STOP};
-use super::console::{finish_steps, first_line, Console};
+use super::console::{finish_steps, first_line, BatchConsole};
 use super::decide::{decide, run_report, Action};
 use super::discover::BatchRun;
 use super::summary::{outcome, result_line, summary_path, update_summary, Outcome, SummaryRow};
@@ -93,7 +93,7 @@ pub(super) struct Scheduler<'a> {
     jobs: usize,
     threads: usize,
     exe: PathBuf,
-    console: Console,
+    console: BatchConsole,
     tx: mpsc::Sender<(usize, Said)>,
     rx: mpsc::Receiver<(usize, Said)>,
 }
@@ -116,7 +116,7 @@ impl<'a> Scheduler<'a> {
                 }
             });
         }
-        let console = Console::new(
+        let console = BatchConsole::new(
             std::io::stderr().is_terminal() && !pending.is_empty(),
             pending.iter().map(|&i| runs[i].total_steps()).sum(),
         );
