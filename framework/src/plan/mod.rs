@@ -160,6 +160,13 @@ impl Plan {
         Ok(kdx_fsio::sha256_hex(&joined)[..20].to_string())
     }
 
+    /// Fresh instances of the recipe's losses and samplers for one run (the plan stays
+    /// read-only). They were built once when the plan was checked, so this fails only if a
+    /// plugin builds differently the second time.
+    pub fn instantiate(&self) -> anyhow::Result<Instances> {
+        instances::instantiate(&self.doc, &self.plugins, &self.losses, &self.sampler)
+    }
+
     /// The data's fingerprint ([`crate::dataset::fingerprint`]): the `[data]` section and
     /// the content of the files its plugin reads.
     pub fn data_fingerprint(&self) -> anyhow::Result<String> {
