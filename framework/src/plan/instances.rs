@@ -1,8 +1,7 @@
 //! The plugin instances one run trains with, made from its checked plan
-//! ([`crate::plan::Plan::instantiate`]): losses and
-//! samplers keep state while they train (moving averages, gates, a dynamic sampler's
-//! statistics, a projection's weights), so the plan stays the read-only configuration and
-//! each run owns fresh instances.
+//! ([`crate::plan::Plan::instantiate`]): losses and samplers keep state while they train
+//! (moving averages, gates, a dynamic sampler's statistics, a projection's weights), so the
+//! plan stays the read-only configuration and each run owns fresh instances.
 
 use anyhow::Result;
 use kdx_recipe::{Diagnostics, RecipeDoc};

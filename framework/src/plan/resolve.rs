@@ -1,8 +1,8 @@
 //! What every section's resolver uses: the `plugin` key split off a section, a plugin built
-//! through the registry with its unknown keys reported first, a diagnostic collected, and
-//! the resolved plugin sections (`ModelPlan`, `LossPlan`, `SamplerPlan`) and the builders of the
-//! instances a run makes from them. Below `plan` and each
-//! section's resolver (`resolver`, `retrieval`), which all call it.
+//! through the registry with its unknown keys reported first, a diagnostic collected, the
+//! resolved plugin sections (`ModelPlan`, `LossPlan`, `SamplerPlan`) and the builders of the
+//! instances a run makes from them. Below `plan` and each section's resolver (`resolver`,
+//! `retrieval`), which all call it, and `instances`.
 
 use kdx_recipe::{did_you_mean, unknown_key_help, Diagnostic, Diagnostics, KeyPath, RecipeDoc};
 
