@@ -124,6 +124,17 @@ fn one_plan_run_twice_writes_the_same_reports() {
         let row = engine::run(&plan, &opts, &mut Recorder::default()).unwrap();
         assert_eq!(row.status, RunStatus::Ok, "{}", row.error);
     }
+    // The sampler's weights did move during the run, so a second run that inherited them
+    // would start from another distribution than the first did.
+    let sampling = std::fs::read_to_string(dirs[0].join("twice/run/sampling.csv")).unwrap();
+    let first_lang: Vec<f64> = sampling
+        .lines()
+        .skip(1)
+        .filter(|l| l.starts_with("distill,") && l.split(',').nth(2) == Some("fr"))
+        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+        .collect();
+    assert!(first_lang.len() > 1, "sampling.csv has fewer than two distillation rows for fr:\n{sampling}");
+    assert!(first_lang.windows(2).any(|w| w[0] != w[1]), "teacher-gap's weights never moved: {first_lang:?}");
     for f in ["metrics.csv", "sampling.csv", "languages.csv"] {
         let [a, b] = dirs.clone().map(|d| std::fs::read_to_string(d.join("twice/run").join(f)).unwrap());
         assert!(a.len() > 100, "{f} is nearly empty");
