@@ -10,9 +10,9 @@ use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::registry::BuildCtx;
 
 use super::gettext_lid::{check_selection, Selection};
+use kdx_corpus::split::stable_hash64;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-
 
 /// Parallel sentences: each translation of a message is an example whose `text` is the
 /// translation and whose `source` is its English msgid; the teacher reads the source, the
@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 /// scored by translation retrieval (`retrieval.csv`; the accuracy columns of
 /// `languages.csv` and `run.csv` are translation → English accuracy@1). Splits come from a hash of the msgid, so a
 /// message and all its translations share a split. Example ids: `LOCALE:LINE` for a
-/// translation, `en:HASH` for an English message.
+/// translation, `en:HASH` for an English message, `LOCALE:passage:I` for a passage
+/// (`passages_per_language`).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GettextParallelParams {
@@ -52,6 +53,17 @@ pub struct GettextParallelParams {
     /// compare the two token by token). Retrieval is scored the same way either way.
     #[serde(default)]
     pub teacher_reads: TeacherReads,
+    /// Also train on this many *passages* per language: each joins 2 to
+    /// `passage_messages` of the language's training messages with a space, its source the
+    /// same messages' English joined in the same order. Gettext messages are short; text a
+    /// deployment meets (articles, paragraphs) is not, and a student that only saw single
+    /// messages handles long inputs worse. Passages reuse the training messages (nothing
+    /// from dev or test); dev and test stay single messages.
+    #[serde(default)]
+    pub passages_per_language: usize,
+    /// The most messages a passage joins (at least 2).
+    #[serde(default = "default_passage_messages")]
+    pub passage_messages: usize,
     /// Fraction of messages in the dev split.
     #[serde(default = "default_frac")]
     pub dev_fraction: f64,
@@ -80,8 +92,17 @@ fn default_frac() -> f64 {
 fn yes() -> bool {
     true
 }
+fn default_passage_messages() -> usize {
+    6
+}
 
 fn build(mut p: GettextParallelParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, Diagnostic> {
+    if p.passage_messages < 2 {
+        return Err(ctx.error(
+            "passage_messages",
+            format!("a passage joins at least 2 messages, found {}", p.passage_messages),
+        ));
+    }
     p.corpus = check_selection(ctx, &p.corpus, &p.languages, &p.merge, p.dev_fraction, p.test_fraction)?;
     Ok(Box::new(p))
 }
@@ -116,9 +137,45 @@ impl Dataset for GettextParallelParams {
         let en = (task.langs.len() - 1) as u32;
         // The teacher is never trained here (a pretrained encoder reads the sources); its
         // own training set, were it given a `train` stage, is the English side.
-        task.teacher_train = Some(task.train.iter().filter(|e| e.lang == en).cloned().collect()).filter(|v: &Vec<Example>| !v.is_empty());
+        task.teacher_train = Some(task.train.iter().filter(|e| e.lang == en).cloned().collect())
+            .filter(|v: &Vec<Example>| !v.is_empty());
+        let passages = passages(&task, self.passages_per_language, self.passage_messages);
+        task.train.extend(passages);
         Ok(task)
     }
+}
+
+/// `per_language` passages for each language of the training split: passage `i` joins
+/// `2 + i mod (most − 1)` messages (2, 3, …, `most`, 2, …), taken in turn from the
+/// language's messages in a fixed pseudo-random order (the stable hash of their ids) that
+/// starts over when it runs out, so every message is used about equally often.
+fn passages(task: &Task, per_language: usize, most: usize) -> Vec<Example> {
+    let mut out = Vec::new();
+    if per_language == 0 {
+        return out;
+    }
+    for lang in 0..task.langs.len() as u32 {
+        let mut pool: Vec<&Example> = task.train.iter().filter(|e| e.lang == lang).collect();
+        if pool.len() < 2 {
+            continue;
+        }
+        pool.sort_by_key(|e| (stable_hash64(format!("passage {}", e.id).as_bytes()), e.id.as_str()));
+        let mut next = pool.iter().cycle();
+        for i in 0..per_language {
+            let parts: Vec<&Example> =
+                (0..(2 + i % (most - 1)).min(pool.len())).filter_map(|_| next.next().copied()).collect();
+            let join =
+                |f: &dyn Fn(&Example) -> &str| parts.iter().map(|e| f(e)).collect::<Vec<_>>().join(" ");
+            out.push(Example {
+                id: format!("{}:passage:{i}", task.langs[lang as usize]),
+                text: join(&|e| e.text.as_str()),
+                source: Some(join(&|e| e.source.as_deref().unwrap_or(e.text.as_str()))),
+                lang,
+                label: lang,
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -134,6 +191,8 @@ mod tests {
             max_train_per_language: cap,
             english_pairs: true,
             teacher_reads: TeacherReads::Source,
+            passages_per_language: 0,
+            passage_messages: 6,
             dev_fraction: 0.1,
             test_fraction: 0.1,
         }
@@ -147,11 +206,18 @@ mod tests {
         assert!(task.teacher_reads_source);
         let en = 3;
         for split in [&task.train, &task.dev, &task.test] {
-            let english: BTreeSet<&str> = split.iter().filter(|e| e.lang == en).map(|e| e.text.as_str()).collect();
+            let english: BTreeSet<&str> =
+                split.iter().filter(|e| e.lang == en).map(|e| e.text.as_str()).collect();
             assert_eq!(english.len(), split.iter().filter(|e| e.lang == en).count(), "each msgid once");
             // Every translation's source is an English example of the same split.
-            assert!(split.iter().filter(|e| e.lang != en).all(|e| english.contains(e.source.as_deref().unwrap())));
-            assert!(split.iter().filter(|e| e.lang == en).all(|e| e.source.as_deref() == Some(e.text.as_str())));
+            assert!(split
+                .iter()
+                .filter(|e| e.lang != en)
+                .all(|e| english.contains(e.source.as_deref().unwrap())));
+            assert!(split
+                .iter()
+                .filter(|e| e.lang == en)
+                .all(|e| e.source.as_deref() == Some(e.text.as_str())));
         }
     }
 
@@ -161,7 +227,64 @@ mod tests {
         let per = |l: u32| task.train.iter().filter(|e| e.lang == l).count();
         assert!((0..4).all(|l| per(l) <= 50) && per(0) == 50, "{:?}", (0..4).map(per).collect::<Vec<_>>());
         // Smallest msgid hashes first: fr and ru keep mostly the same messages.
-        let src = |l: u32| task.train.iter().filter(|e| e.lang == l).map(|e| e.source.clone().unwrap()).collect::<BTreeSet<_>>();
+        let src = |l: u32| {
+            task.train
+                .iter()
+                .filter(|e| e.lang == l)
+                .map(|e| e.source.clone().unwrap())
+                .collect::<BTreeSet<_>>()
+        };
         assert!(src(0).intersection(&src(1)).count() >= 25);
+    }
+
+    #[test]
+    fn passages_join_training_messages_and_their_sources_in_the_same_order() {
+        let plain = params(Some(50)).load().unwrap();
+        let task =
+            GettextParallelParams { passages_per_language: 30, passage_messages: 4, ..params(Some(50)) }
+                .load()
+                .unwrap();
+        assert_eq!(
+            (task.dev.len(), task.test.len()),
+            (plain.dev.len(), plain.test.len()),
+            "dev and test stay single messages"
+        );
+        assert_eq!(
+            task.train[..plain.train.len()].iter().map(|e| &e.id).collect::<Vec<_>>(),
+            plain.train.iter().map(|e| &e.id).collect::<Vec<_>>()
+        );
+        let added = &task.train[plain.train.len()..];
+        assert_eq!(added.len(), 4 * 30, "30 passages for each of fr, ru, ja and en");
+        let source_of: std::collections::BTreeMap<&str, &str> =
+            plain.train.iter().map(|e| (e.text.as_str(), e.source.as_deref().unwrap())).collect();
+        let mut sizes = BTreeSet::new();
+        for p in added {
+            // Rebuild the passage from the language's messages: each piece is a training
+            // message, and the source is their sources in the same order.
+            let pieces: Vec<&Example> =
+                plain.train.iter().filter(|e| e.lang == p.lang && p.text.contains(e.text.as_str())).collect();
+            assert!(pieces.len() >= 2, "{}: {:?}", p.id, p.text);
+            assert!(p.source.as_deref().unwrap().split(' ').count() >= 2);
+            assert!(
+                pieces.iter().all(|e| p.source.as_deref().unwrap().contains(source_of[e.text.as_str()])),
+                "{}",
+                p.id
+            );
+            sizes.insert(
+                plain
+                    .train
+                    .iter()
+                    .filter(|e| e.lang == p.lang)
+                    .filter(|e| p.text.contains(e.text.as_str()))
+                    .count()
+                    .min(4),
+            );
+            if task.langs[p.lang as usize] == "en" {
+                assert_eq!(p.source.as_deref(), Some(p.text.as_str()));
+            }
+        }
+        assert!(sizes.contains(&2) && sizes.contains(&4), "{sizes:?}");
+        let ids: BTreeSet<&str> = task.train.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids.len(), task.train.len(), "ids stay unique");
     }
 }
