@@ -77,7 +77,8 @@ pub(crate) fn check_selection(
 ) -> Result<PathBuf, Diagnostic> {
     languages.check().map_err(|e| ctx.error("languages", e))?;
     ctx.held_out_fractions(dev_fraction, test_fraction)?;
-    let corpus = ctx.existing_file("corpus", corpus, "corpus file", " (build one with `kdx corpus build`)")?;
+    let corpus =
+        ctx.existing_file("corpus", corpus, "corpus file", " (build one with `kdx corpus build`)")?;
     languages.check_in_snapshot(&corpus, merge).map_err(|e| ctx.error("languages", e))?;
     Ok(corpus)
 }
@@ -127,7 +128,8 @@ impl Selection<'_> {
         english_examples: bool,
         keep_uncapped: bool,
     ) -> anyhow::Result<(Task, Option<Vec<Example>>)> {
-        let corpus = kdx_corpus::load::load(self.corpus).with_context(|| format!("loading {}", self.corpus.display()))?;
+        let corpus = kdx_corpus::load::load(self.corpus)
+            .with_context(|| format!("loading {}", self.corpus.display()))?;
         let locale = |l: &str| self.merge.get(l).cloned().unwrap_or_else(|| l.to_string());
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for r in &corpus.rows {
@@ -140,17 +142,29 @@ impl Selection<'_> {
             langs.push(ENGLISH.to_string());
         }
         let en = selected as u32;
-        let index: BTreeMap<&str, u32> = langs[..selected].iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
+        let index: BTreeMap<&str, u32> =
+            langs[..selected].iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
         let mut task = Task { labels: langs.clone(), langs: langs.clone(), ..Default::default() };
         let mut train_by_lang: Vec<Vec<(u64, Example)>> = vec![Vec::new(); langs.len()];
         let mut english = std::collections::BTreeSet::new();
         for (row, r) in corpus.rows.iter().enumerate() {
             let Some(&li) = index.get(locale(&r.locale).as_str()) else { continue };
             let h = stable_hash64(r.msgid.as_bytes());
-            let mut examples =
-                vec![Example { id: kdx_corpus::load::row_id(r, row), text: r.text.clone(), source: Some(r.msgid.clone()), lang: li, label: li }];
+            let mut examples = vec![Example {
+                id: kdx_corpus::load::row_id(r, row),
+                text: r.text.clone(),
+                source: Some(r.msgid.clone()),
+                lang: li,
+                label: li,
+            }];
             if english_examples && english.insert(r.msgid.as_str()) {
-                examples.push(Example { id: format!("{ENGLISH}:{h:016x}"), text: r.msgid.clone(), source: Some(r.msgid.clone()), lang: en, label: en });
+                examples.push(Example {
+                    id: format!("{ENGLISH}:{h:016x}"),
+                    text: r.msgid.clone(),
+                    source: Some(r.msgid.clone()),
+                    lang: en,
+                    label: en,
+                });
             }
             for e in examples {
                 match split_of(&r.msgid, self.dev_fraction, self.test_fraction) {
@@ -220,12 +234,25 @@ mod tests {
         let en = (task.langs.len() - 1) as u32;
         let all: Vec<&Example> = task.train.iter().chain(&task.dev).chain(&task.test).collect();
         let english: Vec<&&Example> = all.iter().filter(|e| e.lang == en).collect();
-        let msgids: std::collections::BTreeSet<&str> = plain.train.iter().chain(&plain.dev).chain(&plain.test).filter_map(|e| e.source.as_deref()).collect();
+        let msgids: std::collections::BTreeSet<&str> = plain
+            .train
+            .iter()
+            .chain(&plain.dev)
+            .chain(&plain.test)
+            .filter_map(|e| e.source.as_deref())
+            .collect();
         assert_eq!(english.len(), msgids.len(), "one English example per distinct msgid");
-        assert!(english.iter().all(|e| Some(e.text.as_str()) == e.source.as_deref() && e.label == en && e.id.starts_with("en:")));
+        assert!(english.iter().all(|e| Some(e.text.as_str()) == e.source.as_deref()
+            && e.label == en
+            && e.id.starts_with("en:")));
         // Every translation keeps its example; a message and its translations share a split.
         assert_eq!(all.len(), plain.train.len() + plain.dev.len() + plain.test.len() + english.len());
-        let test_en: std::collections::BTreeSet<&str> = task.test.iter().filter(|e| e.lang == en).map(|e| e.text.as_str()).collect();
-        assert!(task.test.iter().filter(|e| e.lang != en).all(|e| test_en.contains(e.source.as_deref().unwrap())));
+        let test_en: std::collections::BTreeSet<&str> =
+            task.test.iter().filter(|e| e.lang == en).map(|e| e.text.as_str()).collect();
+        assert!(task
+            .test
+            .iter()
+            .filter(|e| e.lang != en)
+            .all(|e| test_en.contains(e.source.as_deref().unwrap())));
     }
 }

@@ -127,18 +127,26 @@ fn build(mut p: GettextXlingParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, 
         return Err(ctx.error("languages", e));
     }
     if p.domains < 2 {
-        return Err(ctx.error("domains", format!("at least 2 domains are needed (they are the classes), found {}", p.domains)));
+        return Err(ctx.error(
+            "domains",
+            format!("at least 2 domains are needed (they are the classes), found {}", p.domains),
+        ));
     }
     if !(0.0..=1.0).contains(&p.min_coverage) {
         return Err(ctx.error("min_coverage", format!("must be in [0, 1], found {}", p.min_coverage)));
     }
     if let Some(student) = &p.student_languages {
         if student.is_empty() {
-            return Err(ctx.error("student_languages", "name at least one locale (leave the key out for all)"));
+            return Err(
+                ctx.error("student_languages", "name at least one locale (leave the key out for all)")
+            );
         }
         if let Languages::List(selected) = &p.languages {
             if let Some(l) = student.iter().find(|l| !selected.contains(l)) {
-                return Err(ctx.error("student_languages", format!("`{l}` is not one of `languages` ({})", selected.join(", "))));
+                return Err(ctx.error(
+                    "student_languages",
+                    format!("`{l}` is not one of `languages` ({})", selected.join(", ")),
+                ));
             }
         }
     }
@@ -146,7 +154,8 @@ fn build(mut p: GettextXlingParams, ctx: &BuildCtx) -> Result<Box<dyn Dataset>, 
         return Err(ctx.error("max_train_per_language", "must be at least 1 (leave it out for no cap)"));
     }
     ctx.held_out_fractions(p.dev_fraction, p.test_fraction)?;
-    p.corpus = ctx.existing_file("corpus", &p.corpus, "corpus file", " (build one with `kdx corpus build`)")?;
+    p.corpus =
+        ctx.existing_file("corpus", &p.corpus, "corpus file", " (build one with `kdx corpus build`)")?;
     p.languages.check_in_snapshot(&p.corpus, &BTreeMap::new()).map_err(|e| ctx.error("languages", e))?;
     Ok(Box::new(p))
 }
@@ -481,7 +490,12 @@ mod tests {
         for d in ["app", "net", "disk"] {
             for i in 0..40 {
                 for l in LOCALES {
-                    owned.push((l.into(), d.into(), format!("{d} message number {i}"), format!("{l} {d} traduction {i}")));
+                    owned.push((
+                        l.into(),
+                        d.into(),
+                        format!("{d} message number {i}"),
+                        format!("{l} {d} traduction {i}"),
+                    ));
                 }
             }
         }
@@ -489,8 +503,18 @@ mod tests {
             owned.push(("fr".into(), "tail".into(), format!("tail message {i}"), format!("fr queue {i}")));
         }
         for i in 0..10 {
-            owned.push(("fr".into(), "app".into(), format!("Shared message {i}"), format!("fr partagé app {i}")));
-            owned.push(("de".into(), "net".into(), format!("Shared message {i}"), format!("de geteilt net {i}")));
+            owned.push((
+                "fr".into(),
+                "app".into(),
+                format!("Shared message {i}"),
+                format!("fr partagé app {i}"),
+            ));
+            owned.push((
+                "de".into(),
+                "net".into(),
+                format!("Shared message {i}"),
+                format!("de geteilt net {i}"),
+            ));
         }
         let rows: Vec<(&str, &str, &str, &str)> =
             owned.iter().map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), d.as_str())).collect();
@@ -545,7 +569,12 @@ mod tests {
     fn a_msgid_in_two_domains_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let task = params(&tiny_corpus(dir.path())).load().unwrap();
-        let all = task.train.iter().chain(&task.dev).chain(&task.test).chain(task.teacher_train.as_deref().unwrap());
+        let all = task
+            .train
+            .iter()
+            .chain(&task.dev)
+            .chain(&task.test)
+            .chain(task.teacher_train.as_deref().unwrap());
         for e in all {
             assert!(!e.source.as_deref().unwrap().starts_with("Shared"), "{e:?}");
             assert!(!e.text.starts_with("Shared"), "{e:?}");
@@ -572,9 +601,12 @@ mod tests {
         assert!(task.train.iter().all(|e| e.lang != en));
         for split in [&task.dev, &task.test] {
             let en_rows: Vec<&Example> = split.iter().filter(|e| e.lang == en).collect();
-            let msgids: BTreeSet<&str> = split.iter().filter(|e| e.lang != en).map(|e| e.source.as_deref().unwrap()).collect();
+            let msgids: BTreeSet<&str> =
+                split.iter().filter(|e| e.lang != en).map(|e| e.source.as_deref().unwrap()).collect();
             assert_eq!(en_rows.len(), msgids.len());
-            assert!(en_rows.iter().all(|e| msgids.contains(e.text.as_str()) && e.source.as_deref() == Some(e.text.as_str())));
+            assert!(en_rows
+                .iter()
+                .all(|e| msgids.contains(e.text.as_str()) && e.source.as_deref() == Some(e.text.as_str())));
         }
     }
 
@@ -598,10 +630,14 @@ mod tests {
         assert_eq!(tt.len(), english.train.len() + english.teacher_train.as_deref().unwrap().len());
         // The student trains on `fr` only, on the same examples as before; dev and test keep
         // every language.
-        assert_eq!(task.train, english.train.iter().filter(|e| task.langs[e.lang as usize] == "fr").cloned().collect::<Vec<_>>());
+        assert_eq!(
+            task.train,
+            english.train.iter().filter(|e| task.langs[e.lang as usize] == "fr").cloned().collect::<Vec<_>>()
+        );
         assert_eq!((task.dev.clone(), task.test.clone()), (english.dev, english.test));
         p.student_languages = Some(vec!["xx".into()]);
-        assert!(format!("{:#}", p.load().unwrap_err()).contains("student_languages: `xx` is not one of the selected locales"));
+        assert!(format!("{:#}", p.load().unwrap_err())
+            .contains("student_languages: `xx` is not one of the selected locales"));
     }
 
     #[test]
@@ -612,13 +648,21 @@ mod tests {
         p.disjoint_teacher = true;
         let task = p.load().unwrap();
         task.validate().unwrap();
-        let teacher: BTreeSet<String> = task.teacher_train.as_deref().unwrap().iter().map(|e| e.text.clone()).collect();
+        let teacher: BTreeSet<String> =
+            task.teacher_train.as_deref().unwrap().iter().map(|e| e.text.clone()).collect();
         let student: BTreeSet<String> = task.train.iter().map(|e| e.source.clone().unwrap()).collect();
         assert!(teacher.is_disjoint(&student));
-        let all: BTreeSet<String> = shared.teacher_train.as_deref().unwrap().iter().map(|e| e.text.clone()).collect();
+        let all: BTreeSet<String> =
+            shared.teacher_train.as_deref().unwrap().iter().map(|e| e.text.clone()).collect();
         assert_eq!(teacher.union(&student).cloned().collect::<BTreeSet<_>>(), all);
         // Roughly halves, and dev/test are untouched.
-        assert!(teacher.len() > all.len() / 4 && student.len() > all.len() / 4, "{} {} {}", teacher.len(), student.len(), all.len());
+        assert!(
+            teacher.len() > all.len() / 4 && student.len() > all.len() / 4,
+            "{} {} {}",
+            teacher.len(),
+            student.len(),
+            all.len()
+        );
         assert_eq!((task.dev.clone(), task.test.clone()), (shared.dev, shared.test));
     }
 
@@ -636,7 +680,10 @@ mod tests {
         }
         // Each of the 3 × 40 messages is translated into 3 locales: none is lost.
         let en = task.langs.iter().position(|l| l == "en").unwrap() as u32;
-        assert_eq!(task.train.iter().chain(&task.dev).chain(&task.test).filter(|e| e.lang != en).count(), 3 * 40 * 3);
+        assert_eq!(
+            task.train.iter().chain(&task.dev).chain(&task.test).filter(|e| e.lang != en).count(),
+            3 * 40 * 3
+        );
     }
 
     #[test]
@@ -646,7 +693,13 @@ mod tests {
         p.max_train_per_language = Some(5);
         let task = p.load().unwrap();
         assert_eq!(task.train_sizes().iter().filter(|&&n| n > 0).collect::<Vec<_>>(), [&5, &5, &5]);
-        let per_lang = |l: u32| task.train.iter().filter(|e| e.lang == l).map(|e| e.source.clone().unwrap()).collect::<BTreeSet<_>>();
+        let per_lang = |l: u32| {
+            task.train
+                .iter()
+                .filter(|e| e.lang == l)
+                .map(|e| e.source.clone().unwrap())
+                .collect::<BTreeSet<_>>()
+        };
         assert_eq!(per_lang(0), per_lang(2));
         // The teacher is not capped.
         assert!(task.teacher_train.as_deref().unwrap().len() > 5);
@@ -681,7 +734,11 @@ mod tests {
             ("min_coverage = 1.5", "data.min_coverage", "[0, 1]"),
             ("dev_fraction = 0.6", "data.dev_fraction", "[0, 0.5)"),
             ("max_train_per_language = 0", "data.max_train_per_language", "at least 1"),
-            ("student_languages = [\"de\"]\nlanguages = [\"fr\"]", "data.student_languages", "not one of `languages` (fr)"),
+            (
+                "student_languages = [\"de\"]\nlanguages = [\"fr\"]",
+                "data.student_languages",
+                "not one of `languages` (fr)",
+            ),
             ("student_languages = []", "data.student_languages", "at least one"),
             ("teacher = \"bilingual\"", "data.teacher", "english"),
             ("corpus2 = 1", "data", "corpus2"),

@@ -95,7 +95,8 @@ struct Row {
 /// for a bad field, its column.
 fn read_file(path: &Path) -> anyhow::Result<Vec<Row>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let name =
+        path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     let mut rows = parse(&bytes, &name).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
     for r in &mut rows {
         r.at = format!("{}:{}", path.display(), r.at);
@@ -125,8 +126,12 @@ fn parse(bytes: &[u8], name: &str) -> anyhow::Result<Vec<Row>> {
         }
         cols.push(c);
     }
-    let missing: Vec<String> =
-        COLUMNS[..REQUIRED].iter().enumerate().filter(|(i, _)| !cols.contains(i)).map(|(_, k)| format!("`{k}`")).collect();
+    let missing: Vec<String> = COLUMNS[..REQUIRED]
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !cols.contains(i))
+        .map(|(_, k)| format!("`{k}`"))
+        .collect();
     if !missing.is_empty() {
         bail!("{hl}: the header lacks column {} (it has: {})", missing.join(", "), header.join(", "));
     }
@@ -137,7 +142,12 @@ fn parse(bytes: &[u8], name: &str) -> anyhow::Result<Vec<Row>> {
         let lineno = record.line();
         let fields = record.strs().map_err(|e| anyhow::anyhow!("{lineno}: not valid UTF-8 ({e})"))?;
         if fields.len() != cols.len() {
-            bail!("{lineno}: expected {} columns ({}, as in the header), found {}", cols.len(), names.join(", "), fields.len());
+            bail!(
+                "{lineno}: expected {} columns ({}, as in the header), found {}",
+                cols.len(),
+                names.join(", "),
+                fields.len()
+            );
         }
         let mut values: [Option<&str>; 5] = [None; 5];
         for (&c, f) in cols.iter().zip(&fields) {
@@ -178,12 +188,17 @@ impl Dataset for TsvParams {
         let dev = self.dev.as_deref().map(read_file).transpose()?;
         let test = self.test.as_deref().map(read_file).transpose()?;
         let all = || train.iter().chain(dev.iter().flatten()).chain(test.iter().flatten());
-        let labels: Vec<String> = all().map(|r| r.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let labels: Vec<String> =
+            all().map(|r| r.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
         let langs: Vec<String> = all().map(|r| r.lang.clone()).collect::<BTreeSet<_>>().into_iter().collect();
         let mut first: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
         for r in all() {
             if let Some(at) = first.insert(&r.id, &r.at) {
-                bail!("{}: id `{}` is already the id of the row at {at}; ids must be unique across the files", r.at, r.id);
+                bail!(
+                    "{}: id `{}` is already the id of the row at {at}; ids must be unique across the files",
+                    r.at,
+                    r.id
+                );
             }
         }
         let example = |r: &Row| Example {
@@ -258,8 +273,17 @@ mod tests {
         assert!(!task.dev.is_empty() && !task.test.is_empty() && task.train.len() > 200);
         assert!(!task.teacher_reads_source && task.teacher_train.is_none());
         // Quotes are kept as they are.
-        let e = task.train.iter().chain(&task.dev).chain(&task.test).find(|e| e.text == "sentence \"number\" 0").unwrap();
-        assert_eq!((task.langs[e.lang as usize].as_str(), task.labels[e.label as usize].as_str()), ("fr", "greeting"));
+        let e = task
+            .train
+            .iter()
+            .chain(&task.dev)
+            .chain(&task.test)
+            .find(|e| e.text == "sentence \"number\" 0")
+            .unwrap();
+        assert_eq!(
+            (task.langs[e.lang as usize].as_str(), task.labels[e.label as usize].as_str()),
+            ("fr", "greeting")
+        );
     }
 
     #[test]
@@ -276,8 +300,20 @@ mod tests {
         assert_eq!(
             task.train,
             [
-                Example { id: "train.tsv:2".into(), text: "Bonjour à tous".into(), source: Some("Hello there".into()), lang: 1, label: 1 },
-                Example { id: "train.tsv:4".into(), text: "Hallo zusammen".into(), source: None, lang: 0, label: 0 },
+                Example {
+                    id: "train.tsv:2".into(),
+                    text: "Bonjour à tous".into(),
+                    source: Some("Hello there".into()),
+                    lang: 1,
+                    label: 1
+                },
+                Example {
+                    id: "train.tsv:4".into(),
+                    text: "Hallo zusammen".into(),
+                    source: None,
+                    lang: 0,
+                    label: 0
+                },
             ]
         );
         assert!(!task.teacher_reads_source);
@@ -286,7 +322,8 @@ mod tests {
     #[test]
     fn ids_come_from_the_id_column_or_the_line_and_must_be_unique() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "train.tsv", "id\ttext\tlang\tlabel\n q1 \thello\ten\tx\nq2\tbonjour\tfr\ty\n");
+        let p =
+            write(dir.path(), "train.tsv", "id\ttext\tlang\tlabel\n q1 \thello\ten\tx\nq2\tbonjour\tfr\ty\n");
         let mut q = params(p);
         (q.dev_fraction, q.test_fraction) = (0.0, 0.0);
         let ids: Vec<String> = q.load().unwrap().train.into_iter().map(|e| e.id).collect();
@@ -294,7 +331,10 @@ mod tests {
         // The same id in the test file is refused, naming both rows.
         q.test = Some(write(dir.path(), "test.tsv", "text\tlang\tlabel\tid\nhallo\tde\tx\tq2\n"));
         let e = format!("{:#}", q.load().unwrap_err());
-        assert!(e.contains("test.tsv:2: id `q2` is already the id of the row at") && e.contains("train.tsv:3"), "{e}");
+        assert!(
+            e.contains("test.tsv:2: id `q2` is already the id of the row at") && e.contains("train.tsv:3"),
+            "{e}"
+        );
         assert!(err_of("id\ttext\tlang\tlabel\n\thello\ten\tx\n").contains("data.tsv:2: column `id`: empty"));
     }
 
@@ -321,7 +361,8 @@ mod tests {
             assert!(e.contains(want), "expected `{want}` in `{e}`");
         }
         // The unknown-column error lists the valid ones.
-        assert!(err_of("text\tlang\tlabel\tscore\n").contains("`text`, `lang`, `label` and, optionally, `source_text` and `id`"));
+        assert!(err_of("text\tlang\tlabel\tscore\n")
+            .contains("`text`, `lang`, `label` and, optionally, `source_text` and `id`"));
         // Invalid UTF-8.
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("data.tsv");
@@ -354,7 +395,11 @@ mod tests {
             assert_eq!(err.loc.as_ref().map(|l| l.line), Some(line), "{err}");
         }
         let err = build_from("[data]\ntrain = \"nope.tsv\"\n").err().unwrap();
-        assert!(err.message.contains("nope.tsv") && err.message.contains("does not exist"), "{}", err.message);
+        assert!(
+            err.message.contains("nope.tsv") && err.message.contains("does not exist"),
+            "{}",
+            err.message
+        );
         // A file that disappears after planning is still named when loading.
         let e = format!("{:#}", params(dir.path().join("gone.tsv")).load().unwrap_err());
         assert!(e.contains("gone.tsv"), "{e}");

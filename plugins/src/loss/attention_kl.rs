@@ -35,11 +35,18 @@ fn build(p: AttentionKlParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnost
     Ok(Box::new(AttentionKl { layers: p.layers }))
 }
 
-kdx_framework::register_loss!("attention-kl", "MiniLM attention-distribution KL between transformer layers (same heads and tokens)", AttentionKlParams, build);
+kdx_framework::register_loss!(
+    "attention-kl",
+    "MiniLM attention-distribution KL between transformer layers (same heads and tokens)",
+    AttentionKlParams,
+    build
+);
 
 impl AttentionKl {
     fn pairs(&self, student_layers: usize, teacher_layers: usize) -> Vec<[usize; 2]> {
-        self.layers.clone().unwrap_or_else(|| vec![[student_layers.saturating_sub(1), teacher_layers.saturating_sub(1)]])
+        self.layers
+            .clone()
+            .unwrap_or_else(|| vec![[student_layers.saturating_sub(1), teacher_layers.saturating_sub(1)]])
     }
 }
 
@@ -50,11 +57,19 @@ impl Loss for AttentionKl {
     fn check_layers(&self, s: &LayerShape, t: &LayerShape) -> anyhow::Result<()> {
         kdx_framework::model::same_tokens(s, t, "compares attention over the same tokens")?;
         if s.heads != t.heads {
-            anyhow::bail!("compares head by head: the student has {} heads, the teacher {}", s.heads, t.heads);
+            anyhow::bail!(
+                "compares head by head: the student has {} heads, the teacher {}",
+                s.heads,
+                t.heads
+            );
         }
         for [i, j] in self.pairs(s.layers, t.layers) {
             if i >= s.layers || j >= t.layers {
-                anyhow::bail!("layers pair [{i}, {j}]: the student has layers 0..{}, the teacher 0..{}", s.layers, t.layers);
+                anyhow::bail!(
+                    "layers pair [{i}, {j}]: the student has layers 0..{}, the teacher 0..{}",
+                    s.layers,
+                    t.layers
+                );
             }
         }
         Ok(())
@@ -62,9 +77,19 @@ impl Loss for AttentionKl {
     fn compute(&mut self, _: &LossInput) -> anyhow::Result<LossOutput> {
         anyhow::bail!("attention-kl reads per-layer states (compute_layers)")
     }
-    fn compute_layers(&mut self, x: &LossInput, s: &LayerStates, t: Option<&LayerStates>) -> anyhow::Result<(LossOutput, LayerGrads)> {
+    fn compute_layers(
+        &mut self,
+        x: &LossInput,
+        s: &LayerStates,
+        t: Option<&LayerStates>,
+    ) -> anyhow::Result<(LossOutput, LayerGrads)> {
         let t = t.ok_or_else(|| anyhow::anyhow!("attention-kl needs the teacher's layer states"))?;
-        anyhow::ensure!(s.lens == t.lens, "student and teacher token counts differ ({:?} vs {:?}): they must tokenise alike", s.lens, t.lens);
+        anyhow::ensure!(
+            s.lens == t.lens,
+            "student and teacher token counts differ ({:?} vs {:?}): they must tokenise alike",
+            s.lens,
+            t.lens
+        );
         anyhow::ensure!(s.heads == t.heads, "the student has {} heads, the teacher {}", s.heads, t.heads);
         let (a, seq) = (s.heads, s.seq);
         let norm = (a * s.tokens().max(1)) as f64;
@@ -90,7 +115,11 @@ impl Loss for AttentionKl {
             }
             grads.add_attention(i, g);
         }
-        let out = LossOutput { value: value as f32, grad_logits: vec![0.0; x.student_logits.len()], grad_hidden: None };
+        let out = LossOutput {
+            value: value as f32,
+            grad_logits: vec![0.0; x.student_logits.len()],
+            grad_hidden: None,
+        };
         Ok((out, grads))
     }
 }
@@ -128,12 +157,30 @@ mod tests {
 
     #[test]
     fn unequal_heads_or_tokenisations_are_refused_before_training() {
-        let shape = |heads: usize, tok: &str| LayerShape { layers: 2, width: 8, heads, max_len: 32, tokenizer: tok.into() };
+        let shape = |heads: usize, tok: &str| LayerShape {
+            layers: 2,
+            width: 8,
+            heads,
+            max_len: 32,
+            tokenizer: tok.into(),
+        };
         let l = AttentionKl { layers: None };
-        assert!(l.check_layers(&shape(2, "bytes"), &shape(4, "bytes")).unwrap_err().to_string().contains("2 heads, the teacher 4"));
-        assert!(l.check_layers(&shape(2, "bytes"), &shape(2, "bpe")).unwrap_err().to_string().contains("tokenise alike"));
+        assert!(l
+            .check_layers(&shape(2, "bytes"), &shape(4, "bytes"))
+            .unwrap_err()
+            .to_string()
+            .contains("2 heads, the teacher 4"));
+        assert!(l
+            .check_layers(&shape(2, "bytes"), &shape(2, "bpe"))
+            .unwrap_err()
+            .to_string()
+            .contains("tokenise alike"));
         assert!(l.check_layers(&shape(2, "bytes"), &shape(2, "bytes")).is_ok());
         let long = LayerShape { max_len: 64, ..shape(2, "bytes") };
-        assert!(l.check_layers(&long, &shape(2, "bytes")).unwrap_err().to_string().contains("max_len is 64, the teacher's 32"));
+        assert!(l
+            .check_layers(&long, &shape(2, "bytes"))
+            .unwrap_err()
+            .to_string()
+            .contains("max_len is 64, the teacher's 32"));
     }
 }

@@ -38,7 +38,10 @@ pub use kdx_framework::nn::ProjectionMode as Projection;
 const EPS: f64 = 1e-8;
 
 fn build(p: CosineEmbeddingParams, _: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
-    Ok(Box::new(ProjectedHiddenLoss::new("cosine-embedding", p.projection, p.seed, one_minus_cosine).with_init(p.projection_init)))
+    Ok(Box::new(
+        ProjectedHiddenLoss::new("cosine-embedding", p.projection, p.seed, one_minus_cosine)
+            .with_init(p.projection_init),
+    ))
 }
 
 kdx_framework::register_loss!(
@@ -80,7 +83,11 @@ mod tests {
         let s = SampleBatch::random(4, 3, 5, 2.0, 6);
         let th: Vec<f32> = s.teacher_hidden[..4 * 3].to_vec();
         let narrow = LossInput { teacher_hidden: Some(&th), teacher_hidden_dim: 3, ..s.input(0, 1) };
-        for (p, x) in [(Projection::Auto, &narrow), (Projection::Always, &s.input(0, 1)), (Projection::Never, &s.input(0, 1))] {
+        for (p, x) in [
+            (Projection::Auto, &narrow),
+            (Projection::Always, &s.input(0, 1)),
+            (Projection::Never, &s.input(0, 1)),
+        ] {
             let err = gradient_check(&mut loss(p), x, 1e-2).unwrap();
             assert!(err < 1e-2, "{p:?}: relative error {err}");
         }

@@ -54,7 +54,9 @@ fn build(p: DkdParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
         }
     }
     if !p.temperature.stays_positive() {
-        return Err(ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature)));
+        return Err(
+            ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature))
+        );
     }
     Ok(Box::new(p))
 }
@@ -79,7 +81,8 @@ impl Loss for DkdParams {
     }
     fn compute(&mut self, x: &LossInput) -> anyhow::Result<LossOutput> {
         let t_logits = x.teacher_logits.ok_or_else(|| anyhow::anyhow!("dkd needs teacher logits"))?;
-        let labels = x.labels.ok_or_else(|| anyhow::anyhow!("dkd needs gold labels, and this stage has none"))?;
+        let labels =
+            x.labels.ok_or_else(|| anyhow::anyhow!("dkd needs gold labels, and this stage has none"))?;
         let (b, c) = (x.batch, x.classes);
         anyhow::ensure!(c >= 2, "dkd needs at least two classes, the task has {c}");
         let t = self.temperature.at(x.step, x.total_steps) as f64;
@@ -96,7 +99,11 @@ impl Loss for DkdParams {
             let (bt_g, bt_n) = (lt[g].exp(), lt_rest.exp());
             let tckd = bt_g * (lt[g] - ls[g]) + bt_n * (lt_rest - ls_rest);
             // 0·log 0 = 0: skip the gold class and teacher probabilities that underflow.
-            let nckd: f64 = (0..c).filter(|&k| k != g).map(|k| lth[k].exp() * (lth[k] - lsh[k])).filter(|v| v.is_finite()).sum();
+            let nckd: f64 = (0..c)
+                .filter(|&k| k != g)
+                .map(|k| lth[k].exp() * (lth[k] - lsh[k]))
+                .filter(|v| v.is_finite())
+                .sum();
             let w = x.weights[i] as f64 / b as f64 * scale;
             value += w * (alpha * tckd + beta * nckd);
             // ∂TCKD/∂u_k = pₛ_k − bₜ_g·[k = g] − bₜ_n·p̂ₛ_k;  ∂NCKD/∂u_k = p̂ₛ_k − p̂ₜ_k (k ≠ g), u = z/T.

@@ -24,7 +24,12 @@ fn build(p: HardCeParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
     Ok(Box::new(CrossEntropy { label_smoothing: p.label_smoothing }))
 }
 
-kdx_framework::register_loss!("hard-ce", "cross-entropy with the gold labels (optional label smoothing)", HardCeParams, build);
+kdx_framework::register_loss!(
+    "hard-ce",
+    "cross-entropy with the gold labels (optional label smoothing)",
+    HardCeParams,
+    build
+);
 
 #[cfg(test)]
 mod tests {

@@ -35,10 +35,18 @@ pub struct HiddenMseParams {
 pub use kdx_framework::nn::ProjectionMode as Projection;
 
 fn build(p: HiddenMseParams, _: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
-    Ok(Box::new(ProjectedHiddenLoss::new("hidden-mse", p.projection, p.seed, squared_error).with_init(p.projection_init)))
+    Ok(Box::new(
+        ProjectedHiddenLoss::new("hidden-mse", p.projection, p.seed, squared_error)
+            .with_init(p.projection_init),
+    ))
 }
 
-kdx_framework::register_loss!("hidden-mse", "MSE between projected student and teacher hidden representations", HiddenMseParams, build);
+kdx_framework::register_loss!(
+    "hidden-mse",
+    "MSE between projected student and teacher hidden representations",
+    HiddenMseParams,
+    build
+);
 
 /// w · (1/Hₜ) Σⱼ (pⱼ − tⱼ)², and its gradient.
 fn squared_error(p: &[f64], t: &[f32], w: f64, dp: &mut [f64]) -> f64 {
@@ -69,7 +77,11 @@ mod tests {
         let s = SampleBatch::random(4, 3, 5, 2.0, 6);
         let th: Vec<f32> = s.teacher_hidden[..4 * 3].to_vec();
         let narrow = LossInput { teacher_hidden: Some(&th), teacher_hidden_dim: 3, ..s.input(0, 1) };
-        for (p, x) in [(Projection::Auto, &narrow), (Projection::Always, &s.input(0, 1)), (Projection::Never, &s.input(0, 1))] {
+        for (p, x) in [
+            (Projection::Auto, &narrow),
+            (Projection::Always, &s.input(0, 1)),
+            (Projection::Never, &s.input(0, 1)),
+        ] {
             let err = gradient_check(&mut loss(p), x, 1e-2).unwrap();
             assert!(err < 1e-2, "{p:?}: relative error {err}");
         }

@@ -53,7 +53,10 @@ fn build(p: InfoNceParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> 
     let criterion = Box::new(move |s: &[f64], t: &[f32], w: &[f64], h: usize, ds: &mut [f64]| {
         info_nce(s, t, w, h, tau, ds)
     });
-    Ok(Box::new(ProjectedHiddenLoss::over_batch("info-nce", p.projection, p.seed, criterion).with_init(p.projection_init)))
+    Ok(Box::new(
+        ProjectedHiddenLoss::over_batch("info-nce", p.projection, p.seed, criterion)
+            .with_init(p.projection_init),
+    ))
 }
 
 kdx_framework::register_loss!(
@@ -65,7 +68,8 @@ kdx_framework::register_loss!(
 
 /// Rows of `m` (`n × h`) scaled to unit length, with their norms.
 fn normalise(m: &[f64], h: usize) -> (Vec<f64>, Vec<f64>) {
-    let norms: Vec<f64> = m.chunks_exact(h).map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt().max(EPS)).collect();
+    let norms: Vec<f64> =
+        m.chunks_exact(h).map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt().max(EPS)).collect();
     let unit = m.chunks_exact(h).zip(&norms).flat_map(|(r, n)| r.iter().map(move |v| v / n)).collect();
     (unit, norms)
 }
@@ -81,7 +85,8 @@ fn info_nce(p: &[f64], t: &[f32], w: &[f64], h: usize, tau: f64, dp: &mut [f64])
     let mut ds = vec![0f64; b * h];
     for i in 0..b {
         let si = &s[i * h..(i + 1) * h];
-        let z: Vec<f64> = t.chunks_exact(h).map(|tj| si.iter().zip(tj).map(|(a, c)| a * c).sum::<f64>() / tau).collect();
+        let z: Vec<f64> =
+            t.chunks_exact(h).map(|tj| si.iter().zip(tj).map(|(a, c)| a * c).sum::<f64>() / tau).collect();
         let lse = log_sum_exp(&z, 1.0);
         value += w[i] * (lse - z[i]);
         // ∂L/∂z_ij = wᵢ (softmax_j − δ_ij); ∂z_ij/∂sᵢ = tⱼ/τ.
@@ -91,7 +96,8 @@ fn info_nce(p: &[f64], t: &[f32], w: &[f64], h: usize, tau: f64, dp: &mut [f64])
         }
     }
     // Through the normalisation s = p/‖p‖: ∂L/∂p = (∂L/∂s − s (s·∂L/∂s)) / ‖p‖.
-    for (((out, si), di), n) in dp.chunks_exact_mut(h).zip(s.chunks_exact(h)).zip(ds.chunks_exact(h)).zip(&ns) {
+    for (((out, si), di), n) in dp.chunks_exact_mut(h).zip(s.chunks_exact(h)).zip(ds.chunks_exact(h)).zip(&ns)
+    {
         let dot: f64 = si.iter().zip(di).map(|(a, c)| a * c).sum();
         for ((o, &sv), &dv) in out.iter_mut().zip(si).zip(di) {
             *o = (dv - sv * dot) / n;
@@ -106,14 +112,18 @@ mod tests {
     use kdx_framework::testing::{gradient_check, SampleBatch};
 
     fn loss(projection: Projection, tau: f64) -> ProjectedHiddenLoss {
-        let c = Box::new(move |s: &[f64], t: &[f32], w: &[f64], h: usize, ds: &mut [f64]| info_nce(s, t, w, h, tau, ds));
+        let c = Box::new(move |s: &[f64], t: &[f32], w: &[f64], h: usize, ds: &mut [f64]| {
+            info_nce(s, t, w, h, tau, ds)
+        });
         ProjectedHiddenLoss::over_batch("info-nce", projection, 3, c)
     }
 
     #[test]
     fn gradients_match_finite_differences() {
         let s = SampleBatch::random(5, 3, 4, 2.0, 6);
-        for (projection, tau) in [(Projection::Never, 0.5), (Projection::Always, 0.2), (Projection::Never, 0.05)] {
+        for (projection, tau) in
+            [(Projection::Never, 0.5), (Projection::Always, 0.2), (Projection::Never, 0.05)]
+        {
             let mut l = loss(projection, tau);
             let err = gradient_check(&mut l, &s.input(0, 1), 1e-3).unwrap();
             assert!(err < 2e-2, "{projection:?}, τ = {tau}: relative error {err}");
@@ -144,7 +154,10 @@ mod tests {
         use kdx_framework::registry::{build_standalone, PluginKind};
         let mut p = toml::Table::new();
         p.insert("temperature".into(), toml::Value::Float(0.0));
-        let e = build_standalone(PluginKind::Loss, "info-nce", p, "recipe.toml").err().expect("refused").to_string();
+        let e = build_standalone(PluginKind::Loss, "info-nce", p, "recipe.toml")
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(e.contains("temperature") && e.contains("must be a positive number"), "{e}");
     }
 }

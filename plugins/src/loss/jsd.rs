@@ -45,7 +45,9 @@ fn build(p: JsdParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
         return Err(ctx.error("beta", format!("must be in [0, 1], found {}", p.beta)));
     }
     if !p.temperature.stays_positive() {
-        return Err(ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature)));
+        return Err(
+            ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature))
+        );
     }
     Ok(Box::new(p))
 }
@@ -138,12 +140,15 @@ mod tests {
         let s = SampleBatch::random(6, 5, 2, 3.0, 8);
         let x = s.input(0, 1);
         let fwd = SoftKlParams { temperature: Schedule::Constant(2.0), scale_t2: true }.compute(&x).unwrap();
-        let rev = ReverseKlParams { temperature: Schedule::Constant(2.0), scale_t2: true }.compute(&x).unwrap();
+        let rev =
+            ReverseKlParams { temperature: Schedule::Constant(2.0), scale_t2: true }.compute(&x).unwrap();
         let j0 = jsd(0.0, 2.0).compute(&x).unwrap();
         let j1 = jsd(1.0, 2.0).compute(&x).unwrap();
         assert!((j0.value - fwd.value).abs() < 1e-5, "{} vs {}", j0.value, fwd.value);
         assert!((j1.value - rev.value).abs() < 1e-5, "{} vs {}", j1.value, rev.value);
-        for (a, b) in j0.grad_logits.iter().zip(&fwd.grad_logits).chain(j1.grad_logits.iter().zip(&rev.grad_logits)) {
+        for (a, b) in
+            j0.grad_logits.iter().zip(&fwd.grad_logits).chain(j1.grad_logits.iter().zip(&rev.grad_logits))
+        {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
     }
@@ -161,7 +166,10 @@ mod tests {
         s.student_logits = vec![-1000.0, 1000.0];
         for beta in [0.0, 0.5, 1.0] {
             let out = jsd(beta, 1.0).compute(&s.input(0, 1)).unwrap();
-            assert!(out.value.is_finite() && out.grad_logits.iter().all(|g| g.is_finite()), "β={beta}: {out:?}");
+            assert!(
+                out.value.is_finite() && out.grad_logits.iter().all(|g| g.is_finite()),
+                "β={beta}: {out:?}"
+            );
         }
     }
 }

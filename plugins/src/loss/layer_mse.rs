@@ -1,7 +1,7 @@
 //! `layer-mse`: TinyBERT's hidden-state loss between mapped transformer layers.
 
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{Loss, LossInput, LossOutput, Shapes, Needs};
+use kdx_framework::loss::{Loss, LossInput, LossOutput, Needs, Shapes};
 use kdx_framework::model::{LayerGrads, LayerShape, LayerStates, Param};
 use kdx_framework::nn::kernels::{matmul, Mat};
 
@@ -50,7 +50,12 @@ fn build(p: LayerMseParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic>
     Ok(Box::new(LayerMse { map: p.map, mode: p.projection, seed: p.seed, proj: None }))
 }
 
-kdx_framework::register_loss!("layer-mse", "TinyBERT hidden-state MSE between mapped transformer layers (learned projection)", LayerMseParams, build);
+kdx_framework::register_loss!(
+    "layer-mse",
+    "TinyBERT hidden-state MSE between mapped transformer layers (learned projection)",
+    LayerMseParams,
+    build
+);
 
 impl LayerMse {
     /// Creates the projection `hs → ht` on first need, from the loss's seed.
@@ -66,7 +71,9 @@ impl LayerMse {
     }
 
     fn pairs(&self, student_layers: usize, teacher_layers: usize) -> Vec<[usize; 2]> {
-        self.map.clone().unwrap_or_else(|| (0..=student_layers).map(|k| [k, k * teacher_layers / student_layers.max(1)]).collect())
+        self.map.clone().unwrap_or_else(|| {
+            (0..=student_layers).map(|k| [k, k * teacher_layers / student_layers.max(1)]).collect()
+        })
     }
 }
 
@@ -77,11 +84,19 @@ impl Loss for LayerMse {
     fn check_layers(&self, s: &LayerShape, t: &LayerShape) -> anyhow::Result<()> {
         kdx_framework::model::same_tokens(s, t, "compares token by token")?;
         if self.mode == ProjectionMode::Never && s.width != t.width {
-            anyhow::bail!("projection = \"never\" needs equal widths, student {} ≠ teacher {}", s.width, t.width);
+            anyhow::bail!(
+                "projection = \"never\" needs equal widths, student {} ≠ teacher {}",
+                s.width,
+                t.width
+            );
         }
         for [i, j] in self.pairs(s.layers, t.layers) {
             if i > s.layers || j > t.layers {
-                anyhow::bail!("map pair [{i}, {j}]: the student has hidden states 0..={}, the teacher 0..={}", s.layers, t.layers);
+                anyhow::bail!(
+                    "map pair [{i}, {j}]: the student has hidden states 0..={}, the teacher 0..={}",
+                    s.layers,
+                    t.layers
+                );
             }
         }
         Ok(())
@@ -94,17 +109,34 @@ impl Loss for LayerMse {
     fn compute(&mut self, _: &LossInput) -> anyhow::Result<LossOutput> {
         anyhow::bail!("layer-mse reads per-layer states (compute_layers)")
     }
-    fn compute_layers(&mut self, x: &LossInput, s: &LayerStates, t: Option<&LayerStates>) -> anyhow::Result<(LossOutput, LayerGrads)> {
+    fn compute_layers(
+        &mut self,
+        x: &LossInput,
+        s: &LayerStates,
+        t: Option<&LayerStates>,
+    ) -> anyhow::Result<(LossOutput, LayerGrads)> {
         let t = t.ok_or_else(|| anyhow::anyhow!("layer-mse needs the teacher's layer states"))?;
-        anyhow::ensure!(s.lens == t.lens, "student and teacher token counts differ ({:?} vs {:?}): they must tokenise alike", s.lens, t.lens);
+        anyhow::ensure!(
+            s.lens == t.lens,
+            "student and teacher token counts differ ({:?} vs {:?}): they must tokenise alike",
+            s.lens,
+            t.lens
+        );
         let (hs, ht) = (s.width, t.width);
         self.ensure_projection(hs, ht);
         if let Some(p) = &mut self.proj {
-            anyhow::ensure!(p.w.shape == [hs, ht], "the projection is {:?}, the widths are {hs} → {ht}", p.w.shape);
+            anyhow::ensure!(
+                p.w.shape == [hs, ht],
+                "the projection is {:?}, the widths are {hs} → {ht}",
+                p.w.shape
+            );
             p.w.grad_buffer().fill(0.0);
             p.b.grad_buffer().fill(0.0);
         }
-        anyhow::ensure!(self.proj.is_some() || hs == ht, "widths differ (student {hs}, teacher {ht}) and there is no projection");
+        anyhow::ensure!(
+            self.proj.is_some() || hs == ht,
+            "widths differ (student {hs}, teacher {ht}) and there is no projection"
+        );
         let (b, seq) = (s.lens.len(), s.seq);
         let rows = b * seq;
         let n = s.tokens().max(1) as f64;
@@ -116,7 +148,8 @@ impl Loss for LayerMse {
                 Some(l) => {
                     let mut out = vec![0.0f32; rows * ht];
                     matmul(&mut out, ht, Mat::new(hsi, rows, hs), Mat::new(&l.w.data, hs, ht), false, 1);
-                    out.chunks_exact_mut(ht).for_each(|r| r.iter_mut().zip(&l.b.data).for_each(|(v, c)| *v += c));
+                    out.chunks_exact_mut(ht)
+                        .for_each(|r| r.iter_mut().zip(&l.b.data).for_each(|(v, c)| *v += c));
                     out
                 }
                 None => hsi.clone(),
@@ -136,7 +169,14 @@ impl Loss for LayerMse {
             }
             let dh = match &mut self.proj {
                 Some(l) => {
-                    matmul(l.w.grad_buffer(), ht, Mat::new(hsi, rows, hs).t(), Mat::new(&dp, rows, ht), true, 1);
+                    matmul(
+                        l.w.grad_buffer(),
+                        ht,
+                        Mat::new(hsi, rows, hs).t(),
+                        Mat::new(&dp, rows, ht),
+                        true,
+                        1,
+                    );
                     let db = l.b.grad_buffer();
                     dp.chunks_exact(ht).for_each(|r| db.iter_mut().zip(r).for_each(|(a, v)| *a += v));
                     let mut dh = vec![0.0f32; rows * hs];
@@ -147,7 +187,11 @@ impl Loss for LayerMse {
             };
             grads.add_hidden(i, dh);
         }
-        let out = LossOutput { value: value as f32, grad_logits: vec![0.0; x.student_logits.len()], grad_hidden: None };
+        let out = LossOutput {
+            value: value as f32,
+            grad_logits: vec![0.0; x.student_logits.len()],
+            grad_hidden: None,
+        };
         Ok((out, grads))
     }
     fn params(&self) -> Vec<&Param> {
@@ -166,7 +210,10 @@ mod tests {
         use kdx_framework::registry::{build_standalone, PluginKind};
         let mut p = toml::Table::new();
         p.insert("map".into(), toml::Value::Array(Vec::new()));
-        let e = build_standalone(PluginKind::Loss, "layer-mse", p, "recipe.toml").err().expect("refused").to_string();
+        let e = build_standalone(PluginKind::Loss, "layer-mse", p, "recipe.toml")
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(e.contains("map") && e.contains("empty map compares no layer"), "{e}");
     }
 
@@ -182,7 +229,10 @@ mod tests {
         let sb = SampleBatch::random(3, 2, 4, 1.0, 1);
         let x = sb.input(0, 1);
         let s = sample_layers(&[4, 2, 3], 2, 6, 2, 7);
-        for (t, mode) in [(sample_layers(&[4, 2, 3], 4, 6, 2, 8), ProjectionMode::Never), (sample_layers(&[4, 2, 3], 4, 5, 2, 9), ProjectionMode::Auto)] {
+        for (t, mode) in [
+            (sample_layers(&[4, 2, 3], 4, 6, 2, 8), ProjectionMode::Never),
+            (sample_layers(&[4, 2, 3], 4, 5, 2, 9), ProjectionMode::Auto),
+        ] {
             let mut l = loss(None, mode);
             let err = layer_gradient_check(&mut l, &x, &s, Some(&t), 1e-2).unwrap();
             assert!(err < 1e-2, "{mode:?}: relative error {err}");
@@ -207,14 +257,25 @@ mod tests {
 
     #[test]
     fn different_tokenisations_are_refused_before_training() {
-        let shape = |tok: &str| LayerShape { layers: 2, width: 8, heads: 2, max_len: 32, tokenizer: tok.into() };
-        let e = loss(None, ProjectionMode::Auto).check_layers(&shape("bytes"), &shape("tokenizer.json:ab")).unwrap_err().to_string();
-        assert!(e.contains("tokenise alike") && e.contains("bytes") && e.contains("tokenizer.json:ab"), "{e}");
-        let e = loss(Some(vec![[1, 5]]), ProjectionMode::Auto).check_layers(&shape("bytes"), &shape("bytes")).unwrap_err().to_string();
+        let shape =
+            |tok: &str| LayerShape { layers: 2, width: 8, heads: 2, max_len: 32, tokenizer: tok.into() };
+        let e = loss(None, ProjectionMode::Auto)
+            .check_layers(&shape("bytes"), &shape("tokenizer.json:ab"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tokenise alike") && e.contains("bytes") && e.contains("tokenizer.json:ab"),
+            "{e}"
+        );
+        let e = loss(Some(vec![[1, 5]]), ProjectionMode::Auto)
+            .check_layers(&shape("bytes"), &shape("bytes"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[1, 5]"), "{e}");
         // Equal tokenizers that truncate at different lengths cut long texts differently.
         let short = LayerShape { max_len: 16, ..shape("bytes") };
-        let e = loss(None, ProjectionMode::Auto).check_layers(&short, &shape("bytes")).unwrap_err().to_string();
+        let e =
+            loss(None, ProjectionMode::Auto).check_layers(&short, &shape("bytes")).unwrap_err().to_string();
         assert!(e.contains("max_len is 16, the teacher's 32"), "{e}");
     }
 }

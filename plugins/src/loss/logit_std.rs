@@ -41,7 +41,9 @@ fn default_eps() -> f32 {
 
 fn build(p: LogitStdParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
     if !p.temperature.stays_positive() {
-        return Err(ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature)));
+        return Err(
+            ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature))
+        );
     }
     if !(p.eps.is_finite() && p.eps > 0.0) {
         return Err(ctx.error("eps", format!("must be a positive number, found {}", p.eps)));
@@ -49,7 +51,12 @@ fn build(p: LogitStdParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic>
     Ok(Box::new(p))
 }
 
-kdx_framework::register_loss!("logit-std", "soft KL between z-scored student and teacher logits (Sun et al. 2024)", LogitStdParams, build);
+kdx_framework::register_loss!(
+    "logit-std",
+    "soft KL between z-scored student and teacher logits (Sun et al. 2024)",
+    LogitStdParams,
+    build
+);
 
 /// Standardises a row: (centred values d, σ, d / (σ + ε)).
 fn standardise(row: &[f32], eps: f64) -> (Vec<f64>, f64, Vec<f64>) {

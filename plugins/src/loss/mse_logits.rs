@@ -40,7 +40,8 @@ impl Loss for MseLogitsParams {
         let mut value = 0f64;
         let mut grad = vec![0f32; b * c];
         for i in 0..b {
-            let mut d: Vec<f64> = (0..c).map(|k| x.student_logits[i * c + k] as f64 - t_logits[i * c + k] as f64).collect();
+            let mut d: Vec<f64> =
+                (0..c).map(|k| x.student_logits[i * c + k] as f64 - t_logits[i * c + k] as f64).collect();
             if self.center {
                 // Centering both rows is centering their difference.
                 let mean = d.iter().sum::<f64>() / c as f64;

@@ -34,12 +34,19 @@ fn yes() -> bool {
 
 fn build(p: ReverseKlParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
     if !p.temperature.stays_positive() {
-        return Err(ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature)));
+        return Err(
+            ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature))
+        );
     }
     Ok(Box::new(p))
 }
 
-kdx_framework::register_loss!("reverse-kl", "KL(student ‖ teacher) at temperature T, scaled by T² (mode-seeking)", ReverseKlParams, build);
+kdx_framework::register_loss!(
+    "reverse-kl",
+    "KL(student ‖ teacher) at temperature T, scaled by T² (mode-seeking)",
+    ReverseKlParams,
+    build
+);
 
 impl Loss for ReverseKlParams {
     fn needs(&self) -> Needs {

@@ -67,7 +67,9 @@ pub struct Selective {
 
 fn build(p: SelectiveParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
     if !p.temperature.stays_positive() {
-        return Err(ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature)));
+        return Err(
+            ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature))
+        );
     }
     if !p.margin.is_finite() {
         return Err(ctx.error("margin", format!("must be a finite number, found {}", p.margin)));
@@ -110,7 +112,11 @@ impl Loss for Selective {
         let mut grad = vec![0f32; b * c];
         for i in 0..b {
             let lang = x.langs[i] as usize;
-            anyhow::ensure!(lang < gates.len(), "selective: language {lang} has no statistics ({} languages)", gates.len());
+            anyhow::ensure!(
+                lang < gates.len(),
+                "selective: language {lang} has no statistics ({} languages)",
+                gates.len()
+            );
             let w = x.weights[i] as f64 / b as f64;
             let z = &x.student_logits[i * c..(i + 1) * c];
             let g = &mut grad[i * c..(i + 1) * c];
@@ -122,8 +128,9 @@ impl Loss for Selective {
                     g[k] = (w / t * (lq[k].exp() - lp[k].exp())) as f32;
                 }
             } else if self.params.fallback == Fallback::HardCe {
-                let labels =
-                    x.labels.ok_or_else(|| anyhow::anyhow!("selective falls back to hard CE, and this stage has no gold labels"))?;
+                let labels = x.labels.ok_or_else(|| {
+                    anyhow::anyhow!("selective falls back to hard CE, and this stage has no gold labels")
+                })?;
                 let y = labels[i] as usize;
                 anyhow::ensure!(y < c, "selective: label {y} out of range for {c} classes");
                 let lq = log_softmax(z, 1.0);
@@ -145,7 +152,15 @@ mod tests {
     use kdx_framework::testing::{gradient_check, SampleBatch};
 
     fn sel(t: f32, fallback: Fallback) -> Selective {
-        Selective { params: SelectiveParams { temperature: Schedule::Constant(t), scale_t2: true, margin: 0.01, fallback }, gates: None }
+        Selective {
+            params: SelectiveParams {
+                temperature: Schedule::Constant(t),
+                scale_t2: true,
+                margin: 0.01,
+                fallback,
+            },
+            gates: None,
+        }
     }
 
     #[test]
@@ -169,12 +184,16 @@ mod tests {
         // Closed rows are hard CE, open rows soft KL.
         s.langs = vec![1; 6];
         let v = l.compute(&s.input(0, 1)).unwrap().value;
-        let ce = kdx_framework::loss::CrossEntropy { label_smoothing: 0.0 }.compute(&s.input(0, 1)).unwrap().value;
+        let ce =
+            kdx_framework::loss::CrossEntropy { label_smoothing: 0.0 }.compute(&s.input(0, 1)).unwrap().value;
         assert!((v - ce).abs() < 1e-5, "{v} vs {ce}");
         assert_eq!(sel(2.0, Fallback::None).compute(&s.input(0, 1)).unwrap().value, 0.0);
         s.langs = vec![0; 6];
         let v = l.compute(&s.input(0, 1)).unwrap().value;
-        let kd = SoftKlParams { temperature: Schedule::Constant(2.0), scale_t2: true }.compute(&s.input(0, 1)).unwrap().value;
+        let kd = SoftKlParams { temperature: Schedule::Constant(2.0), scale_t2: true }
+            .compute(&s.input(0, 1))
+            .unwrap()
+            .value;
         assert!((v - kd).abs() < 1e-5, "{v} vs {kd}");
         // Before the first evaluation every gate is open.
         s.stats.iter_mut().for_each(|st| st.dev_acc = f64::NAN);

@@ -2,7 +2,9 @@
 
 use kdx_framework::dfdx_prelude::*;
 use kdx_framework::kdx_recipe::Diagnostic;
-use kdx_framework::loss::{autodiff_logits, row_weights, softmax_rows, tensor2, Loss, LossInput, LossOutput, Needs};
+use kdx_framework::loss::{
+    autodiff_logits, row_weights, softmax_rows, tensor2, Loss, LossInput, LossOutput, Needs,
+};
 use kdx_framework::registry::BuildCtx;
 use kdx_framework::schedule::Schedule;
 use schemars::JsonSchema;
@@ -39,7 +41,12 @@ fn build(p: SoftKlParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
     Ok(Box::new(p))
 }
 
-kdx_framework::register_loss!("soft-kl", "KL(teacher ‖ student) at temperature T, scaled by T² (Hinton 2015)", SoftKlParams, build);
+kdx_framework::register_loss!(
+    "soft-kl",
+    "KL(teacher ‖ student) at temperature T, scaled by T² (Hinton 2015)",
+    SoftKlParams,
+    build
+);
 
 impl Loss for SoftKlParams {
     fn needs(&self) -> Needs {
@@ -54,7 +61,8 @@ impl Loss for SoftKlParams {
         let mut constant = 0f64;
         for i in 0..b {
             let w = x.weights[i] as f64 / b as f64;
-            let ent: f64 = (0..c).map(|k| p[i * c + k] as f64 * lp[i * c + k] as f64).filter(|v| v.is_finite()).sum();
+            let ent: f64 =
+                (0..c).map(|k| p[i * c + k] as f64 * lp[i * c + k] as f64).filter(|v| v.is_finite()).sum();
             constant += w * ent;
         }
         let target = tensor2(b, c, &p) * row_weights(b, c, x.weights);

@@ -44,7 +44,9 @@ fn build(p: TopKParams, ctx: &BuildCtx) -> Result<Box<dyn Loss>, Diagnostic> {
         return Err(ctx.error("k", "must be at least 1"));
     }
     if !p.temperature.stays_positive() {
-        return Err(ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature)));
+        return Err(
+            ctx.error("temperature", format!("must stay positive over the stage, found {:?}", p.temperature))
+        );
     }
     Ok(Box::new(p))
 }
@@ -119,7 +121,10 @@ mod tests {
         assert!((v - expect).abs() < 1e-6, "{v} vs {expect}");
         let s = SampleBatch::random(4, 5, 1, 3.0, 9);
         let a = top(8, 2.0).compute(&s.input(0, 1)).unwrap().value;
-        let b = SoftKlParams { temperature: Schedule::Constant(2.0), scale_t2: true }.compute(&s.input(0, 1)).unwrap().value;
+        let b = SoftKlParams { temperature: Schedule::Constant(2.0), scale_t2: true }
+            .compute(&s.input(0, 1))
+            .unwrap()
+            .value;
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
 }

@@ -1,6 +1,6 @@
 //! `ensemble`: several models whose predictions are averaged (typically a teacher).
 
-use kdx_framework::features::{TokenRows, Featurizer};
+use kdx_framework::features::{Featurizer, TokenRows};
 use kdx_framework::kdx_recipe::{Diagnostic, KeyPath};
 use kdx_framework::model::{Model, ModelBuilder, ModelSpec, OutputGrads, Outputs, Param, StepCtx};
 use kdx_framework::registry::BuildCtx;
@@ -43,7 +43,8 @@ struct EnsembleBuilder {
 
 fn build(p: EnsembleParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Diagnostic> {
     if p.members.len() < 2 {
-        return Err(ctx.error("members", format!("an ensemble needs at least two members, found {}", p.members.len())));
+        return Err(ctx
+            .error("members", format!("an ensemble needs at least two members, found {}", p.members.len())));
     }
     let members = p
         .members
@@ -54,7 +55,12 @@ fn build(p: EnsembleParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Dia
     Ok(Box::new(EnsembleBuilder { members, combine: p.combine }))
 }
 
-kdx_framework::register_model!("ensemble", "several models averaged (logits or probabilities)", EnsembleParams, build);
+kdx_framework::register_model!(
+    "ensemble",
+    "several models averaged (logits or probabilities)",
+    EnsembleParams,
+    build
+);
 
 impl ModelBuilder for EnsembleBuilder {
     fn inputs(&self) -> Vec<std::path::PathBuf> {
@@ -68,7 +74,10 @@ impl ModelBuilder for EnsembleBuilder {
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
         let mut members = Vec::new();
         for (i, b) in self.members.iter().enumerate() {
-            let mut m = b.build(&ModelSpec { seed: spec.seed.wrapping_add(0x9E37_79B9 * (i as u64 + 1)), ..spec.clone() })?;
+            let mut m = b.build(&ModelSpec {
+                seed: spec.seed.wrapping_add(0x9E37_79B9 * (i as u64 + 1)),
+                ..spec.clone()
+            })?;
             // Unique names: they are checkpoint keys.
             for p in m.params_mut() {
                 p.name = format!("m{i}.{}", p.name);
@@ -181,20 +190,28 @@ mod tests {
     use crate::model::ngram_mlp::NgramMlpParams;
 
     fn member(dim: usize) -> Box<dyn ModelBuilder> {
-        let p: NgramMlpParams = toml::from_str(&format!("buckets = 64\ndim = {dim}\nngrams = [1, 2]")).unwrap();
+        let p: NgramMlpParams =
+            toml::from_str(&format!("buckets = 64\ndim = {dim}\nngrams = [1, 2]")).unwrap();
         Box::new(p)
     }
 
     #[test]
     fn averages_members_and_names_their_parameters_apart() {
-        let x = TokenRows::build(&kdx_framework::features::NgramHasher { n_min: 1, n_max: 2, buckets: 64 }, vec!["abc", "de"]);
-        let e = EnsembleBuilder { members: vec![member(4), member(6)], combine: Combine::Logits }.build(&ModelSpec::new(3, 7)).unwrap();
+        let x = TokenRows::build(
+            &kdx_framework::features::NgramHasher { n_min: 1, n_max: 2, buckets: 64 },
+            vec!["abc", "de"],
+        );
+        let e = EnsembleBuilder { members: vec![member(4), member(6)], combine: Combine::Logits }
+            .build(&ModelSpec::new(3, 7))
+            .unwrap();
         assert_eq!(e.hidden_dim(), 10);
         let names: Vec<&str> = e.params().iter().map(|p| p.name.as_str()).collect();
         assert!(names.contains(&"m0.emb") && names.contains(&"m1.emb"), "{names:?}");
         for combine in [Combine::Logits, Combine::Probs] {
-            let members: Vec<Box<dyn Model>> =
-                vec![member(4).build(&ModelSpec::new(3, 1)).unwrap(), member(6).build(&ModelSpec::new(3, 2)).unwrap()];
+            let members: Vec<Box<dyn Model>> = vec![
+                member(4).build(&ModelSpec::new(3, 1)).unwrap(),
+                member(6).build(&ModelSpec::new(3, 2)).unwrap(),
+            ];
             let a = members[0].forward(&x).unwrap();
             let b = members[1].forward(&x).unwrap();
             let o = Ensemble { members, combine }.forward(&x).unwrap();
@@ -206,7 +223,9 @@ mod tests {
                 let r = k / 3 * 3;
                 let expect = match combine {
                     Combine::Logits => (a.logits[k] + b.logits[k]) / 2.0,
-                    Combine::Probs => ((sm(&a.logits[r..r + 3], k % 3) + sm(&b.logits[r..r + 3], k % 3)) / 2.0).ln(),
+                    Combine::Probs => {
+                        ((sm(&a.logits[r..r + 3], k % 3) + sm(&b.logits[r..r + 3], k % 3)) / 2.0).ln()
+                    }
                 };
                 assert!((o.logits[k] - expect).abs() < 1e-5, "{combine:?} {k}: {} vs {expect}", o.logits[k]);
             }

@@ -5,13 +5,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use rayon::prelude::*;
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::model::{LayerShape, Model, ModelBuilder, ModelKind, ModelSpec};
 use kdx_framework::nn::kernels::FfnActivation;
-use kdx_framework::nn::{Encoder, EncoderConfig, HiddenProjection, LayerNorm, Linear, Pooling, TransformerModel};
+use kdx_framework::nn::{
+    Encoder, EncoderConfig, HiddenProjection, LayerNorm, Linear, Pooling, TransformerModel,
+};
 use kdx_framework::registry::BuildCtx;
 use kdx_framework::tokenize::TextTokenizer;
+use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
@@ -91,11 +93,17 @@ pub struct HfDir {
 
 /// The files of a model directory kdx reads besides the weights, when they exist (the
 /// configs of modules.json's modules aside).
-const DIRECTORY_FILES: [&str; 5] =
-    ["config.json", "tokenizer.json", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"];
+const DIRECTORY_FILES: [&str; 5] = [
+    "config.json",
+    "tokenizer.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+];
 
 fn read_json(path: &Path) -> anyhow::Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not valid JSON: {e}", path.display()))
 }
 
@@ -167,11 +175,17 @@ const MAX_DIM: usize = 1 << 24;
 impl HfConfig {
     /// Reads and types `path`, returning the `model_type` and the encoder's shape.
     fn read(path: &Path) -> anyhow::Result<(String, EncoderConfig)> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not valid JSON: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not valid JSON: {e}", path.display()))?;
         let model_type = value.get("model_type").and_then(Value::as_str).unwrap_or("(none)").to_string();
         if !SUPPORTED.contains(&model_type.as_str()) {
-            return Err(anyhow::anyhow!("{}: model_type \"{model_type}\" is not supported; supported: {}", path.display(), SUPPORTED.join(", ")));
+            return Err(anyhow::anyhow!(
+                "{}: model_type \"{model_type}\" is not supported; supported: {}",
+                path.display(),
+                SUPPORTED.join(", ")
+            ));
         }
         let located = |e: serde_path_to_error::Error<serde_json::Error>| {
             let key = e.path().to_string();
@@ -192,7 +206,10 @@ impl HfConfig {
             "gelu" => Ok(FfnActivation::GeluErf),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(FfnActivation::GeluTanh),
             "relu" => Ok(FfnActivation::Relu),
-            other => Err(anyhow::anyhow!("{}: `{key}`: activation \"{other}\" is not supported (gelu, gelu_new, relu)", path.display())),
+            other => Err(anyhow::anyhow!(
+                "{}: `{key}`: activation \"{other}\" is not supported (gelu, gelu_new, relu)",
+                path.display()
+            )),
         };
         let cfg = match typed {
             HfConfig::Bert(c) => {
@@ -235,7 +252,10 @@ impl HfConfig {
             ("type_vocab_size", cfg.type_vocab),
         ];
         if let Some((key, v)) = sizes.iter().find(|(_, v)| *v > MAX_DIM) {
-            return Err(anyhow::anyhow!("{}: `{key}` = {v} is beyond any encoder kdx reads (at most {MAX_DIM})", path.display()));
+            return Err(anyhow::anyhow!(
+                "{}: `{key}` = {v} is beyond any encoder kdx reads (at most {MAX_DIM})",
+                path.display()
+            ));
         }
         Ok((model_type, cfg))
     }
@@ -243,14 +263,26 @@ impl HfConfig {
 
 /// Checks the config's sizes against the checkpoint's header (no weight is read): the token
 /// table's shape and the number of layers must agree, naming the key that does not.
-fn check_against_weights(weights: &Path, config: &Path, model_type: &str, cfg: &EncoderConfig) -> anyhow::Result<()> {
+fn check_against_weights(
+    weights: &Path,
+    config: &Path,
+    model_type: &str,
+    cfg: &EncoderConfig,
+) -> anyhow::Result<()> {
     let map = kdx_framework::store::map_file(weights).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", weights.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&map)
+        .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", weights.display()))?;
     let tensors = meta.tensors();
     let distil = model_type == "distilbert";
-    let table = tensors.iter().find(|(n, _)| n.ends_with("embeddings.word_embeddings.weight")).map(|(_, t)| t.shape.clone());
+    let table = tensors
+        .iter()
+        .find(|(n, _)| n.ends_with("embeddings.word_embeddings.weight"))
+        .map(|(_, t)| t.shape.clone());
     let Some(table) = table else {
-        return Err(anyhow::anyhow!("{}: no `embeddings.word_embeddings.weight` tensor (with or without a model prefix)", weights.display()));
+        return Err(anyhow::anyhow!(
+            "{}: no `embeddings.word_embeddings.weight` tensor (with or without a model prefix)",
+            weights.display()
+        ));
     };
     let width_key = if distil { "dim" } else { "hidden_size" };
     if table != [cfg.vocab, cfg.width] {
@@ -272,7 +304,12 @@ fn check_against_weights(weights: &Path, config: &Path, model_type: &str, cfg: &
         .map_or(0, |m| m + 1);
     if in_file != cfg.layers {
         let key = if distil { "n_layers" } else { "num_hidden_layers" };
-        return Err(anyhow::anyhow!("{}: `{key}` = {} but {} holds {in_file} layers", config.display(), cfg.layers, weights.display()));
+        return Err(anyhow::anyhow!(
+            "{}: `{key}` = {} but {} holds {in_file} layers",
+            config.display(),
+            cfg.layers,
+            weights.display()
+        ));
     }
     Ok(())
 }
@@ -281,7 +318,10 @@ impl HfDir {
     /// Reads `dir`'s configuration; the error names the file and what is wrong.
     pub fn open(dir: &Path) -> anyhow::Result<HfDir> {
         if !dir.is_dir() {
-            return Err(anyhow::anyhow!("{} is not a directory (expected a Hugging Face model directory)", dir.display()));
+            return Err(anyhow::anyhow!(
+                "{} is not a directory (expected a Hugging Face model directory)",
+                dir.display()
+            ));
         }
         for f in ["config.json", "model.safetensors", "tokenizer.json"] {
             if !dir.join(f).is_file() {
@@ -295,13 +335,25 @@ impl HfDir {
         let mut files: Vec<PathBuf> = DIRECTORY_FILES.iter().map(|f| dir.join(f)).collect();
         let (pooling, normalize, dense) = sentence_modules(dir, &mut files)?;
         let max_len = match dir.join("sentence_bert_config.json") {
-            p if p.is_file() => read_json(&p)?.get("max_seq_length").and_then(Value::as_u64).map(|v| v as usize),
+            p if p.is_file() => {
+                read_json(&p)?.get("max_seq_length").and_then(Value::as_u64).map(|v| v as usize)
+            }
             _ => None,
         }
         .unwrap_or(cfg.max_len())
         .min(cfg.max_len());
         let prefix = default_prompt(dir)?;
-        Ok(HfDir { dir: dir.to_path_buf(), model_type, cfg, pooling, normalize, max_len, prefix, dense, files })
+        Ok(HfDir {
+            dir: dir.to_path_buf(),
+            model_type,
+            cfg,
+            pooling,
+            normalize,
+            max_len,
+            prefix,
+            dense,
+            files,
+        })
     }
 
     /// The `Dense` module's map (`None` without one), as the projection kdx applies after
@@ -310,11 +362,20 @@ impl HfDir {
         let Some(dense) = &self.dense else { return Ok(None) };
         let path = dense.join("model.safetensors");
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
         let tensor = |name: &str| -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
             let t = st.tensor(name).map_err(|e| anyhow::anyhow!("{}: `{name}`: {e}", path.display()))?;
-            anyhow::ensure!(t.dtype() == safetensors::Dtype::F32, "{}: `{name}` is {:?}, kdx reads F32", path.display(), t.dtype());
-            Ok((t.shape().to_vec(), t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+            anyhow::ensure!(
+                t.dtype() == safetensors::Dtype::F32,
+                "{}: `{name}` is {:?}, kdx reads F32",
+                path.display(),
+                t.dtype()
+            );
+            Ok((
+                t.shape().to_vec(),
+                t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            ))
         };
         let ((ws, w), (bs, b)) = (tensor("linear.weight")?, tensor("linear.bias")?);
         let (o, i) = (ws[0], ws.get(1).copied().unwrap_or(0));
@@ -342,12 +403,18 @@ impl HfDir {
     pub fn encoder(&self, layers: Option<&[usize]>, dropout: f32) -> anyhow::Result<Encoder> {
         let path = self.dir.join("model.safetensors");
         let map = kdx_framework::store::map_file(&path)?;
-        let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&map)
+            .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
         let names = st.names();
         let prefix = ["", "bert.", "roberta.", "distilbert.", "model."]
             .into_iter()
             .find(|p| names.iter().any(|n| **n == format!("{p}embeddings.word_embeddings.weight")))
-            .with_context(|| format!("{}: no `embeddings.word_embeddings.weight` tensor (with or without a model prefix)", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{}: no `embeddings.word_embeddings.weight` tensor (with or without a model prefix)",
+                    path.display()
+                )
+            })?;
         let tensors = Tensors { st: &st, prefix, path: &path, model_type: &self.model_type };
         let c = &self.cfg;
         let keep: Vec<usize> = layers.map(<[usize]>::to_vec).unwrap_or_else(|| (0..c.layers).collect());
@@ -355,7 +422,11 @@ impl HfDir {
         let h = c.width;
         let e = &mut enc.embeddings;
         tensors.read("embeddings.word_embeddings.weight", &[c.vocab, h], &mut e.tokens.data)?;
-        tensors.read("embeddings.position_embeddings.weight", &[c.max_positions, h], &mut e.positions.data)?;
+        tensors.read(
+            "embeddings.position_embeddings.weight",
+            &[c.max_positions, h],
+            &mut e.positions.data,
+        )?;
         if let Some(t) = &mut e.types {
             tensors.read("embeddings.token_type_embeddings.weight", &[c.type_vocab, h], &mut t.data)?;
         }
@@ -372,7 +443,9 @@ impl HfDir {
             };
             // Q, K and V side by side in one `H × 3H` weight and one `3H` bias.
             let a = &mut l.attention;
-            for (j, (bert, distilbert)) in [("query", "q_lin"), ("key", "k_lin"), ("value", "v_lin")].into_iter().enumerate() {
+            for (j, (bert, distilbert)) in
+                [("query", "q_lin"), ("key", "k_lin"), ("value", "v_lin")].into_iter().enumerate()
+            {
                 let name = n(&format!("attention.self.{bert}"), &format!("attention.{distilbert}"));
                 tensors.read_transposed(&format!("{name}.weight"), h, h, &mut a.qkv.w.data, 3 * h, j * h)?;
                 tensors.read(&format!("{name}.bias"), &[h], &mut a.qkv.b.data[j * h..(j + 1) * h])?;
@@ -396,11 +469,23 @@ impl HfDir {
     /// head for `classes` classes: what `kdx embed DIR` runs.
     pub fn model(&self, classes: usize) -> anyhow::Result<TransformerModel> {
         let enc = self.encoder(None, 0.0)?;
-        Ok(TransformerModel::new(enc, self.tokenizer(self.max_len)?, self.pooling, self.normalize, classes, 0, self.name()))
+        Ok(TransformerModel::new(
+            enc,
+            self.tokenizer(self.max_len)?,
+            self.pooling,
+            self.normalize,
+            classes,
+            0,
+            self.name(),
+        ))
     }
 
     fn name(&self) -> String {
-        format!("hf-encoder {} ({})", self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), self.model_type)
+        format!(
+            "hf-encoder {} ({})",
+            self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            self.model_type
+        )
     }
 }
 
@@ -416,9 +501,25 @@ impl Tensors<'_> {
     /// The F32 data of `name` (under the model prefix), checked to have `shape`.
     fn view(&self, name: &str, shape: &[usize]) -> anyhow::Result<&[u8]> {
         let full = format!("{}{name}", self.prefix);
-        let t = self.st.tensor(&full).map_err(|_| anyhow::anyhow!("{}: no tensor `{full}` (the {} layout has it)", self.path.display(), self.model_type))?;
-        anyhow::ensure!(t.shape() == shape, "{}: tensor `{full}` has shape {:?}, but config.json implies {shape:?}", self.path.display(), t.shape());
-        anyhow::ensure!(t.dtype() == safetensors::Dtype::F32, "{}: tensor `{full}` is {:?}; only F32 checkpoints are read", self.path.display(), t.dtype());
+        let t = self.st.tensor(&full).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: no tensor `{full}` (the {} layout has it)",
+                self.path.display(),
+                self.model_type
+            )
+        })?;
+        anyhow::ensure!(
+            t.shape() == shape,
+            "{}: tensor `{full}` has shape {:?}, but config.json implies {shape:?}",
+            self.path.display(),
+            t.shape()
+        );
+        anyhow::ensure!(
+            t.dtype() == safetensors::Dtype::F32,
+            "{}: tensor `{full}` is {:?}; only F32 checkpoints are read",
+            self.path.display(),
+            t.dtype()
+        );
         Ok(t.data())
     }
 
@@ -427,7 +528,12 @@ impl Tensors<'_> {
     }
 
     fn finite(&self, name: &str, bad: bool) -> anyhow::Result<()> {
-        anyhow::ensure!(!bad, "{}: tensor `{}{name}` holds NaN or infinite weights", self.path.display(), self.prefix);
+        anyhow::ensure!(
+            !bad,
+            "{}: tensor `{}{name}` holds NaN or infinite weights",
+            self.path.display(),
+            self.prefix
+        );
         Ok(())
     }
 
@@ -444,7 +550,15 @@ impl Tensors<'_> {
 
     /// Copies PyTorch's `out × in` weight `name` transposed into columns `col..col + out` of
     /// `dst`, an `in × ld` matrix (kdx stores `x·W` weights as `in × out`).
-    fn read_transposed(&self, name: &str, out: usize, inp: usize, dst: &mut [f32], ld: usize, col: usize) -> anyhow::Result<()> {
+    fn read_transposed(
+        &self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        dst: &mut [f32],
+        ld: usize,
+        col: usize,
+    ) -> anyhow::Result<()> {
         let src = self.view(name, &[out, inp])?;
         let mut bad = false;
         for (o, row) in src.chunks_exact(4 * inp).enumerate() {
@@ -467,7 +581,11 @@ impl Tensors<'_> {
     /// A layer norm: `weight`/`bias`, or the older `gamma`/`beta`.
     fn norm(&self, base: &str, n: &mut LayerNorm) -> anyhow::Result<()> {
         let h = n.gain.data.len();
-        let (g, b) = if self.has(&format!("{base}.weight")) || !self.has(&format!("{base}.gamma")) { ("weight", "bias") } else { ("gamma", "beta") };
+        let (g, b) = if self.has(&format!("{base}.weight")) || !self.has(&format!("{base}.gamma")) {
+            ("weight", "bias")
+        } else {
+            ("gamma", "beta")
+        };
         self.read(&format!("{base}.{g}"), &[h], &mut n.gain.data)?;
         self.read(&format!("{base}.{b}"), &[h], &mut n.bias.data)
     }
@@ -484,29 +602,39 @@ fn default_prompt(dir: &Path) -> anyhow::Result<String> {
     let Some(name) = c.get("default_prompt_name").and_then(Value::as_str) else {
         return Ok(String::new());
     };
-    c.pointer(&format!("/prompts/{name}"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| anyhow::anyhow!("{}: `default_prompt_name` is \"{name}\" but `prompts` has no such prompt", path.display()))
+    c.pointer(&format!("/prompts/{name}")).and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: `default_prompt_name` is \"{name}\" but `prompts` has no such prompt",
+            path.display()
+        )
+    })
 }
 
 /// Pooling, normalisation and a `Dense` projection's directory from sentence-transformers'
 /// modules.json (mean, no normalisation and no projection without one). A `Dense` module
 /// must come last and map linearly (identity activation). The module configs it reads are
 /// added to `files`.
-fn sentence_modules(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<(Pooling, bool, Option<PathBuf>)> {
+fn sentence_modules(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+) -> anyhow::Result<(Pooling, bool, Option<PathBuf>)> {
     let modules_path = dir.join("modules.json");
     if !modules_path.is_file() {
         return Ok((Pooling::Mean, false, None));
     }
     let modules = read_json(&modules_path)?;
-    let list = modules.as_array().ok_or_else(|| anyhow::anyhow!("{}: expected a list of modules", modules_path.display()))?;
+    let list = modules
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("{}: expected a list of modules", modules_path.display()))?;
     let (mut pooling, mut normalize, mut dense) = (Pooling::Mean, false, None);
     for m in list {
         let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
         let sub = m.get("path").and_then(Value::as_str).unwrap_or("");
         if dense.is_some() {
-            return Err(anyhow::anyhow!("{}: `{ty}` after a Dense module: kdx reads a Dense module only as the last one", modules_path.display()));
+            return Err(anyhow::anyhow!(
+                "{}: `{ty}` after a Dense module: kdx reads a Dense module only as the last one",
+                modules_path.display()
+            ));
         }
         match ty.rsplit('.').next().unwrap_or("") {
             "Transformer" => {}
@@ -519,26 +647,46 @@ fn sentence_modules(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<(Poo
                 pooling = match (on("pooling_mode_mean_tokens"), on("pooling_mode_cls_token")) {
                     (true, false) => Pooling::Mean,
                     (false, true) => Pooling::Cls,
-                    _ => return Err(anyhow::anyhow!("{}: only mean or cls pooling (one of them) is supported", p.display())),
+                    _ => {
+                        return Err(anyhow::anyhow!(
+                            "{}: only mean or cls pooling (one of them) is supported",
+                            p.display()
+                        ))
+                    }
                 };
-                if ["pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"].iter().any(|k| on(k)) {
+                if [
+                    "pooling_mode_max_tokens",
+                    "pooling_mode_mean_sqrt_len_tokens",
+                    "pooling_mode_weightedmean_tokens",
+                    "pooling_mode_lasttoken",
+                ]
+                .iter()
+                .any(|k| on(k))
+                {
                     return Err(anyhow::anyhow!("{}: only mean or cls pooling is supported", p.display()));
                 }
             }
             "Dense" => {
                 let p = dir.join(sub).join("config.json");
                 files.push(p.clone());
-                let act = read_json(&p)?.get("activation_function").and_then(Value::as_str).unwrap_or("").to_string();
+                let act = read_json(&p)?
+                    .get("activation_function")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 if !act.ends_with("Identity") {
-                    return Err(anyhow::anyhow!("{}: activation `{act}`: kdx reads a Dense module with the identity activation only", p.display()));
+                    return Err(anyhow::anyhow!(
+                        "{}: activation `{act}`: kdx reads a Dense module with the identity activation only",
+                        p.display()
+                    ));
                 }
                 dense = Some(dir.join(sub));
             }
             other => {
                 return Err(anyhow::anyhow!(
-                    "{}: module type `{ty}` ({other}) is not supported (Transformer, Pooling, Normalize, Dense)",
-                    modules_path.display()
-                ))
+                "{}: module type `{ty}` ({other}) is not supported (Transformer, Pooling, Normalize, Dense)",
+                modules_path.display()
+            ))
             }
         }
     }
@@ -582,12 +730,22 @@ fn build(mut p: HfEncoderParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>
             return Err(ctx.error("layers", "keep at least one layer"));
         }
         if let Some(&bad) = layers.iter().find(|&&l| l >= hf.cfg.layers) {
-            return Err(ctx.error("layers", format!("layer {bad} does not exist: {} has layers 0..={}", p.path.display(), hf.cfg.layers - 1)));
+            return Err(ctx.error(
+                "layers",
+                format!(
+                    "layer {bad} does not exist: {} has layers 0..={}",
+                    p.path.display(),
+                    hf.cfg.layers - 1
+                ),
+            ));
         }
     }
     if let Some(m) = p.max_len {
         if m < 3 || m > hf.cfg.max_len() {
-            return Err(ctx.error("max_len", format!("expected 3 ..= {} (the model's positions), found {m}", hf.cfg.max_len())));
+            return Err(ctx.error(
+                "max_len",
+                format!("expected 3 ..= {} (the model's positions), found {m}", hf.cfg.max_len()),
+            ));
         }
     }
     if let Some(d) = p.dropout.filter(|d| !(0.0..1.0).contains(d)) {
@@ -596,7 +754,12 @@ fn build(mut p: HfEncoderParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>
     Ok(Box::new(HfEncoder { hf, p }))
 }
 
-kdx_framework::register_model!("hf-encoder", "a local Hugging Face BERT / DistilBERT / RoBERTa / XLM-R directory (pretrained teacher or student)", HfEncoderParams, build);
+kdx_framework::register_model!(
+    "hf-encoder",
+    "a local Hugging Face BERT / DistilBERT / RoBERTa / XLM-R directory (pretrained teacher or student)",
+    HfEncoderParams,
+    build
+);
 
 impl ModelBuilder for HfEncoder {
     fn kind(&self) -> ModelKind {
@@ -633,19 +796,32 @@ impl ModelBuilder for HfEncoder {
         let max_len = self.p.max_len.unwrap_or(hf.max_len);
         let prefix = self.p.prefix.as_deref().unwrap_or(&hf.prefix);
         let tokenizer_path = hf.dir.join("tokenizer.json");
-        let whole = || -> anyhow::Result<TextTokenizer> { Ok(TextTokenizer::from_file(&tokenizer_path, max_len)?.with_prefix(prefix)) };
+        let whole = || -> anyhow::Result<TextTokenizer> {
+            Ok(TextTokenizer::from_file(&tokenizer_path, max_len)?.with_prefix(prefix))
+        };
         let mut enc = enc;
         let (tokenizer, vocabulary_note) = match self.p.max_vocabulary {
             None => (whole()?, String::new()),
             Some(budget) => {
-                let full = std::fs::read(&tokenizer_path).with_context(|| format!("reading {}", tokenizer_path.display()))?;
+                let full = std::fs::read(&tokenizer_path)
+                    .with_context(|| format!("reading {}", tokenizer_path.display()))?;
                 let pruned = match &spec.tokenizer_file {
                     // An exported run: its own pruned tokenizer.json says which pieces it kept.
-                    Some(f) => super::prune::reload(&full, &std::fs::read(f).with_context(|| format!("reading {}", f.display()))?)?,
+                    Some(f) => super::prune::reload(
+                        &full,
+                        &std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+                    )?,
                     None => {
-                        anyhow::ensure!(!spec.train_texts.is_empty(), "max_vocabulary: no training texts to choose the vocabulary from");
+                        anyhow::ensure!(
+                            !spec.train_texts.is_empty(),
+                            "max_vocabulary: no training texts to choose the vocabulary from"
+                        );
                         let tokenizer = whole()?;
-                        let ids: Vec<Vec<u32>> = spec.train_texts.par_iter().map(|t| tokenizer.encode(t)).collect::<anyhow::Result<_>>()?;
+                        let ids: Vec<Vec<u32>> = spec
+                            .train_texts
+                            .par_iter()
+                            .map(|t| tokenizer.encode(t))
+                            .collect::<anyhow::Result<_>>()?;
                         super::prune::choose(&full, &ids, &spec.train_texts, budget)?
                     }
                 };
@@ -690,13 +866,19 @@ mod tests {
     fn exported(dir: &Path, run: &Path) -> PathBuf {
         let mut params = toml::Table::new();
         params.insert("path".into(), toml::Value::String(dir.display().to_string()));
-        let Instance::Model(builder) = build_standalone(PluginKind::Model, "hf-encoder", params.clone(), "test").unwrap() else {
+        let Instance::Model(builder) =
+            build_standalone(PluginKind::Model, "hf-encoder", params.clone(), "test").unwrap()
+        else {
             unreachable!()
         };
         let model = builder.build(&ModelSpec::new(2, 0)).unwrap();
         params.insert("plugin".into(), toml::Value::String("hf-encoder".into()));
         let source = ModelPlan { plugin: "hf-encoder".into(), builder, section: toml::Value::Table(params) };
-        let task = Task { labels: vec!["de".into(), "fr".into()], langs: vec!["de".into(), "fr".into()], ..Default::default() };
+        let task = Task {
+            labels: vec!["de".into(), "fr".into()],
+            langs: vec!["de".into(), "fr".into()],
+            ..Default::default()
+        };
         std::fs::create_dir_all(run).unwrap();
         let stem = run.join("student");
         kdx_framework::export::export(model.as_ref(), &source, &task, &stem, None).unwrap();
@@ -711,8 +893,12 @@ mod tests {
         let stem = exported(&dir, &tmp.path().join("run"));
         kdx_framework::export::load(&stem).unwrap();
         let refused = |path: &Path| {
-            let e = format!("{:#}", kdx_framework::export::load(&stem).err().expect("loaded a model whose directory changed"));
-            let (parent, name) = (path.parent().unwrap().display(), path.file_name().unwrap().to_string_lossy());
+            let e = format!(
+                "{:#}",
+                kdx_framework::export::load(&stem).err().expect("loaded a model whose directory changed")
+            );
+            let (parent, name) =
+                (path.parent().unwrap().display(), path.file_name().unwrap().to_string_lossy());
             assert!(e.starts_with(&format!("{parent}: {name} has changed since the run")), "{e}");
         };
         // Each file the model reads besides the weights, edited and then restored.

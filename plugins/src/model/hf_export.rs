@@ -32,12 +32,18 @@ fn transposed(w: &[f32], inputs: usize, outputs: usize, cols: std::ops::Range<us
 
 fn linear(name: &str, l: &Linear) -> [Tensor; 2] {
     let (i, o) = (l.w.shape[0], l.w.shape[1]);
-    [(format!("{name}.weight"), vec![o, i], transposed(&l.w.data, i, o, 0..o)), (format!("{name}.bias"), vec![o], l.b.data.clone())]
+    [
+        (format!("{name}.weight"), vec![o, i], transposed(&l.w.data, i, o, 0..o)),
+        (format!("{name}.bias"), vec![o], l.b.data.clone()),
+    ]
 }
 
 fn norm(name: &str, n: &kdx_framework::nn::LayerNorm) -> [Tensor; 2] {
     let h = n.gain.data.len();
-    [(format!("{name}.weight"), vec![h], n.gain.data.clone()), (format!("{name}.bias"), vec![h], n.bias.data.clone())]
+    [
+        (format!("{name}.weight"), vec![h], n.gain.data.clone()),
+        (format!("{name}.bias"), vec![h], n.bias.data.clone()),
+    ]
 }
 
 /// The encoder's tensors under BERT's names, and its `config.json`.
@@ -61,8 +67,16 @@ fn encoder_tensors(m: &TransformerModel) -> (Vec<Tensor>, serde_json::Value) {
         let p = format!("encoder.layer.{i}");
         let qkv = &l.attention.qkv;
         for (j, part) in ["query", "key", "value"].into_iter().enumerate() {
-            t.push((format!("{p}.attention.self.{part}.weight"), vec![h, h], transposed(&qkv.w.data, h, 3 * h, j * h..(j + 1) * h)));
-            t.push((format!("{p}.attention.self.{part}.bias"), vec![h], qkv.b.data[j * h..(j + 1) * h].to_vec()));
+            t.push((
+                format!("{p}.attention.self.{part}.weight"),
+                vec![h, h],
+                transposed(&qkv.w.data, h, 3 * h, j * h..(j + 1) * h),
+            ));
+            t.push((
+                format!("{p}.attention.self.{part}.bias"),
+                vec![h],
+                qkv.b.data[j * h..(j + 1) * h].to_vec(),
+            ));
         }
         t.extend(linear(&format!("{p}.attention.output.dense"), &l.attention.out));
         t.extend(norm(&format!("{p}.attention.output.LayerNorm"), &l.attention.norm));
@@ -103,13 +117,18 @@ fn encoder_tensors(m: &TransformerModel) -> (Vec<Tensor>, serde_json::Value) {
 
 /// safetensors bytes of `tensors` (F32, little-endian).
 fn safetensors_bytes(tensors: &[Tensor]) -> Result<Vec<u8>> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(n, s, d)| (n.clone(), s.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.clone(), s.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
     let views = bytes
         .iter()
-        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?)))
+        .map(|(n, s, b)| {
+            Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?))
+        })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let meta: Option<std::collections::HashMap<String, String>> = Some([("format".to_string(), "pt".to_string())].into());
+    let meta: Option<std::collections::HashMap<String, String>> =
+        Some([("format".to_string(), "pt".to_string())].into());
     Ok(safetensors::serialize(views, &meta)?)
 }
 
@@ -177,7 +196,10 @@ pub fn write(model: &TransformerModel, projection: Option<&HiddenProjection>, di
         ("model.safetensors".into(), safetensors_bytes(&tensors)?),
         ("tokenizer.json".into(), tokenizer.into_bytes()),
         ("1_Pooling/config.json".into(), pretty(&pooling)),
-        ("sentence_bert_config.json".into(), pretty(&json!({"max_seq_length": model.tokenizer.max_len(), "do_lower_case": false}))),
+        (
+            "sentence_bert_config.json".into(),
+            pretty(&json!({"max_seq_length": model.tokenizer.max_len(), "do_lower_case": false})),
+        ),
     ];
     if model.normalize {
         modules.push(json!({"idx": modules.len(), "name": modules.len().to_string(), "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}));
@@ -186,7 +208,10 @@ pub fn write(model: &TransformerModel, projection: Option<&HiddenProjection>, di
     }
     if let Some(l) = projection.and_then(|p| p.linear.as_ref()) {
         let (i, o) = (l.w.shape[0], l.w.shape[1]);
-        let dense = [("linear.weight".to_string(), vec![o, i], transposed(&l.w.data, i, o, 0..o)), ("linear.bias".to_string(), vec![o], l.b.data.clone())];
+        let dense = [
+            ("linear.weight".to_string(), vec![o, i], transposed(&l.w.data, i, o, 0..o)),
+            ("linear.bias".to_string(), vec![o], l.b.data.clone()),
+        ];
         modules.push(json!({"idx": modules.len(), "name": modules.len().to_string(), "path": "3_Dense", "type": "sentence_transformers.models.Dense"}));
         files.push((
             "3_Dense/config.json".into(),

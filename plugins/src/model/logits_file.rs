@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
-use kdx_framework::store::read_safetensors;
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::model::{Model, ModelBuilder, ModelKind, ModelSpec, OutputTable, Outputs};
 use kdx_framework::registry::BuildCtx;
+use kdx_framework::store::read_safetensors;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -52,7 +52,10 @@ fn build(mut p: LogitsFileParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder
     let ids = p.ids_path();
     if !ids.is_file() {
         let key = if p.ids.is_some() { "ids" } else { "path" };
-        return Err(ctx.error(key, format!("the ids file {} does not exist (one example id per line, row by row)", ids.display())));
+        return Err(ctx.error(
+            key,
+            format!("the ids file {} does not exist (one example id per line, row by row)", ids.display()),
+        ));
     }
     if let Some(cols) = &p.columns {
         let mut seen = std::collections::BTreeSet::new();
@@ -99,7 +102,13 @@ impl ModelBuilder for LogitsFileParams {
             logits.rows
         );
         if let Some(h) = &hidden {
-            ensure!(h.rows == logits.rows, "{}: `hidden` has {} rows but `logits` has {}", self.path.display(), h.rows, logits.rows);
+            ensure!(
+                h.rows == logits.rows,
+                "{}: `hidden` has {} rows but `logits` has {}",
+                self.path.display(),
+                h.rows,
+                logits.rows
+            );
         }
         logits = match &self.columns {
             Some(cols) => reorder(logits, cols, &spec.labels, &self.path)?,
@@ -118,7 +127,12 @@ impl ModelBuilder for LogitsFileParams {
         let mut row_of = HashMap::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
             if let Some(j) = row_of.insert(id.clone(), i) {
-                bail!("{}: id `{id}` is on line {} and on line {}; each example may have one row", ids_path.display(), j + 1, i + 1);
+                bail!(
+                    "{}: id `{id}` is on line {} and on line {}; each example may have one row",
+                    ids_path.display(),
+                    j + 1,
+                    i + 1
+                );
             }
         }
         Ok(Box::new(LogitsFile { path: self.path.clone(), ids_path, logits, hidden, row_of }))
@@ -137,34 +151,56 @@ struct Matrix {
 fn read_outputs(path: &Path) -> anyhow::Result<(Matrix, Option<Matrix>)> {
     if path.extension().is_some_and(|e| e == "npy") {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        return Ok((parse_npy(&bytes).with_context(|| format!("{}: not a usable .npy file", path.display()))?, None));
+        return Ok((
+            parse_npy(&bytes).with_context(|| format!("{}: not a usable .npy file", path.display()))?,
+            None,
+        ));
     }
     let map = read_safetensors(path)?;
     let matrix = |name: &str| -> anyhow::Result<Option<Matrix>> {
         let Some((shape, data)) = map.get(name) else { return Ok(None) };
-        ensure!(shape.len() == 2, "{}: tensor `{name}` has shape {shape:?}; expected 2 dimensions (examples × width)", path.display());
+        ensure!(
+            shape.len() == 2,
+            "{}: tensor `{name}` has shape {shape:?}; expected 2 dimensions (examples × width)",
+            path.display()
+        );
         Ok(Some(Matrix { rows: shape[0], cols: shape[1], data: data.clone() }))
     };
     let Some(logits) = matrix("logits")? else {
         let names: Vec<&str> = map.keys().map(String::as_str).collect();
-        bail!("{}: no tensor `logits` (it has: {})", path.display(), if names.is_empty() { "none".into() } else { names.join(", ") });
+        bail!(
+            "{}: no tensor `logits` (it has: {})",
+            path.display(),
+            if names.is_empty() { "none".into() } else { names.join(", ") }
+        );
     };
     Ok((logits, matrix("hidden")?))
 }
 
 /// Parses a 2-D float `.npy` array (format versions 1–3) into a row-major f32 matrix.
 fn parse_npy(bytes: &[u8]) -> anyhow::Result<Matrix> {
-    ensure!(bytes.starts_with(b"\x93NUMPY") && bytes.len() >= 10, "the file does not start with the .npy magic string");
+    ensure!(
+        bytes.starts_with(b"\x93NUMPY") && bytes.len() >= 10,
+        "the file does not start with the .npy magic string"
+    );
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
         v => bail!("unsupported .npy format version {v}"),
     };
     let header = bytes.get(start..start + header_len).context("the header is cut short")?;
     let header = std::str::from_utf8(header).context("the header is not text")?;
     let field = |key: &str| -> anyhow::Result<&str> {
-        let at = header.find(&format!("'{key}'")).with_context(|| format!("the header has no '{key}' ({header})"))?;
-        let rest = header[at + key.len() + 2..].trim_start().strip_prefix(':').context("malformed header")?.trim_start();
+        let at = header
+            .find(&format!("'{key}'"))
+            .with_context(|| format!("the header has no '{key}' ({header})"))?;
+        let rest = header[at + key.len() + 2..]
+            .trim_start()
+            .strip_prefix(':')
+            .context("malformed header")?
+            .trim_start();
         Ok(rest)
     };
     let descr = field("descr")?;
@@ -179,8 +215,13 @@ fn parse_npy(bytes: &[u8]) -> anyhow::Result<Matrix> {
     let fortran = field("fortran_order")?.starts_with("True");
     let shape = field("shape")?;
     let shape = shape.strip_prefix('(').and_then(|s| s.split(')').next()).context("malformed 'shape'")?;
-    let dims: Vec<usize> =
-        shape.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse).collect::<Result<_, _>>().context("malformed 'shape'")?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("malformed 'shape'")?;
     let [rows, cols] = dims[..] else {
         bail!("the array has shape ({shape}); expected 2 dimensions (examples × classes)");
     };
@@ -200,13 +241,18 @@ fn parse_npy(bytes: &[u8]) -> anyhow::Result<Matrix> {
             (_, true) => f64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
         })
         .collect();
-    let data = if fortran { (0..rows * cols).map(|k| values[(k % cols) * rows + k / cols]).collect() } else { values };
+    let data = if fortran {
+        (0..rows * cols).map(|k| values[(k % cols) * rows + k / cols]).collect()
+    } else {
+        values
+    };
     Ok(Matrix { rows, cols, data })
 }
 
 /// One id per line; a final newline and `\r` line ends are allowed, an empty line is not.
 fn read_ids(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading ids file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading ids file {}", path.display()))?;
     let body = text.strip_suffix('\n').unwrap_or(&text);
     if body.is_empty() {
         return Ok(Vec::new());
@@ -214,7 +260,12 @@ fn read_ids(path: &Path) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::new();
     for (i, line) in body.split('\n').enumerate() {
         let id = line.strip_suffix('\r').unwrap_or(line);
-        ensure!(!id.is_empty(), "{}:{}: empty line; each line names one row's example id", path.display(), i + 1);
+        ensure!(
+            !id.is_empty(),
+            "{}:{}: empty line; each line names one row's example id",
+            path.display(),
+            i + 1
+        );
         ids.push(id.to_string());
     }
     Ok(ids)
@@ -222,7 +273,13 @@ fn read_ids(path: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Selects and orders the columns named `cols` as the task's classes `labels`.
 fn reorder(m: Matrix, cols: &[String], labels: &[String], path: &Path) -> anyhow::Result<Matrix> {
-    ensure!(cols.len() == m.cols, "`columns` names {} classes but {} has {} columns", cols.len(), path.display(), m.cols);
+    ensure!(
+        cols.len() == m.cols,
+        "`columns` names {} classes but {} has {} columns",
+        cols.len(),
+        path.display(),
+        m.cols
+    );
     let mut pick = Vec::with_capacity(labels.len());
     let mut missing = Vec::new();
     for l in labels {
@@ -237,7 +294,10 @@ fn reorder(m: Matrix, cols: &[String], labels: &[String], path: &Path) -> anyhow
         missing.join(", "),
         labels.join(", ")
     );
-    let data = (0..m.rows).flat_map(|i| pick.iter().map(move |&j| (i, j))).map(|(i, j)| m.data[i * m.cols + j]).collect();
+    let data = (0..m.rows)
+        .flat_map(|i| pick.iter().map(move |&j| (i, j)))
+        .map(|(i, j)| m.data[i * m.cols + j])
+        .collect();
     Ok(Matrix { rows: m.rows, cols: labels.len(), data })
 }
 
@@ -250,7 +310,8 @@ struct LogitsFile {
     row_of: HashMap<String, usize>,
 }
 
-const NOT_A_NETWORK: &str = "the `logits-file` model holds outputs for example ids, not a network: it can only be the recipe's \
+const NOT_A_NETWORK: &str =
+    "the `logits-file` model holds outputs for example ids, not a network: it can only be the recipe's \
                              [teacher] (not a student, nor a member of `ensemble` or `per-language`)";
 
 impl OutputTable for LogitsFile {
@@ -262,7 +323,8 @@ impl OutputTable for LogitsFile {
     }
     fn lookup(&self, ids: &[&str], what: &str) -> anyhow::Result<Outputs> {
         let rows: Vec<Option<usize>> = ids.iter().map(|id| self.row_of.get(*id).copied()).collect();
-        let missing: Vec<&str> = ids.iter().zip(&rows).filter(|(_, r)| r.is_none()).map(|(id, _)| *id).collect();
+        let missing: Vec<&str> =
+            ids.iter().zip(&rows).filter(|(_, r)| r.is_none()).map(|(id, _)| *id).collect();
         if !missing.is_empty() {
             let shown: Vec<String> = missing.iter().take(5).map(|id| format!("`{id}`")).collect();
             bail!(
@@ -274,7 +336,12 @@ impl OutputTable for LogitsFile {
                 shown.join(", ")
             );
         }
-        let gather = |m: &Matrix| rows.iter().flatten().flat_map(|&r| m.data[r * m.cols..(r + 1) * m.cols].iter().copied()).collect();
+        let gather = |m: &Matrix| {
+            rows.iter()
+                .flatten()
+                .flat_map(|&r| m.data[r * m.cols..(r + 1) * m.cols].iter().copied())
+                .collect()
+        };
         Ok(Outputs {
             batch: ids.len(),
             logits: gather(&self.logits),
@@ -296,7 +363,10 @@ mod tests {
 
     /// A version-1 .npy file of `data` (row-major unless `fortran`).
     fn npy(descr: &str, shape: &str, fortran: bool, body: &[u8]) -> Vec<u8> {
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}", if fortran { "True" } else { "False" });
+        let mut header = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+            if fortran { "True" } else { "False" }
+        );
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -313,7 +383,11 @@ mod tests {
     }
 
     fn spec(labels: &[&str]) -> ModelSpec {
-        ModelSpec { classes: labels.len(), labels: labels.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+        ModelSpec {
+            classes: labels.len(),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
     }
 
     fn params(dir: &Path, file: &[u8], ext: &str, ids: &str) -> LogitsFileParams {
@@ -332,7 +406,10 @@ mod tests {
         let be: Vec<u8> = want.data.iter().flat_map(|x| x.to_be_bytes()).collect();
         assert_eq!(parse_npy(&npy(">f4", "(2, 3)", false, &be)).unwrap(), want);
         // Fortran order stores columns one after another.
-        assert_eq!(parse_npy(&npy("<f4", "(2, 3)", true, &f32s(&[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]))).unwrap(), want);
+        assert_eq!(
+            parse_npy(&npy("<f4", "(2, 3)", true, &f32s(&[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]))).unwrap(),
+            want
+        );
         for (file, msg) in [
             (npy("<i8", "(2, 3)", false, &[0; 48]), "dtype is `<i8`"),
             (npy("<f4", "(6,)", false, &f32s(&want.data)), "expected 2 dimensions"),
@@ -347,13 +424,23 @@ mod tests {
     #[test]
     fn outputs_are_looked_up_by_id_and_columns_reordered() {
         let dir = tempfile::tempdir().unwrap();
-        let p = params(dir.path(), &npy("<f4", "(2, 3)", false, &f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])), "npy", "a\r\nb\n");
+        let p = params(
+            dir.path(),
+            &npy("<f4", "(2, 3)", false, &f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])),
+            "npy",
+            "a\r\nb\n",
+        );
         let t = p.build_table(&spec(&["x", "y", "z"])).unwrap();
         let o = t.lookup(&["b", "a", "b"], "test").unwrap();
         assert_eq!((o.batch, o.classes, o.hidden_dim), (3, 3, 0));
         assert_eq!(o.logits, [4.0, 5.0, 6.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         assert_eq!(p.kind(), ModelKind::Precomputed);
-        assert!(p.build(&spec(&["x", "y", "z"])).err().unwrap().to_string().contains("only be the recipe's [teacher]"));
+        assert!(p
+            .build(&spec(&["x", "y", "z"]))
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("only be the recipe's [teacher]"));
         // Named columns are matched to the task's classes; extra ones are dropped.
         let p = LogitsFileParams { columns: Some(vec!["z".into(), "x".into(), "y".into()]), ..p };
         let o = p.build_table(&spec(&["x", "y"])).unwrap().lookup(&["a"], "test").unwrap();
@@ -376,7 +463,12 @@ mod tests {
         assert_eq!((o.logits, o.hidden), (vec![0.0, 1.0], vec![4.0, 5.0, 6.0]));
         map.remove("logits");
         let p = params(dir.path(), &to_safetensors(&map).unwrap(), "safetensors", "p\nq\n");
-        assert!(p.build_table(&spec(&["x", "y"])).err().unwrap().to_string().contains("no tensor `logits` (it has: hidden)"));
+        assert!(p
+            .build_table(&spec(&["x", "y"]))
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("no tensor `logits` (it has: hidden)"));
     }
 
     #[test]
@@ -390,11 +482,16 @@ mod tests {
             ("a\n\nb\n", &["x", "y", "z"], "t.ids.txt:2: empty line"),
         ];
         for (ids, labels, want) in cases {
-            let e = params(dir.path(), &file, "npy", ids).build_table(&spec(labels)).err().unwrap().to_string();
+            let e =
+                params(dir.path(), &file, "npy", ids).build_table(&spec(labels)).err().unwrap().to_string();
             assert!(e.contains(want), "expected `{want}` in `{e}`");
         }
         let m = params(dir.path(), &file, "npy", "a\nb\n").build_table(&spec(&["x", "y", "z"])).unwrap();
         let e = m.lookup(&["a", "fr:12", "de:7"], "training").unwrap_err().to_string();
-        assert!(e.contains("2 of the 3 training examples have no row (e.g. `fr:12`, `de:7`)") && e.contains("kdx examples"), "{e}");
+        assert!(
+            e.contains("2 of the 3 training examples have no row (e.g. `fr:12`, `de:7`)")
+                && e.contains("kdx examples"),
+            "{e}"
+        );
     }
 }

@@ -1,10 +1,10 @@
 //! `ngram-mlp`: hashed character n-grams → embedding bag (mean) → hidden layers → logits.
 //! The fastText / CLD3 family of language identifiers, with every size from the recipe.
 
-use kdx_framework::nn::{Activation, EmbeddingBag, Mlp};
-use kdx_framework::features::{TokenRows, Featurizer, NgramHasher};
+use kdx_framework::features::{Featurizer, NgramHasher, TokenRows};
 use kdx_framework::kdx_recipe::Diagnostic;
 use kdx_framework::model::{Model, ModelBuilder, ModelSpec, OutputGrads, Outputs, Param, StepCtx};
+use kdx_framework::nn::{Activation, EmbeddingBag, Mlp};
 use kdx_framework::registry::BuildCtx;
 use rand::SeedableRng;
 use schemars::JsonSchema;
@@ -53,7 +53,9 @@ fn default_dim() -> usize {
 fn build(p: NgramMlpParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Diagnostic> {
     let [lo, hi] = p.ngrams;
     if lo == 0 || lo > hi || hi > 8 {
-        return Err(ctx.error("ngrams", format!("expected [min, max] with 1 ≤ min ≤ max ≤ 8, found [{lo}, {hi}]")));
+        return Err(
+            ctx.error("ngrams", format!("expected [min, max] with 1 ≤ min ≤ max ≤ 8, found [{lo}, {hi}]"))
+        );
     }
     if p.buckets == 0 || p.buckets > 1 << 24 {
         return Err(ctx.error("buckets", format!("expected 1 ..= 16777216 buckets, found {}", p.buckets)));
@@ -88,7 +90,12 @@ fn build(p: NgramMlpParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Dia
 /// The fewest classes a task has: the output layer's size before the data is loaded.
 const MIN_CLASSES: u128 = 2;
 
-kdx_framework::register_model!("ngram-mlp", "hashed character n-grams → embedding bag → MLP (fastText/CLD3-like)", NgramMlpParams, build);
+kdx_framework::register_model!(
+    "ngram-mlp",
+    "hashed character n-grams → embedding bag → MLP (fastText/CLD3-like)",
+    NgramMlpParams,
+    build
+);
 
 impl ModelBuilder for NgramMlpParams {
     fn hidden_width(&self) -> Option<usize> {
@@ -108,7 +115,15 @@ impl ModelBuilder for NgramMlpParams {
         let (classes, seed) = (spec.classes, spec.seed);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let bag = EmbeddingBag::new("emb", self.buckets, self.dim, &mut rng);
-        let mlp = Mlp::new(self.dim, &self.hidden, classes, self.activation, self.layer_norm, self.dropout, &mut rng);
+        let mlp = Mlp::new(
+            self.dim,
+            &self.hidden,
+            classes,
+            self.activation,
+            self.layer_norm,
+            self.dropout,
+            &mut rng,
+        );
         let hasher = NgramHasher { n_min: self.ngrams[0], n_max: self.ngrams[1], buckets: self.buckets };
         Ok(Box::new(NgramMlp { hasher, bag, mlp }))
     }

@@ -1,6 +1,6 @@
 //! `per-language`: one model per language group, each example routed to its group's model.
 
-use kdx_framework::features::{TokenRows, Featurizer};
+use kdx_framework::features::{Featurizer, TokenRows};
 use kdx_framework::kdx_recipe::{Diagnostic, KeyPath};
 use kdx_framework::model::{Model, ModelBuilder, ModelSpec, OutputGrads, Outputs, Param, StepCtx};
 use kdx_framework::registry::BuildCtx;
@@ -84,7 +84,10 @@ impl ModelBuilder for PerLanguageBuilder {
         for (g, langs) in self.groups.iter().enumerate() {
             for l in langs {
                 let i = spec.langs.iter().position(|x| x == l).ok_or_else(|| {
-                    anyhow::anyhow!("per-language: group {g} names `{l}`, which is not a language of this task ({})", spec.langs.join(", "))
+                    anyhow::anyhow!(
+                        "per-language: group {g} names `{l}`, which is not a language of this task ({})",
+                        spec.langs.join(", ")
+                    )
                 })?;
                 route[i] = g;
             }
@@ -108,7 +111,10 @@ impl ModelBuilder for PerLanguageBuilder {
         }
         let mut members = Vec::new();
         for (g, _) in names.iter().enumerate() {
-            let mut m = self.member.build(&ModelSpec { seed: spec.seed.wrapping_add(0x9E37_79B9 * (g as u64 + 1)), ..spec.clone() })?;
+            let mut m = self.member.build(&ModelSpec {
+                seed: spec.seed.wrapping_add(0x9E37_79B9 * (g as u64 + 1)),
+                ..spec.clone()
+            })?;
             for p in m.params_mut() {
                 p.name = format!("g{g}.{}", p.name);
             }
@@ -135,7 +141,10 @@ impl PerLanguage {
         );
         let mut idx = vec![Vec::new(); self.members.len()];
         for (i, &l) in x.langs.iter().enumerate() {
-            let g = *self.route.get(l as usize).ok_or_else(|| anyhow::anyhow!("language id {l} is outside the task"))?;
+            let g = *self
+                .route
+                .get(l as usize)
+                .ok_or_else(|| anyhow::anyhow!("language id {l} is outside the task"))?;
             idx[g].push(i);
         }
         Ok(idx)
@@ -144,7 +153,14 @@ impl PerLanguage {
     /// Runs every group's model on its examples and assembles the batch's outputs.
     fn routed_forward(&self, x: &TokenRows, idx: &[Vec<usize>]) -> anyhow::Result<Outputs> {
         let (c, h) = (self.classes(), self.hidden_dim());
-        let mut out = Outputs { batch: x.len(), logits: vec![0.0; x.len() * c], classes: c, hidden: vec![0.0; x.len() * h], hidden_dim: h, layers: None };
+        let mut out = Outputs {
+            batch: x.len(),
+            logits: vec![0.0; x.len() * c],
+            classes: c,
+            hidden: vec![0.0; x.len() * h],
+            hidden_dim: h,
+            layers: None,
+        };
         for (g, rows) in idx.iter().enumerate() {
             if rows.is_empty() {
                 continue;
@@ -193,10 +209,18 @@ impl Model for PerLanguage {
             if rows.is_empty() {
                 continue;
             }
-            let pick = |v: &[f32], w: usize| rows.iter().flat_map(|&i| v[i * w..(i + 1) * w].iter().copied()).collect::<Vec<f32>>();
-            let sub = OutputGrads { logits: pick(&g.logits, c), hidden: g.hidden.as_ref().map(|gh| pick(gh, h)), layers: None };
+            let pick = |v: &[f32], w: usize| {
+                rows.iter().flat_map(|&i| v[i * w..(i + 1) * w].iter().copied()).collect::<Vec<f32>>()
+            };
+            let sub = OutputGrads {
+                logits: pick(&g.logits, c),
+                hidden: g.hidden.as_ref().map(|gh| pick(gh, h)),
+                layers: None,
+            };
             let mut once = Some(sub);
-            m.forward_backward(&x.gather(rows), ctx, &mut |_| once.take().ok_or_else(|| anyhow::anyhow!("objective asked twice")))?;
+            m.forward_backward(&x.gather(rows), ctx, &mut |_| {
+                once.take().ok_or_else(|| anyhow::anyhow!("objective asked twice"))
+            })?;
         }
         Ok(out)
     }
@@ -224,7 +248,8 @@ mod tests {
     }
 
     fn batch(langs: Vec<u32>) -> TokenRows {
-        let texts: Vec<&str> = ["eins zwei", "un deux", "um dois", "um dois"].iter().take(langs.len()).copied().collect();
+        let texts: Vec<&str> =
+            ["eins zwei", "un deux", "um dois", "um dois"].iter().take(langs.len()).copied().collect();
         let mut b = TokenRows::build(&NgramHasher { n_min: 1, n_max: 2, buckets: 64 }, texts);
         b.langs = langs;
         b
@@ -241,12 +266,15 @@ mod tests {
             p.data.iter_mut().for_each(|v| *v += 0.5);
         }
         let after = m.forward(&x).unwrap();
-        let changed: Vec<bool> = (0..4).map(|i| before.logits[i * 4..(i + 1) * 4] != after.logits[i * 4..(i + 1) * 4]).collect();
+        let changed: Vec<bool> =
+            (0..4).map(|i| before.logits[i * 4..(i + 1) * 4] != after.logits[i * 4..(i + 1) * 4]).collect();
         assert_eq!(changed, vec![false, false, true, true]);
         // A batch of German only trains the `rest` model, never the pt model.
         let x = batch(vec![0]);
-        m.forward_backward(&x, StepCtx::new(0, 0), &mut |o| Ok(OutputGrads { logits: vec![1.0; o.logits.len()], hidden: None, layers: None }))
-            .unwrap();
+        m.forward_backward(&x, StepCtx::new(0, 0), &mut |o| {
+            Ok(OutputGrads { logits: vec![1.0; o.logits.len()], hidden: None, layers: None })
+        })
+        .unwrap();
         for p in m.params() {
             let has = !matches!(p.grad, Grad::None);
             assert_eq!(has, p.name.starts_with("g1."), "{}: {:?}", p.name, p.grad);
@@ -261,11 +289,15 @@ mod tests {
         x.langs.clear();
         assert!(m.forward(&x).unwrap_err().to_string().contains("no language ids"));
         let member: NgramMlpParams = toml::from_str("buckets = 64").unwrap();
-        let err = PerLanguageBuilder { member: Box::new(member), groups: vec![vec!["xx".into()]], rest: Rest::Shared }
-            .build(&ModelSpec { classes: 2, langs: vec!["de".into()], ..Default::default() })
-            .err()
-            .unwrap()
-            .to_string();
+        let err = PerLanguageBuilder {
+            member: Box::new(member),
+            groups: vec![vec!["xx".into()]],
+            rest: Rest::Shared,
+        }
+        .build(&ModelSpec { classes: 2, langs: vec!["de".into()], ..Default::default() })
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.contains("`xx`"), "{err}");
     }
 }

@@ -38,14 +38,19 @@ fn vocab(json: &[u8]) -> Result<Vocab> {
         "pruning needs a Unigram vocabulary (XLM-R, multilingual-e5); this tokenizer.json has {}",
         doc.pointer("/model/type").unwrap_or(&Value::Null)
     );
-    let list = doc.pointer("/model/vocab").and_then(Value::as_array).context("a Unigram tokenizer.json without model.vocab")?;
+    let list = doc
+        .pointer("/model/vocab")
+        .and_then(Value::as_array)
+        .context("a Unigram tokenizer.json without model.vocab")?;
     let pieces = list
         .iter()
         .map(|e| Some((e.get(0)?.as_str()?.to_string(), e.get(1)?.as_f64()?)))
         .collect::<Option<Vec<_>>>()
         .context("model.vocab entries must be [piece, score]")?;
-    let mut specials: Vec<u32> =
-        doc.get("added_tokens").and_then(Value::as_array).map_or(Vec::new(), |a| a.iter().filter_map(|t| t.get("id")?.as_u64().map(|i| i as u32)).collect());
+    let mut specials: Vec<u32> = doc
+        .get("added_tokens")
+        .and_then(Value::as_array)
+        .map_or(Vec::new(), |a| a.iter().filter_map(|t| t.get("id")?.as_u64().map(|i| i as u32)).collect());
     specials.extend(doc.pointer("/model/unk_id").and_then(Value::as_u64).map(|i| i as u32));
     Ok(Vocab { doc, pieces, specials })
 }
@@ -59,7 +64,11 @@ fn block(c: char) -> u32 {
 /// text's ids under the full vocabulary.
 pub fn choose(full: &[u8], tokenised: &[Vec<u32>], texts: &[String], budget: usize) -> Result<Pruned> {
     let v = vocab(full)?;
-    ensure!(budget > v.specials.len(), "a budget of {budget} pieces leaves no room beside the {} special tokens", v.specials.len());
+    ensure!(
+        budget > v.specials.len(),
+        "a budget of {budget} pieces leaves no room beside the {} special tokens",
+        v.specials.len()
+    );
     let mut counts: HashMap<u32, usize> = HashMap::new();
     for ids in tokenised {
         for &i in ids {
@@ -76,13 +85,16 @@ pub fn choose(full: &[u8], tokenised: &[Vec<u32>], texts: &[String], budget: usi
         keep.insert(i);
     }
     // Fill with the best-scored pieces of the scripts the text is written in.
-    let blocks: HashSet<u32> = texts.iter().flat_map(|t| t.chars()).filter(|c| c.is_alphabetic()).map(block).collect();
+    let blocks: HashSet<u32> =
+        texts.iter().flat_map(|t| t.chars()).filter(|c| c.is_alphabetic()).map(block).collect();
     let mut candidates: Vec<(u32, f64)> = v
         .pieces
         .iter()
         .enumerate()
         .filter(|(i, _)| !keep.contains(&(*i as u32)))
-        .filter(|(_, (p, _))| p.chars().filter(|&c| c != '\u{2581}').all(|c| !c.is_alphabetic() || blocks.contains(&block(c))))
+        .filter(|(_, (p, _))| {
+            p.chars().filter(|&c| c != '\u{2581}').all(|c| !c.is_alphabetic() || blocks.contains(&block(c)))
+        })
         .map(|(i, (_, s))| (i as u32, *s))
         .collect();
     candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -102,11 +114,17 @@ pub fn choose(full: &[u8], tokenised: &[Vec<u32>], texts: &[String], budget: usi
 pub fn reload(full: &[u8], pruned: &[u8]) -> Result<Pruned> {
     let v = vocab(full)?;
     let p = vocab(pruned)?;
-    let index: HashMap<&str, u32> = v.pieces.iter().enumerate().map(|(i, (s, _))| (s.as_str(), i as u32)).collect();
+    let index: HashMap<&str, u32> =
+        v.pieces.iter().enumerate().map(|(i, (s, _))| (s.as_str(), i as u32)).collect();
     let rows = p
         .pieces
         .iter()
-        .map(|(s, _)| index.get(s.as_str()).copied().with_context(|| format!("the pruned vocabulary's piece {s:?} is not in the model's")))
+        .map(|(s, _)| {
+            index
+                .get(s.as_str())
+                .copied()
+                .with_context(|| format!("the pruned vocabulary's piece {s:?} is not in the model's"))
+        })
         .collect::<Result<Vec<u32>>>()?;
     build(v, rows)
 }
@@ -115,9 +133,15 @@ pub fn reload(full: &[u8], pruned: &[u8]) -> Result<Pruned> {
 /// renumbered.
 fn build(v: Vocab, rows: Vec<u32>) -> Result<Pruned> {
     let new_id: HashMap<u32, u32> = rows.iter().enumerate().map(|(n, &o)| (o, n as u32)).collect();
-    let remap = |o: u64| -> Result<u64> { new_id.get(&(o as u32)).map(|&n| n as u64).with_context(|| format!("special token id {o} was not kept")) };
+    let remap = |o: u64| -> Result<u64> {
+        new_id
+            .get(&(o as u32))
+            .map(|&n| n as u64)
+            .with_context(|| format!("special token id {o} was not kept"))
+    };
     let mut doc = v.doc;
-    let list: Vec<Value> = rows.iter().map(|&o| serde_json::json!([v.pieces[o as usize].0, v.pieces[o as usize].1])).collect();
+    let list: Vec<Value> =
+        rows.iter().map(|&o| serde_json::json!([v.pieces[o as usize].0, v.pieces[o as usize].1])).collect();
     doc["model"]["vocab"] = Value::Array(list);
     if let Some(u) = doc.pointer("/model/unk_id").and_then(Value::as_u64) {
         doc["model"]["unk_id"] = remap(u)?.into();

@@ -104,7 +104,12 @@ fn default_pooling() -> Pooling {
 
 fn build(mut p: TransformerParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilder>, Diagnostic> {
     match (p.tokenizer, &p.tokenizer_file) {
-        (TokenizerKind::File, None) => return Err(ctx.error("tokenizer_file", "`tokenizer = \"file\"` needs `tokenizer_file`, the path of a tokenizer.json")),
+        (TokenizerKind::File, None) => {
+            return Err(ctx.error(
+                "tokenizer_file",
+                "`tokenizer = \"file\"` needs `tokenizer_file`, the path of a tokenizer.json",
+            ))
+        }
         (TokenizerKind::File, Some(f)) => {
             let path = ctx.resolve_path("tokenizer_file", f);
             if !path.is_file() {
@@ -112,13 +117,16 @@ fn build(mut p: TransformerParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilde
             }
             // Read now, so that `kdx validate` refuses a file that is not a tokenizer rather
             // than the run after its teacher has trained.
-            TextTokenizer::from_file(&path, p.max_len).map_err(|e| ctx.error("tokenizer_file", format!("{e:#}")))?;
+            TextTokenizer::from_file(&path, p.max_len)
+                .map_err(|e| ctx.error("tokenizer_file", format!("{e:#}")))?;
             p.tokenizer_file = Some(path);
         }
         (_, Some(_)) => return Err(ctx.error("tokenizer_file", "only read with `tokenizer = \"file\"`")),
         _ => {}
     }
-    if matches!(p.tokenizer, TokenizerKind::Chars | TokenizerKind::Bpe | TokenizerKind::Unigram) && !(16..=1 << 20).contains(&p.vocab) {
+    if matches!(p.tokenizer, TokenizerKind::Chars | TokenizerKind::Bpe | TokenizerKind::Unigram)
+        && !(16..=1 << 20).contains(&p.vocab)
+    {
         return Err(ctx.error("vocab", format!("expected 16 ..= 1048576 tokens, found {}", p.vocab)));
     }
     if !(3..=4096).contains(&p.max_len) {
@@ -126,14 +134,23 @@ fn build(mut p: TransformerParams, ctx: &BuildCtx) -> Result<Box<dyn ModelBuilde
     }
     let cfg = p.config(p.vocab.max(260));
     // The config's fields are this section's keys, but for the positions, which `max_len` sets.
-    cfg.validate().map_err(|e| ctx.error(if e.field == "max_positions" { "max_len" } else { e.field }, e.message))?;
+    cfg.validate()
+        .map_err(|e| ctx.error(if e.field == "max_positions" { "max_len" } else { e.field }, e.message))?;
     let scalars = cfg.num_params() as u128;
-    check_memory(&format!("this transformer ({scalars} parameters, with gradients and optimizer moments)"), scalars * 16)
-        .map_err(|e| ctx.error("width", e.to_string()))?;
+    check_memory(
+        &format!("this transformer ({scalars} parameters, with gradients and optimizer moments)"),
+        scalars * 16,
+    )
+    .map_err(|e| ctx.error("width", e.to_string()))?;
     Ok(Box::new(p))
 }
 
-kdx_framework::register_model!("transformer", "BERT-style transformer encoder trained from scratch (bytes, chars, BPE or Unigram tokens)", TransformerParams, build);
+kdx_framework::register_model!(
+    "transformer",
+    "BERT-style transformer encoder trained from scratch (bytes, chars, BPE or Unigram tokens)",
+    TransformerParams,
+    build
+);
 
 impl TransformerParams {
     fn config(&self, vocab: usize) -> EncoderConfig {
@@ -156,13 +173,18 @@ impl TransformerParams {
         if let Some(f) = &spec.tokenizer_file {
             return TextTokenizer::from_file(f, self.max_len);
         }
-        let learn = |kind| TextTokenizer::learn(kind, self.vocab, &spec.train_texts, self.max_len, spec.cache_dir.as_deref());
+        let learn = |kind| {
+            TextTokenizer::learn(kind, self.vocab, &spec.train_texts, self.max_len, spec.cache_dir.as_deref())
+        };
         match self.tokenizer {
             TokenizerKind::Bytes => Ok(TextTokenizer::bytes(self.max_len)),
             TokenizerKind::Chars => Ok(TextTokenizer::chars(self.vocab, self.max_len)),
             TokenizerKind::Bpe => learn(Learned::Bpe),
             TokenizerKind::Unigram => learn(Learned::Unigram),
-            TokenizerKind::File => TextTokenizer::from_file(self.tokenizer_file.as_deref().expect("checked at plan time"), self.max_len),
+            TokenizerKind::File => TextTokenizer::from_file(
+                self.tokenizer_file.as_deref().expect("checked at plan time"),
+                self.max_len,
+            ),
         }
     }
 }
@@ -176,7 +198,13 @@ impl ModelBuilder for TransformerParams {
             TokenizerKind::Unigram => format!("unigram{} learned from the training text", self.vocab),
             TokenizerKind::File => TextTokenizer::file_identity(self.tokenizer_file.as_deref()?).ok()?,
         };
-        Some(LayerShape { layers: self.layers, width: self.width, heads: self.heads, max_len: self.max_len, tokenizer })
+        Some(LayerShape {
+            layers: self.layers,
+            width: self.width,
+            heads: self.heads,
+            max_len: self.max_len,
+            tokenizer,
+        })
     }
     fn card_section(&self, section: &toml::Value) -> toml::Value {
         // The tokenizer file as resolved against the recipe, so that the run's exported
@@ -193,7 +221,15 @@ impl ModelBuilder for TransformerParams {
     fn build(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Model>> {
         let tokenizer = self.tokenizer(spec)?;
         let encoder = Encoder::new(self.config(tokenizer.vocab_size()), spec.seed);
-        Ok(Box::new(TransformerModel::new(encoder, tokenizer, self.pooling, self.normalize, spec.classes, spec.seed, "transformer".into())))
+        Ok(Box::new(TransformerModel::new(
+            encoder,
+            tokenizer,
+            self.pooling,
+            self.normalize,
+            spec.classes,
+            spec.seed,
+            "transformer".into(),
+        )))
     }
 }
 
@@ -212,16 +248,23 @@ mod tests {
     #[test]
     fn a_tokenizer_file_that_is_not_a_tokenizer_is_refused_when_planned() {
         let tmp = tempfile::tempdir().unwrap();
-        for (name, bytes) in [("empty.json", &b"{}"[..]), ("random.json", &[0x8f, 0x01, 0xff, 0x7b, 0x00][..])] {
+        for (name, bytes) in
+            [("empty.json", &b"{}"[..]), ("random.json", &[0x8f, 0x01, 0xff, 0x7b, 0x00][..])]
+        {
             let path = tmp.path().join(name);
             std::fs::write(&path, bytes).unwrap();
             let file = path.display().to_string();
-            let params: toml::Table = toml::from_str(&format!("tokenizer = \"file\"\ntokenizer_file = {file:?}")).unwrap();
+            let params: toml::Table =
+                toml::from_str(&format!("tokenizer = \"file\"\ntokenizer_file = {file:?}")).unwrap();
             let e = build_standalone(PluginKind::Model, "transformer", params, "recipe.toml")
                 .err()
                 .expect("a file that is not a tokenizer was accepted")
                 .to_string();
-            assert!(e.contains("model.tokenizer_file") && e.contains(&format!("{name}: not a Hugging Face tokenizer.json")), "{e}");
+            assert!(
+                e.contains("model.tokenizer_file")
+                    && e.contains(&format!("{name}: not a Hugging Face tokenizer.json")),
+                "{e}"
+            );
         }
     }
 
@@ -230,13 +273,23 @@ mod tests {
         let p = params("width = 16\nlayers = 2\nheads = 4\nffn = 24\nmax_len = 20");
         let m = p.build(&ModelSpec::new(5, 0)).unwrap();
         let (v, w, l, f, c) = (260, 16, 2, 24, 5);
-        assert_eq!(m.num_params(), (v + 20) * w + 2 * w + l * (4 * w * w + 2 * w * f + f + 9 * w) + w * c + c);
+        assert_eq!(
+            m.num_params(),
+            (v + 20) * w + 2 * w + l * (4 * w * w + 2 * w * f + f + 9 * w) + w * c + c
+        );
     }
 
     #[test]
     fn learns_to_tell_scripts_apart() {
         // Latin vs Cyrillic vs Greek, from bytes: a transformer that trains must get this.
-        let texts = ["hello there friend", "привет мой друг", "γεια σου φίλε", "good morning all", "доброе утро всем", "καλημέρα σε όλους"];
+        let texts = [
+            "hello there friend",
+            "привет мой друг",
+            "γεια σου φίλε",
+            "good morning all",
+            "доброе утро всем",
+            "καλημέρα σε όλους",
+        ];
         let p = params("width = 32\nlayers = 1\nheads = 2\nffn = 64\ndropout = 0.0\nmax_len = 40");
         let mut m = p.build(&ModelSpec::new(3, 1)).unwrap();
         let bags = TokenRows::build(m.featurizer(), texts.to_vec());

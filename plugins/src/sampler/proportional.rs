@@ -16,7 +16,12 @@ fn build(_: ProportionalParams, _: &BuildCtx) -> Result<Box<dyn Sampler>, Diagno
     Ok(Box::new(Proportional))
 }
 
-kdx_framework::register_sampler!("proportional", "q ∝ n: the natural distribution of the training data", ProportionalParams, build);
+kdx_framework::register_sampler!(
+    "proportional",
+    "q ∝ n: the natural distribution of the training data",
+    ProportionalParams,
+    build
+);
 
 #[cfg(test)]
 mod tests {
@@ -25,7 +30,8 @@ mod tests {
 
     #[test]
     fn proportional_to_sizes() {
-        let stats: Vec<LangStat> = [30, 10, 0, 60].iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
+        let stats: Vec<LangStat> =
+            [30, 10, 0, 60].iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
         let langs: Vec<String> = (0..4).map(|i| format!("l{i}")).collect();
         let ctx = SamplerCtx { step: 0, total_steps: 1, batch: 1, stats: &stats, langs: &langs };
         let q = normalise(&Proportional.distribution(&ctx).unwrap()).unwrap();

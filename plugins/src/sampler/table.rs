@@ -24,7 +24,9 @@ pub struct TableParams {
 fn build(p: TableParams, ctx: &BuildCtx) -> Result<Box<dyn Sampler>, Diagnostic> {
     for (lang, w) in &p.weights {
         if !(w.is_finite() && *w >= 0.0) {
-            return Err(ctx.error(&format!("weights.{lang}"), format!("must be a non-negative number, found {w}")));
+            return Err(
+                ctx.error(&format!("weights.{lang}"), format!("must be a non-negative number, found {w}"))
+            );
         }
     }
     if !(p.default.is_finite() && p.default >= 0.0) {
@@ -33,7 +35,12 @@ fn build(p: TableParams, ctx: &BuildCtx) -> Result<Box<dyn Sampler>, Diagnostic>
     Ok(Box::new(p))
 }
 
-kdx_framework::register_sampler!("table", "a fixed distribution given per language in the recipe", TableParams, build);
+kdx_framework::register_sampler!(
+    "table",
+    "a fixed distribution given per language in the recipe",
+    TableParams,
+    build
+);
 
 impl Sampler for TableParams {
     fn distribution(&mut self, ctx: &SamplerCtx) -> anyhow::Result<Vec<f64>> {
@@ -48,7 +55,15 @@ impl Sampler for TableParams {
             .langs
             .iter()
             .zip(ctx.stats)
-            .map(|(l, s)| if s.train_size == 0 { 0.0 } else { self.weights.get(l).copied().unwrap_or(self.default) })
+            .map(
+                |(l, s)| {
+                    if s.train_size == 0 {
+                        0.0
+                    } else {
+                        self.weights.get(l).copied().unwrap_or(self.default)
+                    }
+                },
+            )
             .collect())
     }
 }
@@ -60,9 +75,11 @@ mod tests {
 
     #[test]
     fn follows_the_table() {
-        let stats: Vec<LangStat> = [10, 10, 0, 10].iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
+        let stats: Vec<LangStat> =
+            [10, 10, 0, 10].iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
         let langs: Vec<String> = ["de", "fr", "ja", "ru"].iter().map(|s| s.to_string()).collect();
-        let mut t = TableParams { weights: [("fr".to_string(), 3.0), ("ja".to_string(), 5.0)].into(), default: 1.0 };
+        let mut t =
+            TableParams { weights: [("fr".to_string(), 3.0), ("ja".to_string(), 5.0)].into(), default: 1.0 };
         let ctx = SamplerCtx { step: 0, total_steps: 1, batch: 1, stats: &stats, langs: &langs };
         let q = normalise(&t.distribution(&ctx).unwrap()).unwrap();
         assert_eq!(q, vec![0.2, 0.6, 0.0, 0.2]);

@@ -92,11 +92,19 @@ impl Sampler for TeacherGap {
                 Init::Uniform => n.iter().map(|&x| if x > 0.0 { 1.0 } else { 0.0 }).collect(),
             };
         } else {
-            anyhow::ensure!(self.w.len() == n.len(), "teacher-gap: the state has {} weights for {} languages", self.w.len(), n.len());
+            anyhow::ensure!(
+                self.w.len() == n.len(),
+                "teacher-gap: the state has {} weights for {} languages",
+                self.w.len(),
+                n.len()
+            );
             let eta = self.params.eta;
             let logit: Vec<f64> = (0..n.len())
                 .map(|i| match n[i] > 0.0 && self.w[i] > 0.0 {
-                    true => self.w[i].ln() + eta * (ctx.stats[i].student_loss - ctx.stats[i].teacher_loss).max(0.0),
+                    true => {
+                        self.w[i].ln()
+                            + eta * (ctx.stats[i].student_loss - ctx.stats[i].teacher_loss).max(0.0)
+                    }
                     false => f64::NEG_INFINITY,
                 })
                 .collect();
@@ -109,7 +117,9 @@ impl Sampler for TeacherGap {
         let total: f64 = self.w.iter().sum();
         self.w.iter_mut().for_each(|x| *x /= total);
         let eps = self.params.smoothing;
-        Ok((0..n.len()).map(|i| if n[i] > 0.0 { (1.0 - eps) * self.w[i] + eps / live as f64 } else { 0.0 }).collect())
+        Ok((0..n.len())
+            .map(|i| if n[i] > 0.0 { (1.0 - eps) * self.w[i] + eps / live as f64 } else { 0.0 })
+            .collect())
     }
     fn update_every(&self) -> u64 {
         self.params.every
@@ -118,7 +128,10 @@ impl Sampler for TeacherGap {
         self.w.clone()
     }
     fn restore(&mut self, state: &[f64]) -> anyhow::Result<()> {
-        anyhow::ensure!(state.iter().all(|x| x.is_finite() && *x >= 0.0), "teacher-gap: invalid weights in the checkpoint: {state:?}");
+        anyhow::ensure!(
+            state.iter().all(|x| x.is_finite() && *x >= 0.0),
+            "teacher-gap: invalid weights in the checkpoint: {state:?}"
+        );
         self.w = state.to_vec();
         Ok(())
     }
@@ -133,7 +146,12 @@ mod tests {
         [100, 300, 0]
             .iter()
             .zip(losses)
-            .map(|(&n, (s, t))| LangStat { train_size: n, student_loss: s, teacher_loss: t, ..Default::default() })
+            .map(|(&n, (s, t))| LangStat {
+                train_size: n,
+                student_loss: s,
+                teacher_loss: t,
+                ..Default::default()
+            })
             .collect()
     }
 
@@ -147,7 +165,8 @@ mod tests {
         let mut s = TeacherGap { params: params.clone(), w: Vec::new() };
         let langs: Vec<String> = (0..3).map(|i| format!("l{i}")).collect();
         let ask = |s: &mut TeacherGap, step, st: &[LangStat]| {
-            s.distribution(&SamplerCtx { step, total_steps: 1000, batch: 8, stats: st, langs: &langs }).unwrap()
+            s.distribution(&SamplerCtx { step, total_steps: 1000, batch: 8, stats: st, langs: &langs })
+                .unwrap()
         };
         // Step 0: w = (¼, ¾, 0); q = 0.9·w + 0.1·(½, ½, 0).
         close(&ask(&mut s, 0, &stats([(0.0, 0.0); 3])), &[0.275, 0.725, 0.0]);
@@ -173,7 +192,9 @@ mod tests {
         let mut s = TeacherGap { params, w: Vec::new() };
         let langs: Vec<String> = (0..3).map(|i| format!("l{i}")).collect();
         let st = stats([(0.0, 0.0); 3]);
-        let q = s.distribution(&SamplerCtx { step: 0, total_steps: 1, batch: 1, stats: &st, langs: &langs }).unwrap();
+        let q = s
+            .distribution(&SamplerCtx { step: 0, total_steps: 1, batch: 1, stats: &st, langs: &langs })
+            .unwrap();
         close(&q, &[0.5, 0.5, 0.0]);
     }
 }

@@ -29,7 +29,9 @@ pub struct Temperature {
 
 fn build(p: TemperatureParams, ctx: &BuildCtx) -> Result<Box<dyn Sampler>, Diagnostic> {
     let alpha = match (p.tau, p.alpha) {
-        (Some(_), Some(_)) => return Err(ctx.error("alpha", "give either `tau` or `alpha` (= 1/tau), not both")),
+        (Some(_), Some(_)) => {
+            return Err(ctx.error("alpha", "give either `tau` or `alpha` (= 1/tau), not both"))
+        }
         (Some(tau), None) if !(tau.is_finite() && tau > 0.0) => {
             return Err(ctx.error("tau", format!("must be a positive number, found {tau}")))
         }
@@ -43,7 +45,12 @@ fn build(p: TemperatureParams, ctx: &BuildCtx) -> Result<Box<dyn Sampler>, Diagn
     Ok(Box::new(Temperature { alpha }))
 }
 
-kdx_framework::register_sampler!("temperature", "q ∝ n^(1/τ): between proportional (τ = 1) and uniform (τ → ∞)", TemperatureParams, build);
+kdx_framework::register_sampler!(
+    "temperature",
+    "q ∝ n^(1/τ): between proportional (τ = 1) and uniform (τ → ∞)",
+    TemperatureParams,
+    build
+);
 
 /// n_i^α for each size, scaled by the largest so large sizes and exponents do not overflow.
 pub fn temperature_weights(sizes: &[f64], alpha: f64) -> Vec<f64> {
@@ -65,7 +72,10 @@ mod tests {
 
     #[test]
     fn follows_n_to_the_one_over_tau() {
-        let stats: Vec<LangStat> = [1000, 10, 0, 100_000].iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
+        let stats: Vec<LangStat> = [1000, 10, 0, 100_000]
+            .iter()
+            .map(|&n| LangStat { train_size: n, ..Default::default() })
+            .collect();
         let langs: Vec<String> = (0..4).map(|i| format!("l{i}")).collect();
         let ctx = SamplerCtx { step: 0, total_steps: 1, batch: 1, stats: &stats, langs: &langs };
         // α = ½: √1000 : √10 : 0 : √100000 = 10 : 1 : 0 : 100 (×√10).
@@ -95,7 +105,8 @@ mod tests {
         assert_eq!(err.loc.map(|l| l.line), Some(3));
         assert!(build_from("[sampler]\ntau = 0.0\n").is_err());
         let mut s = build_from("[sampler]\nalpha = 0.3\n").ok().unwrap();
-        let stats: Vec<LangStat> = [1, 4].iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
+        let stats: Vec<LangStat> =
+            [1, 4].iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
         let langs: Vec<String> = (0..2).map(|i| format!("l{i}")).collect();
         let ctx = SamplerCtx { step: 0, total_steps: 1, batch: 1, stats: &stats, langs: &langs };
         let w = s.distribution(&ctx).unwrap();

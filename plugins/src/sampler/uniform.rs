@@ -16,7 +16,12 @@ fn build(p: UniformParams, _: &BuildCtx) -> Result<Box<dyn Sampler>, Diagnostic>
     Ok(Box::new(p))
 }
 
-kdx_framework::register_sampler!("uniform", "q = 1/L over the languages with training data", UniformParams, build);
+kdx_framework::register_sampler!(
+    "uniform",
+    "q = 1/L over the languages with training data",
+    UniformParams,
+    build
+);
 
 impl Sampler for UniformParams {
     fn distribution(&mut self, ctx: &SamplerCtx) -> anyhow::Result<Vec<f64>> {
@@ -31,7 +36,8 @@ mod tests {
 
     #[test]
     fn uniform_over_languages_with_data() {
-        let stats: Vec<LangStat> = [30, 10, 0, 60].iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
+        let stats: Vec<LangStat> =
+            [30, 10, 0, 60].iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
         let langs: Vec<String> = (0..4).map(|i| format!("l{i}")).collect();
         let ctx = SamplerCtx { step: 0, total_steps: 1, batch: 1, stats: &stats, langs: &langs };
         let q = normalise(&UniformParams {}.distribution(&ctx).unwrap()).unwrap();

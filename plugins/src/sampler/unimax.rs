@@ -97,7 +97,8 @@ mod tests {
 
     #[test]
     fn default_budget_is_the_stage_and_large_budgets_become_proportional() {
-        let stats: Vec<LangStat> = [10, 0, 1000, 100].iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
+        let stats: Vec<LangStat> =
+            [10, 0, 1000, 100].iter().map(|&n| LangStat { train_size: n, ..Default::default() }).collect();
         let langs: Vec<String> = (0..4).map(|i| format!("l{i}")).collect();
         // A stage of 30 × 10 = 300 examples, N = 1: 300/3 = 100 > 10 → 10;
         // 290/2 = 145 > 100 → 100; the remaining 190 for the largest.

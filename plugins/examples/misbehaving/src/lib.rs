@@ -93,7 +93,9 @@ fn build() -> Option<SyncDescriptor> {
 #[no_mangle]
 pub extern "C" fn kdx_plugin_entry() -> *const PluginDescriptor {
     static D: OnceLock<Option<SyncDescriptor>> = OnceLock::new();
-    match std::panic::catch_unwind(|| D.get_or_init(build).as_ref().map_or(std::ptr::null(), |d| &d.0 as *const _)) {
+    match std::panic::catch_unwind(|| {
+        D.get_or_init(build).as_ref().map_or(std::ptr::null(), |d| &d.0 as *const _)
+    }) {
         Ok(p) => p,
         Err(_) => std::ptr::null(),
     }
