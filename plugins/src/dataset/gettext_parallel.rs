@@ -58,7 +58,8 @@ pub struct GettextParallelParams {
     /// same messages' English joined in the same order. Gettext messages are short; text a
     /// deployment meets (articles, paragraphs) is not, and a student that only saw single
     /// messages handles long inputs worse. Passages reuse the training messages (nothing
-    /// from dev or test); dev and test stay single messages.
+    /// from dev or test; a language with fewer than two gets none); dev and test stay
+    /// single messages.
     #[serde(default)]
     pub passages_per_language: usize,
     /// The most messages a passage joins (at least 2).
