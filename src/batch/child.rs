@@ -3,9 +3,9 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -160,8 +160,8 @@ pub(super) fn spawn(
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let stderr = child.stderr.take().context("no stderr pipe")?;
     let log = Arc::new(Mutex::new(log));
-    let events = read_events(stdout, log.clone(), tx.clone(), idx);
-    let logs = read_log(stderr, log, tx, idx);
+    let events = forward_lines(stdout, "event: ", event_or_line, log.clone(), tx.clone(), idx);
+    let logs = forward_lines(stderr, "", Said::Line, log, tx, idx);
     Ok((child, vec![events, logs]))
 }
 
@@ -184,52 +184,37 @@ fn run_command(exe: &Path, r: &BatchRun, results: &Path, threads: usize, resume:
     cmd
 }
 
-/// A thread that reads the child's stdout: each line goes to `batch.log` and, as an event
-/// (or a log line, when it is not one), to `tx` with the run's `idx`. It ends with the
-/// stream, or when nobody listens any more.
-fn read_events(
-    stdout: ChildStdout,
+/// A thread that forwards one of the child's streams line by line: each line goes to
+/// `batch.log` after `prefix` and, as `said` reads it, to `tx` with the run's `idx`. It ends
+/// with the stream, or when nobody listens any more.
+fn forward_lines(
+    stream: impl Read + Send + 'static,
+    prefix: &'static str,
+    said: fn(String) -> Said,
     log: Arc<Mutex<File>>,
     tx: mpsc::Sender<(usize, Said)>,
     idx: usize,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
+        for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             if let Ok(mut f) = log.lock() {
-                let _ = writeln!(f, "event: {line}");
+                let _ = writeln!(f, "{prefix}{line}");
             }
-            // A line that is not an event (a plugin printing to stdout) is kept as log.
-            let said = match serde_json::from_str::<Event>(&line) {
-                Ok(e) => Said::Event(e),
-                Err(_) => Said::Line(line),
-            };
-            if tx.send((idx, said)).is_err() {
+            if tx.send((idx, said(line))).is_err() {
                 break;
             }
         }
     })
 }
 
-/// A thread that reads the child's stderr (its log): each line goes to `batch.log` and to
-/// `tx` with the run's `idx`. It ends with the stream, or when nobody listens any more.
-fn read_log(
-    stderr: ChildStderr,
-    log: Arc<Mutex<File>>,
-    tx: mpsc::Sender<(usize, Said)>,
-    idx: usize,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(mut f) = log.lock() {
-                let _ = writeln!(f, "{line}");
-            }
-            if tx.send((idx, Said::Line(line))).is_err() {
-                break;
-            }
-        }
-    })
+/// A line of the child's stdout: an event, or a log line when it is not one (a plugin
+/// printing to stdout).
+fn event_or_line(line: String) -> Said {
+    match serde_json::from_str::<Event>(&line) {
+        Ok(e) => Said::Event(e),
+        Err(_) => Said::Line(line),
+    }
 }
 
 /// The environment variable naming the run-lock descriptor a `kdx batch` child inherits.
