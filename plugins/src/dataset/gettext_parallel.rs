@@ -256,30 +256,15 @@ mod tests {
         );
         let added = &task.train[plain.train.len()..];
         assert_eq!(added.len(), 4 * 30, "30 passages for each of fr, ru, ja and en");
-        let source_of: std::collections::BTreeMap<&str, &str> =
-            plain.train.iter().map(|e| (e.text.as_str(), e.source.as_deref().unwrap())).collect();
         let mut sizes = BTreeSet::new();
         for p in added {
-            // Rebuild the passage from the language's messages: each piece is a training
-            // message, and the source is their sources in the same order.
-            let pieces: Vec<&Example> =
-                plain.train.iter().filter(|e| e.lang == p.lang && p.text.contains(e.text.as_str())).collect();
-            assert!(pieces.len() >= 2, "{}: {:?}", p.id, p.text);
-            assert!(p.source.as_deref().unwrap().split(' ').count() >= 2);
-            assert!(
-                pieces.iter().all(|e| p.source.as_deref().unwrap().contains(source_of[e.text.as_str()])),
-                "{}",
-                p.id
-            );
-            sizes.insert(
-                plain
-                    .train
-                    .iter()
-                    .filter(|e| e.lang == p.lang)
-                    .filter(|e| p.text.contains(e.text.as_str()))
-                    .count()
-                    .min(4),
-            );
+            // The passage splits into 2 to 4 training messages of its language whose
+            // sources, joined in the same order, are its source.
+            let messages: Vec<&Example> = plain.train.iter().filter(|e| e.lang == p.lang).collect();
+            let k = split_into(&p.text, p.source.as_deref().unwrap(), &messages, 4)
+                .unwrap_or_else(|| panic!("{}: {:?} is not 2–4 joined training messages", p.id, p.text));
+            assert!(k >= 2, "{}: {k} message", p.id);
+            sizes.insert(k);
             if task.langs[p.lang as usize] == "en" {
                 assert_eq!(p.source.as_deref(), Some(p.text.as_str()));
             }
@@ -287,5 +272,30 @@ mod tests {
         assert!(sizes.contains(&2) && sizes.contains(&4), "{sizes:?}");
         let ids: BTreeSet<&str> = task.train.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids.len(), task.train.len(), "ids stay unique");
+    }
+
+    /// How many of `messages` (at most `most`), joined by spaces, make `text` while their
+    /// sources, joined in the same order, make `source`; `None` if no such split exists.
+    fn split_into(text: &str, source: &str, messages: &[&Example], most: usize) -> Option<usize> {
+        // What follows `part` at the start of `whole`: nothing, or a space and more.
+        fn rest<'a>(whole: &'a str, part: &str) -> Option<&'a str> {
+            let tail = whole.strip_prefix(part)?;
+            if tail.is_empty() {
+                Some("")
+            } else {
+                tail.strip_prefix(' ')
+            }
+        }
+        if text.is_empty() && source.is_empty() {
+            return Some(0);
+        }
+        if most == 0 {
+            return None;
+        }
+        messages.iter().find_map(|m| {
+            let src = m.source.as_deref()?;
+            let (t, s) = (rest(text, &m.text)?, rest(source, src)?);
+            split_into(t, s, messages, most - 1).map(|k| k + 1)
+        })
     }
 }
