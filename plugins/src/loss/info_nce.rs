@@ -188,19 +188,17 @@ mod tests {
     #[test]
     fn a_temperature_that_is_not_positive_or_a_negative_alignment_is_refused_at_its_key() {
         use kdx_framework::registry::{build_standalone, PluginKind};
-        let mut p = toml::Table::new();
-        p.insert("temperature".into(), toml::Value::Float(0.0));
-        let e = build_standalone(PluginKind::Loss, "info-nce", p, "recipe.toml")
-            .err()
-            .expect("refused")
-            .to_string();
+        // The error of a recipe whose only key is `key = value`.
+        let refused = |key: &str, value: f64| {
+            let p = toml::Table::from_iter([(key.to_string(), toml::Value::Float(value))]);
+            build_standalone(PluginKind::Loss, "info-nce", p, "recipe.toml")
+                .err()
+                .expect("refused")
+                .to_string()
+        };
+        let e = refused("temperature", 0.0);
         assert!(e.contains("temperature") && e.contains("must be a positive number"), "{e}");
-        let mut p = toml::Table::new();
-        p.insert("alignment".into(), toml::Value::Float(-1.0));
-        let e = build_standalone(PluginKind::Loss, "info-nce", p, "recipe.toml")
-            .err()
-            .expect("refused")
-            .to_string();
+        let e = refused("alignment", -1.0);
         assert!(e.contains("alignment") && e.contains("≥ 0"), "{e}");
     }
 }
